@@ -1,0 +1,360 @@
+//! The archive stream: tar → zstd → age, and back.
+//!
+//! Every layer is the stock format, so `age -d -i key.txt | zstd -d | tar -x` restores an
+//! archive without this program. The writer streams into fixed-size chunks handed to the
+//! uploader, so memory stays bounded whatever the size of the home; the SHA-256 of the
+//! ciphertext is computed on the way and recorded in the manifest.
+
+use std::fs::{File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use bytes::BytesMut;
+use sha2::{Digest as _, Sha256};
+
+use crate::store::ChunkSender;
+
+/// The manifest's name for this encoding.
+pub const ENCODING: &str = "tar+zstd+age";
+
+/// How often a file that changes while it is read is read again before giving up.
+const READ_ATTEMPTS: usize = 3;
+
+// ---------------------------------------------------------------------------------------
+// Writing
+
+/// The ciphertext end: cuts the stream into upload chunks and hashes it.
+struct ChunkWriter {
+    sender: ChunkSender,
+    buffer: BytesMut,
+    chunk_size: usize,
+    hash: Sha256,
+    size: u64,
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(self.chunk_size - self.buffer.len());
+        self.buffer.extend_from_slice(&data[..n]);
+        self.hash.update(&data[..n]);
+        self.size += n as u64;
+        if self.buffer.len() == self.chunk_size {
+            let chunk = self.buffer.split().freeze();
+            self.buffer.reserve(self.chunk_size);
+            self.sender.send(chunk)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How a file went into the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOutcome {
+    Archived,
+    /// Still changing after every attempt; the last read is archived and reported.
+    ChangedWhileRead,
+    /// Deleted before it could be opened.
+    Vanished,
+}
+
+type Encoder = zstd::stream::write::Encoder<'static, age::stream::StreamWriter<ChunkWriter>>;
+
+pub struct ArchiveWriter {
+    tar: tar::Builder<Encoder>,
+    /// Bytes of file content appended, retries included.
+    pub content_bytes: u64,
+}
+
+pub struct ArchiveSettings {
+    pub zstd_level: i32,
+    pub zstd_threads: u32,
+    pub chunk_size: usize,
+}
+
+/// The finished archive as stored.
+pub struct Sealed {
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl ArchiveWriter {
+    pub fn new(
+        sender: ChunkSender,
+        recipients: &[Box<dyn age::Recipient + Send>],
+        settings: &ArchiveSettings,
+    ) -> Result<Self> {
+        let sink = ChunkWriter {
+            sender,
+            buffer: BytesMut::with_capacity(settings.chunk_size),
+            chunk_size: settings.chunk_size,
+            hash: Sha256::new(),
+            size: 0,
+        };
+        let encryptor = age::Encryptor::with_recipients(
+            recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient),
+        )
+        .context("cannot set up age encryption")?;
+        let mut zstd =
+            zstd::stream::write::Encoder::new(encryptor.wrap_output(sink)?, settings.zstd_level)?;
+        if settings.zstd_threads > 1 {
+            zstd.multithread(settings.zstd_threads)?;
+        }
+        let mut tar = tar::Builder::new(zstd);
+        tar.mode(tar::HeaderMode::Complete);
+        tar.follow_symlinks(false);
+        Ok(Self {
+            tar,
+            content_bytes: 0,
+        })
+    }
+
+    pub fn add_directory(&mut self, path: &Path, metadata: &Metadata) -> Result<()> {
+        let mut header = header_for(metadata, tar::EntryType::Directory, 0);
+        self.tar.append_data(&mut header, path, io::empty())?;
+        Ok(())
+    }
+
+    pub fn add_symlink(&mut self, path: &Path, target: &Path, metadata: &Metadata) -> Result<()> {
+        let mut header = header_for(metadata, tar::EntryType::Symlink, 0);
+        self.tar.append_link(&mut header, path, target)?;
+        Ok(())
+    }
+
+    /// Archives the file at `source` under `path`. The file is stat'ed on its open handle
+    /// before and by path after reading; if it changed in between (size, mtime, ctime,
+    /// inode) the archived copy may be torn, so it is read again into a new entry of the
+    /// same name — extraction keeps the last one, in tar as here.
+    pub fn add_file(&mut self, path: &Path, source: &Path) -> Result<FileOutcome> {
+        self.add_file_with(path, source, None)
+    }
+
+    /// Archives `copy` (a database snapshot) under `path` with the live file's metadata.
+    pub fn add_snapshot(&mut self, path: &Path, copy: &Path, live: &Metadata) -> Result<()> {
+        self.add_file_with(path, copy, Some(live)).map(|_| ())
+    }
+
+    fn add_file_with(
+        &mut self,
+        path: &Path,
+        source: &Path,
+        shown: Option<&Metadata>,
+    ) -> Result<FileOutcome> {
+        for _ in 0..READ_ATTEMPTS {
+            let file = match File::open(source) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileOutcome::Vanished),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot read {}", source.display()));
+                }
+            };
+            let before = file.metadata()?;
+            let size = before.len();
+            let mut header = header_for(shown.unwrap_or(&before), tar::EntryType::Regular, size);
+            let mut reader = ExactLength {
+                inner: file.take(size),
+                remaining: size,
+                short: false,
+            };
+            self.tar
+                .append_data(&mut header, path, &mut reader)
+                .with_context(|| format!("cannot archive {}", source.display()))?;
+            self.content_bytes += size;
+            let unchanged = match std::fs::symlink_metadata(source) {
+                Ok(after) => same_version(&before, &after),
+                // Deleted after we read all of it: what we have is whole.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot stat {}", source.display()));
+                }
+            };
+            if unchanged && !reader.short {
+                return Ok(FileOutcome::Archived);
+            }
+            tracing::debug!(file = %source.display(), "changed while read; reading again");
+        }
+        tracing::warn!(file = %source.display(), "kept changing while read; archived the last read");
+        Ok(FileOutcome::ChangedWhileRead)
+    }
+
+    /// Ends the tar stream, the zstd frame and the age stream, and hands over the last
+    /// chunk. Only after this may the upload complete.
+    pub fn finish(self) -> Result<Sealed> {
+        let zstd = self
+            .tar
+            .into_inner()
+            .context("cannot finish the tar stream")?;
+        let age = zstd.finish().context("cannot finish the zstd stream")?;
+        let mut sink = age.finish().context("cannot finish the age stream")?;
+        let last = sink.buffer.split().freeze();
+        if !last.is_empty() {
+            sink.sender.send(last)?;
+        }
+        sink.sender.finish()?;
+        Ok(Sealed {
+            size: sink.size,
+            sha256: hex::encode(sink.hash.finalize()),
+        })
+    }
+}
+
+fn header_for(metadata: &Metadata, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(metadata.mode() & 0o7777);
+    header.set_uid(metadata.uid() as u64);
+    header.set_gid(metadata.gid() as u64);
+    header.set_mtime(metadata.mtime().max(0) as u64);
+    header.set_size(size);
+    header
+}
+
+fn same_version(a: &Metadata, b: &Metadata) -> bool {
+    a.len() == b.len()
+        && a.ino() == b.ino()
+        && a.mtime() == b.mtime()
+        && a.mtime_nsec() == b.mtime_nsec()
+        && a.ctime() == b.ctime()
+        && a.ctime_nsec() == b.ctime_nsec()
+}
+
+/// Yields exactly the length promised in the tar header: a file that shrank while being
+/// read is padded with zeros (and flagged, so it is read again) instead of tearing the
+/// archive's framing.
+struct ExactLength<R> {
+    inner: R,
+    remaining: u64,
+    short: bool,
+}
+
+impl<R: Read> Read for ExactLength<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
+        let mut n = if self.short {
+            0
+        } else {
+            self.inner.read(&mut buf[..want])?
+        };
+        if n == 0 {
+            self.short = true;
+            buf[..want].fill(0);
+            n = want;
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+
+/// Size and SHA-256 of a ciphertext, to compare with the manifest's record.
+#[derive(Clone, Default)]
+pub struct Digest {
+    sha256: Sha256,
+    bytes: u64,
+}
+
+impl Digest {
+    pub fn update(&mut self, data: &[u8]) {
+        self.sha256.update(data);
+        self.bytes += data.len() as u64;
+    }
+
+    /// Fails unless what was read is exactly the object the manifest describes.
+    pub fn check(&self, size: u64, sha256: &str) -> Result<()> {
+        let actual = hex::encode(self.sha256.clone().finalize());
+        if self.bytes != size || actual != sha256 {
+            bail!(
+                "the archive does not match its manifest ({} bytes read, {size} expected; \
+                 sha256 {actual}, {sha256} expected): it was damaged or replaced in the repository",
+                self.bytes
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Hashes the ciphertext as it is read; the digest stays readable after the reader is
+/// consumed by the decryption layers.
+pub struct HashingReader<R> {
+    inner: R,
+    digest: Arc<Mutex<Digest>>,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> (Self, Arc<Mutex<Digest>>) {
+        let digest = Arc::new(Mutex::new(Digest::default()));
+        (
+            Self {
+                inner,
+                digest: digest.clone(),
+            },
+            digest,
+        )
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.digest.lock().unwrap().update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+pub type PlainReader<R> =
+    zstd::stream::read::Decoder<'static, io::BufReader<age::stream::StreamReader<R>>>;
+
+/// Decrypts and decompresses an archive. The age payload is authenticated chunk by chunk
+/// (a flipped byte fails at its chunk, a truncation at the end), so nothing read from here
+/// is trusted until [`finish_plain`] has read it to its end.
+pub fn open_plain<R: Read>(
+    ciphertext: R,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+) -> Result<PlainReader<R>> {
+    let decryptor = age::Decryptor::new(ciphertext).map_err(|e| match e {
+        age::DecryptError::InvalidHeader | age::DecryptError::UnknownFormat => {
+            anyhow::anyhow!(
+                "the archive is not an age file (damaged, or not written by ghostwire-backup)"
+            )
+        }
+        other => anyhow::anyhow!("cannot read the archive's age header: {other}"),
+    })?;
+    let plain = decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => anyhow::anyhow!(
+                "none of the given identities can decrypt this snapshot: it was encrypted to \
+                 other recipients (check --identity)"
+            ),
+            other => anyhow::anyhow!("cannot decrypt the archive: {other}"),
+        })?;
+    Ok(zstd::stream::read::Decoder::new(plain)?)
+}
+
+/// Reads what is left after the tar end-of-archive marker, which makes age authenticate
+/// the final chunk and zstd check the frame end. Fails if the stream is damaged there.
+pub fn finish_plain<R: Read>(mut plain: PlainReader<R>) -> Result<()> {
+    io::copy(&mut plain, &mut io::sink())
+        .map_err(|e| anyhow::anyhow!("the archive is damaged or truncated: {e}"))?;
+    Ok(())
+}
+
+/// Turns an I/O error from the decrypting reader into one that says what it means.
+pub fn explain_read_error(err: io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the archive is damaged, truncated or tampered with (authentication failed): {err}"
+    )
+}

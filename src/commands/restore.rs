@@ -1,0 +1,289 @@
+//! `restore`: a snapshot into a fresh volume, or not at all.
+//!
+//! The archive is unpacked into a staging directory inside the target, so the final moves
+//! are renames on one filesystem. Only after the whole stream authenticated, matched its
+//! manifest and the restored Signal database passed `integrity_check` (the gate) are the
+//! entries moved into place, and the marker is written last. A crash before the gate
+//! leaves no marker and a staging directory the next run discards; a crash while moving
+//! leaves a `ready` note in the staging directory, and the next run finishes the moves.
+//!
+//! Existing data is never deleted: without `--force` a non-empty target is refused, and
+//! with it every entry the snapshot replaces is moved aside into
+//! `.ghostwire-backup-replaced-<time>/`.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Manifest;
+use crate::profile::{self, DbKey};
+use crate::repo::{Repository, Selector};
+use crate::sqlite::{self, DbCheck};
+use crate::unpack::{self, UnpackOptions};
+
+/// Written last: a target with this file holds a complete, checked snapshot.
+pub const MARKER: &str = ".ghostwire-backup-restore.json";
+const STAGING: &str = ".ghostwire-backup-restore.tmp";
+/// In the staging directory: the gate passed, the moves into place may begin.
+const READY: &str = ".ghostwire-backup-ready.json";
+
+pub struct RestoreOptions {
+    pub snapshot: Selector,
+    pub identity: PathBuf,
+    pub target: PathBuf,
+    pub force: bool,
+    pub if_empty: bool,
+    pub chown: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Marker {
+    pub snapshot: String,
+    pub restored_at: chrono::DateTime<Utc>,
+    pub agent_version: String,
+    /// The restore gate's result: "ok", or "no Signal database in this snapshot".
+    pub gate: String,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Restored(Marker),
+    /// An earlier restore had passed its gate and was interrupted while moving; finished now.
+    Completed(Marker),
+    /// `--if-empty` and the target already holds data (or a restore): nothing done.
+    LeftAlone(String),
+}
+
+pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome> {
+    let target = &options.target;
+    fs::create_dir_all(target)
+        .with_context(|| format!("cannot create the target {}", target.display()))?;
+    let staging = target.join(STAGING);
+    let marker_path = target.join(MARKER);
+
+    if let Some(marker) = read_json::<Marker>(&marker_path)? {
+        if !options.force {
+            let _ = fs::remove_dir_all(&staging); // leftover of a restore that completed
+            let what = format!(
+                "{} already holds snapshot {} (restored {})",
+                target.display(),
+                marker.snapshot,
+                marker.restored_at
+            );
+            if options.if_empty {
+                return Ok(Outcome::LeftAlone(what));
+            }
+            bail!(
+                "{what}; pass --force to restore over it (replaced entries are moved aside, not deleted)"
+            );
+        }
+    }
+    if let Some(ready) = read_json::<Marker>(&staging.join(READY))? {
+        tracing::warn!(snapshot = %ready.snapshot, "finishing a restore that was interrupted after its gate passed");
+        move_into_place(target, &staging)?;
+        commit(target, &ready)?;
+        return Ok(Outcome::Completed(ready));
+    }
+    if staging.exists() {
+        tracing::info!("discarding the staging directory of an interrupted restore");
+        fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
+    }
+    let existing = user_entries(target)?;
+    if let Some(example) = existing.first().filter(|_| !options.force) {
+        let what = format!(
+            "{} is not empty ({} entries, e.g. {:?})",
+            target.display(),
+            existing.len(),
+            example
+        );
+        if options.if_empty {
+            return Ok(Outcome::LeftAlone(what));
+        }
+        bail!(
+            "{what}: restore into an empty volume, or pass --force to move the entries the \
+             snapshot replaces aside into .ghostwire-backup-replaced-<time>/"
+        );
+    }
+
+    let identities = crate::keys::identities(&options.identity)?;
+    let manifest = repo.find(&options.snapshot).await?;
+    check_free_space(target, manifest.content.bytes)?;
+    tracing::info!(snapshot = %manifest.id, target = %target.display(), "restoring");
+    fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let unpack_options = UnpackOptions {
+        chown: options.chown,
+        // SAFETY: geteuid has no preconditions.
+        preserve_owner: unsafe { libc::geteuid() } == 0,
+        max_content_bytes: manifest.content.bytes,
+    };
+    let dest = staging.clone();
+    let stats = super::read_snapshot(repo, &manifest, identities, move |archive| {
+        unpack::unpack(archive, &dest, &unpack_options)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "restore of snapshot {} failed; the target was left without a restore marker",
+            manifest.id
+        )
+    })?;
+    tracing::info!(
+        files = stats.files,
+        bytes = stats.bytes,
+        "archive unpacked and authenticated"
+    );
+
+    let gate = gate(&manifest, &staging)?;
+    sync_filesystem(&staging)?;
+    let marker = Marker {
+        snapshot: manifest.id.clone(),
+        restored_at: Utc::now(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        gate,
+    };
+    write_json(&staging.join(READY), &marker)?;
+    move_into_place(target, &staging)?;
+    commit(target, &marker)?;
+    Ok(Outcome::Restored(marker))
+}
+
+/// The restore gate: the restored Signal database opens with the restored key and passes
+/// `integrity_check`.
+fn gate(manifest: &Manifest, staged: &Path) -> Result<String> {
+    if manifest.signal_db.is_none() {
+        tracing::warn!("this snapshot holds no Signal database; no gate to run");
+        return Ok("no Signal database in this snapshot".into());
+    }
+    let config = zeroize::Zeroizing::new(fs::read(staged.join(profile::SIGNAL_CONFIG)).context(
+        "the restore gate failed: the snapshot has a Signal database but no config.json with its key",
+    )?);
+    let check = check_signal_db(&config, &staged.join(profile::SIGNAL_DB))
+        .context("the restore gate failed; the target was left without a restore marker")?;
+    tracing::info!(
+        user_version = check.user_version,
+        "restore gate passed: integrity_check ok"
+    );
+    Ok(check.result)
+}
+
+/// Opens a Signal database with the key from its `config.json` and runs the full
+/// `integrity_check`; fails unless it is "ok".
+pub fn check_signal_db(config_json: &[u8], db: &Path) -> Result<DbCheck> {
+    let key = DbKey::from_config_json(config_json, Path::new(profile::SIGNAL_CONFIG))?;
+    let check = sqlite::integrity_check(db, Some(&key))?;
+    if !check.is_ok() {
+        bail!("Signal's database failed integrity_check: {}", check.result);
+    }
+    Ok(check)
+}
+
+/// Entries of the target that hold data: all but `lost+found` and our own bookkeeping.
+fn user_entries(target: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(target)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name != "lost+found" && !name.starts_with(profile::OWN_FILES_PREFIX) {
+            found.push(name);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Renames every staged entry into the target, moving whatever it replaces aside first.
+fn move_into_place(target: &Path, staging: &Path) -> Result<()> {
+    let aside = target.join(format!(
+        "{}-replaced-{}",
+        profile::OWN_FILES_PREFIX,
+        Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let mut names: Vec<_> = fs::read_dir(staging)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    let old_marker = target.join(MARKER);
+    if old_marker.exists() {
+        fs::create_dir_all(&aside)?;
+        fs::rename(&old_marker, aside.join(MARKER))?;
+    }
+    for name in names.into_iter().filter(|n| n != READY) {
+        let destination = target.join(&name);
+        if fs::symlink_metadata(&destination).is_ok() {
+            fs::create_dir_all(&aside)?;
+            tracing::warn!(entry = ?name, moved_to = %aside.display(), "moving an existing entry aside");
+            fs::rename(&destination, aside.join(&name))?;
+        }
+        fs::rename(staging.join(&name), &destination)
+            .with_context(|| format!("cannot move {:?} into place", name))?;
+    }
+    sync_dir(target)
+}
+
+/// Writes the marker (the commit point), then removes the staging directory.
+fn commit(target: &Path, marker: &Marker) -> Result<()> {
+    write_json(&target.join(MARKER), marker)?;
+    fs::remove_dir_all(target.join(STAGING)).ok();
+    sync_filesystem(target)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("{} is damaged; remove it to restore again", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes a small file atomically: temporary file, fsync, rename, fsync the directory.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let temp = path.with_extension("partial");
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    fs::write(&temp, &bytes)?;
+    fs::File::open(&temp)?.sync_all()?;
+    fs::rename(&temp, path)?;
+    sync_dir(path.parent().expect("a file in a directory"))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// One `syncfs` instead of an fsync per file: tens of thousands of attachments would
+/// otherwise cost a disk flush each.
+fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = fs::File::open(path)?;
+    // SAFETY: syncfs on a file descriptor we own.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("syncfs failed");
+    }
+    Ok(())
+}
+
+fn check_free_space(target: &Path, needed: u64) -> Result<()> {
+    let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stats` a valid out-parameter.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Ok(()); // not knowing is not a reason to refuse
+    }
+    let available = stats.f_bavail as u64 * stats.f_frsize as u64;
+    if available < needed {
+        bail!(
+            "{} has {} free but the snapshot holds {}: use a larger volume",
+            target.display(),
+            super::snapshots::human_bytes(available),
+            super::snapshots::human_bytes(needed)
+        );
+    }
+    Ok(())
+}

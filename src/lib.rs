@@ -1,0 +1,20 @@
+//! ghostwire-backup: backs up and restores a Signal Desktop profile (Ghostwire, on
+//! Kubernetes) with a consistent snapshot of its SQLCipher database.
+//!
+//! The modules read as the pipeline:
+//! [`profile`] (what Signal keeps where) → [`sqlite`] (consistent snapshots) → [`walk`]
+//! (what to keep) → [`archive`] (tar → zstd → age) → [`store`] (local directory or S3,
+//! behind one small trait) with [`repo`] and [`manifest`] (the repository format) →
+//! [`unpack`] (safe extraction) and the restore gate. [`commands`] has one file per verb.
+
+pub mod archive;
+pub mod commands;
+pub mod keys;
+pub mod manifest;
+pub mod profile;
+pub mod repo;
+pub mod sqlite;
+pub mod staging;
+pub mod store;
+pub mod unpack;
+pub mod walk;

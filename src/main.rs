@@ -1,0 +1,284 @@
+//! The `ghostwire-backup` binary: parses flags (every one also read from a `GWB_*`
+//! environment variable, since Kubernetes hands configuration over as env and mounted
+//! Secrets), sets up logging, and calls the command.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use ghostwire_backup::commands::{
+    self, backup::BackupOptions, restore, restore::RestoreOptions, verify::VerifyOptions,
+};
+use ghostwire_backup::repo::{Repository, Selector};
+use ghostwire_backup::store::s3::S3Options;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Back up and restore a Signal Desktop profile: consistent SQLCipher snapshot, tar → zstd → age, S3 or a local directory."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Repository: s3://BUCKET/PREFIX, or a local directory.
+    #[arg(long, env = "GWB_REPO", default_value = "./backups", global = true)]
+    repo: String,
+    /// S3 endpoint for S3-compatible servers (MinIO, Ceph, R2…); AWS when unset.
+    #[arg(long, env = "GWB_S3_ENDPOINT", global = true)]
+    s3_endpoint: Option<String>,
+    /// S3 region (else AWS_REGION, else us-east-1).
+    #[arg(long, env = "GWB_S3_REGION", global = true)]
+    s3_region: Option<String>,
+    /// Path-style S3 addressing (most self-hosted servers need it).
+    #[arg(long, env = "GWB_S3_PATH_STYLE", global = true)]
+    s3_path_style: bool,
+    /// Attempts per S3 request, with exponential backoff between them.
+    #[arg(long, env = "GWB_S3_ATTEMPTS", default_value_t = 6, global = true)]
+    s3_attempts: u32,
+    /// Log format; auto is JSON when stderr is not a terminal.
+    #[arg(long, env = "GWB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an age key pair: writes the secret identity, prints the public recipient.
+    Keygen {
+        /// Where to write the identity (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Take a snapshot of the home and upload it.
+    Backup(BackupArgs),
+    /// List the snapshots in the repository.
+    Snapshots {
+        /// Machine-readable output: the manifests as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot into an empty directory (a fresh volume).
+    Restore(RestoreArgs),
+    /// Check that a snapshot restores, without writing anything.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    /// The home directory to back up.
+    #[arg(long, env = "GWB_SOURCE", default_value = "/home/kasm-user")]
+    source: PathBuf,
+    /// age recipient (public key, age1…); repeat or comma-separate for several.
+    #[arg(long = "recipient", env = "GWB_RECIPIENTS", value_delimiter = ',')]
+    recipients: Vec<String>,
+    /// File of age recipients, one per line.
+    #[arg(long = "recipients-file", env = "GWB_RECIPIENTS_FILE")]
+    recipient_files: Vec<PathBuf>,
+    /// Extra glob of home-relative paths to skip (repeat or comma-separate).
+    #[arg(long = "exclude", env = "GWB_EXCLUDE", value_delimiter = ',')]
+    excludes: Vec<String>,
+    /// File holding Signal's database key (64 hex digits), when config.json has none.
+    #[arg(long, env = "GWB_DB_KEY_FILE")]
+    db_key_file: Option<PathBuf>,
+    /// Scratch directory for database snapshots (they stay encrypted).
+    #[arg(long, env = "GWB_STAGING_DIR", default_value_os_t = std::env::temp_dir())]
+    staging_dir: PathBuf,
+    /// zstd level (1–19).
+    #[arg(long, env = "GWB_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    zstd_level: i32,
+    /// Upload part size in MiB (grows automatically for very large homes).
+    #[arg(long, env = "GWB_PART_SIZE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(5..=512))]
+    part_size_mib: u64,
+    /// Parts uploaded at once.
+    #[arg(long, env = "GWB_PARALLEL_UPLOADS", default_value_t = 2)]
+    parallel_uploads: usize,
+    /// Seconds to wait for a locked database before failing.
+    #[arg(long, env = "GWB_DB_WAIT", default_value_t = 60)]
+    db_wait: u64,
+    /// Mark the snapshot final (taken after Signal stopped).
+    #[arg(long = "final", env = "GWB_FINAL")]
+    r#final: bool,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// Snapshot: an id, `latest`, or `final` (the newest final one, else the latest).
+    #[arg(long, env = "GWB_SNAPSHOT", default_value = "latest")]
+    snapshot: Selector,
+    /// age identity file (the secret key).
+    #[arg(long, env = "GWB_IDENTITY_FILE")]
+    identity: PathBuf,
+    /// Directory to restore into: an empty volume.
+    #[arg(long, env = "GWB_TARGET")]
+    target: PathBuf,
+    /// Restore into a non-empty target; replaced entries are moved aside, never deleted.
+    #[arg(long, env = "GWB_FORCE", conflicts_with = "if_empty")]
+    force: bool,
+    /// Do nothing (exit 0) if the target already holds data: safe as an init container.
+    #[arg(long, env = "GWB_IF_EMPTY")]
+    if_empty: bool,
+    /// Owner for every restored entry, UID:GID (Kasm's is 1000:0).
+    #[arg(long, env = "GWB_CHOWN", value_parser = parse_owner)]
+    chown: Option<(u32, u32)>,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Snapshot: an id, `latest`, or `final`.
+    #[arg(long, env = "GWB_SNAPSHOT", default_value = "latest")]
+    snapshot: Selector,
+    /// age identity file; not needed with --quick.
+    #[arg(long, env = "GWB_IDENTITY_FILE")]
+    identity: Option<PathBuf>,
+    /// Only check the archive's size and SHA-256 against the manifest (no key needed).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn parse_owner(text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = text
+        .split_once(':')
+        .ok_or("expected UID:GID, e.g. 1000:0")?;
+    Ok((
+        uid.parse().map_err(|_| "UID must be a number")?,
+        gid.parse().map_err(|_| "GID must be a number")?,
+    ))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_logs = init_logging(cli.global.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line a person can act on; in JSON mode, one event a log pipeline can too.
+            if json_logs {
+                tracing::error!(error = format!("{err:#}"), "failed");
+            } else {
+                eprintln!("error: {err:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let global = cli.global;
+    let open = |parallel_parts: usize| {
+        let options = S3Options {
+            endpoint: global.s3_endpoint.clone(),
+            region: global.s3_region.clone(),
+            path_style: global.s3_path_style,
+            max_attempts: global.s3_attempts,
+            parallel_parts,
+        };
+        let location = global.repo.clone();
+        async move { Repository::open(&location, &options).await }
+    };
+    match cli.command {
+        Command::Keygen { out } => commands::keygen::run(&out),
+        Command::Backup(args) => {
+            let repo = open(args.parallel_uploads).await?;
+            let manifest = commands::backup::run(
+                &repo,
+                &BackupOptions {
+                    source: args.source,
+                    recipients: args.recipients,
+                    recipient_files: args.recipient_files,
+                    excludes: args.excludes,
+                    db_key_file: args.db_key_file,
+                    staging_dir: args.staging_dir,
+                    zstd_level: args.zstd_level,
+                    part_size: (args.part_size_mib << 20) as usize,
+                    db_wait: Duration::from_secs(args.db_wait),
+                    r#final: args.r#final,
+                },
+            )
+            .await?;
+            println!("{}", manifest.id);
+            Ok(())
+        }
+        Command::Snapshots { json } => commands::snapshots::run(&open(1).await?, json).await,
+        Command::Restore(args) => {
+            let outcome = restore::run(
+                &open(1).await?,
+                &RestoreOptions {
+                    snapshot: args.snapshot,
+                    identity: args.identity,
+                    target: args.target,
+                    force: args.force,
+                    if_empty: args.if_empty,
+                    chown: args.chown,
+                },
+            )
+            .await?;
+            match outcome {
+                restore::Outcome::Restored(marker) | restore::Outcome::Completed(marker) => {
+                    println!("{}", marker.snapshot);
+                }
+                restore::Outcome::LeftAlone(why) => {
+                    tracing::info!(reason = %why, "--if-empty: nothing to restore")
+                }
+            }
+            Ok(())
+        }
+        Command::Verify(args) => {
+            if !args.quick && args.identity.is_none() {
+                bail!(
+                    "verify needs --identity (GWB_IDENTITY_FILE), or --quick for a check without the key"
+                );
+            }
+            let manifest = commands::verify::run(
+                &open(1).await?,
+                &VerifyOptions {
+                    snapshot: args.snapshot,
+                    identity: args.identity,
+                    quick: args.quick,
+                },
+            )
+            .await?;
+            println!("{}", manifest.id);
+            Ok(())
+        }
+    }
+}
+
+/// Sets up logging to stderr and says whether it is JSON.
+fn init_logging(format: LogFormat) -> bool {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GWB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.compact().init();
+    }
+    json
+}

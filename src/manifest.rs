@@ -1,0 +1,175 @@
+//! The snapshot manifest: a small plain-JSON object written last, after the archive. A
+//! snapshot exists if and only if its manifest does. It holds no personal data (ids, times,
+//! sizes, counts and hashes), so `snapshots` and `verify --quick` work without the key.
+//! The repository format is described in docs/format.md; change both together.
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Bump when a reader of the previous version could misread a new snapshot.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub agent_version: String,
+    /// Taken on shutdown, after Signal stopped: the freshest state, the one to restore for
+    /// a green deploy.
+    #[serde(default)]
+    pub r#final: bool,
+    pub archive: ArchiveInfo,
+    pub content: ContentCounts,
+    /// The Signal database, if the home held a Signal profile.
+    pub signal_db: Option<DatabaseInfo>,
+    #[serde(default)]
+    pub attachments: AttachmentCheck,
+}
+
+/// The archive object and how to open it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ArchiveInfo {
+    pub key: String,
+    /// Bytes of ciphertext as stored.
+    pub size: u64,
+    /// SHA-256 of the stored ciphertext: catches a swapped or damaged object without the
+    /// secret key.
+    pub sha256: String,
+    /// Always "tar+zstd+age" in format 1: `age -d | zstd -d | tar -x` reads it.
+    pub encoding: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContentCounts {
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    /// Bytes of file content in the archive, before compression.
+    pub bytes: u64,
+    /// SQLite databases archived as consistent snapshots (the Signal database included).
+    pub sqlite_snapshots: u64,
+    /// Files that kept changing while they were read; archived as last read and reported.
+    pub changed_while_read: u64,
+    /// Files that vanished between listing and reading (normal for caches and
+    /// disappearing-message attachments).
+    pub vanished: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatabaseInfo {
+    /// Signal's schema version (`PRAGMA user_version`): restore into the same or a newer
+    /// Signal.
+    pub user_version: i64,
+    /// Result of `PRAGMA quick_check` on the snapshot: "ok" or the first problem.
+    pub check: String,
+    pub bytes: u64,
+}
+
+/// Attachment files the database snapshot references, checked against the archive.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AttachmentCheck {
+    pub referenced: u64,
+    /// Referenced but not in the archive: deleted by Signal after the database snapshot
+    /// (expired disappearing messages), or missing on the live volume already.
+    pub missing: u64,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut json = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
+        json.push(b'\n');
+        json
+    }
+
+    /// Parses a manifest, refusing formats this version does not know.
+    pub fn from_json(bytes: &[u8], key: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Version {
+            format: u32,
+        }
+        let version: Version = serde_json::from_slice(bytes)
+            .with_context(|| format!("manifest {key} is not valid JSON"))?;
+        if version.format > FORMAT_VERSION {
+            bail!(
+                "snapshot manifest {key} has format {}, but this ghostwire-backup reads up to \
+                 format {FORMAT_VERSION}: this snapshot was written by a newer \
+                 ghostwire-backup; upgrade to read it",
+                version.format
+            );
+        }
+        serde_json::from_slice(bytes).with_context(|| format!("manifest {key} is malformed"))
+    }
+}
+
+/// A new, time-sortable snapshot id such as `20261126T233000Z-9f3a1c2b`.
+pub fn new_snapshot_id(at: DateTime<Utc>) -> String {
+    format!(
+        "{}-{:08x}",
+        at.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let now = Utc::now();
+        Manifest {
+            format: FORMAT_VERSION,
+            id: new_snapshot_id(now),
+            started_at: now,
+            finished_at: now,
+            agent_version: "test".into(),
+            r#final: false,
+            archive: ArchiveInfo {
+                key: "archives/x.tar.zst.age".into(),
+                size: 1,
+                sha256: "00".into(),
+                encoding: "tar+zstd+age".into(),
+            },
+            content: ContentCounts::default(),
+            signal_db: None,
+            attachments: AttachmentCheck::default(),
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_through_json() {
+        let manifest = sample();
+        assert_eq!(
+            Manifest::from_json(&manifest.to_json(), "k").unwrap(),
+            manifest
+        );
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_with_upgrade_advice() {
+        let mut json: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        json["format"] = (FORMAT_VERSION + 1).into();
+        let err = Manifest::from_json(json.to_string().as_bytes(), "k").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("written by a newer ghostwire-backup"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_json_names_the_manifest() {
+        let err = Manifest::from_json(b"{\"format\": 1, \"id\": 3", "snapshots/x.json");
+        assert!(format!("{:#}", err.unwrap_err()).contains("snapshots/x.json"));
+    }
+
+    #[test]
+    fn snapshot_ids_sort_by_time() {
+        let early = new_snapshot_id("2026-01-02T03:04:05Z".parse().unwrap());
+        let late = new_snapshot_id("2026-01-02T03:04:06Z".parse().unwrap());
+        assert!(early < late);
+        assert!(early.starts_with("20260102T030405Z-"));
+    }
+}

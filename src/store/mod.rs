@@ -1,0 +1,105 @@
+//! The storage seam: anything that can put, get, list and delete objects can hold a
+//! repository. Like Litestream's `ReplicaClient`, the trait is small on purpose, so a new
+//! backend touches nothing else: [`local`] (a directory, the embedded default) and [`s3`].
+
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+
+pub mod local;
+pub mod s3;
+
+/// The error a store returns when a key does not exist; find it with
+/// `err.downcast_ref::<NotFound>()`.
+#[derive(Debug, thiserror::Error)]
+#[error("object {0} not found in the repository")]
+pub struct NotFound(pub String);
+
+/// One object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+pub type ObjectReader = Box<dyn AsyncRead + Send + Unpin>;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Writes a small object whole, replacing any object under `key`.
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+
+    /// Writes an object from a stream of chunks and returns its size. The object becomes
+    /// visible only when the stream ends with [`ChunkSender::finish`]; if the producer gives
+    /// up, or anything fails, nothing is left under `key` (and no upload is left open).
+    async fn put_stream(&self, key: &str, body: ChunkStream) -> Result<u64>;
+
+    /// Reads an object from byte `offset` to its end. Fails with [`NotFound`].
+    async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader>;
+
+    /// Objects whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Creates the two ends of a streamed upload; at most `depth` chunks wait in between,
+/// which (with the chunk size) bounds the memory an upload holds.
+pub fn chunk_channel(depth: usize) -> (ChunkSender, ChunkStream) {
+    let (tx, rx) = mpsc::channel(depth);
+    (ChunkSender { tx }, ChunkStream { rx })
+}
+
+/// The producing end of a streamed upload, used from blocking code (the archive writer).
+pub struct ChunkSender {
+    tx: mpsc::Sender<Option<Bytes>>,
+}
+
+impl ChunkSender {
+    pub fn send(&self, chunk: Bytes) -> std::io::Result<()> {
+        self.tx
+            .blocking_send(Some(chunk))
+            .map_err(|_| upload_gone())
+    }
+
+    /// Marks the stream complete: only now may the store make the object visible.
+    pub fn finish(self) -> std::io::Result<()> {
+        self.tx.blocking_send(None).map_err(|_| upload_gone())
+    }
+}
+
+fn upload_gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped")
+}
+
+/// The consuming end of a streamed upload, read by a [`Store`].
+pub struct ChunkStream {
+    rx: mpsc::Receiver<Option<Bytes>>,
+}
+
+impl ChunkStream {
+    /// The next chunk, `None` at a finished end, or an error if the producer dropped the
+    /// stream without finishing it (the archive could not be completed).
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        match self.rx.recv().await {
+            Some(chunk) => Ok(chunk),
+            None => bail!("the archive stream was abandoned before it was complete"),
+        }
+    }
+}
+
+/// Rejects keys that could name something outside the repository.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    if key.is_empty()
+        || key.starts_with('/')
+        || key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        bail!("invalid object key {key:?}");
+    }
+    Ok(())
+}

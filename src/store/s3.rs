@@ -1,0 +1,308 @@
+//! A repository in an S3 bucket (AWS, or any S3-compatible server through `--s3-endpoint`
+//! and path-style addressing). Credentials come from the AWS default chain: environment,
+//! web identity (IRSA on EKS), profile files, instance metadata.
+//!
+//! Large objects go up as a multipart upload with a bounded number of parts in flight, and
+//! a failed upload is aborted so no orphaned parts are left to bill. Throttling, 5xx and
+//! timeouts are retried by the SDK's standard retry strategy with exponential backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_http_client::tls;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{ChunkStream, NotFound, ObjectInfo, ObjectReader, Store, check_key};
+
+/// How to reach the bucket; everything else comes from the AWS default chain.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// A custom endpoint such as `http://127.0.0.1:9000` (MinIO, Ceph, R2, moto).
+    pub endpoint: Option<String>,
+    /// Region; when unset, the AWS chain's, else `us-east-1`.
+    pub region: Option<String>,
+    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`.
+    pub path_style: bool,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// Parts uploaded at once; with the part size this bounds upload memory.
+    pub parallel_parts: usize,
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    parallel_parts: usize,
+}
+
+impl S3Store {
+    pub async fn connect(bucket: &str, prefix: &str, options: &S3Options) -> Result<Self> {
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let region =
+            RegionProviderChain::first_try(options.region.clone().map(aws_config::Region::new))
+                .or_default_provider()
+                .or_else("us-east-1");
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client)
+            .region(region)
+            .load()
+            .await;
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(options.path_style)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(options.max_attempts.max(1))
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(10)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(60))
+                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .build(),
+            );
+        if let Some(endpoint) = &options.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        Ok(Self {
+            client: Client::from_conf(config.build()),
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            parallel_parts: options.parallel_parts.max(1),
+        })
+    }
+
+    fn object_key(&self, key: &str) -> Result<String> {
+        check_key(key)?;
+        Ok(if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        })
+    }
+
+    fn describe(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// Uploads the parts of `body` after `first`, at most `parallel_parts` at a time, and
+    /// completes the upload. The caller aborts it if this fails.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Bytes,
+        body: &mut ChunkStream,
+    ) -> Result<u64> {
+        let slots = Arc::new(Semaphore::new(self.parallel_parts));
+        let mut in_flight = JoinSet::new();
+        let mut next = Some(first);
+        let mut number = 0i32;
+        let mut size = 0u64;
+        while let Some(chunk) = next {
+            number += 1;
+            if number > 10_000 {
+                bail!("the archive needs more than 10,000 parts: raise --part-size");
+            }
+            size += chunk.len() as u64;
+            let slot = slots.clone().acquire_owned().await?;
+            // Surface a failed part early instead of uploading the rest for nothing.
+            while let Some(done) = in_flight.try_join_next() {
+                done??;
+            }
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk));
+            in_flight.spawn(async move {
+                let output = request.send().await;
+                drop(slot);
+                let output = output.map_err(|e| sdk_error(e, "upload part"))?;
+                Ok::<_, anyhow::Error>(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(output.e_tag)
+                        .build(),
+                )
+            });
+            next = body.next().await?;
+        }
+        let mut parts = Vec::with_capacity(number as usize);
+        while let Some(done) = in_flight.join_next().await {
+            parts.push(done??);
+        }
+        parts.sort_by_key(|part| part.part_number);
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, "complete multipart upload"))?;
+        Ok(size)
+    }
+}
+
+/// An SDK error as one readable line with its cause (the HTTP status, the S3 error code),
+/// which the SDK's own `Display` leaves out.
+fn sdk_error<E, R>(err: SdkError<E, R>, action: &str) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let hint = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            " (is the S3 endpoint reachable? check --s3-endpoint / GWB_S3_ENDPOINT)"
+        }
+        _ => "",
+    };
+    anyhow!("S3 {action} failed: {}{hint}", DisplayErrorContext(&err))
+}
+
+#[async_trait]
+impl Store for S3Store {
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let object = self.object_key(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, "put object"))
+            .with_context(|| format!("cannot write {}", self.describe(&object)))?;
+        Ok(())
+    }
+
+    async fn put_stream(&self, key: &str, mut body: ChunkStream) -> Result<u64> {
+        let object = self.object_key(key)?;
+        let Some(first) = body.next().await? else {
+            self.put(key, Bytes::new()).await?;
+            return Ok(0);
+        };
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, "create multipart upload"))
+            .with_context(|| format!("cannot start uploading {}", self.describe(&object)))?;
+        let upload_id = upload.upload_id.context("S3 returned no upload id")?;
+        match self
+            .upload_parts(&object, &upload_id, first, &mut body)
+            .await
+        {
+            Ok(size) => Ok(size),
+            Err(err) => {
+                let aborted = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&object)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                if let Err(abort_err) = aborted {
+                    tracing::warn!(
+                        upload_id,
+                        error = %DisplayErrorContext(&abort_err),
+                        "could not abort the multipart upload; a bucket lifecycle rule \
+                         (AbortIncompleteMultipartUpload) removes it later"
+                    );
+                }
+                Err(err.context(format!("cannot upload {}", self.describe(&object))))
+            }
+        }
+    }
+
+    async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader> {
+        let object = self.object_key(key)?;
+        let mut request = self.client.get_object().bucket(&self.bucket).key(&object);
+        if offset > 0 {
+            request = request.range(format!("bytes={offset}-"));
+        }
+        match request.send().await {
+            Ok(output) => Ok(Box::new(output.body.into_async_read())),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                Err(NotFound(key.to_string()).into())
+            }
+            Err(err) => Err(sdk_error(err, "get object"))
+                .with_context(|| format!("cannot read {}", self.describe(&object))),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let full_prefix = if self.prefix.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{}/{prefix}", self.prefix)
+        };
+        let strip = full_prefix.len() - prefix.len();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(|e| sdk_error(e, "list objects"))
+                .with_context(|| format!("cannot list s3://{}/{full_prefix}", self.bucket))?;
+            for object in page.contents.unwrap_or_default() {
+                let Some(key) = object.key else { continue };
+                found.push(ObjectInfo {
+                    key: key[strip..].to_string(),
+                    size: object.size.unwrap_or(0).max(0) as u64,
+                });
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let object = self.object_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, "delete object"))
+            .with_context(|| format!("cannot delete {}", self.describe(&object)))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,402 @@
+//! Safe extraction of an archive into a directory we own.
+//!
+//! An archive is input from outside (a repository can be tampered with), so extraction
+//! trusts no name in it: every path must be relative without `..`; nothing is written
+//! through a symlink (each parent is checked with `lstat` and created as a real directory);
+//! hard links may only point at files already extracted inside the tree; device nodes,
+//! FIFOs and sockets are refused. Symlinks themselves are restored as inert links — Signal
+//! has them (`SingletonLock` is one) — but never followed. Files get at most the permission
+//! bits they were archived with (no setuid/setgid), and the total size is capped so a
+//! decompression bomb cannot fill the volume.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+
+use crate::profile::OWN_FILES_PREFIX;
+
+pub struct UnpackOptions {
+    /// Owner for every restored entry (`--chown`); otherwise the archived owner when
+    /// running as root, else the current user.
+    pub chown: Option<(u32, u32)>,
+    pub preserve_owner: bool,
+    /// Refuse archives that expand to more file content than this.
+    pub max_content_bytes: u64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UnpackStats {
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+/// Checks an archive path and returns it as a relative path.
+pub fn safe_relative_path(raw: &[u8]) -> Result<PathBuf> {
+    let shown = String::from_utf8_lossy(raw);
+    let path = Path::new(OsStr::from_bytes(raw));
+    if raw.is_empty() || raw.contains(&0) {
+        bail!("archive entry {shown:?} has an empty or invalid name");
+    }
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                bail!(
+                    "archive entry {shown:?} is an absolute path: refusing to write outside the target"
+                )
+            }
+            Component::ParentDir => {
+                bail!("archive entry {shown:?} contains '..': refusing to write outside the target")
+            }
+        }
+    }
+    if clean.as_os_str().is_empty() {
+        bail!("archive entry {shown:?} names the target itself");
+    }
+    if clean
+        .iter()
+        .next()
+        .is_some_and(|first| first.as_bytes().starts_with(OWN_FILES_PREFIX.as_bytes()))
+    {
+        bail!("archive entry {shown:?} would overwrite ghostwire-backup's own restore bookkeeping");
+    }
+    Ok(clean)
+}
+
+/// Unpacks every entry of `archive` below `dest`, which must be a directory we created.
+pub fn unpack<R: Read>(
+    archive: &mut tar::Archive<R>,
+    dest: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackStats> {
+    let mut stats = UnpackStats::default();
+    // Directory permissions and times are applied last: a read-only directory would stop
+    // its own children from being written, and writing children changes its mtime.
+    let mut directories: Vec<(PathBuf, u32, u64)> = Vec::new();
+    for entry in archive.entries().context("cannot read the archive")? {
+        let mut entry = entry.map_err(crate::archive::explain_read_error)?;
+        let raw = entry.path_bytes().into_owned();
+        let relative = safe_relative_path(&raw)?;
+        let target = dest.join(&relative);
+        prepare_parents(dest, &relative)?;
+        let header = entry.header();
+        let mode = header.mode()? & 0o777;
+        let mtime = header.mtime()?;
+        let owner = (header.uid()? as u32, header.gid()? as u32);
+        match header.entry_type() {
+            tar::EntryType::Directory => {
+                match fs::symlink_metadata(&target) {
+                    Ok(existing) if existing.is_dir() => {}
+                    Ok(_) => bail!(
+                        "archive entry {} is a directory over a non-directory",
+                        relative.display()
+                    ),
+                    Err(_) => fs::DirBuilder::new().mode(0o700).create(&target)?,
+                }
+                set_owner(&target, owner, options)?;
+                directories.push((target, mode, mtime));
+                stats.directories += 1;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_non_directory(&target, &relative)?;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&target)
+                    .with_context(|| format!("cannot create {}", target.display()))?;
+                let budget = options.max_content_bytes.saturating_sub(stats.bytes);
+                let written = io::copy(&mut (&mut entry).take(budget.saturating_add(1)), &mut file)
+                    .map_err(crate::archive::explain_read_error)?;
+                if written > budget {
+                    bail!(
+                        "the archive expands to more than the {} bytes of content its manifest \
+                         declares: refusing it (damaged, or a decompression bomb)",
+                        options.max_content_bytes
+                    );
+                }
+                stats.bytes += written;
+                file.set_permissions(fs::Permissions::from_mode(mode))?;
+                set_owner(&target, owner, options)?;
+                file.set_modified(to_time(mtime))?;
+                stats.files += 1;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name_bytes()
+                    .with_context(|| format!("symlink {} has no target", relative.display()))?;
+                remove_non_directory(&target, &relative)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target)
+                    .with_context(|| format!("cannot create symlink {}", target.display()))?;
+                set_owner(&target, owner, options)?;
+                stats.symlinks += 1;
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name_bytes()
+                    .with_context(|| format!("hard link {} has no target", relative.display()))?;
+                let source = safe_relative_path(&link).with_context(|| {
+                    format!("hard link {} points outside the target", relative.display())
+                })?;
+                prepare_parents(dest, &source)?;
+                let source = dest.join(source);
+                if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
+                    bail!(
+                        "hard link {} points at {:?}, which is not a file restored earlier: refusing it",
+                        relative.display(),
+                        String::from_utf8_lossy(&link)
+                    );
+                }
+                remove_non_directory(&target, &relative)?;
+                fs::hard_link(&source, &target)?;
+                stats.files += 1;
+            }
+            other => bail!(
+                "archive entry {} is a {:?} (device node, FIFO or other special file): refusing it",
+                relative.display(),
+                other
+            ),
+        }
+    }
+    for (path, mode, mtime) in directories.into_iter().rev() {
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        File::open(&path)?.set_modified(to_time(mtime))?;
+    }
+    Ok(stats)
+}
+
+/// Makes sure every parent of `relative` below `dest` is a real directory — creating
+/// missing ones — so nothing is ever written through a symlink.
+fn prepare_parents(dest: &Path, relative: &Path) -> Result<()> {
+    let mut current = dest.to_path_buf();
+    let Some(parent) = relative.parent() else {
+        return Ok(());
+    };
+    for part in parent.components() {
+        current.push(part);
+        match fs::symlink_metadata(&current) {
+            Ok(metadata) if metadata.is_dir() => {}
+            Ok(metadata) if metadata.file_type().is_symlink() => bail!(
+                "archive entry {} would be written through the symlink {}: refusing it \
+                 (a symlink escape)",
+                relative.display(),
+                current.strip_prefix(dest).unwrap_or(&current).display()
+            ),
+            Ok(_) => bail!(
+                "archive entry {} is below {}, which is not a directory",
+                relative.display(),
+                current.strip_prefix(dest).unwrap_or(&current).display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new().mode(0o700).create(&current)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A later entry of the same name replaces an earlier one (the backup re-reads files that
+/// changed while read); a directory is never replaced.
+fn remove_non_directory(target: &Path, relative: &Path) -> Result<()> {
+    match fs::symlink_metadata(target) {
+        Ok(existing) if existing.is_dir() => {
+            bail!(
+                "archive entry {} would replace a directory",
+                relative.display()
+            )
+        }
+        Ok(_) => fs::remove_file(target).map_err(Into::into),
+        Err(_) => Ok(()),
+    }
+}
+
+fn set_owner(path: &Path, archived: (u32, u32), options: &UnpackOptions) -> Result<()> {
+    let owner = match options.chown {
+        Some(owner) => owner,
+        None if options.preserve_owner => archived,
+        None => return Ok(()),
+    };
+    std::os::unix::fs::lchown(path, Some(owner.0), Some(owner.1))
+        .with_context(|| format!("cannot set the owner of {}", path.display()))
+}
+
+fn to_time(mtime: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(mtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> UnpackOptions {
+        UnpackOptions {
+            chown: None,
+            preserve_owner: false,
+            max_content_bytes: 1 << 20,
+        }
+    }
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(size);
+        header
+    }
+
+    /// Writes raw names into headers, as a hostile archive would (tar::Builder refuses them).
+    fn archive_with(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind, data_or_link) in entries {
+            let size = if *kind == tar::EntryType::Regular {
+                data_or_link.len() as u64
+            } else {
+                0
+            };
+            let mut h = header(*kind, size);
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+                gnu.linkname[..data_or_link.len()].copy_from_slice(data_or_link.as_bytes());
+            }
+            h.set_cksum();
+            let data: &[u8] = if size > 0 {
+                data_or_link.as_bytes()
+            } else {
+                b""
+            };
+            builder.append(&h, data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn unpack_bytes(bytes: &[u8], dest: &Path) -> Result<UnpackStats> {
+        unpack(&mut tar::Archive::new(bytes), dest, &options())
+    }
+
+    #[test]
+    fn hostile_entries_are_refused_and_nothing_lands_outside() {
+        use tar::EntryType::*;
+        let cases: &[(&str, &[(&str, tar::EntryType, &str)], &str)] = &[
+            ("absolute", &[("/tmp/gwb-evil", Regular, "x")], "absolute"),
+            ("dotdot", &[("a/../../gwb-evil", Regular, "x")], ".."),
+            (
+                "symlink escape",
+                &[
+                    ("link", Symlink, "OUTSIDE"),
+                    ("link/gwb-evil", Regular, "x"),
+                ],
+                "symlink",
+            ),
+            ("hard link out", &[("h", Link, "/etc/passwd")], "outside"),
+            (
+                "hard link via dotdot",
+                &[("h", Link, "../outside/file")],
+                "outside",
+            ),
+            ("device node", &[("dev", Char, "")], "special"),
+            ("fifo", &[("fifo", Fifo, "")], "special"),
+            (
+                "own marker",
+                &[(".ghostwire-backup-restore.json", Regular, "{}")],
+                "bookkeeping",
+            ),
+        ];
+        for (name, entries, expected) in cases {
+            let root = tempfile::tempdir().unwrap();
+            let dest = root.path().join("dest");
+            let outside = root.path().join("outside");
+            fs::create_dir(&dest).unwrap();
+            fs::create_dir(&outside).unwrap();
+            fs::write(outside.join("file"), "precious").unwrap();
+            let entries: Vec<_> = entries
+                .iter()
+                .map(|(n, k, d)| {
+                    (
+                        *n,
+                        *k,
+                        if *d == "OUTSIDE" {
+                            outside.to_str().unwrap()
+                        } else {
+                            *d
+                        },
+                    )
+                })
+                .collect();
+            let err = unpack_bytes(&archive_with(&entries), &dest).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{name}: {err:#}");
+            let outside_now: Vec<_> = fs::read_dir(&outside)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                outside_now,
+                vec![std::ffi::OsString::from("file")],
+                "{name}"
+            );
+            assert_eq!(
+                fs::read_to_string(outside.join("file")).unwrap(),
+                "precious",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn later_entry_of_a_name_wins_and_modes_are_kept() {
+        use tar::EntryType::*;
+        let bytes = archive_with(&[
+            ("d", Directory, ""),
+            ("d/f", Regular, "torn"),
+            ("d/f", Regular, "whole"),
+            ("l", Symlink, "d/f"),
+        ]);
+        let dest = tempfile::tempdir().unwrap();
+        let stats = unpack_bytes(&bytes, dest.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dest.path().join("d/f")).unwrap(),
+            "whole"
+        );
+        assert_eq!(
+            fs::read_link(dest.path().join("l")).unwrap(),
+            Path::new("d/f")
+        );
+        assert_eq!(
+            fs::metadata(dest.path().join("d/f"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o644
+        );
+        assert_eq!(stats.symlinks, 1);
+    }
+
+    #[test]
+    fn content_beyond_the_declared_size_is_refused() {
+        let big = "x".repeat(4096);
+        let bytes = archive_with(&[("big", tar::EntryType::Regular, &big)]);
+        let dest = tempfile::tempdir().unwrap();
+        let options = UnpackOptions {
+            max_content_bytes: 1000,
+            ..options()
+        };
+        let err = unpack(&mut tar::Archive::new(&bytes[..]), dest.path(), &options).unwrap_err();
+        assert!(err.to_string().contains("decompression bomb"), "{err:#}");
+    }
+}

@@ -1,0 +1,201 @@
+//! Lists the home before it is archived: what to keep, in a stable order, without reading
+//! file contents (except the 16-byte header that tells a plain SQLite database apart).
+//!
+//! Listing first lets the backup size its upload parts and count what it will do; the
+//! archive pass then reads each file once and notices files that changed in between.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::Metadata;
+use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use globset::GlobSet;
+
+use crate::sqlite::SQLITE_HEADER;
+
+#[derive(Debug)]
+pub enum Kind {
+    Directory,
+    File,
+    /// A file that starts with the SQLite header: archived as a consistent snapshot.
+    PlainSqlite,
+    Symlink(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    /// Relative to the home.
+    pub path: PathBuf,
+    pub kind: Kind,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// Sum of file sizes: what the archive will roughly hold.
+    pub file_bytes: u64,
+    /// Sockets, FIFOs and device nodes: never archived.
+    pub special_skipped: u64,
+}
+
+/// Lists `home`, skipping excluded paths and the `-wal`/`-shm`/`-journal` companions of the
+/// databases it will snapshot (`databases` names more of them, such as Signal's encrypted
+/// one, which has no recognisable header).
+pub fn list(home: &Path, excludes: &GlobSet, databases: &[&Path]) -> Result<Listing> {
+    let root = std::fs::symlink_metadata(home)
+        .with_context(|| format!("cannot read the home directory {}", home.display()))?;
+    if !root.is_dir() {
+        bail!(
+            "{} is not a directory: point --source at the home to back up",
+            home.display()
+        );
+    }
+    let mut listing = Listing::default();
+    list_dir(home, Path::new(""), excludes, &mut listing)?;
+    let mut snapshotted: HashSet<PathBuf> = databases.iter().map(|p| p.to_path_buf()).collect();
+    for entry in &listing.entries {
+        if matches!(entry.kind, Kind::PlainSqlite) {
+            snapshotted.insert(entry.path.clone());
+        }
+    }
+    listing
+        .entries
+        .retain(|entry| !is_companion(&entry.path, &snapshotted));
+    listing.file_bytes = listing
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File | Kind::PlainSqlite))
+        .map(|e| e.metadata.len())
+        .sum();
+    Ok(listing)
+}
+
+fn list_dir(home: &Path, dir: &Path, excludes: &GlobSet, listing: &mut Listing) -> Result<()> {
+    let absolute = home.join(dir);
+    let mut names: Vec<OsString> = std::fs::read_dir(&absolute)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect())
+        .with_context(|| unreadable(&absolute))?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    for name in names {
+        let path = dir.join(&name);
+        if excludes.is_match(&path) {
+            continue;
+        }
+        let full = home.join(&path);
+        let metadata = match std::fs::symlink_metadata(&full) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted meanwhile
+            Err(e) => return Err(e).with_context(|| unreadable(&full)),
+        };
+        let file_type = metadata.file_type();
+        let kind = if file_type.is_dir() {
+            Kind::Directory
+        } else if file_type.is_symlink() {
+            Kind::Symlink(std::fs::read_link(&full).with_context(|| unreadable(&full))?)
+        } else if file_type.is_file() {
+            match has_sqlite_header(&full) {
+                Ok(true) => Kind::PlainSqlite,
+                Ok(false) => Kind::File,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| unreadable(&full)),
+            }
+        } else {
+            debug_assert!(
+                file_type.is_socket()
+                    || file_type.is_fifo()
+                    || file_type.is_block_device()
+                    || file_type.is_char_device()
+            );
+            listing.special_skipped += 1;
+            continue;
+        };
+        let is_dir = matches!(kind, Kind::Directory);
+        listing.entries.push(Entry {
+            path: path.clone(),
+            kind,
+            metadata,
+        });
+        if is_dir {
+            list_dir(home, &path, excludes, listing)?;
+        }
+    }
+    Ok(())
+}
+
+fn unreadable(path: &Path) -> String {
+    format!(
+        "cannot read {}: a backup must not silently lack it; fix its permissions (the agent \
+         runs as the profile's owner) or --exclude it",
+        path.display()
+    )
+}
+
+fn has_sqlite_header(path: &Path) -> std::io::Result<bool> {
+    let mut header = [0u8; 16];
+    let mut file = std::fs::File::open(path)?;
+    match file.read_exact(&mut header) {
+        Ok(()) => Ok(&header == SQLITE_HEADER),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `db-wal`, `db-shm` and `db-journal` of a database we snapshot: its snapshot already
+/// holds their content, and restoring a stale one next to it would corrupt it.
+fn is_companion(path: &Path, databases: &HashSet<PathBuf>) -> bool {
+    let bytes = path.as_os_str().as_bytes();
+    [&b"-wal"[..], b"-shm", b"-journal"].iter().any(|suffix| {
+        bytes
+            .strip_suffix(*suffix)
+            .is_some_and(|db| databases.contains(&PathBuf::from(OsString::from_vec(db.to_vec()))))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile;
+
+    #[test]
+    fn listing_keeps_data_skips_excludes_sockets_and_wal_companions() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        std::fs::create_dir_all(h.join(".config/Signal/sql")).unwrap();
+        std::fs::create_dir_all(h.join(".config/Signal/Cache")).unwrap();
+        std::fs::write(h.join(".config/Signal/Cache/x"), b"cache").unwrap();
+        std::fs::write(h.join(".config/Signal/sql/db.sqlite"), b"encrypted").unwrap();
+        std::fs::write(h.join(".config/Signal/sql/db.sqlite-wal"), b"wal").unwrap();
+        std::fs::write(h.join("plain.db"), [&SQLITE_HEADER[..], &[0; 100]].concat()).unwrap();
+        std::fs::write(h.join("plain.db-shm"), b"shm").unwrap();
+        std::os::unix::fs::symlink("host-1", h.join(".config/Signal/SingletonLock")).unwrap();
+        std::os::unix::fs::symlink("plain.db", h.join("link")).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(h.join("sock")).unwrap();
+        let excludes = profile::excludes(&[]).unwrap();
+        let signal_db = Path::new(profile::SIGNAL_DB);
+        let listing = list(h, &excludes, &[signal_db]).unwrap();
+        let names: Vec<_> = listing
+            .entries
+            .iter()
+            .map(|e| e.path.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ".config",
+                ".config/Signal",
+                ".config/Signal/sql",
+                ".config/Signal/sql/db.sqlite",
+                "link",
+                "plain.db"
+            ]
+        );
+        assert!(matches!(listing.entries[5].kind, Kind::PlainSqlite));
+        assert!(matches!(&listing.entries[4].kind, Kind::Symlink(t) if t == Path::new("plain.db")));
+        assert_eq!(listing.special_skipped, 1);
+    }
+}
