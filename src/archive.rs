@@ -337,7 +337,7 @@ pub fn open_plain<R: Read>(
         .map_err(|e| match e {
             age::DecryptError::NoMatchingKeys => anyhow::anyhow!(
                 "none of the given identities can decrypt this snapshot: it was encrypted to \
-                 other recipients (check --identity)"
+                 other recipients (check --identity), or its header is damaged"
             ),
             other => anyhow::anyhow!("cannot decrypt the archive: {other}"),
         })?;

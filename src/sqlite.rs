@@ -113,9 +113,14 @@ pub fn snapshot(
     Ok(check)
 }
 
-/// Opens a database read-only and runs the full `integrity_check`: the restore gate.
+/// Runs the full `integrity_check` on a restored copy: the restore gate. The copy is in WAL
+/// mode like the original; it is opened read-write (never created) so that closing it
+/// removes the `-wal`/`-shm` files opening it made, leaving exactly the restored file.
 pub fn integrity_check(path: &Path, key: Option<&DbKey>) -> Result<DbCheck> {
-    let conn = open(path, OpenFlags::SQLITE_OPEN_READ_ONLY, key)?;
+    if !path.is_file() {
+        bail!("{} is missing", path.display());
+    }
+    let conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE, key)?;
     run_check(&conn, "integrity_check", key.is_some())
 }
 

@@ -261,11 +261,17 @@ fn a_malicious_archive_writes_nothing_outside_the_target() {
     link.set_entry_type(tar::EntryType::Symlink);
     link.set_size(0);
     link.set_mode(0o777);
+    link.set_uid(0);
+    link.set_gid(0);
+    link.set_mtime(0);
     tar.append_link(&mut link, "escape", &outside).unwrap();
     let mut file = tar::Header::new_gnu();
     file.set_entry_type(tar::EntryType::Regular);
     file.set_size(5);
     file.set_mode(0o644);
+    file.set_uid(0);
+    file.set_gid(0);
+    file.set_mtime(0);
     tar.append_data(&mut file, "escape/pwned", &b"pwned"[..])
         .unwrap();
     let plain = zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap();
@@ -307,6 +313,7 @@ fn an_unreachable_s3_server_fails_quickly_and_clearly() {
             .env("GWB_REPO", "s3://bucket/prefix")
             .env("GWB_S3_ENDPOINT", format!("http://127.0.0.1:{port}"))
             .env("GWB_S3_PATH_STYLE", "true")
+            .env("GWB_S3_REGION", "us-east-1")
             .env("GWB_S3_ATTEMPTS", "2")
             .env("AWS_ACCESS_KEY_ID", "k")
             .env("AWS_SECRET_ACCESS_KEY", "s")

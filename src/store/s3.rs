@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -55,17 +55,18 @@ impl S3Store {
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        let region =
-            RegionProviderChain::first_try(options.region.clone().map(aws_config::Region::new))
-                .or_default_provider()
-                .or_else("us-east-1");
-        let shared = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http_client)
-            .region(region)
-            .load()
-            .await;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client);
+        if let Some(region) = &options.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let shared = loader.load().await;
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(options.path_style)
+            // The SDK's default CRC trailers use aws-chunked uploads, which many S3-compatible
+            // servers store or reject wrongly; integrity is ours end to end anyway (the
+            // manifest's SHA-256 and age's authentication).
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(options.max_attempts.max(1))
@@ -79,6 +80,9 @@ impl S3Store {
                     .operation_attempt_timeout(Duration::from_secs(300))
                     .build(),
             );
+        if shared.region().is_none() {
+            config = config.region(aws_config::Region::from_static("us-east-1"));
+        }
         if let Some(endpoint) = &options.endpoint {
             config = config.endpoint_url(endpoint);
         }
@@ -115,6 +119,7 @@ impl S3Store {
         let slots = Arc::new(Semaphore::new(self.parallel_parts));
         let mut in_flight = JoinSet::new();
         let mut next = Some(first);
+        let mut parts = Vec::new();
         let mut number = 0i32;
         let mut size = 0u64;
         while let Some(chunk) = next {
@@ -126,7 +131,7 @@ impl S3Store {
             let slot = slots.clone().acquire_owned().await?;
             // Surface a failed part early instead of uploading the rest for nothing.
             while let Some(done) = in_flight.try_join_next() {
-                done??;
+                parts.push(done??);
             }
             let request = self
                 .client
@@ -149,7 +154,6 @@ impl S3Store {
             });
             next = body.next().await?;
         }
-        let mut parts = Vec::with_capacity(number as usize);
         while let Some(done) = in_flight.join_next().await {
             parts.push(done??);
         }
