@@ -292,7 +292,8 @@ mod tests {
     #[test]
     fn hostile_entries_are_refused_and_nothing_lands_outside() {
         use tar::EntryType::*;
-        let cases: &[(&str, &[(&str, tar::EntryType, &str)], &str)] = &[
+        type Entries<'a> = &'a [(&'a str, tar::EntryType, &'a str)];
+        let cases: &[(&str, Entries, &str)] = &[
             ("absolute", &[("/tmp/gwb-evil", Regular, "x")], "absolute"),
             ("dotdot", &[("a/../../gwb-evil", Regular, "x")], ".."),
             (

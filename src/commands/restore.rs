@@ -66,22 +66,22 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
     let staging = target.join(STAGING);
     let marker_path = target.join(MARKER);
 
-    if let Some(marker) = read_json::<Marker>(&marker_path)? {
-        if !options.force {
-            let _ = fs::remove_dir_all(&staging); // leftover of a restore that completed
-            let what = format!(
-                "{} already holds snapshot {} (restored {})",
-                target.display(),
-                marker.snapshot,
-                marker.restored_at
-            );
-            if options.if_empty {
-                return Ok(Outcome::LeftAlone(what));
-            }
-            bail!(
-                "{what}; pass --force to restore over it (replaced entries are moved aside, not deleted)"
-            );
+    if let Some(marker) = read_json::<Marker>(&marker_path)?
+        && !options.force
+    {
+        let _ = fs::remove_dir_all(&staging); // leftover of a restore that completed
+        let what = format!(
+            "{} already holds snapshot {} (restored {})",
+            target.display(),
+            marker.snapshot,
+            marker.restored_at
+        );
+        if options.if_empty {
+            return Ok(Outcome::LeftAlone(what));
         }
+        bail!(
+            "{what}; pass --force to restore over it (replaced entries are moved aside, not deleted)"
+        );
     }
     if let Some(ready) = read_json::<Marker>(&staging.join(READY))? {
         tracing::warn!(snapshot = %ready.snapshot, "finishing a restore that was interrupted after its gate passed");
