@@ -5,14 +5,17 @@
 //! [`profile`] (what Signal keeps where) → [`sqlite`] (consistent snapshots) → [`walk`]
 //! (what to keep) → [`archive`] (tar → zstd → age) → [`store`] (local directory or S3,
 //! behind one small trait) with [`repo`] and [`manifest`] (the repository format) →
-//! [`unpack`] (safe extraction) and the restore gate. [`commands`] has one file per verb.
+//! [`unpack`] (safe extraction) and the restore gate. [`commands`] has one file per verb; `run` adds the
+//! [`schedule`] and [`metrics`] of the sidecar daemon.
 
 pub mod archive;
 pub mod commands;
 pub mod keys;
 pub mod manifest;
+pub mod metrics;
 pub mod profile;
 pub mod repo;
+pub mod schedule;
 pub mod sqlite;
 pub mod staging;
 pub mod store;

@@ -11,9 +11,11 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ghostwire_backup::commands::{
-    self, backup::BackupOptions, restore, restore::RestoreOptions, verify::VerifyOptions,
+    self, backup::BackupOptions, restore, restore::RestoreOptions, run::RunOptions,
+    verify::VerifyOptions,
 };
 use ghostwire_backup::repo::{Repository, Selector};
+use ghostwire_backup::schedule;
 use ghostwire_backup::store::s3::S3Options;
 
 #[derive(Parser)]
@@ -77,6 +79,40 @@ enum Command {
     Restore(RestoreArgs),
     /// Check that a snapshot restores, without writing anything.
     Verify(VerifyArgs),
+    /// The sidecar daemon: back up on a schedule, serve metrics, final snapshot on SIGTERM.
+    Run(RunArgs),
+    /// Fail when the newest snapshot is older than --max-age (for helm test and probes).
+    Check {
+        /// The oldest acceptable newest snapshot, e.g. 2h or 90m.
+        #[arg(long, env = "GWB_MAX_AGE", value_parser = humantime::parse_duration)]
+        max_age: Duration,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    backup: BackupArgs,
+    /// When to back up: a 5-field crontab expression as CronJobs use (`0 * * * *`), or
+    /// @hourly, @daily…; a 6-field expression with seconds also works.
+    #[arg(long, env = "GWB_SCHEDULE", default_value = "0 * * * *")]
+    schedule: String,
+    /// Random delay added to each scheduled time, e.g. 5m.
+    #[arg(long, env = "GWB_JITTER", default_value = "0s", value_parser = humantime::parse_duration)]
+    jitter: Duration,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "GWB_LISTEN", default_value = "0.0.0.0:9464")]
+    listen: std::net::SocketAddr,
+    /// A scheduled backup still running after this long is abandoned (no snapshot).
+    #[arg(long, env = "GWB_BACKUP_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    backup_timeout: Duration,
+    /// Take a final snapshot on SIGTERM.
+    #[arg(long, env = "GWB_FINAL_SNAPSHOT", default_value_t = true, action = clap::ArgAction::Set)]
+    final_snapshot: bool,
+    /// Time allowed for the final snapshot, in seconds or with a unit (90, 90s, 2m); keep
+    /// it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "GWB_FINAL_DEADLINE", default_value = "90", value_parser = parse_seconds)]
+    final_deadline: Duration,
 }
 
 #[derive(Args)]
@@ -151,6 +187,31 @@ struct VerifyArgs {
     quick: bool,
 }
 
+/// A duration as plain seconds (`90`, as Kubernetes fields are) or with a unit (`90s`).
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+    }
+}
+
+impl BackupArgs {
+    fn options(self) -> BackupOptions {
+        BackupOptions {
+            source: self.source,
+            recipients: self.recipients,
+            recipient_files: self.recipient_files,
+            excludes: self.excludes,
+            db_key_file: self.db_key_file,
+            staging_dir: self.staging_dir,
+            zstd_level: self.zstd_level,
+            part_size: (self.part_size_mib << 20) as usize,
+            db_wait: Duration::from_secs(self.db_wait),
+            r#final: self.r#final,
+        }
+    }
+}
+
 fn parse_owner(text: &str) -> Result<(u32, u32), String> {
     let (uid, gid) = text
         .split_once(':')
@@ -199,25 +260,23 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Keygen { out } => commands::keygen::run(&out),
         Command::Backup(args) => {
             let repo = open(args.parallel_uploads).await?;
-            let manifest = commands::backup::run(
-                &repo,
-                &BackupOptions {
-                    source: args.source,
-                    recipients: args.recipients,
-                    recipient_files: args.recipient_files,
-                    excludes: args.excludes,
-                    db_key_file: args.db_key_file,
-                    staging_dir: args.staging_dir,
-                    zstd_level: args.zstd_level,
-                    part_size: (args.part_size_mib << 20) as usize,
-                    db_wait: Duration::from_secs(args.db_wait),
-                    r#final: args.r#final,
-                },
-            )
-            .await?;
+            let manifest = commands::backup::run(&repo, &args.options()).await?;
             println!("{}", manifest.id);
             Ok(())
         }
+        Command::Run(args) => {
+            let options = RunOptions {
+                schedule: schedule::parse(&args.schedule)?,
+                jitter: args.jitter,
+                listen: args.listen,
+                backup_timeout: args.backup_timeout,
+                final_snapshot: args.final_snapshot,
+                final_deadline: args.final_deadline,
+            };
+            let repo = open(args.backup.parallel_uploads).await?;
+            commands::run::run(&repo, &args.backup.options(), &options).await
+        }
+        Command::Check { max_age } => commands::check::run(&open(1).await?, max_age).await,
         Command::Snapshots { json } => commands::snapshots::run(&open(1).await?, json).await,
         Command::Restore(args) => {
             let outcome = restore::run(

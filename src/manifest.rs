@@ -104,11 +104,13 @@ impl Manifest {
     }
 }
 
-/// A new, time-sortable snapshot id such as `20261126T233000Z-9f3a1c2b`.
+/// A new, time-sortable snapshot id such as `20261126T233000.123Z-9f3a1c2b`. Milliseconds,
+/// because the daemon's final snapshot can start in the same second as a scheduled one and
+/// must still sort after it.
 pub fn new_snapshot_id(at: DateTime<Utc>) -> String {
     format!(
         "{}-{:08x}",
-        at.format("%Y%m%dT%H%M%SZ"),
+        at.format("%Y%m%dT%H%M%S%.3fZ"),
         rand::random::<u32>()
     )
 }
@@ -170,6 +172,6 @@ mod tests {
         let early = new_snapshot_id("2026-01-02T03:04:05Z".parse().unwrap());
         let late = new_snapshot_id("2026-01-02T03:04:06Z".parse().unwrap());
         assert!(early < late);
-        assert!(early.starts_with("20260102T030405Z-"));
+        assert!(early.starts_with("20260102T030405.000Z-"));
     }
 }

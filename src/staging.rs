@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -20,7 +21,9 @@ pub struct Staging {
 }
 
 impl Staging {
-    pub fn acquire(base: &Path) -> Result<Self> {
+    /// Takes the staging directory under `base`, waiting up to `wait` for a backup that
+    /// holds it (such as one the daemon just abandoned) to let go.
+    pub fn acquire(base: &Path, wait: Duration) -> Result<Self> {
         let dir = base.join("ghostwire-backup-staging");
         fs::DirBuilder::new()
             .recursive(true)
@@ -38,12 +41,16 @@ impl Staging {
             .truncate(false)
             .write(true)
             .open(dir.join(LOCK))?;
+        let deadline = Instant::now() + wait;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!(
-                "another backup is running on this host (it holds {}); try again when it ends",
-                dir.join(LOCK).display()
-            );
+        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if Instant::now() >= deadline {
+                bail!(
+                    "another backup is running on this host (it holds {}); try again when it ends",
+                    dir.join(LOCK).display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         let staging = Self { dir, _lock: lock };
         staging.clear()?;
@@ -86,14 +93,17 @@ mod tests {
     #[test]
     fn one_backup_at_a_time_and_leftovers_are_cleared() {
         let base = tempfile::tempdir().unwrap();
-        let first = Staging::acquire(base.path()).unwrap();
-        let err = Staging::acquire(base.path()).err().unwrap().to_string();
+        let first = Staging::acquire(base.path(), Duration::ZERO).unwrap();
+        let err = Staging::acquire(base.path(), Duration::ZERO)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("another backup is running"), "{err}");
         drop(first);
         // What a killed run leaves behind: a snapshot copy next to a lock nobody holds.
         let leftover = base.path().join("ghostwire-backup-staging/db-0.sqlite");
         fs::write(&leftover, b"x").unwrap();
-        let _second = Staging::acquire(base.path()).unwrap();
+        let _second = Staging::acquire(base.path(), Duration::ZERO).unwrap();
         assert!(!leftover.exists());
     }
 }

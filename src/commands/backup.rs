@@ -23,6 +23,7 @@ use crate::store::chunk_channel;
 use crate::walk::{self, Kind};
 use crate::{keys, sqlite};
 
+#[derive(Clone)]
 pub struct BackupOptions {
     pub source: PathBuf,
     pub recipients: Vec<String>,
@@ -38,6 +39,9 @@ pub struct BackupOptions {
     pub r#final: bool,
 }
 
+/// How long to wait for another backup on this host to release the staging directory.
+const STAGING_WAIT: Duration = Duration::from_secs(30);
+
 /// Uploads allowed per archive; parts grow with the home so a big one still fits.
 const MAX_PARTS: u64 = 9_000;
 
@@ -46,7 +50,9 @@ pub async fn run(repo: &Repository, options: &BackupOptions) -> Result<Manifest>
     let started_at = Utc::now();
     let recipients = keys::recipients(&options.recipients, &options.recipient_files)?;
     let excludes = profile::excludes(&options.excludes)?;
-    let staging = Staging::acquire(&options.staging_dir)?;
+    let staging_dir = options.staging_dir.clone();
+    let staging =
+        tokio::task::spawn_blocking(move || Staging::acquire(&staging_dir, STAGING_WAIT)).await??;
     let id = manifest::new_snapshot_id(started_at);
 
     // 1. Signal's database first (see the module docs for why).

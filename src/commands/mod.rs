@@ -2,8 +2,10 @@
 //! the domain modules. What two commands share (reading a snapshot back) is here.
 
 pub mod backup;
+pub mod check;
 pub mod keygen;
 pub mod restore;
+pub mod run;
 pub mod snapshots;
 pub mod verify;
 

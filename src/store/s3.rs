@@ -175,6 +175,26 @@ impl S3Store {
     }
 }
 
+type AbortRequest =
+    aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder;
+
+/// Aborts a multipart upload when dropped while still holding the request.
+struct AbortOnDrop {
+    request: Option<AbortRequest>,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let (Some(request), Ok(runtime)) =
+            (self.request.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let _ = request.send().await;
+            });
+        }
+    }
+}
+
 /// An SDK error as one readable line with its cause (the HTTP status, the S3 error code),
 /// which the SDK's own `Display` leaves out.
 fn sdk_error<E, R>(err: SdkError<E, R>, action: &str) -> anyhow::Error
@@ -223,21 +243,25 @@ impl Store for S3Store {
             .map_err(|e| sdk_error(e, "create multipart upload"))
             .with_context(|| format!("cannot start uploading {}", self.describe(&object)))?;
         let upload_id = upload.upload_id.context("S3 returned no upload id")?;
-        match self
-            .upload_parts(&object, &upload_id, first, &mut body)
-            .await
-        {
-            Ok(size) => Ok(size),
-            Err(err) => {
-                let aborted = self
-                    .client
+        // If this future is dropped mid-upload (the daemon abandons a backup that ran past
+        // its timeout), the guard still aborts the upload in the background.
+        let mut guard = AbortOnDrop {
+            request: Some(
+                self.client
                     .abort_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&object)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                if let Err(abort_err) = aborted {
+                    .upload_id(&upload_id),
+            ),
+        };
+        let result = self
+            .upload_parts(&object, &upload_id, first, &mut body)
+            .await;
+        let abort = guard.request.take().expect("taken only here");
+        match result {
+            Ok(size) => Ok(size),
+            Err(err) => {
+                if let Err(abort_err) = abort.send().await {
                     tracing::warn!(
                         upload_id,
                         error = %DisplayErrorContext(&abort_err),

@@ -1,0 +1,100 @@
+//! `run`: the sidecar daemon. Backs up on a schedule, one backup at a time, each with a
+//! timeout; serves metrics; and on SIGTERM takes a final snapshot.
+//!
+//! The final snapshot is the point of running as a Kubernetes *native sidecar* (an init
+//! container with `restartPolicy: Always`): Kubernetes stops it only after the Signal
+//! container has exited, so the snapshot it takes then is the freshest consistent state
+//! there is — the one a green deploy should start from. It must finish within
+//! `--final-deadline` (keep that below the pod's terminationGracePeriodSeconds); if it
+//! cannot, it is abandoned and, as with any failed backup, leaves no snapshot behind.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::backup::{self, BackupOptions};
+use crate::manifest::Manifest;
+use crate::metrics::{self, Metrics};
+use crate::repo::Repository;
+use crate::schedule;
+
+pub struct RunOptions {
+    pub schedule: cron::Schedule,
+    pub jitter: Duration,
+    pub listen: SocketAddr,
+    pub backup_timeout: Duration,
+    pub final_snapshot: bool,
+    pub final_deadline: Duration,
+}
+
+pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    metrics::serve(options.listen, metrics.clone()).await?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        let next = schedule::next_run(&options.schedule, options.jitter)
+            .context("the schedule has no future run time")?;
+        tracing::info!(next = %next.to_rfc3339(), "next backup scheduled");
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+        tokio::select! {
+            // A failure is counted and logged; the next run tries again.
+            _ = timed_backup(repo, backup, options.backup_timeout, &metrics) => {}
+            _ = terminate.recv() => {
+                tracing::warn!("stopping during a scheduled backup: it is abandoned for the final snapshot");
+                break;
+            }
+            _ = interrupt.recv() => break,
+        }
+    }
+    if !options.final_snapshot {
+        tracing::info!("stopping; final snapshot disabled");
+        return Ok(());
+    }
+    tracing::info!(deadline = ?options.final_deadline, "stopping: taking the final snapshot");
+    let last = BackupOptions {
+        r#final: true,
+        ..backup.clone()
+    };
+    let manifest = timed_backup(repo, &last, options.final_deadline, &metrics)
+        .await
+        .context(
+            "the final snapshot failed; the newest scheduled snapshot is the latest state saved",
+        )?;
+    tracing::info!(snapshot = %manifest.id, "final snapshot committed; stopping");
+    Ok(())
+}
+
+/// One backup, bounded in time, recorded in the metrics.
+async fn timed_backup(
+    repo: &Repository,
+    options: &BackupOptions,
+    limit: Duration,
+    metrics: &Metrics,
+) -> Result<Manifest> {
+    let started = Instant::now();
+    metrics.started();
+    let result = match tokio::time::timeout(limit, backup::run(repo, options)).await {
+        Ok(result) => result,
+        Err(_) => Err(anyhow!(
+            "the backup did not finish within {limit:?} and was abandoned; no snapshot was written"
+        )),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(manifest) => metrics.succeeded(manifest, seconds),
+        Err(err) => {
+            metrics.failed(seconds);
+            tracing::error!(error = format!("{err:#}"), "backup failed");
+        }
+    }
+    result
+}

@@ -1,0 +1,135 @@
+//! The daemon's Prometheus metrics and its HTTP endpoints: `/metrics`, `/healthz` (the
+//! process is alive) and `/readyz` (the agent is up). Readiness deliberately does not
+//! depend on backups succeeding: a native sidecar's readiness gates the Signal pod's, and a
+//! bucket outage must not take Signal out of service. Staleness is what `check --max-age`
+//! and the PrometheusRule alert on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::manifest::Manifest;
+
+/// Metric names are part of the interface (dashboards and alerts use them): keep them.
+#[derive(Default)]
+pub struct Metrics {
+    registry: Registry,
+    last_success: Gauge<f64, AtomicU64>,
+    last_duration: Gauge<f64, AtomicU64>,
+    uploaded: Counter,
+    last_size: Gauge,
+    failures: Counter,
+    db_check_ok: Gauge,
+    running: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut metrics = Self::default();
+        let registry = &mut metrics.registry;
+        registry.register(
+            "ghostwire_backup_last_success_timestamp_seconds",
+            "Unix time the last successful snapshot was committed",
+            metrics.last_success.clone(),
+        );
+        registry.register(
+            "ghostwire_backup_last_duration_seconds",
+            "Duration of the last backup attempt",
+            metrics.last_duration.clone(),
+        );
+        // Counters get their `_total` suffix from the library.
+        registry.register(
+            "ghostwire_backup_uploaded_bytes",
+            "Archive bytes uploaded by committed snapshots",
+            metrics.uploaded.clone(),
+        );
+        registry.register(
+            "ghostwire_backup_last_snapshot_size_bytes",
+            "Archive size of the last committed snapshot",
+            metrics.last_size.clone(),
+        );
+        registry.register(
+            "ghostwire_backup_failures",
+            "Backup attempts that failed",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "ghostwire_backup_restore_gate_ok",
+            "1 if the last snapshot's Signal database passed its check (the one the restore gate repeats), 0 if not",
+            metrics.db_check_ok.clone(),
+        );
+        registry.register(
+            "ghostwire_backup_running",
+            "1 while a backup runs",
+            metrics.running.clone(),
+        );
+        metrics
+    }
+
+    pub fn started(&self) {
+        self.running.set(1);
+    }
+
+    pub fn succeeded(&self, manifest: &Manifest, seconds: f64) {
+        self.running.set(0);
+        self.last_duration.set(seconds);
+        self.last_success
+            .set(manifest.finished_at.timestamp_millis() as f64 / 1000.0);
+        self.uploaded.inc_by(manifest.archive.size);
+        self.last_size.set(manifest.archive.size as i64);
+        if let Some(db) = &manifest.signal_db {
+            self.db_check_ok.set((db.check == "ok") as i64);
+        }
+    }
+
+    pub fn failed(&self, seconds: f64) {
+        self.running.set(0);
+        self.last_duration.set(seconds);
+        self.failures.inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Binds `listen` (failing now if it cannot) and serves the endpoints in the background.
+pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (set --listen / GWB_LISTEN)"))?;
+    tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(error = %err, "the metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
