@@ -11,6 +11,7 @@
 pub mod archive;
 pub mod commands;
 pub mod keys;
+pub mod lease;
 pub mod manifest;
 pub mod metrics;
 pub mod profile;

@@ -15,8 +15,8 @@ use ghostwire_backup::commands::{
     verify::VerifyOptions,
 };
 use ghostwire_backup::repo::{Repository, Selector};
-use ghostwire_backup::schedule;
 use ghostwire_backup::store::s3::S3Options;
+use ghostwire_backup::{lease, schedule};
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +103,12 @@ struct RunArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "GWB_LISTEN", default_value = "0.0.0.0:9464")]
     listen: std::net::SocketAddr,
+    /// This instance's name for the repository lease (default: the pod name, HOSTNAME).
+    #[arg(long, env = "GWB_LEASE_OWNER")]
+    lease_owner: Option<String>,
+    /// Lifetime of the lease; it is renewed every third of it.
+    #[arg(long, env = "GWB_LEASE_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
     /// A scheduled backup still running after this long is abandoned (no snapshot).
     #[arg(long, env = "GWB_BACKUP_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     backup_timeout: Duration,
@@ -172,6 +178,12 @@ struct RestoreArgs {
     /// Owner for every restored entry, UID:GID (Kasm's is 1000:0).
     #[arg(long, env = "GWB_CHOWN", value_parser = parse_owner)]
     chown: Option<(u32, u32)>,
+    /// This instance's name for the repository lease (default: the pod name, HOSTNAME).
+    #[arg(long, env = "GWB_LEASE_OWNER")]
+    lease_owner: Option<String>,
+    /// Restore although another instance's lease is live (it is gone for good).
+    #[arg(long, env = "GWB_BREAK_LEASE")]
+    break_lease: bool,
 }
 
 #[derive(Args)]
@@ -267,6 +279,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let options = RunOptions {
                 schedule: schedule::parse(&args.schedule)?,
+                lease_owner: args.lease_owner.unwrap_or_else(lease::default_owner),
+                lease_ttl: args.lease_ttl,
                 jitter: args.jitter,
                 listen: args.listen,
                 backup_timeout: args.backup_timeout,
@@ -288,6 +302,8 @@ async fn run(cli: Cli) -> Result<()> {
                     force: args.force,
                     if_empty: args.if_empty,
                     chown: args.chown,
+                    lease_owner: args.lease_owner.unwrap_or_else(lease::default_owner),
+                    break_lease: args.break_lease,
                 },
             )
             .await?;

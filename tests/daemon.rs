@@ -56,6 +56,7 @@ fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
         .env("GWB_SCHEDULE", "*/2 * * * * *") // every 2 s, with seconds
         .env("GWB_LISTEN", format!("127.0.0.1:{port}"))
         .env("GWB_FINAL_DEADLINE", "60")
+        .env("GWB_LEASE_OWNER", "ghostwire-0")
         .arg("run")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -106,6 +107,26 @@ fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
             .args(["check", "--max-age", "10m"]),
     );
 
+    // While blue runs, green may not be restored: blue's sidecar holds the lease.
+    let volume = root.join("green-volume");
+    std::fs::create_dir_all(volume.join("lost+found")).unwrap();
+    let restore = |c: &mut std::process::Command| {
+        c.env("GWB_REPO", &repo)
+            .env("GWB_IDENTITY_FILE", &identity)
+            .env("GWB_TARGET", &volume)
+            .env("GWB_SNAPSHOT", "final")
+            .env("GWB_LEASE_OWNER", "ghostwire-green-0")
+            .args(["restore", "--if-empty"]);
+    };
+    let mut early = agent();
+    restore(&mut early);
+    let refused = run_err(&mut early);
+    assert!(
+        refused.contains("lease is held by ghostwire-0"),
+        "{refused}"
+    );
+    assert!(!volume.join(".ghostwire-backup-restore.json").exists());
+
     // Signal stops first (the native sidecar outlives it); then the sidecar gets SIGTERM.
     let report = writer.stop();
     assert_eq!(
@@ -143,16 +164,8 @@ fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
             .all(|s| s["final"] == false)
     );
 
-    // The init container of the green pod: restore the final snapshot into an empty volume.
-    let volume = root.join("green-volume");
-    std::fs::create_dir_all(volume.join("lost+found")).unwrap();
-    let restore = |c: &mut std::process::Command| {
-        c.env("GWB_REPO", &repo)
-            .env("GWB_IDENTITY_FILE", &identity)
-            .env("GWB_TARGET", &volume)
-            .env("GWB_SNAPSHOT", "final")
-            .args(["restore", "--if-empty"]);
-    };
+    // Blue's final snapshot released the lease: green's init container restores it into
+    // the empty volume.
     let mut first = agent();
     restore(&mut first);
     assert_eq!(run_ok(&mut first), last["id"].as_str().unwrap());

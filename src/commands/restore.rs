@@ -39,6 +39,10 @@ pub struct RestoreOptions {
     pub force: bool,
     pub if_empty: bool,
     pub chown: Option<(u32, u32)>,
+    /// Who restores, for the lease check: the pod name unless set.
+    pub lease_owner: String,
+    /// Restore even though another instance's lease is live.
+    pub break_lease: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +115,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
         );
     }
 
+    crate::lease::check_restore(repo, &options.lease_owner, options.break_lease).await?;
     let identities = crate::keys::identities(&options.identity)?;
     let manifest = repo.find(&options.snapshot).await?;
     check_free_space(target, manifest.content.bytes)?;

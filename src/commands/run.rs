@@ -16,6 +16,7 @@ use anyhow::{Context, Result, anyhow};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::backup::{self, BackupOptions};
+use crate::lease::Held;
 use crate::manifest::Manifest;
 use crate::metrics::{self, Metrics};
 use crate::repo::Repository;
@@ -23,6 +24,8 @@ use crate::schedule;
 
 pub struct RunOptions {
     pub schedule: cron::Schedule,
+    pub lease_owner: String,
+    pub lease_ttl: Duration,
     pub jitter: Duration,
     pub listen: SocketAddr,
     pub backup_timeout: Duration,
@@ -35,6 +38,8 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     metrics::serve(options.listen, metrics.clone()).await?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let lease = Held::acquire(repo, &options.lease_owner, options.lease_ttl).await?;
+    let (lease, mut lease_lost) = keep_renewing(repo.clone(), lease);
     loop {
         let next = schedule::next_run(&options.schedule, options.jitter)
             .context("the schedule has no future run time")?;
@@ -44,6 +49,7 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
             _ = tokio::time::sleep(wait) => {}
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            lost = &mut lease_lost => return Err(lost.unwrap_or_else(|_| anyhow!("the lease task stopped"))),
         }
         tokio::select! {
             // A failure is counted and logged; the next run tries again.
@@ -53,11 +59,13 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
                 break;
             }
             _ = interrupt.recv() => break,
+            lost = &mut lease_lost => return Err(lost.unwrap_or_else(|_| anyhow!("the lease task stopped"))),
         }
     }
+    let lease = lease.stop().await;
     if !options.final_snapshot {
         tracing::info!("stopping; final snapshot disabled");
-        return Ok(());
+        return lease.release(repo, None).await;
     }
     tracing::info!(deadline = ?options.final_deadline, "stopping: taking the final snapshot");
     let last = BackupOptions {
@@ -66,11 +74,52 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     };
     let manifest = timed_backup(repo, &last, options.final_deadline, &metrics)
         .await
-        .context(
-            "the final snapshot failed; the newest scheduled snapshot is the latest state saved",
-        )?;
+        .context("the final snapshot failed (the lease stays until it expires); the newest scheduled snapshot is the latest state saved")?;
     tracing::info!(snapshot = %manifest.id, "final snapshot committed; stopping");
-    Ok(())
+    // Only a final snapshot releases the lease: it is what the next instance restores.
+    lease.release(repo, Some(&manifest.id)).await
+}
+
+/// Renews the lease in the background, also while a backup runs. The receiver resolves
+/// with an error if the lease was lost (taken over by another instance): then this one
+/// must stop backing up, since its snapshots would no longer be the latest state.
+fn keep_renewing(
+    repo: Repository,
+    held: Held,
+) -> (Renewing, tokio::sync::oneshot::Receiver<anyhow::Error>) {
+    let (lost, lost_rx) = tokio::sync::oneshot::channel();
+    let held = Arc::new(tokio::sync::Mutex::new(held));
+    let task = tokio::spawn({
+        let held = held.clone();
+        async move {
+            loop {
+                let every = held.lock().await.renew_every();
+                tokio::time::sleep(every).await;
+                if let Err(err) = held.lock().await.renew(&repo).await {
+                    tracing::error!(error = format!("{err:#}"), "lease lost; stopping");
+                    let _ = lost.send(err);
+                    return;
+                }
+            }
+        }
+    });
+    (Renewing { held, task }, lost_rx)
+}
+
+struct Renewing {
+    held: Arc<tokio::sync::Mutex<Held>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Renewing {
+    /// Stops renewing and hands the lease back.
+    async fn stop(self) -> Held {
+        self.task.abort();
+        let _ = self.task.await;
+        Arc::into_inner(self.held)
+            .expect("the renew task is gone")
+            .into_inner()
+    }
 }
 
 /// One backup, bounded in time, recorded in the metrics.

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::{ChunkStream, NotFound, ObjectInfo, ObjectReader, Store, check_key};
+use super::{ChunkStream, Conflict, NotFound, ObjectInfo, ObjectReader, Store, check_key};
 
 const PARTIAL_MARK: &str = ".partial-";
 
@@ -120,12 +120,56 @@ impl Store for LocalStore {
         .await?
     }
 
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>> {
+        match tokio::fs::read(self.path(key)?).await {
+            Ok(bytes) => {
+                let version = content_version(&bytes);
+                Ok(Some((Bytes::from(bytes), version)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {key}")),
+        }
+    }
+
+    async fn put_if(&self, key: &str, data: Bytes, expected: Option<&str>) -> Result<String> {
+        // The compare and the swap happen under an exclusive lock on a sidecar file, so
+        // writers on this host (or sharing this filesystem's locks) cannot interleave.
+        let lock_path = self.path(&format!("{key}.lock"))?;
+        let guard = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+            std::fs::create_dir_all(lock_path.parent().unwrap())?;
+            let file = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            Ok(file)
+        })
+        .await??;
+        let current = self.get_versioned(key).await?.map(|(_, version)| version);
+        if current.as_deref() != expected {
+            return Err(Conflict(key.to_string()).into());
+        }
+        let version = content_version(&data);
+        self.put(key, data).await?;
+        drop(guard);
+        Ok(version)
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         match tokio::fs::remove_file(self.path(key)?).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
     }
+}
+
+fn content_version(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Collects the objects below `dir` (whose key so far is `base`) that match `prefix`,
@@ -148,7 +192,11 @@ fn list_dir(dir: &Path, base: &str, prefix: &str, found: &mut Vec<ObjectInfo>) -
             if sub.starts_with(prefix) || prefix.starts_with(&sub) {
                 list_dir(&entry.path(), &sub, prefix, found)?;
             }
-        } else if kind.is_file() && key.starts_with(prefix) && !name.contains(PARTIAL_MARK) {
+        } else if kind.is_file()
+            && key.starts_with(prefix)
+            && !name.contains(PARTIAL_MARK)
+            && !name.ends_with(".lock")
+        {
             found.push(ObjectInfo {
                 key,
                 size: entry.metadata()?.len(),

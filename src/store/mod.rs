@@ -17,6 +17,12 @@ pub mod s3;
 #[error("object {0} not found in the repository")]
 pub struct NotFound(pub String);
 
+/// The error of a conditional write whose condition did not hold: someone else wrote the
+/// object since it was read.
+#[derive(Debug, thiserror::Error)]
+#[error("object {0} was changed by someone else")]
+pub struct Conflict(pub String);
+
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -41,6 +47,15 @@ pub trait Store: Send + Sync {
 
     /// Objects whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Reads a small object whole with its version (an opaque tag that changes whenever
+    /// the object does), or `None` if it does not exist.
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>>;
+
+    /// Writes a small object only if its version is still `expected` (`None`: only if it
+    /// does not exist), and returns the new version; fails with [`Conflict`] otherwise.
+    /// The compare-and-swap that keeps two writers of one lease apart.
+    async fn put_if(&self, key: &str, data: Bytes, expected: Option<&str>) -> Result<String>;
 
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ChunkStream, NotFound, ObjectInfo, ObjectReader, Store, check_key};
+use super::{ChunkStream, Conflict, NotFound, ObjectInfo, ObjectReader, Store, check_key};
 
 /// How to reach the bucket; everything else comes from the AWS default chain.
 #[derive(Debug, Clone, Default)]
@@ -319,6 +319,61 @@ impl Store for S3Store {
         }
         found.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(found)
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>> {
+        let object = self.object_key(key)?;
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(output) => {
+                let version = output.e_tag.clone().unwrap_or_default();
+                let bytes = output
+                    .body
+                    .collect()
+                    .await
+                    .context("cannot read the object body")?;
+                Ok(Some((bytes.into_bytes(), version)))
+            }
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(err) => Err(sdk_error(err, "get object"))
+                .with_context(|| format!("cannot read {}", self.describe(&object))),
+        }
+    }
+
+    async fn put_if(&self, key: &str, data: Bytes, expected: Option<&str>) -> Result<String> {
+        // S3 conditional writes: If-None-Match for "only if absent", If-Match for "only if
+        // unchanged". A server without them ignores the headers; the lease then degrades
+        // to last-writer-wins, which the lease's own owner check still mostly covers.
+        let object = self.object_key(key)?;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .body(ByteStream::from(data));
+        request = match expected {
+            Some(version) => request.if_match(version),
+            None => request.if_none_match("*"),
+        };
+        match request.send().await {
+            Ok(output) => Ok(output.e_tag.unwrap_or_default()),
+            Err(err)
+                if matches!(
+                    err.raw_response().map(|r| r.status().as_u16()),
+                    Some(412 | 409)
+                ) =>
+            {
+                Err(Conflict(key.to_string()).into())
+            }
+            Err(err) => Err(sdk_error(err, "put object"))
+                .with_context(|| format!("cannot write {}", self.describe(&object))),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -1,0 +1,75 @@
+//! The lease against a real S3 server: conditional writes keep two instances apart.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ghostwire_backup::lease::{Held, check_restore};
+use ghostwire_backup::repo::Repository;
+use ghostwire_backup::store::Conflict;
+use ghostwire_backup::store::s3::S3Options;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_conditional_writes_fence_a_second_writer() {
+    let server = common::S3Server::start();
+    server.create_bucket("fence");
+    // The SDK reads credentials from the environment, as in a pod.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    let options = S3Options {
+        endpoint: Some(server.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        max_attempts: 2,
+        parallel_parts: 1,
+    };
+    let repo = Repository::open("s3://fence/ghostwire", &options)
+        .await
+        .unwrap();
+    let store = repo.store();
+
+    // Compare-and-swap on the store itself.
+    let v1 = store
+        .put_if("probe", Bytes::from_static(b"1"), None)
+        .await
+        .unwrap();
+    let again = store
+        .put_if("probe", Bytes::from_static(b"x"), None)
+        .await
+        .unwrap_err();
+    assert!(again.downcast_ref::<Conflict>().is_some(), "{again:#}");
+    store
+        .put_if("probe", Bytes::from_static(b"2"), Some(&v1))
+        .await
+        .unwrap();
+    let stale = store
+        .put_if("probe", Bytes::from_static(b"3"), Some(&v1))
+        .await
+        .unwrap_err();
+    assert!(stale.downcast_ref::<Conflict>().is_some(), "{stale:#}");
+
+    // The lease on top of it.
+    let mut blue = Held::acquire(&repo, "ghostwire-0", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let refused = check_restore(&repo, "ghostwire-green-0", false)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("held by ghostwire-0"));
+    // Someone overwrites the lease behind blue's back: blue's next renewal notices.
+    let (bytes, _) = store.get_versioned("lease.json").await.unwrap().unwrap();
+    let mut lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    lease["owner"] = "intruder".into();
+    store
+        .put("lease.json", Bytes::from(lease.to_string()))
+        .await
+        .unwrap();
+    assert!(
+        blue.renew(&repo).await.is_err(),
+        "a renewal over a changed lease must fail"
+    );
+}
