@@ -54,15 +54,24 @@ impl Write for ChunkWriter {
     }
 }
 
-/// How a file went into the archive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a file went into the archive; the hash is the SHA-256 of the content archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileOutcome {
-    Archived,
+    Archived {
+        sha256: String,
+    },
     /// Still changing after every attempt; the last read is archived and reported.
-    ChangedWhileRead,
+    ChangedWhileRead {
+        sha256: String,
+    },
     /// Deleted before it could be opened.
     Vanished,
 }
+
+/// The name of the tar entry, first in an incremental archive, that lists (NUL-separated)
+/// the paths deleted since the parent. Restore applies it and never writes it; with stock
+/// tools, `xargs -0 rm -rf` applies it (docs/format.md).
+pub const DELETED_LIST: &str = ".ghostwire-backup-deleted";
 
 type Encoder = zstd::stream::write::Encoder<'static, age::stream::StreamWriter<ChunkWriter>>;
 
@@ -136,8 +145,13 @@ impl ArchiveWriter {
     }
 
     /// Archives `copy` (a database snapshot) under `path` with the live file's metadata.
-    pub fn add_snapshot(&mut self, path: &Path, copy: &Path, live: &Metadata) -> Result<()> {
-        self.add_file_with(path, copy, Some(live)).map(|_| ())
+    pub fn add_snapshot(
+        &mut self,
+        path: &Path,
+        copy: &Path,
+        live: &Metadata,
+    ) -> Result<FileOutcome> {
+        self.add_file_with(path, copy, Some(live))
     }
 
     fn add_file_with(
@@ -146,7 +160,7 @@ impl ArchiveWriter {
         source: &Path,
         shown: Option<&Metadata>,
     ) -> Result<FileOutcome> {
-        for _ in 0..READ_ATTEMPTS {
+        for attempt in 0..READ_ATTEMPTS {
             let file = match File::open(source) {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileOutcome::Vanished),
@@ -161,6 +175,7 @@ impl ArchiveWriter {
                 inner: file.take(size),
                 remaining: size,
                 short: false,
+                sha256: Sha256::new(),
             };
             self.tar
                 .append_data(&mut header, path, &mut reader)
@@ -174,13 +189,36 @@ impl ArchiveWriter {
                     return Err(e).with_context(|| format!("cannot stat {}", source.display()));
                 }
             };
+            let sha256 = hex::encode(reader.sha256.finalize());
             if unchanged && !reader.short {
-                return Ok(FileOutcome::Archived);
+                return Ok(FileOutcome::Archived { sha256 });
+            }
+            if attempt + 1 == READ_ATTEMPTS {
+                tracing::warn!(file = %source.display(), "kept changing while read; archived the last read");
+                return Ok(FileOutcome::ChangedWhileRead { sha256 });
             }
             tracing::debug!(file = %source.display(), "changed while read; reading again");
         }
-        tracing::warn!(file = %source.display(), "kept changing while read; archived the last read");
-        Ok(FileOutcome::ChangedWhileRead)
+        unreachable!("the last attempt returns")
+    }
+
+    /// Writes the list of paths deleted since the parent snapshot, NUL-separated.
+    pub fn add_deleted_list(&mut self, deleted: &[std::path::PathBuf]) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut list = Vec::new();
+        for path in deleted {
+            list.extend_from_slice(path.as_os_str().as_bytes());
+            list.push(0);
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o600);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        header.set_size(list.len() as u64);
+        self.tar.append_data(&mut header, DELETED_LIST, &list[..])?;
+        Ok(())
     }
 
     /// Ends the tar stream, the zstd frame and the age stream, and hands over the last
@@ -231,6 +269,7 @@ struct ExactLength<R> {
     inner: R,
     remaining: u64,
     short: bool,
+    sha256: Sha256,
 }
 
 impl<R: Read> Read for ExactLength<R> {
@@ -252,6 +291,7 @@ impl<R: Read> Read for ExactLength<R> {
             n = want;
         }
         self.remaining -= n as u64;
+        self.sha256.update(&buf[..n]);
         Ok(n)
     }
 }

@@ -9,13 +9,17 @@
 //! [`schedule`] and [`metrics`] of the sidecar daemon.
 
 pub mod archive;
+pub mod catalog;
 pub mod commands;
+pub mod index;
 pub mod keys;
 pub mod lease;
+pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod profile;
 pub mod repo;
+pub mod retention;
 pub mod schedule;
 pub mod sqlite;
 pub mod staging;

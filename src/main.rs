@@ -10,12 +10,15 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use aws_sdk_s3::types::ObjectLockMode;
+use ghostwire_backup::commands::prune::PruneOptions;
 use ghostwire_backup::commands::{
     self, backup::BackupOptions, restore, restore::RestoreOptions, run::RunOptions,
     verify::VerifyOptions,
 };
 use ghostwire_backup::repo::{Repository, Selector};
-use ghostwire_backup::store::s3::S3Options;
+use ghostwire_backup::retention::Policy;
+use ghostwire_backup::store::s3::{ObjectLock, S3Options};
 use ghostwire_backup::{lease, schedule};
 
 #[derive(Parser)]
@@ -47,9 +50,22 @@ struct Global {
     /// Attempts per S3 request, with exponential backoff between them.
     #[arg(long, env = "GWB_S3_ATTEMPTS", default_value_t = 6, global = true)]
     s3_attempts: u32,
+    /// Retain snapshot objects this many days with S3 Object Lock (the bucket must have
+    /// Object Lock enabled); prune skips objects still retained.
+    #[arg(long, env = "GWB_OBJECT_LOCK_DAYS", global = true)]
+    object_lock_days: Option<u32>,
+    /// Object Lock mode: governance (privileged users may lift it) or compliance (nobody can).
+    #[arg(long, env = "GWB_OBJECT_LOCK_MODE", value_enum, default_value_t = LockMode::Governance, global = true)]
+    object_lock_mode: LockMode,
     /// Log format; auto is JSON when stderr is not a terminal.
     #[arg(long, env = "GWB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LockMode {
+    Governance,
+    Compliance,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,12 +97,36 @@ enum Command {
     Verify(VerifyArgs),
     /// The sidecar daemon: back up on a schedule, serve metrics, final snapshot on SIGTERM.
     Run(RunArgs),
+    /// Forget snapshots a retention policy does not keep, and delete their objects.
+    Prune(PruneArgs),
     /// Fail when the newest snapshot is older than --max-age (for helm test and probes).
     Check {
         /// The oldest acceptable newest snapshot, e.g. 2h or 90m.
         #[arg(long, env = "GWB_MAX_AGE", value_parser = humantime::parse_duration)]
         max_age: Duration,
     },
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// Keep the newest N snapshots.
+    #[arg(long, env = "GWB_KEEP_LAST", default_value_t = 0)]
+    keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, env = "GWB_KEEP_HOURLY", default_value_t = 0)]
+    keep_hourly: u32,
+    /// Likewise for days.
+    #[arg(long, env = "GWB_KEEP_DAILY", default_value_t = 0)]
+    keep_daily: u32,
+    /// Likewise for ISO weeks.
+    #[arg(long, env = "GWB_KEEP_WEEKLY", default_value_t = 0)]
+    keep_weekly: u32,
+    /// Likewise for months.
+    #[arg(long, env = "GWB_KEEP_MONTHLY", default_value_t = 0)]
+    keep_monthly: u32,
+    /// Print the decisions; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -141,6 +181,16 @@ struct BackupArgs {
     /// Scratch directory for database snapshots (they stay encrypted).
     #[arg(long, env = "GWB_STAGING_DIR", default_value_os_t = std::env::temp_dir())]
     staging_dir: PathBuf,
+    /// The local catalog that makes backups incremental (a cache; default:
+    /// .ghostwire-backup-catalog.sqlite in the source, which backups skip).
+    #[arg(long, env = "GWB_CATALOG")]
+    catalog: Option<PathBuf>,
+    /// Incremental snapshots between two full ones (0: every snapshot is full).
+    #[arg(long, env = "GWB_FULL_EVERY", default_value_t = 24)]
+    full_every: u32,
+    /// Take a full snapshot when the chain's full one is older than this.
+    #[arg(long, env = "GWB_FULL_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    full_max_age: Duration,
     /// zstd level (1–19).
     #[arg(long, env = "GWB_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
@@ -216,6 +266,9 @@ impl BackupArgs {
             excludes: self.excludes,
             db_key_file: self.db_key_file,
             staging_dir: self.staging_dir,
+            catalog: self.catalog,
+            full_every: self.full_every,
+            full_max_age: self.full_max_age,
             zstd_level: self.zstd_level,
             part_size: (self.part_size_mib << 20) as usize,
             db_wait: Duration::from_secs(self.db_wait),
@@ -264,6 +317,13 @@ async fn run(cli: Cli) -> Result<()> {
             path_style: global.s3_path_style,
             max_attempts: global.s3_attempts,
             parallel_parts,
+            object_lock: global.object_lock_days.map(|days| ObjectLock {
+                mode: match global.object_lock_mode {
+                    LockMode::Governance => ObjectLockMode::Governance,
+                    LockMode::Compliance => ObjectLockMode::Compliance,
+                },
+                days,
+            }),
         };
         let location = global.repo.clone();
         async move { Repository::open(&location, &options).await }
@@ -289,6 +349,19 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let repo = open(args.backup.parallel_uploads).await?;
             commands::run::run(&repo, &args.backup.options(), &options).await
+        }
+        Command::Prune(args) => {
+            let options = PruneOptions {
+                policy: Policy {
+                    keep_last: args.keep_last,
+                    keep_hourly: args.keep_hourly,
+                    keep_daily: args.keep_daily,
+                    keep_weekly: args.keep_weekly,
+                    keep_monthly: args.keep_monthly,
+                },
+                dry_run: args.dry_run,
+            };
+            commands::prune::run(&open(1).await?, &options).await
         }
         Command::Check { max_age } => commands::check::run(&open(1).await?, max_age).await,
         Command::Snapshots { json } => commands::snapshots::run(&open(1).await?, json).await,

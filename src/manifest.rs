@@ -22,6 +22,22 @@ pub struct Manifest {
     #[serde(default)]
     pub r#final: bool,
     pub archive: ArchiveInfo,
+    /// The encrypted file index (see src/index.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<ObjectRecord>,
+    /// The snapshot this one is incremental on; absent for a full snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Incrementals since the chain's full snapshot: 0 for a full one.
+    #[serde(default)]
+    pub chain_length: u32,
+    /// The chain's full snapshot; absent on a full snapshot (it is its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_full: Option<String>,
+    /// Snapshots whose archives hold files this one restores, itself included, oldest
+    /// first. Prune keeps them; restore reads each once.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
     pub content: ContentCounts,
     /// The Signal database, if the home held a Signal profile.
     pub signal_db: Option<DatabaseInfo>,
@@ -42,6 +58,14 @@ pub struct ArchiveInfo {
     pub encoding: String,
 }
 
+/// A small object of the snapshot and how to check it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObjectRecord {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ContentCounts {
     pub files: u64,
@@ -56,6 +80,12 @@ pub struct ContentCounts {
     /// Files that vanished between listing and reading (normal for caches and
     /// disappearing-message attachments).
     pub vanished: u64,
+    /// Files the snapshot restores from older archives (unchanged since its parent).
+    #[serde(default)]
+    pub reused_files: u64,
+    /// Paths gone since the chain's full snapshot: the archive's deletion list.
+    #[serde(default)]
+    pub deleted: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,6 +108,20 @@ pub struct AttachmentCheck {
 }
 
 impl Manifest {
+    /// The full snapshot at the root of this one's chain.
+    pub fn full_id(&self) -> &str {
+        self.chain_full.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The snapshots whose archives a restore of this one reads, oldest first.
+    pub fn archives_needed(&self) -> Vec<String> {
+        if self.depends_on.is_empty() {
+            vec![self.id.clone()]
+        } else {
+            self.depends_on.clone()
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let mut json = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
         json.push(b'\n');
@@ -134,6 +178,11 @@ mod tests {
                 sha256: "00".into(),
                 encoding: "tar+zstd+age".into(),
             },
+            index: None,
+            parent: None,
+            chain_length: 0,
+            chain_full: None,
+            depends_on: Vec::new(),
             content: ContentCounts::default(),
             signal_db: None,
             attachments: AttachmentCheck::default(),

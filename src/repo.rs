@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! archives/<id>.tar.zst.age   the archive (tar → zstd → age), uploaded first
+//! indexes/<id>.json.zst.age   the file index (JSON lines → zstd → age)
 //! snapshots/<id>.json         the manifest, uploaded last: the commit point
 //! ```
 //! An archive without a manifest is an interrupted backup: never listed, never restored.
@@ -78,6 +79,10 @@ impl Repository {
 
     pub fn archive_key(id: &str) -> String {
         format!("archives/{id}.tar.zst.age")
+    }
+
+    pub fn index_key(id: &str) -> String {
+        format!("indexes/{id}.json.zst.age")
     }
 
     fn manifest_key(id: &str) -> String {

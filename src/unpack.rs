@@ -73,11 +73,14 @@ pub fn safe_relative_path(raw: &[u8]) -> Result<PathBuf> {
     Ok(clean)
 }
 
-/// Unpacks every entry of `archive` below `dest`, which must be a directory we created.
+/// Unpacks the entries of `archive` for which `keep` says yes below `dest`, which must
+/// be a directory we created. An incremental archive's list of deleted paths is skipped:
+/// a restore takes exactly the entries its snapshot's index names.
 pub fn unpack<R: Read>(
     archive: &mut tar::Archive<R>,
     dest: &Path,
     options: &UnpackOptions,
+    keep: &dyn Fn(&Path) -> bool,
 ) -> Result<UnpackStats> {
     let mut stats = UnpackStats::default();
     // Directory permissions and times are applied last: a read-only directory would stop
@@ -86,7 +89,13 @@ pub fn unpack<R: Read>(
     for entry in archive.entries().context("cannot read the archive")? {
         let mut entry = entry.map_err(crate::archive::explain_read_error)?;
         let raw = entry.path_bytes().into_owned();
+        if raw == crate::archive::DELETED_LIST.as_bytes() {
+            continue;
+        }
         let relative = safe_relative_path(&raw)?;
+        if !keep(&relative) {
+            continue;
+        }
         let target = dest.join(&relative);
         prepare_parents(dest, &relative)?;
         let header = entry.header();
@@ -286,7 +295,7 @@ mod tests {
     }
 
     fn unpack_bytes(bytes: &[u8], dest: &Path) -> Result<UnpackStats> {
-        unpack(&mut tar::Archive::new(bytes), dest, &options())
+        unpack(&mut tar::Archive::new(bytes), dest, &options(), &|_| true)
     }
 
     #[test]
@@ -397,7 +406,13 @@ mod tests {
             max_content_bytes: 1000,
             ..options()
         };
-        let err = unpack(&mut tar::Archive::new(&bytes[..]), dest.path(), &options).unwrap_err();
+        let err = unpack(
+            &mut tar::Archive::new(&bytes[..]),
+            dest.path(),
+            &options,
+            &|_| true,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("decompression bomb"), "{err:#}");
     }
 }

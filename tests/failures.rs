@@ -287,6 +287,9 @@ fn a_malicious_archive_writes_nothing_outside_the_target() {
     let manifest_path = r.repo.join(format!("snapshots/{}.json", r.id));
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    // Without an index, restore takes every entry of the archive: only the unpacker stands
+    // in the way. (With the index, entries it does not name are never written at all.)
+    manifest.as_object_mut().unwrap().remove("index");
     manifest["archive"]["size"] = ciphertext.len().into();
     manifest["archive"]["sha256"] =
         hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&ciphertext)).into();

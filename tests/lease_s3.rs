@@ -26,6 +26,7 @@ async fn s3_conditional_writes_fence_a_second_writer() {
         path_style: true,
         max_attempts: 2,
         parallel_parts: 1,
+        object_lock: None,
     };
     let repo = Repository::open("s3://fence/ghostwire", &options)
         .await

@@ -4,20 +4,111 @@
 pub mod backup;
 pub mod check;
 pub mod keygen;
+pub mod prune;
 pub mod restore;
 pub mod run;
 pub mod snapshots;
 pub mod verify;
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use sha2::Digest;
+use tokio::io::AsyncReadExt;
 use tokio_util::io::SyncIoBridge;
 
 use crate::archive::{self, HashingReader, PlainReader};
+use crate::index::{self, EntryKind, IndexEntry};
 use crate::keys::Identities;
 use crate::manifest::Manifest;
-use crate::repo::Repository;
+use crate::repo::{Repository, Selector};
+
+/// What a restore of one snapshot reads: each archive it needs once, with the entries to
+/// take from it; the snapshot's own archive last (it holds every directory, so their
+/// modes and times are applied after all files are in).
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// The snapshot's index; empty for a snapshot without one.
+    pub entries: Vec<IndexEntry>,
+}
+
+pub struct Step {
+    pub manifest: Manifest,
+    /// Paths to take from this archive; `None`: everything.
+    pub wanted: Option<HashSet<PathBuf>>,
+}
+
+impl Plan {
+    pub async fn new(
+        repo: &Repository,
+        manifest: &Manifest,
+        identities: &Identities,
+    ) -> Result<Self> {
+        let Some(record) = &manifest.index else {
+            let steps = vec![Step {
+                manifest: manifest.clone(),
+                wanted: None,
+            }];
+            return Ok(Self {
+                steps,
+                entries: Vec::new(),
+            });
+        };
+        let mut sealed = Vec::new();
+        repo.store()
+            .get(&record.key, 0)
+            .await
+            .with_context(|| {
+                format!(
+                    "snapshot {} has a manifest but its index cannot be read",
+                    manifest.id
+                )
+            })?
+            .read_to_end(&mut sealed)
+            .await?;
+        if sealed.len() as u64 != record.size
+            || hex::encode(sha2::Sha256::digest(&sealed)) != record.sha256
+        {
+            bail!(
+                "the index of snapshot {} does not match its manifest: it was damaged or replaced",
+                manifest.id
+            );
+        }
+        let entries = index::open(&sealed, identities)?;
+        let mut steps = Vec::new();
+        for id in manifest.archives_needed() {
+            let own = id == manifest.id;
+            let wanted = entries
+                .iter()
+                .filter(|e| {
+                    e.archive.as_deref() == Some(id.as_str())
+                        || (own && matches!(e.kind, EntryKind::Directory | EntryKind::Symlink))
+                })
+                .map(|e| e.path.clone())
+                .collect();
+            let step_manifest = if own {
+                manifest.clone()
+            } else {
+                repo.find(&Selector::Id(id.clone())).await.with_context(|| {
+                    format!("snapshot {} needs files from snapshot {id}, which is missing from the repository", manifest.id)
+                })?
+            };
+            steps.push(Step {
+                manifest: step_manifest,
+                wanted: Some(wanted),
+            });
+        }
+        steps.sort_by_key(|step| step.manifest.id == manifest.id);
+        Ok(Self { steps, entries })
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &IndexEntry> {
+        self.entries.iter().filter(|e| e.kind == EntryKind::File)
+    }
+}
 
 type Download = HashingReader<indicatif::ProgressBarIter<SyncIoBridge<crate::store::ObjectReader>>>;
 
@@ -27,7 +118,7 @@ type Download = HashingReader<indicatif::ProgressBarIter<SyncIoBridge<crate::sto
 pub async fn read_snapshot<T, F>(
     repo: &Repository,
     manifest: &Manifest,
-    identities: Identities,
+    identities: Arc<Identities>,
     consume: F,
 ) -> Result<T>
 where

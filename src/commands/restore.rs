@@ -20,6 +20,11 @@ use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use super::Plan;
+use crate::catalog::Catalog;
+use crate::index::IndexEntry;
 use crate::manifest::Manifest;
 use crate::profile::{self, DbKey};
 use crate::repo::{Repository, Selector};
@@ -116,33 +121,54 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
     }
 
     crate::lease::check_restore(repo, &options.lease_owner, options.break_lease).await?;
-    let identities = crate::keys::identities(&options.identity)?;
+    let identities = Arc::new(crate::keys::identities(&options.identity)?);
     let manifest = repo.find(&options.snapshot).await?;
-    check_free_space(target, manifest.content.bytes)?;
-    tracing::info!(snapshot = %manifest.id, target = %target.display(), "restoring");
-    fs::DirBuilder::new().mode(0o700).create(&staging)?;
-    let unpack_options = UnpackOptions {
-        chown: options.chown,
-        // SAFETY: geteuid has no preconditions.
-        preserve_owner: unsafe { libc::geteuid() } == 0,
-        max_content_bytes: manifest.content.bytes,
-    };
-    let dest = staging.clone();
-    let stats = super::read_snapshot(repo, &manifest, identities, move |archive| {
-        unpack::unpack(archive, &dest, &unpack_options)
-    })
-    .await
-    .with_context(|| {
+    let failed = || {
         format!(
             "restore of snapshot {} failed; the target was left without a restore marker",
             manifest.id
         )
-    })?;
-    tracing::info!(
-        files = stats.files,
-        bytes = stats.bytes,
-        "archive unpacked and authenticated"
-    );
+    };
+    let plan = Plan::new(repo, &manifest, &identities)
+        .await
+        .with_context(failed)?;
+    check_free_space(
+        target,
+        plan.steps
+            .iter()
+            .map(|step| step.manifest.content.bytes)
+            .sum(),
+    )?;
+    tracing::info!(snapshot = %manifest.id, archives = plan.steps.len(), target = %target.display(), "restoring");
+    fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    for step in &plan.steps {
+        let unpack_options = UnpackOptions {
+            chown: options.chown,
+            // SAFETY: geteuid has no preconditions.
+            preserve_owner: unsafe { libc::geteuid() } == 0,
+            max_content_bytes: step.manifest.content.bytes,
+        };
+        let dest = staging.clone();
+        let wanted = step.wanted.clone();
+        let stats =
+            super::read_snapshot(repo, &step.manifest, identities.clone(), move |archive| {
+                let keep = |path: &Path| wanted.as_ref().is_none_or(|w| w.contains(path));
+                unpack::unpack(archive, &dest, &unpack_options, &keep)
+            })
+            .await
+            .with_context(failed)?;
+        tracing::info!(archive = %step.manifest.id, files = stats.files, bytes = stats.bytes, "archive unpacked and authenticated");
+    }
+    let missing = plan
+        .files()
+        .filter(|e| !fs::symlink_metadata(staging.join(&e.path)).is_ok_and(|m| m.is_file()))
+        .count();
+    if missing > 0 {
+        bail!(
+            "{}: {missing} files of the snapshot's index were not in their archives",
+            failed()
+        );
+    }
 
     let gate = gate(&manifest, &staging)?;
     sync_filesystem(&staging)?;
@@ -155,7 +181,48 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
     write_json(&staging.join(READY), &marker)?;
     move_into_place(target, &staging)?;
     commit(target, &marker)?;
+    if !plan.entries.is_empty()
+        && let Err(err) = seed_catalog(repo, target, &manifest, plan.entries, options.chown)
+    {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            "could not write the catalog; the next backup will be a full one"
+        );
+    }
     Ok(Outcome::Restored(marker))
+}
+
+/// Writes the catalog of the restored volume from the snapshot's index, with the restored
+/// files' own stat, so the next backup there continues the chain instead of starting a
+/// full one. (The content is what the index says: it was authenticated on the way in.)
+fn seed_catalog(
+    repo: &Repository,
+    target: &Path,
+    manifest: &Manifest,
+    entries: Vec<IndexEntry>,
+    chown: Option<(u32, u32)>,
+) -> Result<()> {
+    let entries: Vec<IndexEntry> = entries
+        .into_iter()
+        .filter_map(|entry| {
+            if entry.kind == crate::index::EntryKind::Deleted {
+                return Some(entry);
+            }
+            let metadata = fs::symlink_metadata(target.join(&entry.path)).ok()?;
+            let fresh = IndexEntry::new(&entry.path, entry.kind, &metadata);
+            Some(IndexEntry {
+                sha256: entry.sha256,
+                archive: entry.archive,
+                ..fresh
+            })
+        })
+        .collect();
+    let path = target.join(crate::catalog::DEFAULT_NAME);
+    Catalog::open(&path)?.record(repo.location(), manifest, &entries)?;
+    if let Some((uid, gid)) = chown {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 /// The restore gate: the restored Signal database opens with the restored key and passes

@@ -23,6 +23,14 @@ pub struct NotFound(pub String);
 #[error("object {0} was changed by someone else")]
 pub struct Conflict(pub String);
 
+/// The error of a delete refused because the object is under S3 Object Lock retention.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} is under Object Lock retention until {until}")]
+pub struct Retained {
+    pub key: String,
+    pub until: String,
+}
+
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -57,7 +65,8 @@ pub trait Store: Send + Sync {
     /// The compare-and-swap that keeps two writers of one lease apart.
     async fn put_if(&self, key: &str, data: Bytes, expected: Option<&str>) -> Result<String>;
 
-    /// Deletes an object; deleting a missing object is not an error.
+    /// Deletes an object; deleting a missing object is not an error. Fails with
+    /// [`Retained`] for an object still under Object Lock retention.
     async fn delete(&self, key: &str) -> Result<()>;
 }
 

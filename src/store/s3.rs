@@ -18,13 +18,15 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode};
 use aws_smithy_http_client::tls;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ChunkStream, Conflict, NotFound, ObjectInfo, ObjectReader, Store, check_key};
+use super::{
+    ChunkStream, Conflict, NotFound, ObjectInfo, ObjectReader, Retained, Store, check_key,
+};
 
 /// How to reach the bucket; everything else comes from the AWS default chain.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +41,15 @@ pub struct S3Options {
     pub max_attempts: u32,
     /// Parts uploaded at once; with the part size this bounds upload memory.
     pub parallel_parts: usize,
+    /// S3 Object Lock retention for snapshot objects, on a bucket with Object Lock.
+    pub object_lock: Option<ObjectLock>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ObjectLock {
+    /// GOVERNANCE or COMPLIANCE.
+    pub mode: ObjectLockMode,
+    pub days: u32,
 }
 
 pub struct S3Store {
@@ -46,6 +57,22 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     parallel_parts: usize,
+    object_lock: Option<ObjectLock>,
+}
+
+/// Snapshot objects get the Object Lock retention; locks and the lease must stay
+/// replaceable and deletable.
+fn is_snapshot_object(key: &str) -> bool {
+    ["archives/", "indexes/", "snapshots/"]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+}
+
+/// Content-MD5, which S3 requires on every upload that carries a retention period.
+fn content_md5(data: &[u8]) -> String {
+    use base64::Engine;
+    use md5::Digest;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
 }
 
 impl S3Store {
@@ -91,6 +118,7 @@ impl S3Store {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             parallel_parts: options.parallel_parts.max(1),
+            object_lock: options.object_lock.clone(),
         })
     }
 
@@ -101,6 +129,19 @@ impl S3Store {
         } else {
             format!("{}/{key}", self.prefix)
         })
+    }
+
+    /// The retention for an object under `key`, if any: (mode, retain until).
+    fn retention(&self, key: &str) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
+        let lock = self
+            .object_lock
+            .as_ref()
+            .filter(|_| is_snapshot_object(key))?;
+        let until = chrono::Utc::now() + chrono::Duration::days(lock.days.into());
+        Some((
+            lock.mode.clone(),
+            aws_sdk_s3::primitives::DateTime::from_secs(until.timestamp()),
+        ))
     }
 
     fn describe(&self, key: &str) -> String {
@@ -140,6 +181,7 @@ impl S3Store {
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
+                .set_content_md5(self.object_lock.is_some().then(|| content_md5(&chunk)))
                 .body(ByteStream::from(chunk));
             in_flight.spawn(async move {
                 let output = request.send().await;
@@ -215,10 +257,14 @@ where
 impl Store for S3Store {
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let object = self.object_key(key)?;
+        let (mode, until) = self.retention(key).unzip();
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(&object)
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
+            .set_content_md5(self.object_lock.is_some().then(|| content_md5(&data)))
             .body(ByteStream::from(data))
             .send()
             .await
@@ -233,11 +279,14 @@ impl Store for S3Store {
             self.put(key, Bytes::new()).await?;
             return Ok(0);
         };
+        let (mode, until) = self.retention(key).unzip();
         let upload = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&object)
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
             .send()
             .await
             .map_err(|e| sdk_error(e, "create multipart upload"))
@@ -378,6 +427,38 @@ impl Store for S3Store {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let object = self.object_key(key)?;
+        if is_snapshot_object(key) {
+            // Ask first: a retained object's delete would only fail with AccessDenied.
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .send()
+                .await
+            {
+                Ok(head) => {
+                    if let Some(until) = head.object_lock_retain_until_date
+                        && until.secs() > chrono::Utc::now().timestamp()
+                    {
+                        let until =
+                            chrono::DateTime::from_timestamp(until.secs(), 0).unwrap_or_default();
+                        return Err(Retained {
+                            key: key.to_string(),
+                            until: until.to_rfc3339(),
+                        }
+                        .into());
+                    }
+                }
+                Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                    return Ok(());
+                }
+                Err(err) => {
+                    return Err(sdk_error(err, "head object"))
+                        .with_context(|| format!("cannot delete {}", self.describe(&object)));
+                }
+            }
+        }
         self.client
             .delete_object()
             .bucket(&self.bucket)

@@ -205,8 +205,17 @@ impl S3Server {
 
     /// Creates a bucket (moto does not check signatures on this call).
     pub fn create_bucket(&self, bucket: &str) {
+        self.create_bucket_with(bucket, "");
+    }
+
+    /// Creates a bucket with S3 Object Lock enabled.
+    pub fn create_bucket_with_object_lock(&self, bucket: &str) {
+        self.create_bucket_with(bucket, "x-amz-bucket-object-lock-enabled: true\r\n");
+    }
+
+    fn create_bucket_with(&self, bucket: &str, headers: &str) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(stream, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port).unwrap();
+        write!(stream, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n", self.port).unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         assert!(
