@@ -415,3 +415,28 @@ fn a_wrong_database_key_fails_the_backup_without_showing_the_key() {
     );
     assert!(!repo.join("snapshots").exists());
 }
+
+#[test]
+fn the_init_container_on_a_first_install_starts_with_an_empty_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, _) = keygen(dir.path());
+    let target = dir.path().join("volume");
+    std::fs::create_dir_all(target.join("lost+found")).unwrap();
+    let restore = |extra: &[&str]| {
+        let mut command = agent();
+        command
+            .env("GWB_REPO", dir.path().join("empty-repo"))
+            .arg("restore")
+            .arg("--identity")
+            .arg(&identity)
+            .arg("--target")
+            .arg(&target)
+            .args(extra);
+        command
+    };
+    run_ok(&mut restore(&["--if-empty"]));
+    assert!(!target.join(".ghostwire-backup-restore.json").exists());
+    // Asked for explicitly, a restore from an empty repository is an error.
+    let err = run_err(&mut restore(&[]));
+    assert!(err.contains("holds no snapshot"), "{err}");
+}

@@ -120,6 +120,17 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
         );
     }
 
+    if options.if_empty
+        && matches!(options.snapshot, Selector::Latest | Selector::Final)
+        && repo.snapshots().await?.is_empty()
+    {
+        // First start of a new installation: nothing to restore yet, and Signal may start
+        // on the empty volume. (An unreachable repository is an error, not an empty one.)
+        tracing::warn!(repository = %repo.location(), "the repository holds no snapshot yet: nothing to restore");
+        return Ok(Outcome::LeftAlone(
+            "the repository holds no snapshot yet".into(),
+        ));
+    }
     crate::lease::check_restore(repo, &options.lease_owner, options.break_lease).await?;
     let identities = Arc::new(crate::keys::identities(&options.identity)?);
     let manifest = repo.find(&options.snapshot).await?;
