@@ -208,17 +208,12 @@ fn check_fails_when_the_newest_snapshot_is_too_old() {
     std::fs::create_dir(&home).unwrap();
     std::fs::write(home.join("notes.txt"), "x").unwrap();
     let (_, recipient) = keygen(dir.path());
-    run_ok(
-        agent()
-            .env("GWB_REPO", &repo)
-            .arg("backup")
-            .arg("--source")
-            .arg(&home)
-            .arg("--recipient")
-            .arg(&recipient)
-            .arg("--staging-dir")
-            .arg(dir.path().join("staging")),
-    );
+    run_ok(&mut backup_command(
+        &repo,
+        &home,
+        &recipient,
+        dir.path().join("staging"),
+    ));
     run_ok(
         agent()
             .env("GWB_REPO", &repo)

@@ -28,17 +28,12 @@ fn backed_up() -> Repo {
     );
     let (identity, recipient) = keygen(&root);
     let repo = root.join("backups");
-    let id = run_ok(
-        agent()
-            .env("GWB_REPO", &repo)
-            .arg("backup")
-            .arg("--source")
-            .arg(&profile.home)
-            .arg("--recipient")
-            .arg(&recipient)
-            .arg("--staging-dir")
-            .arg(root.join("staging")),
-    );
+    let id = run_ok(&mut backup_command(
+        &repo,
+        &profile.home,
+        &recipient,
+        root.join("staging"),
+    ));
     Repo {
         _dir: dir,
         root,
@@ -138,17 +133,12 @@ fn a_truncated_archive_is_refused() {
 fn an_archive_swapped_in_from_another_backup_is_caught_by_the_manifest_hash() {
     let r = backed_up();
     // A second, valid snapshot encrypted to the same key; its archive replaces the first's.
-    let second = run_ok(
-        agent()
-            .env("GWB_REPO", &r.repo)
-            .arg("backup")
-            .arg("--source")
-            .arg(r.root.join("home"))
-            .arg("--recipient")
-            .arg(&r.recipient)
-            .arg("--staging-dir")
-            .arg(r.root.join("staging")),
-    );
+    let second = run_ok(&mut backup_command(
+        &r.repo,
+        &r.root.join("home"),
+        &r.recipient,
+        r.root.join("staging"),
+    ));
     std::fs::copy(
         r.repo.join(format!("archives/{second}.tar.zst.age")),
         r.archive(),
@@ -347,17 +337,12 @@ fn a_profile_with_only_an_encrypted_key_is_refused_with_the_way_out() {
     .unwrap();
     let (_, recipient) = keygen(dir.path());
     let repo = dir.path().join("backups");
-    let err = run_err(
-        agent()
-            .env("GWB_REPO", &repo)
-            .arg("backup")
-            .arg("--source")
-            .arg(&profile.home)
-            .arg("--recipient")
-            .arg(&recipient)
-            .arg("--staging-dir")
-            .arg(dir.path().join("staging")),
-    );
+    let err = run_err(&mut backup_command(
+        &repo,
+        &profile.home,
+        &recipient,
+        dir.path().join("staging"),
+    ));
     assert!(err.contains("--password-store=basic"), "{err}");
     assert!(
         !repo.join("snapshots").exists(),
@@ -367,17 +352,9 @@ fn a_profile_with_only_an_encrypted_key_is_refused_with_the_way_out() {
     let key_file = dir.path().join("db.key");
     std::fs::write(&key_file, &profile.key).unwrap();
     run_ok(
-        agent()
-            .env("GWB_REPO", &repo)
-            .arg("backup")
-            .arg("--source")
-            .arg(&profile.home)
-            .arg("--recipient")
-            .arg(&recipient)
+        &mut backup_command(&repo, &profile.home, &recipient, dir.path().join("staging"))
             .arg("--db-key-file")
-            .arg(&key_file)
-            .arg("--staging-dir")
-            .arg(dir.path().join("staging")),
+            .arg(&key_file),
     );
 }
 

@@ -39,16 +39,13 @@ fn setup() -> Setup {
 impl Setup {
     fn backup(&self, extra: &[&str]) -> Value {
         let id = run_ok(
-            agent()
-                .env("GWB_REPO", &self.repo)
-                .arg("backup")
-                .arg("--source")
-                .arg(&self.profile.home)
-                .arg("--recipient")
-                .arg(&self.recipient)
-                .arg("--staging-dir")
-                .arg(self.root.join("staging"))
-                .args(extra),
+            &mut backup_command(
+                &self.repo,
+                &self.profile.home,
+                &self.recipient,
+                self.root.join("staging"),
+            )
+            .args(extra),
         );
         self.manifest(&id)
     }
@@ -264,17 +261,12 @@ fn a_restored_volume_continues_the_chain_without_uploading_its_files_again() {
     let next = serde_json::from_slice::<Value>(
         &std::fs::read(s.repo.join(format!(
             "snapshots/{}.json",
-            run_ok(
-                agent()
-                    .env("GWB_REPO", &s.repo)
-                    .arg("backup")
-                    .arg("--source")
-                    .arg(&volume)
-                    .arg("--recipient")
-                    .arg(&s.recipient)
-                    .arg("--staging-dir")
-                    .arg(s.root.join("staging")),
-            )
+            run_ok(&mut backup_command(
+                &s.repo,
+                &volume,
+                &s.recipient,
+                s.root.join("staging")
+            ),)
         )))
         .unwrap(),
     )

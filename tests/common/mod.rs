@@ -250,6 +250,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `backup` of `home` into the repository `repo`, ready for more flags.
+pub fn backup_command(
+    repo: impl AsRef<std::ffi::OsStr>,
+    home: &Path,
+    recipient: &str,
+    staging: impl AsRef<std::ffi::OsStr>,
+) -> Command {
+    let mut command = agent();
+    command
+        .env("GWB_REPO", repo)
+        .arg("backup")
+        .arg("--source")
+        .arg(home)
+        .arg("--recipient")
+        .arg(recipient)
+        .arg("--staging-dir")
+        .arg(staging);
+    command
+}
+
 /// A key pair made by the agent itself.
 pub fn keygen(dir: &Path) -> (PathBuf, String) {
     let identity = dir.join("identity.txt");
