@@ -352,7 +352,7 @@ fn a_profile_with_only_an_encrypted_key_is_refused_with_the_way_out() {
     let key_file = dir.path().join("db.key");
     std::fs::write(&key_file, &profile.key).unwrap();
     run_ok(
-        &mut backup_command(&repo, &profile.home, &recipient, dir.path().join("staging"))
+        backup_command(&repo, &profile.home, &recipient, dir.path().join("staging"))
             .arg("--db-key-file")
             .arg(&key_file),
     );

@@ -39,7 +39,7 @@ fn setup() -> Setup {
 impl Setup {
     fn backup(&self, extra: &[&str]) -> Value {
         let id = run_ok(
-            &mut backup_command(
+            backup_command(
                 &self.repo,
                 &self.profile.home,
                 &self.recipient,
