@@ -72,6 +72,10 @@ impl Repo {
             !target.join(".ghostwire-backup-restore.json").exists(),
             "a failed restore left a marker"
         );
+        assert!(
+            !target.join(".ghostwire-backup-restore.tmp").exists(),
+            "a failed restore left its staging directory behind"
+        );
         assert_eq!(
             tree(&self.root, &|p| p.starts_with("target")),
             before,

@@ -152,36 +152,16 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
     )?;
     tracing::info!(snapshot = %manifest.id, archives = plan.steps.len(), target = %target.display(), "restoring");
     fs::DirBuilder::new().mode(0o700).create(&staging)?;
-    for step in &plan.steps {
-        let unpack_options = UnpackOptions {
-            chown: options.chown,
-            // SAFETY: geteuid has no preconditions.
-            preserve_owner: unsafe { libc::geteuid() } == 0,
-            max_content_bytes: step.manifest.content.bytes,
-        };
-        let dest = staging.clone();
-        let wanted = step.wanted.clone();
-        let stats =
-            super::read_snapshot(repo, &step.manifest, identities.clone(), move |archive| {
-                let keep = |path: &Path| wanted.as_ref().is_none_or(|w| w.contains(path));
-                unpack::unpack(archive, &dest, &unpack_options, &keep)
-            })
-            .await
-            .with_context(failed)?;
-        tracing::info!(archive = %step.manifest.id, files = stats.files, bytes = stats.bytes, "archive unpacked and authenticated");
-    }
-    let missing = plan
-        .files()
-        .filter(|e| !fs::symlink_metadata(staging.join(&e.path)).is_ok_and(|m| m.is_file()))
-        .count();
-    if missing > 0 {
-        bail!(
-            "{}: {missing} files of the snapshot's index were not in their archives",
-            failed()
-        );
-    }
-
-    let gate = gate(&manifest, &staging)?;
+    let gate = match unpack_and_check(repo, &plan, &manifest, &identities, &staging, options.chown)
+        .await
+    {
+        Ok(gate) => gate,
+        Err(err) => {
+            // Leave the target as it was; a later run would discard this anyway.
+            let _ = fs::remove_dir_all(&staging);
+            return Err(err.context(failed()));
+        }
+    };
     sync_filesystem(&staging)?;
     let marker = Marker {
         snapshot: manifest.id.clone(),
@@ -201,6 +181,44 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
         );
     }
     Ok(Outcome::Restored(marker))
+}
+
+/// Unpacks every archive the plan needs into `staging`, checks that the index is complete,
+/// and runs the restore gate; returns the gate's result.
+async fn unpack_and_check(
+    repo: &Repository,
+    plan: &Plan,
+    manifest: &Manifest,
+    identities: &Arc<crate::keys::Identities>,
+    staging: &Path,
+    chown: Option<(u32, u32)>,
+) -> Result<String> {
+    for step in &plan.steps {
+        let unpack_options = UnpackOptions {
+            chown,
+            // SAFETY: geteuid has no preconditions.
+            preserve_owner: unsafe { libc::geteuid() } == 0,
+            max_content_bytes: step.manifest.content.bytes,
+        };
+        let dest = staging.to_path_buf();
+        let wanted = step.wanted.clone();
+        let stats =
+            super::read_snapshot(repo, &step.manifest, identities.clone(), move |archive| {
+                let keep = |path: &Path| wanted.as_ref().is_none_or(|w| w.contains(path));
+                unpack::unpack(archive, &dest, &unpack_options, &keep)
+            })
+            .await?;
+        tracing::info!(archive = %step.manifest.id, files = stats.files, bytes = stats.bytes, "archive unpacked and authenticated");
+    }
+    let missing = plan
+        .files()
+        .filter(|e| !fs::symlink_metadata(staging.join(&e.path)).is_ok_and(|m| m.is_file()))
+        .count();
+    if missing > 0 {
+        bail!("{missing} files of the snapshot's index were not in their archives");
+    }
+
+    gate(manifest, staging)
 }
 
 /// Writes the catalog of the restored volume from the snapshot's index, with the restored
@@ -247,7 +265,7 @@ fn gate(manifest: &Manifest, staged: &Path) -> Result<String> {
         "the restore gate failed: the snapshot has a Signal database but no config.json with its key",
     )?);
     let check = check_signal_db(&config, &staged.join(profile::SIGNAL_DB))
-        .context("the restore gate failed; the target was left without a restore marker")?;
+        .context("the restore gate failed")?;
     tracing::info!(
         user_version = check.user_version,
         "restore gate passed: integrity_check ok"
