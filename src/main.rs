@@ -80,7 +80,7 @@ enum Command {
     /// Create an age key pair: writes the secret identity, prints the public recipient.
     Keygen {
         /// Where to write the identity (must not exist).
-        #[arg(long)]
+        #[arg(long, env = "GWB_KEYGEN_OUT")]
         out: PathBuf,
     },
     /// Take a snapshot of the home and upload it.
@@ -88,7 +88,7 @@ enum Command {
     /// List the snapshots in the repository.
     Snapshots {
         /// Machine-readable output: the manifests as a JSON array.
-        #[arg(long)]
+        #[arg(long, env = "GWB_JSON")]
         json: bool,
     },
     /// Restore a snapshot into an empty directory (a fresh volume).
@@ -125,7 +125,7 @@ struct PruneArgs {
     #[arg(long, env = "GWB_KEEP_MONTHLY", default_value_t = 0)]
     keep_monthly: u32,
     /// Print the decisions; delete nothing.
-    #[arg(long)]
+    #[arg(long, env = "GWB_DRY_RUN")]
     dry_run: bool,
 }
 
@@ -244,8 +244,8 @@ struct VerifyArgs {
     /// age identity file; not needed with --quick.
     #[arg(long, env = "GWB_IDENTITY_FILE")]
     identity: Option<PathBuf>,
-    /// Only check the archive's size and SHA-256 against the manifest (no key needed).
-    #[arg(long)]
+    /// Only check the archives' sizes and SHA-256 against the manifests (no key needed).
+    #[arg(long, env = "GWB_QUICK")]
     quick: bool,
 }
 
