@@ -31,7 +31,7 @@ use crate::manifest::{
 use crate::profile::{self, DbKey};
 use crate::repo::{Repository, Selector};
 use crate::staging::Staging;
-use crate::store::chunk_channel;
+use crate::store::{Abandoned, chunk_channel};
 use crate::walk::{self, Kind, Listing};
 use crate::{keys, lock, sqlite};
 
@@ -156,6 +156,11 @@ async fn run_locked(repo: &Repository, options: &BackupOptions) -> Result<Manife
     // Report the root cause: an upload failure makes the writer fail too, and vice versa.
     let (sealed, archived, recipients) = match (produced, uploaded) {
         (Ok(produced), Ok(_)) => produced,
+        // The writer gives up when the upload stops, with a bare "the upload stopped": the
+        // upload's own error (no such bucket, access denied…) is the one to show.
+        (Err(_), Err(err)) if !err.chain().any(|e| e.is::<Abandoned>()) => {
+            return Err(err.context("backup failed while uploading; no snapshot was written"));
+        }
         (Err(err), _) => {
             return Err(err.context("backup failed while archiving; no snapshot was written"));
         }

@@ -9,6 +9,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 pub mod local;
+pub mod resume;
 pub mod s3;
 
 /// The error a store returns when a key does not exist; find it with
@@ -30,6 +31,12 @@ pub struct Retained {
     pub key: String,
     pub until: String,
 }
+
+/// The error a streamed upload fails with when its producer gave up before finishing (the
+/// archive could not be completed): the producer's own error is the one to report.
+#[derive(Debug, thiserror::Error)]
+#[error("the archive stream was abandoned before it was complete")]
+pub struct Abandoned;
 
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +117,7 @@ impl ChunkStream {
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
         match self.rx.recv().await {
             Some(chunk) => Ok(chunk),
-            None => bail!("the archive stream was abandoned before it was complete"),
+            None => Err(Abandoned.into()),
         }
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! Large objects go up as a multipart upload with a bounded number of parts in flight, and
 //! a failed upload is aborted so no orphaned parts are left to bill. Throttling, 5xx and
-//! timeouts are retried by the SDK's standard retry strategy with exponential backoff.
+//! timeouts are retried by the SDK's standard retry strategy with exponential backoff; a
+//! download whose connection drops mid-body resumes from where it stopped
+//! ([`super::resume`]). Errors S3 answers with (no such bucket, access denied, a wrong
+//! key) are turned into a sentence that says what to fix.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +17,11 @@ use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode};
 use aws_smithy_http_client::tls;
@@ -24,6 +29,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::resume::ResumingReader;
 use super::{
     ChunkStream, Conflict, NotFound, ObjectInfo, ObjectReader, Retained, Store, check_key,
 };
@@ -183,10 +189,11 @@ impl S3Store {
                 .part_number(number)
                 .set_content_md5(self.object_lock.is_some().then(|| content_md5(&chunk)))
                 .body(ByteStream::from(chunk));
+            let bucket = self.bucket.clone();
             in_flight.spawn(async move {
                 let output = request.send().await;
                 drop(slot);
-                let output = output.map_err(|e| sdk_error(e, "upload part"))?;
+                let output = output.map_err(|e| sdk_error(e, "upload part", &bucket))?;
                 Ok::<_, anyhow::Error>(
                     CompletedPart::builder()
                         .part_number(number)
@@ -212,7 +219,7 @@ impl S3Store {
             )
             .send()
             .await
-            .map_err(|e| sdk_error(e, "complete multipart upload"))?;
+            .map_err(|e| sdk_error(e, "complete multipart upload", &self.bucket))?;
         Ok(size)
     }
 }
@@ -237,20 +244,159 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// An SDK error as one readable line with its cause (the HTTP status, the S3 error code),
-/// which the SDK's own `Display` leaves out.
-fn sdk_error<E, R>(err: SdkError<E, R>, action: &str) -> anyhow::Error
+/// An SDK error as one readable line: first what to fix, when we know (no such bucket,
+/// access denied, a wrong key, an unreachable endpoint), then what happened: the HTTP
+/// status and S3's code and message, or the chain of causes, which the SDK's own
+/// `Display` leaves out.
+fn sdk_error<E>(err: SdkError<E, HttpResponse>, action: &str, bucket: &str) -> anyhow::Error
 where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
-    let hint = match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            " (is the S3 endpoint reachable? check --s3-endpoint / GWB_S3_ENDPOINT)"
-        }
-        _ => "",
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let advice = match &err {
+        // Credentials are loaded as the request is sent: a failure shows up as a dispatch
+        // failure, which must not read as a network problem.
+        SdkError::DispatchFailure(_) if has_cause::<CredentialsError>(&err) => Some(
+            "no usable S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the \
+             credentials Secret), or web identity (IRSA: AWS_ROLE_ARN and \
+             AWS_WEB_IDENTITY_TOKEN_FILE), or AWS_PROFILE"
+                .to_string(),
+        ),
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Some(
+            "no answer after every retry: is the S3 endpoint reachable? check --s3-endpoint / \
+             GWB_S3_ENDPOINT and the network"
+                .to_string(),
+        ),
+        SdkError::ResponseError(_) => Some(
+            "the connection broke while S3 was answering, after every retry: the S3 server or \
+             the network to it is failing"
+                .to_string(),
+        ),
+        SdkError::ServiceError(_) => advice(err.code().unwrap_or(""), status, bucket),
+        _ => None,
     };
-    anyhow!("S3 {action} failed: {}{hint}", DisplayErrorContext(&err))
+    let details = match (&err, status) {
+        (SdkError::ServiceError(_), Some(status)) => format!(
+            "HTTP {status}, {}: {}",
+            err.code().unwrap_or("no error code"),
+            err.message().unwrap_or("no message")
+        ),
+        _ => causes(&err),
+    };
+    match advice {
+        Some(advice) => anyhow!("S3 {action} failed: {advice} ({details})"),
+        None => anyhow!("S3 {action} failed: {details}"),
+    }
+}
+
+fn has_cause<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if cause.is::<T>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// An error and its sources, one after the other.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// What to do about an error S3 answered with, for the codes a user can act on.
+fn advice(code: &str, status: Option<u16>, bucket: &str) -> Option<String> {
+    Some(match code {
+        "NoSuchBucket" => format!(
+            "the bucket {bucket:?} does not exist: check the bucket in --repo (GWB_REPO), \
+             --s3-endpoint and --s3-region, or create the bucket"
+        ),
+        "AccessDenied" | "AllAccessDisabled" => format!(
+            "access to the bucket {bucket:?} was denied: the credentials need s3:ListBucket on \
+             the bucket and s3:GetObject, s3:PutObject, s3:DeleteObject and \
+             s3:AbortMultipartUpload on the repository prefix (check the IAM policy, the \
+             bucket policy, and for IRSA the service account's role)"
+        ),
+        "InvalidAccessKeyId" => "the S3 server does not know this access key: check \
+             AWS_ACCESS_KEY_ID (the credentials Secret), and that --s3-endpoint is the server \
+             the key was made for"
+            .into(),
+        "SignatureDoesNotMatch" => "the secret key does not match the access key: check \
+             AWS_SECRET_ACCESS_KEY (the credentials Secret)"
+            .into(),
+        "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired" => "the session token has \
+             expired or is invalid: refresh the credentials (AWS_SESSION_TOKEN, or the web \
+             identity token)"
+            .into(),
+        "RequestTimeTooSkewed" => {
+            "this machine's clock is too far off for S3 to accept the request: fix the clock (NTP)"
+                .into()
+        }
+        "AuthorizationHeaderMalformed" | "PermanentRedirect" => {
+            "the bucket is in another region: set --s3-region (GWB_S3_REGION)".into()
+        }
+        "PreconditionFailed" => "the object changed while it was being read".into(),
+        _ if status.is_some_and(|s| s >= 500) || code == "SlowDown" => "the S3 server kept \
+             failing after every retry (overloaded or unavailable): the next run tries again; \
+             raise --s3-attempts for a flaky link"
+            .into(),
+        _ => return None,
+    })
+}
+
+/// Starts a download of `object` from `offset`. Past byte 0 the answer must be the range
+/// asked for, and of the version `if_match` names, so a resumed download never splices
+/// two different objects together.
+async fn open_range(
+    client: &Client,
+    bucket: &str,
+    object: &str,
+    key: &str,
+    offset: u64,
+    if_match: Option<&str>,
+) -> Result<(ObjectReader, Option<String>)> {
+    let mut request = client.get_object().bucket(bucket).key(object);
+    if offset > 0 {
+        request = request.range(format!("bytes={offset}-"));
+    }
+    if let Some(etag) = if_match {
+        request = request.if_match(etag);
+    }
+    let output = match request.send().await {
+        Ok(output) => output,
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+            return Err(NotFound(key.to_string()).into());
+        }
+        // Asked for the rest of an object we had read to its last byte.
+        Err(err) if offset > 0 && err.code() == Some("InvalidRange") => {
+            return Ok((Box::new(tokio::io::empty()), None));
+        }
+        Err(err) => {
+            return Err(sdk_error(err, "get object", bucket))
+                .with_context(|| format!("cannot read s3://{bucket}/{object}"));
+        }
+    };
+    if offset > 0
+        && !output
+            .content_range()
+            .is_some_and(|range| range.starts_with(&format!("bytes {offset}-")))
+    {
+        bail!(
+            "cannot resume reading s3://{bucket}/{object}: the server answered a request for \
+             bytes {offset}- with {:?}",
+            output.content_range()
+        );
+    }
+    let etag = output.e_tag().map(str::to_string);
+    Ok((Box::new(output.body.into_async_read()), etag))
 }
 
 #[async_trait]
@@ -268,7 +414,7 @@ impl Store for S3Store {
             .body(ByteStream::from(data))
             .send()
             .await
-            .map_err(|e| sdk_error(e, "put object"))
+            .map_err(|e| sdk_error(e, "put object", &self.bucket))
             .with_context(|| format!("cannot write {}", self.describe(&object)))?;
         Ok(())
     }
@@ -289,7 +435,7 @@ impl Store for S3Store {
             .set_object_lock_retain_until_date(until)
             .send()
             .await
-            .map_err(|e| sdk_error(e, "create multipart upload"))
+            .map_err(|e| sdk_error(e, "create multipart upload", &self.bucket))
             .with_context(|| format!("cannot start uploading {}", self.describe(&object)))?;
         let upload_id = upload.upload_id.context("S3 returned no upload id")?;
         // If this future is dropped mid-upload (the daemon abandons a backup that ran past
@@ -325,18 +471,31 @@ impl Store for S3Store {
 
     async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader> {
         let object = self.object_key(key)?;
-        let mut request = self.client.get_object().bucket(&self.bucket).key(&object);
-        if offset > 0 {
-            request = request.range(format!("bytes={offset}-"));
-        }
-        match request.send().await {
-            Ok(output) => Ok(Box::new(output.body.into_async_read())),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                Err(NotFound(key.to_string()).into())
-            }
-            Err(err) => Err(sdk_error(err, "get object"))
-                .with_context(|| format!("cannot read {}", self.describe(&object))),
-        }
+        let (first, etag) =
+            open_range(&self.client, &self.bucket, &object, key, offset, None).await?;
+        // The SDK retries a request that fails before its answer; a connection that drops
+        // while the body streams is resumed here, from the bytes already read.
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_string());
+        let what = self.describe(&object);
+        Ok(Box::new(ResumingReader::new(
+            what,
+            first,
+            offset,
+            move |at| {
+                let (client, bucket, object, key, etag) = (
+                    client.clone(),
+                    bucket.clone(),
+                    object.clone(),
+                    key.clone(),
+                    etag.clone(),
+                );
+                Box::pin(async move {
+                    let (reader, _) =
+                        open_range(&client, &bucket, &object, &key, at, etag.as_deref()).await?;
+                    Ok(reader)
+                })
+            },
+        )))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -356,7 +515,7 @@ impl Store for S3Store {
         let mut found = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page
-                .map_err(|e| sdk_error(e, "list objects"))
+                .map_err(|e| sdk_error(e, "list objects", &self.bucket))
                 .with_context(|| format!("cannot list s3://{}/{full_prefix}", self.bucket))?;
             for object in page.contents.unwrap_or_default() {
                 let Some(key) = object.key else { continue };
@@ -390,7 +549,7 @@ impl Store for S3Store {
                 Ok(Some((bytes.into_bytes(), version)))
             }
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
-            Err(err) => Err(sdk_error(err, "get object"))
+            Err(err) => Err(sdk_error(err, "get object", &self.bucket))
                 .with_context(|| format!("cannot read {}", self.describe(&object))),
         }
     }
@@ -420,7 +579,7 @@ impl Store for S3Store {
             {
                 Err(Conflict(key.to_string()).into())
             }
-            Err(err) => Err(sdk_error(err, "put object"))
+            Err(err) => Err(sdk_error(err, "put object", &self.bucket))
                 .with_context(|| format!("cannot write {}", self.describe(&object))),
         }
     }
@@ -454,7 +613,7 @@ impl Store for S3Store {
                     return Ok(());
                 }
                 Err(err) => {
-                    return Err(sdk_error(err, "head object"))
+                    return Err(sdk_error(err, "head object", &self.bucket))
                         .with_context(|| format!("cannot delete {}", self.describe(&object)));
                 }
             }
@@ -465,7 +624,7 @@ impl Store for S3Store {
             .key(&object)
             .send()
             .await
-            .map_err(|e| sdk_error(e, "delete object"))
+            .map_err(|e| sdk_error(e, "delete object", &self.bucket))
             .with_context(|| format!("cannot delete {}", self.describe(&object)))?;
         Ok(())
     }
