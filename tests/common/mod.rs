@@ -3,6 +3,8 @@
 //! the real binary, real files.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -222,6 +224,51 @@ impl S3Server {
             response.starts_with("HTTP/1.1 200"),
             "bucket creation failed: {response}"
         );
+    }
+
+    /// A GET straight to the server, unsigned (moto checks no signatures unless told to):
+    /// the status code and body.
+    pub fn get(&self, target: &str) -> (u16, String) {
+        self.request("GET", target, &[], "")
+    }
+
+    /// One request straight to the server: the status code and body.
+    pub fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.port,
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        write!(stream, "{head}\r\n{body}").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Multipart uploads started under `prefix` and neither completed nor aborted.
+    pub fn open_uploads(&self, bucket: &str, prefix: &str) -> usize {
+        let (status, body) = self.get(&format!("/{bucket}?uploads&prefix={prefix}"));
+        assert_eq!(status, 200, "list multipart uploads failed: {body}");
+        body.matches("<UploadId>").count()
     }
 
     /// Points the agent at this server.

@@ -1,0 +1,437 @@
+//! The agent against a real S3 server (moto) through a bad network: a fault-injecting
+//! proxy (tests/common/faults.rs) answers 500/503 itself, resets connections, loses
+//! answers, cuts bodies and stalls. A backup and a restore must still come out right at a
+//! tenth of requests failing; when every request fails they must stop in bounded time with
+//! a clear error and leave no snapshot and no marker behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::faults::{ALL_FAULTS, Fault, FaultProxy};
+use common::*;
+
+const BUCKET: &str = "ghostwire";
+const REPO: &str = "s3://ghostwire/blue";
+
+struct World {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    profile: Profile,
+    identity: PathBuf,
+    recipient: String,
+    server: S3Server,
+    proxy: FaultProxy,
+}
+
+/// A default-sized profile (about 25 MB of archive: five 5 MiB parts), an S3 server with a
+/// bucket, and a proxy in front of it that injects nothing yet.
+fn world(seed: u64) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let profile = make_profile(&root.join("home"), &[]);
+    let (identity, recipient) = keygen(&root);
+    let server = S3Server::start();
+    server.create_bucket(BUCKET);
+    let proxy = FaultProxy::start(&server, seed);
+    World {
+        _dir: dir,
+        root,
+        profile,
+        identity,
+        recipient,
+        server,
+        proxy,
+    }
+}
+
+impl World {
+    /// The agent, talking to S3 through the proxy.
+    fn agent(&self) -> Command {
+        let mut command = agent();
+        self.proxy.configure(&self.server, &mut command);
+        command.env("GWB_REPO", REPO);
+        command
+    }
+
+    /// The agent, talking to S3 directly: to look at the repository as it really is.
+    fn direct(&self) -> Command {
+        let mut command = agent();
+        self.server.configure(&mut command);
+        command.env("GWB_REPO", REPO);
+        command
+    }
+
+    fn backup(&self) -> Output {
+        run(self
+            .agent()
+            .arg("backup")
+            .arg("--source")
+            .arg(&self.profile.home)
+            .arg("--recipient")
+            .arg(&self.recipient)
+            .arg("--staging-dir")
+            .arg(self.root.join("staging"))
+            .args(["--part-size-mib", "5"]))
+    }
+
+    fn restore(&self, target: &Path) -> Output {
+        run(self
+            .agent()
+            .arg("restore")
+            .arg("--identity")
+            .arg(&self.identity)
+            .arg("--target")
+            .arg(target))
+    }
+
+    fn listed(&self) -> Vec<String> {
+        let json = run_ok(self.direct().args(["snapshots", "--json"]));
+        let manifests: serde_json::Value = serde_json::from_str(&json).unwrap();
+        manifests
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The restored home holds every kept byte and a database with every row.
+    fn assert_restored(&self, target: &Path) {
+        assert_same_tree(
+            &tree(target, &not_backed_up),
+            &tree(&self.profile.home, &not_backed_up),
+        );
+        assert!(target.join(".ghostwire-backup-restore.json").exists());
+        let db = check_db(
+            &target.join(".config/Signal/sql/db.sqlite"),
+            &self.profile.key,
+            None,
+        );
+        assert_eq!(db["integrity"], "ok");
+        assert_eq!(db["messages"].as_u64().unwrap(), self.profile.messages);
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn backup_and_restore_come_out_right_with_a_tenth_of_requests_failing() {
+    let w = world(10);
+    w.proxy.set_faults(0.10, ALL_FAULTS);
+    // Whatever the dice say, each kind of fault meets the request it matters most for.
+    // Targets: `?uploads` starts a multipart upload, `partNumber=` is a part,
+    // `uploadId=` without a part number completes it, `/snapshots/` is the manifest.
+    w.proxy.force("POST", "?uploads", Fault::LostResponse);
+    w.proxy.force("PUT", "partNumber=", Fault::SlowDown);
+    w.proxy.force("PUT", "partNumber=", Fault::Reset);
+    w.proxy.force("PUT", "partNumber=", Fault::LostResponse);
+    w.proxy.force("POST", "?uploadId=", Fault::LostResponse);
+    w.proxy.force("PUT", "/snapshots/", Fault::ServerError);
+    let started = Instant::now();
+    let backup = w.backup();
+    assert!(
+        backup.status.success(),
+        "backup failed under faults: {}\nfaults: {:?}",
+        stderr(&backup),
+        w.proxy.stats().log
+    );
+    let id = stdout(&backup);
+    let backup_time = started.elapsed();
+
+    // Cut the archive download twice and a manifest once: the restore must resume them.
+    w.proxy.force("GET", "/archives/", Fault::CutBody);
+    w.proxy.force("GET", "/archives/", Fault::StallBody);
+    w.proxy.force("GET", "/snapshots/", Fault::CutBody);
+    w.proxy.force("GET", "list-type=2", Fault::CutBody);
+    let target = w.root.join("restored");
+    let started = Instant::now();
+    let restore = w.restore(&target);
+    assert!(
+        restore.status.success(),
+        "restore failed under faults: {}\nfaults: {:?}",
+        stderr(&restore),
+        w.proxy.stats().log
+    );
+    let restore_time = started.elapsed();
+    assert_eq!(stdout(&restore), id);
+    w.assert_restored(&target);
+    assert!(
+        stderr(&restore).contains("asking for the rest of the object"),
+        "the cut downloads were not resumed: {}",
+        stderr(&restore)
+    );
+
+    let stats = w.proxy.stats();
+    eprintln!(
+        "10% faults: {} requests, {} faults {:?}; backup {:.1}s, restore {:.1}s\n{}",
+        stats.requests,
+        stats.faults(),
+        stats.injected,
+        backup_time.as_secs_f64(),
+        restore_time.as_secs_f64(),
+        stats.log.join("\n")
+    );
+    assert_eq!(w.proxy.pending_forced(), 0, "a forced fault never happened");
+    assert_eq!(w.listed(), vec![id]);
+}
+
+#[test]
+fn when_every_request_fails_backup_and_restore_stop_in_bounded_time_and_leave_nothing() {
+    let w = world(100);
+    w.proxy.set_stall(Duration::from_millis(500));
+    let backup = w.backup();
+    assert!(backup.status.success(), "{}", stderr(&backup));
+    let id = stdout(&backup);
+
+    // Every kind that fails a request (a mere `Stall` still answers in the end).
+    let failing: Vec<Fault> = ALL_FAULTS
+        .iter()
+        .copied()
+        .filter(|f| *f != Fault::Stall)
+        .collect();
+    w.proxy.set_faults(1.0, &failing);
+    let started = Instant::now();
+    let backup = w.backup();
+    let took = started.elapsed();
+    assert!(
+        !backup.status.success(),
+        "a backup succeeded with every request failing"
+    );
+    let err = stderr(&backup);
+    assert!(err.contains("no snapshot was written"), "{err}");
+    assert!(
+        err.contains("S3") && err.contains("after every retry"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(120),
+        "backup took {took:?} to give up"
+    );
+
+    let target = w.root.join("restored");
+    let started = Instant::now();
+    let restore = w.restore(&target);
+    let restore_took = started.elapsed();
+    assert!(
+        !restore.status.success(),
+        "a restore succeeded with every request failing"
+    );
+    let restore_err = stderr(&restore);
+    assert!(
+        restore_err.contains("S3") && restore_err.contains("after every retry"),
+        "{restore_err}"
+    );
+    assert!(
+        restore_took < Duration::from_secs(120),
+        "restore took {restore_took:?} to give up"
+    );
+    assert!(!target.join(".ghostwire-backup-restore.json").exists());
+
+    w.proxy.set_faults(0.0, &[]);
+    assert_eq!(w.listed(), vec![id], "the failed backup left a snapshot");
+    eprintln!(
+        "100% faults: backup gave up after {:.1}s, restore after {:.1}s; {} requests; \
+         multipart uploads left open on the server: {}",
+        took.as_secs_f64(),
+        restore_took.as_secs_f64(),
+        w.proxy.stats().requests,
+        w.server.open_uploads(BUCKET, "blue/")
+    );
+}
+
+#[test]
+fn a_download_that_stalls_mid_body_is_abandoned_and_resumed() {
+    let w = world(7);
+    let backup = w.backup();
+    assert!(backup.status.success(), "{}", stderr(&backup));
+    // The body stops flowing and the connection stays open: only a timeout can notice.
+    w.proxy.set_stall(Duration::from_secs(600));
+    w.proxy.force("GET", "/archives/", Fault::StallBody);
+    let target = w.root.join("restored");
+    let started = Instant::now();
+    let restore = w.restore(&target);
+    let took = started.elapsed();
+    assert!(restore.status.success(), "{}", stderr(&restore));
+    assert_eq!(w.proxy.pending_forced(), 0);
+    w.assert_restored(&target);
+    eprintln!(
+        "a stalled download was resumed; restore took {:.1}s",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(90), "restore took {took:?}");
+}
+
+#[test]
+fn a_missing_bucket_is_named_with_what_to_check() {
+    let w = world(1);
+    let mut command = agent();
+    w.server.configure(&mut command);
+    let err = run_err(
+        command
+            .env("GWB_REPO", "s3://no-such-bucket/x")
+            .arg("snapshots"),
+    );
+    assert!(
+        err.contains("the bucket \"no-such-bucket\" does not exist") && err.contains("--repo"),
+        "{err}"
+    );
+    let mut command = agent();
+    w.server.configure(&mut command);
+    let output = run(command
+        .env("GWB_REPO", "s3://no-such-bucket/x")
+        .arg("backup")
+        .arg("--source")
+        .arg(&w.profile.home)
+        .arg("--recipient")
+        .arg(&w.recipient)
+        .arg("--staging-dir")
+        .arg(w.root.join("staging")));
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("does not exist") && err.contains("no snapshot was written"),
+        "{err}"
+    );
+}
+
+/// An IAM call to moto, before it enforces signatures (it routes by the credential scope).
+fn iam(server: &S3Server, params: &str) -> String {
+    let auth = "AWS4-HMAC-SHA256 Credential=AKIAADMIN/20260101/us-east-1/iam/aws4_request, \
+                SignedHeaders=host, Signature=00";
+    let (status, body) = server.request(
+        "POST",
+        "/",
+        &[
+            ("Authorization", auth),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("{params}&Version=2010-05-08"),
+    );
+    assert_eq!(status, 200, "IAM {params}: {body}");
+    body
+}
+
+/// A user with an access key (and, if `policy`, every S3 permission): (key id, secret).
+fn iam_user(server: &S3Server, name: &str, policy: bool) -> (String, String) {
+    iam(server, &format!("Action=CreateUser&UserName={name}"));
+    if policy {
+        let document = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#;
+        let encoded: String = document
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        iam(
+            server,
+            &format!("Action=PutUserPolicy&UserName={name}&PolicyName=s3&PolicyDocument={encoded}"),
+        );
+    }
+    let body = iam(server, &format!("Action=CreateAccessKey&UserName={name}"));
+    let field = |tag: &str| {
+        body.split(&format!("<{tag}>"))
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    (field("AccessKeyId"), field("SecretAccessKey"))
+}
+
+#[test]
+fn wrong_credentials_are_named_with_what_to_fix() {
+    let server = S3Server::start();
+    server.create_bucket(BUCKET);
+    let (key, secret) = iam_user(&server, "backup", true);
+    let (weak_key, weak_secret) = iam_user(&server, "nobody", false);
+    // From here on moto checks every signature and permission, as AWS does.
+    let (status, body) = server.request(
+        "POST",
+        "/moto-api/reset-auth",
+        &[("Content-Type", "text/plain")],
+        "0",
+    );
+    assert_eq!(status, 200, "{body}");
+    let snapshots = |repo: &str, key: &str, secret: &str| {
+        let mut command = agent();
+        server.configure(&mut command);
+        command
+            .env("GWB_REPO", repo)
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("GWB_S3_ATTEMPTS", "2")
+            .arg("snapshots");
+        run(&mut command)
+    };
+    // The right key works, so the failures below are about the credentials alone.
+    let ok = snapshots(REPO, &key, &secret);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    let cases = [
+        (
+            "AKIAUNKNOWNKEY000000",
+            secret.as_str(),
+            REPO,
+            "does not know this access key",
+        ),
+        (
+            key.as_str(),
+            "wrong-secret",
+            REPO,
+            "the secret key does not match",
+        ),
+        (weak_key.as_str(), weak_secret.as_str(), REPO, "was denied"),
+        (
+            key.as_str(),
+            secret.as_str(),
+            "s3://no-such-bucket/x",
+            "does not exist",
+        ),
+    ];
+    for (key, secret, repo, expected) in cases {
+        let output = snapshots(repo, key, secret);
+        assert!(!output.status.success(), "{key}: succeeded");
+        let err = stderr(&output);
+        assert!(
+            err.contains(expected),
+            "{key}: expected {expected:?} in {err}"
+        );
+        assert!(
+            !err.contains(secret) || secret == "wrong-secret",
+            "the secret key leaked: {err}"
+        );
+    }
+}
+
+#[test]
+fn missing_credentials_are_named_as_such() {
+    let server = S3Server::start();
+    server.create_bucket(BUCKET);
+    let home = tempfile::tempdir().unwrap();
+    let mut command = agent();
+    server.configure(&mut command);
+    command
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", home.path())
+        .env("GWB_REPO", REPO)
+        .env("GWB_S3_ATTEMPTS", "2")
+        .arg("snapshots");
+    let err = run_err(&mut command);
+    assert!(
+        err.contains("no usable S3 credentials") && err.contains("AWS_ACCESS_KEY_ID"),
+        "{err}"
+    );
+}
