@@ -7,7 +7,7 @@
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -64,7 +64,7 @@ pub enum FileOutcome {
     ChangedWhileRead {
         sha256: String,
     },
-    /// Deleted before it could be opened.
+    /// Deleted (or replaced by something that is not a file) before it could be opened.
     Vanished,
 }
 
@@ -161,7 +161,13 @@ impl ArchiveWriter {
         shown: Option<&Metadata>,
     ) -> Result<FileOutcome> {
         for attempt in 0..READ_ATTEMPTS {
-            let file = match File::open(source) {
+            // Non-blocking, so a path that became a FIFO since it was listed cannot hold the
+            // backup forever in open(); reads from a regular file ignore the flag.
+            let file = match File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(source)
+            {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileOutcome::Vanished),
                 Err(e) => {
@@ -169,6 +175,10 @@ impl ArchiveWriter {
                 }
             };
             let before = file.metadata()?;
+            if !before.is_file() {
+                tracing::warn!(file = %source.display(), "no longer a regular file; not archived");
+                return Ok(FileOutcome::Vanished);
+            }
             let size = before.len();
             let mut header = header_for(shown.unwrap_or(&before), tar::EntryType::Regular, size);
             let mut reader = ExactLength {
@@ -397,4 +407,48 @@ pub fn explain_read_error(err: io::Error) -> anyhow::Error {
     anyhow::anyhow!(
         "the archive is damaged, truncated or tampered with (authentication failed): {err}"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::chunk_channel;
+    use std::time::Duration;
+
+    #[test]
+    fn a_file_replaced_by_a_fifo_is_skipped_instead_of_blocking_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("attachment");
+        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let (sender, mut stream) = chunk_channel(4);
+        let drain = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(async { while let Ok(Some(_)) = stream.next().await {} });
+        });
+        let (done, outcome) = std::sync::mpsc::channel();
+        // Without a writer on the FIFO, a blocking open would never return: run it aside
+        // and give it a deadline, so a regression fails instead of hanging the suite.
+        std::thread::spawn(move || {
+            let recipient = age::x25519::Identity::generate().to_public();
+            let recipients: Vec<Box<dyn age::Recipient + Send>> = vec![Box::new(recipient)];
+            let settings = ArchiveSettings {
+                zstd_level: 1,
+                zstd_threads: 1,
+                chunk_size: 1 << 16,
+            };
+            let mut writer = ArchiveWriter::new(sender, &recipients, &settings).unwrap();
+            let result = writer.add_file(Path::new("attachment"), &fifo).unwrap();
+            writer.finish().unwrap();
+            done.send(result).unwrap();
+        });
+        let result = outcome
+            .recv_timeout(Duration::from_secs(20))
+            .expect("archiving a FIFO blocked");
+        assert_eq!(result, FileOutcome::Vanished);
+        drain.join().unwrap();
+    }
 }

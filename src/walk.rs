@@ -41,6 +41,8 @@ pub struct Listing {
     pub file_bytes: u64,
     /// Sockets, FIFOs and device nodes: never archived.
     pub special_skipped: u64,
+    /// Paths over PATH_MAX: skipped with a warning (see [`list_dir`]).
+    pub too_long_skipped: u64,
 }
 
 /// Lists `home`, skipping excluded paths and the `-wal`/`-shm`/`-journal` companions of the
@@ -87,6 +89,19 @@ fn list_dir(home: &Path, dir: &Path, excludes: &GlobSet, listing: &mut Listing) 
             continue;
         }
         let full = home.join(&path);
+        // Linux refuses a path over PATH_MAX to every path-based call, so such an entry can
+        // be neither read here nor restored anywhere: skip it loudly rather than fail every
+        // backup over it.
+        if full.as_os_str().len() >= libc::PATH_MAX as usize {
+            let bytes = path.as_os_str().as_bytes();
+            tracing::warn!(
+                path = %format!("{}…", String::from_utf8_lossy(&bytes[..bytes.len().min(120)])),
+                bytes = bytes.len(),
+                "skipping a path too long to open (over PATH_MAX, 4096 bytes): it is not in this snapshot"
+            );
+            listing.too_long_skipped += 1;
+            continue;
+        }
         let metadata = match std::fs::symlink_metadata(&full) {
             Ok(metadata) => metadata,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted meanwhile
