@@ -435,3 +435,50 @@ fn missing_credentials_are_named_as_such() {
         "{err}"
     );
 }
+
+/// The long run (`scripts/crash-trials.sh`): `GWB_FAULT_ROUNDS` rounds (default 20) of a
+/// backup and a restore at `GWB_FAULT_RATE` (default 0.10) random faults, no forced ones.
+#[test]
+#[ignore]
+fn fault_soak() {
+    let rounds: usize = std::env::var("GWB_FAULT_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let rate: f64 = std::env::var("GWB_FAULT_RATE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.10);
+    let seed = rand::random();
+    eprintln!("fault soak: seed {seed}, {rounds} rounds at {rate}");
+    let w = world(seed);
+    w.proxy.set_stall(Duration::from_secs(1));
+    w.proxy.set_faults(rate, ALL_FAULTS);
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    for round in 0..rounds {
+        let backup = w.backup();
+        if !backup.status.success() {
+            failures.push(format!("round {round} backup: {}", stderr(&backup)));
+            continue;
+        }
+        let target = w.root.join(format!("restored-{round}"));
+        let restore = w.restore(&target);
+        if !restore.status.success() {
+            failures.push(format!("round {round} restore: {}", stderr(&restore)));
+            continue;
+        }
+        w.assert_restored(&target);
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+    let stats = w.proxy.stats();
+    eprintln!(
+        "fault soak: {rounds} rounds in {:.0}s, {} requests, {} faults {:?}, {} failed rounds",
+        started.elapsed().as_secs_f64(),
+        stats.requests,
+        stats.faults(),
+        stats.injected,
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
