@@ -291,6 +291,7 @@ fn killed_backups(lab: &Lab, trials: usize, rng: &mut StdRng) -> Tally {
         let delay = durations[&repo].mul_f64(rng.random::<f64>().powi(2));
         let listed_before = lab.listed(repo).len();
         let archives_before = lab.archives(repo).len();
+        let unfinished_before = lab.unfinished_writes(repo);
         let killed = kill_after(&mut lab.backup(repo), delay);
 
         let listed = lab.listed(repo);
@@ -298,7 +299,7 @@ fn killed_backups(lab: &Lab, trials: usize, rng: &mut StdRng) -> Tally {
             "committed (manifest written)"
         } else if lab.archives(repo).len() > archives_before {
             "archive complete, no manifest"
-        } else if lab.unfinished_writes(repo) > 0 {
+        } else if lab.unfinished_writes(repo) > unfinished_before {
             "uploading the archive"
         } else {
             "before the upload (snapshot, walk)"

@@ -321,9 +321,9 @@ fn advice(code: &str, status: Option<u16>, bucket: &str) -> Option<String> {
         ),
         "AccessDenied" | "AllAccessDisabled" => format!(
             "access to the bucket {bucket:?} was denied: the credentials need s3:ListBucket on \
-             the bucket and s3:GetObject, s3:PutObject, s3:DeleteObject and \
-             s3:AbortMultipartUpload on the repository prefix (check the IAM policy, the \
-             bucket policy, and for IRSA the service account's role)"
+             the bucket and s3:GetObject, s3:PutObject and s3:AbortMultipartUpload on the \
+             repository prefix (docs/kubernetes.md has the policy; check it, the bucket policy, \
+             and for IRSA the service account's role)"
         ),
         "InvalidAccessKeyId" => "the S3 server does not know this access key: check \
              AWS_ACCESS_KEY_ID (the credentials Secret), and that --s3-endpoint is the server \
