@@ -206,8 +206,9 @@ fn when_every_request_fails_backup_and_restore_stop_in_bounded_time_and_leave_no
         !backup.status.success(),
         "a backup succeeded with every request failing"
     );
+    // It fails wherever the first request does (taking the repository lock, starting the
+    // upload…); what matters is that it says S3 is failing.
     let err = stderr(&backup);
-    assert!(err.contains("no snapshot was written"), "{err}");
     assert!(
         err.contains("S3") && err.contains("after every retry"),
         "{err}"
@@ -298,7 +299,7 @@ fn a_missing_bucket_is_named_with_what_to_check() {
     assert!(!output.status.success());
     let err = stderr(&output);
     assert!(
-        err.contains("does not exist") && err.contains("no snapshot was written"),
+        err.contains("the bucket \"no-such-bucket\" does not exist"),
         "{err}"
     );
 }
