@@ -26,6 +26,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode};
 use aws_smithy_http_client::tls;
 use bytes::Bytes;
+use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -147,6 +148,39 @@ impl S3Store {
         Some((
             lock.mode.clone(),
             aws_sdk_s3::primitives::DateTime::from_secs(until.timestamp()),
+        ))
+    }
+
+    /// Wraps a download so that a connection dropped while the body streams is resumed
+    /// from the bytes already read (the SDK only retries a request that fails before its
+    /// answer), asking for the same version (`etag`) each time.
+    fn resuming(
+        &self,
+        object: String,
+        key: &str,
+        first: ObjectReader,
+        offset: u64,
+        etag: Option<String>,
+    ) -> ObjectReader {
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_string());
+        Box::new(ResumingReader::new(
+            self.describe(&object),
+            first,
+            offset,
+            move |at| {
+                let (client, bucket, object, key, etag) = (
+                    client.clone(),
+                    bucket.clone(),
+                    object.clone(),
+                    key.clone(),
+                    etag.clone(),
+                );
+                Box::pin(async move {
+                    let (reader, _) =
+                        open_range(&client, &bucket, &object, &key, at, etag.as_deref()).await?;
+                    Ok(reader)
+                })
+            },
         ))
     }
 
@@ -473,29 +507,7 @@ impl Store for S3Store {
         let object = self.object_key(key)?;
         let (first, etag) =
             open_range(&self.client, &self.bucket, &object, key, offset, None).await?;
-        // The SDK retries a request that fails before its answer; a connection that drops
-        // while the body streams is resumed here, from the bytes already read.
-        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_string());
-        let what = self.describe(&object);
-        Ok(Box::new(ResumingReader::new(
-            what,
-            first,
-            offset,
-            move |at| {
-                let (client, bucket, object, key, etag) = (
-                    client.clone(),
-                    bucket.clone(),
-                    object.clone(),
-                    key.clone(),
-                    etag.clone(),
-                );
-                Box::pin(async move {
-                    let (reader, _) =
-                        open_range(&client, &bucket, &object, &key, at, etag.as_deref()).await?;
-                    Ok(reader)
-                })
-            },
-        )))
+        Ok(self.resuming(object, key, first, offset, etag))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -531,27 +543,17 @@ impl Store for S3Store {
 
     async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>> {
         let object = self.object_key(key)?;
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object)
-            .send()
-            .await
-        {
-            Ok(output) => {
-                let version = output.e_tag.clone().unwrap_or_default();
-                let bytes = output
-                    .body
-                    .collect()
-                    .await
-                    .context("cannot read the object body")?;
-                Ok(Some((bytes.into_bytes(), version)))
-            }
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
-            Err(err) => Err(sdk_error(err, "get object", &self.bucket))
-                .with_context(|| format!("cannot read {}", self.describe(&object))),
-        }
+        let (first, etag) =
+            match open_range(&self.client, &self.bucket, &object, key, 0, None).await {
+                Ok(found) => found,
+                Err(err) if err.downcast_ref::<NotFound>().is_some() => return Ok(None),
+                Err(err) => return Err(err),
+            };
+        let mut bytes = Vec::new();
+        self.resuming(object, key, first, 0, etag.clone())
+            .read_to_end(&mut bytes)
+            .await?;
+        Ok(Some((Bytes::from(bytes), etag.unwrap_or_default())))
     }
 
     async fn put_if(&self, key: &str, data: Bytes, expected: Option<&str>) -> Result<String> {
@@ -564,7 +566,7 @@ impl Store for S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(&object)
-            .body(ByteStream::from(data));
+            .body(ByteStream::from(data.clone()));
         request = match expected {
             Some(version) => request.if_match(version),
             None => request.if_none_match("*"),
@@ -577,7 +579,20 @@ impl Store for S3Store {
                     Some(412 | 409)
                 ) =>
             {
-                Err(Conflict(key.to_string()).into())
+                // The SDK retries a write whose answer was lost, and the retry then finds
+                // the object changed: by that very write. Our bytes there mean ours landed
+                // (a lease carries its owner and times to the nanosecond, so another
+                // writer's are never the same).
+                match self.get_versioned(key).await? {
+                    Some((current, version)) if current == data => {
+                        tracing::debug!(
+                            key,
+                            "a conditional write's answer was lost; it had landed"
+                        );
+                        Ok(version)
+                    }
+                    _ => Err(Conflict(key.to_string()).into()),
+                }
             }
             Err(err) => Err(sdk_error(err, "put object", &self.bucket))
                 .with_context(|| format!("cannot write {}", self.describe(&object))),
