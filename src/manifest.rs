@@ -80,6 +80,9 @@ pub struct ContentCounts {
     /// Files that vanished between listing and reading (normal for caches and
     /// disappearing-message attachments).
     pub vanished: u64,
+    /// Paths over PATH_MAX that no program can open: not in the snapshot, reported here.
+    #[serde(default)]
+    pub too_long_skipped: u64,
     /// Files the snapshot restores from older archives (unchanged since its parent).
     #[serde(default)]
     pub reused_files: u64,

@@ -446,6 +446,15 @@ fn a_path_longer_than_path_max_in_the_home_does_not_stop_the_backup() {
         err.contains("too long"),
         "the skipped path was not reported: {err}"
     );
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(r.repo.join(format!("snapshots/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["content"]["too_long_skipped"], 1,
+        "the manifest must say what is missing"
+    );
     let target = r.root.join("target");
     run_ok(&mut r.restore(&target));
     assert!(target.join(".config/Signal/config.json").exists());

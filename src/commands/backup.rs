@@ -297,6 +297,7 @@ impl ArchivePass {
     ) -> Result<Archived> {
         let mut counts = ContentCounts {
             deleted: self.deleted.len() as u64,
+            too_long_skipped: listing.too_long_skipped,
             ..ContentCounts::default()
         };
         if !self.deleted.is_empty() {
