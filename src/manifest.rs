@@ -3,7 +3,7 @@
 //! sizes, counts and hashes), so `snapshots` and `verify --quick` work without the key.
 //! The repository format is described in docs/format.md; change both together.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -140,15 +140,26 @@ impl Manifest {
         let version: Version = serde_json::from_slice(bytes)
             .with_context(|| format!("manifest {key} is not valid JSON"))?;
         if version.format > FORMAT_VERSION {
-            bail!(
-                "snapshot manifest {key} has format {}, but this ghostwire-backup reads up to \
-                 format {FORMAT_VERSION}: this snapshot was written by a newer \
-                 ghostwire-backup; upgrade to read it",
-                version.format
-            );
+            return Err(NewerFormat {
+                key: key.to_string(),
+                format: version.format,
+            }
+            .into());
         }
         serde_json::from_slice(bytes).with_context(|| format!("manifest {key} is malformed"))
     }
+}
+
+/// A manifest written by a newer ghostwire-backup. Never skipped like a damaged one: a
+/// `latest` that silently fell back to an older snapshot would restore stale Signal state.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "snapshot manifest {key} has format {format}, but this ghostwire-backup reads up to format \
+     {FORMAT_VERSION}: this snapshot was written by a newer ghostwire-backup; upgrade to read it"
+)]
+pub struct NewerFormat {
+    pub key: String,
+    pub format: u32,
 }
 
 /// A new, time-sortable snapshot id such as `20261126T233000.123Z-9f3a1c2b`. Milliseconds,

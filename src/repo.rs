@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, NewerFormat};
 use crate::store::local::LocalStore;
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{NotFound, Store};
@@ -101,25 +101,47 @@ impl Repository {
     }
 
     /// Every committed snapshot, oldest first.
+    /// A manifest that does not parse is skipped with a warning, so one damaged object
+    /// does not make the whole repository unusable. A manifest from a newer version, or
+    /// one that cannot be read at all, stops the listing: skipping those could make
+    /// `latest` silently an older snapshot.
     pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
         let mut manifests = Vec::new();
         for object in self.store.list(SNAPSHOTS).await? {
-            if object.key.ends_with(".json") {
-                manifests.push(self.read_manifest(&object.key).await?);
+            if !object.key.ends_with(".json") {
+                continue;
+            }
+            let bytes = match self.read_object(&object.key).await {
+                Err(err) if err.downcast_ref::<NotFound>().is_some() => continue, // pruned meanwhile
+                other => other?,
+            };
+            match Manifest::from_json(&bytes, &object.key) {
+                Ok(manifest) => manifests.push(manifest),
+                Err(err) if err.downcast_ref::<NewerFormat>().is_some() => return Err(err),
+                Err(err) => {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "skipping a damaged snapshot manifest"
+                    );
+                }
             }
         }
         manifests.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(manifests)
     }
 
-    async fn read_manifest(&self, key: &str) -> Result<Manifest> {
+    async fn read_object(&self, key: &str) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         self.store
             .get(key, 0)
             .await?
             .read_to_end(&mut bytes)
             .await?;
-        Manifest::from_json(&bytes, key)
+        Ok(bytes)
+    }
+
+    async fn read_manifest(&self, key: &str) -> Result<Manifest> {
+        Manifest::from_json(&self.read_object(key).await?, key)
     }
 
     pub async fn find(&self, selector: &Selector) -> Result<Manifest> {

@@ -402,3 +402,35 @@ fn object_lock_retention_is_set_on_upload_and_respected_by_prune() {
         "a retained snapshot must stay whole"
     );
 }
+
+#[test]
+fn a_damaged_manifest_is_skipped_and_breaks_no_later_backup() {
+    let s = setup();
+    let full = s.backup(&[]);
+    let incremental = s.backup(&[]);
+    assert_eq!(incremental["parent"], full["id"]);
+    // Bit rot in the full snapshot's manifest: its whole chain is unrestorable now.
+    let damaged = s
+        .repo
+        .join(format!("snapshots/{}.json", full["id"].as_str().unwrap()));
+    std::fs::write(&damaged, b"{\"format\": 1, \"id\": ").unwrap();
+    let listed = run(agent()
+        .env("GWB_REPO", &s.repo)
+        .args(["snapshots", "--json"]));
+    assert!(
+        listed.status.success(),
+        "one damaged manifest must not make the repository unusable"
+    );
+    assert!(
+        String::from_utf8_lossy(&listed.stderr).contains("skipping a damaged snapshot manifest")
+    );
+    // The next backup notices the broken chain and starts a new full one.
+    let next = s.backup(&[]);
+    assert!(
+        next["parent"].is_null(),
+        "a backup extended a broken chain: {next}"
+    );
+    let target = s.root.join("after");
+    s.restore("latest", &target);
+    assert_same_tree(&kept_tree(&target), &kept_tree(&s.profile.home));
+}

@@ -263,9 +263,21 @@ async fn choose_parent(
         tracing::info!("the chain's full snapshot is too old: taking a full snapshot");
         return Ok(None);
     }
-    if repo.find(&Selector::Id(latest.id.clone())).await.is_err() {
+    // The new snapshot will need the archives its parent needs: every one of them must
+    // still be in the repository with a readable manifest, or the chain is broken.
+    let Ok(parent) = repo.find(&Selector::Id(latest.id.clone())).await else {
         tracing::warn!(snapshot = %latest.id, "the catalog's latest snapshot is gone from the repository: taking a full snapshot");
         return Ok(None);
+    };
+    for id in parent
+        .archives_needed()
+        .into_iter()
+        .filter(|id| *id != parent.id)
+    {
+        if repo.find(&Selector::Id(id.clone())).await.is_err() {
+            tracing::warn!(snapshot = %id, "the chain is broken (a snapshot it needs is missing or damaged): taking a full snapshot");
+            return Ok(None);
+        }
     }
     Ok(Some(latest))
 }
