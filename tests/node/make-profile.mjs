@@ -3,7 +3,14 @@
 // Signal Desktop profile, for backup/restore tests.
 //
 //   node make-profile.mjs HOME_DIR [--messages N] [--attachments N]
+//                                  [--attachment-bytes SIZE] [--compressible F]
 //                                  [--wal-messages M] [--seed S]
+//
+// --attachment-bytes SIZE (e.g. 200M, 1.8G) replaces --attachments: files are
+// added with a Signal-like size mix (mostly 1 KiB–300 KiB images, documents
+// and voice notes; about 1 in 13 a 1–24 MiB video) until they hold SIZE
+// bytes. --compressible F writes that share of the files as hex text
+// (about 2:1 under zstd) instead of incompressible bytes (default 0).
 //
 // The database is made with Signal's own driver (@signalapp/sqlcipher) and
 // is deliberately left with its most recent rows only in `db.sqlite-wal`:
@@ -29,7 +36,7 @@ import {
 
 const USAGE =
   'usage: make-profile.mjs HOME_DIR [--messages N] [--attachments N] ' +
-  '[--wal-messages M] [--seed S]';
+  '[--attachment-bytes SIZE] [--compressible F] [--wal-messages M] [--seed S]';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -48,6 +55,8 @@ function parseArgs(argv) {
     home: undefined,
     messages: 3000,
     attachments: 40,
+    attachmentBytes: undefined,
+    compressible: 0,
     walMessages: undefined,
     seed: undefined,
   };
@@ -66,6 +75,21 @@ function parseArgs(argv) {
       case '--attachments':
         opts.attachments = intOpt(arg, argv[++i]);
         break;
+      case '--attachment-bytes': {
+        const m = /^(\d+(?:\.\d+)?)([KMG]?)i?B?$/i.exec(argv[++i] ?? '');
+        if (!m) fail(`--attachment-bytes needs a size such as 200M or 1.5G\n${USAGE}`);
+        const unit = { '': 1, K: KiB, M: MiB, G: 1024 * MiB }[m[2].toUpperCase()];
+        opts.attachmentBytes = Math.round(Number(m[1]) * unit);
+        break;
+      }
+      case '--compressible': {
+        const v = argv[++i];
+        if (v === undefined || !/^(0(\.\d+)?|1(\.0*)?)$/.test(v)) {
+          fail(`--compressible needs a number between 0 and 1\n${USAGE}`);
+        }
+        opts.compressible = Number(v);
+        break;
+      }
       case '--wal-messages':
         opts.walMessages = intOpt(arg, argv[++i]);
         break;
@@ -108,13 +132,17 @@ function writeFile(file, data, mode = 0o644) {
   fs.chmodSync(file, mode);
 }
 
-/** Write `size` bytes of incompressible (seeded) content in 1 MiB chunks. */
-function writeRandomFile(file, size, rng, mode = 0o644) {
+/**
+ * Write `size` bytes of incompressible (seeded) content in 1 MiB chunks, or,
+ * with `text`, hex text of such content (half the entropy: about 2:1 under zstd).
+ */
+function writeRandomFile(file, size, rng, mode = 0o644, text = false) {
   fs.mkdirSync(path.dirname(file), { recursive: true });
   const fd = fs.openSync(file, 'w', mode);
   try {
     for (let left = size; left > 0; left -= MiB) {
-      fs.writeSync(fd, rng.bytes(Math.min(MiB, left)));
+      const n = Math.min(MiB, left);
+      fs.writeSync(fd, text ? Buffer.from(rng.bytes(Math.ceil(n / 2)).toString('hex').slice(0, n)) : rng.bytes(n));
     }
   } finally {
     fs.closeSync(fd);
@@ -292,28 +320,33 @@ function makeConversations(rng, avatarRelPaths) {
  * either as `path` or as `thumbnailPath`. Messages in `excluded` (to be
  * deleted later) get none.
  */
-function planAttachments(rng, count, bulkMessages, totalMessages, excluded) {
+function planAttachments(rng, count, bulkMessages, totalMessages, excluded, bytesTarget, compressible) {
   const bigCount = count >= 4 ? Math.max(1, Math.round(count * 0.075)) : 0;
   const rows = [];
   let files = 0;
+  let bytes = 0;
   let bigLeft = bigCount;
-  while (files < count) {
-    const big = bigLeft > 0 && rng.chance(bigLeft / (count - files));
+  // Log-uniform between lo and hi: many small files, few near the top.
+  const logUniform = (lo, hi) => Math.round(lo * (hi / lo) ** rng.float());
+  const more = () => (bytesTarget === undefined ? files < count : bytes < bytesTarget);
+  while (more()) {
+    const big =
+      bytesTarget === undefined ? bigLeft > 0 && rng.chance(bigLeft / (count - files)) : rng.chance(0.075);
     if (big) bigLeft -= 1;
     const contentType = big
       ? 'video/mp4'
       : rng.pick(['image/jpeg', 'image/jpeg', 'image/png', 'image/webp', 'application/pdf', 'audio/aac']);
-    const row = {
-      name: rng.hex(32),
-      size: big ? rng.int(2 * MiB, 8 * MiB) : rng.int(1 * KiB, 200 * KiB),
-      contentType,
-      thumbnail: null,
-    };
+    let size;
+    if (bytesTarget === undefined) size = big ? rng.int(2 * MiB, 8 * MiB) : rng.int(1 * KiB, 200 * KiB);
+    else size = Math.min(big ? logUniform(1 * MiB, 24 * MiB) : logUniform(1 * KiB, 300 * KiB), bytesTarget - bytes);
+    const row = { name: rng.hex(32), size, contentType, thumbnail: null, text: compressible > 0 && rng.chance(compressible) };
     files += 1;
+    bytes += size;
     // Some images and videos carry a thumbnail file of their own.
-    if ((contentType.startsWith('image/') || big) && files < count && rng.chance(0.2)) {
+    if ((contentType.startsWith('image/') || big) && more() && rng.chance(0.2)) {
       row.thumbnail = { name: rng.hex(32), size: rng.int(2 * KiB, 24 * KiB), contentType: 'image/jpeg' };
       files += 1;
+      bytes += row.thumbnail.size;
     }
     rows.push(row);
   }
@@ -534,7 +567,15 @@ async function main() {
   // bulkCount >= 2 * deletedCount, so bulk messages remain for attachments.
   const deletedIdx = new Set();
   while (deletedIdx.size < deletedCount) deletedIdx.add(rng.int(0, bulkCount - 1));
-  const plan = planAttachments(rng, opts.attachments, bulkCount, total, deletedIdx);
+  const plan = planAttachments(
+    rng,
+    opts.attachments,
+    bulkCount,
+    total,
+    deletedIdx,
+    opts.attachmentBytes,
+    opts.compressible,
+  );
   for (const row of plan) messages[row.messageIndex].attachments.push(row);
   const bulk = messages.slice(0, bulkCount);
   const walPhase = messages.slice(bulkCount);
@@ -546,7 +587,13 @@ async function main() {
     for (const msg of msgs) {
       for (const row of msg.attachments) {
         for (const f of [row, row.thumbnail].filter(Boolean)) {
-          writeRandomFile(path.join(attachmentsDir, relPathFor(f.name)), f.size, contentSeed(f.name));
+          writeRandomFile(
+            path.join(attachmentsDir, relPathFor(f.name)),
+            f.size,
+            contentSeed(f.name),
+            0o644,
+            row.text === true,
+          );
         }
       }
     }
