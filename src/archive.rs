@@ -23,6 +23,12 @@ pub const ENCODING: &str = "tar+zstd+age";
 /// How often a file that changes while it is read is read again before giving up.
 const READ_ATTEMPTS: usize = 3;
 
+/// Input per zstd worker job. zstd's default is four windows (8 MiB at level 3), and its
+/// multi-threaded mode keeps about ten jobs' worth of input and output buffers: ~65 MiB
+/// of the backup's memory. 1 MiB jobs keep that near 12 MiB at the same speed, and cost
+/// no measurable ratio: each job still sees the end of the previous one.
+const ZSTD_JOB_SIZE: u32 = 1 << 20;
+
 // ---------------------------------------------------------------------------------------
 // Writing
 
@@ -114,6 +120,7 @@ impl ArchiveWriter {
             zstd::stream::write::Encoder::new(encryptor.wrap_output(sink)?, settings.zstd_level)?;
         if settings.zstd_threads > 1 {
             zstd.multithread(settings.zstd_threads)?;
+            zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
         }
         let mut tar = tar::Builder::new(zstd);
         tar.mode(tar::HeaderMode::Complete);
