@@ -203,13 +203,13 @@ impl S3Store {
         let mut parts = Vec::new();
         let mut number = 0i32;
         let mut size = 0u64;
+        let mut slot = slots.clone().acquire_owned().await?;
         while let Some(chunk) = next {
             number += 1;
             if number > 10_000 {
                 bail!("the archive needs more than 10,000 parts: raise --part-size");
             }
             size += chunk.len() as u64;
-            let slot = slots.clone().acquire_owned().await?;
             // Surface a failed part early instead of uploading the rest for nothing.
             while let Some(done) = in_flight.try_join_next() {
                 parts.push(done??);
@@ -224,9 +224,10 @@ impl S3Store {
                 .set_content_md5(self.object_lock.is_some().then(|| content_md5(&chunk)))
                 .body(ByteStream::from(chunk));
             let bucket = self.bucket.clone();
+            let part_slot = slot;
             in_flight.spawn(async move {
                 let output = request.send().await;
-                drop(slot);
+                drop(part_slot);
                 let output = output.map_err(|e| sdk_error(e, "upload part", &bucket))?;
                 Ok::<_, anyhow::Error>(
                     CompletedPart::builder()
@@ -235,6 +236,9 @@ impl S3Store {
                         .build(),
                 )
             });
+            // Take the next part's slot before the part itself: while every slot is busy the
+            // producer waits holding its chunk, instead of this loop holding one more.
+            slot = slots.clone().acquire_owned().await?;
             next = body.next().await?;
         }
         while let Some(done) = in_flight.join_next().await {
