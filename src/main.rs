@@ -195,7 +195,7 @@ struct BackupArgs {
     #[arg(long, env = "GWB_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
     /// Upload part size in MiB (grows automatically for very large homes).
-    #[arg(long, env = "GWB_PART_SIZE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(5..=512))]
+    #[arg(long, env = "GWB_PART_SIZE_MIB", default_value_t = 5, value_parser = clap::value_parser!(u64).range(5..=512))]
     part_size_mib: u64,
     /// Parts uploaded at once.
     #[arg(long, env = "GWB_PARALLEL_UPLOADS", default_value_t = 2)]
