@@ -371,16 +371,33 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-pub type PlainReader<R> =
-    zstd::stream::read::Decoder<'static, io::BufReader<age::stream::StreamReader<R>>>;
+pub type PlainReader<R> = zstd::stream::read::Decoder<'static, io::BufReader<ReadAhead<R>>>;
 
 /// Decrypts and decompresses an archive. The age payload is authenticated chunk by chunk
 /// (a flipped byte fails at its chunk, a truncation at the end), so nothing read from here
 /// is trusted until [`finish_plain`] has read it to its end.
-pub fn open_plain<R: Read>(
+pub fn open_plain<R: Read + Send + 'static>(
     ciphertext: R,
     identities: &[Box<dyn age::Identity + Send + Sync>],
 ) -> Result<PlainReader<R>> {
+    let plain = decrypt(ciphertext, identities)?;
+    Ok(zstd::stream::read::Decoder::new(ReadAhead::spawn(plain))?)
+}
+
+/// [`open_plain`] on the caller's thread, for small objects such as file indexes.
+pub fn open_plain_here<R: Read>(
+    ciphertext: R,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+) -> Result<impl Read> {
+    Ok(zstd::stream::read::Decoder::new(decrypt(
+        ciphertext, identities,
+    )?)?)
+}
+
+fn decrypt<R: Read>(
+    ciphertext: R,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+) -> Result<age::stream::StreamReader<R>> {
     let decryptor = age::Decryptor::new(ciphertext).map_err(|e| match e {
         age::DecryptError::InvalidHeader | age::DecryptError::UnknownFormat => {
             anyhow::anyhow!(
@@ -398,12 +415,95 @@ pub fn open_plain<R: Read>(
             ),
             other => anyhow::anyhow!("cannot decrypt the archive: {other}"),
         })?;
-    Ok(zstd::stream::read::Decoder::new(plain)?)
+    Ok(plain)
+}
+
+/// Bytes the decrypting thread may run ahead of the decompressing one.
+const READ_AHEAD_BLOCK: usize = 256 << 10;
+const READ_AHEAD_BLOCKS: usize = 4;
+
+/// The decrypted stream, read on a thread of its own: downloading, hashing and decrypting
+/// there overlap with decompressing and writing files on the caller's thread. On one
+/// thread a restore is bound by one core (profiled: SHA-256, ChaCha20-Poly1305 and zstd
+/// plus the file writes, one after the other). Holds at most 1 MiB.
+pub struct ReadAhead<R> {
+    blocks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    position: usize,
+    ended: bool,
+    source: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Read + Send + 'static> ReadAhead<R> {
+    fn spawn(mut inner: age::stream::StreamReader<R>) -> Self {
+        let (sender, blocks) = std::sync::mpsc::sync_channel(READ_AHEAD_BLOCKS);
+        std::thread::spawn(move || {
+            loop {
+                let mut block = vec![0; READ_AHEAD_BLOCK];
+                let (filled, error) = fill(&mut inner, &mut block);
+                block.truncate(filled);
+                let end = filled < READ_AHEAD_BLOCK; // the stream ended, or failed
+                if filled > 0 && sender.send(Ok(block)).is_err() {
+                    return; // the reader gave up
+                }
+                if end {
+                    // An empty block marks the end; anything else is the error.
+                    let _ = sender.send(error.map_or(Ok(Vec::new()), Err));
+                    return;
+                }
+            }
+        });
+        Self {
+            blocks,
+            current: Vec::new(),
+            position: 0,
+            ended: false,
+            source: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Reads until `buf` is full, the stream ends or fails: how much was read, and the error.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
+}
+
+impl<R> Read for ReadAhead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.blocks.recv() {
+                Ok(Ok(block)) if block.is_empty() => self.ended = true,
+                Ok(Ok(block)) => {
+                    self.current = block;
+                    self.position = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The thread never stops without an end marker or an error, unless it died.
+                Err(_) => return Err(io::Error::other("the decrypting thread stopped")),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
 }
 
 /// Reads what is left after the tar end-of-archive marker, which makes age authenticate
 /// the final chunk and zstd check the frame end. Fails if the stream is damaged there.
-pub fn finish_plain<R: Read>(mut plain: PlainReader<R>) -> Result<()> {
+pub fn finish_plain<R>(mut plain: PlainReader<R>) -> Result<()> {
     io::copy(&mut plain, &mut io::sink())
         .map_err(|e| anyhow::anyhow!("the archive is damaged or truncated: {e}"))?;
     Ok(())

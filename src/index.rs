@@ -158,7 +158,7 @@ pub fn open(
     sealed: &[u8],
     identities: &[Box<dyn age::Identity + Send + Sync>],
 ) -> Result<Vec<IndexEntry>> {
-    let plain = crate::archive::open_plain(sealed, identities)
+    let plain = crate::archive::open_plain_here(sealed, identities)
         .context("cannot decrypt the snapshot's index")?;
     let mut entries = Vec::new();
     for line in std::io::BufReader::new(plain).lines() {
