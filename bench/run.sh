@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The benchmark, in one command (docs/benchmarks.md says what it measures and what came out):
+#
+#   bench/run.sh                      # the 256 MiB profile (about 5 minutes on 2 cores)
+#   bench/run.sh --sizes 256M,2G      # and the 2 GiB one (about 25 more minutes, 8 GB of disk)
+#
+# Options (passed to bench/bench.py): --sizes, --repeat N (runs of each full backup and
+# restore, median kept; default 3), --writer-seconds S, --workdir DIR (default
+# /var/tmp/ghostwire-bench, or $GWB_BENCH_DIR), --fresh (remake the profiles), --no-docs
+# (leave docs/benchmarks.md and docs/benchmarks.png alone).
+#
+# Installs what it needs when missing: the test suite's parts (age, zstd, Signal's driver,
+# moto in .venv-s3), Debian's restic, time and gnuplot; builds the agent in release.
+# Everything runs on 127.0.0.1. Not part of the test suite: it is slow and asserts nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+
+scripts/install-test-deps.sh
+missing=()
+command -v restic >/dev/null || missing+=(restic)
+[ -x /usr/bin/time ] || missing+=(time)
+command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (Debian)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+echo "== building ghostwire-backup (release)"
+cargo build --release --locked --quiet
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+exec .venv-s3/bin/python bench/bench.py --agent "$CARGO_TARGET_DIR/release/ghostwire-backup" "$@"
