@@ -11,7 +11,7 @@ pub async fn run(repo: &Repository, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<26} {:<20} {:>10} {:>8} {:>7} {:<9} FINAL",
+        "{:<30} {:<20} {:>10} {:>8} {:>7} {:<9} FINAL",
         "ID", "TIME (UTC)", "SIZE", "FILES", "SCHEMA", "DB CHECK"
     );
     for m in &manifests {
@@ -20,7 +20,7 @@ pub async fn run(repo: &Repository, json: bool) -> Result<()> {
             None => ("-".into(), "no db".into()),
         };
         println!(
-            "{:<26} {:<20} {:>10} {:>8} {:>7} {:<9} {}",
+            "{:<30} {:<20} {:>10} {:>8} {:>7} {:<9} {}",
             m.id,
             m.finished_at.format("%Y-%m-%d %H:%M:%S"),
             human_bytes(m.archive.size),
