@@ -288,6 +288,7 @@ fn parse_owner(text: &str) -> Result<(u32, u32), String> {
 }
 
 fn main() -> ExitCode {
+    return_large_buffers_to_the_kernel();
     let cli = Cli::parse();
     let json_logs = init_logging(cli.global.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -429,4 +430,16 @@ fn init_logging(format: LogFormat) -> bool {
         builder.compact().init();
     }
     json
+}
+
+/// Allocations of 1 MiB and more (upload parts, zstd jobs) are mapped on their own and
+/// unmapped when freed. glibc's adaptive threshold would otherwise move them into its
+/// per-thread heaps after the first free, where freed parts stay resident: a 2 GiB backup's
+/// peak RSS crept from 58 to 74 MiB that way (measured with `bench/run.sh`).
+fn return_large_buffers_to_the_kernel() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
