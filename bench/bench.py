@@ -637,13 +637,14 @@ set style histogram clustered gap 1
 set style fill solid 0.85 border -1
 set boxwidth 0.9
 set grid ytics
-set key top right font 'sans,8'
+set key top left font 'sans,8'
 set yrange [0:*]
 set xrange [-0.6:{len(tools) - 0.4}]
 set title 'Throughput (home bytes / wall time), higher is better'
 set ylabel 'MiB/s'
 plot for [i=2:{ncol + 1}] '< grep "^thr-" {data}' using i:xtic(stringcolumn(1)[5:]) title word('{titles}', i - 1)
 set title 'Peak RSS (pipeline: sum of stages), lower is better'
+set key top left
 set ylabel 'MiB'
 set arrow 1 from graph 0, first 64 to graph 1, first 64 nohead dt 2 lc rgb 'red'
 set label 1 '64 MiB' at graph 0.01, first 64 left offset 0, 0.6 textcolor rgb 'red' font 'sans,8'
