@@ -16,10 +16,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::layout::Object;
 use crate::repo::Repository;
-use crate::store::Conflict;
-
-const KEY: &str = "lease.json";
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Lease {
@@ -54,23 +53,46 @@ pub fn default_owner() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| {
-            let mut buffer = [0u8; 256];
-            // SAFETY: gethostname writes at most `len` bytes into our buffer.
-            unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-            let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-            String::from_utf8_lossy(&buffer[..end]).into_owned()
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
         })
 }
 
-async fn read(repo: &Repository) -> Result<Option<(Lease, String)>> {
-    match repo.store().get_versioned(KEY).await? {
-        Some((bytes, version)) => {
-            let lease = serde_json::from_slice(&bytes)
-                .context("the repository's lease.json is malformed")?;
-            Ok(Some((lease, version)))
+/// The lease object as found: absent, a lease, or something that is not one.
+enum Found {
+    Absent,
+    Lease(Lease, String),
+    /// Not a lease this version can read (damaged, or written by something else), with
+    /// its version so it can be replaced by compare-and-swap. A live holder renews a
+    /// well-formed lease, so junk proves no one holds it.
+    Junk(serde_json::Error, String),
+}
+
+impl Found {
+    fn version(&self) -> Option<&str> {
+        match self {
+            Found::Absent => None,
+            Found::Lease(_, version) | Found::Junk(_, version) => Some(version),
         }
-        None => Ok(None),
     }
+}
+
+async fn read(repo: &Repository) -> Result<Found> {
+    Ok(
+        match repo.store().get_versioned(&Object::Lease.key()).await? {
+            None => Found::Absent,
+            Some((bytes, version)) => match serde_json::from_slice(&bytes) {
+                Ok(lease) => Found::Lease(lease, version),
+                Err(err) => Found::Junk(err, version),
+            },
+        },
+    )
+}
+
+fn junk_message(err: &serde_json::Error) -> String {
+    format!("the repository's lease.json is not a lease ({err})")
 }
 
 /// A lease this process holds.
@@ -85,7 +107,13 @@ impl Held {
     pub async fn acquire(repo: &Repository, owner: &str, ttl: Duration) -> Result<Self> {
         let now = Utc::now();
         let current = read(repo).await?;
-        if let Some((lease, _)) = &current
+        if let Found::Junk(err, _) = &current {
+            tracing::warn!(
+                problem = junk_message(err),
+                "replacing it: no instance holds a lease it cannot read"
+            );
+        }
+        if let Found::Lease(lease, _) = &current
             && lease.owner != owner
             && lease.is_live(now)
         {
@@ -96,9 +124,9 @@ impl Held {
                 lease.describe()
             );
         }
-        if let Some((lease, _)) = current
-            .as_ref()
-            .filter(|(l, _)| l.owner != owner && l.released_at.is_none())
+        if let Found::Lease(lease, _) = &current
+            && lease.owner != owner
+            && lease.released_at.is_none()
         {
             tracing::warn!(previous = %lease.describe(), "taking over an expired lease");
         }
@@ -110,7 +138,7 @@ impl Held {
             released_at: None,
             final_snapshot: None,
         };
-        let version = write(repo, &lease, current.as_ref().map(|(_, v)| v.as_str())).await?;
+        let version = write(repo, &lease, current.version()).await?;
         tracing::info!(owner, expires = %lease.expires_at.to_rfc3339(), "lease acquired");
         Ok(Self {
             lease,
@@ -152,19 +180,34 @@ impl Held {
 
 async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Result<String> {
     let json = serde_json::to_vec_pretty(lease).expect("a lease serializes");
-    repo.store()
-        .put_if(KEY, Bytes::from(json), expected)
+    match repo
+        .store()
+        .put_if(&Object::Lease.key(), Bytes::from(json), expected)
         .await
-        .map_err(|err| match err.downcast_ref::<Conflict>() {
-            Some(_) => anyhow::anyhow!("the lease was changed by another writer at the same time"),
-            None => err,
-        })
+    {
+        Ok(version) => Ok(version),
+        Err(StoreError::Conflict(_)) => {
+            bail!("the lease was changed by another writer at the same time")
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Refuses a restore for `owner` while another owner's lease is live.
 pub async fn check_restore(repo: &Repository, owner: &str, break_lease: bool) -> Result<()> {
-    let Some((lease, _)) = read(repo).await? else {
-        return Ok(());
+    let lease = match read(repo).await? {
+        Found::Absent => return Ok(()),
+        Found::Lease(lease, _) => lease,
+        Found::Junk(err, _) if break_lease => {
+            tracing::warn!(problem = junk_message(&err), "--break-lease: restoring anyway");
+            return Ok(());
+        }
+        Found::Junk(err, _) => bail!(
+            "refusing to restore: {}, so nobody can tell whether another instance still runs \
+             on this Signal identity. If none does, pass --break-lease (the next instance's \
+             lease replaces it)",
+            junk_message(&err)
+        ),
     };
     if lease.owner == owner || !lease.is_live(Utc::now()) {
         return Ok(());
@@ -246,5 +289,35 @@ mod tests {
             .unwrap();
         let err = format!("{:#}", blue.renew(&repo).await.unwrap_err());
         assert!(err.contains("someone else took it over"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_junk_lease_stops_no_restore_with_break_lease_and_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        repo.put(&Object::Lease, Bytes::from_static(b"\x00not json"))
+            .await
+            .unwrap();
+        let refused = check_restore(&repo, "ghostwire-green-0", false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("lease.json is not a lease") && refused.contains("--break-lease"),
+            "{refused}"
+        );
+        check_restore(&repo, "ghostwire-green-0", true)
+            .await
+            .unwrap();
+        // The new instance's sidecar takes the lease over, and it reads as a lease again.
+        let green = Held::acquire(&repo, "ghostwire-green-0", Duration::from_secs(600))
+            .await
+            .unwrap();
+        let refused = check_restore(&repo, "ghostwire-blue-0", false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("held by ghostwire-green-0"), "{refused}");
+        green.release(&repo, None).await.unwrap();
     }
 }

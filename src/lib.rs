@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod commands;
 pub mod index;
 pub mod keys;
+pub mod layout;
 pub mod lease;
 pub mod lock;
 pub mod manifest;

@@ -2,20 +2,26 @@
 //! object `locks/<id>.json`; whoever finds a conflicting live lock withdraws its own.
 //!
 //! A crashed run must not block the next one forever (a top complaint about restic, K8up
-//! and VolSync): every lock expires, and a lock left by a process that no longer exists on
-//! this host is stale at once. Stale locks are ignored and removed.
+//! and VolSync): every lock expires, and a lock whose process is provably gone is stale at
+//! once. Provably: a lock records its host name, the kernel's boot id and its PID
+//! namespace besides its pid, and only a reader on the same host, in the same boot and
+//! the same PID namespace asks the kernel about that pid (two containers of one pod share
+//! the host name, not the pids; a host name seen with another boot id is a rebooted or
+//! replaced machine, whose processes are all gone). Anyone else waits for the expiry.
+//! A lock that cannot be read is never guessed about: it is reported, and
+//! `ghostwire-backup unlock` removes it.
 
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 
+use crate::layout::Object;
 use crate::repo::Repository;
-
-const PREFIX: &str = "locks/";
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -26,34 +32,151 @@ pub enum Mode {
     Exclusive,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A lock object's content (docs/format.md lists the fields).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     mode: Mode,
     purpose: String,
     host: String,
     pid: u32,
+    /// The holder's kernel boot id; absent in locks of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
+    /// The inode number of the holder's PID namespace; absent in locks of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid_namespace: Option<u64>,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 }
 
-impl Record {
-    fn is_stale(&self, now: DateTime<Utc>, host: &str) -> bool {
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let dead_here = self.host == host && unsafe { libc::kill(self.pid as i32, 0) } != 0;
-        self.expires_at < now || dead_here
+/// Where this process runs, as far as a lock's liveness can be told from it.
+#[derive(Debug, Clone)]
+struct Here {
+    host: String,
+    boot_id: Option<String>,
+    pid_namespace: Option<u64>,
+}
+
+impl Here {
+    fn current() -> Self {
+        Self {
+            host: crate::lease::default_owner(),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_string())
+                .filter(|id| !id.is_empty()),
+            pid_namespace: std::fs::metadata("/proc/self/ns/pid")
+                .ok()
+                .map(|ns| ns.ino()),
+        }
     }
+}
+
+/// What can be told about a lock holder's process from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Alive,
+    Gone,
+    /// Another host or PID namespace, or a lock without the fields to tell: only the
+    /// expiry says.
+    Unknown,
+}
+
+impl Record {
+    fn holder(&self, here: &Here) -> Holder {
+        if self.host != here.host {
+            return Holder::Unknown;
+        }
+        match (&self.boot_id, &here.boot_id) {
+            (Some(theirs), Some(ours)) if theirs != ours => return Holder::Gone,
+            (Some(_), Some(_)) => {}
+            _ => return Holder::Unknown,
+        }
+        match (self.pid_namespace, here.pid_namespace) {
+            (Some(theirs), Some(ours)) if theirs == ours => process(self.pid),
+            _ => Holder::Unknown,
+        }
+    }
+
+    /// Why the lock no longer holds anything, or `None` while it may.
+    fn stale(&self, now: DateTime<Utc>, here: &Here) -> Option<String> {
+        if self.expires_at < now {
+            return Some(format!("expired at {}", self.expires_at.to_rfc3339()));
+        }
+        match self.holder(here) {
+            Holder::Gone => Some(format!("process {} on {} is gone", self.pid, self.host)),
+            Holder::Alive | Holder::Unknown => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the {} lock of a {} on {} (pid {}) since {}",
+            match self.mode {
+                Mode::Shared => "shared",
+                Mode::Exclusive => "exclusive",
+            },
+            self.purpose,
+            self.host,
+            self.pid,
+            self.created_at.to_rfc3339(),
+        )
+    }
+}
+
+/// Whether a process of this PID namespace exists. Only "no such process" means gone:
+/// "not permitted" is a live process of another user.
+fn process(pid: u32) -> Holder {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Holder::Unknown;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Err(rustix::io::Errno::SRCH) => Holder::Gone,
+        _ => Holder::Alive,
+    }
+}
+
+/// A lock object as found in the repository.
+enum Found {
+    Record(Record),
+    /// Not a lock record this version can read: damaged, or not ours.
+    Unreadable(serde_json::Error),
+}
+
+/// Reads a lock; `None` if it was removed meanwhile.
+async fn read(repo: &Repository, lock: &Object) -> Result<Option<Found>> {
+    let bytes = match repo.read(lock).await {
+        Ok(bytes) => bytes,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("cannot read the lock {lock}")),
+    };
+    Ok(Some(match serde_json::from_slice(&bytes) {
+        Ok(record) => Found::Record(record),
+        Err(err) => Found::Unreadable(err),
+    }))
+}
+
+fn unreadable(lock: &Object, err: &serde_json::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the repository lock {lock} cannot be read ({err}), so nobody can tell whose it is or \
+         whether it is still held; if no backup or prune is running on this repository, \
+         remove it with `ghostwire-backup unlock`"
+    )
 }
 
 pub struct Lock {
     repo: Repository,
-    key: String,
+    object: Object,
 }
 
 impl Lock {
     /// Takes a lock, or fails naming who holds a conflicting one.
     pub async fn acquire(repo: &Repository, mode: Mode, purpose: &str) -> Result<Self> {
         let now = Utc::now();
-        let host = crate::lease::default_owner();
+        let here = Here::current();
         // Long enough for the longest run; a crash is caught sooner on the same host.
         let ttl = match mode {
             Mode::Shared => Duration::from_secs(6 * 3600),
@@ -62,73 +185,123 @@ impl Lock {
         let record = Record {
             mode,
             purpose: purpose.to_string(),
-            host: host.clone(),
+            host: here.host.clone(),
             pid: std::process::id(),
+            boot_id: here.boot_id.clone(),
+            pid_namespace: here.pid_namespace,
             created_at: now,
             expires_at: now + ttl,
         };
-        let key = format!("{PREFIX}{}.json", crate::manifest::new_snapshot_id(now));
-        repo.store()
-            .put(&key, Bytes::from(serde_json::to_vec(&record)?))
+        let object = Object::Lock(crate::manifest::new_snapshot_id(now));
+        repo.put(&object, Bytes::from(serde_json::to_vec(&record)?))
             .await
             .context("cannot write a repository lock")?;
         let lock = Self {
             repo: repo.clone(),
-            key,
+            object,
         };
-        for object in repo.store().list(PREFIX).await? {
-            if object.key == lock.key {
-                continue;
-            }
-            let Some(other) = read(repo, &object.key).await? else {
-                continue;
-            };
-            if other.is_stale(now, &host) {
-                if mode == Mode::Exclusive {
-                    tracing::warn!(lock = %object.key, purpose = %other.purpose, host = %other.host, "removing a stale repository lock");
-                    repo.store().delete(&object.key).await?;
-                }
-                continue;
-            }
-            if mode == Mode::Exclusive || other.mode == Mode::Exclusive {
-                lock.release().await;
-                bail!(
-                    "the repository is locked by a {} on {} (pid {}) since {}; try again when it \
-                     ends (a lock from a crashed run expires at {})",
-                    other.purpose,
-                    other.host,
-                    other.pid,
-                    other.created_at.to_rfc3339(),
-                    other.expires_at.to_rfc3339()
-                );
-            }
+        if let Err(err) = lock.check_others(mode, now, &here).await {
+            lock.release().await;
+            return Err(err);
         }
         Ok(lock)
     }
 
+    /// Fails if another lock conflicts with ours or cannot be read; an exclusive taker
+    /// removes the stale locks it finds.
+    async fn check_others(&self, mode: Mode, now: DateTime<Utc>, here: &Here) -> Result<()> {
+        for other in self.repo.list(Object::Lock).await? {
+            if other == self.object {
+                continue;
+            }
+            let record = match read(&self.repo, &other).await? {
+                None => continue,
+                Some(Found::Unreadable(err)) => return Err(unreadable(&other, &err)),
+                Some(Found::Record(record)) => record,
+            };
+            if let Some(why) = record.stale(now, here) {
+                if mode == Mode::Exclusive {
+                    tracing::warn!(lock = %other, holder = %record.describe(), why, "removing a stale repository lock");
+                    self.repo.delete(&other).await?;
+                }
+                continue;
+            }
+            if mode == Mode::Exclusive || record.mode == Mode::Exclusive {
+                bail!(
+                    "the repository is locked by a {} on {} (pid {}) since {}; try again when it \
+                     ends (a lock from a crashed run expires at {}; `ghostwire-backup unlock` \
+                     removes it sooner if that run is gone)",
+                    record.purpose,
+                    record.host,
+                    record.pid,
+                    record.created_at.to_rfc3339(),
+                    record.expires_at.to_rfc3339()
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub async fn release(self) {
-        if let Err(err) = self.repo.store().delete(&self.key).await {
-            tracing::warn!(lock = %self.key, error = format!("{err:#}"), "could not remove the repository lock; it expires by itself");
+        if let Err(err) = self.repo.delete(&self.object).await {
+            tracing::warn!(lock = %self.object, error = format!("{:#}", anyhow::Error::from(err)), "could not remove the repository lock; it expires by itself");
         }
     }
 }
 
-async fn read(repo: &Repository, key: &str) -> Result<Option<Record>> {
-    let mut bytes = Vec::new();
-    match repo.store().get(key, 0).await {
-        Ok(mut reader) => reader.read_to_end(&mut bytes).await?,
-        Err(err) if err.downcast_ref::<crate::store::NotFound>().is_some() => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    // A lock we cannot parse is someone's; treat it as live rather than guess.
-    Ok(Some(serde_json::from_slice(&bytes).unwrap_or(Record {
-        mode: Mode::Exclusive,
-        purpose: format!("unknown lock {key}"),
-        host: String::new(),
-        pid: 0,
-        created_at: Utc::now(),
-        expires_at: Utc::now() + Duration::from_secs(3600),
-    })))
+/// What [`unlock`] did with one lock.
+#[derive(Debug)]
+pub enum Unlocked {
+    /// Removed: expired, its process gone, or unreadable.
+    Stale { lock: String, why: String },
+    /// Removed although it may still be held (`--all`).
+    Live { lock: String, holder: String },
+    /// Left in place: it may still be held.
+    Kept { lock: String, holder: String },
+}
+
+/// Removes the locks that hold nothing (expired, their process gone, unreadable), and with
+/// `all` the live ones too. A live lock removed under a running prune or backup lets the
+/// other start alongside it, which the lock exists to prevent: `all` is for a run known to
+/// be gone that this host cannot prove gone (another pod, another PID namespace).
+pub async fn unlock(repo: &Repository, all: bool) -> Result<Vec<Unlocked>> {
+    let now = Utc::now();
+    let here = Here::current();
+    let mut done = Vec::new();
+    for lock in repo.list(Object::Lock).await? {
+        let outcome = match read(repo, &lock).await? {
+            None => continue,
+            Some(Found::Unreadable(err)) => Unlocked::Stale {
+                lock: lock.key(),
+                why: format!("unreadable ({err})"),
+            },
+            Some(Found::Record(record)) => match record.stale(now, &here) {
+                Some(why) => Unlocked::Stale {
+                    lock: lock.key(),
+                    why: format!("{why}; {}", record.describe()),
+                },
+                None if all => Unlocked::Live {
+                    lock: lock.key(),
+                    holder: record.describe(),
+                },
+                None => Unlocked::Kept {
+                    lock: lock.key(),
+                    holder: format!(
+                        "{}, expiring at {}",
+                        record.describe(),
+                        record.expires_at.to_rfc3339()
+                    ),
+                },
+            },
+        };
+        if !matches!(outcome, Unlocked::Kept { .. }) {
+            repo.delete(&lock)
+                .await
+                .with_context(|| format!("cannot remove the lock {lock}"))?;
+        }
+        done.push(outcome);
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -136,12 +309,57 @@ mod tests {
     use super::*;
     use crate::store::s3::S3Options;
 
-    #[tokio::test]
-    async fn backups_share_prune_is_alone_and_crashed_locks_do_not_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::open(dir.path().to_str().unwrap(), &S3Options::default())
+    async fn repo(dir: &std::path::Path) -> Repository {
+        Repository::open(dir.to_str().unwrap(), &S3Options::default())
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A lock of this host, boot and PID namespace, held by `pid`.
+    fn lock_of(pid: u32, mode: Mode) -> Record {
+        let here = Here::current();
+        Record {
+            mode,
+            purpose: "prune".into(),
+            host: here.host,
+            pid,
+            boot_id: here.boot_id,
+            pid_namespace: here.pid_namespace,
+            created_at: Utc::now(),
+            expires_at: Utc::now() + Duration::from_secs(3600),
+        }
+    }
+
+    async fn place(repo: &Repository, id: &str, record: &Record) {
+        repo.put(
+            &Object::Lock(id.into()),
+            Bytes::from(serde_json::to_vec(record).unwrap()),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// A pid no process has: a child that has exited and been reaped.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    }
+
+    async fn prune_may_run(repo: &Repository) -> bool {
+        match Lock::acquire(repo, Mode::Exclusive, "prune").await {
+            Ok(lock) => {
+                lock.release().await;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn backups_share_prune_is_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
         let first = Lock::acquire(&repo, Mode::Shared, "backup").await.unwrap();
         let second = Lock::acquire(&repo, Mode::Shared, "backup").await.unwrap();
         let err = Lock::acquire(&repo, Mode::Exclusive, "prune")
@@ -157,47 +375,120 @@ mod tests {
             .unwrap();
         assert!(Lock::acquire(&repo, Mode::Shared, "backup").await.is_err());
         prune.release().await;
+        assert!(repo.list(Object::Lock).await.unwrap().is_empty());
+    }
 
-        // A lock left by a process that died on this host is stale at once.
-        let crashed = Record {
-            mode: Mode::Exclusive,
-            purpose: "prune".into(),
-            host: crate::lease::default_owner(),
-            pid: i32::MAX as u32,
-            created_at: Utc::now(),
-            expires_at: Utc::now() + Duration::from_secs(3600),
+    #[tokio::test]
+    async fn a_lock_whose_process_is_gone_here_is_stale_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        place(&repo, "crashed", &lock_of(dead_pid(), Mode::Exclusive)).await;
+        assert!(prune_may_run(&repo).await);
+        assert!(repo.list(Object::Lock).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_live_process_holds_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        place(&repo, "live", &lock_of(std::process::id(), Mode::Shared)).await;
+        assert!(!prune_may_run(&repo).await);
+    }
+
+    #[tokio::test]
+    async fn the_same_host_name_in_another_boot_is_a_gone_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        // Our own pid: alive here, but the lock says it was taken in another boot.
+        let rebooted = Record {
+            boot_id: Some("00000000-0000-0000-0000-000000000000".into()),
+            ..lock_of(std::process::id(), Mode::Exclusive)
         };
-        repo.store()
-            .put(
-                "locks/crashed.json",
-                Bytes::from(serde_json::to_vec(&crashed).unwrap()),
-            )
-            .await
-            .unwrap();
-        Lock::acquire(&repo, Mode::Shared, "backup")
-            .await
-            .unwrap()
-            .release()
-            .await;
-        // So is one from another host whose time ran out; prune removes it.
+        if Here::current().boot_id.is_none() {
+            // No boot id on this kernel: nothing proves the boot changed.
+            place(&repo, "rebooted", &rebooted).await;
+            assert!(!prune_may_run(&repo).await);
+            return;
+        }
+        place(&repo, "rebooted", &rebooted).await;
+        assert!(prune_may_run(&repo).await);
+    }
+
+    #[tokio::test]
+    async fn another_pid_namespace_waits_for_the_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        // A dead pid here, but the holder counts pids in another namespace (another
+        // container of the pod): its pid says nothing here.
+        let elsewhere = Record {
+            pid_namespace: Some(1),
+            ..lock_of(dead_pid(), Mode::Exclusive)
+        };
+        place(&repo, "container", &elsewhere).await;
+        assert!(!prune_may_run(&repo).await);
+        // So does a lock of an older version, which recorded neither.
+        let old = Record {
+            boot_id: None,
+            pid_namespace: None,
+            ..lock_of(dead_pid(), Mode::Exclusive)
+        };
+        repo.delete(&Object::Lock("container".into())).await.unwrap();
+        place(&repo, "old", &old).await;
+        assert!(!prune_may_run(&repo).await);
+        // Once expired, any host may remove it.
         let expired = Record {
             host: "elsewhere".into(),
-            pid: 1,
             expires_at: Utc::now() - Duration::from_secs(1),
-            ..crashed
+            ..old
         };
-        repo.store()
-            .put(
-                "locks/expired.json",
-                Bytes::from(serde_json::to_vec(&expired).unwrap()),
-            )
+        place(&repo, "old", &expired).await;
+        assert!(prune_may_run(&repo).await);
+        assert!(repo.list(Object::Lock).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_lock_is_reported_naming_unlock_and_unlock_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let junk = Object::Lock("junk".into());
+        repo.put(&junk, Bytes::from_static(b"{\"mode\": \"exclu"))
             .await
             .unwrap();
-        Lock::acquire(&repo, Mode::Exclusive, "prune")
-            .await
-            .unwrap()
-            .release()
-            .await;
-        assert!(repo.store().list("locks/").await.unwrap().is_empty());
+        for mode in [Mode::Shared, Mode::Exclusive] {
+            let err = Lock::acquire(&repo, mode, "backup")
+                .await
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("locks/junk.json cannot be read")
+                    && err.contains("ghostwire-backup unlock"),
+                "{err}"
+            );
+            // It stays the same error on every try: nothing pretends it will expire.
+            assert!(!err.contains("expires"), "{err}");
+        }
+        // Our own withdrawn locks are gone; only the junk is left.
+        assert_eq!(repo.list(Object::Lock).await.unwrap(), vec![junk.clone()]);
+
+        place(&repo, "live", &lock_of(std::process::id(), Mode::Shared)).await;
+        place(&repo, "crashed", &lock_of(dead_pid(), Mode::Shared)).await;
+        let done = unlock(&repo, false).await.unwrap();
+        assert!(
+            matches!(&done[..], [
+                Unlocked::Stale { lock: a, .. },
+                Unlocked::Stale { lock: b, why },
+                Unlocked::Kept { lock: c, .. },
+            ] if a == "locks/crashed.json" && b == "locks/junk.json"
+                && why.starts_with("unreadable") && c == "locks/live.json"),
+            "{done:?}"
+        );
+        assert_eq!(
+            repo.list(Object::Lock).await.unwrap(),
+            vec![Object::Lock("live".into())]
+        );
+        let done = unlock(&repo, true).await.unwrap();
+        assert!(matches!(&done[..], [Unlocked::Live { .. }]), "{done:?}");
+        assert!(repo.list(Object::Lock).await.unwrap().is_empty());
     }
 }

@@ -99,6 +99,13 @@ enum Command {
     Run(RunArgs),
     /// Forget snapshots a retention policy does not keep, and delete their objects.
     Prune(PruneArgs),
+    /// Remove repository locks left by runs that are gone (expired, their process gone on
+    /// this host, or unreadable); --all removes live locks too.
+    Unlock {
+        /// Also remove locks that may still be held: only when no backup or prune runs.
+        #[arg(long)]
+        all: bool,
+    },
     /// Fail when the newest snapshot is older than --max-age (for helm test and probes).
     Check {
         /// The oldest acceptable newest snapshot, e.g. 2h or 90m.
@@ -364,6 +371,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             commands::prune::run(&open(1).await?, &options).await
         }
+        Command::Unlock { all } => commands::unlock::run(&open(1).await?, all).await,
         Command::Check { max_age } => commands::check::run(&open(1).await?, max_age).await,
         Command::Snapshots { json } => commands::snapshots::run(&open(1).await?, json).await,
         Command::Restore(args) => {

@@ -3,7 +3,6 @@
 //! sizes, counts and hashes), so `snapshots` and `verify --quick` work without the key.
 //! The repository format is described in docs/format.md; change both together.
 
-use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -132,34 +131,47 @@ impl Manifest {
     }
 
     /// Parses a manifest, refusing formats this version does not know.
-    pub fn from_json(bytes: &[u8], key: &str) -> Result<Self> {
+    pub fn from_json(bytes: &[u8], key: &str) -> Result<Self, ManifestError> {
         #[derive(Deserialize)]
         struct Version {
             format: u32,
         }
-        let version: Version = serde_json::from_slice(bytes)
-            .with_context(|| format!("manifest {key} is not valid JSON"))?;
+        let key = key.to_string();
+        let version: Version = match serde_json::from_slice(bytes) {
+            Ok(version) => version,
+            Err(source) => return Err(ManifestError::NotJson { key, source }),
+        };
         if version.format > FORMAT_VERSION {
-            return Err(NewerFormat {
-                key: key.to_string(),
+            return Err(ManifestError::NewerFormat {
+                key,
                 format: version.format,
-            }
-            .into());
+            });
         }
-        serde_json::from_slice(bytes).with_context(|| format!("manifest {key} is malformed"))
+        serde_json::from_slice(bytes).map_err(|source| ManifestError::Malformed { key, source })
     }
 }
 
-/// A manifest written by a newer ghostwire-backup. Never skipped like a damaged one: a
-/// `latest` that silently fell back to an older snapshot would restore stale Signal state.
+/// Why a manifest cannot be read.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "snapshot manifest {key} has format {format}, but this ghostwire-backup reads up to format \
-     {FORMAT_VERSION}: this snapshot was written by a newer ghostwire-backup; upgrade to read it"
-)]
-pub struct NewerFormat {
-    pub key: String,
-    pub format: u32,
+pub enum ManifestError {
+    /// Written by a newer ghostwire-backup. Never skipped like a damaged one: a `latest`
+    /// that silently fell back to an older snapshot would restore stale Signal state.
+    #[error(
+        "snapshot manifest {key} has format {format}, but this ghostwire-backup reads up to \
+         format {FORMAT_VERSION}: this snapshot was written by a newer ghostwire-backup; \
+         upgrade to read it"
+    )]
+    NewerFormat { key: String, format: u32 },
+    #[error("manifest {key} is not valid JSON")]
+    NotJson {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("manifest {key} is malformed")]
+    Malformed {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 /// A new, time-sortable snapshot id such as `20261126T233000.123Z-9f3a1c2b`. Milliseconds,
@@ -227,7 +239,11 @@ mod tests {
     #[test]
     fn malformed_json_names_the_manifest() {
         let err = Manifest::from_json(b"{\"format\": 1, \"id\": 3", "snapshots/x.json");
-        assert!(format!("{:#}", err.unwrap_err()).contains("snapshots/x.json"));
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.contains("snapshots/x.json") && err.contains("not valid JSON"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,11 +1,6 @@
-//! A repository: snapshots laid out on a [`Store`].
-//!
-//! ```text
-//! archives/<id>.tar.zst.age   the archive (tar → zstd → age), uploaded first
-//! indexes/<id>.json.zst.age   the file index (JSON lines → zstd → age)
-//! snapshots/<id>.json         the manifest, uploaded last: the commit point
-//! ```
-//! An archive without a manifest is an interrupted backup: never listed, never restored.
+//! A repository: snapshots laid out on a [`Store`] as [`crate::layout`] says. The archive
+//! is uploaded first, then the index, then the manifest, the commit point: an archive
+//! without a manifest is an interrupted backup, never listed, never restored.
 
 use std::sync::Arc;
 
@@ -13,12 +8,11 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
-use crate::manifest::{Manifest, NewerFormat};
+use crate::layout::Object;
+use crate::manifest::{Manifest, ManifestError};
 use crate::store::local::LocalStore;
 use crate::store::s3::{S3Options, S3Store};
-use crate::store::{NotFound, Store};
-
-const SNAPSHOTS: &str = "snapshots/";
+use crate::store::{self, ChunkStream, ObjectReader, Store, StoreError};
 
 #[derive(Clone)]
 pub struct Repository {
@@ -77,27 +71,57 @@ impl Repository {
         &self.location
     }
 
-    pub fn archive_key(id: &str) -> String {
-        format!("archives/{id}.tar.zst.age")
+    /// Writes a small object whole, retained as its kind says.
+    pub async fn put(&self, object: &Object, data: Bytes) -> store::Result<()> {
+        self.store
+            .put(&object.key(), data, object.retention())
+            .await
     }
 
-    pub fn index_key(id: &str) -> String {
-        format!("indexes/{id}.json.zst.age")
+    /// Uploads a large object from a stream (see [`Store::put_stream`]).
+    pub async fn put_stream(&self, object: &Object, body: ChunkStream) -> store::Result<u64> {
+        self.store
+            .put_stream(&object.key(), body, object.retention())
+            .await
     }
 
-    fn manifest_key(id: &str) -> String {
-        format!("{SNAPSHOTS}{id}.json")
+    pub async fn get(&self, object: &Object, offset: u64) -> store::Result<ObjectReader> {
+        self.store.get(&object.key(), offset).await
+    }
+
+    /// Reads a small object whole.
+    pub async fn read(&self, object: &Object) -> store::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.get(object, 0).await?.read_to_end(&mut bytes).await?;
+        Ok(bytes)
+    }
+
+    pub async fn delete(&self, object: &Object) -> store::Result<()> {
+        self.store.delete(&object.key()).await
+    }
+
+    /// Every object of one kind (`Object::Lock`, `Object::Archive`, …), sorted by key.
+    /// Keys that are not part of the layout are left out.
+    pub async fn list(&self, kind: fn(String) -> Object) -> store::Result<Vec<Object>> {
+        let wanted = std::mem::discriminant(&kind(String::new()));
+        Ok(self
+            .store
+            .list(Object::prefix_of(kind))
+            .await?
+            .into_iter()
+            .filter_map(|info| Object::parse(&info.key))
+            .filter(|object| std::mem::discriminant(object) == wanted)
+            .collect())
     }
 
     /// Commits a snapshot by writing its manifest.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
-        self.store
-            .put(
-                &Self::manifest_key(&manifest.id),
-                Bytes::from(manifest.to_json()),
-            )
-            .await
-            .context("cannot write the snapshot manifest")
+        self.put(
+            &Object::Manifest(manifest.id.clone()),
+            Bytes::from(manifest.to_json()),
+        )
+        .await
+        .context("cannot write the snapshot manifest")
     }
 
     /// Every committed snapshot, oldest first.
@@ -107,20 +131,17 @@ impl Repository {
     /// `latest` silently an older snapshot.
     pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
         let mut manifests = Vec::new();
-        for object in self.store.list(SNAPSHOTS).await? {
-            if !object.key.ends_with(".json") {
-                continue;
-            }
-            let bytes = match self.read_object(&object.key).await {
-                Err(err) if err.downcast_ref::<NotFound>().is_some() => continue, // pruned meanwhile
+        for object in self.list(Object::Manifest).await? {
+            let bytes = match self.read(&object).await {
+                Err(StoreError::NotFound(_)) => continue, // pruned meanwhile
                 other => other?,
             };
-            match Manifest::from_json(&bytes, &object.key) {
+            match Manifest::from_json(&bytes, &object.key()) {
                 Ok(manifest) => manifests.push(manifest),
-                Err(err) if err.downcast_ref::<NewerFormat>().is_some() => return Err(err),
+                Err(err @ ManifestError::NewerFormat { .. }) => return Err(err.into()),
                 Err(err) => {
                     tracing::warn!(
-                        error = format!("{err:#}"),
+                        error = format!("{:#}", anyhow::Error::from(err)),
                         "skipping a damaged snapshot manifest"
                     );
                 }
@@ -130,29 +151,17 @@ impl Repository {
         Ok(manifests)
     }
 
-    async fn read_object(&self, key: &str) -> Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        self.store
-            .get(key, 0)
-            .await?
-            .read_to_end(&mut bytes)
-            .await?;
-        Ok(bytes)
-    }
-
-    async fn read_manifest(&self, key: &str) -> Result<Manifest> {
-        Manifest::from_json(&self.read_object(key).await?, key)
-    }
-
     pub async fn find(&self, selector: &Selector) -> Result<Manifest> {
         if let Selector::Id(id) = selector {
-            return match self.read_manifest(&Self::manifest_key(id)).await {
-                Err(e) if e.downcast_ref::<NotFound>().is_some() => bail!(
+            let object = Object::Manifest(id.clone());
+            let bytes = match self.read(&object).await {
+                Err(StoreError::NotFound(_)) => bail!(
                     "no snapshot {id:?} in {}: list them with `ghostwire-backup snapshots`",
                     self.location
                 ),
-                other => other,
+                other => other?,
             };
+            return Ok(Manifest::from_json(&bytes, &object.key())?);
         }
         let mut all = self.snapshots().await?;
         let pick = match selector {

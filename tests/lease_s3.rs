@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ghostwire_backup::lease::{Held, check_restore};
 use ghostwire_backup::repo::Repository;
-use ghostwire_backup::store::Conflict;
+use ghostwire_backup::store::{Retention, StoreError};
 use ghostwire_backup::store::s3::S3Options;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -42,7 +42,7 @@ async fn s3_conditional_writes_fence_a_second_writer() {
         .put_if("probe", Bytes::from_static(b"x"), None)
         .await
         .unwrap_err();
-    assert!(again.downcast_ref::<Conflict>().is_some(), "{again:#}");
+    assert!(matches!(again, StoreError::Conflict(_)), "{again:#}");
     store
         .put_if("probe", Bytes::from_static(b"2"), Some(&v1))
         .await
@@ -51,7 +51,7 @@ async fn s3_conditional_writes_fence_a_second_writer() {
         .put_if("probe", Bytes::from_static(b"3"), Some(&v1))
         .await
         .unwrap_err();
-    assert!(stale.downcast_ref::<Conflict>().is_some(), "{stale:#}");
+    assert!(matches!(stale, StoreError::Conflict(_)), "{stale:#}");
 
     // The lease on top of it.
     let mut blue = Held::acquire(&repo, "ghostwire-0", Duration::from_secs(600))
@@ -66,7 +66,11 @@ async fn s3_conditional_writes_fence_a_second_writer() {
     let mut lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     lease["owner"] = "intruder".into();
     store
-        .put("lease.json", Bytes::from(lease.to_string()))
+        .put(
+            "lease.json",
+            Bytes::from(lease.to_string()),
+            Retention::Replaceable,
+        )
         .await
         .unwrap();
     assert!(

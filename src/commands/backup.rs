@@ -25,13 +25,14 @@ use sha2::{Digest, Sha256};
 use crate::archive::{ArchiveSettings, ArchiveWriter, FileOutcome};
 use crate::catalog::{Catalog, Latest};
 use crate::index::{self, EntryKind, IndexEntry};
+use crate::layout::Object;
 use crate::manifest::{
     self, ArchiveInfo, AttachmentCheck, ContentCounts, DatabaseInfo, Manifest, ObjectRecord,
 };
 use crate::profile::{self, DbKey};
 use crate::repo::{Repository, Selector};
 use crate::staging::Staging;
-use crate::store::{Abandoned, chunk_channel};
+use crate::store::{StoreError, chunk_channel};
 use crate::walk::{self, Kind, Listing};
 use crate::{keys, lock, sqlite};
 
@@ -150,34 +151,36 @@ async fn run_locked(repo: &Repository, options: &BackupOptions) -> Result<Manife
         drop(staging); // the snapshot copies are in the archive now
         Ok((sealed, archived, recipients))
     });
-    let archive_key = Repository::archive_key(&id);
-    let uploaded = repo.store().put_stream(&archive_key, body).await;
+    let archive = Object::Archive(id.clone());
+    let uploaded = repo.put_stream(&archive, body).await;
     let produced = producer.await.context("the archive writer panicked")?;
     // Report the root cause: an upload failure makes the writer fail too, and vice versa.
     let (sealed, archived, recipients) = match (produced, uploaded) {
         (Ok(produced), Ok(_)) => produced,
         // The writer gives up when the upload stops, with a bare "the upload stopped": the
         // upload's own error (no such bucket, access denied…) is the one to show.
-        (Err(_), Err(err)) if !err.chain().any(|e| e.is::<Abandoned>()) => {
-            return Err(err.context("backup failed while uploading; no snapshot was written"));
+        (Err(_), Err(err)) if !matches!(err, StoreError::Abandoned) => {
+            return Err(anyhow::Error::from(err)
+                .context("backup failed while uploading; no snapshot was written"));
         }
         (Err(err), _) => {
             return Err(err.context("backup failed while archiving; no snapshot was written"));
         }
         (Ok(_), Err(err)) => {
-            return Err(err.context("backup failed while uploading; no snapshot was written"));
+            return Err(anyhow::Error::from(err)
+                .context("backup failed while uploading; no snapshot was written"));
         }
     };
 
     // 4. The index, then the manifest: until the manifest exists the snapshot does not.
     let sealed_index = index::seal(&archived.entries, &recipients)?;
+    let index = Object::Index(id.clone());
     let index_record = ObjectRecord {
-        key: Repository::index_key(&id),
+        key: index.key(),
         size: sealed_index.len() as u64,
         sha256: hex::encode(Sha256::digest(&sealed_index)),
     };
-    repo.store()
-        .put(&index_record.key, Bytes::from(sealed_index))
+    repo.put(&index, Bytes::from(sealed_index))
         .await
         .context("cannot upload the file index")?;
     let depends_on: BTreeSet<String> = archived
@@ -194,7 +197,7 @@ async fn run_locked(repo: &Repository, options: &BackupOptions) -> Result<Manife
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         r#final: options.r#final,
         archive: ArchiveInfo {
-            key: archive_key,
+            key: archive.key(),
             size: sealed.size,
             sha256: sealed.sha256,
             encoding: crate::archive::ENCODING.to_string(),

@@ -8,6 +8,7 @@ pub mod prune;
 pub mod restore;
 pub mod run;
 pub mod snapshots;
+pub mod unlock;
 pub mod verify;
 
 use std::collections::HashSet;

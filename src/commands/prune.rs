@@ -9,10 +9,11 @@ use std::collections::BTreeSet;
 use anyhow::Result;
 use chrono::{Duration, NaiveDateTime, Utc};
 
+use crate::layout::Object;
 use crate::lock::{Lock, Mode};
 use crate::repo::Repository;
 use crate::retention::{self, Policy};
-use crate::store::Retained;
+use crate::store::StoreError;
 
 pub struct PruneOptions {
     pub policy: Policy,
@@ -63,18 +64,18 @@ async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {
     }
     let mut retained = 0;
     for decision in &forget {
-        let manifest = snapshots
-            .iter()
-            .find(|m| m.id == decision.id)
-            .expect("decided from this list");
-        let mut keys = vec![format!("snapshots/{}.json", manifest.id)];
-        keys.extend(manifest.index.as_ref().map(|i| i.key.clone()));
-        keys.push(manifest.archive.key.clone());
-        for key in keys {
-            match repo.store().delete(&key).await {
-                Err(err) if err.downcast_ref::<Retained>().is_some() => {
+        // The keys come from the id, never from what a manifest names: a forged manifest
+        // cannot make prune delete another snapshot's objects.
+        let id = &decision.id;
+        for object in [
+            Object::Manifest(id.clone()),
+            Object::Index(id.clone()),
+            Object::Archive(id.clone()),
+        ] {
+            match repo.delete(&object).await {
+                Err(err @ StoreError::Retained { .. }) => {
                     retained += 1;
-                    println!("kept {key}: {err}");
+                    println!("kept {object}: {err}");
                     break; // the rest of the snapshot stays whole, restorable
                 }
                 other => other?,
@@ -95,15 +96,9 @@ async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {
 async fn delete_orphans(repo: &Repository, kept: &BTreeSet<String>) -> Result<u64> {
     let listed: BTreeSet<String> = repo.snapshots().await?.into_iter().map(|m| m.id).collect();
     let mut removed = 0;
-    for prefix in ["archives/", "indexes/"] {
-        for object in repo.store().list(prefix).await? {
-            let name = &object.key[prefix.len()..];
-            let Some(id) = name
-                .strip_suffix(".tar.zst.age")
-                .or_else(|| name.strip_suffix(".json.zst.age"))
-            else {
-                continue; // not ours
-            };
+    for kind in [Object::Archive, Object::Index] {
+        for object in repo.list(kind).await? {
+            let id = object.id().expect("archives and indexes have ids");
             if listed.contains(id) || kept.contains(id) {
                 continue;
             }
@@ -116,8 +111,8 @@ async fn delete_orphans(repo: &Repository, kept: &BTreeSet<String>) -> Result<u6
             if Utc::now().naive_utc() - time < ORPHAN_AGE {
                 continue;
             }
-            match repo.store().delete(&object.key).await {
-                Err(err) if err.downcast_ref::<Retained>().is_some() => {}
+            match repo.delete(&object).await {
+                Err(StoreError::Retained { .. }) => {}
                 other => {
                     other?;
                     removed += 1;

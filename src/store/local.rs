@@ -6,12 +6,14 @@
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::{ChunkStream, Conflict, NotFound, ObjectInfo, ObjectReader, Store, check_key};
+use super::{
+    ChunkStream, ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, check_key,
+};
 
 const PARTIAL_MARK: &str = ".partial-";
 
@@ -30,7 +32,8 @@ impl LocalStore {
     }
 
     /// Writes `key` through a temporary file: `fill` writes the content, then the file is
-    /// fsynced and renamed into place. On any error the temporary file is removed.
+    /// fsynced and renamed into place. On any error the temporary file is removed. (A
+    /// directory has no retention: [`Retention`] is not asked.)
     async fn write_via_temp<F>(&self, key: &str, fill: F) -> Result<u64>
     where
         F: AsyncFnOnce(&mut tokio::fs::File) -> Result<u64>,
@@ -57,24 +60,24 @@ impl LocalStore {
             file.sync_all().await?;
             tokio::fs::rename(&temp, &path).await?;
             sync_dir(dir).await?;
-            Ok::<_, anyhow::Error>(size)
+            Ok::<_, StoreError>(size)
         }
         .await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&temp).await;
         }
-        result.with_context(|| format!("cannot write {}", path.display()))
+        result.map_err(|err| err.context(format!("cannot write {}", path.display())))
     }
 }
 
-async fn sync_dir(dir: &Path) -> Result<()> {
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     tokio::fs::File::open(dir).await?.sync_all().await?;
     Ok(())
 }
 
 #[async_trait]
 impl Store for LocalStore {
-    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+    async fn put(&self, key: &str, data: Bytes, _: Retention) -> Result<()> {
         self.write_via_temp(key, async |file| {
             file.write_all(&data).await?;
             Ok(data.len() as u64)
@@ -83,7 +86,7 @@ impl Store for LocalStore {
         Ok(())
     }
 
-    async fn put_stream(&self, key: &str, mut body: ChunkStream) -> Result<u64> {
+    async fn put_stream(&self, key: &str, mut body: ChunkStream, _: Retention) -> Result<u64> {
         self.write_via_temp(key, async |file| {
             let mut size = 0;
             while let Some(chunk) = body.next().await? {
@@ -100,9 +103,13 @@ impl Store for LocalStore {
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NotFound(key.to_string()).into());
+                return Err(StoreError::NotFound(key.to_string()));
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open {}", path.display()))
+                    .map_err(Into::into);
+            }
         };
         file.seek(SeekFrom::Start(offset)).await?;
         Ok(Box::new(file))
@@ -111,13 +118,13 @@ impl Store for LocalStore {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let root = self.root.clone();
         let prefix = prefix.to_string();
-        tokio::task::spawn_blocking(move || {
+        let listing = tokio::task::spawn_blocking(move || {
             let mut found = Vec::new();
             list_dir(&root, "", &prefix, &mut found)?;
             found.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(found)
-        })
-        .await?
+        });
+        listing.await.map_err(anyhow::Error::from)?
     }
 
     async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>> {
@@ -127,7 +134,9 @@ impl Store for LocalStore {
                 Ok(Some((Bytes::from(bytes), version)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {key}")),
+            Err(e) => Err(anyhow::Error::from(e)
+                .context(format!("cannot read {key}"))
+                .into()),
         }
     }
 
@@ -135,33 +144,35 @@ impl Store for LocalStore {
         // The compare and the swap happen under an exclusive lock on a sidecar file, so
         // writers on this host (or sharing this filesystem's locks) cannot interleave.
         let lock_path = self.path(&format!("{key}.lock"))?;
-        let guard = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+        let guard = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
             std::fs::create_dir_all(lock_path.parent().unwrap())?;
             let file = std::fs::File::options()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&lock_path)?;
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
             Ok(file)
-        })
-        .await??;
+        });
+        let guard = guard
+            .await
+            .map_err(anyhow::Error::from)?
+            .with_context(|| format!("cannot lock {key} for a conditional write"))?;
         let current = self.get_versioned(key).await?.map(|(_, version)| version);
         if current.as_deref() != expected {
-            return Err(Conflict(key.to_string()).into());
+            return Err(StoreError::Conflict(key.to_string()));
         }
         let version = content_version(&data);
-        self.put(key, data).await?;
+        self.put(key, data, Retention::Replaceable).await?;
         drop(guard);
         Ok(version)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         match tokio::fs::remove_file(self.path(key)?).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::Error::from(e).context(format!("cannot delete {key}")).into())
+            }
             _ => Ok(()),
         }
     }
@@ -174,7 +185,12 @@ fn content_version(bytes: &[u8]) -> String {
 
 /// Collects the objects below `dir` (whose key so far is `base`) that match `prefix`,
 /// descending only into directories that can hold such keys.
-fn list_dir(dir: &Path, base: &str, prefix: &str, found: &mut Vec<ObjectInfo>) -> Result<()> {
+fn list_dir(
+    dir: &Path,
+    base: &str,
+    prefix: &str,
+    found: &mut Vec<ObjectInfo>,
+) -> anyhow::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -204,71 +220,4 @@ fn list_dir(dir: &Path, base: &str, prefix: &str, found: &mut Vec<ObjectInfo>) -
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::chunk_channel;
-    use tokio::io::AsyncReadExt;
-
-    #[tokio::test]
-    async fn abandoned_stream_leaves_no_object_and_no_partial_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
-        let (tx, rx) = chunk_channel(1);
-        let producer = std::thread::spawn(move || {
-            tx.send(Bytes::from_static(b"half an archive")).unwrap();
-            drop(tx); // the archive writer failed: no finish()
-        });
-        let err = store.put_stream("archives/a", rx).await.unwrap_err();
-        producer.join().unwrap();
-        assert!(format!("{err:#}").contains("abandoned"), "{err:#}");
-        assert!(store.list("").await.unwrap().is_empty());
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("archives"))
-            .unwrap()
-            .collect();
-        assert!(
-            leftovers.is_empty(),
-            "partial file left behind: {leftovers:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn finished_stream_is_listed_and_read_from_an_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
-        let (tx, rx) = chunk_channel(1);
-        let producer = std::thread::spawn(move || {
-            tx.send(Bytes::from_static(b"hello ")).unwrap();
-            tx.send(Bytes::from_static(b"world")).unwrap();
-            tx.finish().unwrap();
-        });
-        assert_eq!(store.put_stream("archives/a", rx).await.unwrap(), 11);
-        producer.join().unwrap();
-        store
-            .put("snapshots/a.json", Bytes::from_static(b"{}"))
-            .await
-            .unwrap();
-        let listed = store.list("archives/").await.unwrap();
-        assert_eq!(
-            listed,
-            vec![ObjectInfo {
-                key: "archives/a".into(),
-                size: 11
-            }]
-        );
-        let mut text = String::new();
-        store
-            .get("archives/a", 6)
-            .await
-            .unwrap()
-            .read_to_string(&mut text)
-            .await
-            .unwrap();
-        assert_eq!(text, "world");
-        let missing = store.get("archives/b", 0).await.err().unwrap();
-        assert!(missing.downcast_ref::<NotFound>().is_some());
-        assert!(store.get("../etc/passwd", 0).await.is_err());
-    }
 }

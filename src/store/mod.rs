@@ -2,7 +2,6 @@
 //! repository. Like Litestream's `ReplicaClient`, the trait is small on purpose, so a new
 //! backend touches nothing else: [`local`] (a directory, the embedded default) and [`s3`].
 
-use anyhow::{Result, bail};
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
@@ -12,31 +11,62 @@ pub mod local;
 pub mod resume;
 pub mod s3;
 
-/// The error a store returns when a key does not exist; find it with
-/// `err.downcast_ref::<NotFound>()`.
+/// What a store's operations fail with. The cases a caller acts on have their own variant;
+/// everything else (an unreachable server, access denied, a full disk) is [`Other`]
+/// carrying a sentence that says what to fix.
+///
+/// [`Other`]: StoreError::Other
 #[derive(Debug, thiserror::Error)]
-#[error("object {0} not found in the repository")]
-pub struct NotFound(pub String);
-
-/// The error of a conditional write whose condition did not hold: someone else wrote the
-/// object since it was read.
-#[derive(Debug, thiserror::Error)]
-#[error("object {0} was changed by someone else")]
-pub struct Conflict(pub String);
-
-/// The error of a delete refused because the object is under S3 Object Lock retention.
-#[derive(Debug, thiserror::Error)]
-#[error("{key} is under Object Lock retention until {until}")]
-pub struct Retained {
-    pub key: String,
-    pub until: String,
+pub enum StoreError {
+    /// The key does not exist.
+    #[error("object {0} not found in the repository")]
+    NotFound(String),
+    /// A conditional write whose condition did not hold: someone else wrote the object
+    /// since it was read.
+    #[error("object {0} was changed by someone else")]
+    Conflict(String),
+    /// A delete refused because the object is under S3 Object Lock retention.
+    #[error("{key} is under Object Lock retention until {until}")]
+    Retained { key: String, until: String },
+    /// A streamed upload whose producer gave up before finishing (the archive could not
+    /// be completed): the producer's own error is the one to report.
+    #[error("the archive stream was abandoned before it was complete")]
+    Abandoned,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
 }
 
-/// The error a streamed upload fails with when its producer gave up before finishing (the
-/// archive could not be completed): the producer's own error is the one to report.
-#[derive(Debug, thiserror::Error)]
-#[error("the archive stream was abandoned before it was complete")]
-pub struct Abandoned;
+impl StoreError {
+    /// Says what was being done, on an untyped error; the typed cases speak for themselves
+    /// and stay matchable.
+    pub fn context<C>(self, what: C) -> Self
+    where
+        C: std::fmt::Display + Send + Sync + 'static,
+    {
+        match self {
+            StoreError::Other(err) => StoreError::Other(err.context(what)),
+            typed => typed,
+        }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(err: std::io::Error) -> Self {
+        StoreError::Other(err.into())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Whether an object is kept under the store's retention (S3 Object Lock), if the store
+/// has one. The repository layout decides ([`crate::layout::Object::retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// A part of a snapshot: under retention, no one can delete or overwrite it early.
+    Retain,
+    /// Replaced and deleted freely (locks, the lease).
+    Replaceable,
+}
 
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +80,16 @@ pub type ObjectReader = Box<dyn AsyncRead + Send + Unpin>;
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Writes a small object whole, replacing any object under `key`.
-    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    async fn put(&self, key: &str, data: Bytes, retention: Retention) -> Result<()>;
 
     /// Writes an object from a stream of chunks and returns its size. The object becomes
     /// visible only when the stream ends with [`ChunkSender::finish`]; if the producer gives
-    /// up, or anything fails, nothing is left under `key` (and no upload is left open).
-    async fn put_stream(&self, key: &str, body: ChunkStream) -> Result<u64>;
+    /// up ([`StoreError::Abandoned`]), or anything fails, nothing is left under `key` (and
+    /// no upload is left open).
+    async fn put_stream(&self, key: &str, body: ChunkStream, retention: Retention)
+    -> Result<u64>;
 
-    /// Reads an object from byte `offset` to its end. Fails with [`NotFound`].
+    /// Reads an object from byte `offset` to its end. Fails with [`StoreError::NotFound`].
     async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader>;
 
     /// Objects whose key starts with `prefix`, sorted by key.
@@ -68,12 +100,13 @@ pub trait Store: Send + Sync {
     async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>>;
 
     /// Writes a small object only if its version is still `expected` (`None`: only if it
-    /// does not exist), and returns the new version; fails with [`Conflict`] otherwise.
+    /// does not exist), and returns the new version; fails with [`StoreError::Conflict`]
+    /// otherwise.
     /// The compare-and-swap that keeps two writers of one lease apart.
     async fn put_if(&self, key: &str, data: Bytes, expected: Option<&str>) -> Result<String>;
 
     /// Deletes an object; deleting a missing object is not an error. Fails with
-    /// [`Retained`] for an object still under Object Lock retention.
+    /// [`StoreError::Retained`] for an object still under Object Lock retention.
     async fn delete(&self, key: &str) -> Result<()>;
 }
 
@@ -117,7 +150,7 @@ impl ChunkStream {
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
         match self.rx.recv().await {
             Some(chunk) => Ok(chunk),
-            None => Err(Abandoned.into()),
+            None => Err(StoreError::Abandoned),
         }
     }
 }
@@ -130,7 +163,7 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
             .split('/')
             .any(|part| part.is_empty() || part == "." || part == "..")
     {
-        bail!("invalid object key {key:?}");
+        return Err(anyhow::anyhow!("invalid object key {key:?}").into());
     }
     Ok(())
 }

@@ -12,10 +12,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use anyhow::Result;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::{NotFound, ObjectReader};
+use super::{ObjectReader, Result, StoreError};
 
 /// Failed reads in a row, without a byte of progress in between, before giving up.
 pub const MAX_RESUMES: u32 = 5;
@@ -69,10 +68,10 @@ impl ResumingReader {
     }
 
     /// Counts a failure and schedules the next attempt, or gives up with `err`.
-    fn retry_after(&mut self, err: anyhow::Error) -> io::Result<()> {
+    fn retry_after(&mut self, err: StoreError) -> io::Result<()> {
         self.failures += 1;
         // A missing object will not come back: no point in asking again.
-        if self.failures > MAX_RESUMES || err.downcast_ref::<NotFound>().is_some() {
+        if self.failures > MAX_RESUMES || matches!(err, StoreError::NotFound(_)) {
             self.state = State::Failed;
             return Err(io::Error::other(format!(
                 "reading {} failed at byte {} after {} attempts in a row: {err:#}",
@@ -208,7 +207,7 @@ mod tests {
         let counter = calls.clone();
         let mut reader = ResumingReader::new("obj".into(), flaky(0, 5), 0, move |_| {
             counter.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Err(anyhow::anyhow!("connection refused")) })
+            Box::pin(async { Err(anyhow::anyhow!("connection refused").into()) })
         })
         .without_backoff();
         let mut got = Vec::new();
@@ -224,7 +223,7 @@ mod tests {
         let counter = calls.clone();
         let mut reader = ResumingReader::new("obj".into(), flaky(0, 5), 0, move |_| {
             counter.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Err(NotFound("obj".into()).into()) })
+            Box::pin(async { Err(StoreError::NotFound("obj".into())) })
         })
         .without_backoff();
         let mut got = Vec::new();

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 
 use super::resume::ResumingReader;
 use super::{
-    ChunkStream, Conflict, NotFound, ObjectInfo, ObjectReader, Retained, Store, check_key,
+    ChunkStream, ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, check_key,
 };
 
 /// How to reach the bucket; everything else comes from the AWS default chain.
@@ -48,7 +48,8 @@ pub struct S3Options {
     pub max_attempts: u32,
     /// Parts uploaded at once; with the part size this bounds upload memory.
     pub parallel_parts: usize,
-    /// S3 Object Lock retention for snapshot objects, on a bucket with Object Lock.
+    /// S3 Object Lock retention for objects put with [`Retention::Retain`] (the parts of a
+    /// snapshot), on a bucket with Object Lock.
     pub object_lock: Option<ObjectLock>,
 }
 
@@ -67,14 +68,6 @@ pub struct S3Store {
     object_lock: Option<ObjectLock>,
 }
 
-/// Snapshot objects get the Object Lock retention; locks and the lease must stay
-/// replaceable and deletable.
-fn is_snapshot_object(key: &str) -> bool {
-    ["archives/", "indexes/", "snapshots/"]
-        .iter()
-        .any(|prefix| key.starts_with(prefix))
-}
-
 /// Content-MD5, which S3 requires on every upload that carries a retention period.
 fn content_md5(data: &[u8]) -> String {
     use base64::Engine;
@@ -83,7 +76,11 @@ fn content_md5(data: &[u8]) -> String {
 }
 
 impl S3Store {
-    pub async fn connect(bucket: &str, prefix: &str, options: &S3Options) -> Result<Self> {
+    pub async fn connect(
+        bucket: &str,
+        prefix: &str,
+        options: &S3Options,
+    ) -> anyhow::Result<Self> {
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
@@ -138,12 +135,16 @@ impl S3Store {
         })
     }
 
-    /// The retention for an object under `key`, if any: (mode, retain until).
-    fn retention(&self, key: &str) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
+    /// The Object Lock settings for a new object, if it is to be retained and the bucket
+    /// is configured for it: (mode, retain until).
+    fn object_lock(
+        &self,
+        retention: Retention,
+    ) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
         let lock = self
             .object_lock
             .as_ref()
-            .filter(|_| is_snapshot_object(key))?;
+            .filter(|_| retention == Retention::Retain)?;
         let until = chrono::Utc::now() + chrono::Duration::days(lock.days.into());
         Some((
             lock.mode.clone(),
@@ -203,16 +204,19 @@ impl S3Store {
         let mut parts = Vec::new();
         let mut number = 0i32;
         let mut size = 0u64;
-        let mut slot = slots.clone().acquire_owned().await?;
+        let mut slot = slots.clone().acquire_owned().await.map_err(anyhow::Error::from)?;
         while let Some(chunk) = next {
             number += 1;
             if number > 10_000 {
-                bail!("the archive needs more than 10,000 parts: raise --part-size");
+                return Err(anyhow!(
+                    "the archive needs more than 10,000 parts: raise --part-size"
+                )
+                .into());
             }
             size += chunk.len() as u64;
             // Surface a failed part early instead of uploading the rest for nothing.
             while let Some(done) = in_flight.try_join_next() {
-                parts.push(done??);
+                parts.push(done.map_err(anyhow::Error::from)??);
             }
             let request = self
                 .client
@@ -238,11 +242,11 @@ impl S3Store {
             });
             // Take the next part's slot before the part itself: while every slot is busy the
             // producer waits holding its chunk, instead of this loop holding one more.
-            slot = slots.clone().acquire_owned().await?;
+            slot = slots.clone().acquire_owned().await.map_err(anyhow::Error::from)?;
             next = body.next().await?;
         }
         while let Some(done) = in_flight.join_next().await {
-            parts.push(done??);
+            parts.push(done.map_err(anyhow::Error::from)??);
         }
         parts.sort_by_key(|part| part.part_number);
         self.client
@@ -411,15 +415,16 @@ async fn open_range(
     let output = match request.send().await {
         Ok(output) => output,
         Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-            return Err(NotFound(key.to_string()).into());
+            return Err(StoreError::NotFound(key.to_string()));
         }
         // Asked for the rest of an object we had read to its last byte.
         Err(err) if offset > 0 && err.code() == Some("InvalidRange") => {
             return Ok((Box::new(tokio::io::empty()), None));
         }
         Err(err) => {
-            return Err(sdk_error(err, "get object", bucket))
-                .with_context(|| format!("cannot read s3://{bucket}/{object}"));
+            return Err(sdk_error(err, "get object", bucket)
+                .context(format!("cannot read s3://{bucket}/{object}"))
+                .into());
         }
     };
     if offset > 0
@@ -427,11 +432,12 @@ async fn open_range(
             .content_range()
             .is_some_and(|range| range.starts_with(&format!("bytes {offset}-")))
     {
-        bail!(
+        return Err(anyhow!(
             "cannot resume reading s3://{bucket}/{object}: the server answered a request for \
              bytes {offset}- with {:?}",
             output.content_range()
-        );
+        )
+        .into());
     }
     let etag = output.e_tag().map(str::to_string);
     Ok((Box::new(output.body.into_async_read()), etag))
@@ -439,9 +445,9 @@ async fn open_range(
 
 #[async_trait]
 impl Store for S3Store {
-    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+    async fn put(&self, key: &str, data: Bytes, retention: Retention) -> Result<()> {
         let object = self.object_key(key)?;
-        let (mode, until) = self.retention(key).unzip();
+        let (mode, until) = self.object_lock(retention).unzip();
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -457,13 +463,18 @@ impl Store for S3Store {
         Ok(())
     }
 
-    async fn put_stream(&self, key: &str, mut body: ChunkStream) -> Result<u64> {
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: ChunkStream,
+        retention: Retention,
+    ) -> Result<u64> {
         let object = self.object_key(key)?;
         let Some(first) = body.next().await? else {
-            self.put(key, Bytes::new()).await?;
+            self.put(key, Bytes::new(), retention).await?;
             return Ok(0);
         };
-        let (mode, until) = self.retention(key).unzip();
+        let (mode, until) = self.object_lock(retention).unzip();
         let upload = self
             .client
             .create_multipart_upload()
@@ -550,7 +561,7 @@ impl Store for S3Store {
         let (first, etag) =
             match open_range(&self.client, &self.bucket, &object, key, 0, None).await {
                 Ok(found) => found,
-                Err(err) if err.downcast_ref::<NotFound>().is_some() => return Ok(None),
+                Err(StoreError::NotFound(_)) => return Ok(None),
                 Err(err) => return Err(err),
             };
         let mut bytes = Vec::new();
@@ -577,10 +588,12 @@ impl Store for S3Store {
         };
         match request.send().await {
             Ok(output) => Ok(output.e_tag.unwrap_or_default()),
+            // 412: the condition failed; 409: a concurrent conditional write won; 404: the
+            // object to swap is gone.
             Err(err)
                 if matches!(
-                    err.raw_response().map(|r| r.status().as_u16()),
-                    Some(412 | 409)
+                    (err.raw_response().map(|r| r.status().as_u16()), expected),
+                    (Some(412 | 409), _) | (Some(404), Some(_))
                 ) =>
             {
                 // The SDK retries a write whose answer was lost, and the retry then finds
@@ -595,46 +608,47 @@ impl Store for S3Store {
                         );
                         Ok(version)
                     }
-                    _ => Err(Conflict(key.to_string()).into()),
+                    _ => Err(StoreError::Conflict(key.to_string())),
                 }
             }
-            Err(err) => Err(sdk_error(err, "put object", &self.bucket))
-                .with_context(|| format!("cannot write {}", self.describe(&object))),
+            Err(err) => Err(sdk_error(err, "put object", &self.bucket)
+                .context(format!("cannot write {}", self.describe(&object)))
+                .into()),
         }
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let object = self.object_key(key)?;
-        if is_snapshot_object(key) {
-            // Ask first: a retained object's delete would only fail with AccessDenied.
-            match self
-                .client
-                .head_object()
-                .bucket(&self.bucket)
-                .key(&object)
-                .send()
-                .await
-            {
-                Ok(head) => {
-                    if let Some(until) = head.object_lock_retain_until_date
-                        && until.secs() > chrono::Utc::now().timestamp()
-                    {
-                        let until =
-                            chrono::DateTime::from_timestamp(until.secs(), 0).unwrap_or_default();
-                        return Err(Retained {
-                            key: key.to_string(),
-                            until: until.to_rfc3339(),
-                        }
-                        .into());
-                    }
+        // Ask first: a retained object's delete would only fail with AccessDenied (or, on
+        // a versioned bucket, hide it behind a delete marker). Any object may be retained,
+        // whoever wrote it, so every delete asks.
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(head) => {
+                if let Some(until) = head.object_lock_retain_until_date
+                    && until.secs() > chrono::Utc::now().timestamp()
+                {
+                    let until =
+                        chrono::DateTime::from_timestamp(until.secs(), 0).unwrap_or_default();
+                    return Err(StoreError::Retained {
+                        key: key.to_string(),
+                        until: until.to_rfc3339(),
+                    });
                 }
-                Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
-                    return Ok(());
-                }
-                Err(err) => {
-                    return Err(sdk_error(err, "head object", &self.bucket))
-                        .with_context(|| format!("cannot delete {}", self.describe(&object)));
-                }
+            }
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                return Ok(());
+            }
+            Err(err) => {
+                return Err(sdk_error(err, "head object", &self.bucket)
+                    .context(format!("cannot delete {}", self.describe(&object)))
+                    .into());
             }
         }
         self.client
