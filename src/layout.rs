@@ -122,8 +122,14 @@ mod tests {
             Object::Archive(id.clone()).key(),
             format!("archives/{id}.tar.zst.age")
         );
-        assert_eq!(Object::Index(id.clone()).key(), format!("indexes/{id}.json.zst.age"));
-        assert_eq!(Object::Manifest(id.clone()).key(), format!("snapshots/{id}.json"));
+        assert_eq!(
+            Object::Index(id.clone()).key(),
+            format!("indexes/{id}.json.zst.age")
+        );
+        assert_eq!(
+            Object::Manifest(id.clone()).key(),
+            format!("snapshots/{id}.json")
+        );
         assert_eq!(Object::Lock(id.clone()).key(), format!("locks/{id}.json"));
         assert_eq!(Object::Lease.key(), "lease.json");
     }

@@ -199,7 +199,10 @@ pub async fn check_restore(repo: &Repository, owner: &str, break_lease: bool) ->
         Found::Absent => return Ok(()),
         Found::Lease(lease, _) => lease,
         Found::Junk(err, _) if break_lease => {
-            tracing::warn!(problem = junk_message(&err), "--break-lease: restoring anyway");
+            tracing::warn!(
+                problem = junk_message(&err),
+                "--break-lease: restoring anyway"
+            );
             return Ok(());
         }
         Found::Junk(err, _) => bail!(

@@ -432,7 +432,9 @@ mod tests {
             pid_namespace: None,
             ..lock_of(dead_pid(), Mode::Exclusive)
         };
-        repo.delete(&Object::Lock("container".into())).await.unwrap();
+        repo.delete(&Object::Lock("container".into()))
+            .await
+            .unwrap();
         place(&repo, "old", &old).await;
         assert!(!prune_may_run(&repo).await);
         // Once expired, any host may remove it.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ghostwire_backup::lease::{Held, check_restore};
 use ghostwire_backup::repo::Repository;
-use ghostwire_backup::store::{Retention, StoreError};
 use ghostwire_backup::store::s3::S3Options;
+use ghostwire_backup::store::{Retention, StoreError};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_conditional_writes_fence_a_second_writer() {

@@ -68,10 +68,32 @@ fn a_junk_lock_names_unlock_which_removes_it_with_the_stale_ones_and_all_the_liv
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let hour = Duration::hours(1);
-    place_lock(&repo, "20261201T000000.000Z-00000001", std::process::id(), HOST, hour);
-    place_lock(&repo, "20261201T000000.000Z-00000002", dead_pid(), HOST, hour);
-    place_lock(&repo, "20261201T000000.000Z-00000003", 1, "elsewhere", -hour);
-    write_lock(&repo, "20261201T000000.000Z-00000000", b"\x00\x01 not a lock");
+    place_lock(
+        &repo,
+        "20261201T000000.000Z-00000001",
+        std::process::id(),
+        HOST,
+        hour,
+    );
+    place_lock(
+        &repo,
+        "20261201T000000.000Z-00000002",
+        dead_pid(),
+        HOST,
+        hour,
+    );
+    place_lock(
+        &repo,
+        "20261201T000000.000Z-00000003",
+        1,
+        "elsewhere",
+        -hour,
+    );
+    write_lock(
+        &repo,
+        "20261201T000000.000Z-00000000",
+        b"\x00\x01 not a lock",
+    );
 
     // The junk lock stops a prune with an error that says what to do, every time.
     let mut prune = agent();
@@ -95,7 +117,10 @@ fn a_junk_lock_names_unlock_which_removes_it_with_the_stale_ones_and_all_the_liv
         "kept locks/20261201T000000.000Z-00000001.json: it may still be held",
         "removed 3 of 4 locks",
     ] {
-        assert!(report.contains(removed), "{removed:?} missing from:\n{report}");
+        assert!(
+            report.contains(removed),
+            "{removed:?} missing from:\n{report}"
+        );
     }
     assert_eq!(
         locks_left(&repo),

@@ -97,11 +97,27 @@ async fn put_get_list_delete(backend: &Backend) {
     );
     assert!(store.list("nothing/").await.unwrap().is_empty(), "{name}");
 
-    assert_eq!(read_all(store, "basic/a", 0).await, b"hello world", "{name}");
-    assert_eq!(read_all(store, "basic/a", 6).await, b"world", "{name}: offset");
-    assert_eq!(read_all(store, "basic/a", 11).await, b"", "{name}: offset at the end");
+    assert_eq!(
+        read_all(store, "basic/a", 0).await,
+        b"hello world",
+        "{name}"
+    );
+    assert_eq!(
+        read_all(store, "basic/a", 6).await,
+        b"world",
+        "{name}: offset"
+    );
+    assert_eq!(
+        read_all(store, "basic/a", 11).await,
+        b"",
+        "{name}: offset at the end"
+    );
     put(store, "basic/a", b"replaced").await;
-    assert_eq!(read_all(store, "basic/a", 0).await, b"replaced", "{name}: put replaces");
+    assert_eq!(
+        read_all(store, "basic/a", 0).await,
+        b"replaced",
+        "{name}: put replaces"
+    );
 
     match store.get("basic/missing", 0).await {
         Err(StoreError::NotFound(key)) => assert_eq!(key, "basic/missing", "{name}"),
@@ -173,7 +189,11 @@ async fn streams_appear_only_when_finished(backend: &Backend) {
     finish_tx.send(()).unwrap();
     let size = upload.await.unwrap().unwrap();
     producer.join().unwrap();
-    assert_eq!(size, expected.len() as u64, "{name}: put_stream returns the size");
+    assert_eq!(
+        size,
+        expected.len() as u64,
+        "{name}: put_stream returns the size"
+    );
     assert_eq!(
         store.list("stream/").await.unwrap(),
         [ObjectInfo {
@@ -182,7 +202,10 @@ async fn streams_appear_only_when_finished(backend: &Backend) {
         }],
         "{name}"
     );
-    assert!(read_all(&**store, key, 0).await == expected, "{name}: content");
+    assert!(
+        read_all(&**store, key, 0).await == expected,
+        "{name}: content"
+    );
     let from = PART as u64 + 7;
     assert!(
         read_all(&**store, key, from).await == expected[from as usize..],
@@ -195,7 +218,10 @@ async fn streams_appear_only_when_finished(backend: &Backend) {
         .join()
         .unwrap();
     assert_eq!(
-        store.put_stream("stream/empty", rx, Retention::Retain).await.unwrap(),
+        store
+            .put_stream("stream/empty", rx, Retention::Retain)
+            .await
+            .unwrap(),
         0,
         "{name}"
     );
@@ -327,8 +353,7 @@ async fn racing_writers_exactly_one_wins(backend: &Backend) {
     }
 }
 
-type Reopened =
-    std::pin::Pin<Box<dyn Future<Output = Result<ObjectReader, StoreError>> + Send>>;
+type Reopened = std::pin::Pin<Box<dyn Future<Output = Result<ObjectReader, StoreError>> + Send>>;
 
 /// Hands out `limit` bytes of `inner`, then fails like a connection reset.
 struct CutAfter {
@@ -390,7 +415,11 @@ async fn reads_resume_where_they_stopped(backend: &Backend) {
         .await
         .unwrap_or_else(|e| panic!("{name}: resumed read: {e}"));
     assert!(resumed == content, "{name}: a resumed read is the object");
-    assert_eq!(reopened.load(Ordering::SeqCst), 4, "{name}: resumed 4 times");
+    assert_eq!(
+        reopened.load(Ordering::SeqCst),
+        4,
+        "{name}: resumed 4 times"
+    );
 
     // A real connection cut in the middle of a download.
     if let Some(cut) = &backend.cut_next_download {
@@ -455,8 +484,11 @@ fn serial_s3_server(dir: &std::path::Path) -> common::S3Server {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     // Read by S3Server::start, in this test binary only.
     unsafe { std::env::set_var("GWB_TEST_MOTO_SERVER", &wrapper) };
     common::S3Server::start()
@@ -510,11 +542,9 @@ async fn the_s3_store_keeps_the_contract() {
     contract(&Backend {
         name: "s3",
         store: Arc::new(store),
-        leftovers: Box::new(move || {
-            match uploads.open_uploads("contract", "repo/") {
-                0 => Vec::new(),
-                n => vec![format!("{n} open multipart uploads")],
-            }
+        leftovers: Box::new(move || match uploads.open_uploads("contract", "repo/") {
+            0 => Vec::new(),
+            n => vec![format!("{n} open multipart uploads")],
         }),
         cut_next_download: Some(Box::new(move |key| {
             cutter.force("GET", key, Fault::CutBody);

@@ -17,7 +17,11 @@ pub async fn run(repo: &Repository, all: bool) -> Result<()> {
             }
             Unlocked::Live { lock, holder } => {
                 removed += 1;
-                tracing::warn!(lock, holder, "--all: removed a live lock; if that run still goes on, another can now run alongside it");
+                tracing::warn!(
+                    lock,
+                    holder,
+                    "--all: removed a live lock; if that run still goes on, another can now run alongside it"
+                );
                 println!("removed {lock} (--all): {holder}");
             }
             Unlocked::Kept { lock, holder } => {

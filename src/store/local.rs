@@ -170,9 +170,9 @@ impl Store for LocalStore {
 
     async fn delete(&self, key: &str) -> Result<()> {
         match tokio::fs::remove_file(self.path(key)?).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(anyhow::Error::from(e).context(format!("cannot delete {key}")).into())
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::Error::from(e)
+                .context(format!("cannot delete {key}"))
+                .into()),
             _ => Ok(()),
         }
     }

@@ -86,8 +86,7 @@ pub trait Store: Send + Sync {
     /// visible only when the stream ends with [`ChunkSender::finish`]; if the producer gives
     /// up ([`StoreError::Abandoned`]), or anything fails, nothing is left under `key` (and
     /// no upload is left open).
-    async fn put_stream(&self, key: &str, body: ChunkStream, retention: Retention)
-    -> Result<u64>;
+    async fn put_stream(&self, key: &str, body: ChunkStream, retention: Retention) -> Result<u64>;
 
     /// Reads an object from byte `offset` to its end. Fails with [`StoreError::NotFound`].
     async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader>;

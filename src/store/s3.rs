@@ -76,11 +76,7 @@ fn content_md5(data: &[u8]) -> String {
 }
 
 impl S3Store {
-    pub async fn connect(
-        bucket: &str,
-        prefix: &str,
-        options: &S3Options,
-    ) -> anyhow::Result<Self> {
+    pub async fn connect(bucket: &str, prefix: &str, options: &S3Options) -> anyhow::Result<Self> {
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
@@ -204,14 +200,17 @@ impl S3Store {
         let mut parts = Vec::new();
         let mut number = 0i32;
         let mut size = 0u64;
-        let mut slot = slots.clone().acquire_owned().await.map_err(anyhow::Error::from)?;
+        let mut slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(anyhow::Error::from)?;
         while let Some(chunk) = next {
             number += 1;
             if number > 10_000 {
-                return Err(anyhow!(
-                    "the archive needs more than 10,000 parts: raise --part-size"
-                )
-                .into());
+                return Err(
+                    anyhow!("the archive needs more than 10,000 parts: raise --part-size").into(),
+                );
             }
             size += chunk.len() as u64;
             // Surface a failed part early instead of uploading the rest for nothing.
@@ -242,7 +241,11 @@ impl S3Store {
             });
             // Take the next part's slot before the part itself: while every slot is busy the
             // producer waits holding its chunk, instead of this loop holding one more.
-            slot = slots.clone().acquire_owned().await.map_err(anyhow::Error::from)?;
+            slot = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(anyhow::Error::from)?;
             next = body.next().await?;
         }
         while let Some(done) = in_flight.join_next().await {
