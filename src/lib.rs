@@ -4,7 +4,7 @@
 //! The modules read as the pipeline:
 //! [`profile`] (what Signal keeps where) → [`sqlite`] (consistent snapshots) → [`walk`]
 //! (what to keep) → [`archive`] (tar → zstd → age) → [`store`] (local directory or S3,
-//! behind one small trait) with [`repo`] and [`manifest`] (the repository format) →
+//! behind one small trait) with [`layout`], [`repo`] and [`manifest`] (the repository format) →
 //! [`unpack`] (safe extraction) and the restore gate. [`commands`] has one file per verb; `run` adds the
 //! [`schedule`] and [`metrics`] of the sidecar daemon.
 
