@@ -33,9 +33,9 @@ use crate::unpack::{self, UnpackOptions};
 
 /// Written last: a target with this file holds a complete, checked snapshot.
 pub const MARKER: &str = ".ghostwire-backup-restore.json";
-const STAGING: &str = ".ghostwire-backup-restore.tmp";
+pub const STAGING: &str = ".ghostwire-backup-restore.tmp";
 /// In the staging directory: the gate passed, the moves into place may begin.
-const READY: &str = ".ghostwire-backup-ready.json";
+pub const READY: &str = ".ghostwire-backup-ready.json";
 
 pub struct RestoreOptions {
     pub snapshot: Selector,

@@ -2,64 +2,21 @@
 //! local directory and to a real S3 server, restored into an empty directory, and checked
 //! with Signal's driver.
 
-mod common;
-
 use std::path::Path;
-use std::process::Command;
 
-use common::*;
+use ghostwire_backup::commands::restore::MARKER;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    profile: Profile,
-    identity: std::path::PathBuf,
-    recipient: String,
-}
+use crate::common::*;
 
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let profile = make_profile(&root.join("home"), &[]);
-    let (identity, recipient) = keygen(&root);
-    Setup {
-        _dir: dir,
-        root,
-        profile,
-        identity,
-        recipient,
-    }
-}
-
-fn backup(s: &Setup, configure: &dyn Fn(&mut Command)) -> String {
-    let mut command = agent();
-    configure(&mut command);
-    command
-        .arg("backup")
-        .arg("--source")
-        .arg(&s.profile.home)
-        .arg("--recipient")
-        .arg(&s.recipient);
-    command.arg("--staging-dir").arg(s.root.join("staging"));
-    run_ok(&mut command)
-}
-
-fn restore(s: &Setup, target: &Path, configure: &dyn Fn(&mut Command)) -> String {
-    let mut command = agent();
-    configure(&mut command);
-    command
-        .arg("restore")
-        .arg("--identity")
-        .arg(&s.identity)
-        .arg("--target")
-        .arg(target);
-    run_ok(&mut command)
+/// The default profile of make-profile.mjs.
+fn fixture() -> Fixture {
+    Fixture::new(&[])
 }
 
 /// The restored home holds every kept file byte for byte, none of the excludes, and a
 /// Signal database with every row, including those that lived only in the WAL.
-fn assert_restored_matches(s: &Setup, target: &Path) {
-    let expected = tree(&s.profile.home, &not_backed_up);
+fn assert_restored_matches(fx: &Fixture, target: &Path) {
+    let expected = tree(fx.home(), &not_backed_up);
     let restored = tree(target, &not_backed_up);
     assert_same_tree(&restored, &expected);
     let everything = tree(target, &|_| false);
@@ -82,21 +39,8 @@ fn assert_restored_matches(s: &Setup, target: &Path) {
             "{skipped} should not be restored"
         );
     }
-    assert!(
-        target.join(".ghostwire-backup-restore.json").exists(),
-        "no restore marker"
-    );
-    let db = check_db(
-        &target.join(".config/Signal/sql/db.sqlite"),
-        &s.profile.key,
-        None,
-    );
-    assert_eq!(db["integrity"], "ok");
-    assert_eq!(
-        db["messages"].as_u64().unwrap(),
-        s.profile.messages,
-        "rows lost (the WAL's?)"
-    );
+    assert!(target.join(MARKER).exists(), "no restore marker");
+    let db = assert_signal_db(target, &fx.profile.key, fx.profile.messages);
     // Plain SQLite databases are snapshots too: the WAL-only rows are in.
     assert_eq!(
         count_rows(&target.join(".local/share/kasm/state.sqlite"), "sessions"),
@@ -121,81 +65,48 @@ fn assert_restored_matches(s: &Setup, target: &Path) {
 
 #[test]
 fn local_repository_round_trip_restores_every_kept_byte() {
-    let s = setup();
-    let repo = s.root.join("backups");
-    let with_repo = |c: &mut Command| {
-        c.env("GWB_REPO", &repo);
-    };
-    let id = backup(&s, &with_repo);
-    let listed = run_ok(agent().env("GWB_REPO", &repo).args(["snapshots", "--json"]));
+    let fx = fixture();
+    let id = fx.backup().ok();
+    let listed = fx.agent().args(["snapshots", "--json"]).ok();
     let manifests: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(manifests[0]["id"], id.as_str());
     assert_eq!(manifests[0]["signal_db"]["check"], "ok");
     assert_eq!(manifests[0]["attachments"]["missing"], 0);
     assert!(manifests[0]["attachments"]["referenced"].as_u64().unwrap() > 0);
-    let target = s.root.join("restored");
-    assert_eq!(restore(&s, &target, &with_repo), id);
-    assert_restored_matches(&s, &target);
+    let target = fx.root.join("restored");
+    assert_eq!(fx.restore(&target).ok(), id);
+    assert_restored_matches(&fx, &target);
     // The live profile is untouched: its WAL is still there, unmerged.
-    assert!(s.profile.db().with_file_name("db.sqlite-wal").exists());
+    assert!(fx.profile.db().with_file_name("db.sqlite-wal").exists());
 }
 
 #[test]
 fn s3_round_trip_against_a_real_server() {
-    let s = setup();
-    let server = S3Server::start();
-    server.create_bucket("ghostwire");
-    let configure = |c: &mut Command| {
-        server.configure(c);
-        c.env("GWB_REPO", "s3://ghostwire/blue/prod");
-    };
+    let fx = fixture();
+    let server = S3Server::with_bucket("ghostwire");
+    let repo = "s3://ghostwire/blue/prod";
     // Small parts so the archive really goes up as a multipart upload.
-    let id = {
-        let mut command = agent();
-        configure(&mut command);
-        command
-            .arg("backup")
-            .arg("--source")
-            .arg(&s.profile.home)
-            .arg("--recipient")
-            .arg(&s.recipient);
-        command
-            .arg("--staging-dir")
-            .arg(s.root.join("staging"))
-            .args(["--part-size-mib", "5"]);
-        run_ok(&mut command)
-    };
-    let mut list = agent();
-    configure(&mut list);
-    assert!(run_ok(list.arg("snapshots")).contains(&id));
-    let target = s.root.join("restored");
-    assert_eq!(restore(&s, &target, &configure), id);
-    assert_restored_matches(&s, &target);
-    let mut verify = agent();
-    configure(&mut verify);
-    run_ok(
-        verify
-            .args(["verify", "--snapshot", &id])
-            .arg("--identity")
-            .arg(&s.identity),
-    );
+    let id = fx
+        .backup_with(server.agent(repo))
+        .args(["--part-size-mib", "5"])
+        .ok();
+    assert!(server.agent(repo).arg("snapshots").ok().contains(&id));
+    let target = fx.root.join("restored");
+    assert_eq!(fx.restore_with(server.agent(repo), &target).ok(), id);
+    assert_restored_matches(&fx, &target);
+    fx.verify_with(server.agent(repo), &id).ok();
 }
 
 #[test]
 fn backup_while_signal_writes_keeps_every_committed_row_and_never_blocks_the_writer() {
-    let s = setup();
-    let repo = s.root.join("backups");
-    let ids = s.root.join("ids.txt");
-    let writer = Writer::start(&s.profile.db(), &s.profile.key, &ids);
-    while writer.committed() < 200 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let fx = fixture();
+    let ids = fx.root.join("ids.txt");
+    let writer = Writer::start(&fx.profile.db(), &fx.profile.key, &ids);
+    writer.wait_for(200);
     // Every id the writer reported before the backup began must be in the snapshot.
-    let before = s.root.join("before.txt");
+    let before = fx.root.join("before.txt");
     std::fs::copy(&ids, &before).unwrap();
-    backup(&s, &|c| {
-        c.env("GWB_REPO", &repo);
-    });
+    fx.backup().ok();
     let during = writer.committed();
     let report = writer.stop();
     assert_eq!(report["busy"], 0, "the writer hit SQLITE_BUSY: {report}");
@@ -203,13 +114,11 @@ fn backup_while_signal_writes_keeps_every_committed_row_and_never_blocks_the_wri
         during > 200,
         "the writer made no progress during the backup"
     );
-    let target = s.root.join("restored");
-    restore(&s, &target, &|c| {
-        c.env("GWB_REPO", &repo);
-    });
+    let target = fx.root.join("restored");
+    fx.restore(&target).ok();
     let db = check_db(
         &target.join(".config/Signal/sql/db.sqlite"),
-        &s.profile.key,
+        &fx.profile.key,
         Some(&before),
     );
     assert_eq!(db["integrity"], "ok");
@@ -221,35 +130,17 @@ fn backup_while_signal_writes_keeps_every_committed_row_and_never_blocks_the_wri
 
 #[test]
 fn stock_tools_restore_the_archive_without_the_agent() {
-    let s = setup();
-    let repo = s.root.join("backups");
-    let id = backup(&s, &|c| {
-        c.env("GWB_REPO", &repo);
-    });
-    let archive = repo.join(format!("archives/{id}.tar.zst.age"));
-    let target = s.root.join("by-hand");
+    let fx = fixture();
+    let id = fx.backup().ok();
+    let target = fx.root.join("by-hand");
     std::fs::create_dir(&target).unwrap();
-    let status = Command::new("bash")
-        .arg("-c")
-        .arg("set -o pipefail; age -d -i \"$1\" \"$2\" | zstd -d | tar -x -C \"$3\"")
-        .args([
-            "sh",
-            s.identity.to_str().unwrap(),
-            archive.to_str().unwrap(),
-            target.to_str().unwrap(),
-        ])
-        .status()
-        .expect("Debian's age, zstd and tar are installed (scripts/test.sh)");
-    assert!(status.success());
+    stock_tools(
+        "age -d -i \"$1\" \"$2\" | zstd -d | tar -x -C \"$3\"",
+        &[&fx.identity, &fx.archive(&id), &target],
+    );
     assert_eq!(
         tree(&target, &not_backed_up),
-        tree(&s.profile.home, &not_backed_up)
+        tree(fx.home(), &not_backed_up)
     );
-    let db = check_db(
-        &target.join(".config/Signal/sql/db.sqlite"),
-        &s.profile.key,
-        None,
-    );
-    assert_eq!(db["integrity"], "ok");
-    assert_eq!(db["messages"].as_u64().unwrap(), s.profile.messages);
+    assert_signal_db(&target, &fx.profile.key, fx.profile.messages);
 }

@@ -10,25 +10,22 @@
 //! The default suite runs a few trials; `scripts/crash-trials.sh` runs the long version
 //! (`GWB_CRASH_TRIALS`, default 50 of each kind). `GWB_CRASH_SEED` replays a run.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use ghostwire_backup::catalog;
+use ghostwire_backup::commands::restore::{MARKER, READY, STAGING};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "ghostwire";
-const MARKER: &str = ".ghostwire-backup-restore.json";
-const STAGING: &str = ".ghostwire-backup-restore.tmp";
-const READY: &str = ".ghostwire-backup-ready.json";
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Repo {
@@ -36,101 +33,52 @@ enum Repo {
     S3,
 }
 
+/// The fixture, and an S3 server beside its local repository.
 struct Lab {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    profile: Profile,
-    identity: PathBuf,
-    recipient: String,
+    fx: Fixture,
     server: S3Server,
 }
 
 impl Lab {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let profile = make_profile(
-            &root.join("home"),
-            &["--messages", "1500", "--attachments", "24"],
-        );
-        let (identity, recipient) = keygen(&root);
-        let server = S3Server::start();
-        server.create_bucket(BUCKET);
         Self {
-            _dir: dir,
-            root,
-            profile,
-            identity,
-            recipient,
-            server,
+            fx: Fixture::new(&["--messages", "1500", "--attachments", "24"]),
+            server: S3Server::with_bucket(BUCKET),
         }
     }
 
-    fn agent(&self, repo: Repo) -> Command {
-        let mut command = agent();
+    fn agent(&self, repo: Repo) -> TestCommand {
         match repo {
-            Repo::Local => {
-                command.env("GWB_REPO", self.root.join("backups"));
-            }
-            Repo::S3 => {
-                self.server.configure(&mut command);
-                command.env("GWB_REPO", format!("s3://{BUCKET}/crash"));
-            }
+            Repo::Local => self.fx.agent(),
+            Repo::S3 => self.server.agent(&format!("s3://{BUCKET}/crash")),
         }
+    }
+
+    fn backup(&self, repo: Repo) -> TestCommand {
+        let mut command = self.fx.backup_with(self.agent(repo));
+        command.args(["--part-size-mib", "5"]);
         command
     }
 
-    fn backup(&self, repo: Repo) -> Command {
-        let mut command = self.agent(repo);
-        command
-            .arg("backup")
-            .arg("--source")
-            .arg(&self.profile.home)
-            .arg("--recipient")
-            .arg(&self.recipient)
-            .arg("--staging-dir")
-            .arg(self.root.join("staging"))
-            .args(["--part-size-mib", "5"]);
-        command
-    }
-
-    fn restore(&self, repo: Repo, target: &Path) -> Command {
-        let mut command = self.agent(repo);
-        command
-            .arg("restore")
-            .arg("--if-empty")
-            .arg("--identity")
-            .arg(&self.identity)
-            .arg("--target")
-            .arg(target);
+    fn restore(&self, repo: Repo, target: &Path) -> TestCommand {
+        let mut command = self.fx.restore_with(self.agent(repo), target);
+        command.arg("--if-empty");
         command
     }
 
     fn listed(&self, repo: Repo) -> Vec<String> {
-        let json = run_ok(self.agent(repo).args(["snapshots", "--json"]));
-        serde_json::from_str::<serde_json::Value>(&json)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap().to_string())
-            .collect()
+        snapshot_ids(&mut self.agent(repo))
     }
 
     fn verify(&self, repo: Repo, id: &str) {
-        run_ok(
-            self.agent(repo)
-                .args(["verify", "--snapshot", id])
-                .arg("--identity")
-                .arg(&self.identity),
-        );
+        self.fx.verify_with(self.agent(repo), id).ok();
     }
 
     /// Archive objects in the repository (complete ones; a local `*.partial-*` file or an
     /// open S3 upload is not an object).
     fn archives(&self, repo: Repo) -> BTreeSet<String> {
         match repo {
-            Repo::Local => std::fs::read_dir(self.root.join("backups/archives"))
+            Repo::Local => std::fs::read_dir(self.fx.repo.join("archives"))
                 .map(|entries| {
                     entries
                         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -156,7 +104,7 @@ impl Lab {
         match repo {
             Repo::Local => ["archives", "snapshots"]
                 .iter()
-                .filter_map(|dir| std::fs::read_dir(self.root.join("backups").join(dir)).ok())
+                .filter_map(|dir| std::fs::read_dir(self.fx.repo.join(dir)).ok())
                 .flatten()
                 .filter(|e| {
                     e.as_ref()
@@ -177,7 +125,7 @@ impl Lab {
 /// (`.ghostwire-backup-catalog.sqlite`, which every backup updates by design).
 fn fingerprint(root: &Path) -> BTreeMap<String, String> {
     let mut found = tree_hashes(root, root);
-    found.retain(|path, _| !path.starts_with(".ghostwire-backup"));
+    found.retain(|path, _| !ours(path));
     found
 }
 
@@ -223,13 +171,8 @@ fn tree_hashes(root: &Path, dir: &Path) -> BTreeMap<String, String> {
 
 /// Starts `command`, SIGKILLs it after `delay` unless it ended first; says whether it was
 /// killed.
-fn kill_after(command: &mut Command, delay: Duration) -> bool {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn kill_after(command: &mut TestCommand, delay: Duration) -> bool {
+    let mut child = command.spawn(Stdio::null(), Stdio::null());
     let deadline = Instant::now() + delay;
     while Instant::now() < deadline {
         if child.try_wait().unwrap().is_some() {
@@ -243,9 +186,9 @@ fn kill_after(command: &mut Command, delay: Duration) -> bool {
     status.code().is_none()
 }
 
-fn timed(command: &mut Command) -> Duration {
+fn timed(command: &mut TestCommand) -> Duration {
     let started = Instant::now();
-    run_ok(command);
+    command.ok();
     started.elapsed()
 }
 
@@ -275,13 +218,13 @@ impl Tally {
 /// `trials` backups killed at random moments, alternating between a local and an S3
 /// repository, each followed by the checks in the module docs.
 fn killed_backups(lab: &Lab, trials: usize, rng: &mut StdRng) -> Tally {
-    let live = fingerprint(&lab.profile.home);
+    let live = fingerprint(lab.fx.home());
     let mut verified = BTreeSet::new();
     let mut tally = Tally::default();
     let mut durations = BTreeMap::new();
     for repo in [Repo::Local, Repo::S3] {
         // Whole backups first: how long a warm one takes is the window the kills fall in.
-        run_ok(&mut lab.backup(repo));
+        lab.backup(repo).ok();
         durations.insert(repo, timed(&mut lab.backup(repo)));
     }
     for trial in 0..trials {
@@ -316,19 +259,18 @@ fn killed_backups(lab: &Lab, trials: usize, rng: &mut StdRng) -> Tally {
             }
         }
         // The live profile is byte for byte what it was (differences are named).
-        assert_same_tree(&fingerprint(&lab.profile.home), &live);
+        assert_same_tree(&fingerprint(lab.fx.home()), &live);
         // The next backup runs despite the dead one's staging lock and leftovers.
-        let id = run_ok(&mut lab.backup(repo));
+        let id = lab.backup(repo).ok();
         lab.verify(repo, &id);
         verified.insert(id);
     }
     // Every snapshot still verifies cheaply at the end: nothing later damaged an earlier one.
     for repo in [Repo::Local, Repo::S3] {
         for id in lab.listed(repo) {
-            run_ok(
-                lab.agent(repo)
-                    .args(["verify", "--quick", "--snapshot", &id]),
-            );
+            lab.agent(repo)
+                .args(["verify", "--quick", "--snapshot", &id])
+                .ok();
         }
     }
     eprintln!(
@@ -342,20 +284,14 @@ fn killed_backups(lab: &Lab, trials: usize, rng: &mut StdRng) -> Tally {
     tally
 }
 
-/// The agent's own bookkeeping at the top of a restored volume (marker, staging, catalog):
-/// left out when trees are compared.
-fn ours(path: &str) -> bool {
-    path.starts_with(".ghostwire-backup")
-}
-
 /// `trials` restores killed at random moments, each resumed with `restore --if-empty`.
 fn killed_restores(lab: &Lab, trials: usize, rng: &mut StdRng) -> Tally {
     let mut tally = Tally::default();
     let mut durations = BTreeMap::new();
     let mut expected = BTreeMap::new();
     for repo in [Repo::Local, Repo::S3] {
-        run_ok(&mut lab.backup(repo));
-        let reference = lab.root.join(format!("reference-{repo:?}"));
+        lab.backup(repo).ok();
+        let reference = lab.fx.root.join(format!("reference-{repo:?}"));
         durations.insert(repo, timed(&mut lab.restore(repo, &reference)));
         expected.insert(repo, tree(&reference, &ours));
     }
@@ -365,7 +301,7 @@ fn killed_restores(lab: &Lab, trials: usize, rng: &mut StdRng) -> Tally {
         } else {
             Repo::S3
         };
-        let target = lab.root.join(format!("target-{trial}"));
+        let target = lab.fx.root.join(format!("target-{trial}"));
         let delay = durations[&repo].mul_f64(rng.random::<f64>().powi(2));
         let killed = kill_after(&mut lab.restore(repo, &target), delay);
 
@@ -383,38 +319,23 @@ fn killed_restores(lab: &Lab, trials: usize, rng: &mut StdRng) -> Tally {
         };
         tally.record(killed, format!("{repo:?}: {phase}"));
 
-        run_ok(&mut lab.restore(repo, &target));
+        lab.restore(repo, &target).ok();
         assert!(
             target.join(MARKER).exists(),
             "trial {trial}: no marker after the re-run"
         );
         assert!(!staging.exists(), "trial {trial}: staging left behind");
         assert_same_tree(&tree(&target, &ours), &expected[&repo]);
-        let db = check_db(
-            &target.join(".config/Signal/sql/db.sqlite"),
-            &lab.profile.key,
-            None,
-        );
-        assert_eq!(db["integrity"], "ok", "trial {trial}");
-        assert_eq!(db["messages"].as_u64().unwrap(), lab.profile.messages);
+        assert_signal_db(&target, &lab.fx.profile.key, lab.fx.profile.messages);
         // Killed after the marker, while it wrote the volume's catalog: SQLite's hot journal
         // is left, and the next backup of the volume must still run.
         if target
-            .join(".ghostwire-backup-catalog.sqlite-journal")
+            .join(format!("{}-journal", catalog::DEFAULT_NAME))
             .exists()
         {
             tally.record(false, "catalog write interrupted; next backup ran".into());
-            run_ok(
-                agent()
-                    .env("GWB_REPO", lab.root.join("scratch-repo"))
-                    .arg("backup")
-                    .arg("--source")
-                    .arg(&target)
-                    .arg("--recipient")
-                    .arg(&lab.recipient)
-                    .arg("--staging-dir")
-                    .arg(lab.root.join("scratch-staging")),
-            );
+            let scratch = agent_for(lab.fx.root.join("scratch-repo"));
+            lab.fx.backup_of(scratch, &target).ok();
         }
         std::fs::remove_dir_all(&target).unwrap();
     }
@@ -443,7 +364,7 @@ fn killed_backups_and_restores_leave_nothing_half_done() {
     crash_trials(6, 6);
 }
 
-/// The long run: `scripts/crash-trials.sh`, or `cargo test --test crash -- --ignored`.
+/// The long run: `scripts/crash-trials.sh`, or `cargo test --test it -- --ignored crash_trials_long`.
 #[test]
 #[ignore]
 fn crash_trials_long() {

@@ -3,13 +3,14 @@
 //! snapshot; the init container's `restore --if-empty` brings it into an empty volume and
 //! its gate passes; on the next pod start the same init container does nothing.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use ghostwire_backup::commands::restore::MARKER;
+
+use crate::common::*;
 
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -36,31 +37,23 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let profile = make_profile(
-        &root.join("home"),
-        &["--messages", "500", "--attachments", "10"],
-    );
-    let (identity, recipient) = keygen(root);
-    let repo = root.join("backups");
+    let fx = Fixture::new(&["--messages", "500", "--attachments", "10"]);
+    let root = &fx.root;
     let port = free_port();
     let ids = root.join("ids.txt");
-    let writer = Writer::start(&profile.db(), &profile.key, &ids);
+    let writer = Writer::start(&fx.profile.db(), &fx.profile.key, &ids);
 
-    let mut daemon = agent()
-        .env("GWB_REPO", &repo)
-        .env("GWB_SOURCE", &profile.home)
-        .env("GWB_RECIPIENTS", &recipient)
+    let mut daemon_command = fx.agent();
+    daemon_command
+        .env("GWB_SOURCE", fx.home())
+        .env("GWB_RECIPIENTS", &fx.recipient)
         .env("GWB_STAGING_DIR", root.join("staging"))
         .env("GWB_SCHEDULE", "*/2 * * * * *") // every 2 s, with seconds
         .env("GWB_LISTEN", format!("127.0.0.1:{port}"))
         .env("GWB_FINAL_DEADLINE", "60")
         .env("GWB_LEASE_OWNER", "ghostwire-0")
-        .arg("run")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .arg("run");
+    let mut daemon = daemon_command.spawn(Stdio::inherit(), Stdio::piped());
 
     // Wait for a scheduled backup to succeed, as Prometheus would see it.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -101,31 +94,23 @@ fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
             .unwrap()
             .starts_with("HTTP/1.1 200")
     );
-    run_ok(
-        agent()
-            .env("GWB_REPO", &repo)
-            .args(["check", "--max-age", "10m"]),
-    );
+    fx.agent().args(["check", "--max-age", "10m"]).ok();
 
     // While blue runs, green may not be restored: blue's sidecar holds the lease.
     let volume = root.join("green-volume");
     std::fs::create_dir_all(volume.join("lost+found")).unwrap();
-    let restore = |c: &mut std::process::Command| {
-        c.env("GWB_REPO", &repo)
-            .env("GWB_IDENTITY_FILE", &identity)
+    let restore = || {
+        let mut command = fx.agent();
+        command
+            .env("GWB_IDENTITY_FILE", &fx.identity)
             .env("GWB_TARGET", &volume)
             .env("GWB_SNAPSHOT", "final")
             .env("GWB_LEASE_OWNER", "ghostwire-green-0")
             .args(["restore", "--if-empty"]);
+        command
     };
-    let mut early = agent();
-    restore(&mut early);
-    let refused = run_err(&mut early);
-    assert!(
-        refused.contains("lease is held by ghostwire-0"),
-        "{refused}"
-    );
-    assert!(!volume.join(".ghostwire-backup-restore.json").exists());
+    restore().fails_with(&["lease is held by ghostwire-0"]);
+    assert!(!volume.join(MARKER).exists());
 
     // Signal stops first (the native sidecar outlives it); then the sidecar gets SIGTERM.
     let report = writer.stop();
@@ -144,13 +129,11 @@ fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
         .unwrap();
     assert!(
         status.success(),
-        "the daemon failed to stop cleanly:\n{log}"
+        "the daemon failed to stop cleanly ({status}):\n{daemon_command}\n{log}"
     );
 
-    let listed: serde_json::Value = serde_json::from_str(&run_ok(
-        agent().env("GWB_REPO", &repo).args(["snapshots", "--json"]),
-    ))
-    .unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&fx.agent().args(["snapshots", "--json"]).ok()).unwrap();
     let snapshots = listed.as_array().unwrap();
     assert!(
         snapshots.len() >= 2,
@@ -166,18 +149,14 @@ fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
 
     // Blue's final snapshot released the lease: green's init container restores it into
     // the empty volume.
-    let mut first = agent();
-    restore(&mut first);
-    assert_eq!(run_ok(&mut first), last["id"].as_str().unwrap());
-    let marker: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(volume.join(".ghostwire-backup-restore.json")).unwrap(),
-    )
-    .unwrap();
+    assert_eq!(restore().ok(), last["id"].as_str().unwrap());
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(volume.join(MARKER)).unwrap()).unwrap();
     assert_eq!(marker["gate"], "ok");
     // Every row Signal committed before it stopped is in the final snapshot.
     let db = check_db(
         &volume.join(".config/Signal/sql/db.sqlite"),
-        &profile.key,
+        &fx.profile.key,
         Some(&ids),
     );
     assert_eq!(db["integrity"], "ok");
@@ -188,9 +167,7 @@ fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
 
     // Next pod start: the same init container leaves the volume alone.
     let before = tree(&volume, &|_| false);
-    let mut again = agent();
-    restore(&mut again);
-    run_ok(&mut again);
+    restore().ok();
     assert_eq!(tree(&volume, &|_| false), before);
 }
 
@@ -198,32 +175,24 @@ fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
 fn check_fails_when_the_newest_snapshot_is_too_old() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("backups");
-    let err = run_err(
-        agent()
-            .env("GWB_REPO", &repo)
-            .args(["check", "--max-age", "1h"]),
-    );
-    assert!(err.contains("holds no snapshot"), "{err}");
+    let check = |max_age: &str| {
+        let mut command = agent_for(&repo);
+        command.args(["check", "--max-age", max_age]);
+        command
+    };
+    check("1h").fails_with(&["holds no snapshot"]);
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
     std::fs::write(home.join("notes.txt"), "x").unwrap();
     let (_, recipient) = keygen(dir.path());
-    run_ok(&mut backup_command(
-        &repo,
+    backup_command(
+        agent_for(&repo),
         &home,
         &recipient,
-        dir.path().join("staging"),
-    ));
-    run_ok(
-        agent()
-            .env("GWB_REPO", &repo)
-            .args(["check", "--max-age", "1h"]),
-    );
+        &dir.path().join("staging"),
+    )
+    .ok();
+    check("1h").ok();
     std::thread::sleep(Duration::from_millis(1100));
-    let err = run_err(
-        agent()
-            .env("GWB_REPO", &repo)
-            .args(["check", "--max-age", "1s"]),
-    );
-    assert!(err.contains("older than the allowed"), "{err}");
+    check("1s").fails_with(&["older than the allowed"]);
 }

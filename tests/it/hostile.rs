@@ -3,152 +3,30 @@
 //! from the future or broken), and homes with odd names (invalid UTF-8, paths longer than
 //! PATH_MAX, FIFOs). Plus a property test of the unpacker on random archives.
 
-mod common;
-
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use ghostwire_backup::commands::restore::MARKER;
 
-const MARKER: &str = ".ghostwire-backup-restore.json";
+use crate::common::*;
 
-struct Repo {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    home: PathBuf,
-    repo: PathBuf,
-    identity: PathBuf,
-    recipient: String,
-    id: String,
+/// A small profile backed up once to the local repository.
+fn backed_up() -> (Fixture, String) {
+    Fixture::backed_up(&["--messages", "200", "--attachments", "4"])
 }
 
-/// A small profile backed up once to a local repository.
-fn backed_up() -> Repo {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let profile = make_profile(
-        &root.join("home"),
-        &["--messages", "200", "--attachments", "4"],
-    );
-    let (identity, recipient) = keygen(&root);
-    let repo = root.join("backups");
-    let id = run_ok(&mut backup_command(&repo, &profile.home, &recipient, &root));
-    Repo {
-        _dir: dir,
-        root,
-        home: profile.home,
-        repo,
-        identity,
-        recipient,
-        id,
-    }
-}
-
-fn backup_command(repo: &Path, home: &Path, recipient: &str, root: &Path) -> Command {
-    let mut command = agent();
-    command
-        .env("GWB_REPO", repo)
-        .arg("backup")
-        .arg("--source")
-        .arg(home)
-        .arg("--recipient")
-        .arg(recipient)
-        .arg("--staging-dir")
-        .arg(root.join("staging"));
-    command
-}
-
-type Tar = tar::Builder<zstd::Encoder<'static, Vec<u8>>>;
-
-impl Repo {
-    fn restore(&self, target: &Path) -> Command {
-        let mut command = agent();
-        command
-            .env("GWB_REPO", &self.repo)
-            .arg("restore")
-            .arg("--identity")
-            .arg(&self.identity)
-            .arg("--target")
-            .arg(target);
-        command
-    }
-
-    fn manifest_path(&self) -> PathBuf {
-        self.repo.join(format!("snapshots/{}.json", self.id))
-    }
-
-    fn manifest(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.manifest_path()).unwrap()).unwrap()
-    }
-
-    /// Replaces the snapshot's archive with what `build` writes, compressed and encrypted to
-    /// the right key, and fixes the manifest's size and hash so only the unpacker (and the
-    /// content cap) stand in the way. The manifest also loses its file index: whoever can
-    /// write to the repository can write such a manifest (a full snapshot without an index
-    /// is still a valid one), and then every entry reaches the unpacker. `edit` changes
-    /// the manifest further.
-    fn plant(&self, build: impl FnOnce(&mut Tar), edit: impl FnOnce(&mut serde_json::Value)) {
-        let mut tar = tar::Builder::new(zstd::Encoder::new(Vec::new(), 3).unwrap());
-        build(&mut tar);
-        let plain = tar.into_inner().unwrap().finish().unwrap();
-        let recipient: age::x25519::Recipient = self.recipient.parse().unwrap();
-        let encryptor =
-            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-                .unwrap();
-        let mut ciphertext = Vec::new();
-        let mut writer = encryptor.wrap_output(&mut ciphertext).unwrap();
-        writer.write_all(&plain).unwrap();
-        writer.finish().unwrap();
-        std::fs::write(
-            self.repo.join(format!("archives/{}.tar.zst.age", self.id)),
-            &ciphertext,
-        )
-        .unwrap();
-        let mut manifest = self.manifest();
-        for field in ["index", "parent", "chain_full", "depends_on"] {
-            manifest.as_object_mut().unwrap().remove(field);
-        }
-        manifest["archive"]["size"] = ciphertext.len().into();
-        manifest["archive"]["sha256"] =
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&ciphertext)).into();
-        edit(&mut manifest);
-        std::fs::write(self.manifest_path(), manifest.to_string()).unwrap();
-    }
-
-    /// A restore into `target` that must fail: returns stderr; checks there is no marker
-    /// and nothing changed in the test's directory outside the target.
-    fn restore_fails(&self, target: &Path) -> String {
-        let outside = |p: &str| p.starts_with(target.file_name().unwrap().to_str().unwrap());
-        let before = tree(&self.root, &outside);
-        let err = run_err(&mut self.restore(target));
-        assert!(
-            !target.join(MARKER).exists(),
-            "a failed restore left a marker"
-        );
-        assert_same_tree(&tree(&self.root, &outside), &before);
-        err
-    }
-}
-
-fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_size(size);
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header
+/// A restore into `target` that must fail: its stderr (see `assert_restore_fails`).
+fn restore_fails(fx: &Fixture, target: &Path) -> String {
+    fx.assert_restore_fails(&mut fx.restore(target), target)
 }
 
 /// Appends an entry with a raw name (and link name), as a hostile archive would:
 /// `tar::Builder`'s own path methods refuse such names.
 fn raw_entry(tar: &mut Tar, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) {
-    let mut h = header(kind, data.len() as u64, 0o644);
+    let mut h = tar_header(kind, data.len() as u64, 0o644);
     let gnu = h.as_gnu_mut().unwrap();
     gnu.name[..name.len()].copy_from_slice(name);
     gnu.linkname[..link.len()].copy_from_slice(link);
@@ -176,25 +54,24 @@ fn content_bytes(dir: &Path) -> u64 {
 
 #[test]
 fn a_zstd_bomb_is_refused_before_it_fills_the_disk() {
-    let r = backed_up();
-    let declared = r.manifest()["content"]["bytes"].as_u64().unwrap();
+    let (fx, id) = backed_up();
+    let declared = fx.manifest(&id)["content"]["bytes"].as_u64().unwrap();
     // 1 GiB of zeros: about 100 KiB once compressed, over 100 times what the manifest
     // allows.
     let bomb: u64 = 1 << 30;
-    r.plant(
+    fx.plant(
+        &id,
         |tar| {
-            let mut h = header(tar::EntryType::Regular, bomb, 0o644);
+            let mut h = tar_header(tar::EntryType::Regular, bomb, 0o644);
             tar.append_data(&mut h, "bomb", std::io::repeat(0).take(bomb))
                 .unwrap();
         },
         |_| {},
     );
-    let archive = std::fs::metadata(r.repo.join(format!("archives/{}.tar.zst.age", r.id)))
-        .unwrap()
-        .len();
+    let archive = std::fs::metadata(fx.archive(&id)).unwrap().len();
     assert!(archive < 1 << 20, "the bomb is {archive} bytes");
-    let target = r.root.join("target");
-    let err = r.restore_fails(&target);
+    let target = fx.root.join("target");
+    let err = restore_fails(&fx, &target);
     assert!(err.contains("decompression bomb"), "{err}");
     let written = content_bytes(&target);
     assert!(
@@ -204,16 +81,17 @@ fn a_zstd_bomb_is_refused_before_it_fills_the_disk() {
 
     // The same bomb with a manifest that lies about its size too: the free-space check
     // refuses it before anything is written.
-    r.plant(
+    fx.plant(
+        &id,
         |tar| {
-            let mut h = header(tar::EntryType::Regular, bomb, 0o644);
+            let mut h = tar_header(tar::EntryType::Regular, bomb, 0o644);
             tar.append_data(&mut h, "bomb", std::io::repeat(0).take(bomb))
                 .unwrap();
         },
         |m| m["content"]["bytes"] = (1u64 << 60).into(),
     );
-    let fresh = r.root.join("fresh");
-    let err = r.restore_fails(&fresh);
+    let fresh = fx.root.join("fresh");
+    let err = restore_fails(&fx, &fresh);
     assert!(err.contains("use a larger volume"), "{err}");
     assert_eq!(content_bytes(&fresh), 0);
 }
@@ -221,8 +99,8 @@ fn a_zstd_bomb_is_refused_before_it_fills_the_disk() {
 #[test]
 fn archives_that_reach_outside_the_target_are_refused_end_to_end() {
     use tar::EntryType::*;
-    let r = backed_up();
-    let outside = r.root.join("outside");
+    let (fx, id) = backed_up();
+    let outside = fx.root.join("outside");
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("file"), "precious").unwrap();
     let outside_file = outside.join("file");
@@ -282,7 +160,8 @@ fn archives_that_reach_outside_the_target_are_refused_end_to_end() {
         ),
     ];
     for (name, entries, expected) in cases {
-        r.plant(
+        fx.plant(
+            &id,
             |tar| {
                 for (path, kind, link, data) in &entries {
                     raw_entry(tar, path, *kind, link, data);
@@ -290,8 +169,8 @@ fn archives_that_reach_outside_the_target_are_refused_end_to_end() {
             },
             |_| {},
         );
-        let target = r.root.join("target");
-        let err = r.restore_fails(&target);
+        let target = fx.root.join("target");
+        let err = restore_fails(&fx, &target);
         assert!(err.contains(expected), "{name}: {err}");
         assert_eq!(
             std::fs::read_to_string(outside.join("file")).unwrap(),
@@ -306,9 +185,10 @@ fn archives_that_reach_outside_the_target_are_refused_end_to_end() {
     let deep: Vec<u8> = std::iter::repeat_n(long_name.as_slice(), 20)
         .collect::<Vec<_>>()
         .join(&b'/');
-    r.plant(
+    fx.plant(
+        &id,
         |tar| {
-            let mut h = header(Regular, 1, 0o644);
+            let mut h = tar_header(Regular, 1, 0o644);
             tar.append_data(
                 &mut h,
                 Path::new(std::ffi::OsStr::from_bytes(&deep)),
@@ -318,23 +198,24 @@ fn archives_that_reach_outside_the_target_are_refused_end_to_end() {
         },
         |_| {},
     );
-    let err = r.restore_fails(&r.root.join("target"));
+    let err = restore_fails(&fx, &fx.root.join("target"));
     assert!(err.contains("too long"), "{err}");
 }
 
 #[test]
 fn setuid_setgid_and_sticky_bits_are_never_restored() {
-    let r = backed_up();
-    r.plant(
+    let (fx, id) = backed_up();
+    fx.plant(
+        &id,
         |tar| {
-            let mut h = header(tar::EntryType::Regular, 2, 0o6777);
+            let mut h = tar_header(tar::EntryType::Regular, 2, 0o6777);
             tar.append_data(&mut h, "tool", &b"#!"[..]).unwrap();
         },
         // No Signal database in this "snapshot", so no gate stands in the way.
         |m| m["signal_db"] = serde_json::Value::Null,
     );
-    let target = r.root.join("target");
-    run_ok(&mut r.restore(&target));
+    let target = fx.root.join("target");
+    fx.restore(&target).ok();
     let mode = std::fs::metadata(target.join("tool"))
         .unwrap()
         .permissions()
@@ -344,33 +225,33 @@ fn setuid_setgid_and_sticky_bits_are_never_restored() {
 
 #[test]
 fn a_manifest_from_the_future_or_a_broken_one_is_refused_clearly() {
-    let r = backed_up();
-    let good = r.manifest();
-    let target = r.root.join("target");
+    let (fx, id) = backed_up();
+    let good = fx.manifest(&id);
+    let target = fx.root.join("target");
 
     let mut future = good.clone();
     future["format"] = 99.into();
-    std::fs::write(r.manifest_path(), future.to_string()).unwrap();
-    let err = r.restore_fails(&target);
+    std::fs::write(fx.manifest_path(&id), future.to_string()).unwrap();
+    let err = restore_fails(&fx, &target);
     assert!(
         err.contains("written by a newer ghostwire-backup") && err.contains("upgrade"),
         "{err}"
     );
-    let err = run_err(agent().env("GWB_REPO", &r.repo).arg("snapshots"));
+    let err = fx.agent().arg("snapshots").fails();
     assert!(err.contains("newer ghostwire-backup"), "{err}");
 
     let text = good.to_string();
-    std::fs::write(r.manifest_path(), &text[..text.len() / 2]).unwrap();
-    let err = r.restore_fails(&target);
+    std::fs::write(fx.manifest_path(&id), &text[..text.len() / 2]).unwrap();
+    let err = restore_fails(&fx, &target);
     assert!(
-        err.contains(&format!("snapshots/{}.json", r.id)) && err.contains("not valid JSON"),
+        err.contains(&format!("snapshots/{}.json", id)) && err.contains("not valid JSON"),
         "{err}"
     );
 
     let mut wrong_type = good.clone();
     wrong_type["content"]["bytes"] = "lots".into();
-    std::fs::write(r.manifest_path(), wrong_type.to_string()).unwrap();
-    let err = r.restore_fails(&target);
+    std::fs::write(fx.manifest_path(&id), wrong_type.to_string()).unwrap();
+    let err = restore_fails(&fx, &target);
     assert!(err.contains("is malformed"), "{err}");
 }
 
@@ -394,17 +275,15 @@ fn names_that_are_not_utf8_come_back_byte_for_byte() {
     }
     let (identity, recipient) = keygen(root);
     let repo = root.join("backups");
-    run_ok(&mut backup_command(&repo, &home, &recipient, root));
+    backup_command(agent_for(&repo), &home, &recipient, &root.join("staging")).ok();
     let target = root.join("target");
-    run_ok(
-        agent()
-            .env("GWB_REPO", &repo)
-            .arg("restore")
-            .arg("--identity")
-            .arg(&identity)
-            .arg("--target")
-            .arg(&target),
-    );
+    agent_for(&repo)
+        .arg("restore")
+        .arg("--identity")
+        .arg(&identity)
+        .arg("--target")
+        .arg(&target)
+        .ok();
     assert_same_tree(&tree(&target, &|p| p == MARKER), &tree(&home, &|_| false));
 }
 
@@ -436,42 +315,37 @@ fn deep_tree(base: &Path, part: &str, depth: usize) {
 
 #[test]
 fn a_path_longer_than_path_max_in_the_home_does_not_stop_the_backup() {
-    let r = backed_up();
+    let (fx, _) = backed_up();
     let part = "d".repeat(200);
-    deep_tree(&r.home, &part, 24); // about 4,800 bytes below the home
-    let output = run(&mut backup_command(&r.repo, &r.home, &r.recipient, &r.root));
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{err}");
+    deep_tree(fx.home(), &part, 24); // about 4,800 bytes below the home
+    let backup = fx.backup().run();
+    assert!(backup.status.success(), "{backup}");
     assert!(
-        err.contains("too long"),
-        "the skipped path was not reported: {err}"
+        backup.stderr.contains("too long"),
+        "the skipped path was not reported:\n{backup}"
     );
-    let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(r.repo.join(format!("snapshots/{id}.json"))).unwrap(),
-    )
-    .unwrap();
+    let manifest = fx.manifest(backup.stdout_trimmed());
     assert_eq!(
         manifest["content"]["too_long_skipped"], 1,
         "the manifest must say what is missing"
     );
-    let target = r.root.join("target");
-    run_ok(&mut r.restore(&target));
+    let target = fx.root.join("target");
+    fx.restore(&target).ok();
     assert!(target.join(".config/Signal/config.json").exists());
 }
 
 #[test]
 fn a_fifo_in_the_home_is_skipped_without_blocking_the_backup() {
-    let r = backed_up();
-    let fifo = r.home.join(".config/Signal/pipe");
+    let (fx, _) = backed_up();
+    let fifo = fx.home().join(".config/Signal/pipe");
     let path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
     // SAFETY: mkfifo with a valid C string.
     assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
     let started = Instant::now();
-    let id = run_ok(&mut backup_command(&r.repo, &r.home, &r.recipient, &r.root));
+    let id = fx.backup().ok();
     assert!(started.elapsed() < Duration::from_secs(60));
-    let target = r.root.join("target");
-    let restored = run_ok(&mut r.restore(&target));
+    let target = fx.root.join("target");
+    let restored = fx.restore(&target).ok();
     assert_eq!(restored, id);
     assert!(!target.join(".config/Signal/pipe").exists());
 }

@@ -3,29 +3,20 @@
 //! retry finds the object changed, by the very write it repeats: that must not read as
 //! "another instance took the lease". A lease read whose body is cut must be resumed.
 
-mod common;
-
 use std::time::Duration;
 
 use ghostwire_backup::lease::Held;
 use ghostwire_backup::repo::Repository;
 use ghostwire_backup::store::s3::S3Options;
 
-use common::S3Server;
-use common::faults::{Fault, FaultProxy};
+use crate::common::faults::{Fault, FaultProxy};
+use crate::common::{S3Server, in_process_s3_credentials};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lease_writes_survive_lost_answers_and_cut_reads() {
-    let server = S3Server::start();
-    server.create_bucket("fence");
+    let server = S3Server::with_bucket("fence");
     let proxy = FaultProxy::start(&server, 5);
-    // The SDK reads credentials from the environment, as in a pod. (One test in this
-    // binary, so no other thread reads the environment meanwhile.)
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    }
+    in_process_s3_credentials();
     let options = S3Options {
         endpoint: Some(proxy.endpoint.clone()),
         region: Some("us-east-1".into()),

@@ -1,7 +1,5 @@
 //! The lease against a real S3 server: conditional writes keep two instances apart.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,16 +8,12 @@ use ghostwire_backup::repo::Repository;
 use ghostwire_backup::store::s3::S3Options;
 use ghostwire_backup::store::{Retention, StoreError};
 
+use crate::common::{S3Server, in_process_s3_credentials};
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_conditional_writes_fence_a_second_writer() {
-    let server = common::S3Server::start();
-    server.create_bucket("fence");
-    // The SDK reads credentials from the environment, as in a pod.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    }
+    let server = S3Server::with_bucket("fence");
+    in_process_s3_credentials();
     let options = S3Options {
         endpoint: Some(server.endpoint.clone()),
         region: Some("us-east-1".into()),

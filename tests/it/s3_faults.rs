@@ -4,24 +4,19 @@
 //! tenth of requests failing; when every request fails they must stop in bounded time with
 //! a clear error and leave no snapshot and no marker behind.
 
-mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::faults::{ALL_FAULTS, Fault, FaultProxy};
-use common::*;
+use ghostwire_backup::commands::restore::MARKER;
+
+use crate::common::faults::{ALL_FAULTS, Fault, FaultProxy};
+use crate::common::*;
 
 const BUCKET: &str = "ghostwire";
 const REPO: &str = "s3://ghostwire/blue";
 
 struct World {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    profile: Profile,
-    identity: PathBuf,
-    recipient: String,
+    fx: Fixture,
     server: S3Server,
     proxy: FaultProxy,
 }
@@ -29,98 +24,45 @@ struct World {
 /// A default-sized profile (about 25 MB of archive: five 5 MiB parts), an S3 server with a
 /// bucket, and a proxy in front of it that injects nothing yet.
 fn world(seed: u64) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let profile = make_profile(&root.join("home"), &[]);
-    let (identity, recipient) = keygen(&root);
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
+    let fx = Fixture::new(&[]);
+    let server = S3Server::with_bucket(BUCKET);
     let proxy = FaultProxy::start(&server, seed);
-    World {
-        _dir: dir,
-        root,
-        profile,
-        identity,
-        recipient,
-        server,
-        proxy,
-    }
+    World { fx, server, proxy }
 }
 
 impl World {
     /// The agent, talking to S3 through the proxy.
-    fn agent(&self) -> Command {
-        let mut command = agent();
-        self.proxy.configure(&self.server, &mut command);
-        command.env("GWB_REPO", REPO);
+    fn agent(&self) -> TestCommand {
+        let mut command = self.server.agent(REPO);
+        self.proxy.configure(&mut command);
         command
     }
 
-    /// The agent, talking to S3 directly: to look at the repository as it really is.
-    fn direct(&self) -> Command {
-        let mut command = agent();
-        self.server.configure(&mut command);
-        command.env("GWB_REPO", REPO);
-        command
+    fn backup(&self) -> Ran {
+        self.fx
+            .backup_with(self.agent())
+            .args(["--part-size-mib", "5"])
+            .run()
     }
 
-    fn backup(&self) -> Output {
-        run(self
-            .agent()
-            .arg("backup")
-            .arg("--source")
-            .arg(&self.profile.home)
-            .arg("--recipient")
-            .arg(&self.recipient)
-            .arg("--staging-dir")
-            .arg(self.root.join("staging"))
-            .args(["--part-size-mib", "5"]))
+    fn restore(&self, target: &Path) -> Ran {
+        self.fx.restore_with(self.agent(), target).run()
     }
 
-    fn restore(&self, target: &Path) -> Output {
-        run(self
-            .agent()
-            .arg("restore")
-            .arg("--identity")
-            .arg(&self.identity)
-            .arg("--target")
-            .arg(target))
-    }
-
+    /// The snapshots listed, asking S3 directly: the repository as it really is.
     fn listed(&self) -> Vec<String> {
-        let json = run_ok(self.direct().args(["snapshots", "--json"]));
-        let manifests: serde_json::Value = serde_json::from_str(&json).unwrap();
-        manifests
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap().to_string())
-            .collect()
+        snapshot_ids(&mut self.server.agent(REPO))
     }
 
     /// The restored home holds every kept byte and a database with every row.
     fn assert_restored(&self, target: &Path) {
         assert_same_tree(
             &tree(target, &not_backed_up),
-            &tree(&self.profile.home, &not_backed_up),
+            &tree(self.fx.home(), &not_backed_up),
         );
-        assert!(target.join(".ghostwire-backup-restore.json").exists());
-        let db = check_db(
-            &target.join(".config/Signal/sql/db.sqlite"),
-            &self.profile.key,
-            None,
-        );
-        assert_eq!(db["integrity"], "ok");
-        assert_eq!(db["messages"].as_u64().unwrap(), self.profile.messages);
+        assert!(target.join(MARKER).exists());
+        assert_signal_db(target, &self.fx.profile.key, self.fx.profile.messages);
     }
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]
@@ -140,11 +82,10 @@ fn backup_and_restore_come_out_right_with_a_tenth_of_requests_failing() {
     let backup = w.backup();
     assert!(
         backup.status.success(),
-        "backup failed under faults: {}\nfaults: {:?}",
-        stderr(&backup),
+        "backup failed under faults: {backup}\nfaults: {:?}",
         w.proxy.stats().log
     );
-    let id = stdout(&backup);
+    let id = backup.stdout_trimmed().to_string();
     let backup_time = started.elapsed();
 
     // Cut the archive download twice and a manifest once: the restore must resume them.
@@ -152,22 +93,20 @@ fn backup_and_restore_come_out_right_with_a_tenth_of_requests_failing() {
     w.proxy.force("GET", "/archives/", Fault::StallBody);
     w.proxy.force("GET", "/snapshots/", Fault::CutBody);
     w.proxy.force("GET", "list-type=2", Fault::CutBody);
-    let target = w.root.join("restored");
+    let target = w.fx.root.join("restored");
     let started = Instant::now();
     let restore = w.restore(&target);
     assert!(
         restore.status.success(),
-        "restore failed under faults: {}\nfaults: {:?}",
-        stderr(&restore),
+        "restore failed under faults: {restore}\nfaults: {:?}",
         w.proxy.stats().log
     );
     let restore_time = started.elapsed();
-    assert_eq!(stdout(&restore), id);
+    assert_eq!(restore.stdout_trimmed(), id);
     w.assert_restored(&target);
     assert!(
-        stderr(&restore).contains("asking for the rest of the object"),
-        "the cut downloads were not resumed: {}",
-        stderr(&restore)
+        restore.stderr.contains("asking for the rest of the object"),
+        "the cut downloads were not resumed: {restore}"
     );
 
     let stats = w.proxy.stats();
@@ -189,8 +128,8 @@ fn when_every_request_fails_backup_and_restore_stop_in_bounded_time_and_leave_no
     let w = world(100);
     w.proxy.set_stall(Duration::from_millis(500));
     let backup = w.backup();
-    assert!(backup.status.success(), "{}", stderr(&backup));
-    let id = stdout(&backup);
+    assert!(backup.status.success(), "{backup}");
+    let id = backup.stdout_trimmed().to_string();
 
     // Every kind that fails a request (a mere `Stall` still answers in the end).
     let failing: Vec<Fault> = ALL_FAULTS
@@ -204,38 +143,36 @@ fn when_every_request_fails_backup_and_restore_stop_in_bounded_time_and_leave_no
     let took = started.elapsed();
     assert!(
         !backup.status.success(),
-        "a backup succeeded with every request failing"
+        "a backup succeeded with every request failing: {backup}"
     );
     // It fails wherever the first request does (taking the repository lock, starting the
     // upload…); what matters is that it says S3 is failing.
-    let err = stderr(&backup);
     assert!(
-        err.contains("S3") && err.contains("after every retry"),
-        "{err}"
+        backup.stderr.contains("S3") && backup.stderr.contains("after every retry"),
+        "{backup}"
     );
     assert!(
         took < Duration::from_secs(120),
         "backup took {took:?} to give up"
     );
 
-    let target = w.root.join("restored");
+    let target = w.fx.root.join("restored");
     let started = Instant::now();
     let restore = w.restore(&target);
     let restore_took = started.elapsed();
     assert!(
         !restore.status.success(),
-        "a restore succeeded with every request failing"
+        "a restore succeeded with every request failing: {restore}"
     );
-    let restore_err = stderr(&restore);
     assert!(
-        restore_err.contains("S3") && restore_err.contains("after every retry"),
-        "{restore_err}"
+        restore.stderr.contains("S3") && restore.stderr.contains("after every retry"),
+        "{restore}"
     );
     assert!(
         restore_took < Duration::from_secs(120),
         "restore took {restore_took:?} to give up"
     );
-    assert!(!target.join(".ghostwire-backup-restore.json").exists());
+    assert!(!target.join(MARKER).exists());
 
     w.proxy.set_faults(0.0, &[]);
     assert_eq!(w.listed(), vec![id], "the failed backup left a snapshot");
@@ -253,15 +190,15 @@ fn when_every_request_fails_backup_and_restore_stop_in_bounded_time_and_leave_no
 fn a_download_that_stalls_mid_body_is_abandoned_and_resumed() {
     let w = world(7);
     let backup = w.backup();
-    assert!(backup.status.success(), "{}", stderr(&backup));
+    assert!(backup.status.success(), "{backup}");
     // The body stops flowing and the connection stays open: only a timeout can notice.
     w.proxy.set_stall(Duration::from_secs(600));
     w.proxy.force("GET", "/archives/", Fault::StallBody);
-    let target = w.root.join("restored");
+    let target = w.fx.root.join("restored");
     let started = Instant::now();
     let restore = w.restore(&target);
     let took = started.elapsed();
-    assert!(restore.status.success(), "{}", stderr(&restore));
+    assert!(restore.status.success(), "{restore}");
     assert_eq!(w.proxy.pending_forced(), 0);
     w.assert_restored(&target);
     eprintln!(
@@ -274,34 +211,13 @@ fn a_download_that_stalls_mid_body_is_abandoned_and_resumed() {
 #[test]
 fn a_missing_bucket_is_named_with_what_to_check() {
     let w = world(1);
-    let mut command = agent();
-    w.server.configure(&mut command);
-    let err = run_err(
-        command
-            .env("GWB_REPO", "s3://no-such-bucket/x")
-            .arg("snapshots"),
-    );
-    assert!(
-        err.contains("the bucket \"no-such-bucket\" does not exist") && err.contains("--repo"),
-        "{err}"
-    );
-    let mut command = agent();
-    w.server.configure(&mut command);
-    let output = run(command
-        .env("GWB_REPO", "s3://no-such-bucket/x")
-        .arg("backup")
-        .arg("--source")
-        .arg(&w.profile.home)
-        .arg("--recipient")
-        .arg(&w.recipient)
-        .arg("--staging-dir")
-        .arg(w.root.join("staging")));
-    assert!(!output.status.success());
-    let err = stderr(&output);
-    assert!(
-        err.contains("the bucket \"no-such-bucket\" does not exist"),
-        "{err}"
-    );
+    let missing = "s3://no-such-bucket/x";
+    w.server
+        .agent(missing)
+        .arg("snapshots")
+        .fails_with(&["the bucket \"no-such-bucket\" does not exist", "--repo"]);
+    w.fx.backup_with(w.server.agent(missing))
+        .fails_with(&["the bucket \"no-such-bucket\" does not exist"]);
 }
 
 /// An IAM call to moto, before it enforces signatures (it routes by the credential scope).
@@ -353,8 +269,7 @@ fn iam_user(server: &S3Server, name: &str, policy: bool) -> (String, String) {
 
 #[test]
 fn wrong_credentials_are_named_with_what_to_fix() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
+    let server = S3Server::with_bucket(BUCKET);
     let (key, secret) = iam_user(&server, "backup", true);
     let (weak_key, weak_secret) = iam_user(&server, "nobody", false);
     // From here on moto checks every signature and permission, as AWS does.
@@ -366,19 +281,17 @@ fn wrong_credentials_are_named_with_what_to_fix() {
     );
     assert_eq!(status, 200, "{body}");
     let snapshots = |repo: &str, key: &str, secret: &str| {
-        let mut command = agent();
-        server.configure(&mut command);
-        command
-            .env("GWB_REPO", repo)
+        server
+            .agent(repo)
             .env("AWS_ACCESS_KEY_ID", key)
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("GWB_S3_ATTEMPTS", "2")
-            .arg("snapshots");
-        run(&mut command)
+            .arg("snapshots")
+            .run()
     };
     // The right key works, so the failures below are about the credentials alone.
     let ok = snapshots(REPO, &key, &secret);
-    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(ok.status.success(), "{ok}");
 
     let cases = [
         (
@@ -403,38 +316,30 @@ fn wrong_credentials_are_named_with_what_to_fix() {
     ];
     for (key, secret, repo, expected) in cases {
         let output = snapshots(repo, key, secret);
-        assert!(!output.status.success(), "{key}: succeeded");
-        let err = stderr(&output);
+        assert!(!output.status.success(), "{key}: succeeded:\n{output}");
         assert!(
-            err.contains(expected),
-            "{key}: expected {expected:?} in {err}"
+            output.stderr.contains(expected),
+            "{key}: expected {expected:?} in:\n{output}"
         );
         assert!(
-            !err.contains(secret) || secret == "wrong-secret",
-            "the secret key leaked: {err}"
+            !output.stderr.contains(secret) || secret == "wrong-secret",
+            "the secret key leaked: {output}"
         );
     }
 }
 
 #[test]
 fn missing_credentials_are_named_as_such() {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
+    let server = S3Server::with_bucket(BUCKET);
     let home = tempfile::tempdir().unwrap();
-    let mut command = agent();
-    server.configure(&mut command);
-    command
+    server
+        .agent(REPO)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env("HOME", home.path())
-        .env("GWB_REPO", REPO)
         .env("GWB_S3_ATTEMPTS", "2")
-        .arg("snapshots");
-    let err = run_err(&mut command);
-    assert!(
-        err.contains("no usable S3 credentials") && err.contains("AWS_ACCESS_KEY_ID"),
-        "{err}"
-    );
+        .arg("snapshots")
+        .fails_with(&["no usable S3 credentials", "AWS_ACCESS_KEY_ID"]);
 }
 
 /// The long run (`scripts/crash-trials.sh`): `GWB_FAULT_ROUNDS` rounds (default 20) of a
@@ -460,13 +365,13 @@ fn fault_soak() {
     for round in 0..rounds {
         let backup = w.backup();
         if !backup.status.success() {
-            failures.push(format!("round {round} backup: {}", stderr(&backup)));
+            failures.push(format!("round {round} backup: {backup}"));
             continue;
         }
-        let target = w.root.join(format!("restored-{round}"));
+        let target = w.fx.root.join(format!("restored-{round}"));
         let restore = w.restore(&target);
         if !restore.status.success() {
-            failures.push(format!("round {round} restore: {}", stderr(&restore)));
+            failures.push(format!("round {round} restore: {restore}"));
             continue;
         }
         w.assert_restored(&target);

@@ -3,48 +3,23 @@
 //! secret (Signal's database key, the age identity, the S3 secret key) appears in any output,
 //! even with debug logging; an identity file others can read draws a warning.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    profile: Profile,
-    identity: PathBuf,
-    recipient: String,
+fn fixture() -> Fixture {
+    Fixture::new(&["--messages", "200", "--attachments", "4"])
 }
 
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let profile = make_profile(
-        &root.join("home"),
-        &["--messages", "200", "--attachments", "4"],
-    );
-    let (identity, recipient) = keygen(&root);
-    Setup {
-        _dir: dir,
-        root,
-        profile,
-        identity,
-        recipient,
-    }
-}
-
-fn backup(s: &Setup, command: &mut Command) -> Output {
-    run(command
-        .arg("backup")
-        .arg("--source")
-        .arg(&s.profile.home)
-        .arg("--recipient")
-        .arg(&s.recipient)
-        .arg("--staging-dir")
-        .arg(s.root.join("staging")))
+/// The `AGE-SECRET-KEY-…` line of an identity file.
+fn age_secret(identity: &Path) -> String {
+    std::fs::read_to_string(identity)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_string()
 }
 
 /// Every file below `dir`, read whole.
@@ -67,67 +42,56 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn the_backup_side_cannot_read_back_what_it_wrote() {
-    let s = setup();
-    let repo = s.root.join("backups");
-    let output = backup(&s, agent().env("GWB_REPO", &repo));
-    assert!(output.status.success());
-    let id = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let fx = fixture();
+    let id = fx.backup().ok();
+    let repo = &fx.repo;
 
     // All the backup side has is its configuration: the recipient. As an identity it is
     // refused, by the agent and by stock age.
-    let public_only = s.root.join("recipient.txt");
-    std::fs::write(&public_only, format!("{}\n", s.recipient)).unwrap();
+    let public_only = fx.root.join("recipient.txt");
+    std::fs::write(&public_only, format!("{}\n", fx.recipient)).unwrap();
     std::fs::set_permissions(&public_only, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let err = run_err(
-        agent()
-            .env("GWB_REPO", &repo)
-            .args(["verify", "--snapshot", &id])
-            .arg("--identity")
-            .arg(&public_only),
-    );
-    assert!(err.contains("is not an age identity file"), "{err}");
-    let archive = repo.join(format!("archives/{id}.tar.zst.age"));
-    for identity in [&public_only, &s.root.join("missing.txt")] {
-        let stock = Command::new("age")
+    fx.agent()
+        .args(["verify", "--snapshot", &id])
+        .arg("--identity")
+        .arg(&public_only)
+        .fails_with(&["is not an age identity file"]);
+    let archive = fx.archive(&id);
+    let age = require(Part::Age);
+    for identity in [&public_only, &fx.root.join("missing.txt")] {
+        let stock = TestCommand::new(&age)
             .arg("-d")
             .arg("-i")
             .arg(identity)
             .arg(&archive)
-            .output()
-            .expect("Debian's age is installed (scripts/test.sh)");
-        assert!(!stock.status.success(), "age decrypted with {identity:?}");
-        assert!(stock.stdout.is_empty());
+            .run();
+        assert!(!stock.status.success(), "age decrypted:\n{stock}");
+        assert!(stock.stdout.is_empty(), "{stock}");
     }
     // The identity does decrypt it: the failures above are about the key, not the file.
-    let stock = Command::new("age")
+    TestCommand::new(&age)
         .arg("-d")
         .arg("-i")
-        .arg(&s.identity)
+        .arg(&fx.identity)
         .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(stock.status.success());
+        .ok();
 
     // Nothing the backup wrote holds plaintext a reader could use without the identity:
     // not Signal's database key, not an attachment's bytes, not the secret key.
-    let attachment = s.profile.summary["attachments"][0].as_str().unwrap();
+    let attachment = fx.profile.summary["attachments"][0].as_str().unwrap();
     let attachment = std::fs::read(
-        s.profile
+        fx.profile
             .home
             .join(".config/Signal/attachments.noindex")
             .join(attachment),
     )
     .unwrap();
-    let identity = std::fs::read_to_string(&s.identity).unwrap();
-    let secret = identity
-        .lines()
-        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-        .unwrap();
-    let mut written = all_bytes(&repo);
-    written.extend(all_bytes(&s.root.join("staging")));
+    let secret = age_secret(&fx.identity);
+    let mut written = all_bytes(repo);
+    written.extend(all_bytes(&fx.root.join("staging")));
     for (path, bytes) in &written {
         assert!(
-            !contains(bytes, s.profile.key.as_bytes()),
+            !contains(bytes, fx.profile.key.as_bytes()),
             "{path:?} holds the database key"
         );
         assert!(
@@ -142,7 +106,7 @@ fn the_backup_side_cannot_read_back_what_it_wrote() {
     // The staging directory keeps nothing once the backup is done.
     let staged: Vec<_> = written
         .iter()
-        .filter(|(p, _)| p.starts_with(s.root.join("staging")))
+        .filter(|(p, _)| p.starts_with(fx.root.join("staging")))
         .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(staged, vec!["lock".to_string()]);
@@ -150,66 +114,43 @@ fn the_backup_side_cannot_read_back_what_it_wrote() {
 
 #[test]
 fn debug_logs_show_no_secret_through_a_whole_backup_and_restore() {
-    let s = setup();
-    let server = S3Server::start();
-    server.create_bucket("ghostwire");
+    let fx = fixture();
+    let server = S3Server::with_bucket("ghostwire");
     let s3_secret = "s3-SECRET-4f9a2c1e7b3d8a6f0e5c9b2a7d4f1e8c";
-    let identity_text = std::fs::read_to_string(&s.identity).unwrap();
-    let age_secret = identity_text
-        .lines()
-        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-        .unwrap()
-        .to_string();
-    let configure = |command: &mut Command, format: &str| {
-        server.configure(command);
+    let age_secret = age_secret(&fx.identity);
+    let agent = |format: &str| {
+        let mut command = server.agent("s3://ghostwire/p");
         command
             .env("AWS_SECRET_ACCESS_KEY", s3_secret)
-            .env("GWB_REPO", "s3://ghostwire/p")
             .env("GWB_LOG", "debug")
             .env("GWB_LOG_FORMAT", format);
+        command
     };
     let mut outputs = Vec::new();
     for format in ["text", "json"] {
-        let mut command = agent();
-        configure(&mut command, format);
-        let output = backup(&s, &mut command);
-        assert!(output.status.success());
-        let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        outputs.push(output);
+        let backup = fx.backup_with(agent(format)).run();
+        let id = backup.stdout_trimmed().to_string();
+        outputs.push(backup);
         for verb in [
             &["snapshots", "--json"][..],
             &["verify", "--quick", "--snapshot", &id],
         ] {
-            let mut command = agent();
-            configure(&mut command, format);
-            outputs.push(run(command.args(verb)));
+            outputs.push(agent(format).args(verb).run());
         }
-        let mut command = agent();
-        configure(&mut command, format);
-        outputs.push(run(command
-            .args(["verify", "--snapshot", &id])
-            .arg("--identity")
-            .arg(&s.identity)));
-        let mut command = agent();
-        configure(&mut command, format);
-        outputs.push(run(command
-            .arg("restore")
-            .arg("--identity")
-            .arg(&s.identity)
-            .arg("--target")
-            .arg(s.root.join(format!("target-{format}")))));
+        outputs.push(fx.verify_with(agent(format), &id).run());
+        let target = fx.root.join(format!("target-{format}"));
+        outputs.push(fx.restore_with(agent(format), &target).run());
     }
     let mut seen = 0;
     for output in &outputs {
-        assert!(output.status.success());
-        let text = [&output.stdout[..], &output.stderr[..]].concat();
-        let text = String::from_utf8_lossy(&text);
+        assert!(output.status.success(), "{output}");
+        let text = format!("{}{}", output.stdout, output.stderr);
         seen += text.len();
         for (what, secret) in [
-            ("Signal's database key", s.profile.key.as_str()),
+            ("Signal's database key", fx.profile.key.as_str()),
             (
                 "Signal's database key",
-                s.profile.key.to_uppercase().as_str(),
+                fx.profile.key.to_uppercase().as_str(),
             ),
             ("the age secret key", age_secret.as_str()),
             ("the S3 secret key", s3_secret),
@@ -226,32 +167,32 @@ fn debug_logs_show_no_secret_through_a_whole_backup_and_restore() {
 
 #[test]
 fn an_identity_file_others_can_read_draws_a_warning() {
-    let s = setup();
-    let repo = s.root.join("backups");
-    let output = backup(&s, agent().env("GWB_REPO", &repo));
-    assert!(output.status.success());
+    let fx = fixture();
+    fx.backup().ok();
     let verify = |mode: u32| {
-        std::fs::set_permissions(&s.identity, std::fs::Permissions::from_mode(mode)).unwrap();
-        let output = run(agent()
-            .env("GWB_REPO", &repo)
+        std::fs::set_permissions(&fx.identity, std::fs::Permissions::from_mode(mode)).unwrap();
+        let verify = fx
+            .agent()
             .arg("verify")
             .arg("--identity")
-            .arg(&s.identity));
-        assert!(output.status.success());
-        String::from_utf8(output.stderr).unwrap()
+            .arg(&fx.identity)
+            .run();
+        assert!(verify.status.success(), "{verify}");
+        verify
     };
     for loose in [0o644, 0o640, 0o604] {
-        let err = verify(loose);
+        let verify = verify(loose);
         assert!(
-            err.contains("readable by other users") && err.contains("chmod 600"),
-            "mode {loose:o}: {err}"
+            verify.stderr.contains("readable by other users")
+                && verify.stderr.contains("chmod 600"),
+            "mode {loose:o}:\n{verify}"
         );
     }
     for tight in [0o600, 0o400] {
-        let err = verify(tight);
+        let verify = verify(tight);
         assert!(
-            !err.contains("readable by other users"),
-            "mode {tight:o}: {err}"
+            !verify.stderr.contains("readable by other users"),
+            "mode {tight:o}:\n{verify}"
         );
     }
 }

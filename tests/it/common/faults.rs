@@ -177,9 +177,8 @@ impl FaultProxy {
         self.shared.stats.lock().unwrap().clone()
     }
 
-    /// Points the agent at the server through this proxy.
-    pub fn configure(&self, server: &S3Server, command: &mut std::process::Command) {
-        server.configure(command);
+    /// Sends an agent pointed at the server (`S3Server::agent`) through this proxy.
+    pub fn configure(&self, command: &mut super::TestCommand) {
         command.env("GWB_S3_ENDPOINT", &self.endpoint);
     }
 }

@@ -1,16 +1,23 @@
 //! The test harness: real parts only. A Signal profile made by Signal's own SQLite driver
 //! (`tests/node`, `@signalapp/sqlcipher`), a real S3 server process (moto) on 127.0.0.1,
-//! the real binary, real files.
-#![allow(dead_code)]
+//! the real binary, real files. `command` runs things so that failures say everything;
+//! `fixture` is the profile + key + repository most tests start from; `faults` is a
+//! fault-injecting proxy in front of the S3 server.
 
+pub mod command;
 pub mod faults;
+pub mod fixture;
+
+pub use command::{Ran, Spawned, TestCommand};
+pub use fixture::{Fixture, Tar, backup_command, tar_header};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -20,12 +27,71 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The parts of the test setup that cargo does not install. A test that needs a missing
+/// one stops at once with one line that says how to install it, instead of a timeout or a
+/// confusing error further on.
+#[derive(Debug, Clone, Copy)]
+pub enum Part {
+    Node,
+    SignalDriver,
+    Moto,
+    Age,
+    Zstd,
+}
+
+const INSTALL: &str = "run scripts/install-test-deps.sh";
+
+/// Where `part` is installed; panics with the install command if it is not.
+pub fn require(part: Part) -> PathBuf {
+    let found = match part {
+        Part::Node => on_path("node"),
+        Part::SignalDriver => {
+            Some(repo_root().join("tests/node/node_modules/@signalapp/sqlcipher"))
+                .filter(|dir| dir.is_dir())
+        }
+        Part::Moto => Some(moto_server()).filter(|path| is_executable(path)),
+        Part::Age => on_path("age"),
+        Part::Zstd => on_path("zstd"),
+    };
+    found.unwrap_or_else(|| match part {
+        Part::Node => panic!(
+            "node (Node.js >= 20) is not on PATH: install it (Debian: apt-get install nodejs), then {INSTALL}"
+        ),
+        Part::SignalDriver => panic!(
+            "Signal's SQLite driver (tests/node/node_modules/@signalapp/sqlcipher) is not installed: {INSTALL}"
+        ),
+        Part::Moto => panic!(
+            "moto's S3 server ({}) is not installed: {INSTALL}",
+            moto_server().display()
+        ),
+        Part::Age => panic!("age is not on PATH: {INSTALL}"),
+        Part::Zstd => panic!("zstd is not on PATH: {INSTALL}"),
+    })
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| is_executable(path))
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn moto_server() -> PathBuf {
+    std::env::var_os("GWB_TEST_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv-s3/bin/moto_server"))
+}
+
 /// The binary under test, with a clean environment: no GWB_* or AWS_* from the caller.
-pub fn agent() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ghostwire-backup"));
-    for (name, _) in std::env::vars() {
+pub fn agent() -> TestCommand {
+    let mut command = TestCommand::new(env!("CARGO_BIN_EXE_ghostwire-backup"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
         if name.starts_with("GWB_") || name.starts_with("AWS_") {
-            command.env_remove(name);
+            command.env_remove(&*name);
         }
     }
     // Never let the AWS chain look for instance metadata: tests talk to 127.0.0.1 only.
@@ -36,43 +102,36 @@ pub fn agent() -> Command {
     command
 }
 
-/// Runs the agent and returns its output, printing it for the test log.
-pub fn run(command: &mut Command) -> Output {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .expect("the agent runs");
-    eprintln!(
-        "--- {:?}\nstatus: {}\nstdout: {}\nstderr: {}",
-        command.get_args().collect::<Vec<_>>(),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+/// The agent with the repository `repo` (a local directory or `s3://bucket/prefix`).
+pub fn agent_for(repo: impl AsRef<std::ffi::OsStr>) -> TestCommand {
+    let mut command = agent();
+    command.env("GWB_REPO", repo);
+    command
 }
 
-pub fn run_ok(command: &mut Command) -> String {
-    let output = run(command);
-    assert!(output.status.success(), "the agent failed");
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
+/// The ids `snapshots --json` lists, oldest first, in the repository `agent` points at.
+pub fn snapshot_ids(agent: &mut TestCommand) -> Vec<String> {
+    let listed: Value = serde_json::from_str(&agent.args(["snapshots", "--json"]).ok()).unwrap();
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
-/// Runs the agent, expects failure, and returns stderr.
-pub fn run_err(command: &mut Command) -> String {
-    let output = run(command);
-    assert!(!output.status.success(), "the agent should have failed");
-    String::from_utf8(output.stderr).unwrap()
+/// A key pair made by the agent itself.
+pub fn keygen(dir: &Path) -> (PathBuf, String) {
+    let identity = dir.join("identity.txt");
+    let recipient = agent().arg("keygen").arg("--out").arg(&identity).ok();
+    (identity, recipient)
 }
 
-fn node_script(name: &str) -> Command {
-    let dir = repo_root().join("tests/node");
-    assert!(
-        dir.join("node_modules/@signalapp/sqlcipher").exists(),
-        "Signal's driver is not installed: run `npm ci --prefix tests/node` (scripts/test.sh does)"
-    );
-    let mut command = Command::new("node");
-    command.arg(dir.join(name));
+/// One of the scripts in tests/node, with Signal's driver.
+fn node_script(name: &str) -> TestCommand {
+    require(Part::SignalDriver);
+    let mut command = TestCommand::new(require(Part::Node));
+    command.arg(repo_root().join("tests/node").join(name));
     command
 }
 
@@ -91,17 +150,8 @@ impl Profile {
 }
 
 pub fn make_profile(home: &Path, extra: &[&str]) -> Profile {
-    let output = node_script("make-profile.mjs")
-        .arg(home)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "make-profile failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).expect("make-profile prints JSON");
+    let printed = node_script("make-profile.mjs").arg(home).args(extra).ok();
+    let summary: Value = serde_json::from_str(&printed).expect("make-profile prints JSON");
     Profile {
         home: home.to_path_buf(),
         key: summary["key"].as_str().unwrap().to_string(),
@@ -117,19 +167,25 @@ pub fn check_db(db: &Path, key: &str, ids: Option<&Path>) -> Value {
     if let Some(ids) = ids {
         command.arg(ids);
     }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "check-db could not open {}: {}",
-        db.display(),
-        String::from_utf8_lossy(&output.stderr)
+    serde_json::from_str(&command.ok()).unwrap()
+}
+
+/// Checks a restored Signal database with Signal's driver: it opens, passes its integrity
+/// check, and holds `messages` messages. Returns what check-db reported.
+pub fn assert_signal_db(home: &Path, key: &str, messages: u64) -> Value {
+    let db = check_db(&home.join(".config/Signal/sql/db.sqlite"), key, None);
+    assert_eq!(db["integrity"], "ok", "{db}");
+    assert_eq!(
+        db["messages"].as_u64().unwrap(),
+        messages,
+        "rows lost: {db}"
     );
-    serde_json::from_slice(&output.stdout).unwrap()
+    db
 }
 
 /// Signal's writer: small transactions through Signal's driver, until stopped.
 pub struct Writer {
-    child: Child,
+    child: Spawned,
     pub ids: PathBuf,
 }
 
@@ -139,9 +195,7 @@ impl Writer {
             .arg(db)
             .arg(key)
             .arg(ids)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn(Stdio::piped(), Stdio::inherit());
         Self {
             child,
             ids: ids.to_path_buf(),
@@ -154,8 +208,16 @@ impl Writer {
             .unwrap_or(0)
     }
 
+    /// Waits until it has committed `count` transactions.
+    pub fn wait_for(&self, count: usize) {
+        while self.committed() < count {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops it with SIGTERM and returns its report (commits, busy, latencies).
     pub fn stop(mut self) -> Value {
+        // SAFETY: kill on a child we spawned and have not reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let mut out = String::new();
         self.child
@@ -171,38 +233,42 @@ impl Writer {
 
 /// A real S3 server (moto) on 127.0.0.1, stopped on drop.
 pub struct S3Server {
-    child: Child,
+    /// Kept for its drop, which stops the server.
+    _process: Spawned,
     pub endpoint: String,
     port: u16,
 }
 
 impl S3Server {
     pub fn start() -> Self {
-        let moto = std::env::var("GWB_TEST_MOTO_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| repo_root().join(".venv-s3/bin/moto_server"));
-        assert!(
-            moto.exists(),
-            "{} is missing: scripts/test.sh installs moto[server] into .venv-s3",
-            moto.display()
-        );
+        let moto = require(Part::Moto);
         let port = free_port();
-        let child = Command::new(moto)
+        let mut child = TestCommand::new(&moto)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .spawn(Stdio::null(), Stdio::null());
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start");
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "moto's S3 server ({}) exited at start ({status}): run it by hand to see why, or reinstall: {INSTALL}",
+                    moto.display()
+                );
+            }
+            assert!(Instant::now() < deadline, "moto did not start within 30 s");
             std::thread::sleep(Duration::from_millis(100));
         }
         Self {
-            child,
+            _process: child,
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
         }
+    }
+
+    /// A server with one bucket.
+    pub fn with_bucket(bucket: &str) -> Self {
+        let server = Self::start();
+        server.create_bucket(bucket);
+        server
     }
 
     /// Creates a bucket (moto does not check signatures on this call).
@@ -271,8 +337,8 @@ impl S3Server {
         body.matches("<UploadId>").count()
     }
 
-    /// Points the agent at this server.
-    pub fn configure(&self, command: &mut Command) {
+    /// Points the agent at this server (the repository is the caller's to set).
+    pub fn configure(&self, command: &mut TestCommand) {
         command
             .env("GWB_S3_ENDPOINT", &self.endpoint)
             .env("GWB_S3_PATH_STYLE", "true")
@@ -280,13 +346,30 @@ impl S3Server {
             .env("AWS_ACCESS_KEY_ID", "test-access-key")
             .env("AWS_SECRET_ACCESS_KEY", "test-secret-key");
     }
+
+    /// The agent with the repository `repo` (`s3://bucket/prefix`) on this server.
+    pub fn agent(&self, repo: &str) -> TestCommand {
+        let mut command = agent_for(repo);
+        self.configure(&mut command);
+        command
+    }
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Credentials for S3 clients inside the test process (the lease tests call the crate
+/// directly; the SDK reads them from the environment, as in a pod). Set once, to the same
+/// values whichever test comes first, so tests running side by side never see them change;
+/// the agents the other tests start do not inherit them (`agent()` clears AWS_*).
+pub fn in_process_s3_credentials() {
+    static SET: Once = Once::new();
+    SET.call_once(|| {
+        // SAFETY: std serialises its own environment access; nothing in this process reads
+        // these variables outside std.
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+            std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        }
+    });
 }
 
 pub fn free_port() -> u16 {
@@ -297,31 +380,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `backup` of `home` into the repository `repo`, ready for more flags.
-pub fn backup_command(
-    repo: impl AsRef<std::ffi::OsStr>,
-    home: &Path,
-    recipient: &str,
-    staging: impl AsRef<std::ffi::OsStr>,
-) -> Command {
-    let mut command = agent();
-    command
-        .env("GWB_REPO", repo)
-        .arg("backup")
-        .arg("--source")
-        .arg(home)
-        .arg("--recipient")
-        .arg(recipient)
-        .arg("--staging-dir")
-        .arg(staging);
-    command
-}
-
-/// A key pair made by the agent itself.
-pub fn keygen(dir: &Path) -> (PathBuf, String) {
-    let identity = dir.join("identity.txt");
-    let recipient = run_ok(agent().arg("keygen").arg("--out").arg(&identity));
-    (identity, recipient)
+/// Runs a shell pipeline of stock tools (`$1`, `$2`… are `args`), for the tests that
+/// restore without the agent.
+pub fn stock_tools(script: &str, args: &[&Path]) {
+    require(Part::Age);
+    require(Part::Zstd);
+    TestCommand::new("bash")
+        .arg("-c")
+        .arg(format!("set -eo pipefail; {script}"))
+        .arg("sh")
+        .args(args)
+        .ok();
 }
 
 /// What a tree holds, entry by entry: kind, permission bits, and content hash or link
@@ -404,6 +473,12 @@ pub fn assert_same_tree(actual: &BTreeMap<String, String>, expected: &BTreeMap<S
     );
 }
 
+/// The agent's own files at the top of a home or volume (catalog, restore marker,
+/// staging): left out when trees are compared.
+pub fn ours(path: &str) -> bool {
+    path.starts_with(ghostwire_backup::profile::OWN_FILES_PREFIX)
+}
+
 /// Paths a backup must not carry: caches, locks, sockets, the live WAL files, and the
 /// Signal database (compared through Signal's driver instead, since a snapshot is a new
 /// file with the same rows).
@@ -430,5 +505,5 @@ pub fn not_backed_up(path: &str) -> bool {
         || path.ends_with("-journal")
         || path.ends_with(".sock")
         || path == ".config/Signal/sql/db.sqlite"
-        || path.starts_with(".ghostwire-backup")
+        || ours(path)
 }

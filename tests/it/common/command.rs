@@ -1,0 +1,189 @@
+//! A command under test, after ripgrep's `TestCommand`: whatever goes wrong, the failure
+//! message holds the command line, the environment variables the test set (secret values
+//! hidden), the exit status, stdout and stderr, so a failure in CI reads without a re-run.
+//!
+//! `ok()` expects success and returns stdout; `fails()` expects failure and returns
+//! stderr; `fails_with(&[...])` also expects words in stderr; `run()` expects nothing and
+//! returns a [`Ran`] whose `Display` is the whole story, for a test's own assertions.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+pub struct TestCommand {
+    command: Command,
+}
+
+impl TestCommand {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Self {
+            command: Command::new(program),
+        }
+    }
+
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
+        self.command.arg(arg);
+        self
+    }
+
+    pub fn args(&mut self, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> &mut Self {
+        self.command.args(args);
+        self
+    }
+
+    pub fn env(&mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+        self.command.env(name, value);
+        self
+    }
+
+    pub fn env_remove(&mut self, name: impl AsRef<OsStr>) -> &mut Self {
+        self.command.env_remove(name);
+        self
+    }
+
+    /// Runs it to the end with stdin closed, asserting nothing.
+    pub fn run(&mut self) -> Ran {
+        let output = self
+            .command
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot start it: {e}\n{self}"));
+        Ran {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            command: self.to_string(),
+        }
+    }
+
+    /// Runs it, expects success, and returns stdout without its surrounding white space.
+    pub fn ok(&mut self) -> String {
+        let ran = self.run();
+        assert!(ran.status.success(), "it failed:\n{ran}");
+        ran.stdout.trim().to_string()
+    }
+
+    /// Runs it, expects failure, and returns stderr.
+    pub fn fails(&mut self) -> String {
+        let ran = self.run();
+        assert!(!ran.status.success(), "it should have failed:\n{ran}");
+        ran.stderr
+    }
+
+    /// Runs it, expects failure with every one of `words` in stderr, and returns stderr.
+    pub fn fails_with(&mut self, words: &[&str]) -> String {
+        let ran = self.run();
+        assert!(!ran.status.success(), "it should have failed:\n{ran}");
+        let missing: Vec<_> = words.iter().filter(|w| !ran.stderr.contains(*w)).collect();
+        assert!(missing.is_empty(), "stderr lacks {missing:?}:\n{ran}");
+        ran.stderr
+    }
+
+    /// Starts it without waiting, stdin closed, stdout and stderr as given. It is killed
+    /// if the test ends (or fails) before it does.
+    pub fn spawn(&mut self, stdout: Stdio, stderr: Stdio) -> Spawned {
+        let child = self
+            .command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start it: {e}\n{self}"));
+        Spawned(child)
+    }
+}
+
+/// A started process that does not outlive its test: a failed assertion must not leave a
+/// daemon or a writer running.
+pub struct Spawned(Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The command line and the environment variables the test set: `command: …` and
+/// `env: …` lines.
+impl fmt::Display for TestCommand {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "command:")?;
+        let program = std::iter::once(self.command.get_program());
+        for word in program.chain(self.command.get_args()) {
+            write!(f, " {}", quoted(word))?;
+        }
+        write!(f, "\nenv:")?;
+        for (name, value) in self.command.get_envs() {
+            let Some(value) = value else { continue };
+            let name = name.to_string_lossy();
+            if is_secret(&name) {
+                write!(f, " {name}=(secret)")?;
+            } else {
+                write!(f, " {name}={}", quoted(value))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A variable whose value must not reach a log, even a test's.
+fn is_secret(name: &str) -> bool {
+    ["SECRET", "TOKEN", "PASSWORD"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// A word as a shell would need it, so a failed command line can be pasted and rerun.
+fn quoted(word: &OsStr) -> String {
+    let text = word.to_string_lossy();
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c));
+    if plain {
+        text.into_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// A finished command: its status and output, and (as `Display`) everything about it.
+pub struct Ran {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    command: String,
+}
+
+impl Ran {
+    /// stdout without its surrounding white space (an id, a count).
+    pub fn stdout_trimmed(&self) -> &str {
+        self.stdout.trim()
+    }
+}
+
+impl fmt::Display for Ran {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "{}\nstatus: {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.command, self.status, self.stdout, self.stderr
+        )
+    }
+}

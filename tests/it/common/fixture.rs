@@ -1,0 +1,196 @@
+//! The setup most tests start from: in a temporary directory, a Signal profile made by
+//! Signal's driver (`home/`), a key pair made by the agent (`identity.txt` and its
+//! recipient), a local repository (`backups/`) and a staging directory (`staging/`).
+//! Commands for the profile's backup and restore come ready to run, against the local
+//! repository or, given an agent pointed elsewhere (`S3Server::agent`), any other.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ghostwire_backup::commands::restore::{MARKER, STAGING};
+use serde_json::Value;
+
+use super::{Profile, TestCommand, agent_for, assert_same_tree, keygen, make_profile, tree};
+
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    /// The temporary directory that holds everything below.
+    pub root: PathBuf,
+    pub profile: Profile,
+    pub identity: PathBuf,
+    pub recipient: String,
+    /// The local repository.
+    pub repo: PathBuf,
+}
+
+impl Fixture {
+    /// A profile made with `make-profile.mjs` options such as `["--messages", "200"]`.
+    pub fn new(profile: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let profile = make_profile(&root.join("home"), profile);
+        let (identity, recipient) = keygen(&root);
+        Self {
+            _dir: dir,
+            repo: root.join("backups"),
+            root,
+            profile,
+            identity,
+            recipient,
+        }
+    }
+
+    /// The same, backed up once to the local repository: the fixture and the snapshot id.
+    pub fn backed_up(profile: &[&str]) -> (Self, String) {
+        let fixture = Self::new(profile);
+        let id = fixture.backup().ok();
+        (fixture, id)
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.profile.home
+    }
+
+    /// The agent with the local repository.
+    pub fn agent(&self) -> TestCommand {
+        agent_for(&self.repo)
+    }
+
+    /// `backup` of the profile to the local repository, ready for more flags.
+    pub fn backup(&self) -> TestCommand {
+        self.backup_with(self.agent())
+    }
+
+    /// `backup` of the profile by `agent`, which says where the repository is.
+    pub fn backup_with(&self, agent: TestCommand) -> TestCommand {
+        self.backup_of(agent, self.home())
+    }
+
+    /// `backup` of another tree (a restored volume, an odd home) with this key.
+    pub fn backup_of(&self, agent: TestCommand, source: &Path) -> TestCommand {
+        backup_command(agent, source, &self.recipient, &self.root.join("staging"))
+    }
+
+    /// `restore` from the local repository into `target`, ready for more flags.
+    pub fn restore(&self, target: &Path) -> TestCommand {
+        self.restore_with(self.agent(), target)
+    }
+
+    /// `restore` by `agent`, which says where the repository is.
+    pub fn restore_with(&self, mut agent: TestCommand, target: &Path) -> TestCommand {
+        agent
+            .arg("restore")
+            .arg("--identity")
+            .arg(&self.identity)
+            .arg("--target")
+            .arg(target);
+        agent
+    }
+
+    /// `verify` of snapshot `id` with the identity, by `agent`.
+    pub fn verify_with(&self, mut agent: TestCommand, id: &str) -> TestCommand {
+        agent
+            .args(["verify", "--snapshot", id])
+            .arg("--identity")
+            .arg(&self.identity);
+        agent
+    }
+
+    /// Where the local repository keeps a snapshot's archive (the layout README documents).
+    pub fn archive(&self, id: &str) -> PathBuf {
+        self.repo.join(format!("archives/{id}.tar.zst.age"))
+    }
+
+    /// Where the local repository keeps a snapshot's manifest.
+    pub fn manifest_path(&self, id: &str) -> PathBuf {
+        self.repo.join(format!("snapshots/{id}.json"))
+    }
+
+    pub fn manifest(&self, id: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(self.manifest_path(id)).unwrap()).unwrap()
+    }
+
+    /// Runs `restore`, a restore into `target` that must fail, and returns its stderr;
+    /// checks it left no marker and no staging directory, and changed nothing in the
+    /// fixture's directory outside `target`.
+    pub fn assert_restore_fails(&self, restore: &mut TestCommand, target: &Path) -> String {
+        let target_name = target.strip_prefix(&self.root).unwrap().to_str().unwrap();
+        let outside = |path: &str| path.starts_with(target_name);
+        let before = tree(&self.root, &outside);
+        let err = restore.fails();
+        assert!(
+            !target.join(MARKER).exists(),
+            "a failed restore left a marker: {err}"
+        );
+        assert!(
+            !target.join(STAGING).exists(),
+            "a failed restore left its staging directory behind: {err}"
+        );
+        assert_same_tree(&tree(&self.root, &outside), &before);
+        err
+    }
+
+    /// Replaces snapshot `id`'s archive with what `build` writes, compressed and encrypted
+    /// to the right key, and fixes the manifest's size and hash so only the unpacker (and
+    /// the content cap) stand in the way. The manifest also loses its file index and chain:
+    /// whoever can write to the repository can write such a manifest (a full snapshot
+    /// without an index is still a valid one), and then every entry reaches the unpacker.
+    /// `edit` changes the manifest further.
+    pub fn plant(&self, id: &str, build: impl FnOnce(&mut Tar), edit: impl FnOnce(&mut Value)) {
+        let mut tar = tar::Builder::new(zstd::Encoder::new(Vec::new(), 3).unwrap());
+        build(&mut tar);
+        let plain = tar.into_inner().unwrap().finish().unwrap();
+        let recipient: age::x25519::Recipient = self.recipient.parse().unwrap();
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                .unwrap();
+        let mut ciphertext = Vec::new();
+        let mut writer = encryptor.wrap_output(&mut ciphertext).unwrap();
+        writer.write_all(&plain).unwrap();
+        writer.finish().unwrap();
+        std::fs::write(self.archive(id), &ciphertext).unwrap();
+        let mut manifest = self.manifest(id);
+        for field in ["index", "parent", "chain_full", "depends_on"] {
+            manifest.as_object_mut().unwrap().remove(field);
+        }
+        manifest["archive"]["size"] = ciphertext.len().into();
+        manifest["archive"]["sha256"] =
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&ciphertext)).into();
+        edit(&mut manifest);
+        std::fs::write(self.manifest_path(id), manifest.to_string()).unwrap();
+    }
+}
+
+/// `backup` of `source` to `recipient` by `agent`, which says where the repository is:
+/// for a home that is not a fixture's.
+pub fn backup_command(
+    mut agent: TestCommand,
+    source: &Path,
+    recipient: &str,
+    staging: &Path,
+) -> TestCommand {
+    agent
+        .arg("backup")
+        .arg("--source")
+        .arg(source)
+        .arg("--recipient")
+        .arg(recipient)
+        .arg("--staging-dir")
+        .arg(staging);
+    agent
+}
+
+/// An archive being written by a test: tar into zstd.
+pub type Tar = tar::Builder<zstd::Encoder<'static, Vec<u8>>>;
+
+/// A tar header owned by root, dated 1970.
+pub fn tar_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header
+}
