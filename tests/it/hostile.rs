@@ -1,4 +1,4 @@
-//! Hostile and odd input, end to end, beyond tests/failures.rs: a repository someone
+//! Hostile and odd input, end to end, beyond failures.rs: a repository someone
 //! tampered with (a zstd bomb, archives that try to write outside the target, manifests
 //! from the future or broken), and homes with odd names (invalid UTF-8, paths longer than
 //! PATH_MAX, FIFOs). Plus a property test of the unpacker on random archives.
@@ -59,15 +59,12 @@ fn a_zstd_bomb_is_refused_before_it_fills_the_disk() {
     // 1 GiB of zeros: about 100 KiB once compressed, over 100 times what the manifest
     // allows.
     let bomb: u64 = 1 << 30;
-    fx.plant(
-        &id,
-        |tar| {
-            let mut h = tar_header(tar::EntryType::Regular, bomb, 0o644);
-            tar.append_data(&mut h, "bomb", std::io::repeat(0).take(bomb))
-                .unwrap();
-        },
-        |_| {},
-    );
+    let build = |tar: &mut Tar| {
+        let mut h = tar_header(tar::EntryType::Regular, bomb, 0o644);
+        tar.append_data(&mut h, "bomb", std::io::repeat(0).take(bomb))
+            .unwrap();
+    };
+    fx.plant(&id, build, |_| {});
     let archive = std::fs::metadata(fx.archive(&id)).unwrap().len();
     assert!(archive < 1 << 20, "the bomb is {archive} bytes");
     let target = fx.root.join("target");
@@ -81,15 +78,7 @@ fn a_zstd_bomb_is_refused_before_it_fills_the_disk() {
 
     // The same bomb with a manifest that lies about its size too: the free-space check
     // refuses it before anything is written.
-    fx.plant(
-        &id,
-        |tar| {
-            let mut h = tar_header(tar::EntryType::Regular, bomb, 0o644);
-            tar.append_data(&mut h, "bomb", std::io::repeat(0).take(bomb))
-                .unwrap();
-        },
-        |m| m["content"]["bytes"] = (1u64 << 60).into(),
-    );
+    fx.plant(&id, build, |m| m["content"]["bytes"] = (1u64 << 60).into());
     let fresh = fx.root.join("fresh");
     let err = restore_fails(&fx, &fresh);
     assert!(err.contains("use a larger volume"), "{err}");

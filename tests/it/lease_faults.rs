@@ -6,28 +6,15 @@
 use std::time::Duration;
 
 use ghostwire_backup::lease::Held;
-use ghostwire_backup::repo::Repository;
-use ghostwire_backup::store::s3::S3Options;
 
 use crate::common::faults::{Fault, FaultProxy};
-use crate::common::{S3Server, in_process_s3_credentials};
+use crate::common::{S3Server, open_in_process};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lease_writes_survive_lost_answers_and_cut_reads() {
     let server = S3Server::with_bucket("fence");
     let proxy = FaultProxy::start(&server, 5);
-    in_process_s3_credentials();
-    let options = S3Options {
-        endpoint: Some(proxy.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        path_style: true,
-        max_attempts: 6,
-        parallel_parts: 1,
-        object_lock: None,
-    };
-    let repo = Repository::open("s3://fence/ghostwire", &options)
-        .await
-        .unwrap();
+    let repo = open_in_process("s3://fence/ghostwire", &proxy.endpoint, 6).await;
 
     // Acquire: the lease does not exist yet (If-None-Match: *), and the answer is lost.
     proxy.force("PUT", "/lease.json", Fault::LostResponse);

@@ -4,27 +4,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ghostwire_backup::lease::{Held, check_restore};
-use ghostwire_backup::repo::Repository;
-use ghostwire_backup::store::s3::S3Options;
 use ghostwire_backup::store::{Retention, StoreError};
 
-use crate::common::{S3Server, in_process_s3_credentials};
+use crate::common::{S3Server, open_in_process};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_conditional_writes_fence_a_second_writer() {
     let server = S3Server::with_bucket("fence");
-    in_process_s3_credentials();
-    let options = S3Options {
-        endpoint: Some(server.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        path_style: true,
-        max_attempts: 2,
-        parallel_parts: 1,
-        object_lock: None,
-    };
-    let repo = Repository::open("s3://fence/ghostwire", &options)
-        .await
-        .unwrap();
+    let repo = open_in_process("s3://fence/ghostwire", &server.endpoint, 2).await;
     let store = repo.store();
 
     // Compare-and-swap on the store itself.

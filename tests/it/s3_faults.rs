@@ -1,5 +1,5 @@
 //! The agent against a real S3 server (moto) through a bad network: a fault-injecting
-//! proxy (tests/common/faults.rs) answers 500/503 itself, resets connections, loses
+//! proxy (common/faults.rs) answers 500/503 itself, resets connections, loses
 //! answers, cuts bodies and stalls. A backup and a restore must still come out right at a
 //! tenth of requests failing; when every request fails they must stop in bounded time with
 //! a clear error and leave no snapshot and no marker behind.

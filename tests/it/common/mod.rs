@@ -355,11 +355,31 @@ impl S3Server {
     }
 }
 
-/// Credentials for S3 clients inside the test process (the lease tests call the crate
-/// directly; the SDK reads them from the environment, as in a pod). Set once, to the same
-/// values whichever test comes first, so tests running side by side never see them change;
-/// the agents the other tests start do not inherit them (`agent()` clears AWS_*).
-pub fn in_process_s3_credentials() {
+/// The repository `repo` (`s3://…`) at `endpoint`, opened inside the test process (the
+/// lease tests call the crate directly), with `max_attempts` per request.
+pub async fn open_in_process(
+    repo: &str,
+    endpoint: &str,
+    max_attempts: u32,
+) -> ghostwire_backup::repo::Repository {
+    in_process_s3_credentials();
+    let options = ghostwire_backup::store::s3::S3Options {
+        endpoint: Some(endpoint.to_string()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        max_attempts,
+        parallel_parts: 1,
+        object_lock: None,
+    };
+    ghostwire_backup::repo::Repository::open(repo, &options)
+        .await
+        .unwrap()
+}
+
+/// The SDK reads credentials from the environment, as in a pod. They are set once, to the
+/// same values whichever test comes first, so tests running side by side never see them
+/// change; the agents the other tests start do not inherit them (`agent()` clears AWS_*).
+fn in_process_s3_credentials() {
     static SET: Once = Once::new();
     SET.call_once(|| {
         // SAFETY: std serialises its own environment access; nothing in this process reads
