@@ -24,5 +24,7 @@ mod hostile;
 mod incremental;
 mod lease_faults;
 mod lease_s3;
+mod locks;
 mod s3_faults;
 mod security;
+mod store_contract;

@@ -41,6 +41,13 @@ impl TestCommand {
         self
     }
 
+    /// Runs it as another user (the test must be root).
+    pub fn user(&mut self, uid: u32, gid: u32) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        self.command.uid(uid).gid(gid);
+        self
+    }
+
     /// Runs it to the end with stdin closed, asserting nothing.
     pub fn run(&mut self) -> Ran {
         let output = self

@@ -235,6 +235,8 @@ impl Writer {
 pub struct S3Server {
     /// Kept for its drop, which stops the server.
     _process: Spawned,
+    /// The serial wrapper's script, for a server started with [`S3Server::start_serial`].
+    _script: Option<tempfile::TempDir>,
     pub endpoint: String,
     port: u16,
 }
@@ -242,8 +244,30 @@ pub struct S3Server {
 impl S3Server {
     pub fn start() -> Self {
         let moto = require(Part::Moto);
+        Self::start_with(TestCommand::new(&moto), moto, None)
+    }
+
+    /// moto, handling one request at a time. moto's conditional PUT checks the precondition
+    /// and then writes, without a lock (moto 5.2 `s3/responses.py` `put_object`), so on its
+    /// threaded server two racing conditional writers can both win, which S3 itself never
+    /// lets happen. Handled in turn, moto keeps S3's guarantee and a race tests our client.
+    pub fn start_serial() -> Self {
+        let moto = require(Part::Moto);
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("moto_serial.py");
+        std::fs::write(&script, MOTO_SERIAL).unwrap();
+        let mut command = TestCommand::new(moto.with_file_name("python"));
+        command.arg(&script);
+        Self::start_with(command, moto, Some(dir))
+    }
+
+    fn start_with(
+        mut command: TestCommand,
+        moto: PathBuf,
+        script: Option<tempfile::TempDir>,
+    ) -> Self {
         let port = free_port();
-        let mut child = TestCommand::new(&moto)
+        let mut child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .spawn(Stdio::null(), Stdio::null());
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -259,6 +283,7 @@ impl S3Server {
         }
         Self {
             _process: child,
+            _script: script,
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
         }
@@ -379,7 +404,7 @@ pub async fn open_in_process(
 /// The SDK reads credentials from the environment, as in a pod. They are set once, to the
 /// same values whichever test comes first, so tests running side by side never see them
 /// change; the agents the other tests start do not inherit them (`agent()` clears AWS_*).
-fn in_process_s3_credentials() {
+pub fn in_process_s3_credentials() {
     static SET: Once = Once::new();
     SET.call_once(|| {
         // SAFETY: std serialises its own environment access; nothing in this process reads
@@ -527,3 +552,23 @@ pub fn not_backed_up(path: &str) -> bool {
         || path == ".config/Signal/sql/db.sqlite"
         || ours(path)
 }
+
+const MOTO_SERIAL: &str = r#"
+import sys, threading
+import werkzeug.serving
+
+run_simple = werkzeug.serving.run_simple
+one_at_a_time = threading.Lock()
+
+def serial(app):
+    def handle(environ, start_response):
+        with one_at_a_time:
+            return list(app(environ, start_response))
+    return handle
+
+werkzeug.serving.run_simple = lambda host, port, app, **options: run_simple(
+    host, port, serial(app), **options)
+
+from moto.server import main
+main(sys.argv[1:])
+"#;

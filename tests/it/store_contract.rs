@@ -4,8 +4,6 @@
 //! download can be cut for real). A new backend gets one more `#[tokio::test]` calling
 //! [`contract`].
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -19,7 +17,8 @@ use ghostwire_backup::store::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
-use common::faults::{Fault, FaultProxy};
+use crate::common::S3Server;
+use crate::common::faults::{Fault, FaultProxy};
 
 /// A backend under test.
 struct Backend {
@@ -464,68 +463,12 @@ async fn the_local_directory_store_keeps_the_contract() {
     .await;
 }
 
-/// moto, handling one request at a time. moto's conditional PUT checks the precondition
-/// and then writes, without a lock (moto 5.2 `s3/responses.py` `put_object`), so on its
-/// threaded server two racing conditional writers can both win, which S3 itself never lets
-/// happen. Handled in turn, moto keeps S3's guarantee and the race tests our client.
-fn serial_s3_server(dir: &std::path::Path) -> common::S3Server {
-    let moto = std::env::var("GWB_TEST_MOTO_SERVER")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| common::repo_root().join(".venv-s3/bin/moto_server"));
-    let script = dir.join("moto_serial.py");
-    std::fs::write(&script, MOTO_SERIAL).unwrap();
-    let wrapper = dir.join("moto_server_serial");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec '{}' '{}' \"$@\"\n",
-            moto.with_file_name("python").display(),
-            script.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    // Read by S3Server::start, in this test binary only.
-    unsafe { std::env::set_var("GWB_TEST_MOTO_SERVER", &wrapper) };
-    common::S3Server::start()
-}
-
-const MOTO_SERIAL: &str = r#"
-import sys, threading
-import werkzeug.serving
-
-run_simple = werkzeug.serving.run_simple
-one_at_a_time = threading.Lock()
-
-def serial(app):
-    def handle(environ, start_response):
-        with one_at_a_time:
-            return list(app(environ, start_response))
-    return handle
-
-werkzeug.serving.run_simple = lambda host, port, app, **options: run_simple(
-    host, port, serial(app), **options)
-
-from moto.server import main
-main(sys.argv[1:])
-"#;
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_s3_store_keeps_the_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(serial_s3_server(dir.path()));
+    let server = Arc::new(S3Server::start_serial());
     server.create_bucket("contract");
     let proxy = Arc::new(FaultProxy::start(&server, 7));
-    // The SDK reads credentials from the environment, as in a pod.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    }
+    crate::common::in_process_s3_credentials();
     let options = S3Options {
         endpoint: Some(proxy.endpoint.clone()),
         region: Some("us-east-1".into()),

@@ -1,21 +1,18 @@
 //! Repository locks through the binary: `unlock`, a junk lock, and a live process of
 //! another user, which the kernel answers with EPERM instead of "no such process".
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
 use chrono::{Duration, Utc};
 
-use common::{agent, run, run_err, run_ok};
+use crate::common::{TestCommand, agent};
 
 /// The host name the agent runs as in these tests (it reads HOSTNAME, as in a pod).
 const HOST: &str = "lock-test-host";
 
-fn unlock(repo: &Path) -> Command {
+fn unlock(repo: &Path) -> TestCommand {
     let mut command = agent();
     command
         .env("GWB_REPO", repo)
@@ -101,14 +98,14 @@ fn a_junk_lock_names_unlock_which_removes_it_with_the_stale_ones_and_all_the_liv
         .env("GWB_REPO", &repo)
         .env("HOSTNAME", HOST)
         .args(["prune", "--keep-last", "1"]);
-    let err = run_err(&mut prune);
+    let err = prune.fails();
     assert!(
         err.contains("locks/20261201T000000.000Z-00000000.json cannot be read")
             && err.contains("ghostwire-backup unlock"),
         "{err}"
     );
 
-    let report = run_ok(&mut unlock(&repo));
+    let report = unlock(&repo).ok();
     for removed in [
         "removed locks/20261201T000000.000Z-00000002.json: process ",
         "is gone; the exclusive lock of a prune on lock-test-host",
@@ -128,10 +125,10 @@ fn a_junk_lock_names_unlock_which_removes_it_with_the_stale_ones_and_all_the_liv
         "only the live lock stays"
     );
 
-    let output = run(unlock(&repo).arg("--all"));
-    assert!(output.status.success());
-    let report = String::from_utf8_lossy(&output.stdout);
-    let warning = String::from_utf8_lossy(&output.stderr);
+    let output = unlock(&repo).arg("--all").run();
+    assert!(output.status.success(), "{output}");
+    let report = &output.stdout;
+    let warning = &output.stderr;
     assert!(
         report.contains("removed locks/20261201T000000.000Z-00000001.json (--all)"),
         "{report}"
@@ -169,9 +166,9 @@ fn a_live_process_of_another_user_holds_its_lock() {
 
     let mut command = unlock(&repo);
     if root {
-        command.uid(65534).gid(65534);
+        command.user(65534, 65534);
     }
-    let report = run_ok(&mut command);
+    let report = command.ok();
     assert!(report.contains("removed locks/crashed.json"), "{report}");
     assert!(report.contains("kept locks/live.json"), "{report}");
     assert_eq!(locks_left(&repo), ["live.json"]);
