@@ -30,6 +30,11 @@ const MANIFESTS: (&str, &str) = ("snapshots/", ".json");
 const LOCKS: (&str, &str) = ("locks/", ".json");
 const LEASE: &str = "lease.json";
 
+/// A directory and a file ending: how one kind of object is named.
+type Naming = (&'static str, &'static str);
+/// A variant's constructor, such as `Object::Lock`.
+type Constructor = fn(String) -> Object;
+
 impl Object {
     /// The object's key in the store.
     pub fn key(&self) -> String {
@@ -45,7 +50,7 @@ impl Object {
         if key == LEASE {
             return Some(Object::Lease);
         }
-        let kinds: [(_, fn(String) -> Object); 4] = [
+        let kinds: [(Naming, Constructor); 4] = [
             (ARCHIVES, Object::Archive),
             (INDEXES, Object::Index),
             (MANIFESTS, Object::Manifest),
