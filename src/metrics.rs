@@ -105,6 +105,54 @@ impl Metrics {
     }
 }
 
+/// One metric family as Prometheus scrapes it, for the docs and the deploy checks
+/// (`ghostwire-backup reference`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Descriptor {
+    /// The family name (`ghostwire_backup_failures`).
+    pub name: String,
+    /// `counter`, `gauge`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub help: String,
+    /// The series names a query uses (`ghostwire_backup_failures_total` for a counter).
+    pub series: Vec<String>,
+}
+
+/// Every metric the daemon exports, read back from what a fresh registry renders, so that
+/// the list is exactly what a scrape sees: names, the library's `_total` suffixes, types
+/// and help texts are written once, in [`Metrics::new`].
+pub fn descriptors() -> Vec<Descriptor> {
+    let text = Metrics::new().render();
+    let mut families: Vec<Descriptor> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            families.push(Descriptor {
+                name: name.to_owned(),
+                kind: String::new(),
+                help: help.to_owned(),
+                series: Vec::new(),
+            });
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            if let Some(family) = families.iter_mut().find(|f| f.name == name) {
+                family.kind = kind.to_owned();
+            }
+        } else if !line.starts_with('#') {
+            // A sample: `name{labels} value` or `name value`, of the family before it.
+            let series = line.split(['{', ' ']).next().unwrap_or_default();
+            if let Some(family) = families.last_mut()
+                && series.starts_with(&family.name)
+                && !family.series.iter().any(|s| s == series)
+            {
+                family.series.push(series.to_owned());
+            }
+        }
+    }
+    families
+}
+
 /// Binds `listen` (failing now if it cannot) and serves the endpoints in the background.
 pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
     let app = Router::new()
@@ -132,4 +180,43 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl axum::response::Int
         )],
         metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_name_the_series_a_query_uses() {
+        let all = descriptors();
+        let failures = all
+            .iter()
+            .find(|d| d.name == "ghostwire_backup_failures")
+            .expect("the failure counter is listed");
+        assert_eq!(failures.kind, "counter");
+        assert_eq!(failures.series, ["ghostwire_backup_failures_total"]);
+        // The library ends every help text with a full stop.
+        assert_eq!(failures.help, "Backup attempts that failed.");
+        let running = all
+            .iter()
+            .find(|d| d.name == "ghostwire_backup_running")
+            .expect("the running gauge is listed");
+        assert_eq!(running.kind, "gauge");
+        assert_eq!(running.series, ["ghostwire_backup_running"]);
+    }
+
+    #[test]
+    fn every_exported_metric_is_described() {
+        let all = descriptors();
+        let rendered = Metrics::new().render();
+        let samples = rendered
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count();
+        assert_eq!(all.iter().map(|d| d.series.len()).sum::<usize>(), samples);
+        for d in &all {
+            assert!(d.name.starts_with("ghostwire_backup_"), "{d:?}");
+            assert!(!d.kind.is_empty() && !d.help.is_empty(), "{d:?}");
+        }
+    }
 }
