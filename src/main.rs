@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use aws_sdk_s3::types::ObjectLockMode;
 use ghostwire_backup::commands::prune::PruneOptions;
@@ -20,6 +20,8 @@ use ghostwire_backup::repo::{Repository, Selector};
 use ghostwire_backup::retention::Policy;
 use ghostwire_backup::store::s3::{ObjectLock, S3Options};
 use ghostwire_backup::{lease, schedule};
+
+mod reference;
 
 #[derive(Parser)]
 #[command(
@@ -38,16 +40,17 @@ struct Global {
     /// Repository: s3://BUCKET/PREFIX, or a local directory.
     #[arg(long, env = "GWB_REPO", default_value = "./backups", global = true)]
     repo: String,
-    /// S3 endpoint for S3-compatible servers (MinIO, Ceph, R2…); AWS when unset.
+    /// S3 endpoint URL of an S3-compatible server: MinIO, Ceph, R2… (default: AWS).
     #[arg(long, env = "GWB_S3_ENDPOINT", global = true)]
     s3_endpoint: Option<String>,
-    /// S3 region (else AWS_REGION, else us-east-1).
+    /// S3 region (default: AWS_REGION, else us-east-1).
     #[arg(long, env = "GWB_S3_REGION", global = true)]
     s3_region: Option<String>,
     /// Path-style S3 addressing (most self-hosted servers need it).
     #[arg(long, env = "GWB_S3_PATH_STYLE", global = true)]
     s3_path_style: bool,
-    /// Attempts per S3 request, with exponential backoff between them.
+    /// Attempts per S3 request: throttling, 5xx responses and timeouts are retried with
+    /// exponential backoff.
     #[arg(long, env = "GWB_S3_ATTEMPTS", default_value_t = 6, global = true)]
     s3_attempts: u32,
     /// Retain snapshot objects this many days with S3 Object Lock (the bucket must have
@@ -57,7 +60,7 @@ struct Global {
     /// Object Lock mode: governance (privileged users may lift it) or compliance (nobody can).
     #[arg(long, env = "GWB_OBJECT_LOCK_MODE", value_enum, default_value_t = LockMode::Governance, global = true)]
     object_lock_mode: LockMode,
-    /// Log format; auto is JSON when stderr is not a terminal.
+    /// Log format; auto is JSON when stderr is not a terminal. GWB_LOG sets the level.
     #[arg(long, env = "GWB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
     log_format: LogFormat,
 }
@@ -112,26 +115,37 @@ enum Command {
         #[arg(long, env = "GWB_MAX_AGE", value_parser = humantime::parse_duration)]
         max_age: Duration,
     },
+    /// Print every flag, environment variable and metric as Markdown, for the README
+    /// (scripts/gen-docs.sh) and the deploy checks (scripts/check-deploy.sh).
+    #[command(hide = true)]
+    Reference {
+        /// Everything as JSON instead.
+        #[arg(long)]
+        json: bool,
+        /// Only one table.
+        #[arg(long, value_parser = ["flags", "metrics"])]
+        section: Option<String>,
+    },
 }
 
 #[derive(Args)]
 struct PruneArgs {
-    /// Keep the newest N snapshots.
+    /// Keep the newest N snapshots (restic's semantics, as are the other --keep-* flags).
     #[arg(long, env = "GWB_KEEP_LAST", default_value_t = 0)]
     keep_last: u32,
-    /// Keep the newest snapshot of each of the last N hours that have one.
+    /// Keep the newest snapshot of each of the last N hours that have one (UTC).
     #[arg(long, env = "GWB_KEEP_HOURLY", default_value_t = 0)]
     keep_hourly: u32,
     /// Likewise for days.
     #[arg(long, env = "GWB_KEEP_DAILY", default_value_t = 0)]
     keep_daily: u32,
-    /// Likewise for ISO weeks.
+    /// Likewise for ISO weeks (Monday to Sunday).
     #[arg(long, env = "GWB_KEEP_WEEKLY", default_value_t = 0)]
     keep_weekly: u32,
     /// Likewise for months.
     #[arg(long, env = "GWB_KEEP_MONTHLY", default_value_t = 0)]
     keep_monthly: u32,
-    /// Print the decisions; delete nothing.
+    /// Print the keep/forget table; delete nothing.
     #[arg(long, env = "GWB_DRY_RUN")]
     dry_run: bool,
 }
@@ -159,7 +173,7 @@ struct RunArgs {
     /// A scheduled backup still running after this long is abandoned (no snapshot).
     #[arg(long, env = "GWB_BACKUP_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     backup_timeout: Duration,
-    /// Take a final snapshot on SIGTERM.
+    /// Take a final snapshot on SIGTERM (marked final; it releases the lease).
     #[arg(long, env = "GWB_FINAL_SNAPSHOT", default_value_t = true, action = clap::ArgAction::Set)]
     final_snapshot: bool,
     /// Time allowed for the final snapshot, in seconds or with a unit (90, 90s, 2m); keep
@@ -182,14 +196,16 @@ struct BackupArgs {
     /// Extra glob of home-relative paths to skip (repeat or comma-separate).
     #[arg(long = "exclude", env = "GWB_EXCLUDE", value_delimiter = ',')]
     excludes: Vec<String>,
-    /// File holding Signal's database key (64 hex digits), when config.json has none.
+    /// File holding Signal's database key (64 hex digits), when config.json has none
+    /// (default: the key in config.json).
     #[arg(long, env = "GWB_DB_KEY_FILE")]
     db_key_file: Option<PathBuf>,
-    /// Scratch directory for database snapshots (they stay encrypted).
-    #[arg(long, env = "GWB_STAGING_DIR", default_value_os_t = std::env::temp_dir())]
+    /// Scratch directory for database snapshots (they stay encrypted); needs room for a
+    /// copy of Signal's database (default: the temp dir, TMPDIR or /tmp).
+    #[arg(long, env = "GWB_STAGING_DIR", default_value_os_t = std::env::temp_dir(), hide_default_value = true)]
     staging_dir: PathBuf,
-    /// The local catalog that makes backups incremental (a cache; default:
-    /// .ghostwire-backup-catalog.sqlite in the source, which backups skip).
+    /// The local catalog that makes backups incremental; a cache, which backups skip
+    /// (default: .ghostwire-backup-catalog.sqlite in the source).
     #[arg(long, env = "GWB_CATALOG")]
     catalog: Option<PathBuf>,
     /// Incremental snapshots between two full ones (0: every snapshot is full).
@@ -198,13 +214,14 @@ struct BackupArgs {
     /// Take a full snapshot when the chain's full one is older than this.
     #[arg(long, env = "GWB_FULL_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     full_max_age: Duration,
-    /// zstd level (1–19).
+    /// zstd level (1–19); compression uses every core.
     #[arg(long, env = "GWB_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
-    /// Upload part size in MiB (grows automatically for very large homes).
+    /// Upload part size in MiB, from 5 (S3's minimum) to 512; it grows automatically so
+    /// that an archive fits in 9,000 parts.
     #[arg(long, env = "GWB_PART_SIZE_MIB", default_value_t = 5, value_parser = clap::value_parser!(u64).range(5..=512))]
     part_size_mib: u64,
-    /// Parts uploaded at once.
+    /// Parts uploaded at once; memory ≈ (2 + this) × part size.
     #[arg(long, env = "GWB_PARALLEL_UPLOADS", default_value_t = 2)]
     parallel_uploads: usize,
     /// Seconds to wait for a locked database before failing.
@@ -226,13 +243,16 @@ struct RestoreArgs {
     /// Directory to restore into: an empty volume.
     #[arg(long, env = "GWB_TARGET")]
     target: PathBuf,
-    /// Restore into a non-empty target; replaced entries are moved aside, never deleted.
+    /// Restore into a non-empty target; entries the snapshot replaces are moved aside into
+    /// .ghostwire-backup-replaced-<time>/, never deleted.
     #[arg(long, env = "GWB_FORCE", conflicts_with = "if_empty")]
     force: bool,
-    /// Do nothing (exit 0) if the target already holds data: safe as an init container.
+    /// Do nothing (exit 0) if the target already holds data: safe as an init container on
+    /// every pod start.
     #[arg(long, env = "GWB_IF_EMPTY")]
     if_empty: bool,
-    /// Owner for every restored entry, UID:GID (Kasm's is 1000:0).
+    /// Owner for every restored entry, UID:GID; Kasm's is 1000:0 (default: the archived
+    /// owner when running as root, else yours).
     #[arg(long, env = "GWB_CHOWN", value_parser = parse_owner)]
     chown: Option<(u32, u32)>,
     /// This instance's name for the repository lease (default: the pod name, HOSTNAME).
@@ -251,7 +271,7 @@ struct VerifyArgs {
     /// age identity file; not needed with --quick.
     #[arg(long, env = "GWB_IDENTITY_FILE")]
     identity: Option<PathBuf>,
-    /// Only check the archives' sizes and SHA-256 against the manifests (no key needed).
+    /// Only check the archive's size and SHA-256 against its manifest (no key needed).
     #[arg(long, env = "GWB_QUICK")]
     quick: bool,
 }
@@ -373,6 +393,17 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Unlock { all } => commands::unlock::run(&open(1).await?, all).await,
         Command::Check { max_age } => commands::check::run(&open(1).await?, max_age).await,
+        Command::Reference { json, section } => {
+            let reference = reference::Reference::new(&Cli::command(), &[LOG_FILTER]);
+            let text = match (json, section.as_deref()) {
+                (true, _) => reference.json()?,
+                (false, Some("flags")) => reference.flags_markdown(),
+                (false, Some(_)) => reference.metrics_markdown(),
+                (false, None) => reference.flags_markdown() + "\n" + &reference.metrics_markdown(),
+            };
+            print!("{text}");
+            Ok(())
+        }
         Command::Snapshots { json } => commands::snapshots::run(&open(1).await?, json).await,
         Command::Restore(args) => {
             let outcome = restore::run(
@@ -420,9 +451,16 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The one environment variable without a flag.
+const LOG_FILTER: reference::EnvOnly = reference::EnvOnly {
+    name: "GWB_LOG",
+    default: "info",
+    help: "What to log: a level (debug, trace…) or a tracing filter such as ghostwire_backup=debug",
+};
+
 /// Sets up logging to stderr and says whether it is JSON.
 fn init_logging(format: LogFormat) -> bool {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GWB_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_FILTER.name)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,
