@@ -1,0 +1,506 @@
+"""What kubernetes-validate cannot see: the agent's contract, the CRD fields we rely on,
+cross-variant references and the security settings of every container.
+
+Names of commands, flags, environment variables and metrics come from the binary
+(`Interface`); what is fixed here is how deploy/ chooses to run it (image, paths, Secrets,
+ports) and what each variant is for.
+"""
+
+import json
+import re
+
+import yaml
+
+IMAGE = "ghcr.io/ghostwire/ghostwire-backup"
+BINARY = "/usr/local/bin/ghostwire-backup"
+ALLOWED_SECRETS = {"ghostwire-backup-s3", "ghostwire-backup-identity"}
+IDENTITY_SECRET = "ghostwire-backup-identity"
+STAGING = "/tmp/ghostwire-backup"
+METRICS_PORT = 9464
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "HelmRelease", "HelmRepository"}
+WORKLOAD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
+# Renders that rely on the ServiceAccount/ConfigMap applied by another overlay.
+EXTERNAL_REFS = {"example-restore"}
+METRIC_NAME = re.compile(r"\bghostwire_backup_[a-z0-9_]*[a-z0-9]")
+
+
+def find(docs, kind, name=None):
+    return [d for d in docs if d.get("kind") == kind
+            and (name is None or d["metadata"]["name"] == name)]
+
+
+def pod_spec(doc):
+    """The pod template's spec of a workload (or a partial StatefulSet patch)."""
+    kind = doc["kind"]
+    if kind == "Pod":
+        return doc["spec"]
+    if kind == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return doc["spec"]["template"]["spec"]
+
+
+def containers(spec):
+    return [("init", c) for c in spec.get("initContainers", []) or []] + \
+           [("main", c) for c in spec.get("containers", []) or []]
+
+
+def is_agent(c):
+    return c.get("image", "").startswith(IMAGE + ":")
+
+
+def env_of(c, docs):
+    """Effective environment: ConfigMap envFrom first, explicit env wins."""
+    env = {}
+    for ef in c.get("envFrom", []) or []:
+        ref = ef.get("configMapRef")
+        if ref:
+            for cm in find(docs, "ConfigMap", ref["name"]):
+                env.update(cm.get("data", {}) or {})
+    for e in c.get("env", []) or []:
+        env[e["name"]] = e.get("value", e.get("valueFrom"))
+    return env
+
+
+def has_args(args, *want):
+    """`want` appears as a contiguous run in args."""
+    n = len(want)
+    return any(tuple(args[i:i + n]) == want for i in range(len(args) - n + 1))
+
+
+def volume_of(spec, mount):
+    return next((v for v in spec.get("volumes", []) or [] if v["name"] == mount["name"]), {})
+
+
+def metric_names(text):
+    return set(METRIC_NAME.findall(text))
+
+
+class Checker:
+    """Collects problems as "variant: message" lines in `errors`."""
+
+    def __init__(self, interface, sidecar_patch):
+        self.interface = interface
+        self.sidecar_patch = sidecar_patch
+        self.errors = []
+        self.rendered = {}
+
+    def fail(self, variant, msg):
+        self.errors.append(f"{variant}: {msg}")
+
+    def one(self, variant, docs, kind, name):
+        found = find(docs, kind, name)
+        if len(found) != 1:
+            self.fail(variant, f"expected exactly one {kind}/{name}, found {len(found)}")
+            return None
+        return found[0]
+
+    # --- every workload -------------------------------------------------------------------
+
+    def check_security(self, variant, where, spec, c, stand_in, partial):
+        psc = spec.get("securityContext", {}) or {}
+        csc = c.get("securityContext", {}) or {}
+
+        def eff(key):
+            return csc.get(key, None if partial else psc.get(key))
+
+        name = f"{where} container {c['name']}"
+        if eff("runAsNonRoot") is not True:
+            self.fail(variant, f"{name}: runAsNonRoot is not true")
+        uid = eff("runAsUser")
+        if is_agent(c) and uid != 1000:
+            self.fail(variant, f"{name}: runAsUser is {uid}, want 1000")
+        if uid == 0:
+            self.fail(variant, f"{name}: runs as uid 0")
+        if is_agent(c) and eff("runAsGroup") != 0:
+            self.fail(variant, f"{name}: runAsGroup is {eff('runAsGroup')}, want 0 (Kasm's)")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            self.fail(variant, f"{name}: allowPrivilegeEscalation is not false")
+        if csc.get("readOnlyRootFilesystem") is not True and not (stand_in and not is_agent(c)):
+            self.fail(variant, f"{name}: readOnlyRootFilesystem is not true")
+        caps = (csc.get("capabilities") or {})
+        if caps.get("drop") != ["ALL"] or caps.get("add"):
+            self.fail(variant, f"{name}: capabilities must drop [ALL] and add nothing, got {caps}")
+        sp = eff("seccompProfile") or {}
+        if sp.get("type") != "RuntimeDefault":
+            self.fail(variant, f"{name}: seccompProfile is not RuntimeDefault")
+        if csc.get("privileged"):
+            self.fail(variant, f"{name}: privileged")
+
+    def check_agent(self, variant, where, spec, c, docs):
+        """The agent's contract: a command it has, flags and env vars that command reads,
+        the mounts it needs, and the identity only where it is used."""
+        name = f"{where} container {c['name']}"
+        iface = self.interface
+        if c.get("command") != [BINARY]:
+            self.fail(variant, f"{name}: command must be [{BINARY}], got {c.get('command')}")
+        args = c.get("args") or []
+        sub = args[0] if args and args[0] in iface.commands else None
+        if sub is None:
+            self.fail(variant, f"{name}: first arg must be a command of {sorted(iface.commands)}, got {args}")
+        else:
+            for arg in args[1:]:
+                flag = arg.split("=", 1)[0]
+                if flag.startswith("--") and flag not in iface.flags[sub]:
+                    self.fail(variant, f"{name}: `{sub}` has no flag {flag}")
+        res = c.get("resources") or {}
+        for path in (("requests", "cpu"), ("requests", "memory"), ("limits", "memory")):
+            if not (res.get(path[0]) or {}).get(path[1]):
+                self.fail(variant, f"{name}: resources.{'.'.join(path)} missing")
+        env = env_of(c, docs)
+        for k in env:
+            if k.startswith("GWB_") and k not in iface.env:
+                self.fail(variant, f"{name}: unknown env var {k} (the agent does not read it)")
+        reads = iface.env_of(sub) if sub else iface.env
+        for e in c.get("env", []) or []:
+            k = e["name"]
+            if k.startswith("GWB_") and k in iface.env and k not in reads:
+                self.fail(variant, f"{name}: env {k} is set but `{sub}` does not read it")
+            if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") and "value" in e:
+                self.fail(variant, f"{name}: {k} has an inline value; use secretKeyRef")
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref and ref["name"] not in ALLOWED_SECRETS:
+                self.fail(variant, f"{name}: env {k} refers to unknown Secret {ref['name']}")
+        if "GWB_STAGING_DIR" in reads and env.get("GWB_STAGING_DIR") != STAGING:
+            self.fail(variant, f"{name}: GWB_STAGING_DIR must be {STAGING}")
+        vols = {v["name"]: v for v in spec.get("volumes", []) or []}
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", []) or []}
+        tmp = mounts.get("/tmp")
+        if not tmp or "emptyDir" not in vols.get(tmp["name"], {}):
+            self.fail(variant, f"{name}: /tmp must be an emptyDir (read-only root filesystem)")
+        # The identity (private key) belongs to the commands that decrypt: those with --identity.
+        identity_mounts = [m for m in mounts.values()
+                           if (vols.get(m["name"], {}).get("secret") or {}).get("secretName") == IDENTITY_SECRET]
+        decrypts = sub is not None and "--identity" in iface.flags[sub]
+        if sub and not decrypts and identity_mounts:
+            self.fail(variant, f"{name}: `{sub}` must not mount the age identity Secret")
+        if decrypts:
+            if not identity_mounts:
+                self.fail(variant, f"{name}: `{sub}` needs the identity Secret mounted")
+            else:
+                idf = env.get("GWB_IDENTITY_FILE", "")
+                if not any(idf.startswith(m["mountPath"].rstrip("/") + "/") for m in identity_mounts):
+                    self.fail(variant, f"{name}: GWB_IDENTITY_FILE={idf!r} is not inside the identity mount")
+                if not all(m.get("readOnly") for m in identity_mounts):
+                    self.fail(variant, f"{name}: identity mount must be readOnly")
+        return args, env, mounts
+
+    def check_workload(self, variant, doc, docs, partial=False):
+        """Security and contract checks of one workload; returns its agent containers."""
+        partial_refs = partial or variant in EXTERNAL_REFS
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        stand_in = (doc["metadata"].get("annotations") or {}).get("ghostwire-backup/stand-in") == "true"
+        spec = pod_spec(doc)
+        where = f"{kind}/{name}"
+        if spec.get("automountServiceAccountToken") is not False:
+            self.fail(variant, f"{where}: automountServiceAccountToken must be false")
+        if not partial_refs:
+            sa = spec.get("serviceAccountName")
+            if sa and not find(docs, "ServiceAccount", sa):
+                self.fail(variant, f"{where}: ServiceAccount {sa} is not rendered")
+        if not partial:
+            has_pvc = any("persistentVolumeClaim" in v for v in spec.get("volumes", []) or []) or \
+                (kind == "StatefulSet" and doc["spec"].get("volumeClaimTemplates"))
+            if has_pvc and "fsGroup" not in (spec.get("securityContext") or {}):
+                self.fail(variant, f"{where}: mounts a PVC but sets no fsGroup")
+        for v in spec.get("volumes", []) or []:
+            s = v.get("secret")
+            if s and s["secretName"] not in ALLOWED_SECRETS:
+                self.fail(variant, f"{where}: volume {v['name']} uses unknown Secret {s['secretName']}")
+        agents = []
+        for phase, c in containers(spec):
+            self.check_security(variant, where, spec, c, stand_in, partial)
+            if is_agent(c):
+                for ef in c.get("envFrom", []) or []:
+                    ref = ef.get("configMapRef")
+                    if ref and not partial_refs and not find(docs, "ConfigMap", ref["name"]):
+                        self.fail(variant, f"{where} container {c['name']}: ConfigMap {ref['name']} is not rendered")
+                args, env, mounts = self.check_agent(variant, where, spec, c, docs)
+                agents.append((phase, c, args, env, mounts))
+        return agents
+
+    def check_objects(self, variant, docs):
+        for d in docs:
+            if d.get("kind") == "Secret":
+                self.fail(variant, f"renders Secret/{d['metadata']['name']}: Secrets are created by hand, never rendered"
+                          + (" (and this one has inline data)" if d.get("data") or d.get("stringData") else ""))
+            if d.get("kind") in WORKLOAD_KINDS:
+                self.check_workload(variant, d, docs)
+            if d.get("kind") == "ConfigMap":
+                for k in (d.get("data") or {}):
+                    if k.startswith("GWB_") and k not in self.interface.env:
+                        self.fail(variant, f"ConfigMap/{d['metadata']['name']}: unknown key {k} (the agent does not read it)")
+                    if k.startswith("AWS_SECRET") or k == "GWB_IDENTITY":
+                        self.fail(variant, f"ConfigMap/{d['metadata']['name']}: secret material {k} in a ConfigMap")
+
+    # --- what each variant is for ---------------------------------------------------------
+
+    def check_sidecar(self, variant, docs):
+        sts = self.one(variant, docs, "StatefulSet", "ghostwire")
+        if not sts:
+            return
+        spec = pod_spec(sts)
+        inits = spec.get("initContainers") or []
+        names = [c["name"] for c in inits]
+        if "restore" not in names or "ghostwire-backup" not in names \
+                or names.index("restore") > names.index("ghostwire-backup"):
+            self.fail(variant, f"initContainers must hold restore before ghostwire-backup, got {names}")
+        else:
+            restore = inits[names.index("restore")]
+            sidecar = inits[names.index("ghostwire-backup")]
+            if restore.get("restartPolicy"):
+                self.fail(variant, "restore must be a plain init container (no restartPolicy)")
+            if not has_args(restore.get("args", []), "restore", "--if-empty"):
+                self.fail(variant, "restore init container must run `restore --if-empty`")
+            if sidecar.get("restartPolicy") != "Always":
+                self.fail(variant, "ghostwire-backup must be a native sidecar (restartPolicy: Always)")
+            if sidecar.get("args") != ["run"]:
+                self.fail(variant, "the sidecar must run `run`")
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                hg = (sidecar.get(probe) or {}).get("httpGet") or {}
+                if hg.get("path") != path or hg.get("port") not in (METRICS_PORT, "metrics"):
+                    self.fail(variant, f"sidecar {probe} must be httpGet {path} on {METRICS_PORT}, got {hg}")
+            ports = {p.get("name"): p["containerPort"] for p in sidecar.get("ports", [])}
+            if ports.get("metrics") != METRICS_PORT:
+                self.fail(variant, f"sidecar must expose containerPort {METRICS_PORT} named metrics")
+            env = env_of(sidecar, docs)
+            if env.get("GWB_LISTEN") != f"0.0.0.0:{METRICS_PORT}":
+                self.fail(variant, f"sidecar GWB_LISTEN must be 0.0.0.0:{METRICS_PORT}")
+            if env.get("GWB_FINAL_SNAPSHOT") != "true":
+                self.fail(variant, "sidecar GWB_FINAL_SNAPSHOT must be true")
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            try:
+                deadline = int(env.get("GWB_FINAL_DEADLINE", ""))
+            except ValueError:
+                self.fail(variant, "sidecar GWB_FINAL_DEADLINE must be an integer number of seconds")
+                deadline = grace
+            if grace < deadline + 20:
+                self.fail(variant, f"terminationGracePeriodSeconds {grace} leaves under 20 s beyond "
+                                   f"GWB_FINAL_DEADLINE {deadline} for Signal to stop")
+            for c in (restore, sidecar):
+                m = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == "/home/kasm-user"), None)
+                if not m or m["name"] != "home" or m.get("readOnly"):
+                    self.fail(variant, f"{c['name']} must mount volume `home` read-write at /home/kasm-user")
+        claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
+        if "home" not in claims:
+            self.fail(variant, "stand-in StatefulSet must have volumeClaimTemplate `home`")
+        if sts["spec"].get("replicas", 1) != 1:
+            self.fail(variant, "Ghostwire must run exactly one replica")
+        # The metrics Service must select this pod.
+        svc = find(self.rendered.get("monitoring", []), "Service", "ghostwire-backup-metrics")
+        labels = sts["spec"]["template"]["metadata"].get("labels") or {}
+        if svc and not all(labels.get(k) == v for k, v in svc[0]["spec"]["selector"].items()):
+            self.fail(variant, f"monitoring Service selector {svc[0]['spec']['selector']} does not "
+                               f"match the pod labels {labels}")
+        return sts
+
+    def check_example_overlay(self, variant, docs, sts):
+        cm = self.one(variant, docs, "ConfigMap", "ghostwire-backup")
+        if cm and cm["data"].get("GWB_REPO") != "s3://example-ghostwire-backups/ghostwire":
+            self.fail(variant, "the documented ConfigMap patch did not apply")
+        if not find(docs, "CronJob", "ghostwire-backup-verify") or not find(docs, "ServiceMonitor"):
+            self.fail(variant, "the documented overlay lost the verify CronJob or the monitoring objects")
+        sa = self.one(variant, docs, "ServiceAccount", "ghostwire-backup")
+        arn = ((sa or {}).get("metadata", {}).get("annotations") or {}).get("eks.amazonaws.com/role-arn", "")
+        if not arn.startswith("arn:aws:iam::"):
+            self.fail(variant, "IRSA component did not annotate the ServiceAccount with a role ARN")
+        if sts and pod_spec(sts).get("serviceAccountName") != "ghostwire-backup":
+            self.fail(variant, "the Ghostwire pod must run as the annotated ServiceAccount")
+
+    def check_cronjob(self, variant, docs):
+        cj = self.one(variant, docs, "CronJob", "ghostwire-backup")
+        if not cj:
+            return
+        if cj["spec"].get("concurrencyPolicy") != "Forbid":
+            self.fail(variant, "concurrencyPolicy must be Forbid")
+        spec = pod_spec(cj)
+        terms = (((spec.get("affinity") or {}).get("podAffinity") or {})
+                 .get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+        if not any((t.get("labelSelector") or {}).get("matchLabels", {})
+                   .get("statefulset.kubernetes.io/pod-name") == "ghostwire-0"
+                   and t.get("topologyKey") == "kubernetes.io/hostname" for t in terms):
+            self.fail(variant, "needs required podAffinity to pod-name ghostwire-0 on kubernetes.io/hostname")
+        agents = [c for _, c in containers(spec) if is_agent(c)]
+        if len(agents) != 1 or agents[0].get("args") != ["backup"]:
+            self.fail(variant, "must run exactly one agent container with `backup`")
+        else:
+            m = next((m for m in agents[0].get("volumeMounts", []) if m["mountPath"] == "/home/kasm-user"), None)
+            v = volume_of(spec, m) if m else {}
+            if (v.get("persistentVolumeClaim") or {}).get("claimName") != "home-ghostwire-0":
+                self.fail(variant, "must mount PVC home-ghostwire-0 at /home/kasm-user")
+            if m and (m.get("readOnly") or (v.get("persistentVolumeClaim") or {}).get("readOnly")):
+                self.fail(variant, "home-ghostwire-0 must be mounted read-write (SQLite WAL needs -shm)")
+
+    def check_restore_job(self, variant, docs):
+        pvc = self.one(variant, docs, "PersistentVolumeClaim", "home-ghostwire-green-0")
+        job = self.one(variant, docs, "Job", "ghostwire-restore-green")
+        if pvc and "ReadWriteOnce" not in pvc["spec"].get("accessModes", []):
+            self.fail(variant, "green PVC should be ReadWriteOnce like the StatefulSet's")
+        if job:
+            spec = pod_spec(job)
+            agents = [c for _, c in containers(spec) if is_agent(c)]
+            a = agents[0] if len(agents) == 1 else {}
+            args = a.get("args", [])
+            for want in (("restore",), ("--snapshot", "final"), ("--target", "/restore"), ("--chown", "1000:0")):
+                if not has_args(args, *want):
+                    self.fail(variant, f"restore Job args {args} lack {' '.join(want)}")
+            m = next((m for m in a.get("volumeMounts", []) if m["mountPath"] == "/restore"), None)
+            if not m or (volume_of(spec, m).get("persistentVolumeClaim") or {}).get("claimName") != "home-ghostwire-green-0":
+                self.fail(variant, "restore Job must mount PVC home-ghostwire-green-0 at /restore")
+            if job["spec"].get("backoffLimit", 6) != 0:
+                self.fail(variant, "restore Job should not retry (backoffLimit 0)")
+
+    def check_verify_cronjob(self, variant, docs):
+        cj = self.one(variant, docs, "CronJob", "ghostwire-backup-verify")
+        if cj:
+            if cj["spec"].get("concurrencyPolicy") != "Forbid":
+                self.fail(variant, "concurrencyPolicy must be Forbid")
+            agents = [c for _, c in containers(pod_spec(cj)) if is_agent(c)]
+            if len(agents) != 1 or not has_args(agents[0].get("args", []), "verify", "--snapshot", "latest"):
+                self.fail(variant, "must run `verify --snapshot latest`")
+
+    def check_helm_test(self, variant, docs):
+        pod = self.one(variant, docs, "Pod", "ghostwire-backup-test")
+        if pod:
+            if (pod["metadata"].get("annotations") or {}).get("helm.sh/hook") != "test":
+                self.fail(variant, "test Pod needs annotation helm.sh/hook: test")
+            if pod["spec"].get("restartPolicy") != "Never":
+                self.fail(variant, "test Pod needs restartPolicy Never")
+            agents = [c for _, c in containers(pod["spec"]) if is_agent(c)]
+            if len(agents) != 1 or not has_args(agents[0].get("args", []), "check", "--max-age", "2h"):
+                self.fail(variant, "test Pod must run `check --max-age 2h`")
+
+    def check_monitoring(self, variant, docs):
+        svc = self.one(variant, docs, "Service", "ghostwire-backup-metrics")
+        sm = self.one(variant, docs, "ServiceMonitor", "ghostwire-backup")
+        rule = self.one(variant, docs, "PrometheusRule", "ghostwire-backup")
+        dash = self.one(variant, docs, "ConfigMap", "ghostwire-backup-dashboard")
+        exported = self.interface.metric_series
+        if svc:
+            ports = {p.get("name"): p for p in svc["spec"].get("ports", [])}
+            if "metrics" not in ports or ports["metrics"]["port"] != METRICS_PORT:
+                self.fail(variant, f"Service needs port {METRICS_PORT} named metrics")
+            if not svc["spec"].get("selector"):
+                self.fail(variant, "Service needs a selector")
+        if sm:
+            if sm.get("apiVersion") != "monitoring.coreos.com/v1":
+                self.fail(variant, f"ServiceMonitor apiVersion {sm.get('apiVersion')}")
+            sel = (sm["spec"].get("selector") or {}).get("matchLabels") or {}
+            if not sel:
+                self.fail(variant, "ServiceMonitor needs selector.matchLabels")
+            if svc and not all((svc["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items()):
+                self.fail(variant, f"ServiceMonitor selector {sel} does not match Service labels")
+            eps = sm["spec"].get("endpoints") or []
+            if not eps or any(e.get("port") != "metrics" or e.get("path", "/metrics") != "/metrics" for e in eps):
+                self.fail(variant, "ServiceMonitor endpoints must scrape port `metrics` at /metrics")
+        if rule:
+            if rule.get("apiVersion") != "monitoring.coreos.com/v1":
+                self.fail(variant, f"PrometheusRule apiVersion {rule.get('apiVersion')}")
+            rules = [r for g in rule["spec"].get("groups", []) for r in g.get("rules", [])]
+            by_alert = {r.get("alert"): r for r in rules}
+            for r in rules:
+                if not r.get("alert") or not r.get("expr"):
+                    self.fail(variant, f"rule without alert/expr: {r}")
+                if (r.get("labels") or {}).get("severity") not in ("critical", "warning", "info"):
+                    self.fail(variant, f"alert {r.get('alert')} needs labels.severity")
+                if not (r.get("annotations") or {}).get("summary"):
+                    self.fail(variant, f"alert {r.get('alert')} needs annotations.summary")
+                if r.get("for") and not re.fullmatch(r"\d+[smh]", r["for"]):
+                    self.fail(variant, f"alert {r.get('alert')}: bad `for` {r['for']}")
+                for m in sorted(metric_names(str(r.get("expr", ""))) - exported):
+                    self.fail(variant, f"alert {r.get('alert')}: the agent exports no metric {m}")
+            want = {
+                "GhostwireBackupStale": [r"time\(\)\s*-\s*ghostwire_backup_last_success_timestamp_seconds\s*>\s*(7200|2\s*\*\s*3600)\b"],
+                "GhostwireBackupFailing": [r"increase\(ghostwire_backup_failures_total\[1h\]\)\s*>\s*0"],
+                "GhostwireBackupRestoreGateFailed": [r"ghostwire_backup_restore_gate_ok\s*==\s*0"],
+            }
+            for alert, patterns in want.items():
+                expr = (by_alert.get(alert) or {}).get("expr", "")
+                if not expr:
+                    self.fail(variant, f"missing alert {alert}")
+                for p in patterns:
+                    if expr and not re.search(p, expr):
+                        self.fail(variant, f"alert {alert}: expr {expr!r} does not match {p}")
+        if dash:
+            if (dash["metadata"].get("labels") or {}).get("grafana_dashboard") != "1":
+                self.fail(variant, "dashboard ConfigMap needs label grafana_dashboard: \"1\"")
+            data = dash.get("data") or {}
+            if len(data) != 1 or not next(iter(data)).endswith(".json"):
+                self.fail(variant, "dashboard ConfigMap must hold exactly one *.json")
+            for key, text in data.items():
+                try:
+                    board = json.loads(text)
+                except ValueError as e:
+                    self.fail(variant, f"dashboard {key} is not JSON: {e}")
+                    continue
+                exprs = " ".join(t.get("expr", "") for p in board.get("panels", []) for t in p.get("targets", []))
+                for m in sorted(exported):
+                    if m not in metric_names(exprs):
+                        self.fail(variant, f"dashboard has no panel for {m}")
+                for m in sorted(metric_names(exprs) - exported):
+                    self.fail(variant, f"dashboard queries {m}, which the agent does not export")
+                ids = [p.get("id") for p in board.get("panels", [])]
+                if len(ids) != len(set(ids)):
+                    self.fail(variant, "dashboard panel ids are not unique")
+                if not board.get("uid") or not board.get("title"):
+                    self.fail(variant, "dashboard needs uid and title")
+
+    def check_flux(self, variant, docs):
+        for repo in find(docs, "HelmRepository"):
+            if repo.get("apiVersion") != "source.toolkit.fluxcd.io/v1" or not repo["spec"].get("url") \
+                    or not repo["spec"].get("interval"):
+                self.fail(variant, f"HelmRepository/{repo['metadata']['name']} needs source.toolkit.fluxcd.io/v1, url, interval")
+        hr = self.one(variant, docs, "HelmRelease", "ghostwire")
+        if not hr:
+            return
+        if hr.get("apiVersion") != "helm.toolkit.fluxcd.io/v2":
+            self.fail(variant, f"HelmRelease apiVersion {hr.get('apiVersion')}, want helm.toolkit.fluxcd.io/v2")
+        ref = hr["spec"].get("chart", {}).get("spec", {}).get("sourceRef", {})
+        if not find(docs, ref.get("kind"), ref.get("name")):
+            self.fail(variant, f"HelmRelease sourceRef {ref} is not rendered")
+        patches = [p for pr in hr["spec"].get("postRenderers", [])
+                   for p in (pr.get("kustomize") or {}).get("patches", [])]
+        sts_patches = [p for p in patches if (p.get("target") or {}).get("kind") == "StatefulSet"
+                       and p["target"].get("name") == "ghostwire"]
+        if len(sts_patches) != 1:
+            self.fail(variant, "HelmRelease needs one postRenderers kustomize patch targeting StatefulSet ghostwire")
+            return
+        body = yaml.safe_load(sts_patches[0]["patch"])
+        if body != self.sidecar_patch:
+            self.fail(variant, "the HelmRelease patch differs from deploy/components/sidecar/statefulset-patch.yaml")
+        if body.get("kind") != "StatefulSet":
+            self.fail(variant, "the HelmRelease patch is not a StatefulSet patch")
+        else:
+            self.check_workload(variant, body, docs, partial=True)
+
+    # --- all of it ------------------------------------------------------------------------
+
+    def check_variant(self, variant, docs):
+        """Checks one render; returns the number of problems found in it."""
+        before = len(self.errors)
+        self.check_objects(variant, docs)
+        if variant in ("sidecar", "example-overlay"):
+            sts = self.check_sidecar(variant, docs)
+            if variant == "example-overlay":
+                self.check_example_overlay(variant, docs, sts)
+        elif variant == "cronjob":
+            self.check_cronjob(variant, docs)
+        elif variant in ("restore-job", "example-restore"):
+            self.check_restore_job(variant, docs)
+        elif variant == "verify-cronjob":
+            self.check_verify_cronjob(variant, docs)
+        elif variant == "helm-test":
+            self.check_helm_test(variant, docs)
+        if variant in ("monitoring", "example-overlay"):
+            self.check_monitoring(variant, docs)
+        if variant == "flux":
+            self.check_flux(variant, docs)
+        return len(self.errors) - before
+
+    def check_all(self, rendered):
+        """Checks every render and the sidecar patch on its own terms (a user applies it to
+        their own StatefulSet); returns {variant: problems}."""
+        self.rendered = rendered
+        counts = {variant: self.check_variant(variant, docs) for variant, docs in rendered.items()}
+        if self.sidecar_patch is not None:
+            self.check_workload("sidecar-patch", self.sidecar_patch, rendered.get("sidecar", []), partial=True)
+        return counts

@@ -1,0 +1,234 @@
+"""The checker against small manifests: a valid one passes, and each kind of mistake a
+person makes in deploy/ is reported with a message that names it.
+
+The interface here is a small stand-in for `ghostwire-backup reference --json` (same shape,
+fewer flags), so that the tests say which names they rely on.
+"""
+
+import copy
+import json
+import unittest
+
+from deploycheck.checks import Checker
+from deploycheck.interface import Interface
+
+
+def flag(long, env, default=None, takes_value=True):
+    return {"long": long, "env": env, "default": default, "default_description": None,
+            "takes_value": takes_value, "required": False, "possible_values": [], "help": ""}
+
+
+REFERENCE = {
+    "binary": "ghostwire-backup",
+    "version": "0.0.0",
+    "global": [flag("--repo", "GWB_REPO", "./backups")],
+    "environment": [{"name": "GWB_LOG", "default": "info", "help": ""}],
+    "commands": [
+        {"name": "backup", "about": "", "args": [flag("--staging-dir", "GWB_STAGING_DIR")]},
+        {"name": "restore", "about": "", "args": [
+            flag("--snapshot", "GWB_SNAPSHOT", "latest"), flag("--identity", "GWB_IDENTITY_FILE"),
+            flag("--target", "GWB_TARGET"), flag("--if-empty", "GWB_IF_EMPTY", "false", False)]},
+        {"name": "run", "about": "", "args": [
+            flag("--staging-dir", "GWB_STAGING_DIR"), flag("--listen", "GWB_LISTEN", "0.0.0.0:9464"),
+            flag("--final-snapshot", "GWB_FINAL_SNAPSHOT", "true"),
+            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90")]},
+    ],
+    "metrics": [
+        {"name": "ghostwire_backup_failures", "type": "counter", "help": "",
+         "series": ["ghostwire_backup_failures_total"]},
+        {"name": "ghostwire_backup_last_success_timestamp_seconds", "type": "gauge", "help": "",
+         "series": ["ghostwire_backup_last_success_timestamp_seconds"]},
+        {"name": "ghostwire_backup_restore_gate_ok", "type": "gauge", "help": "",
+         "series": ["ghostwire_backup_restore_gate_ok"]},
+    ],
+}
+
+SECURE = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 0, "allowPrivilegeEscalation": False,
+          "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+          "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def agent(name, args, env=(), mounts=()):
+    return {
+        "name": name,
+        "image": "ghcr.io/ghostwire/ghostwire-backup:0.1.0",
+        "command": ["/usr/local/bin/ghostwire-backup"],
+        "args": list(args),
+        "envFrom": [{"configMapRef": {"name": "ghostwire-backup"}}],
+        "env": [{"name": k, "value": v} for k, v in env],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": copy.deepcopy(SECURE),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+    }
+
+
+def sidecar_variant():
+    """A StatefulSet with the restore init container and the native sidecar, as the
+    `sidecar` variant renders it, plus the ConfigMap both read."""
+    restore = agent("restore", ["restore", "--if-empty"],
+                    env=[("GWB_TARGET", "/home/kasm-user"), ("GWB_IDENTITY_FILE", "/identity/identity.txt")],
+                    mounts=[{"name": "home", "mountPath": "/home/kasm-user"},
+                            {"name": "identity", "mountPath": "/identity", "readOnly": True}])
+    sidecar = agent("ghostwire-backup", ["run"],
+                    env=[("GWB_LISTEN", "0.0.0.0:9464"), ("GWB_FINAL_SNAPSHOT", "true"),
+                         ("GWB_FINAL_DEADLINE", "90"), ("GWB_STAGING_DIR", "/tmp/ghostwire-backup")],
+                    mounts=[{"name": "home", "mountPath": "/home/kasm-user"}])
+    sidecar.update({
+        "restartPolicy": "Always",
+        "ports": [{"name": "metrics", "containerPort": 9464}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}},
+    })
+    sts = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "ghostwire"},
+        "spec": {
+            "replicas": 1,
+            "volumeClaimTemplates": [{"metadata": {"name": "home"}}],
+            "template": {"metadata": {"labels": {"app": "ghostwire"}}, "spec": {
+                "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": 120,
+                "securityContext": {"fsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
+                "initContainers": [restore, sidecar],
+                "containers": [],
+                "volumes": [{"name": "tmp", "emptyDir": {}},
+                            {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity"}}],
+            }},
+        },
+    }
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ghostwire-backup"},
+          "data": {"GWB_REPO": "s3://bucket/ghostwire", "GWB_LOG": "info"}}
+    return [sts, cm]
+
+
+def monitoring_variant():
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "ghostwire-backup"},
+            "spec": {"groups": [{"name": "g", "rules": [
+                {"alert": "GhostwireBackupStale",
+                 "expr": "time() - ghostwire_backup_last_success_timestamp_seconds > 7200",
+                 "labels": {"severity": "critical"}, "annotations": {"summary": "stale"}},
+                {"alert": "GhostwireBackupFailing", "expr": "increase(ghostwire_backup_failures_total[1h]) > 0",
+                 "labels": {"severity": "warning"}, "annotations": {"summary": "failing"}},
+                {"alert": "GhostwireBackupRestoreGateFailed", "expr": "ghostwire_backup_restore_gate_ok == 0",
+                 "labels": {"severity": "critical"}, "annotations": {"summary": "gate"}},
+            ]}]}}
+    board = {"uid": "gwb", "title": "Ghostwire backup", "panels": [
+        {"id": i, "targets": [{"expr": e}]} for i, e in enumerate([
+            "time() - ghostwire_backup_last_success_timestamp_seconds",
+            "increase(ghostwire_backup_failures_total[24h])",
+            "ghostwire_backup_restore_gate_ok"])]}
+    dash = {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ghostwire-backup-dashboard", "labels": {"grafana_dashboard": "1"}},
+            "data": {"ghostwire-backup.json": json.dumps(board)}}
+    svc = {"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "ghostwire-backup-metrics", "labels": {"app": "gwb"}},
+           "spec": {"selector": {"app": "ghostwire"}, "ports": [{"name": "metrics", "port": 9464}]}}
+    sm = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+          "metadata": {"name": "ghostwire-backup"},
+          "spec": {"selector": {"matchLabels": {"app": "gwb"}}, "endpoints": [{"port": "metrics"}]}}
+    return [rule, dash, svc, sm]
+
+
+def containers_of(docs):
+    return {c["name"]: c for c in docs[0]["spec"]["template"]["spec"]["initContainers"]}
+
+
+def set_env(container, name, value):
+    container["env"] = [e for e in container["env"] if e["name"] != name]
+    if value is not None:
+        container["env"].append({"name": name, "value": value})
+
+
+class CheckerTest(unittest.TestCase):
+    def check(self, variant, docs):
+        checker = Checker(Interface(REFERENCE), sidecar_patch=None)
+        checker.check_all({variant: docs})
+        return checker.errors
+
+    def assertReports(self, errors, *fragments):
+        for fragment in fragments:
+            self.assertTrue(any(fragment in e for e in errors),
+                            f"no error mentions {fragment!r}; got {errors}")
+
+    def test_the_valid_manifests_pass(self):
+        self.assertEqual(self.check("sidecar", sidecar_variant()), [])
+        self.assertEqual(self.check("monitoring", monitoring_variant()), [])
+
+    def test_a_sidecar_missing_its_env_is_reported(self):
+        docs = sidecar_variant()
+        sidecar = containers_of(docs)["ghostwire-backup"]
+        set_env(sidecar, "GWB_FINAL_DEADLINE", None)
+        set_env(sidecar, "GWB_STAGING_DIR", None)
+        self.assertReports(self.check("sidecar", docs),
+                           "sidecar GWB_FINAL_DEADLINE must be an integer number of seconds",
+                           "container ghostwire-backup: GWB_STAGING_DIR must be /tmp/ghostwire-backup")
+
+    def test_an_unknown_gwb_variable_is_reported_in_a_configmap_and_in_env(self):
+        docs = sidecar_variant()
+        docs[1]["data"]["GWB_REPOSITORY"] = "s3://bucket/x"
+        set_env(containers_of(docs)["restore"], "GWB_SNAPSHOTS", "final")
+        self.assertReports(self.check("sidecar", docs),
+                           "ConfigMap/ghostwire-backup: unknown key GWB_REPOSITORY",
+                           "container restore: unknown env var GWB_SNAPSHOTS")
+
+    def test_a_variable_the_command_does_not_read_is_reported(self):
+        docs = sidecar_variant()
+        set_env(containers_of(docs)["ghostwire-backup"], "GWB_TARGET", "/home/kasm-user")
+        self.assertReports(self.check("sidecar", docs),
+                           "container ghostwire-backup: env GWB_TARGET is set but `run` does not read it")
+
+    def test_unknown_commands_and_flags_are_reported(self):
+        docs = sidecar_variant()
+        containers_of(docs)["restore"]["args"] = ["restore", "--if-empty", "--snapshots=final"]
+        self.assertReports(self.check("sidecar", docs), "container restore: `restore` has no flag --snapshots")
+        containers_of(docs)["restore"]["args"] = ["restores"]
+        self.assertReports(self.check("sidecar", docs),
+                           "container restore: first arg must be a command of ['backup', 'restore', 'run']")
+
+    def test_the_identity_stays_with_the_commands_that_decrypt(self):
+        docs = sidecar_variant()
+        containers_of(docs)["ghostwire-backup"]["volumeMounts"].append(
+            {"name": "identity", "mountPath": "/identity", "readOnly": True})
+        containers_of(docs)["restore"]["volumeMounts"] = [
+            m for m in containers_of(docs)["restore"]["volumeMounts"] if m["name"] != "identity"]
+        self.assertReports(self.check("sidecar", docs),
+                           "container ghostwire-backup: `run` must not mount the age identity Secret",
+                           "container restore: `restore` needs the identity Secret mounted")
+
+    def test_a_rendered_secret_and_a_weak_container_are_reported(self):
+        docs = sidecar_variant()
+        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "data": {"k": "dg=="}})
+        containers_of(docs)["restore"]["securityContext"]["readOnlyRootFilesystem"] = False
+        self.assertReports(self.check("sidecar", docs),
+                           "renders Secret/s3: Secrets are created by hand, never rendered (and this one has inline data)",
+                           "container restore: readOnlyRootFilesystem is not true")
+
+    def test_an_alert_on_a_metric_the_binary_does_not_export_is_reported(self):
+        docs = monitoring_variant()
+        docs[0]["spec"]["groups"][0]["rules"].append(
+            {"alert": "GhostwireBackupSlow", "expr": "ghostwire_backup_duration_seconds > 600",
+             "labels": {"severity": "warning"}, "annotations": {"summary": "slow"}})
+        self.assertReports(self.check("monitoring", docs),
+                           "alert GhostwireBackupSlow: the agent exports no metric ghostwire_backup_duration_seconds")
+
+    def test_the_dashboard_shows_every_exported_metric_and_nothing_else(self):
+        docs = monitoring_variant()
+        board = json.loads(docs[1]["data"]["ghostwire-backup.json"])
+        board["panels"][2]["targets"][0]["expr"] = "ghostwire_backup_restore_gate"
+        docs[1]["data"]["ghostwire-backup.json"] = json.dumps(board)
+        self.assertReports(self.check("monitoring", docs),
+                           "dashboard has no panel for ghostwire_backup_restore_gate_ok",
+                           "dashboard queries ghostwire_backup_restore_gate, which the agent does not export")
+
+
+class InterfaceTest(unittest.TestCase):
+    def test_a_command_reads_its_own_and_the_global_variables(self):
+        iface = Interface(REFERENCE)
+        self.assertEqual(iface.env_of("restore"),
+                         {"GWB_REPO", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY"})
+        self.assertEqual(iface.default("run", "--listen"), "0.0.0.0:9464")
+        self.assertIn("ghostwire_backup_failures_total", iface.metric_series)
+
+
+if __name__ == "__main__":
+    unittest.main()
