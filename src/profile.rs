@@ -19,6 +19,9 @@ pub const OWN_FILES_PREFIX: &str = ".ghostwire-backup";
 /// Paths (relative to the home) that are never worth keeping. A matching directory is
 /// skipped with everything below it.
 pub const DEFAULT_EXCLUDES: &[&str] = &[
+    // The filesystem's own, at the root of every ext4 volume: a fresh volume brings its own,
+    // and restoring this one would move the new volume's aside.
+    "lost+found",
     // Electron single-instance locks: a stale one makes Signal quit at start-up.
     "**/Singleton*",
     // Kasm regenerates these at every start.
@@ -130,6 +133,7 @@ mod tests {
             ".cache",
             ".vnc",
             ".ghostwire-backup-restore.json",
+            "lost+found",
             "Downloads/big.iso",
         ] {
             assert!(set.is_match(skipped), "{skipped} should be excluded");
@@ -140,6 +144,7 @@ mod tests {
             ".config/Signal/attachments.noindex/ab/ab12",
             ".config/Signal/Local Storage/leveldb/000003.log",
             "Downloads/notes/a.iso.txt",
+            "Documents/lost+found",
             ".bashrc",
         ] {
             assert!(!set.is_match(kept), "{kept} should be kept");
