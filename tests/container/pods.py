@@ -158,6 +158,13 @@ class Cluster:
         self.serial = itertools.count()
         self.containers = []
         self.s3 = S3Server()
+        try:
+            self.setup(configmap)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def setup(self, configmap):
         self.s3.create_bucket("ghostwire-backups")
         self.secrets = {
             "ghostwire-backup-s3": {"AWS_ACCESS_KEY_ID": "test-access-key",
