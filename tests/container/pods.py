@@ -456,7 +456,7 @@ def test_hardened(size):
             "target": cluster.pvc("home-ghostwire-green-0"),
             "tmp": cluster.empty_dir("tmp"),
             "identity": cluster.secret_volume("ghostwire-backup-identity",
-                                              job_secret_mode(pod_spec(job), "identity")),
+                                              secret_mode(pod_spec(job), "identity")),
         })
         restore.run("restore")
         green = Pod(cluster, "ghostwire-green-0", signal.spec,
@@ -480,7 +480,7 @@ def test_lifecycle(size):
     cluster.configmaps["ghostwire-backup"]["GWB_SCHEDULE"] = "*/10 * * * * *"
     try:
         results = cluster.results_dir()
-        identity = cluster.secret_volume("ghostwire-backup-identity", job_secret_mode(spec, "ghostwire-backup-identity"))
+        identity = cluster.secret_volume("ghostwire-backup-identity", secret_mode(spec, "ghostwire-backup-identity"))
 
         def volumes(home):
             return {"home": home, "ghostwire-backup-tmp": cluster.empty_dir("tmp"),
@@ -554,7 +554,7 @@ def test_lifecycle(size):
         cluster.cleanup()
 
 
-def job_secret_mode(spec, volume):
+def secret_mode(spec, volume):
     for entry in spec["volumes"]:
         if entry["name"] == volume:
             return entry["secret"]["defaultMode"]
