@@ -15,13 +15,15 @@
 #                              distroless' passwd; no shell, no package manager, no executables
 #  2. Crates: `cargo fetch --locked` on the host, then the build mounts the host's registry
 #     (CARGO_NET_OFFLINE=true, --network none: the build needs no network) and a persistent
-#     target dir, target/container-build, so a rebuild recompiles only this crate.
+#     target dir (/var/cache/ghostwire-backup/container-target, outside the checkout, so a
+#     fresh clone on the same machine reuses it), so a rebuild recompiles only this crate.
 #  3. Prints the build time and the image size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=${GWB_IMAGE:-localhost/ghostwire-backup:dev}
-TARGET_CACHE=$PWD/target/container-build
+# Outside the checkout, so a fresh clone on the same machine (CI) reuses it.
+TARGET_CACHE=${GWB_CONTAINER_TARGET_CACHE:-/var/cache/ghostwire-backup/container-target}
 # shellcheck source=scripts/container-lib.sh
 source scripts/container-lib.sh
 
