@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
 use sha2::{Digest as _, Sha256};
 
+use crate::cancel::Cancel;
 use crate::store::ChunkSender;
 
 /// The manifest's name for this encoding.
@@ -83,11 +84,14 @@ type Encoder = zstd::stream::write::Encoder<'static, age::stream::StreamWriter<C
 
 pub struct ArchiveWriter {
     tar: tar::Builder<Encoder>,
+    /// Checked before every entry and on every read of a file: a cut stops a large file.
+    cancel: Cancel,
     /// Bytes of file content appended, retries included.
     pub content_bytes: u64,
 }
 
 pub struct ArchiveSettings {
+    pub cancel: Cancel,
     pub zstd_level: i32,
     pub zstd_threads: u32,
     pub chunk_size: usize,
@@ -127,11 +131,13 @@ impl ArchiveWriter {
         tar.follow_symlinks(false);
         Ok(Self {
             tar,
+            cancel: settings.cancel.clone(),
             content_bytes: 0,
         })
     }
 
     pub fn add_directory(&mut self, path: &Path, metadata: &Metadata) -> Result<()> {
+        self.cancel.check()?;
         let mut header = header_for(metadata, tar::EntryType::Directory, 0);
         self.tar.append_data(&mut header, path, io::empty())?;
         Ok(())
@@ -168,6 +174,7 @@ impl ArchiveWriter {
         shown: Option<&Metadata>,
     ) -> Result<FileOutcome> {
         for attempt in 0..READ_ATTEMPTS {
+            self.cancel.check()?;
             // Non-blocking, so a path that became a FIFO since it was listed cannot hold the
             // backup forever in open(); reads from a regular file ignore the flag.
             let file = match File::options()
@@ -189,7 +196,7 @@ impl ArchiveWriter {
             let size = before.len();
             let mut header = header_for(shown.unwrap_or(&before), tar::EntryType::Regular, size);
             let mut reader = ExactLength {
-                inner: file.take(size),
+                inner: self.cancel.reader(file).take(size),
                 remaining: size,
                 short: false,
                 sha256: Sha256::new(),
@@ -526,9 +533,14 @@ mod tests {
     fn a_file_replaced_by_a_fifo_is_skipped_instead_of_blocking_the_backup() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("attachment");
-        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: mkfifo with a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
         let (sender, mut stream) = chunk_channel(4);
         let drain = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -543,6 +555,7 @@ mod tests {
             let recipient = age::x25519::Identity::generate().to_public();
             let recipients: Vec<Box<dyn age::Recipient + Send>> = vec![Box::new(recipient)];
             let settings = ArchiveSettings {
+                cancel: Cancel::new(),
                 zstd_level: 1,
                 zstd_threads: 1,
                 chunk_size: 1 << 16,

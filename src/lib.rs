@@ -1,16 +1,28 @@
 //! ghostwire-backup: backs up and restores a Signal Desktop profile (Ghostwire, on
 //! Kubernetes) with a consistent snapshot of its SQLCipher database.
 //!
-//! The modules read as the pipeline:
-//! [`profile`] (what Signal keeps where) → [`sqlite`] (consistent snapshots) → [`walk`]
-//! (what to keep) → [`archive`] (tar → zstd → age) → [`store`] (local directory or S3,
-//! behind one small trait) with [`layout`], [`repo`] and [`manifest`] (the repository format) →
-//! [`unpack`] (safe extraction) and the restore gate. [`commands`] has one file per verb; `run` adds the
-//! [`schedule`] and [`metrics`] of the sidecar daemon.
+//! The modules read as the pipeline (ARCHITECTURE.md has the map). Backup:
+//! [`profile`] (what Signal keeps where) → [`chain`] (full or incremental, on which parent)
+//! → [`signal_db`] over [`sqlite`] (consistent snapshots and their checks) → [`walk`] (what
+//! to keep) → [`reuse`] (unchanged files point at older archives) → [`archive`] (tar → zstd
+//! → age) → [`store`] (local directory or S3, behind one small trait) with [`layout`], [`repo`]
+//! and [`manifest`] (the repository format); [`backup`] runs these in order. Restore and verify:
+//! [`readback`] (plan, authenticated streams) → [`unpack`] (safe extraction) →
+//! [`signal_db`]'s gate → [`restoration`] (the target's state machine).
+//!
+//! The core is synchronous and runs on threads of its own; [`blocking`] is the one place
+//! it reaches the async store, and [`cancel`] the token every long phase checks, so
+//! deadlines and signals cut it within about a second. [`commands`] has one thin file per
+//! verb; `run` adds the [`schedule`] and [`metrics`] of the sidecar daemon.
 
 pub mod archive;
+pub mod backup;
+pub mod blocking;
+pub mod cancel;
 pub mod catalog;
+pub mod chain;
 pub mod commands;
+pub mod fsutil;
 pub mod index;
 pub mod keys;
 pub mod layout;
@@ -19,9 +31,13 @@ pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod profile;
+pub mod readback;
 pub mod repo;
+pub mod restoration;
 pub mod retention;
+pub mod reuse;
 pub mod schedule;
+pub mod signal_db;
 pub mod sqlite;
 pub mod staging;
 pub mod store;

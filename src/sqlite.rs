@@ -5,8 +5,12 @@
 //! them. Instead we use SQLite's online backup API: it copies every page inside one read
 //! transaction, which in WAL mode never blocks the writer (Signal keeps writing).
 //!
-//! The copy is made in **one step** (`step(-1)`): with small steps the backup restarts each
-//! time the writer commits, and on a busy database never finishes (measured, SIGNAL.md).
+//! The copy is made in bounded steps inside **one read transaction** held on the source for
+//! the whole copy. Without it, each `step(N)` takes its own transaction and the backup
+//! restarts every time the writer commits, so on a busy database it never finishes
+//! (measured, SIGNAL.md); holding the transaction pins one snapshot (WAL readers never block
+//! the writer), and the steps let a deadline cut the copy between two of them. The checks
+//! run with a progress handler that interrupts them at a cut.
 //! For Signal's SQLCipher database the copy is keyed with the same key, so the staging file
 //! is as encrypted as the original.
 
@@ -18,7 +22,15 @@ use anyhow::{Context, Result, bail};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::cancel::Cancel;
 use crate::profile::DbKey;
+
+/// Pages copied per backup step: about 4 MiB, a few milliseconds between two looks at the
+/// cancellation token.
+const PAGES_PER_STEP: i32 = 1024;
+
+/// SQLite virtual-machine instructions between two looks at the token during a check.
+const OPS_PER_CHECK: i32 = 10_000;
 
 /// The first 16 bytes of every unencrypted SQLite database file.
 pub const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -76,6 +88,7 @@ pub fn snapshot(
     copy: &Path,
     key: Option<&DbKey>,
     wait: Duration,
+    cancel: &Cancel,
 ) -> Result<DbCheck> {
     // Read-only: we never checkpoint, truncate or otherwise touch the live files.
     let live = open(source, OpenFlags::SQLITE_OPEN_READ_ONLY, key)?;
@@ -85,11 +98,13 @@ pub fn snapshot(
         key,
     )?;
     let started = Instant::now();
+    begin_read(&live, source, wait, cancel)?;
     {
         let backup = Backup::new(&live, &mut staged)
             .with_context(|| format!("cannot start snapshot of {}", source.display()))?;
         loop {
-            match backup.step(-1) {
+            cancel.check()?;
+            match backup.step(PAGES_PER_STEP) {
                 Ok(StepResult::Done) => break,
                 Ok(StepResult::More) => continue,
                 Ok(StepResult::Busy | StepResult::Locked) if started.elapsed() < wait => {
@@ -107,21 +122,63 @@ pub fn snapshot(
             }
         }
     }
-    drop(live);
-    let check = run_check(&staged, "quick_check", key.is_some())?;
+    drop(live); // ends the read transaction
+    let check = run_check(&mut staged, "quick_check", key.is_some(), cancel)?;
     tracing::debug!(db = %source.display(), elapsed = ?started.elapsed(), "database snapshot taken");
     Ok(check)
+}
+
+/// Opens the read transaction the whole copy is made in, waiting up to `wait` for a
+/// writer's lock on a rollback-journal database.
+fn begin_read(live: &Connection, source: &Path, wait: Duration, cancel: &Cancel) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        cancel.check()?;
+        let begun = live
+            .execute_batch("BEGIN")
+            .and_then(|()| live.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())));
+        match begun {
+            Ok(()) => return Ok(()),
+            Err(err)
+                if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && started.elapsed() < wait =>
+            {
+                let _ = live.execute_batch("ROLLBACK");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot start snapshot of {}", source.display()));
+            }
+        }
+    }
+}
+
+/// Lets a cut interrupt whatever statement `conn` runs.
+fn interruptible(conn: &mut Connection, cancel: &Cancel) -> Result<()> {
+    let cancel = cancel.clone();
+    conn.progress_handler(OPS_PER_CHECK, Some(move || cancel.is_cancelled()))?;
+    Ok(())
+}
+
+/// A statement's error, or the cut that interrupted it.
+fn cut_or<E: Into<anyhow::Error>>(cancel: &Cancel, err: E) -> anyhow::Error {
+    if cancel.is_cancelled() {
+        cancel.cancelled().into()
+    } else {
+        err.into()
+    }
 }
 
 /// Runs the full `integrity_check` on a restored copy: the restore gate. The copy is in WAL
 /// mode like the original; it is opened read-write (never created) so that closing it
 /// removes the `-wal`/`-shm` files opening it made, leaving exactly the restored file.
-pub fn integrity_check(path: &Path, key: Option<&DbKey>) -> Result<DbCheck> {
+pub fn integrity_check(path: &Path, key: Option<&DbKey>, cancel: &Cancel) -> Result<DbCheck> {
     if !path.is_file() {
         bail!("{} is missing", path.display());
     }
-    let conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE, key)?;
-    run_check(&conn, "integrity_check", key.is_some())
+    let mut conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE, key)?;
+    run_check(&mut conn, "integrity_check", key.is_some(), cancel)
 }
 
 /// Runs `quick_check` or `integrity_check` table by table, skipping virtual tables: Signal's
@@ -129,7 +186,20 @@ pub fn integrity_check(path: &Path, key: Option<&DbKey>) -> Result<DbCheck> {
 /// database check stops at it with "SQL logic error". The FTS shadow tables, which hold
 /// the index's data, are ordinary tables and are checked. On an encrypted database,
 /// `cipher_integrity_check` also verifies every page's HMAC.
-fn run_check(conn: &Connection, pragma: &str, encrypted: bool) -> Result<DbCheck> {
+fn run_check(
+    conn: &mut Connection,
+    pragma: &str,
+    encrypted: bool,
+    cancel: &Cancel,
+) -> Result<DbCheck> {
+    cancel.check()?;
+    interruptible(conn, cancel)?;
+    let checked = check_tables(conn, pragma, encrypted).map_err(|err| cut_or(cancel, err));
+    conn.progress_handler(0, None::<fn() -> bool>)?;
+    checked
+}
+
+fn check_tables(conn: &Connection, pragma: &str, encrypted: bool) -> Result<DbCheck> {
     let user_version = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let tables: Vec<String> = conn
         .prepare(
@@ -170,8 +240,13 @@ fn run_check(conn: &Connection, pragma: &str, encrypted: bool) -> Result<DbCheck
 /// `*.noindex` directory. Schema-agnostic: every text column whose name ends in "path"
 /// (Signal's `message_attachments.path`, `thumbnailPath`, stickers' `path`, …) is read,
 /// and values of the attachment-path shape are kept.
-pub fn attachment_references(db: &Path, key: &DbKey) -> Result<HashSet<String>> {
-    let conn = open(db, OpenFlags::SQLITE_OPEN_READ_ONLY, Some(key))?;
+pub fn attachment_references(db: &Path, key: &DbKey, cancel: &Cancel) -> Result<HashSet<String>> {
+    let mut conn = open(db, OpenFlags::SQLITE_OPEN_READ_ONLY, Some(key))?;
+    interruptible(&mut conn, cancel)?;
+    references(&conn).map_err(|err| cut_or(cancel, err))
+}
+
+fn references(conn: &Connection) -> Result<HashSet<String>> {
     let mut columns = Vec::new();
     let mut tables = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
     for table in tables.query_map([], |row| row.get::<_, String>(0))? {
@@ -243,7 +318,14 @@ mod tests {
         .unwrap();
         // `live` stays open: the rows exist only in the -wal file.
         let copy = dir.path().join("copy.sqlite");
-        let check = snapshot(&live_path, &copy, Some(&key), Duration::from_secs(1)).unwrap();
+        let check = snapshot(
+            &live_path,
+            &copy,
+            Some(&key),
+            Duration::from_secs(1),
+            &Cancel::new(),
+        )
+        .unwrap();
         assert!(check.is_ok(), "{check:?}");
         let restored = open(&copy, OpenFlags::SQLITE_OPEN_READ_ONLY, Some(&key)).unwrap();
         let rows: i64 = restored
@@ -251,7 +333,7 @@ mod tests {
             .unwrap();
         assert_eq!(rows, 3);
         let wrong = DbKey::from_hex(&"00".repeat(32)).unwrap();
-        let err = integrity_check(&copy, Some(&wrong))
+        let err = integrity_check(&copy, Some(&wrong), &Cancel::new())
             .unwrap_err()
             .to_string();
         assert!(err.contains("key is wrong"), "{err}");
@@ -259,5 +341,75 @@ mod tests {
             !std::fs::read(&copy).unwrap().starts_with(SQLITE_HEADER),
             "copy must stay encrypted"
         );
+    }
+
+    /// With small steps and no held read transaction, every commit of the writer restarts
+    /// the backup (SIGNAL.md); inside one read transaction it finishes, and holds exactly
+    /// the rows committed before it began.
+    #[test]
+    fn stepped_snapshot_finishes_while_another_connection_keeps_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live.sqlite");
+        let live = Connection::open(&live_path).unwrap();
+        live.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(x);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO t SELECT randomblob(4000) FROM n;",
+        )
+        .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut commits = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    live.execute("INSERT INTO t VALUES (randomblob(100))", [])
+                        .unwrap();
+                    commits += 1;
+                }
+                commits
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let (done, result) = std::sync::mpsc::channel();
+        let copy = dir.path().join("copy.sqlite");
+        std::thread::spawn(move || {
+            let check = snapshot(
+                &live_path,
+                &copy,
+                None,
+                Duration::from_secs(5),
+                &Cancel::new(),
+            );
+            let rows: Option<i64> = Connection::open(&copy)
+                .ok()
+                .and_then(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).ok());
+            done.send((check.map(|c| c.result), rows)).unwrap();
+        });
+        let outcome = result.recv_timeout(Duration::from_secs(60));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let commits = writer.join().unwrap();
+        let (check, rows) = outcome.expect("the snapshot never finished while the writer ran");
+        assert_eq!(check.unwrap(), "ok");
+        assert!(rows.unwrap() >= 5000, "{rows:?}");
+        assert!(commits > 0);
+    }
+
+    #[test]
+    fn a_cut_stops_the_copy_and_the_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live.sqlite");
+        Connection::open(&live_path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let cancel = Cancel::new();
+        cancel.enter("database snapshot").unwrap();
+        cancel.cancel();
+        let copy = dir.path().join("copy.sqlite");
+        let err = snapshot(&live_path, &copy, None, Duration::from_secs(1), &cancel).unwrap_err();
+        assert!(crate::cancel::is_cancelled(&err), "{err:#}");
+        let err = integrity_check(&live_path, None, &cancel).unwrap_err();
+        assert!(crate::cancel::is_cancelled(&err), "{err:#}");
     }
 }

@@ -6,12 +6,13 @@
 //! Only snapshot copies live here: Signal's stays encrypted with Signal's key.
 
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::cancel::Cancel;
 
 const LOCK: &str = "lock";
 
@@ -23,7 +24,7 @@ pub struct Staging {
 impl Staging {
     /// Takes the staging directory under `base`, waiting up to `wait` for a backup that
     /// holds it (such as one the daemon just abandoned) to let go.
-    pub fn acquire(base: &Path, wait: Duration) -> Result<Self> {
+    pub fn acquire(base: &Path, wait: Duration, cancel: &Cancel) -> Result<Self> {
         let dir = base.join("ghostwire-backup-staging");
         fs::DirBuilder::new()
             .recursive(true)
@@ -42,8 +43,10 @@ impl Staging {
             .write(true)
             .open(dir.join(LOCK))?;
         let deadline = Instant::now() + wait;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .is_err()
+        {
+            cancel.check()?;
             if Instant::now() >= deadline {
                 bail!(
                     "another backup is running on this host (it holds {}); try again when it ends",
@@ -93,8 +96,8 @@ mod tests {
     #[test]
     fn one_backup_at_a_time_and_leftovers_are_cleared() {
         let base = tempfile::tempdir().unwrap();
-        let first = Staging::acquire(base.path(), Duration::ZERO).unwrap();
-        let err = Staging::acquire(base.path(), Duration::ZERO)
+        let first = Staging::acquire(base.path(), Duration::ZERO, &Cancel::new()).unwrap();
+        let err = Staging::acquire(base.path(), Duration::ZERO, &Cancel::new())
             .err()
             .unwrap()
             .to_string();
@@ -103,7 +106,7 @@ mod tests {
         // What a killed run leaves behind: a snapshot copy next to a lock nobody holds.
         let leftover = base.path().join("ghostwire-backup-staging/db-0.sqlite");
         fs::write(&leftover, b"x").unwrap();
-        let _second = Staging::acquire(base.path(), Duration::ZERO).unwrap();
+        let _second = Staging::acquire(base.path(), Duration::ZERO, &Cancel::new()).unwrap();
         assert!(!leftover.exists());
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use globset::GlobSet;
 
+use crate::cancel::Cancel;
 use crate::sqlite::SQLITE_HEADER;
 
 #[derive(Debug)]
@@ -48,7 +49,12 @@ pub struct Listing {
 /// Lists `home`, skipping excluded paths and the `-wal`/`-shm`/`-journal` companions of the
 /// databases it will snapshot (`databases` names more of them, such as Signal's encrypted
 /// one, which has no recognisable header).
-pub fn list(home: &Path, excludes: &GlobSet, databases: &[&Path]) -> Result<Listing> {
+pub fn list(
+    home: &Path,
+    excludes: &GlobSet,
+    databases: &[&Path],
+    cancel: &Cancel,
+) -> Result<Listing> {
     let root = std::fs::symlink_metadata(home)
         .with_context(|| format!("cannot read the home directory {}", home.display()))?;
     if !root.is_dir() {
@@ -58,7 +64,7 @@ pub fn list(home: &Path, excludes: &GlobSet, databases: &[&Path]) -> Result<List
         );
     }
     let mut listing = Listing::default();
-    list_dir(home, Path::new(""), excludes, &mut listing)?;
+    list_dir(home, Path::new(""), excludes, &mut listing, cancel)?;
     let mut snapshotted: HashSet<PathBuf> = databases.iter().map(|p| p.to_path_buf()).collect();
     for entry in &listing.entries {
         if matches!(entry.kind, Kind::PlainSqlite) {
@@ -77,13 +83,20 @@ pub fn list(home: &Path, excludes: &GlobSet, databases: &[&Path]) -> Result<List
     Ok(listing)
 }
 
-fn list_dir(home: &Path, dir: &Path, excludes: &GlobSet, listing: &mut Listing) -> Result<()> {
+fn list_dir(
+    home: &Path,
+    dir: &Path,
+    excludes: &GlobSet,
+    listing: &mut Listing,
+    cancel: &Cancel,
+) -> Result<()> {
     let absolute = home.join(dir);
     let mut names: Vec<OsString> = std::fs::read_dir(&absolute)
         .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect())
         .with_context(|| unreadable(&absolute))?;
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     for name in names {
+        cancel.check()?;
         let path = dir.join(&name);
         if excludes.is_match(&path) {
             continue;
@@ -136,7 +149,7 @@ fn list_dir(home: &Path, dir: &Path, excludes: &GlobSet, listing: &mut Listing) 
             metadata,
         });
         if is_dir {
-            list_dir(home, &path, excludes, listing)?;
+            list_dir(home, &path, excludes, listing, cancel)?;
         }
     }
     Ok(())
@@ -192,7 +205,7 @@ mod tests {
         let _socket = std::os::unix::net::UnixListener::bind(h.join("sock")).unwrap();
         let excludes = profile::excludes(&[]).unwrap();
         let signal_db = Path::new(profile::SIGNAL_DB);
-        let listing = list(h, &excludes, &[signal_db]).unwrap();
+        let listing = list(h, &excludes, &[signal_db], &Cancel::new()).unwrap();
         let names: Vec<_> = listing
             .entries
             .iter()

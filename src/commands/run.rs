@@ -6,7 +6,11 @@
 //! container has exited, so the snapshot it takes then is the freshest consistent state
 //! there is — the one a green deploy should start from. It must finish within
 //! `--final-deadline` (keep that below the pod's terminationGracePeriodSeconds); if it
-//! cannot, it is abandoned and, as with any failed backup, leaves no snapshot behind.
+//! cannot, it is cut (within about a second, in whatever phase it is) and, as with any
+//! failed backup, leaves no snapshot behind; the lease is not released then, it expires.
+//!
+//! Each backup runs on a thread of its own ([`crate::blocking`]); a deadline or SIGTERM
+//! cancels its token and waits for it to stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::backup::{self, BackupOptions};
+use crate::backup::{self, BackupOptions};
+use crate::blocking;
+use crate::cancel::Cancel;
 use crate::lease::Held;
 use crate::manifest::Manifest;
 use crate::metrics::{self, Metrics};
@@ -36,10 +42,55 @@ pub struct RunOptions {
 pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics::serve(options.listen, metrics.clone()).await?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut stop = Stop::new()?;
     let lease = Held::acquire(repo, &options.lease_owner, options.lease_ttl).await?;
     let (lease, mut lease_lost) = keep_renewing(repo.clone(), lease);
+    let stopped = scheduled_backups(repo, backup, options, &metrics, &mut stop);
+    tokio::select! {
+        result = stopped => result?,
+        lost = &mut lease_lost => return Err(lost.unwrap_or_else(|_| anyhow!("the lease task stopped"))),
+    }
+    let lease = lease.stop().await;
+    if !options.final_snapshot {
+        tracing::info!("stopping; final snapshot disabled");
+        return lease.release(repo, None).await;
+    }
+    let manifest = final_snapshot(repo, backup, options, &metrics).await?;
+    // Only a final snapshot releases the lease: it is what the next instance restores.
+    lease.release(repo, Some(&manifest.id)).await
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or SIGINT.
+struct Stop {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
+/// Backs up on the schedule until told to stop; a backup running then is cut (it would
+/// hold up the final snapshot) and waited for.
+async fn scheduled_backups(
+    repo: &Repository,
+    backup: &BackupOptions,
+    options: &RunOptions,
+    metrics: &Metrics,
+    stop: &mut Stop,
+) -> Result<()> {
     loop {
         let next = schedule::next_run(&options.schedule, options.jitter)
             .context("the schedule has no future run time")?;
@@ -47,37 +98,53 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
         let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            lost = &mut lease_lost => return Err(lost.unwrap_or_else(|_| anyhow!("the lease task stopped"))),
+            _ = stop.recv() => return Ok(()),
         }
+        let cancel = Cancel::new();
+        let scheduled = timed_backup(repo, backup, options.backup_timeout, metrics, &cancel);
+        tokio::pin!(scheduled);
         tokio::select! {
             // A failure is counted and logged; the next run tries again.
-            _ = timed_backup(repo, backup, options.backup_timeout, &metrics) => {}
-            _ = terminate.recv() => {
-                tracing::warn!("stopping during a scheduled backup: it is abandoned for the final snapshot");
-                break;
+            _ = &mut scheduled => {}
+            _ = stop.recv() => {
+                tracing::warn!(phase = cancel.phase(), "stopping during a scheduled backup: it is cut for the final snapshot");
+                cancel.cancel();
+                let _ = scheduled.await;
+                return Ok(());
             }
-            _ = interrupt.recv() => break,
-            lost = &mut lease_lost => return Err(lost.unwrap_or_else(|_| anyhow!("the lease task stopped"))),
         }
     }
-    let lease = lease.stop().await;
-    if !options.final_snapshot {
-        tracing::info!("stopping; final snapshot disabled");
-        return lease.release(repo, None).await;
-    }
+}
+
+/// The final snapshot, cut at `--final-deadline`. A cut one leaves no manifest and keeps
+/// the lease (it expires), so no other instance restores an older state by mistake.
+async fn final_snapshot(
+    repo: &Repository,
+    backup: &BackupOptions,
+    options: &RunOptions,
+    metrics: &Metrics,
+) -> Result<Manifest> {
     tracing::info!(deadline = ?options.final_deadline, "stopping: taking the final snapshot");
     let last = BackupOptions {
         r#final: true,
         ..backup.clone()
     };
-    let manifest = timed_backup(repo, &last, options.final_deadline, &metrics)
-        .await
-        .context("the final snapshot failed (the lease stays until it expires); the newest scheduled snapshot is the latest state saved")?;
-    tracing::info!(snapshot = %manifest.id, "final snapshot committed; stopping");
-    // Only a final snapshot releases the lease: it is what the next instance restores.
-    lease.release(repo, Some(&manifest.id)).await
+    let cancel = Cancel::new();
+    match timed_backup(repo, &last, options.final_deadline, metrics, &cancel).await {
+        Ok(manifest) => {
+            tracing::info!(snapshot = %manifest.id, "final snapshot committed; stopping");
+            Ok(manifest)
+        }
+        Err(err) if cancel.is_cancelled() => {
+            tracing::error!(
+                phase = cancel.phase(),
+                deadline = ?options.final_deadline,
+                "final snapshot cut at deadline: no manifest was written and the lease is not released (it expires after --lease-ttl); the newest scheduled snapshot is the latest state saved"
+            );
+            Err(err.context("the final snapshot was cut at its deadline"))
+        }
+        Err(err) => Err(err.context("the final snapshot failed (the lease stays until it expires); the newest scheduled snapshot is the latest state saved")),
+    }
 }
 
 /// Renews the lease in the background, also while a backup runs. The receiver resolves
@@ -122,20 +189,31 @@ impl Renewing {
     }
 }
 
-/// One backup, bounded in time, recorded in the metrics.
+/// One backup on a thread of its own, cut at `limit` (or when `cancel` is cancelled by
+/// the caller), recorded in the metrics.
 async fn timed_backup(
     repo: &Repository,
     options: &BackupOptions,
     limit: Duration,
     metrics: &Metrics,
+    cancel: &Cancel,
 ) -> Result<Manifest> {
     let started = Instant::now();
     metrics.started();
-    let result = match tokio::time::timeout(limit, backup::run(repo, options)).await {
-        Ok(result) => result,
-        Err(_) => Err(anyhow!(
-            "the backup did not finish within {limit:?} and was abandoned; no snapshot was written"
-        )),
+    let options = options.clone();
+    let work = blocking::spawn(repo, cancel.clone(), move |remote| {
+        backup::take(remote, &options)
+    });
+    tokio::pin!(work);
+    let result = tokio::select! {
+        result = &mut work => result,
+        _ = tokio::time::sleep(limit) => {
+            let phase = cancel.phase();
+            cancel.cancel();
+            blocking::stopped(work, cancel).await.with_context(|| {
+                format!("the backup did not finish within {limit:?} and was cut during the {phase}; no snapshot was written")
+            })
+        }
     };
     let seconds = started.elapsed().as_secs_f64();
     match &result {

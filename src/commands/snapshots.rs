@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 
+use crate::fsutil::human_bytes;
 use crate::repo::Repository;
 
 pub async fn run(repo: &Repository, json: bool) -> Result<()> {
@@ -34,19 +35,4 @@ pub async fn run(repo: &Repository, json: bool) -> Result<()> {
         eprintln!("no snapshots in {}", repo.location());
     }
     Ok(())
-}
-
-pub fn human_bytes(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < units.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
 }

@@ -1,0 +1,120 @@
+//! File helpers every part shares, once: atomic small writes, directory and filesystem
+//! syncs, free space, and sizes for people.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cancel::Cancel;
+
+/// Reads a small JSON file; `None` if it does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("{} is damaged; remove it to restore again", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes a small JSON file atomically: temporary file, fsync, rename, fsync the directory.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let temp = path.with_extension("partial");
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    fs::write(&temp, &bytes)?;
+    fs::File::open(&temp)?.sync_all()?;
+    fs::rename(&temp, path)?;
+    sync_dir(path.parent().expect("a file in a directory"))
+}
+
+/// Makes a directory's entries (new names, renames) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)?
+        .sync_all()
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+/// One `syncfs` of the filesystem holding `path` instead of an fsync per file: tens of
+/// thousands of attachments would otherwise cost a disk flush each. The flush runs on its
+/// own thread so that a cancellation is noticed while it runs; the kernel finishes the
+/// flush regardless.
+pub fn sync_filesystem(path: &Path, cancel: &Cancel) -> Result<()> {
+    let dir = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(rustix::fs::syncfs(&dir)));
+    loop {
+        match result.recv_timeout(Duration::from_millis(50)) {
+            Ok(outcome) => return outcome.context("syncfs failed"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => cancel.check()?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("syncfs thread died"),
+        }
+    }
+}
+
+/// Fails with advice when the filesystem holding `target` has less than `needed` bytes
+/// free. Not knowing (statvfs fails) is not a reason to refuse.
+pub fn check_free_space(target: &Path, needed: u64) -> Result<()> {
+    let Ok(stats) = rustix::fs::statvfs(target) else {
+        return Ok(());
+    };
+    let available = stats.f_bavail.saturating_mul(stats.f_frsize);
+    if available < needed {
+        bail!(
+            "{} has {} free but the snapshot holds {}: use a larger volume",
+            target.display(),
+            human_bytes(available),
+            human_bytes(needed)
+        );
+    }
+    Ok(())
+}
+
+/// Whether this process runs as root (and may therefore keep archived owners).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `1.5 MiB`, for messages and tables.
+pub fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn json_round_trips_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        assert!(read_json::<Vec<u32>>(&path).unwrap().is_none());
+        write_json(&path, &vec![1u32, 2]).unwrap();
+        assert_eq!(read_json::<Vec<u32>>(&path).unwrap(), Some(vec![1, 2]));
+        assert!(!path.with_extension("partial").exists());
+        sync_filesystem(dir.path(), &Cancel::new()).unwrap();
+    }
+}

@@ -1,0 +1,411 @@
+//! A restore target as a small state machine, read from disk, so an interrupted restore is
+//! finished or discarded — never half-applied — whoever runs next (`restore`, and the
+//! coming `restore --update`).
+//!
+//! ```text
+//! Empty ──begin──▶ Staged ──pass_gate──▶ Gated ──move_into_place──▶ Moved ──mark──▶ Marked
+//!   ▲                │ (error, cut, crash: discard)
+//!   └────────────────┘
+//! Dirty: data and no marker (restore only with --force: replaced entries are moved aside)
+//! Foreign: a bookkeeping file of ours that cannot be read (a person must look)
+//! ```
+//! The archive is unpacked into a staging directory inside the target, so the final moves
+//! are renames on one filesystem. Only after the whole stream authenticated, matched its
+//! manifest and the restored Signal database passed `integrity_check` (the gate) is the
+//! `ready` note written (Gated); then entries are moved into place and the marker is written
+//! last. Existing data is never deleted: with `--force` every entry the snapshot replaces is
+//! moved aside into `.ghostwire-backup-replaced-<time>/`.
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::cancel::Cancel;
+use crate::catalog::Catalog;
+use crate::fsutil::{self, read_json, write_json};
+use crate::index::{EntryKind, IndexEntry};
+use crate::manifest::Manifest;
+use crate::profile;
+
+/// Written last: a target with this file holds a complete, checked snapshot.
+pub const MARKER: &str = ".ghostwire-backup-restore.json";
+/// The staging directory inside the target.
+pub const STAGING: &str = ".ghostwire-backup-restore.tmp";
+/// In the staging directory: the gate passed, the moves into place may begin.
+pub const READY: &str = ".ghostwire-backup-ready.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Marker {
+    pub snapshot: String,
+    pub restored_at: chrono::DateTime<Utc>,
+    pub agent_version: String,
+    /// The restore gate's result: "ok", or "no Signal database in this snapshot".
+    pub gate: String,
+}
+
+impl Marker {
+    pub fn new(snapshot: &str, gate: String) -> Self {
+        Self {
+            snapshot: snapshot.to_string(),
+            restored_at: Utc::now(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            gate,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    /// Nothing but `lost+found` and our own bookkeeping.
+    Empty,
+    /// A staging directory without a `ready` note: an unpack that did not finish.
+    Staged,
+    /// The gate passed; staged entries wait to be moved into place.
+    Gated(Marker),
+    /// Every staged entry is in place; the marker is not written yet.
+    Moved(Marker),
+    /// A complete, checked restore.
+    Marked(Marker),
+    /// Data without a marker: `entries` of them, e.g. `example`.
+    Dirty { entries: usize, example: String },
+    /// A marker or `ready` note that cannot be read.
+    Foreign(String),
+}
+
+/// Reads the state of `target` from disk.
+pub fn detect(target: &Path) -> Result<State> {
+    let staging = target.join(STAGING);
+    match read_json::<Marker>(&staging.join(READY)) {
+        Err(err) => return Ok(State::Foreign(format!("{err:#}"))),
+        Ok(Some(ready)) if staged_entries(&staging)?.is_empty() => return Ok(State::Moved(ready)),
+        Ok(Some(ready)) => return Ok(State::Gated(ready)),
+        Ok(None) if staging.exists() => return Ok(State::Staged),
+        Ok(None) => {}
+    }
+    match read_json::<Marker>(&target.join(MARKER)) {
+        Err(err) => return Ok(State::Foreign(format!("{err:#}"))),
+        Ok(Some(marker)) => return Ok(State::Marked(marker)),
+        Ok(None) => {}
+    }
+    let entries = user_entries(target)?;
+    Ok(match entries.first() {
+        Some(example) => State::Dirty {
+            entries: entries.len(),
+            example: example.clone(),
+        },
+        None => State::Empty,
+    })
+}
+
+/// What a restore does next, given the target's state.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// Stage, gate, move and mark a snapshot.
+    Restore,
+    /// An earlier restore passed its gate and was interrupted: finish it.
+    Finish(Marker),
+    /// `--if-empty` and the target already holds data (or a restore): nothing to do.
+    LeftAlone(String),
+}
+
+/// Creates `target` if needed, discards an unfinished unpack, and decides.
+pub fn prepare(target: &Path, force: bool, if_empty: bool) -> Result<Next> {
+    fs::create_dir_all(target)
+        .with_context(|| format!("cannot create the target {}", target.display()))?;
+    let mut state = detect(target)?;
+    if state == State::Staged {
+        discard(target)?;
+        state = detect(target)?;
+    }
+    next(target, &state, force, if_empty)
+}
+
+/// The decision alone: which states a restore may proceed from.
+pub fn next(target: &Path, state: &State, force: bool, if_empty: bool) -> Result<Next> {
+    let refusal = |what: String, advice: &str| -> Result<Next> {
+        if if_empty {
+            Ok(Next::LeftAlone(what))
+        } else {
+            bail!("{what}{advice}")
+        }
+    };
+    match state {
+        State::Empty => Ok(Next::Restore),
+        State::Gated(ready) | State::Moved(ready) => Ok(Next::Finish(ready.clone())),
+        State::Marked(_) | State::Dirty { .. } if force => Ok(Next::Restore),
+        State::Marked(marker) => refusal(
+            format!(
+                "{} already holds snapshot {} (restored {})",
+                target.display(),
+                marker.snapshot,
+                marker.restored_at
+            ),
+            "; pass --force to restore over it (replaced entries are moved aside, not deleted)",
+        ),
+        State::Dirty { entries, example } => refusal(
+            format!(
+                "{} is not empty ({entries} entries, e.g. {example:?})",
+                target.display()
+            ),
+            ": restore into an empty volume, or pass --force to move the entries the \
+             snapshot replaces aside into .ghostwire-backup-replaced-<time>/",
+        ),
+        State::Foreign(why) => bail!("{why}"),
+        State::Staged => bail!("{} holds an unfinished restore", target.display()),
+    }
+}
+
+/// Staged → Empty (or Dirty): removes an unpack that did not pass its gate.
+pub fn discard(target: &Path) -> Result<()> {
+    let staging = target.join(STAGING);
+    tracing::info!("discarding the staging directory of an interrupted restore");
+    fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))
+}
+
+/// Empty (or Dirty/Marked with --force) → Staged: the directory to unpack into.
+pub fn begin(target: &Path) -> Result<PathBuf> {
+    let staging = target.join(STAGING);
+    if staging.exists() {
+        discard(target)?;
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    Ok(staging)
+}
+
+/// Staged → Gated: makes the unpacked files durable, then writes the `ready` note.
+pub fn pass_gate(target: &Path, ready: &Marker, cancel: &Cancel) -> Result<()> {
+    let staging = target.join(STAGING);
+    cancel.enter("sync of the restored files")?;
+    fsutil::sync_filesystem(&staging, cancel)?;
+    cancel.check()?;
+    write_json(&staging.join(READY), ready)
+}
+
+/// Gated → Moved → Marked: the end of every restore, also of one interrupted after its gate.
+/// Not cut halfway: the moves are a few renames (one per top-level entry), and a cut
+/// between two of them would leave a half-restored target.
+pub fn finish(target: &Path, ready: &Marker) -> Result<()> {
+    move_into_place(target)?;
+    mark(target, ready)
+}
+
+/// Gated → Moved: renames every staged entry into the target, moving whatever it replaces
+/// aside first.
+pub fn move_into_place(target: &Path) -> Result<()> {
+    let staging = target.join(STAGING);
+    let aside = target.join(format!(
+        "{}-replaced-{}",
+        profile::OWN_FILES_PREFIX,
+        Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let old_marker = target.join(MARKER);
+    if old_marker.exists() {
+        fs::create_dir_all(&aside)?;
+        fs::rename(&old_marker, aside.join(MARKER))?;
+    }
+    for name in staged_entries(&staging)? {
+        let destination = target.join(&name);
+        if fs::symlink_metadata(&destination).is_ok() {
+            fs::create_dir_all(&aside)?;
+            tracing::warn!(entry = ?name, moved_to = %aside.display(), "moving an existing entry aside");
+            fs::rename(&destination, aside.join(&name))?;
+        }
+        fs::rename(staging.join(&name), &destination)
+            .with_context(|| format!("cannot move {name:?} into place"))?;
+    }
+    fsutil::sync_dir(target)
+}
+
+/// Moved → Marked: writes the marker (the commit point), then removes the staging directory.
+pub fn mark(target: &Path, marker: &Marker) -> Result<()> {
+    write_json(&target.join(MARKER), marker)?;
+    fs::remove_dir_all(target.join(STAGING)).ok();
+    // Only renames and the marker are left to flush: quick, and not to be cut.
+    fsutil::sync_filesystem(target, &Cancel::new())
+}
+
+/// Writes the catalog of the restored volume from the snapshot's index, with the restored
+/// files' own stat, so the next backup there continues the chain instead of starting a
+/// full one. (The content is what the index says: it was authenticated on the way in.)
+pub fn seed_catalog(
+    repository: &str,
+    target: &Path,
+    manifest: &Manifest,
+    entries: Vec<IndexEntry>,
+    chown: Option<(u32, u32)>,
+) -> Result<()> {
+    let entries: Vec<IndexEntry> = entries
+        .into_iter()
+        .filter_map(|entry| {
+            if entry.kind == EntryKind::Deleted {
+                return Some(entry);
+            }
+            let metadata = fs::symlink_metadata(target.join(&entry.path)).ok()?;
+            let fresh = IndexEntry::new(&entry.path, entry.kind, &metadata);
+            Some(IndexEntry {
+                sha256: entry.sha256,
+                archive: entry.archive,
+                ..fresh
+            })
+        })
+        .collect();
+    let path = target.join(crate::catalog::DEFAULT_NAME);
+    Catalog::open(&path)?.record(repository, manifest, &entries)?;
+    if let Some((uid, gid)) = chown {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Entries of the target that hold data: all but `lost+found` and our own bookkeeping.
+fn user_entries(target: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for entry in
+        fs::read_dir(target).with_context(|| format!("cannot read {}", target.display()))?
+    {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name != "lost+found" && !name.starts_with(profile::OWN_FILES_PREFIX) {
+            found.push(name);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// What the staging directory holds besides its `ready` note, sorted.
+fn staged_entries(staging: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names: Vec<_> = fs::read_dir(staging)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.retain(|n| n != READY);
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker() -> Marker {
+        Marker {
+            restored_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            ..Marker::new("20260101T000000Z", "ok".into())
+        }
+    }
+
+    /// A target with a staged profile that passed its gate.
+    fn gated() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = begin(dir.path()).unwrap();
+        fs::create_dir(staging.join(".config")).unwrap();
+        fs::write(staging.join(".config/file"), b"restored").unwrap();
+        pass_gate(dir.path(), &marker(), &Cancel::new()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn every_state_is_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path();
+        fs::create_dir(target.join("lost+found")).unwrap();
+        assert_eq!(detect(target).unwrap(), State::Empty);
+        begin(target).unwrap();
+        assert_eq!(detect(target).unwrap(), State::Staged);
+        fs::write(target.join(STAGING).join("f"), b"x").unwrap();
+        pass_gate(target, &marker(), &Cancel::new()).unwrap();
+        assert_eq!(detect(target).unwrap(), State::Gated(marker()));
+        move_into_place(target).unwrap();
+        assert_eq!(detect(target).unwrap(), State::Moved(marker()));
+        mark(target, &marker()).unwrap();
+        assert_eq!(detect(target).unwrap(), State::Marked(marker()));
+        fs::write(target.join(MARKER), b"{ torn").unwrap();
+        assert!(matches!(detect(target).unwrap(), State::Foreign(why) if why.contains("damaged")));
+        fs::remove_file(target.join(MARKER)).unwrap();
+        assert_eq!(
+            detect(target).unwrap(),
+            State::Dirty {
+                entries: 1,
+                example: "f".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_restore_interrupted_after_its_gate_is_finished() {
+        let dir = gated();
+        let target = dir.path();
+        assert_eq!(
+            prepare(target, false, false).unwrap(),
+            Next::Finish(marker())
+        );
+        finish(target, &marker()).unwrap();
+        assert_eq!(fs::read(target.join(".config/file")).unwrap(), b"restored");
+        assert_eq!(detect(target).unwrap(), State::Marked(marker()));
+        assert!(!target.join(STAGING).exists());
+
+        // Interrupted between the last move and the marker: Moved, finished the same way.
+        let dir = gated();
+        move_into_place(dir.path()).unwrap();
+        assert_eq!(
+            prepare(dir.path(), false, false).unwrap(),
+            Next::Finish(marker())
+        );
+        finish(dir.path(), &marker()).unwrap();
+        assert_eq!(detect(dir.path()).unwrap(), State::Marked(marker()));
+    }
+
+    #[test]
+    fn an_unfinished_unpack_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = begin(dir.path()).unwrap();
+        fs::write(staging.join("half"), b"x").unwrap();
+        assert_eq!(prepare(dir.path(), false, false).unwrap(), Next::Restore);
+        assert!(!staging.exists());
+    }
+
+    #[test]
+    fn data_is_refused_without_force_and_left_alone_with_if_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        let err = prepare(dir.path(), false, false).unwrap_err().to_string();
+        assert!(
+            err.contains("is not empty") && err.contains("--force"),
+            "{err}"
+        );
+        assert!(matches!(
+            prepare(dir.path(), false, true).unwrap(),
+            Next::LeftAlone(_)
+        ));
+        assert_eq!(prepare(dir.path(), true, false).unwrap(), Next::Restore);
+
+        mark(dir.path(), &marker()).unwrap();
+        let err = prepare(dir.path(), false, false).unwrap_err().to_string();
+        assert!(err.contains("already holds snapshot"), "{err}");
+        assert_eq!(prepare(dir.path(), true, false).unwrap(), Next::Restore);
+    }
+
+    #[test]
+    fn forced_moves_keep_what_they_replace() {
+        let dir = gated();
+        fs::create_dir(dir.path().join(".config")).unwrap();
+        fs::write(dir.path().join(".config/old"), b"old").unwrap();
+        finish(dir.path(), &marker()).unwrap();
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("-replaced-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(
+            fs::read(dir.path().join(&aside[0]).join(".config/old")).unwrap(),
+            b"old"
+        );
+    }
+}

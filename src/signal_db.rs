@@ -1,0 +1,109 @@
+//! Signal's encrypted database: its snapshot at backup, and the check every restore and
+//! verify must pass (the gate).
+//!
+//! The key comes from Signal's `config.json` (or `--db-key-file`); the snapshot stays
+//! encrypted with it. A backup of a database that fails `quick_check` goes ahead, with a
+//! warning (the damage is Signal's, and the snapshot is the best copy there is); a restore
+//! whose database fails the full `integrity_check` stops before anything is moved into place.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cancel::Cancel;
+use crate::manifest::{DatabaseInfo, Manifest};
+use crate::profile::{self, DbKey};
+use crate::sqlite::{self, DbCheck};
+use crate::staging::Staging;
+
+/// A snapshot of Signal's database in the staging directory.
+pub struct SignalSnapshot {
+    pub copy: PathBuf,
+    pub info: DatabaseInfo,
+    /// The attachment files it references, `xx/<hash>`.
+    pub references: HashSet<String>,
+}
+
+/// Snapshots Signal's encrypted database, if the home has a Signal profile.
+pub fn snapshot_signal_db(
+    home: &Path,
+    key_file: Option<&Path>,
+    staging: &Staging,
+    wait: Duration,
+    cancel: &Cancel,
+) -> Result<Option<SignalSnapshot>> {
+    let db = home.join(profile::SIGNAL_DB);
+    if !db.exists() {
+        tracing::warn!(
+            path = %db.display(),
+            "no Signal database in this home; backing up the files only (is --source right?)"
+        );
+        return Ok(None);
+    }
+    let key = read_key(home, key_file)?;
+    let copy = staging.file("signal.sqlite");
+    let check = sqlite::snapshot(&db, &copy, Some(&key), wait, cancel)
+        .context("cannot snapshot Signal's database")?;
+    if !check.is_ok() {
+        tracing::warn!(check = %check.result, "quick_check found problems in Signal's database; backing it up as it is");
+    }
+    cancel.enter("attachment references")?;
+    let references = sqlite::attachment_references(&copy, &key, cancel)?;
+    let info = DatabaseInfo {
+        user_version: check.user_version,
+        check: check.result,
+        bytes: std::fs::metadata(&copy)?.len(),
+    };
+    Ok(Some(SignalSnapshot {
+        copy,
+        info,
+        references,
+    }))
+}
+
+fn read_key(home: &Path, key_file: Option<&Path>) -> Result<DbKey> {
+    if let Some(file) = key_file {
+        return DbKey::from_file(file);
+    }
+    let config = home.join(profile::SIGNAL_CONFIG);
+    let bytes = zeroize::Zeroizing::new(std::fs::read(&config).with_context(|| {
+        format!(
+            "cannot read Signal's database key from {}",
+            config.display()
+        )
+    })?);
+    DbKey::from_config_json(&bytes, &config)
+}
+
+/// Opens a Signal database with the key from its `config.json` and runs the full
+/// `integrity_check`; fails unless it is "ok".
+pub fn check_signal_db(config_json: &[u8], db: &Path, cancel: &Cancel) -> Result<DbCheck> {
+    let key = DbKey::from_config_json(config_json, Path::new(profile::SIGNAL_CONFIG))?;
+    let check = sqlite::integrity_check(db, Some(&key), cancel)?;
+    if !check.is_ok() {
+        bail!("Signal's database failed integrity_check: {}", check.result);
+    }
+    Ok(check)
+}
+
+/// The restore gate on a profile unpacked at `staged`: the restored Signal database opens
+/// with the restored key and passes `integrity_check`. Returns the gate's result for the
+/// restore marker.
+pub fn gate(manifest: &Manifest, staged: &Path, cancel: &Cancel) -> Result<String> {
+    if manifest.signal_db.is_none() {
+        tracing::warn!("this snapshot holds no Signal database; no gate to run");
+        return Ok("no Signal database in this snapshot".into());
+    }
+    let config = zeroize::Zeroizing::new(std::fs::read(staged.join(profile::SIGNAL_CONFIG)).context(
+        "the restore gate failed: the snapshot has a Signal database but no config.json with its key",
+    )?);
+    let check = check_signal_db(&config, &staged.join(profile::SIGNAL_DB), cancel)
+        .context("the restore gate failed")?;
+    tracing::info!(
+        user_version = check.user_version,
+        "restore gate passed: integrity_check ok"
+    );
+    Ok(check.result)
+}
