@@ -86,7 +86,7 @@ pub fn take(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     }
     match result {
         Err(err) if remote.cancel().is_cancelled() && is_cancelled(&err) => {
-            Err(err.context("the backup was cut; no snapshot was written"))
+            Err(err.context("no snapshot was written"))
         }
         other => other,
     }

@@ -211,7 +211,7 @@ async fn timed_backup(
             let phase = cancel.phase();
             cancel.cancel();
             blocking::stopped(work, cancel).await.with_context(|| {
-                format!("the backup did not finish within {limit:?} and was cut during the {phase}; no snapshot was written")
+                format!("the backup did not finish within {limit:?} and was cut during the {phase}")
             })
         }
     };
