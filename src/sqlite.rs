@@ -123,7 +123,7 @@ pub fn snapshot(
         }
     }
     drop(live); // ends the read transaction
-    let check = run_check(&mut staged, "quick_check", key.is_some(), cancel)?;
+    let check = run_check(&mut staged, copy, "quick_check", key, cancel)?;
     tracing::debug!(db = %source.display(), elapsed = ?started.elapsed(), "database snapshot taken");
     Ok(check)
 }
@@ -178,7 +178,7 @@ pub fn integrity_check(path: &Path, key: Option<&DbKey>, cancel: &Cancel) -> Res
         bail!("{} is missing", path.display());
     }
     let mut conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE, key)?;
-    run_check(&mut conn, "integrity_check", key.is_some(), cancel)
+    run_check(&mut conn, path, "integrity_check", key, cancel)
 }
 
 /// Runs `quick_check` or `integrity_check` table by table, skipping virtual tables: Signal's
@@ -188,18 +188,55 @@ pub fn integrity_check(path: &Path, key: Option<&DbKey>, cancel: &Cancel) -> Res
 /// `cipher_integrity_check` also verifies every page's HMAC.
 fn run_check(
     conn: &mut Connection,
+    path: &Path,
     pragma: &str,
-    encrypted: bool,
+    key: Option<&DbKey>,
     cancel: &Cancel,
 ) -> Result<DbCheck> {
     cancel.check()?;
     interruptible(conn, cancel)?;
-    let checked = check_tables(conn, pragma, encrypted).map_err(|err| cut_or(cancel, err));
+    let checked = check_tables(conn, pragma).map_err(|err| cut_or(cancel, err));
     conn.progress_handler(0, None::<fn() -> bool>)?;
-    checked
+    let mut check = checked?;
+    if let Some(key) = key {
+        let problems = cipher_integrity_check(path, key, cancel)?;
+        if !problems.is_empty() {
+            check.result = match check.result.as_str() {
+                "ok" => problems.join("; "),
+                tables => format!("{tables}; {}", problems.join("; ")),
+            };
+        }
+    }
+    Ok(check)
 }
 
-fn check_tables(conn: &Connection, pragma: &str, encrypted: bool) -> Result<DbCheck> {
+/// `cipher_integrity_check` verifies every page's HMAC in one C loop that neither the
+/// progress handler nor `sqlite3_interrupt` can stop: it runs on a connection and a thread
+/// of its own, and a cut leaves it to finish there unheard.
+fn cipher_integrity_check(path: &Path, key: &DbKey, cancel: &Cancel) -> Result<Vec<String>> {
+    let (done, outcome) = std::sync::mpsc::channel();
+    let (path, key) = (path.to_path_buf(), key.clone());
+    std::thread::spawn(move || {
+        let problems = (|| -> Result<Vec<String>> {
+            let conn = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY, Some(&key))?;
+            let mut statement = conn.prepare("PRAGMA cipher_integrity_check")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })();
+        let _ = done.send(problems);
+    });
+    loop {
+        match outcome.recv_timeout(Duration::from_millis(50)) {
+            Ok(problems) => return problems,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => cancel.check()?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("cipher_integrity_check stopped without an answer")
+            }
+        }
+    }
+}
+
+fn check_tables(conn: &Connection, pragma: &str) -> Result<DbCheck> {
     let user_version = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let tables: Vec<String> = conn
         .prepare(
@@ -217,12 +254,6 @@ fn check_tables(conn: &Connection, pragma: &str, encrypted: bool) -> Result<DbCh
             if row != "ok" && problems.len() < 20 {
                 problems.push(row);
             }
-        }
-    }
-    if encrypted {
-        let mut statement = conn.prepare("PRAGMA cipher_integrity_check")?;
-        for row in statement.query_map([], |row| row.get::<_, String>(0))? {
-            problems.push(row?);
         }
     }
     let result = if problems.is_empty() {
