@@ -109,7 +109,7 @@ async fn scheduled_backups(
             _ = stop.recv() => {
                 tracing::warn!(phase = cancel.phase(), "stopping during a scheduled backup: it is cut for the final snapshot");
                 cancel.cancel();
-                let _ = scheduled.await;
+                let _ = tokio::time::timeout(blocking::STOP_GRACE, scheduled).await;
                 return Ok(());
             }
         }
