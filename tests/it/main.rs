@@ -19,6 +19,7 @@ mod common;
 mod backup_restore;
 mod crash;
 mod daemon;
+mod deadlines;
 mod failures;
 mod hostile;
 mod incremental;

@@ -5,14 +5,13 @@
 //! The profile's database is grown to a size whose uncut snapshot takes clearly longer than
 //! the deadline, so a deadline that is only checked between phases would be missed.
 
-mod common;
-
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::command::Spawned;
+use crate::common::*;
 
 /// Size of the padding added to Signal's database.
 const PADDING_MIB: u32 = 128;
@@ -31,14 +30,17 @@ fn grow_database(db: &Path, key: &str, mib: u32) {
     .unwrap();
 }
 
-fn sigterm(child: &Child) {
+fn sigterm(child: &Spawned) {
     // SAFETY: kill only sends a signal to a process this test started.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
 }
 
 /// Waits for `child` to exit, at most `limit`; returns its status, how long it took, and
 /// its stderr.
-fn exit_within(mut child: Child, limit: Duration) -> (std::process::ExitStatus, Duration, String) {
+fn exit_within(
+    mut child: Spawned,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration, String) {
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -66,11 +68,7 @@ fn exit_within(mut child: Child, limit: Duration) -> (std::process::ExitStatus, 
 }
 
 fn snapshot_count(repo: &Path) -> usize {
-    let listed: serde_json::Value = serde_json::from_str(&run_ok(
-        agent().env("GWB_REPO", repo).args(["snapshots", "--json"]),
-    ))
-    .unwrap();
-    listed.as_array().unwrap().len()
+    snapshot_ids(&mut agent_for(repo)).len()
 }
 
 #[test]
@@ -98,9 +96,7 @@ fn deadlines_and_signals_cut_backup_restore_and_verify_within_about_a_second() {
         .env("GWB_FINAL_DEADLINE", "2")
         .env("GWB_LEASE_OWNER", "ghostwire-0")
         .arg("run")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn(Stdio::null(), Stdio::piped());
     wait_for_port(port);
     sigterm(&daemon);
     let (status, elapsed, log) = exit_within(daemon, Duration::from_secs(3));
@@ -122,12 +118,7 @@ fn deadlines_and_signals_cut_backup_restore_and_verify_within_about_a_second() {
 
     // The next backup works (and takes longer than the deadline: the cut was real).
     let started = Instant::now();
-    let id = run_ok(&mut backup_command(
-        &repo,
-        &profile.home,
-        &recipient,
-        &staging,
-    ));
+    let id = backup_command(agent_for(&repo), &profile.home, &recipient, &staging).ok();
     let uncut = started.elapsed();
     assert!(
         uncut > Duration::from_secs(2),
@@ -138,16 +129,13 @@ fn deadlines_and_signals_cut_backup_restore_and_verify_within_about_a_second() {
     // SIGTERM in the middle of a restore: it stops, and the volume is as it was.
     let volume = root.join("volume");
     std::fs::create_dir_all(volume.join("lost+found")).unwrap();
-    let restore = agent()
-        .env("GWB_REPO", &repo)
+    let restore = agent_for(&repo)
         .args(["restore", "--snapshot", &id, "--target"])
         .arg(&volume)
         .arg("--identity")
         .arg(&identity)
         .arg("--break-lease") // the cut final snapshot kept it
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn(Stdio::null(), Stdio::piped());
     std::thread::sleep(Duration::from_millis(700));
     sigterm(&restore);
     let (status, elapsed, log) = exit_within(restore, Duration::from_secs(2));
@@ -167,13 +155,10 @@ fn deadlines_and_signals_cut_backup_restore_and_verify_within_about_a_second() {
     assert_eq!(left, ["lost+found"], "the restore left something behind");
 
     // SIGTERM in the middle of a verify.
-    let verify = agent()
-        .env("GWB_REPO", &repo)
+    let verify = agent_for(&repo)
         .args(["verify", "--snapshot", &id, "--identity"])
         .arg(&identity)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn(Stdio::null(), Stdio::piped());
     std::thread::sleep(Duration::from_millis(700));
     sigterm(&verify);
     let (status, elapsed, log) = exit_within(verify, Duration::from_secs(2));
