@@ -12,17 +12,25 @@ import tempfile
 
 import yaml
 
-from .checks import CRD_KINDS, Checker
+from .checks import CRD_KINDS, Checker, markdown_anchors
 from .interface import Interface
 
-VARIANTS = ["sidecar", "cronjob", "restore-job", "verify-cronjob", "monitoring", "flux", "helm-test"]
+VARIANTS = ["sidecar", "cronjob", "verify-cronjob", "prune-cronjob", "monitoring", "flux", "helm-test"]
 # Oldest supported (native sidecars need >= 1.29) and a current one.
 K8S_VERSIONS = ["1.30.0", "1.33.0"]
 
-# The layout docs/kubernetes.md recommends, built outside deploy/ the way a user's overlay is:
-#  example-overlay: Ghostwire (the stand-in) + base + monitoring + the sidecar, verify-cronjob
-#                   and irsa components + a ConfigMap patch;
-#  example-restore: the restore-job component alone (uses the ConfigMap already applied).
+# The layouts docs/kubernetes.md recommends, built outside deploy/ the way a user's overlay is:
+#  example-overlay: Ghostwire (the stand-in) + base + monitoring + the sidecar, verify-cronjob,
+#                   prune-cronjob, networkpolicy and irsa components + a ConfigMap patch;
+#  example-green:   the design document's green release (`helm install ghostwire-green ./chart
+#                   -n ghostwire-green`: StatefulSet ghostwire-green in namespace
+#                   ghostwire-green) through the same sidecar component. Its stand-in is
+#                   written by green_stand_in() as the chart would render it, NOT renamed by a
+#                   Kustomize patch (Kustomize matches patch targets by an object's original
+#                   name too, which would hide a patch that targets the name `ghostwire`);
+#  example-cronjob: the cronjob component for the green release, its PVC name set in one place.
+# And flux-postrender: the green stand-in through the HelmRelease's own post-renderer patches,
+# as Flux would apply them (built in render_all from the rendered HelmRelease).
 EXAMPLES = {
     "example-overlay": """\
 apiVersion: kustomize.config.k8s.io/v1beta1
@@ -35,6 +43,8 @@ resources:
 components:
   - {deploy}/components/sidecar
   - {deploy}/components/verify-cronjob
+  - {deploy}/components/prune-cronjob
+  - {deploy}/components/networkpolicy
   - {deploy}/components/irsa
 patches:
   - target:
@@ -46,15 +56,36 @@ patches:
         path: /data/GWB_REPO
         value: s3://example-ghostwire-backups/ghostwire
 """,
-    "example-restore": """\
+    "example-green": """\
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
-namespace: ghostwire
+namespace: ghostwire-green
+resources:
+  - {green}
+  - {deploy}/base
 components:
-  - {deploy}/components/restore-job
+  - {deploy}/components/sidecar
+""",
+    "example-cronjob": """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: ghostwire-green
+resources:
+  - {deploy}/base
+components:
+  - {deploy}/components/cronjob
+patches:
+  - target:
+      group: batch
+      version: v1
+      kind: CronJob
+      name: ghostwire-backup
+    patch: |-
+      - op: replace
+        path: /spec/jobTemplate/spec/template/spec/volumes/0/persistentVolumeClaim/claimName
+        value: home-ghostwire-green-0
 """,
 }
-
 
 class Failure(Exception):
     pass
@@ -69,9 +100,32 @@ def render(kubectl, directory, *extra):
     return done.stdout
 
 
+GREEN = {"name": "ghostwire-green", "namespace": "ghostwire-green"}
+
+
+def green_stand_in(root, scratch):
+    """deploy/sidecar/stand-in's StatefulSet as the green release renders it: named after the
+    release, in its namespace, with the release's instance label. Returns its directory."""
+    with open(f"{root}/deploy/sidecar/stand-in/ghostwire-statefulset.yaml") as f:
+        sts = yaml.safe_load(f)
+    sts["metadata"].update(GREEN)
+    sts["spec"]["serviceName"] = GREEN["name"]
+    for labels in (sts["metadata"].setdefault("labels", {}), sts["spec"]["selector"]["matchLabels"],
+                   sts["spec"]["template"]["metadata"]["labels"]):
+        labels["app.kubernetes.io/instance"] = GREEN["name"]
+    directory = os.path.join(scratch, "green-stand-in")
+    os.makedirs(directory)
+    with open(f"{directory}/statefulset.yaml", "w") as f:
+        yaml.safe_dump(sts, f)
+    with open(f"{directory}/kustomization.yaml", "w") as f:
+        yaml.safe_dump({"resources": ["statefulset.yaml"]}, f)
+    return directory
+
+
 def render_all(root, kubectl, scratch):
     """{variant: YAML text} for every variant and the documented overlays."""
     texts = {}
+    green = green_stand_in(root, scratch)
     for v in VARIANTS:
         if not os.path.isfile(f"{root}/deploy/{v}/kustomization.yaml"):
             raise Failure(f"deploy/{v}/kustomization.yaml is missing")
@@ -81,9 +135,32 @@ def render_all(root, kubectl, scratch):
         os.makedirs(directory)
         deploy = os.path.relpath(f"{root}/deploy", directory)
         with open(f"{directory}/kustomization.yaml", "w") as f:
-            f.write(kustomization.format(deploy=deploy))
+            f.write(kustomization.format(deploy=deploy, green=os.path.relpath(green, directory)))
         texts[name] = render(kubectl, directory, "--load-restrictor", "LoadRestrictionsNone")
+    texts["flux-postrender"] = render_post_renderer(root, kubectl, scratch, green, texts["flux"])
     return texts
+
+
+def render_post_renderer(root, kubectl, scratch, green, flux_text):
+    """The green stand-in StatefulSet with the HelmRelease's post-renderer patches applied,
+    the way Flux runs them over the chart's output (a Kustomize `patches` list)."""
+    releases = [d for d in yaml.safe_load_all(flux_text) if d and d.get("kind") == "HelmRelease"]
+    if len(releases) != 1:
+        raise Failure(f"deploy/flux renders {len(releases)} HelmReleases, want 1")
+    patches = [p for pr in releases[0]["spec"].get("postRenderers", [])
+               for p in (pr.get("kustomize") or {}).get("patches", [])]
+    directory = os.path.join(scratch, "flux-postrender")
+    os.makedirs(directory)
+    deploy = os.path.relpath(f"{root}/deploy", directory)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "namespace": releases[0]["spec"].get("targetNamespace") or releases[0]["metadata"].get("namespace"),
+        "resources": [os.path.relpath(green, directory), f"{deploy}/base"],
+        "patches": patches,
+    }
+    with open(f"{directory}/kustomization.yaml", "w") as f:
+        yaml.safe_dump(kustomization, f)
+    return render(kubectl, directory, "--load-restrictor", "LoadRestrictionsNone")
 
 
 def validate(validator, variant, path, versions):
@@ -129,7 +206,9 @@ def main(argv=None):
     rendered = {v: [d for d in yaml.safe_load_all(t) if d] for v, t in texts.items()}
     with open(f"{a.root}/deploy/components/sidecar/statefulset-patch.yaml") as f:
         sidecar_patch = yaml.safe_load(f)
-    checker = Checker(interface, sidecar_patch)
+    with open(f"{a.root}/docs/kubernetes.md") as f:
+        anchors = markdown_anchors(f.read())
+    checker = Checker(interface, sidecar_patch, docs_anchors=anchors)
     counts = checker.check_all(rendered)
     for variant, problems in counts.items():
         docs = rendered[variant]

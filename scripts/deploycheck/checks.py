@@ -13,14 +13,27 @@ import yaml
 
 IMAGE = "ghcr.io/ghostwire/ghostwire-backup"
 BINARY = "/usr/local/bin/ghostwire-backup"
-ALLOWED_SECRETS = {"ghostwire-backup-s3", "ghostwire-backup-identity"}
+ALLOWED_SECRETS = {"ghostwire-backup-s3", "ghostwire-backup-s3-readonly", "ghostwire-backup-s3-prune",
+                   "ghostwire-backup-identity"}
+# The one ServiceAccount with a delete-capable role, and the read-only one (docs: IAM).
+PRUNE_SA = "ghostwire-backup-prune"
+READONLY_SA = "ghostwire-backup-readonly"
 IDENTITY_SECRET = "ghostwire-backup-identity"
 STAGING = "/tmp/ghostwire-backup"
 METRICS_PORT = 9464
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "HelmRelease", "HelmRepository"}
 WORKLOAD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 # Renders that rely on the ServiceAccount/ConfigMap applied by another overlay.
-EXTERNAL_REFS = {"example-restore"}
+EXTERNAL_REFS = set()
+# The label the Ghostwire chart puts on its StatefulSet, whatever the release is called; the
+# sidecar component and the Flux post-renderer select by it.
+GHOSTWIRE_LABEL = ("app.kubernetes.io/name", "ghostwire")
+HOME = "/home/kasm-user"
+# Renders that must hold at least one Ghostwire StatefulSet, and the (namespace, name) it must have.
+GHOSTWIRE_RENDERS = {"sidecar": None, "example-overlay": ("ghostwire", "ghostwire"),
+                     "example-green": ("ghostwire-green", "ghostwire-green"),
+                     "flux-postrender": ("ghostwire-green", "ghostwire-green")}
+RUNBOOK_DOC = "docs/kubernetes.md"
 METRIC_NAME = re.compile(r"\bghostwire_backup_[a-z0-9_]*[a-z0-9]")
 
 
@@ -75,12 +88,46 @@ def metric_names(text):
     return set(METRIC_NAME.findall(text))
 
 
+def markdown_anchors(text):
+    """The anchors GitHub gives the headings of a Markdown page: lower case, punctuation other
+    than `-` and `_` dropped, spaces as `-`."""
+    anchors = set()
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            anchors.add(re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-"))
+    return anchors
+
+
+def is_ghostwire(doc):
+    """A Ghostwire StatefulSet: the chart's label, or a non-agent container with the home
+    volume (so a StatefulSet that lost the label is still found, and reported)."""
+    if doc.get("kind") != "StatefulSet":
+        return False
+    k, v = GHOSTWIRE_LABEL
+    labels = {**(doc["metadata"].get("labels") or {}),
+              **(((doc["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {})}
+    if labels.get(k) == v:
+        return True
+    return any(not is_agent(c) and any(m.get("mountPath") == HOME for m in c.get("volumeMounts", []) or [])
+               for _, c in containers(pod_spec(doc)))
+
+
+def field_ref(env_entry):
+    return (((env_entry or {}).get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+
+
 class Checker:
     """Collects problems as "variant: message" lines in `errors`."""
 
-    def __init__(self, interface, sidecar_patch):
+    def __init__(self, interface, sidecar_patch, docs_anchors=None):
         self.interface = interface
         self.sidecar_patch = sidecar_patch
+        # Anchors of docs/kubernetes.md, for the alerts' runbook_url (None: not checked).
+        self.docs_anchors = docs_anchors
         self.errors = []
         self.rendered = {}
 
@@ -167,6 +214,10 @@ class Checker:
         tmp = mounts.get("/tmp")
         if not tmp or "emptyDir" not in vols.get(tmp["name"], {}):
             self.fail(variant, f"{name}: /tmp must be an emptyDir (read-only root filesystem)")
+        elif not ((res.get("requests") or {}).get("ephemeral-storage")
+                  and (res.get("limits") or {}).get("ephemeral-storage")):
+            self.fail(variant, f"{name}: resources need ephemeral-storage requests and limits for the "
+                               f"scratch emptyDir at /tmp")
         # The identity (private key) belongs to the commands that decrypt: those with --identity.
         identity_mounts = [m for m in mounts.values()
                            if (vols.get(m["name"], {}).get("secret") or {}).get("secretName") == IDENTITY_SECRET]
@@ -234,16 +285,29 @@ class Checker:
 
     # --- what each variant is for ---------------------------------------------------------
 
-    def check_sidecar(self, variant, docs):
-        sts = self.one(variant, docs, "StatefulSet", "ghostwire")
-        if not sts:
-            return
+    def check_ghostwire(self, variant, docs):
+        """Every Ghostwire StatefulSet in the render carries the agent, whatever its name and
+        namespace; renders that exist to show the injection must hold one. Returns the first."""
+        found = [d for d in docs if is_ghostwire(d)]
+        if variant in GHOSTWIRE_RENDERS and not found:
+            self.fail(variant, "renders no Ghostwire StatefulSet")
+        want = GHOSTWIRE_RENDERS.get(variant)
+        if want and not any((d["metadata"].get("namespace"), d["metadata"]["name"]) == want for d in found):
+            got = [(d["metadata"].get("namespace"), d["metadata"]["name"]) for d in found]
+            self.fail(variant, f"expected Ghostwire StatefulSet {want[1]} in namespace {want[0]}, got {got}")
+        for sts in found:
+            self.check_agent_injected(variant, sts, docs)
+        return found[0] if found else None
+
+    def check_agent_injected(self, variant, sts, docs):
+        where = f"StatefulSet {sts['metadata'].get('namespace') or '(no namespace)'}/{sts['metadata']['name']}"
         spec = pod_spec(sts)
         inits = spec.get("initContainers") or []
         names = [c["name"] for c in inits]
         if "restore" not in names or "ghostwire-backup" not in names \
                 or names.index("restore") > names.index("ghostwire-backup"):
-            self.fail(variant, f"initContainers must hold restore before ghostwire-backup, got {names}")
+            self.fail(variant, f"{where} lacks the agent: initContainers must hold restore before "
+                               f"the ghostwire-backup sidecar, got {names}")
         else:
             restore = inits[names.index("restore")]
             sidecar = inits[names.index("ghostwire-backup")]
@@ -267,6 +331,14 @@ class Checker:
                 self.fail(variant, f"sidecar GWB_LISTEN must be 0.0.0.0:{METRICS_PORT}")
             if env.get("GWB_FINAL_SNAPSHOT") != "true":
                 self.fail(variant, "sidecar GWB_FINAL_SNAPSHOT must be true")
+            # zstd sizes its pool from the cgroup CPU quota: without a limit, every core of the node.
+            if not ((sidecar.get("resources") or {}).get("limits") or {}).get("cpu"):
+                self.fail(variant, "sidecar needs a CPU limit (the compressor's threads follow the cgroup quota)")
+            for c in (restore, sidecar):
+                owner = next((e for e in c.get("env", []) or [] if e["name"] == "GWB_LEASE_OWNER"), None)
+                if field_ref(owner) != "metadata.name":
+                    self.fail(variant, f"{c['name']}: GWB_LEASE_OWNER must come from fieldRef metadata.name "
+                                       f"(HOSTNAME can be set by the chart)")
             grace = spec.get("terminationGracePeriodSeconds", 30)
             try:
                 deadline = int(env.get("GWB_FINAL_DEADLINE", ""))
@@ -277,12 +349,12 @@ class Checker:
                 self.fail(variant, f"terminationGracePeriodSeconds {grace} leaves under 20 s beyond "
                                    f"GWB_FINAL_DEADLINE {deadline} for Signal to stop")
             for c in (restore, sidecar):
-                m = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == "/home/kasm-user"), None)
+                m = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == HOME), None)
                 if not m or m["name"] != "home" or m.get("readOnly"):
-                    self.fail(variant, f"{c['name']} must mount volume `home` read-write at /home/kasm-user")
+                    self.fail(variant, f"{c['name']} must mount volume `home` read-write at {HOME}")
         claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
         if "home" not in claims:
-            self.fail(variant, "stand-in StatefulSet must have volumeClaimTemplate `home`")
+            self.fail(variant, f"{where} must have volumeClaimTemplate `home`")
         if sts["spec"].get("replicas", 1) != 1:
             self.fail(variant, "Ghostwire must run exactly one replica")
         # The metrics Service must select this pod.
@@ -291,7 +363,6 @@ class Checker:
         if svc and not all(labels.get(k) == v for k, v in svc[0]["spec"]["selector"].items()):
             self.fail(variant, f"monitoring Service selector {svc[0]['spec']['selector']} does not "
                                f"match the pod labels {labels}")
-        return sts
 
     def check_example_overlay(self, variant, docs, sts):
         cm = self.one(variant, docs, "ConfigMap", "ghostwire-backup")
@@ -315,39 +386,37 @@ class Checker:
         spec = pod_spec(cj)
         terms = (((spec.get("affinity") or {}).get("podAffinity") or {})
                  .get("requiredDuringSchedulingIgnoredDuringExecution") or [])
-        if not any((t.get("labelSelector") or {}).get("matchLabels", {})
-                   .get("statefulset.kubernetes.io/pod-name") == "ghostwire-0"
+        k, v = GHOSTWIRE_LABEL
+        if not any((t.get("labelSelector") or {}).get("matchLabels", {}).get(k) == v
                    and t.get("topologyKey") == "kubernetes.io/hostname" for t in terms):
-            self.fail(variant, "needs required podAffinity to pod-name ghostwire-0 on kubernetes.io/hostname")
+            self.fail(variant, f"needs required podAffinity to the Ghostwire pod's label {k}={v} "
+                               f"on kubernetes.io/hostname (the home PVC is ReadWriteOnce)")
+        if any("statefulset.kubernetes.io/pod-name" in (t.get("labelSelector") or {}).get("matchLabels", {})
+               for t in terms):
+            self.fail(variant, "podAffinity must not name one pod: select the chart's label")
+        if not spec.get("tolerations"):
+            self.fail(variant, "needs tolerations for the desktop pool the Ghostwire pod runs in")
         agents = [c for _, c in containers(spec) if is_agent(c)]
         if len(agents) != 1 or agents[0].get("args") != ["backup"]:
             self.fail(variant, "must run exactly one agent container with `backup`")
         else:
-            m = next((m for m in agents[0].get("volumeMounts", []) if m["mountPath"] == "/home/kasm-user"), None)
+            m = next((m for m in agents[0].get("volumeMounts", []) if m["mountPath"] == HOME), None)
             v = volume_of(spec, m) if m else {}
-            if (v.get("persistentVolumeClaim") or {}).get("claimName") != "home-ghostwire-0":
-                self.fail(variant, "must mount PVC home-ghostwire-0 at /home/kasm-user")
+            claim = (v.get("persistentVolumeClaim") or {}).get("claimName")
+            if not claim or not claim.startswith("home-"):
+                self.fail(variant, f"must mount the home PVC (home-<statefulset>-0) at {HOME}, got {claim}")
+            if variant == "example-cronjob" and claim != "home-ghostwire-green-0":
+                self.fail(variant, f"the documented claimName patch did not apply (got {claim})")
             if m and (m.get("readOnly") or (v.get("persistentVolumeClaim") or {}).get("readOnly")):
-                self.fail(variant, "home-ghostwire-0 must be mounted read-write (SQLite WAL needs -shm)")
+                self.fail(variant, "the home PVC must be mounted read-write (SQLite WAL needs -shm)")
 
-    def check_restore_job(self, variant, docs):
-        pvc = self.one(variant, docs, "PersistentVolumeClaim", "home-ghostwire-green-0")
-        job = self.one(variant, docs, "Job", "ghostwire-restore-green")
-        if pvc and "ReadWriteOnce" not in pvc["spec"].get("accessModes", []):
-            self.fail(variant, "green PVC should be ReadWriteOnce like the StatefulSet's")
-        if job:
-            spec = pod_spec(job)
-            agents = [c for _, c in containers(spec) if is_agent(c)]
-            a = agents[0] if len(agents) == 1 else {}
-            args = a.get("args", [])
-            for want in (("restore",), ("--snapshot", "final"), ("--target", "/restore"), ("--chown", "1000:0")):
-                if not has_args(args, *want):
-                    self.fail(variant, f"restore Job args {args} lack {' '.join(want)}")
-            m = next((m for m in a.get("volumeMounts", []) if m["mountPath"] == "/restore"), None)
-            if not m or (volume_of(spec, m).get("persistentVolumeClaim") or {}).get("claimName") != "home-ghostwire-green-0":
-                self.fail(variant, "restore Job must mount PVC home-ghostwire-green-0 at /restore")
-            if job["spec"].get("backoffLimit", 6) != 0:
-                self.fail(variant, "restore Job should not retry (backoffLimit 0)")
+    def check_not_both(self, variant, docs):
+        """The backup CronJob is the alternative to the sidecar: one render never holds both
+        (two schedules would back up the same profile, and nothing at run time stops it)."""
+        if find(docs, "CronJob", "ghostwire-backup") and any(is_ghostwire(d) and any(
+                c["name"] == "ghostwire-backup" for c in pod_spec(d).get("initContainers") or [])
+                for d in docs):
+            self.fail(variant, "renders both the backup CronJob and the sidecar: use one of them")
 
     def check_verify_cronjob(self, variant, docs):
         cj = self.one(variant, docs, "CronJob", "ghostwire-backup-verify")
@@ -357,6 +426,45 @@ class Checker:
             agents = [c for _, c in containers(pod_spec(cj)) if is_agent(c)]
             if len(agents) != 1 or not has_args(agents[0].get("args", []), "verify", "--snapshot", "latest"):
                 self.fail(variant, "must run `verify --snapshot latest`")
+            if pod_spec(cj).get("serviceAccountName") != READONLY_SA:
+                self.fail(variant, f"verify must run as the read-only ServiceAccount {READONLY_SA}")
+
+    def check_prune_cronjob(self, variant, docs):
+        cj = self.one(variant, docs, "CronJob", "ghostwire-backup-prune")
+        if cj:
+            if cj["spec"].get("concurrencyPolicy") != "Forbid":
+                self.fail(variant, "concurrencyPolicy must be Forbid")
+            agents = [c for _, c in containers(pod_spec(cj)) if is_agent(c)]
+            args = agents[0].get("args", []) if len(agents) == 1 else []
+            if not args or args[0] != "prune" or not any(a.startswith("--keep-") for a in args):
+                self.fail(variant, f"must run `prune` with a --keep-* retention, got {args}")
+            if "--dry-run" in args:
+                self.fail(variant, "prune runs with --dry-run: it would never delete anything")
+
+    def check_service_accounts(self, variant, docs):
+        """Only prune runs as the delete-capable ServiceAccount."""
+        for d in docs:
+            if d.get("kind") not in WORKLOAD_KINDS:
+                continue
+            args = [c.get("args", [None])[0] for _, c in containers(pod_spec(d)) if is_agent(c)]
+            sa = pod_spec(d).get("serviceAccountName")
+            if sa == PRUNE_SA and set(args) != {"prune"}:
+                self.fail(variant, f"{d['kind']}/{d['metadata']['name']} runs {args} as {PRUNE_SA}, "
+                                   f"the only delete-capable ServiceAccount (prune only)")
+            if "prune" in args and sa != PRUNE_SA:
+                self.fail(variant, f"{d['kind']}/{d['metadata']['name']}: prune must run as {PRUNE_SA}")
+
+    def check_network_policies(self, variant, docs):
+        pols = {d["metadata"]["name"]: d for d in find(docs, "NetworkPolicy")}
+        metrics = pols.get("ghostwire-backup-metrics")
+        if not metrics or not pols.get("ghostwire-backup-jobs"):
+            self.fail(variant, "the documented overlay lost the NetworkPolicies")
+            return
+        if "Egress" in metrics["spec"].get("policyTypes", []):
+            self.fail(variant, "the Ghostwire pod's NetworkPolicy must not restrict egress (Signal needs it)")
+        if not any(p.get("port") == METRICS_PORT and any("namespaceSelector" in f for f in r.get("from", []))
+                   for r in metrics["spec"].get("ingress", []) for p in r.get("ports", [])):
+            self.fail(variant, f"NetworkPolicy must admit port {METRICS_PORT} from the monitoring namespace")
 
     def check_helm_test(self, variant, docs):
         pod = self.one(variant, docs, "Pod", "ghostwire-backup-test")
@@ -404,14 +512,25 @@ class Checker:
                     self.fail(variant, f"alert {r.get('alert')} needs labels.severity")
                 if not (r.get("annotations") or {}).get("summary"):
                     self.fail(variant, f"alert {r.get('alert')} needs annotations.summary")
-                if r.get("for") and not re.fullmatch(r"\d+[smh]", r["for"]):
+                if not r.get("for"):
+                    self.fail(variant, f"alert {r.get('alert')} needs a `for:` (no page on one scrape or a fresh pod)")
+                elif not re.fullmatch(r"\d+[smh]", r["for"]):
                     self.fail(variant, f"alert {r.get('alert')}: bad `for` {r['for']}")
+                self.check_runbook(variant, r)
                 for m in sorted(metric_names(str(r.get("expr", ""))) - exported):
                     self.fail(variant, f"alert {r.get('alert')}: the agent exports no metric {m}")
+            # A fresh process exports 0 for the gauges: rules on them must only judge a pod
+            # once a backup ran in it (last_success > 0), and one rule catches the pod that
+            # never gets there.
+            ran = r"ghostwire_backup_last_success_timestamp_seconds\s*>\s*0"
             want = {
-                "GhostwireBackupStale": [r"time\(\)\s*-\s*ghostwire_backup_last_success_timestamp_seconds\s*>\s*(7200|2\s*\*\s*3600)\b"],
+                "GhostwireBackupStale": [r"time\(\)\s*-\s*ghostwire_backup_last_success_timestamp_seconds\s*>\s*(7200|2\s*\*\s*3600)\b", ran],
+                "GhostwireBackupNeverSucceeded": [r"ghostwire_backup_last_success_timestamp_seconds\s*==\s*0"],
                 "GhostwireBackupFailing": [r"increase\(ghostwire_backup_failures_total\[1h\]\)\s*>\s*0"],
-                "GhostwireBackupRestoreGateFailed": [r"ghostwire_backup_restore_gate_ok\s*==\s*0"],
+                "GhostwireBackupRestoreGateFailed": [r"ghostwire_backup_restore_gate_ok\s*==\s*0", ran],
+                "GhostwireBackupJobFailed": [r"kube_job_status_failed"],
+                "GhostwireBackupCronJobStale": [r"kube_cronjob_status_last_successful_time",
+                                                r"unless\s+on\s*\(namespace,\s*cronjob\)\s*kube_cronjob_status_last_successful_time"],
             }
             for alert, patterns in want.items():
                 expr = (by_alert.get(alert) or {}).get("expr", "")
@@ -443,15 +562,36 @@ class Checker:
                     self.fail(variant, "dashboard panel ids are not unique")
                 if not board.get("uid") or not board.get("title"):
                     self.fail(variant, "dashboard needs uid and title")
+                variables = {v.get("name") for v in (board.get("templating") or {}).get("list", [])}
+                for want_var in ("namespace", "pod"):
+                    if want_var not in variables:
+                        self.fail(variant, f"dashboard needs a `{want_var}` template variable")
+                for p in board.get("panels", []):
+                    for t in p.get("targets", []):
+                        e = t.get("expr", "")
+                        if metric_names(e) and not ("$namespace" in e and "$pod" in e):
+                            self.fail(variant, f"dashboard panel {p.get('id')}: {e!r} ignores $namespace/$pod")
+
+    def check_runbook(self, variant, rule):
+        url = (rule.get("annotations") or {}).get("runbook_url", "")
+        alert = rule.get("alert")
+        m = re.search(re.escape(RUNBOOK_DOC) + r"#([\w-]+)$", url)
+        if not m:
+            self.fail(variant, f"alert {alert} needs a runbook_url into {RUNBOOK_DOC}#<anchor>, got {url!r}")
+        elif self.docs_anchors is not None and m.group(1) not in self.docs_anchors:
+            self.fail(variant, f"alert {alert}: runbook_url anchor #{m.group(1)} is not a heading of {RUNBOOK_DOC}")
 
     def check_flux(self, variant, docs):
         for repo in find(docs, "HelmRepository"):
             if repo.get("apiVersion") != "source.toolkit.fluxcd.io/v1" or not repo["spec"].get("url") \
                     or not repo["spec"].get("interval"):
                 self.fail(variant, f"HelmRepository/{repo['metadata']['name']} needs source.toolkit.fluxcd.io/v1, url, interval")
-        hr = self.one(variant, docs, "HelmRelease", "ghostwire")
+        hr = self.one(variant, docs, "HelmRelease", "ghostwire-green")
         if not hr:
             return
+        if hr["spec"].get("releaseName") != "ghostwire-green" or hr["metadata"].get("namespace") != "ghostwire-green":
+            self.fail(variant, "the example HelmRelease is the design document's green release: "
+                               "releaseName ghostwire-green in namespace ghostwire-green")
         if hr.get("apiVersion") != "helm.toolkit.fluxcd.io/v2":
             self.fail(variant, f"HelmRelease apiVersion {hr.get('apiVersion')}, want helm.toolkit.fluxcd.io/v2")
         ref = hr["spec"].get("chart", {}).get("spec", {}).get("sourceRef", {})
@@ -459,11 +599,14 @@ class Checker:
             self.fail(variant, f"HelmRelease sourceRef {ref} is not rendered")
         patches = [p for pr in hr["spec"].get("postRenderers", [])
                    for p in (pr.get("kustomize") or {}).get("patches", [])]
-        sts_patches = [p for p in patches if (p.get("target") or {}).get("kind") == "StatefulSet"
-                       and p["target"].get("name") == "ghostwire"]
+        sts_patches = [p for p in patches if (p.get("target") or {}).get("kind") == "StatefulSet"]
         if len(sts_patches) != 1:
-            self.fail(variant, "HelmRelease needs one postRenderers kustomize patch targeting StatefulSet ghostwire")
+            self.fail(variant, "HelmRelease needs one postRenderers kustomize patch targeting the StatefulSet")
             return
+        target = sts_patches[0]["target"]
+        if target.get("name") or target.get("labelSelector") != "=".join(GHOSTWIRE_LABEL):
+            self.fail(variant, f"the post-renderer patch must select the StatefulSet by labelSelector "
+                               f"{'='.join(GHOSTWIRE_LABEL)}, not by name (the chart names it after the release)")
         body = yaml.safe_load(sts_patches[0]["patch"])
         if body != self.sidecar_patch:
             self.fail(variant, "the HelmRelease patch differs from deploy/components/sidecar/statefulset-patch.yaml")
@@ -478,16 +621,19 @@ class Checker:
         """Checks one render; returns the number of problems found in it."""
         before = len(self.errors)
         self.check_objects(variant, docs)
-        if variant in ("sidecar", "example-overlay"):
-            sts = self.check_sidecar(variant, docs)
-            if variant == "example-overlay":
-                self.check_example_overlay(variant, docs, sts)
-        elif variant == "cronjob":
+        sts = self.check_ghostwire(variant, docs)
+        self.check_not_both(variant, docs)
+        self.check_service_accounts(variant, docs)
+        if variant == "example-overlay":
+            self.check_example_overlay(variant, docs, sts)
+            self.check_network_policies(variant, docs)
+            self.check_prune_cronjob(variant, docs)
+        elif variant in ("cronjob", "example-cronjob"):
             self.check_cronjob(variant, docs)
-        elif variant in ("restore-job", "example-restore"):
-            self.check_restore_job(variant, docs)
         elif variant == "verify-cronjob":
             self.check_verify_cronjob(variant, docs)
+        elif variant == "prune-cronjob":
+            self.check_prune_cronjob(variant, docs)
         elif variant == "helm-test":
             self.check_helm_test(variant, docs)
         if variant in ("monitoring", "example-overlay"):

@@ -9,7 +9,7 @@ import copy
 import json
 import unittest
 
-from deploycheck.checks import Checker
+from deploycheck.checks import Checker, markdown_anchors
 from deploycheck.interface import Interface
 
 
@@ -27,11 +27,13 @@ REFERENCE = {
         {"name": "backup", "about": "", "args": [flag("--staging-dir", "GWB_STAGING_DIR")]},
         {"name": "restore", "about": "", "args": [
             flag("--snapshot", "GWB_SNAPSHOT", "latest"), flag("--identity", "GWB_IDENTITY_FILE"),
-            flag("--target", "GWB_TARGET"), flag("--if-empty", "GWB_IF_EMPTY", "false", False)]},
+            flag("--target", "GWB_TARGET"), flag("--if-empty", "GWB_IF_EMPTY", "false", False),
+            flag("--lease-owner", "GWB_LEASE_OWNER")]},
         {"name": "run", "about": "", "args": [
             flag("--staging-dir", "GWB_STAGING_DIR"), flag("--listen", "GWB_LISTEN", "0.0.0.0:9464"),
             flag("--final-snapshot", "GWB_FINAL_SNAPSHOT", "true"),
-            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90")]},
+            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90"), flag("--lease-owner", "GWB_LEASE_OWNER")]},
+        {"name": "prune", "about": "", "args": [flag("--keep-daily", "GWB_KEEP_DAILY", "0")]},
     ],
     "metrics": [
         {"name": "ghostwire_backup_failures", "type": "counter", "help": "",
@@ -56,15 +58,44 @@ def agent(name, args, env=(), mounts=()):
         "args": list(args),
         "envFrom": [{"configMapRef": {"name": "ghostwire-backup"}}],
         "env": [{"name": k, "value": v} for k, v in env],
-        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi", "ephemeral-storage": "1Gi"},
+                      "limits": {"memory": "256Mi", "ephemeral-storage": "8Gi"}},
         "securityContext": copy.deepcopy(SECURE),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
     }
 
 
-def sidecar_variant():
-    """A StatefulSet with the restore init container and the native sidecar, as the
-    `sidecar` variant renders it, plus the ConfigMap both read."""
+LEASE_OWNER = {"name": "GWB_LEASE_OWNER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+RUNBOOK = "https://example.invalid/docs/kubernetes.md#"
+ANCHORS = {"ghostwirebackupstale", "ghostwirebackupfailing", "ghostwirebackuprestoregatefailed"}
+
+
+def ghostwire_statefulset(name="ghostwire", namespace=None):
+    """A Ghostwire StatefulSet as the chart renders it: its label, Signal on the home volume."""
+    meta = {"name": name, "labels": {"app.kubernetes.io/name": "ghostwire"}}
+    if namespace:
+        meta["namespace"] = namespace
+    signal = {"name": "signal", "image": "kasmweb/signal:1.17.0",
+              "securityContext": {**SECURE, "readOnlyRootFilesystem": False},
+              "volumeMounts": [{"name": "home", "mountPath": "/home/kasm-user"}]}
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {**meta, "annotations": {"ghostwire-backup/stand-in": "true"}},
+        "spec": {
+            "replicas": 1,
+            "volumeClaimTemplates": [{"metadata": {"name": "home"}}],
+            "template": {"metadata": {"labels": {"app.kubernetes.io/name": "ghostwire"}}, "spec": {
+                "automountServiceAccountToken": False,
+                "securityContext": {"fsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [signal],
+            }},
+        },
+    }
+
+
+def sidecar_variant(name="ghostwire", namespace=None):
+    """A Ghostwire StatefulSet with the restore init container and the native sidecar, as
+    the `sidecar` variant renders it, plus the ConfigMap both read."""
     restore = agent("restore", ["restore", "--if-empty"],
                     env=[("GWB_TARGET", "/home/kasm-user"), ("GWB_IDENTITY_FILE", "/identity/identity.txt")],
                     mounts=[{"name": "home", "mountPath": "/home/kasm-user"},
@@ -73,28 +104,23 @@ def sidecar_variant():
                     env=[("GWB_LISTEN", "0.0.0.0:9464"), ("GWB_FINAL_SNAPSHOT", "true"),
                          ("GWB_FINAL_DEADLINE", "90"), ("GWB_STAGING_DIR", "/tmp/ghostwire-backup")],
                     mounts=[{"name": "home", "mountPath": "/home/kasm-user"}])
+    for c in (restore, sidecar):
+        c["env"].append(copy.deepcopy(LEASE_OWNER))
+    sidecar["resources"]["limits"]["cpu"] = "1"
     sidecar.update({
         "restartPolicy": "Always",
         "ports": [{"name": "metrics", "containerPort": 9464}],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}},
     })
-    sts = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "ghostwire"},
-        "spec": {
-            "replicas": 1,
-            "volumeClaimTemplates": [{"metadata": {"name": "home"}}],
-            "template": {"metadata": {"labels": {"app": "ghostwire"}}, "spec": {
-                "automountServiceAccountToken": False,
-                "terminationGracePeriodSeconds": 120,
-                "securityContext": {"fsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
-                "initContainers": [restore, sidecar],
-                "containers": [],
-                "volumes": [{"name": "tmp", "emptyDir": {}},
-                            {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity"}}],
-            }},
-        },
-    }
+    sts = ghostwire_statefulset(name, namespace)
+    spec = sts["spec"]["template"]["spec"]
+    spec.update({
+        "terminationGracePeriodSeconds": 120,
+        "initContainers": [restore, sidecar],
+        "volumes": [{"name": "tmp", "emptyDir": {}},
+                    {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity"}}],
+    })
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ghostwire-backup"},
           "data": {"GWB_REPO": "s3://bucket/ghostwire", "GWB_LOG": "info"}}
     return [sts, cm]
@@ -105,18 +131,30 @@ def monitoring_variant():
             "metadata": {"name": "ghostwire-backup"},
             "spec": {"groups": [{"name": "g", "rules": [
                 {"alert": "GhostwireBackupStale",
-                 "expr": "time() - ghostwire_backup_last_success_timestamp_seconds > 7200",
-                 "labels": {"severity": "critical"}, "annotations": {"summary": "stale"}},
-                {"alert": "GhostwireBackupFailing", "expr": "increase(ghostwire_backup_failures_total[1h]) > 0",
-                 "labels": {"severity": "warning"}, "annotations": {"summary": "failing"}},
-                {"alert": "GhostwireBackupRestoreGateFailed", "expr": "ghostwire_backup_restore_gate_ok == 0",
-                 "labels": {"severity": "critical"}, "annotations": {"summary": "gate"}},
+                 "expr": "time() - ghostwire_backup_last_success_timestamp_seconds > 7200"
+                         " and ghostwire_backup_last_success_timestamp_seconds > 0"},
+                {"alert": "GhostwireBackupNeverSucceeded", "anchor": "ghostwirebackupstale",
+                 "expr": "ghostwire_backup_last_success_timestamp_seconds == 0"},
+                {"alert": "GhostwireBackupFailing", "expr": "increase(ghostwire_backup_failures_total[1h]) > 0"},
+                {"alert": "GhostwireBackupRestoreGateFailed",
+                 "expr": "ghostwire_backup_restore_gate_ok == 0 and ghostwire_backup_last_success_timestamp_seconds > 0"},
+                {"alert": "GhostwireBackupJobFailed", "anchor": "ghostwirebackupfailing",
+                 "expr": "kube_job_status_failed > 0"},
+                {"alert": "GhostwireBackupCronJobStale", "anchor": "ghostwirebackupstale",
+                 "expr": "time() - kube_cronjob_status_last_successful_time > 7200 or (kube_cronjob_created"
+                         " unless on (namespace, cronjob) kube_cronjob_status_last_successful_time)"},
             ]}]}}
-    board = {"uid": "gwb", "title": "Ghostwire backup", "panels": [
-        {"id": i, "targets": [{"expr": e}]} for i, e in enumerate([
-            "time() - ghostwire_backup_last_success_timestamp_seconds",
-            "increase(ghostwire_backup_failures_total[24h])",
-            "ghostwire_backup_restore_gate_ok"])]}
+    for r in rule["spec"]["groups"][0]["rules"]:
+        anchor = r.pop("anchor", r["alert"].lower())
+        r.update({"for": "10m", "labels": {"severity": "critical"},
+                  "annotations": {"summary": r["alert"], "runbook_url": RUNBOOK + anchor}})
+    sel = '{namespace=~"$namespace", pod=~"$pod"}'
+    board = {"uid": "gwb", "title": "Ghostwire backup",
+             "templating": {"list": [{"name": "namespace"}, {"name": "pod"}]},
+             "panels": [{"id": i, "targets": [{"expr": e}]} for i, e in enumerate([
+                 f"time() - ghostwire_backup_last_success_timestamp_seconds{sel}",
+                 f"increase(ghostwire_backup_failures_total{sel}[24h])",
+                 f"ghostwire_backup_restore_gate_ok{sel}"])]}
     dash = {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "ghostwire-backup-dashboard", "labels": {"grafana_dashboard": "1"}},
             "data": {"ghostwire-backup.json": json.dumps(board)}}
@@ -141,7 +179,7 @@ def set_env(container, name, value):
 
 class CheckerTest(unittest.TestCase):
     def check(self, variant, docs):
-        checker = Checker(Interface(REFERENCE), sidecar_patch=None)
+        checker = Checker(Interface(REFERENCE), sidecar_patch=None, docs_anchors=ANCHORS)
         checker.check_all({variant: docs})
         return checker.errors
 
@@ -183,7 +221,7 @@ class CheckerTest(unittest.TestCase):
         self.assertReports(self.check("sidecar", docs), "container restore: `restore` has no flag --snapshots")
         containers_of(docs)["restore"]["args"] = ["restores"]
         self.assertReports(self.check("sidecar", docs),
-                           "container restore: first arg must be a command of ['backup', 'restore', 'run']")
+                           "container restore: first arg must be a command of ['backup', 'prune', 'restore', 'run']")
 
     def test_the_identity_stays_with_the_commands_that_decrypt(self):
         docs = sidecar_variant()
@@ -214,18 +252,96 @@ class CheckerTest(unittest.TestCase):
     def test_the_dashboard_shows_every_exported_metric_and_nothing_else(self):
         docs = monitoring_variant()
         board = json.loads(docs[1]["data"]["ghostwire-backup.json"])
-        board["panels"][2]["targets"][0]["expr"] = "ghostwire_backup_restore_gate"
+        board["panels"][2]["targets"][0]["expr"] = 'ghostwire_backup_restore_gate{namespace=~"$namespace", pod=~"$pod"}'
         docs[1]["data"]["ghostwire-backup.json"] = json.dumps(board)
         self.assertReports(self.check("monitoring", docs),
                            "dashboard has no panel for ghostwire_backup_restore_gate_ok",
                            "dashboard queries ghostwire_backup_restore_gate, which the agent does not export")
 
 
+    def test_a_ghostwire_statefulset_without_the_agent_is_reported_whatever_its_name(self):
+        # The design document's green release: its own name and namespace. A patch that
+        # targeted the name `ghostwire` would leave it as the chart rendered it.
+        docs = sidecar_variant() + [ghostwire_statefulset("ghostwire-green", "ghostwire-green")]
+        self.assertReports(self.check("sidecar", docs),
+                           "StatefulSet ghostwire-green/ghostwire-green lacks the agent: initContainers must "
+                           "hold restore before the ghostwire-backup sidecar, got []")
+        self.assertReports(self.check("example-green", [ghostwire_statefulset("ghostwire-green", "ghostwire-green")]),
+                           "StatefulSet ghostwire-green/ghostwire-green lacks the agent")
+        self.assertEqual(self.check("example-green", sidecar_variant("ghostwire-green", "ghostwire-green")), [])
+
+    def test_a_render_meant_to_show_the_injection_must_hold_a_ghostwire_statefulset(self):
+        docs = sidecar_variant()
+        docs[0]["metadata"]["name"] = "ghostwire"
+        self.assertReports(self.check("example-green", docs),
+                           "expected Ghostwire StatefulSet ghostwire-green in namespace ghostwire-green")
+        self.assertReports(self.check("flux-postrender", docs[1:]), "renders no Ghostwire StatefulSet")
+
+    def test_the_lease_owner_must_be_the_pod_name_and_the_sidecar_needs_a_cpu_limit(self):
+        docs = sidecar_variant()
+        set_env(containers_of(docs)["restore"], "GWB_LEASE_OWNER", "ghostwire-0")
+        del containers_of(docs)["ghostwire-backup"]["resources"]["limits"]["cpu"]
+        self.assertReports(self.check("sidecar", docs),
+                           "restore: GWB_LEASE_OWNER must come from fieldRef metadata.name",
+                           "sidecar needs a CPU limit")
+
+    def test_the_backup_cronjob_beside_the_sidecar_is_reported(self):
+        docs = sidecar_variant()
+        cronjob = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "ghostwire-backup"},
+                   "spec": {"jobTemplate": {"spec": {"template": {"spec": {
+                       "automountServiceAccountToken": False, "containers": []}}}}}}
+        self.assertReports(self.check("sidecar", docs + [cronjob]),
+                           "renders both the backup CronJob and the sidecar: use one of them")
+
+    def test_alerts_need_for_and_a_runbook_that_exists(self):
+        docs = monitoring_variant()
+        rules = docs[0]["spec"]["groups"][0]["rules"]
+        del rules[2]["for"]
+        rules[3]["annotations"]["runbook_url"] = RUNBOOK + "no-such-section"
+        del rules[0]["annotations"]["runbook_url"]
+        self.assertReports(self.check("monitoring", docs),
+                           "alert GhostwireBackupFailing needs a `for:`",
+                           "alert GhostwireBackupRestoreGateFailed: runbook_url anchor #no-such-section is not a heading",
+                           "alert GhostwireBackupStale needs a runbook_url into docs/kubernetes.md#<anchor>")
+
+    def test_gauge_alerts_wait_for_a_first_backup(self):
+        docs = monitoring_variant()
+        rules = docs[0]["spec"]["groups"][0]["rules"]
+        rules[3]["expr"] = "ghostwire_backup_restore_gate_ok == 0"
+        self.assertReports(self.check("monitoring", docs),
+                           "alert GhostwireBackupRestoreGateFailed: expr 'ghostwire_backup_restore_gate_ok == 0' "
+                           "does not match ghostwire_backup_last_success_timestamp_seconds")
+
+    def test_dashboard_queries_follow_the_namespace_and_pod_variables(self):
+        docs = monitoring_variant()
+        board = json.loads(docs[1]["data"]["ghostwire-backup.json"])
+        board["templating"]["list"] = [{"name": "namespace"}]
+        board["panels"][0]["targets"][0]["expr"] = "time() - ghostwire_backup_last_success_timestamp_seconds"
+        docs[1]["data"]["ghostwire-backup.json"] = json.dumps(board)
+        self.assertReports(self.check("monitoring", docs),
+                           "dashboard needs a `pod` template variable",
+                           "dashboard panel 0: 'time() - ghostwire_backup_last_success_timestamp_seconds' ignores")
+
+    def test_only_prune_runs_as_the_delete_capable_service_account(self):
+        docs = sidecar_variant()
+        docs[0]["spec"]["template"]["spec"]["serviceAccountName"] = "ghostwire-backup-prune"
+        self.assertReports(self.check("sidecar", docs),
+                           "runs ['restore', 'run'] as ghostwire-backup-prune, the only delete-capable ServiceAccount")
+
+
+class MarkdownAnchorsTest(unittest.TestCase):
+    def test_headings_become_github_anchors_and_code_blocks_do_not(self):
+        text = "# Running it\n## Blue/green: moving Signal\n```sh\n# not a heading\n```\n### GhostwireBackupStale\n"
+        self.assertEqual(markdown_anchors(text),
+                         {"running-it", "bluegreen-moving-signal", "ghostwirebackupstale"})
+
+
 class InterfaceTest(unittest.TestCase):
     def test_a_command_reads_its_own_and_the_global_variables(self):
         iface = Interface(REFERENCE)
         self.assertEqual(iface.env_of("restore"),
-                         {"GWB_REPO", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY"})
+                         {"GWB_REPO", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY",
+                          "GWB_LEASE_OWNER"})
         self.assertEqual(iface.default("run", "--listen"), "0.0.0.0:9464")
         self.assertIn("ghostwire_backup_failures_total", iface.metric_series)
 
