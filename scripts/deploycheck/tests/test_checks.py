@@ -293,6 +293,36 @@ class CheckerTest(unittest.TestCase):
         self.assertReports(self.check("sidecar", docs + [cronjob]),
                            "renders both the backup CronJob and the sidecar: use one of them")
 
+    def test_a_cronjob_tied_to_one_pod_name_or_off_the_desktop_pool_is_reported(self):
+        backup = agent("backup", ["backup"], env=[("GWB_STAGING_DIR", "/tmp/ghostwire-backup")],
+                       mounts=[{"name": "home", "mountPath": "/home/kasm-user"}])
+        backup["resources"]["limits"]["cpu"] = "1"
+        spec = {
+            "automountServiceAccountToken": False,
+            "securityContext": {"fsGroup": 0},
+            "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app.kubernetes.io/name": "ghostwire"}},
+                 "topologyKey": "kubernetes.io/hostname"}]}},
+            "tolerations": [{"key": "workload", "operator": "Equal", "value": "desktop", "effect": "NoSchedule"}],
+            "containers": [backup],
+            "volumes": [{"name": "tmp", "emptyDir": {}},
+                        {"name": "home", "persistentVolumeClaim": {"claimName": "home-ghostwire-green-0"}}],
+        }
+        cronjob = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "ghostwire-backup"},
+                   "spec": {"concurrencyPolicy": "Forbid",
+                            "jobTemplate": {"spec": {"template": {"spec": spec}}}}}
+        cm = sidecar_variant()[1]
+        self.assertEqual(self.check("example-cronjob", [cronjob, cm]), [])
+        spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"] = \
+            {"matchLabels": {"statefulset.kubernetes.io/pod-name": "ghostwire-0"}}
+        del spec["tolerations"]
+        spec["volumes"][1]["persistentVolumeClaim"]["claimName"] = "home-ghostwire-0"
+        self.assertReports(self.check("example-cronjob", [cronjob, cm]),
+                           "needs required podAffinity to the Ghostwire pod's label app.kubernetes.io/name=ghostwire",
+                           "podAffinity must not name one pod",
+                           "needs tolerations for the desktop pool",
+                           "the documented claimName patch did not apply (got home-ghostwire-0)")
+
     def test_alerts_need_for_and_a_runbook_that_exists(self):
         docs = monitoring_variant()
         rules = docs[0]["spec"]["groups"][0]["rules"]
