@@ -289,6 +289,11 @@ class Pod:
             if "value" in variable:
                 env[variable["name"]] = variable["value"]
                 continue
+            field = variable["valueFrom"].get("fieldRef")
+            if field:  # the downward API: the manifests use only the pod's name
+                check(field["fieldPath"] == "metadata.name", f"{name}: unexpected fieldRef {field}")
+                env[variable["name"]] = self.name
+                continue
             ref = variable["valueFrom"]["secretKeyRef"]
             value = self.cluster.secrets.get(ref["name"], {}).get(ref["key"])
             if value is None:
@@ -428,10 +433,9 @@ def check_restored_volume(pod, volume, key, ids_file, results):
 
 def test_hardened(size):
     """A backup by the CronJob's container of a profile Signal is writing, then a restore by
-    the restore Job's container into a fresh volume: owned by uid 1000, opened by Signal."""
+    green's `restore` init container into its fresh volume: owned by uid 1000, opened by Signal."""
     sidecar_docs = render("sidecar")
     cronjob = find(render("cronjob"), "CronJob")
-    job = find(render("restore-job"), "Job")
     cluster = Cluster(find(sidecar_docs, "ConfigMap", "ghostwire-backup"))
     try:
         results = cluster.results_dir()
@@ -452,16 +456,15 @@ def test_hardened(size):
         report = stop_signal(signal, writer)
         log(f"Signal committed {during} messages before the backup ended ({report})")
 
-        restore = Pod(cluster, "ghostwire-restore-green-x1x1x", pod_spec(job), {
-            "target": cluster.pvc("home-ghostwire-green-0"),
-            "tmp": cluster.empty_dir("tmp"),
-            "identity": cluster.secret_volume("ghostwire-backup-identity",
-                                              secret_mode(pod_spec(job), "identity")),
+        green = Pod(cluster, "ghostwire-green-0", signal.spec, {
+            "home": cluster.pvc("home-ghostwire-green-0"),
+            "ghostwire-backup-restore-tmp": cluster.empty_dir("restore-tmp"),
+            "ghostwire-backup-identity": cluster.secret_volume(
+                "ghostwire-backup-identity", secret_mode(signal.spec, "ghostwire-backup-identity")),
+            "dshm": cluster.empty_dir("dshm"),
         })
-        restore.run("restore")
-        green = Pod(cluster, "ghostwire-green-0", signal.spec,
-                    {"home": restore.volumes["target"], "dshm": cluster.empty_dir("dshm")})
-        db = check_restored_volume(green, restore.volumes["target"], profile["key"],
+        green.run("restore")
+        db = check_restored_volume(green, green.volumes["home"], profile["key"],
                                    "before-backup.txt", results)
         log(f"hardened: restored volume owned by 1000:0; Signal's driver opened it: {db['messages']} messages, "
             f"all {db['idsChecked']} committed before the backup present")
