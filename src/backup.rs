@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
@@ -57,6 +57,10 @@ pub struct BackupOptions {
     pub db_wait: Duration,
     /// Mark the snapshot as taken after Signal stopped.
     pub r#final: bool,
+    /// Back up a home without a Signal profile instead of failing.
+    pub allow_no_signal: bool,
+    /// zstd worker threads.
+    pub threads: u32,
 }
 
 /// How long to wait for another backup on this host to release the staging directory.
@@ -70,6 +74,7 @@ const LOCK_RELEASE_WAIT: Duration = Duration::from_millis(500);
 
 /// Takes one snapshot. Call from a thread of its own (see [`crate::blocking`]).
 pub fn take(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
+    check_source(options)?;
     // Backups share the repository; prune waits for them (and they for it).
     remote.cancel().enter("repository lock")?;
     let lock = remote.wait(lock::Lock::acquire(
@@ -90,6 +95,34 @@ pub fn take(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
         }
         other => other,
     }
+}
+
+/// Fails unless the source is a home with a Signal profile (or `--allow-no-signal`): a
+/// wrong `--source` must not become the `latest` snapshot a restore then brings back empty.
+pub fn check_source(options: &BackupOptions) -> Result<()> {
+    let source = &options.source;
+    if !source.is_dir() {
+        let problem = if source.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        bail!(
+            "the home to back up, {}, {problem}: set --source (GWB_SOURCE)",
+            source.display()
+        );
+    }
+    let db = source.join(profile::SIGNAL_DB);
+    if !options.allow_no_signal && !db.exists() {
+        bail!(
+            "no Signal profile in {}: {} does not exist. Is --source (GWB_SOURCE) the home \
+             Signal Desktop runs in? To back up a home without Signal, pass --allow-no-signal \
+             (GWB_ALLOW_NO_SIGNAL)",
+            source.display(),
+            db.display()
+        );
+    }
+    Ok(())
 }
 
 fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
@@ -159,7 +192,7 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     let settings = ArchiveSettings {
         cancel: cancel.clone(),
         zstd_level: options.zstd_level,
-        zstd_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        zstd_threads: options.threads,
         chunk_size,
     };
     let work = move |writer: &mut ArchiveWriter| pass.archive(writer, &listing, &staging);

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cancel::Cancel;
 use crate::catalog::Catalog;
+use crate::exit::{self, Exit};
 use crate::fsutil::{self, read_json, write_json};
 use crate::index::{EntryKind, IndexEntry};
 use crate::manifest::Manifest;
@@ -130,7 +131,7 @@ pub fn next(target: &Path, state: &State, force: bool, if_empty: bool) -> Result
         if if_empty {
             Ok(Next::LeftAlone(what))
         } else {
-            bail!("{what}{advice}")
+            Err(exit::coded(Exit::RestoreRefused, format!("{what}{advice}")))
         }
     };
     match state {

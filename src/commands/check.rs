@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+
+use crate::exit::{self, Exit};
 
 use crate::repo::{Repository, Selector};
 
@@ -15,12 +17,15 @@ pub async fn run(repo: &Repository, max_age: Duration) -> Result<()> {
     let shown =
         |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
     if age > max_age {
-        bail!(
-            "the newest snapshot, {}, is {} old: older than the allowed {}; check the backup logs",
-            newest.id,
-            shown(age),
-            shown(max_age)
-        );
+        return Err(exit::coded(
+            Exit::CheckStale,
+            format!(
+                "the newest snapshot, {}, is {} old: older than the allowed {}; check the backup logs",
+                newest.id,
+                shown(age),
+                shown(max_age)
+            ),
+        ));
     }
     println!(
         "ok: the newest snapshot, {}, is {} old",

@@ -34,6 +34,7 @@ use super::resume::ResumingReader;
 use super::{
     ChunkStream, ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, check_key,
 };
+use crate::exit::{self, Exit};
 
 /// How to reach the bucket; everything else comes from the AWS default chain.
 #[derive(Debug, Clone, Default)]
@@ -328,9 +329,22 @@ where
         ),
         _ => causes(&err),
     };
-    match advice {
-        Some(advice) => anyhow!("S3 {action} failed: {advice} ({details})"),
-        None => anyhow!("S3 {action} failed: {details}"),
+    let message = match advice {
+        Some(advice) => format!("S3 {action} failed: {advice} ({details})"),
+        None => format!("S3 {action} failed: {details}"),
+    };
+    // Scripts tell an unreachable endpoint and a missing bucket apart by the exit code.
+    match (&err, err.code()) {
+        (SdkError::DispatchFailure(_), _) if has_cause::<CredentialsError>(&err) => {
+            anyhow!(message)
+        }
+        (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => {
+            exit::coded(Exit::S3Unreachable, message)
+        }
+        (SdkError::ServiceError(_), Some("NoSuchBucket")) => {
+            exit::coded(Exit::RepositoryMissing, message)
+        }
+        _ => anyhow!(message),
     }
 }
 
