@@ -16,7 +16,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::exit::{self, Exit};
 use crate::layout::Object;
+use crate::manifest::Manifest;
 use crate::repo::Repository;
 use crate::store::StoreError;
 
@@ -95,6 +97,31 @@ fn junk_message(err: &serde_json::Error) -> String {
     format!("the repository's lease.json is not a lease ({err})")
 }
 
+/// What an attempt to take the lease found.
+pub enum Attempt {
+    /// The lease is ours now. `handoff_missing`: the previous holder did not release it
+    /// with a final snapshot (it expired, or was released without one).
+    Taken { held: Held, handoff_missing: bool },
+    /// Another owner holds it live: who, and until when.
+    Busy(String),
+}
+
+/// Another writer changed the lease between our read and our write.
+#[derive(Debug, thiserror::Error)]
+#[error("the lease was changed by another writer")]
+pub struct TakenOver;
+
+/// Why a renewal did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum Renewal {
+    /// The lease is not ours any more.
+    #[error("{0:#}")]
+    Lost(anyhow::Error),
+    /// Not renewed this time; still ours until it expires.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
 /// A lease this process holds.
 pub struct Held {
     lease: Lease,
@@ -105,6 +132,19 @@ pub struct Held {
 impl Held {
     /// Takes the lease, unless another owner holds it live.
     pub async fn acquire(repo: &Repository, owner: &str, ttl: Duration) -> Result<Self> {
+        match Self::try_acquire(repo, owner, ttl).await? {
+            Attempt::Taken { held, .. } => Ok(held),
+            Attempt::Busy(busy) => bail!(
+                "the repository's lease is {busy}: another Ghostwire instance is running on this \
+                 Signal identity. Stop it first (its final snapshot releases the lease); two \
+                 instances on one identity break each other"
+            ),
+        }
+    }
+
+    /// Takes the lease, or says who holds it live ([`Attempt::Busy`]) so the caller can
+    /// wait and try again.
+    pub async fn try_acquire(repo: &Repository, owner: &str, ttl: Duration) -> Result<Attempt> {
         let now = Utc::now();
         let current = read(repo).await?;
         if let Found::Junk(err, _) = &current {
@@ -117,19 +157,20 @@ impl Held {
             && lease.owner != owner
             && lease.is_live(now)
         {
-            bail!(
-                "the repository's lease is {}: another Ghostwire instance is running on this \
-                 Signal identity. Stop it first (its final snapshot releases the lease); two \
-                 instances on one identity break each other",
-                lease.describe()
-            );
+            return Ok(Attempt::Busy(lease.describe()));
         }
         if let Found::Lease(lease, _) = &current
-            && lease.owner != owner
             && lease.released_at.is_none()
         {
-            tracing::warn!(previous = %lease.describe(), "taking over an expired lease");
+            tracing::warn!(previous = %lease.describe(), "taking over a lease that was never released: its holder stopped without a final snapshot");
         }
+        // The previous holder handed over cleanly only if it released the lease with a
+        // final snapshot; an expired, unreleased or unreadable lease means it did not.
+        let handoff_missing = match &current {
+            Found::Absent => false,
+            Found::Lease(lease, _) => lease.final_snapshot.is_none(),
+            Found::Junk(..) => true,
+        };
         let lease = Lease {
             owner: owner.to_string(),
             acquired_at: now,
@@ -140,10 +181,13 @@ impl Held {
         };
         let version = write(repo, &lease, current.version()).await?;
         tracing::info!(owner, expires = %lease.expires_at.to_rfc3339(), "lease acquired");
-        Ok(Self {
-            lease,
-            version,
-            ttl,
+        Ok(Attempt::Taken {
+            held: Self {
+                lease,
+                version,
+                ttl,
+            },
+            handoff_missing,
         })
     }
 
@@ -152,18 +196,35 @@ impl Held {
         self.ttl / 3
     }
 
-    pub async fn renew(&mut self, repo: &Repository) -> Result<()> {
+    /// Extends the lease by its TTL. An error is [`Renewal::Lost`] when the lease is no
+    /// longer ours: another writer changed it, or it expired before a renewal got through
+    /// (another instance may have taken it since). Anything else (the bucket unreachable for
+    /// a while) is [`Renewal::Failed`]: the lease is still ours until it expires, try again.
+    pub async fn renew(&mut self, repo: &Repository) -> std::result::Result<(), Renewal> {
         let now = Utc::now();
         let lease = Lease {
             renewed_at: now,
             expires_at: now + self.ttl,
             ..self.lease.clone()
         };
-        self.version = write(repo, &lease, Some(&self.version)).await.context(
-            "cannot renew the lease: someone else took it over — is another instance running?",
-        )?;
-        self.lease = lease;
-        Ok(())
+        match write(repo, &lease, Some(&self.version)).await {
+            Ok(version) => {
+                self.version = version;
+                self.lease = lease;
+                Ok(())
+            }
+            Err(err) if err.is::<TakenOver>() => Err(Renewal::Lost(err.context(
+                "cannot renew the lease: someone else took it over — is another instance running?",
+            ))),
+            Err(err) if now >= self.lease.expires_at => Err(Renewal::Lost(err.context(format!(
+                "cannot renew the lease, and it expired at {}: another instance may hold it now",
+                self.lease.expires_at.to_rfc3339()
+            )))),
+            Err(err) => Err(Renewal::Failed(err.context(format!(
+                "cannot renew the lease (it stays ours until {})",
+                self.lease.expires_at.to_rfc3339()
+            )))),
+        }
     }
 
     /// Lets go, recording the final snapshot a successor should restore.
@@ -186,14 +247,91 @@ async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Resu
         .await
     {
         Ok(version) => Ok(version),
-        Err(StoreError::Conflict(_)) => {
-            bail!("the lease was changed by another writer at the same time")
-        }
+        Err(StoreError::Conflict(_)) => Err(TakenOver.into()),
         Err(err) => Err(err.into()),
     }
 }
 
-/// Refuses a restore for `owner` while another owner's lease is live.
+/// The snapshot to restore for `--snapshot handoff`: exactly the final snapshot the last
+/// holder released the lease with. Without one (no lease yet, a crash, a final snapshot that
+/// failed or was cut, or one still running) there is no handoff, and restoring the newest
+/// snapshot instead could silently roll Signal's sessions back: that is an error naming the
+/// newest snapshot and its age, for a person to choose.
+pub async fn handoff(repo: &Repository) -> Result<String> {
+    let found = read(repo).await?;
+    if let Some(id) = handed_over(&found) {
+        return Ok(id.to_string());
+    }
+    let now = Utc::now();
+    let newest = repo.snapshots().await?.pop();
+    bail!(
+        "{}",
+        no_handoff(&found, newest.as_ref(), repo.location(), now)
+    )
+}
+
+/// The final snapshot a released lease names, if any.
+fn handed_over(found: &Found) -> Option<&str> {
+    match found {
+        Found::Lease(lease, _) if lease.released_at.is_some() => lease.final_snapshot.as_deref(),
+        _ => None,
+    }
+}
+
+/// Why there is no handoff, what the newest snapshot is, and how to choose anyway.
+fn no_handoff(
+    found: &Found,
+    newest: Option<&Manifest>,
+    location: &str,
+    now: DateTime<Utc>,
+) -> String {
+    let why = match found {
+        Found::Absent => format!(
+            "{location} holds no lease: no sidecar has run on this repository yet (a first \
+             install, or backups made without `run`)"
+        ),
+        Found::Junk(err, _) => junk_message(err),
+        Found::Lease(lease, _) => match lease.released_at {
+            Some(released) => format!(
+                "{} released the lease at {} without a final snapshot (--final-snapshot=false)",
+                lease.owner,
+                released.to_rfc3339()
+            ),
+            None if lease.is_live(now) => format!(
+                "the lease is {} and names no final snapshot: that instance is still running, \
+                 or stopped without one and its lease has not expired yet",
+                lease.describe()
+            ),
+            None => format!(
+                "{}'s lease expired at {} without a final snapshot: it crashed, was killed, \
+                 or its final snapshot failed or was cut at its deadline",
+                lease.owner,
+                lease.expires_at.to_rfc3339()
+            ),
+        },
+    };
+    let newest = match newest {
+        Some(manifest) => {
+            let age = (now - manifest.finished_at).to_std().unwrap_or_default();
+            format!(
+                "The newest snapshot is {}, taken {} ago ({}): changes after it are not in \
+                 the repository. If that is acceptable, restore it with --snapshot latest \
+                 (GWB_SNAPSHOT=latest), or pass an explicit snapshot id",
+                manifest.id,
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                manifest.finished_at.to_rfc3339()
+            )
+        }
+        None => format!(
+            "{location} holds no snapshot at all: check the repository location; on a first \
+             install there is nothing to restore"
+        ),
+    };
+    format!("no handoff snapshot to restore: {why}. {newest}")
+}
+
+/// Refuses a restore for `owner` while another owner's lease is live (or one that cannot
+/// be read is there), unless `break_lease`.
 pub async fn check_restore(repo: &Repository, owner: &str, break_lease: bool) -> Result<()> {
     let lease = match read(repo).await? {
         Found::Absent => return Ok(()),
@@ -206,9 +344,8 @@ pub async fn check_restore(repo: &Repository, owner: &str, break_lease: bool) ->
             return Ok(());
         }
         Found::Junk(err, _) => bail!(
-            "refusing to restore: {}, so nobody can tell whether another instance still runs \
-             on this Signal identity. If none does, pass --break-lease (the next instance's \
-             lease replaces it)",
+            "{}, so nobody can tell whether another instance still runs on this Signal \
+             identity. If none does, pass --break-lease (the next instance's lease replaces it)",
             junk_message(&err)
         ),
     };
@@ -219,12 +356,15 @@ pub async fn check_restore(repo: &Repository, owner: &str, break_lease: bool) ->
         tracing::warn!(lease = %lease.describe(), "--break-lease: restoring although the lease is live");
         return Ok(());
     }
-    bail!(
-        "refusing to restore: the repository's lease is {}, so that instance may still be \
-         running on this Signal identity and two instances break each other. Stop it first \
-         (its final snapshot releases the lease), or pass --break-lease if it is gone for good",
-        lease.describe()
-    )
+    Err(exit::coded(
+        Exit::RestoreRefused,
+        format!(
+            "the repository's lease is {}: that instance may still be running on this Signal \
+             identity, and two instances on one identity break each other. Stop it first (its \
+             final snapshot releases the lease), or pass --break-lease if it is gone for good",
+            lease.describe()
+        ),
+    ))
 }
 
 #[cfg(test)]

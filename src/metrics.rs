@@ -1,17 +1,24 @@
 //! The daemon's Prometheus metrics and its HTTP endpoints: `/metrics`, `/healthz` (the
-//! process is alive) and `/readyz` (the agent is up). Readiness deliberately does not
-//! depend on backups succeeding: a native sidecar's readiness gates the Signal pod's, and a
-//! bucket outage must not take Signal out of service. Staleness is what `check --max-age`
-//! and the PrometheusRule alert on.
+//! process is alive), `/readyz` (the agent is up), `/startupz` and `/leasez` (this
+//! instance holds the repository's lease). Readiness deliberately does not depend on
+//! backups succeeding: a native sidecar's readiness gates the Signal pod's, and a bucket
+//! outage must not take Signal out of service. Staleness is what `check --max-age` and the
+//! PrometheusRule alert on.
+//!
+//! `/startupz` is the sidecar's startupProbe: the kubelet starts the Signal container only
+//! once it answers 200, so Signal never starts while another instance holds the lease.
+//! `/leasez` is for a livenessProbe on the Signal container: it turns 503 when the lease is
+//! lost, so the kubelet kills that Signal. Both answer 503 with one line saying why.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +38,26 @@ pub struct Metrics {
     failures: Counter,
     db_check_ok: Gauge,
     running: Gauge,
+    lease_held: Gauge,
+    handoff_missing: Gauge,
+    lease: Mutex<LeaseState>,
+}
+
+/// Where this instance stands with the repository's lease, as `/startupz` and `/leasez`
+/// report it.
+#[derive(Debug, Clone)]
+pub enum LeaseState {
+    /// Not taken yet: why (who holds it, until when; or the error reading it).
+    Waiting(String),
+    Held,
+    /// Taken over by another instance, or no longer renewable: why.
+    Lost(String),
+}
+
+impl Default for LeaseState {
+    fn default() -> Self {
+        Self::Waiting("the lease has not been requested yet".into())
+    }
 }
 
 impl Metrics {
@@ -73,7 +100,46 @@ impl Metrics {
             "1 while a backup runs",
             metrics.running.clone(),
         );
+        registry.register(
+            "ghostwire_backup_lease_held",
+            "1 while this instance holds the repository's lease (it backs up and Signal may run), 0 while it waits for it or after losing it",
+            metrics.lease_held.clone(),
+        );
+        registry.register(
+            "ghostwire_backup_handoff_missing",
+            "1 if the lease this instance took over was not released with a final snapshot (the previous owner stopped uncleanly: its last changes are lost)",
+            metrics.handoff_missing.clone(),
+        );
         metrics
+    }
+
+    /// Shows the repository's newest snapshot before this process has taken one, so that
+    /// a fresh pod's metrics tell the truth rather than zeros.
+    pub fn newest_snapshot(&self, manifest: &Manifest) {
+        self.record_snapshot(manifest);
+    }
+
+    fn record_snapshot(&self, manifest: &Manifest) {
+        self.last_success
+            .set(manifest.finished_at.timestamp_millis() as f64 / 1000.0);
+        self.last_size.set(manifest.archive.size as i64);
+        if let Some(db) = &manifest.signal_db {
+            self.db_check_ok.set((db.check == "ok") as i64);
+        }
+    }
+
+    pub fn lease(&self, state: LeaseState) {
+        self.lease_held
+            .set(matches!(state, LeaseState::Held) as i64);
+        *self.lease.lock().expect("the lease state lock") = state;
+    }
+
+    pub fn lease_state(&self) -> LeaseState {
+        self.lease.lock().expect("the lease state lock").clone()
+    }
+
+    pub fn handoff_missing(&self, missing: bool) {
+        self.handoff_missing.set(missing as i64);
     }
 
     pub fn started(&self) {
@@ -83,13 +149,8 @@ impl Metrics {
     pub fn succeeded(&self, manifest: &Manifest, seconds: f64) {
         self.running.set(0);
         self.last_duration.set(seconds);
-        self.last_success
-            .set(manifest.finished_at.timestamp_millis() as f64 / 1000.0);
         self.uploaded.inc_by(manifest.archive.size);
-        self.last_size.set(manifest.archive.size as i64);
-        if let Some(db) = &manifest.signal_db {
-            self.db_check_ok.set((db.check == "ok") as i64);
-        }
+        self.record_snapshot(manifest);
     }
 
     pub fn failed(&self, seconds: f64) {
@@ -159,17 +220,34 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
+        .route("/startupz", get(lease_status))
+        .route("/leasez", get(lease_status))
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (set --listen / GWB_LISTEN)"))?;
-    tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz, /startupz and /leasez");
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::error!(error = %err, "the metrics server stopped");
         }
     });
     Ok(())
+}
+
+/// 200 while this instance holds the lease; 503 with the reason otherwise.
+async fn lease_status(State(metrics): State<Arc<Metrics>>) -> (StatusCode, String) {
+    match metrics.lease_state() {
+        LeaseState::Held => (StatusCode::OK, "lease held\n".into()),
+        LeaseState::Waiting(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for the lease: {why}\n"),
+        ),
+        LeaseState::Lost(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("lease lost: {why}\n"),
+        ),
+    }
 }
 
 async fn render(State(metrics): State<Arc<Metrics>>) -> impl axum::response::IntoResponse {

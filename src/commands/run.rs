@@ -9,6 +9,12 @@
 //! cannot, it is cut (within about a second, in whatever phase it is) and, as with any
 //! failed backup, leaves no snapshot behind; the lease is not released then, it expires.
 //!
+//! The lease comes first: `run` takes the repository's lease before it backs up, waiting
+//! (not exiting) while another instance holds it, and `/startupz` answers 200 only once it
+//! holds it — the sidecar's startupProbe, so the kubelet does not start Signal before then.
+//! If the lease is lost while running, backups stop, no final snapshot is taken, and
+//! `/leasez` turns 503 for the Signal container's livenessProbe.
+//!
 //! Each backup runs on a thread of its own ([`crate::blocking`]); a deadline or SIGTERM
 //! cancels its token and waits for it to stop.
 
@@ -22,9 +28,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::backup::{self, BackupOptions};
 use crate::blocking;
 use crate::cancel::Cancel;
-use crate::lease::Held;
+use crate::lease::{Attempt, Held, Renewal};
 use crate::manifest::Manifest;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, LeaseState, Metrics};
 use crate::repo::Repository;
 use crate::schedule;
 
@@ -40,15 +46,38 @@ pub struct RunOptions {
 }
 
 pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions) -> Result<()> {
+    crate::backup::check_source(backup)?;
+    let mut stop = Stop::new()?;
     let metrics = Arc::new(Metrics::new());
     metrics::serve(options.listen, metrics.clone()).await?;
-    let mut stop = Stop::new()?;
-    let lease = Held::acquire(repo, &options.lease_owner, options.lease_ttl).await?;
+    let newest = show_newest_snapshot(repo, &metrics).await;
+    let Some(lease) = wait_for_lease(repo, options, &metrics, &mut stop).await else {
+        tracing::info!("stopped before this instance held the lease: nothing to back up");
+        return Ok(());
+    };
     let (lease, mut lease_lost) = keep_renewing(repo.clone(), lease);
-    let stopped = scheduled_backups(repo, backup, options, &metrics, &mut stop);
-    tokio::select! {
-        result = stopped => result?,
-        lost = &mut lease_lost => return Err(lost.unwrap_or_else(|_| anyhow!("the lease task stopped"))),
+    let back_up_now = newest.is_some_and(|finished| is_stale(finished, &options.schedule));
+    if back_up_now {
+        tracing::info!("the newest snapshot is older than the schedule's interval: backing up now");
+    }
+    let ended = {
+        let mut end = EndWatch {
+            stop: &mut stop,
+            lease_lost: &mut lease_lost,
+        };
+        scheduled_backups(repo, backup, options, &metrics, &mut end, back_up_now).await?
+    };
+    if let Ended::LeaseLost(err) = ended {
+        // Another instance owns the identity now: this one must neither back up (its
+        // snapshots are no longer the latest state) nor let its Signal run on. /leasez
+        // answers 503 from here on, which the Signal container's livenessProbe acts on.
+        metrics.lease(LeaseState::Lost(format!("{err:#}")));
+        tracing::error!(
+            error = format!("{err:#}"),
+            "lease lost: no more backups and no final snapshot; /leasez answers 503 so the kubelet stops Signal"
+        );
+        stop.recv().await;
+        return Err(err.context("the lease was lost while running, so no final snapshot was taken"));
     }
     let lease = lease.stop().await;
     if !options.final_snapshot {
@@ -58,6 +87,113 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     let manifest = final_snapshot(repo, backup, options, &metrics).await?;
     // Only a final snapshot releases the lease: it is what the next instance restores.
     lease.release(repo, Some(&manifest.id)).await
+}
+
+/// How soon a renewal that failed (not lost) is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
+/// How long between two lease attempts while another instance holds it.
+const LEASE_RETRY: Duration = Duration::from_secs(3);
+/// At most one "still waiting" log line per this long.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Takes the lease, waiting for as long as another instance holds it live (until it is
+/// released or expires). Signal must not start meanwhile: `/startupz` answers 503, and the
+/// kubelet starts the Signal container only after the sidecar's startupProbe succeeds. The
+/// process does not exit while it waits (a restarting sidecar would crash-loop). `None`:
+/// stopped before the lease was ours.
+async fn wait_for_lease(
+    repo: &Repository,
+    options: &RunOptions,
+    metrics: &Metrics,
+    stop: &mut Stop,
+) -> Option<Held> {
+    let mut logged: Option<Instant> = None;
+    loop {
+        let why = match Held::try_acquire(repo, &options.lease_owner, options.lease_ttl).await {
+            Ok(Attempt::Taken {
+                held,
+                handoff_missing,
+            }) => {
+                metrics.handoff_missing(handoff_missing);
+                metrics.lease(LeaseState::Held);
+                return Some(held);
+            }
+            Ok(Attempt::Busy(holder)) => format!("the repository's lease is {holder}"),
+            // A bucket outage or a race with another writer: try again, as for a busy lease.
+            Err(err) => format!("cannot take the lease: {err:#}"),
+        };
+        if logged.is_none_or(|at| at.elapsed() >= WAIT_LOG_EVERY) {
+            tracing::warn!(
+                reason = %why,
+                "waiting for the lease; Signal does not start until this instance holds it (/startupz answers 503)"
+            );
+            logged = Some(Instant::now());
+        }
+        metrics.lease(LeaseState::Waiting(why));
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_RETRY) => {}
+            _ = stop.recv() => return None,
+        }
+    }
+}
+
+/// Reads the repository's newest snapshot into the metrics, so a fresh pod reports the
+/// state of its backups rather than zeros; returns when it was committed. A repository
+/// that cannot be read now is logged and left to the first backup.
+async fn show_newest_snapshot(
+    repo: &Repository,
+    metrics: &Metrics,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    match repo.snapshots().await {
+        Ok(snapshots) => {
+            let newest = snapshots.iter().max_by_key(|m| m.finished_at)?;
+            metrics.newest_snapshot(newest);
+            tracing::info!(snapshot = %newest.id, finished = %newest.finished_at.to_rfc3339(), "the repository's newest snapshot");
+            Some(newest.finished_at)
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "cannot list the repository's snapshots; the metrics show them after the first backup"
+            );
+            None
+        }
+    }
+}
+
+/// Older than the gap between two scheduled runs: the schedule would have taken a newer
+/// one had a sidecar been running (a pod down for a while, or a previous owner that failed).
+fn is_stale(finished: chrono::DateTime<chrono::Utc>, schedule: &cron::Schedule) -> bool {
+    let mut upcoming = schedule.upcoming(chrono::Utc);
+    let (Some(first), Some(second)) = (upcoming.next(), upcoming.next()) else {
+        return false;
+    };
+    chrono::Utc::now() - finished > second - first
+}
+
+/// Why the scheduled backups ended.
+enum Ended {
+    /// SIGTERM or SIGINT: take the final snapshot.
+    Stop,
+    /// Another instance took the lease over.
+    LeaseLost(anyhow::Error),
+}
+
+/// Waits for whichever ends the scheduled backups first.
+struct EndWatch<'a> {
+    stop: &'a mut Stop,
+    lease_lost: &'a mut tokio::sync::oneshot::Receiver<anyhow::Error>,
+}
+
+impl EndWatch<'_> {
+    async fn recv(&mut self) -> Ended {
+        tokio::select! {
+            _ = self.stop.recv() => Ended::Stop,
+            lost = &mut *self.lease_lost => Ended::LeaseLost(
+                lost.unwrap_or_else(|_| anyhow!("the lease renewal task stopped")),
+            ),
+        }
+    }
 }
 
 /// SIGTERM (Kubernetes stopping the pod) or SIGINT.
@@ -82,23 +218,27 @@ impl Stop {
     }
 }
 
-/// Backs up on the schedule until told to stop; a backup running then is cut (it would
-/// hold up the final snapshot) and waited for.
+/// Backs up on the schedule (first at once if `now`) until told to stop or the lease is
+/// lost; a backup running then is cut (it would hold up the final snapshot, or write for
+/// an instance that no longer owns the identity) and waited for.
 async fn scheduled_backups(
     repo: &Repository,
     backup: &BackupOptions,
     options: &RunOptions,
     metrics: &Metrics,
-    stop: &mut Stop,
-) -> Result<()> {
+    end: &mut EndWatch<'_>,
+    mut now: bool,
+) -> Result<Ended> {
     loop {
-        let next = schedule::next_run(&options.schedule, options.jitter)
-            .context("the schedule has no future run time")?;
-        tracing::info!(next = %next.to_rfc3339(), "next backup scheduled");
-        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.recv() => return Ok(()),
+        if !std::mem::take(&mut now) {
+            let next = schedule::next_run(&options.schedule, options.jitter)
+                .context("the schedule has no future run time")?;
+            tracing::info!(next = %next.to_rfc3339(), "next backup scheduled");
+            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                ended = end.recv() => return Ok(ended),
+            }
         }
         let cancel = Cancel::new();
         let scheduled = timed_backup(repo, backup, options.backup_timeout, metrics, &cancel);
@@ -106,11 +246,11 @@ async fn scheduled_backups(
         tokio::select! {
             // A failure is counted and logged; the next run tries again.
             _ = &mut scheduled => {}
-            _ = stop.recv() => {
-                tracing::warn!(phase = cancel.phase(), "stopping during a scheduled backup: it is cut for the final snapshot");
+            ended = end.recv() => {
+                tracing::warn!(phase = cancel.phase(), "stopping during a scheduled backup: it is cut");
                 cancel.cancel();
                 let _ = tokio::time::timeout(blocking::STOP_GRACE, scheduled).await;
-                return Ok(());
+                return Ok(ended);
             }
         }
     }
@@ -162,10 +302,20 @@ fn keep_renewing(
             loop {
                 let every = held.lock().await.renew_every();
                 tokio::time::sleep(every).await;
-                if let Err(err) = held.lock().await.renew(&repo).await {
-                    tracing::error!(error = format!("{err:#}"), "lease lost; stopping");
-                    let _ = lost.send(err);
-                    return;
+                // A failed renewal is retried (a bucket outage must not stop Signal) until
+                // the lease expires or someone else has written it.
+                loop {
+                    match held.lock().await.renew(&repo).await {
+                        Ok(()) => break,
+                        Err(Renewal::Failed(err)) => {
+                            tracing::warn!(error = format!("{err:#}"), "retrying");
+                            tokio::time::sleep(RENEW_RETRY.min(every)).await;
+                        }
+                        Err(Renewal::Lost(err)) => {
+                            let _ = lost.send(err);
+                            return;
+                        }
+                    }
                 }
             }
         }
