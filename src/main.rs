@@ -16,10 +16,11 @@ use ghostwire_backup::commands::{
     self, backup::BackupOptions, restore, restore::RestoreOptions, run::RunOptions,
     verify::VerifyOptions,
 };
-use ghostwire_backup::repo::{Repository, Selector};
+use ghostwire_backup::exit::Exit;
+use ghostwire_backup::repo::{self, Repository, Selector};
 use ghostwire_backup::retention::Policy;
 use ghostwire_backup::store::s3::{ObjectLock, S3Options};
-use ghostwire_backup::{lease, schedule};
+use ghostwire_backup::{lease, priority, schedule};
 
 mod reference;
 
@@ -37,9 +38,10 @@ struct Cli {
 
 #[derive(Args)]
 struct Global {
-    /// Repository: s3://BUCKET/PREFIX, or a local directory.
-    #[arg(long, env = "GWB_REPO", default_value = "./backups", global = true)]
-    repo: String,
+    /// Repository: s3://BUCKET/PREFIX, or a local directory (default: ./backups, except
+    /// for `run`, which needs it set).
+    #[arg(long, env = "GWB_REPO", global = true, value_parser = parse_repo)]
+    repo: Option<String>,
     /// S3 endpoint URL of an S3-compatible server: MinIO, Ceph, R2… (default: AWS).
     #[arg(long, env = "GWB_S3_ENDPOINT", global = true)]
     s3_endpoint: Option<String>,
@@ -214,7 +216,7 @@ struct BackupArgs {
     /// Take a full snapshot when the chain's full one is older than this.
     #[arg(long, env = "GWB_FULL_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     full_max_age: Duration,
-    /// zstd level (1–19); compression uses every core.
+    /// zstd level (1–19).
     #[arg(long, env = "GWB_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
     /// Upload part size in MiB, from 5 (S3's minimum) to 512; it grows automatically so
@@ -230,11 +232,25 @@ struct BackupArgs {
     /// Mark the snapshot final (taken after Signal stopped).
     #[arg(long = "final", env = "GWB_FINAL")]
     r#final: bool,
+    /// Back up a home that holds no Signal profile (else such a backup fails: it is
+    /// almost always a wrong --source).
+    #[arg(long, env = "GWB_ALLOW_NO_SIGNAL")]
+    allow_no_signal: bool,
+    /// Compression threads (default: the CPUs this process may use, which honours a
+    /// container's CPU limit).
+    #[arg(long, env = "GWB_THREADS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: Option<u32>,
+    /// Back up at low CPU (nice 10) and IO (best-effort 7) priority, so the desktop wins
+    /// under contention; `--low-priority=false` backs up at normal priority.
+    #[arg(long, env = "GWB_LOW_PRIORITY", default_value_t = true, action = clap::ArgAction::Set)]
+    low_priority: bool,
 }
 
 #[derive(Args)]
 struct RestoreArgs {
-    /// Snapshot: an id, `latest`, or `final` (the newest final one, else the latest).
+    /// Snapshot: an id, `latest`, `final` (the newest final one, else the latest), or
+    /// `handoff` (exactly the final snapshot the last instance released the lease with;
+    /// fails if it stopped without one).
     #[arg(long, env = "GWB_SNAPSHOT", default_value = "latest")]
     snapshot: Selector,
     /// age identity file (the secret key).
@@ -261,15 +277,19 @@ struct RestoreArgs {
     /// Restore although another instance's lease is live (it is gone for good).
     #[arg(long, env = "GWB_BREAK_LEASE")]
     break_lease: bool,
+    /// Fail if the repository holds no snapshot, also with --if-empty (a wrong location
+    /// must not start Signal on an empty profile); off only for a first install.
+    #[arg(long, env = "GWB_REQUIRE_SNAPSHOT")]
+    require_snapshot: bool,
 }
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// Snapshot: an id, `latest`, or `final`.
+    /// Snapshot: an id, `latest`, `final` or `handoff`.
     #[arg(long, env = "GWB_SNAPSHOT", default_value = "latest")]
     snapshot: Selector,
     /// age identity file; not needed with --quick.
-    #[arg(long, env = "GWB_IDENTITY_FILE")]
+    #[arg(long, env = "GWB_IDENTITY_FILE", required_unless_present = "quick")]
     identity: Option<PathBuf>,
     /// Only check the archive's size and SHA-256 against its manifest (no key needed).
     #[arg(long, env = "GWB_QUICK")]
@@ -300,8 +320,14 @@ impl BackupArgs {
             part_size: (self.part_size_mib << 20) as usize,
             db_wait: Duration::from_secs(self.db_wait),
             r#final: self.r#final,
+            allow_no_signal: self.allow_no_signal,
+            threads: self.threads.unwrap_or_else(priority::default_threads),
         }
     }
+}
+
+fn parse_repo(text: &str) -> Result<String, String> {
+    repo::check_location(text).map(|()| text.to_string())
 }
 
 fn parse_owner(text: &str) -> Result<(u32, u32), String> {
@@ -318,6 +344,19 @@ fn main() -> ExitCode {
     return_large_buffers_to_the_kernel();
     let cli = Cli::parse();
     let json_logs = init_logging(cli.global.log_format);
+    // Before the runtime: its threads, and the ones backups start, inherit the priority.
+    if let Command::Backup(BackupArgs {
+        low_priority: true, ..
+    })
+    | Command::Run(RunArgs {
+        backup: BackupArgs {
+            low_priority: true, ..
+        },
+        ..
+    }) = &cli.command
+    {
+        priority::yield_to_the_desktop();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -331,14 +370,15 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("error: {err:#}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(Exit::of(&err).code())
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<()> {
     let global = cli.global;
-    let open = |parallel_parts: usize| {
+    let daemon = matches!(cli.command, Command::Run(_));
+    let open = |parallel_parts: usize, existing: Existing| {
         let options = S3Options {
             endpoint: global.s3_endpoint.clone(),
             region: global.s3_region.clone(),
@@ -354,12 +394,35 @@ async fn run(cli: Cli) -> Result<()> {
             }),
         };
         let location = global.repo.clone();
-        async move { Repository::open(&location, &options).await }
+        async move {
+            match (location, existing) {
+                (Some(location), Existing::Required) => {
+                    Repository::open_existing(&location, &options).await
+                }
+                (Some(location), Existing::Created) => Repository::open(&location, &options).await,
+                (None, Existing::Required) => {
+                    Repository::open_existing(DEFAULT_REPO, &options).await
+                }
+                // A daemon writing into the container's own filesystem loses every
+                // snapshot with the pod: it must be told where.
+                (None, Existing::Created) if daemon => bail!(
+                    "run needs a repository: set --repo (GWB_REPO) to s3://BUCKET/PREFIX or a \
+                     directory on a volume that outlives the pod"
+                ),
+                (None, Existing::Created) => {
+                    tracing::info!(
+                        repository = DEFAULT_REPO,
+                        "no --repo (GWB_REPO): writing to the local directory {DEFAULT_REPO}"
+                    );
+                    Repository::open(DEFAULT_REPO, &options).await
+                }
+            }
+        }
     };
     match cli.command {
         Command::Keygen { out } => commands::keygen::run(&out),
         Command::Backup(args) => {
-            let repo = open(args.parallel_uploads).await?;
+            let repo = open(args.parallel_uploads, Existing::Created).await?;
             let manifest = commands::backup::run(&repo, &args.options()).await?;
             println!("{}", manifest.id);
             Ok(())
@@ -375,7 +438,7 @@ async fn run(cli: Cli) -> Result<()> {
                 final_snapshot: args.final_snapshot,
                 final_deadline: args.final_deadline,
             };
-            let repo = open(args.backup.parallel_uploads).await?;
+            let repo = open(args.backup.parallel_uploads, Existing::Created).await?;
             commands::run::run(&repo, &args.backup.options(), &options).await
         }
         Command::Prune(args) => {
@@ -389,10 +452,14 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 dry_run: args.dry_run,
             };
-            commands::prune::run(&open(1).await?, &options).await
+            commands::prune::run(&open(1, Existing::Required).await?, &options).await
         }
-        Command::Unlock { all } => commands::unlock::run(&open(1).await?, all).await,
-        Command::Check { max_age } => commands::check::run(&open(1).await?, max_age).await,
+        Command::Unlock { all } => {
+            commands::unlock::run(&open(1, Existing::Required).await?, all).await
+        }
+        Command::Check { max_age } => {
+            commands::check::run(&open(1, Existing::Required).await?, max_age).await
+        }
         Command::Reference { json, section } => {
             let reference = reference::Reference::new(&Cli::command(), &[LOG_FILTER]);
             let text = match (json, section.as_deref()) {
@@ -404,10 +471,12 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{text}");
             Ok(())
         }
-        Command::Snapshots { json } => commands::snapshots::run(&open(1).await?, json).await,
+        Command::Snapshots { json } => {
+            commands::snapshots::run(&open(1, Existing::Required).await?, json).await
+        }
         Command::Restore(args) => {
             let outcome = restore::run(
-                &open(1).await?,
+                &open(1, Existing::Required).await?,
                 &RestoreOptions {
                     snapshot: args.snapshot,
                     identity: args.identity,
@@ -417,6 +486,7 @@ async fn run(cli: Cli) -> Result<()> {
                     chown: args.chown,
                     lease_owner: args.lease_owner.unwrap_or_else(lease::default_owner),
                     break_lease: args.break_lease,
+                    require_snapshot: args.require_snapshot,
                 },
             )
             .await?;
@@ -431,13 +501,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Verify(args) => {
-            if !args.quick && args.identity.is_none() {
-                bail!(
-                    "verify needs --identity (GWB_IDENTITY_FILE), or --quick for a check without the key"
-                );
-            }
             let manifest = commands::verify::run(
-                &open(1).await?,
+                &open(1, Existing::Required).await?,
                 &VerifyOptions {
                     snapshot: args.snapshot,
                     identity: args.identity,
@@ -449,6 +514,16 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where `backup` writes without --repo: the quick start's local repository.
+const DEFAULT_REPO: &str = "./backups";
+
+/// Whether a command may create the repository (`backup`, `run`) or needs one that exists.
+#[derive(Clone, Copy)]
+enum Existing {
+    Created,
+    Required,
 }
 
 /// The one environment variable without a flag.

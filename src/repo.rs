@@ -2,12 +2,14 @@
 //! is uploaded first, then the index, then the manifest, the commit point: an archive
 //! without a manifest is an interrupted backup, never listed, never restored.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
+use crate::exit::{self, Exit};
 use crate::layout::Object;
 use crate::manifest::{Manifest, ManifestError};
 use crate::store::local::LocalStore;
@@ -27,6 +29,9 @@ pub enum Selector {
     Latest,
     /// The newest snapshot marked final (taken after Signal stopped), else the newest.
     Final,
+    /// Exactly the snapshot the last lease holder released the lease with (its final
+    /// snapshot), or an error saying why there is none: what green restores.
+    Handoff,
     Id(String),
 }
 
@@ -36,14 +41,43 @@ impl std::str::FromStr for Selector {
         Ok(match s {
             "latest" => Selector::Latest,
             "final" => Selector::Final,
+            "handoff" => Selector::Handoff,
             id => Selector::Id(id.to_string()),
         })
     }
 }
 
+/// Rejects a location that looks like a URL but is not `s3://…` (`s3:/bucket`,
+/// `S3://bucket`, `minio://…`): taken as a local directory it would quietly become
+/// `./s3:/bucket`. A directory whose name has a colon can be written `./name:…`.
+pub fn check_location(location: &str) -> std::result::Result<(), String> {
+    if location.is_empty() {
+        return Err("the repository is empty: use s3://BUCKET/PREFIX or a directory".into());
+    }
+    if location.starts_with("s3://") {
+        return Ok(());
+    }
+    let scheme = location.split_once(':').map(|(scheme, _)| scheme);
+    let looks_like_url = scheme.is_some_and(|scheme| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    });
+    if looks_like_url {
+        return Err(format!(
+            "repository {location:?} looks like a URL but is not one this tool reads: use \
+             s3://BUCKET[/PREFIX] for S3, or a directory (write ./{location} for a directory \
+             whose name has a colon)"
+        ));
+    }
+    Ok(())
+}
+
 impl Repository {
     /// Opens `s3://bucket/prefix` or a local directory path.
     pub async fn open(location: &str, s3: &S3Options) -> Result<Self> {
+        check_location(location).map_err(|problem| anyhow!(problem))?;
         let store: Arc<dyn Store> = match location.strip_prefix("s3://") {
             Some(rest) => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -52,15 +86,33 @@ impl Repository {
                 }
                 Arc::new(S3Store::connect(bucket, prefix, s3).await?)
             }
-            None if location.contains("://") => {
-                bail!("unsupported repository {location:?}: use s3://BUCKET/PREFIX or a directory")
-            }
             None => Arc::new(LocalStore::new(location)),
         };
         Ok(Self {
             store,
             location: location.to_string(),
         })
+    }
+
+    /// Opens a repository that must exist already, for the commands that only read it (or
+    /// clean it up): a missing local directory is an error with its own exit code, not an
+    /// empty repository. (A missing bucket fails likewise at the first request.)
+    pub async fn open_existing(location: &str, s3: &S3Options) -> Result<Self> {
+        if !location.starts_with("s3://") && !Path::new(location).is_dir() {
+            let problem = if Path::new(location).exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            return Err(exit::coded(
+                Exit::RepositoryMissing,
+                format!(
+                    "no repository at {location}: the directory {problem}. Check --repo \
+                     (GWB_REPO); only `backup` and `run` create a repository"
+                ),
+            ));
+        }
+        Self::open(location, s3).await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -152,16 +204,27 @@ impl Repository {
     }
 
     pub async fn find(&self, selector: &Selector) -> Result<Manifest> {
-        if let Selector::Id(id) = selector {
-            let object = Object::Manifest(id.clone());
-            let bytes = match self.read(&object).await {
-                Err(StoreError::NotFound(_)) => bail!(
-                    "no snapshot {id:?} in {}: list them with `ghostwire-backup snapshots`",
+        if let Selector::Handoff = selector {
+            let id = crate::lease::handoff(self).await?;
+            return self.manifest(&id).await?.with_context(|| {
+                format!(
+                    "the lease names snapshot {id} as the final snapshot its last holder \
+                     released it with, but {} no longer holds it (pruned or deleted?). \
+                     Choose a snapshot with `ghostwire-backup snapshots` and pass its id",
                     self.location
-                ),
-                other => other?,
-            };
-            return Ok(Manifest::from_json(&bytes, &object.key())?);
+                )
+            });
+        }
+        if let Selector::Id(id) = selector {
+            return self.manifest(id).await?.ok_or_else(|| {
+                exit::coded(
+                    Exit::SnapshotNotFound,
+                    format!(
+                        "no snapshot {id:?} in {}: list them with `ghostwire-backup snapshots`",
+                        self.location
+                    ),
+                )
+            });
         }
         let mut all = self.snapshots().await?;
         let pick = match selector {
@@ -174,6 +237,21 @@ impl Repository {
             },
             _ => all.pop(),
         };
-        pick.with_context(|| format!("the repository {} holds no snapshot yet", self.location))
+        pick.ok_or_else(|| {
+            exit::coded(
+                Exit::SnapshotNotFound,
+                format!("the repository {} holds no snapshot yet", self.location),
+            )
+        })
+    }
+
+    /// One snapshot's manifest by id; `None` if there is no such snapshot.
+    async fn manifest(&self, id: &str) -> Result<Option<Manifest>> {
+        let object = Object::Manifest(id.to_string());
+        match self.read(&object).await {
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(err) => Err(err.into()),
+            Ok(bytes) => Ok(Some(Manifest::from_json(&bytes, &object.key())?)),
+        }
     }
 }

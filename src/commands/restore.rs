@@ -8,9 +8,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::blocking::{self, Remote};
+use crate::exit::{self, Exit};
 use crate::fsutil;
 use crate::keys::Identities;
 use crate::manifest::Manifest;
@@ -32,6 +33,8 @@ pub struct RestoreOptions {
     pub lease_owner: String,
     /// Restore even though another instance's lease is live.
     pub break_lease: bool,
+    /// An empty repository is an error, not a first install.
+    pub require_snapshot: bool,
 }
 
 #[derive(Debug)]
@@ -50,6 +53,21 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
 
 fn restore(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     let target = &options.target;
+    // The lease first: also before `--if-empty` leaves a volume with data alone, because
+    // exiting 0 there starts Signal on it, and while another instance holds the lease
+    // (blue's pod started again while green runs) that is two Signals on one identity.
+    remote
+        .wait(lease::check_restore(
+            remote.repo(),
+            &options.lease_owner,
+            options.break_lease,
+        ))
+        .with_context(|| {
+            format!(
+                "refusing to restore into {} or to let Signal start on it",
+                target.display()
+            )
+        })?;
     match restoration::prepare(target, options.force, options.if_empty)? {
         Next::LeftAlone(why) => return Ok(Outcome::LeftAlone(why)),
         Next::Finish(ready) => {
@@ -59,18 +77,14 @@ fn restore(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
         }
         Next::Restore => {}
     }
-    if options.if_empty && first_start(remote, &options.snapshot)? {
+    if first_start(remote, options)? {
         return Ok(Outcome::LeftAlone(
             "the repository holds no snapshot yet".into(),
         ));
     }
-    remote.wait(lease::check_restore(
-        remote.repo(),
-        &options.lease_owner,
-        options.break_lease,
-    ))?;
     let identities = keys::identities(&options.identity)?;
     let manifest = remote.find(&options.snapshot)?;
+    refuse_without_signal(&manifest, &options.snapshot)?;
     let failed = || {
         format!(
             "restore of snapshot {} failed; the target was left without a restore marker",
@@ -93,15 +107,50 @@ fn restore(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     Ok(Outcome::Restored(ready))
 }
 
-/// `--if-empty` on a new installation: nothing to restore yet, and Signal may start on the
-/// empty volume. (An unreachable repository is an error, not an empty one.)
-fn first_start(remote: &Remote, snapshot: &Selector) -> Result<bool> {
-    let empty =
-        matches!(snapshot, Selector::Latest | Selector::Final) && remote.snapshots()?.is_empty();
-    if empty {
-        tracing::warn!(repository = %remote.repo().location(), "the repository holds no snapshot yet: nothing to restore");
+/// A snapshot without a Signal database (a home backed up with `--allow-no-signal`) is
+/// restored only by its id: as `latest` it is almost always the wrong one.
+fn refuse_without_signal(manifest: &Manifest, snapshot: &Selector) -> Result<()> {
+    if manifest.signal_db.is_some() || matches!(snapshot, Selector::Id(_)) {
+        return Ok(());
     }
-    Ok(empty)
+    Err(exit::coded(
+        Exit::RestoreRefused,
+        format!(
+            "refusing to restore snapshot {}: it holds no Signal database (it was backed up \
+             with --allow-no-signal). Restore it by its id, --snapshot {}, if it is the one \
+             you want",
+            manifest.id, manifest.id
+        ),
+    ))
+}
+
+/// An empty repository. With `--require-snapshot` that is an error: during disaster
+/// recovery a wrong bucket or prefix looks exactly like it, and Signal must not start on an
+/// empty profile that the sidecar would then back up as the latest state. Without it, and
+/// with `--if-empty`, it is a first install: nothing to restore, Signal may start on the
+/// empty volume. (An unreachable repository is an error, not an empty one.)
+fn first_start(remote: &Remote, options: &RestoreOptions) -> Result<bool> {
+    let asks_for_any = !matches!(options.snapshot, Selector::Id(_));
+    if !asks_for_any || !(options.if_empty || options.require_snapshot) {
+        return Ok(false);
+    }
+    if !remote.snapshots()?.is_empty() {
+        return Ok(false);
+    }
+    let location = remote.repo().location();
+    if options.require_snapshot {
+        bail!(
+            "the repository {location} holds no snapshot, and --require-snapshot \
+             (GWB_REQUIRE_SNAPSHOT) says there must be one: check the repository location \
+             (bucket, prefix, endpoint; during disaster recovery a wrong one looks exactly like \
+             this). On a first install, where there is nothing to restore yet, set \
+             GWB_REQUIRE_SNAPSHOT=false for that one start"
+        );
+    }
+    if options.if_empty {
+        tracing::warn!(repository = %location, "the repository holds no snapshot yet: nothing to restore");
+    }
+    Ok(options.if_empty)
 }
 
 /// Empty → Staged → Gated: unpacks every archive, runs the gate, writes the `ready` note.
