@@ -206,9 +206,11 @@ def main(argv=None):
     rendered = {v: [d for d in yaml.safe_load_all(t) if d] for v, t in texts.items()}
     with open(f"{a.root}/deploy/components/sidecar/statefulset-patch.yaml") as f:
         sidecar_patch = yaml.safe_load(f)
+    with open(f"{a.root}/deploy/components/sidecar/signal-liveness-patch.yaml") as f:
+        liveness_patch = yaml.safe_load(f)
     with open(f"{a.root}/docs/kubernetes.md") as f:
         anchors = markdown_anchors(f.read())
-    checker = Checker(interface, sidecar_patch, docs_anchors=anchors)
+    checker = Checker(interface, sidecar_patch, docs_anchors=anchors, liveness_patch=liveness_patch)
     counts = checker.check_all(rendered)
     for variant, problems in counts.items():
         docs = rendered[variant]

@@ -123,9 +123,10 @@ def field_ref(env_entry):
 class Checker:
     """Collects problems as "variant: message" lines in `errors`."""
 
-    def __init__(self, interface, sidecar_patch, docs_anchors=None):
+    def __init__(self, interface, sidecar_patch, docs_anchors=None, liveness_patch=None):
         self.interface = interface
         self.sidecar_patch = sidecar_patch
+        self.liveness_patch = liveness_patch
         # Anchors of docs/kubernetes.md, for the alerts' runbook_url (None: not checked).
         self.docs_anchors = docs_anchors
         self.errors = []
@@ -319,6 +320,24 @@ class Checker:
                 self.fail(variant, "ghostwire-backup must be a native sidecar (restartPolicy: Always)")
             if sidecar.get("args") != ["run"]:
                 self.fail(variant, "the sidecar must run `run`")
+            # The lease gates Signal's start: the kubelet starts the next container only once a
+            # native sidecar's startupProbe succeeded.
+            startup = sidecar.get("startupProbe") or {}
+            hg = startup.get("httpGet") or {}
+            if hg.get("path") != "/startupz" or hg.get("port") not in (METRICS_PORT, "metrics"):
+                self.fail(variant, f"sidecar startupProbe must be httpGet /startupz on {METRICS_PORT}, got {hg}")
+            elif startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3) < 600:
+                self.fail(variant, "sidecar startupProbe must wait at least 600 s (an unreleased lease expires after 10 min)")
+            renv = env_of(restore, docs)
+            if renv.get("GWB_SNAPSHOT") != "handoff":
+                self.fail(variant, "restore must restore GWB_SNAPSHOT=handoff (exactly what the last instance released)")
+            if find(docs, "ConfigMap", "ghostwire-backup") and renv.get("GWB_REQUIRE_SNAPSHOT") != "true":
+                self.fail(variant, "restore needs GWB_REQUIRE_SNAPSHOT=true (an empty repository must not start Signal)")
+            main = spec.get("containers") or []
+            lhg = ((main[0].get("livenessProbe") or {}).get("httpGet") or {}) if main else {}
+            if lhg.get("path") != "/leasez" or lhg.get("port") not in (METRICS_PORT, "metrics"):
+                self.fail(variant, f"{where}: the Signal container needs livenessProbe httpGet /leasez on "
+                                   f"{METRICS_PORT} (it stops a Signal whose pod lost the lease), got {lhg}")
             for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
                 hg = (sidecar.get(probe) or {}).get("httpGet") or {}
                 if hg.get("path") != path or hg.get("port") not in (METRICS_PORT, "metrics"):
@@ -600,14 +619,19 @@ class Checker:
         patches = [p for pr in hr["spec"].get("postRenderers", [])
                    for p in (pr.get("kustomize") or {}).get("patches", [])]
         sts_patches = [p for p in patches if (p.get("target") or {}).get("kind") == "StatefulSet"]
-        if len(sts_patches) != 1:
-            self.fail(variant, "HelmRelease needs one postRenderers kustomize patch targeting the StatefulSet")
+        if len(sts_patches) != 2:
+            self.fail(variant, "HelmRelease needs two postRenderers kustomize patches targeting the "
+                               "StatefulSet: the agent, and the Signal container's /leasez liveness")
             return
-        target = sts_patches[0]["target"]
-        if target.get("name") or target.get("labelSelector") != "=".join(GHOSTWIRE_LABEL):
-            self.fail(variant, f"the post-renderer patch must select the StatefulSet by labelSelector "
-                               f"{'='.join(GHOSTWIRE_LABEL)}, not by name (the chart names it after the release)")
-        body = yaml.safe_load(sts_patches[0]["patch"])
+        for p in sts_patches:
+            target = p["target"]
+            if target.get("name") or target.get("labelSelector") != "=".join(GHOSTWIRE_LABEL):
+                self.fail(variant, f"the post-renderer patches must select the StatefulSet by labelSelector "
+                                   f"{'='.join(GHOSTWIRE_LABEL)}, not by name (the chart names it after the release)")
+        bodies = [yaml.safe_load(p["patch"]) for p in sts_patches]
+        if self.liveness_patch not in bodies:
+            self.fail(variant, "the HelmRelease lacks deploy/components/sidecar/signal-liveness-patch.yaml verbatim")
+        body = next((b for b in bodies if isinstance(b, dict)), {})
         if body != self.sidecar_patch:
             self.fail(variant, "the HelmRelease patch differs from deploy/components/sidecar/statefulset-patch.yaml")
         if body.get("kind") != "StatefulSet":
