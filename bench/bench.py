@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -439,7 +440,62 @@ class Bench:
                 "backup_wall": statistics.median(b["wall"] for b in backups),
                 "backup_rss": max(b["rss"] for b in backups)}
 
+    def contention(self, label, size):
+        """Signal's writer against each way of backing up, in turns: its commit latency while
+        the stock pipeline runs, and while ghostwire-backup runs with 1, 2 and 8 compression
+        threads (low priority, the default) and with 2 at normal priority. All upload to the
+        same S3 server; each runs in a loop for --writer-seconds."""
+        p = self.make_profile(label, size)
+        home, key, recipient = Path(p["home"]), p["key"], self.recipient
+        self.env["GWB_REPO"] = f"s3://gwb/{label}"
+        self.env["GWB_STAGING_DIR"] = str(self.work / "scratch")
+        (self.work / "scratch").mkdir(exist_ok=True)
+        self.timed(f"{label}-warmup", [["tar", "-cf", "-", "-C", str(home), "."], ["cat"]], stdout="/dev/null")
+        catalog = self.work / f"catalog-{label}.sqlite"
+        s3pipe = [sys.executable, str(ROOT / "bench/s3pipe.py")]
+        stock = [["tar", "-cf", "-", "-C", str(home), "."], ["zstd", "-T0", "-3", "-q"], ["age", "-r", recipient],
+                 [*s3pipe, "put", "stock", f"{label}/home.tar.zst.age"]]
+
+        def gwb(*flags):
+            return [[str(self.agent), "backup", "--source", str(home), "--recipient", recipient,
+                     "--catalog", str(catalog), "--full-every", "0", *flags]]
+
+        variants = {"stock tar|zstd -T0|age": stock,
+                    "gwb --threads 1": gwb("--threads", "1"),
+                    "gwb --threads 2": gwb("--threads", "2"),
+                    "gwb --threads 8": gwb("--threads", "8"),
+                    "gwb --threads 2 --low-priority=false": gwb("--threads", "2", "--low-priority=false")}
+        rows = {}
+        for name, stages in variants.items():
+            slug = re.sub(r"[^a-z0-9]+", "-", name)
+            rows[name] = self.with_writer(label, home, key, slug, stages)
+            self.empty_bucket("gwb", label)
+            self.empty_bucket("stock", label)
+        return {"label": label, "profile": {k: p[k] for k in ("bytes", "db_bytes", "files")}, "contention": rows}
+
+    def with_writer(self, label, home, key, slug, stages):
+        """Runs `stages` in a loop for --writer-seconds while Signal's writer commits."""
+        db = home / ".config/Signal/sql/db.sqlite"
+        ids = self.work / f"writer-{slug}.ids"
+        ids.unlink(missing_ok=True)
+        proc = subprocess.Popen(["node", str(ROOT / "tests/node/writer.mjs"), str(db), key, str(ids)],
+                                stdout=subprocess.PIPE, env=self.env)
+        time.sleep(0.5)
+        started, runs = time.monotonic(), []
+        while not runs or time.monotonic() - started < self.args.writer_seconds:
+            runs.append(self.timed(f"{label}-{slug}-{len(runs)}", stages))
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        writer = json.loads(out.decode().strip().splitlines()[-1])
+        row = {"p50_ms": writer["p50_ms"], "p99_ms": writer["p99_ms"], "busy": writer["busy"],
+               "commits": writer["commits"], "runs": len(runs),
+               "wall": statistics.median(r["wall"] for r in runs), "rss": max(r["rss"] for r in runs)}
+        log(f"{slug}: {row}")
+        return row
+
     def main(self):
+        if self.args.contention:
+            return self.main_contention()
         try:
             self.start_s3()
             self.ident = self.work / "identity.txt"
@@ -462,6 +518,32 @@ class Bench:
             chart(results, self.work, ROOT / "docs/benchmarks.png")
             update_docs(ROOT / "docs/benchmarks.md", text)
             log("updated docs/benchmarks.md and docs/benchmarks.png")
+
+
+    def main_contention(self):
+        try:
+            self.start_s3()
+            self.ident = self.work / "identity.txt"
+            self.ident.unlink(missing_ok=True)
+            self.recipient = subprocess.run([str(self.agent), "keygen", "--out", str(self.ident)], check=True,
+                                            stdout=subprocess.PIPE, env=self.env).stdout.decode().strip()
+            load_before = os.getloadavg()
+            results = [self.contention(label, SIZES.get(label) or parse_size(label)) for label in self.args.sizes]
+        finally:
+            self.stop()
+        print(f"\nSignal's writer during backups (p99 ratio: the stock pipeline's p99 / this one's; "
+              f"> 1 is better than stock). {os.cpu_count()} CPUs, load before {load_before[0]:.1f}.")
+        for r in results:
+            rows = r["contention"]
+            stock = rows["stock tar|zstd -T0|age"]
+            print(f"\n{r['label']} ({r['profile']['bytes'] / MiB:.0f} MiB home)\n")
+            print("| backup | writer p50 | writer p99 | p99 ratio vs stock | SQLITE_BUSY | backup wall | peak RSS |")
+            print("|---|---|---|---|---|---|---|")
+            for name, row in rows.items():
+                print(f"| {name} | {row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | "
+                      f"{stock['p99_ms'] / row['p99_ms']:.2f} | {row['busy']} | {row['wall']:.2f} s | "
+                      f"{row['rss'] / MiB:.0f} MiB |")
+        (self.work / "contention.json").write_text(json.dumps(results, indent=2))
 
 
 def median_of(runs):
@@ -664,6 +746,8 @@ def main():
     parser.add_argument("--fresh", action="store_true", help="make the profiles again even if the workdir has them")
     parser.add_argument("--no-docs", dest="docs", action="store_false",
                         help="leave docs/benchmarks.md and docs/benchmarks.png alone")
+    parser.add_argument("--contention", action="store_true",
+                        help="only Signal's writer against the stock pipeline and ghostwire-backup at 1/2/8 threads")
     parser.add_argument("--agent", default=str(ROOT / "target/release/ghostwire-backup"))
     parser.add_argument("--moto", default=str(ROOT / ".venv-s3/bin/moto_server"))
     args = parser.parse_args()

@@ -8,7 +8,8 @@
 # Options (passed to bench/bench.py): --sizes, --repeat N (runs of each full backup and
 # restore, median kept; default 3), --writer-seconds S, --workdir DIR (default
 # /var/tmp/ghostwire-bench, or $GWB_BENCH_DIR), --fresh (remake the profiles), --no-docs
-# (leave docs/benchmarks.md and docs/benchmarks.png alone).
+# (leave docs/benchmarks.md and docs/benchmarks.png alone), --contention (only Signal's writer
+# during the stock pipeline and ghostwire-backup at 1/2/8 threads; prints a table).
 #
 # Installs what it needs when missing: the test suite's parts (age, zstd, Signal's driver,
 # moto in .venv-s3), Debian's restic, time and gnuplot; builds the agent in release.
