@@ -44,9 +44,6 @@ HOME = "/home/kasm-user"
 DB = f"{HOME}/.config/Signal/sql/db.sqlite"
 MiB = 1 << 20
 
-# Green's init container restores blue's final snapshot.
-# TODO(issue 12): "handoff" once `restore --snapshot handoff` exists (another helper adds it).
-GREEN_SNAPSHOT = "final"
 
 
 class Failure(Exception):
@@ -319,14 +316,14 @@ class Pod:
             args += ["--entrypoint", json.dumps(spec["command"])]
         return args, image, {**os.environ, **env}
 
-    def run(self, name, command=None, env_overrides=None, extra_volumes=()):
+    def run(self, name, command=None, env_overrides=None, extra_volumes=(), must_succeed=True):
         """Runs a container to completion (an init container, a Job's container)."""
         args, image, env = self.podman_args(name, env_overrides, extra_volumes)
         command = command if command is not None else self.container_spec(name).get("args", [])
         started = time.monotonic()
         result = podman("run", "--rm", *args, image, *command, env=env, check_status=False)
         log(f"{self.name}/{name} exited {result.returncode} after {time.monotonic() - started:.1f} s")
-        if result.returncode != 0:
+        if result.returncode != 0 and must_succeed:
             raise Failure(f"{self.name}/{name} failed:\n{result.stderr}{result.stdout}")
         return result
 
@@ -463,7 +460,9 @@ def test_hardened(size):
                 "ghostwire-backup-identity", secret_mode(signal.spec, "ghostwire-backup-identity")),
             "dshm": cluster.empty_dir("dshm"),
         })
-        green.run("restore")
+        # The CronJob variant holds no lease, so there is no handoff: as in the DR runbook,
+        # the restore is told to take the newest snapshot.
+        green.run("restore", env_overrides={"GWB_SNAPSHOT": "latest"})
         db = check_restored_volume(green, green.volumes["home"], profile["key"],
                                    "before-backup.txt", results)
         log(f"hardened: restored volume owned by 1000:0; Signal's driver opened it: {db['messages']} messages, "
@@ -524,15 +523,16 @@ def test_lifecycle(size):
 
         # -- green starts on a fresh volume, in the same order.
         green = Pod(cluster, "ghostwire-green-0", spec, volumes(cluster.pvc("home-ghostwire-green-0")), free_port())
-        log(f"kubelet: green ghostwire-green-0: init container restore (--if-empty --snapshot {GREEN_SNAPSHOT}) into the empty volume")
-        green.run("restore", env_overrides={"GWB_SNAPSHOT": GREEN_SNAPSHOT})
+        restore_env = {e["name"]: e.get("value") for e in green.container_spec("restore").get("env", [])}
+        check(restore_env.get("GWB_SNAPSHOT") == "handoff", "the restore init container does not restore GWB_SNAPSHOT=handoff")
+        log("kubelet: green ghostwire-green-0: init container restore (--if-empty, GWB_SNAPSHOT=handoff) into the empty volume")
+        restore_log = green.run("restore")
+        handed_over = final_snapshot_id(sidecar_log)
+        check(restore_log.stdout.strip() == handed_over,
+              f"green restored {restore_log.stdout.strip()!r}, not blue's final snapshot {handed_over!r}")
         restored = time.monotonic()
-        log("kubelet: green: native sidecar ghostwire-backup")
+        log("kubelet: green: native sidecar ghostwire-backup (startupProbe /startupz: 200 once it holds the lease)")
         green_sidecar = green.start("ghostwire-backup")
-        # TODO(issue 12): the sidecar gets a startupProbe on /startupz that answers 200 only once
-        # it holds the lease (lease-gated start, another helper's work). wait_started already
-        # follows a startupProbe in the manifest; then also run the split-brain case: blue's
-        # pod started again while green holds the lease -> blue's signal container never starts.
         green.wait_started("ghostwire-backup", green_sidecar)
         log("kubelet: green: container signal")
         switch_done = time.monotonic()
@@ -541,6 +541,7 @@ def test_lifecycle(size):
         green_signal = green.start("signal", ["writer.mjs", DB, profile["key"], "/results/green-ids.txt",
                                               "--max-commits", "20"], extra_volumes=[(results, "/results")])
         check(int(podman("wait", green_signal).stdout.strip()) == 0, f"green's Signal cannot write:\n{logs(green_signal)}")
+        split_brain(blue)
 
         downtime = switch_done - switch_started
         print(json.dumps({
@@ -555,6 +556,40 @@ def test_lifecycle(size):
             "(blue's SIGTERM -> green's Signal start)")
     finally:
         cluster.cleanup()
+
+
+def final_snapshot_id(sidecar_log):
+    """The id of the final snapshot in a sidecar's JSON log."""
+    for line in sidecar_log.splitlines():
+        if "final snapshot committed" in line:
+            event = json.loads(line)
+            return event.get("fields", event).get("snapshot")
+    raise Failure(f"no final snapshot in the sidecar's log:\n{sidecar_log}")
+
+
+def split_brain(blue):
+    """Blue's pod started again (Flux resumed before blue left Git) on its old, full volume
+    while green holds the lease: neither its init container nor its sidecar lets the kubelet
+    get to blue's Signal container."""
+    log("split brain: kubelet starts blue ghostwire-0 again on its old volume while green holds the lease")
+    result = blue.run("restore", must_succeed=False)
+    check(result.returncode == 7 and "held by ghostwire-green-0" in result.stderr,
+          f"blue's restore init container did not refuse on green's lease:\n{result.stderr}{result.stdout}")
+    log("split brain: blue's init container refused (exit 7); the kubelet would retry it, and Signal never starts")
+    # Even without that init container, the sidecar's startupProbe keeps Signal from starting.
+    sidecar = blue.start("ghostwire-backup")
+    url = f"http://127.0.0.1:{blue.listen_port}/startupz"
+    watched_until = time.monotonic() + 10
+    answers = set()
+    while time.monotonic() < watched_until:
+        status = http_status(url)
+        check(status != 200, f"blue's sidecar answered /startupz 200 while green holds the lease:\n{logs(sidecar)}")
+        answers.add(status)
+        time.sleep(0.25)
+    check(503 in answers, f"blue's sidecar never answered /startupz: {answers}\n{logs(sidecar)}")
+    status = blue.stop(sidecar, 30)
+    check(status == 0, f"blue's waiting sidecar exited {status} on SIGTERM:\n{logs(sidecar)}")
+    log("split brain: blue's sidecar answered /startupz 503 for 10 s (Signal not started), then stopped cleanly")
 
 
 def secret_mode(spec, volume):

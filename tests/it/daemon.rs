@@ -3,37 +3,13 @@
 //! snapshot; the init container's `restore --if-empty` brings it into an empty volume and
 //! its gate passes; on the next pod start the same init container does nothing.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ghostwire_backup::commands::restore::MARKER;
 
 use crate::common::*;
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
-
-/// The value of a metric line `name value` in a Prometheus text response.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 #[test]
 fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {

@@ -17,6 +17,7 @@
 mod common;
 
 mod backup_restore;
+mod bluegreen;
 mod crash;
 mod daemon;
 mod deadlines;

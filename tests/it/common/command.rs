@@ -86,6 +86,16 @@ impl TestCommand {
         ran.stderr
     }
 
+    /// Runs it, expects it to exit with `code` (the README's exit-code table) and every one
+    /// of `words` in stderr, and returns stderr.
+    pub fn fails_with_code(&mut self, code: i32, words: &[&str]) -> String {
+        let ran = self.run();
+        assert_eq!(ran.status.code(), Some(code), "wrong exit code:\n{ran}");
+        let missing: Vec<_> = words.iter().filter(|w| !ran.stderr.contains(*w)).collect();
+        assert!(missing.is_empty(), "stderr lacks {missing:?}:\n{ran}");
+        ran.stderr
+    }
+
     /// Starts it without waiting, stdin closed, stdout and stderr as given. It is killed
     /// if the test ends (or fails) before it does.
     pub fn spawn(&mut self, stdout: Stdio, stderr: Stdio) -> Spawned {

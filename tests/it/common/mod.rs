@@ -572,3 +572,28 @@ werkzeug.serving.run_simple = lambda host, port, app, **options: run_simple(
 from moto.server import main
 main(sys.argv[1:])
 "#;
+
+/// A GET to the daemon on 127.0.0.1:`port`: the whole HTTP response, or `None` while
+/// nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// The value of a metric line `name value` in a Prometheus text response.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,237 @@
+//! Blue/green as the kubelet runs it, with processes standing in for the pods' containers:
+//! each pod's init container (`restore --if-empty`) runs to the end first, then its native
+//! sidecar (`run`) starts, and its Signal starts only once the sidecar's startupProbe
+//! (`/startupz`) answers 200. On shutdown Signal stops first, then the sidecar gets SIGTERM
+//! and takes the final snapshot that releases the lease. The lease is what keeps two
+//! Signals off one identity; these tests try to get a second one past it.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ghostwire_backup::commands::restore::MARKER;
+use serde_json::Value;
+
+use crate::common::*;
+
+/// A sidecar (`ghostwire-backup run`) for the pod `owner`, backing up `home`. Its schedule
+/// is once a year: the only snapshot it takes is the final one.
+struct Sidecar {
+    process: Spawned,
+    port: u16,
+}
+
+impl Sidecar {
+    fn start(fx: &Fixture, owner: &str, home: &std::path::Path, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = fx.agent();
+        command
+            .env("GWB_SOURCE", home)
+            .env("GWB_RECIPIENTS", &fx.recipient)
+            .env("GWB_STAGING_DIR", fx.root.join(format!("staging-{owner}")))
+            .env("GWB_SCHEDULE", "0 0 1 1 *")
+            .env("GWB_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GWB_FINAL_DEADLINE", "60")
+            .env("GWB_LEASE_OWNER", owner);
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let process = command.arg("run").spawn(Stdio::null(), Stdio::inherit());
+        Self { process, port }
+    }
+
+    /// The status line and body of a GET, once the daemon listens.
+    fn get(&self, path: &str) -> String {
+        wait_for(&format!("the sidecar to serve {path}"), 30, || {
+            http_get(self.port, path)
+        })
+    }
+
+    fn started(&self) -> bool {
+        self.get("/startupz").starts_with("HTTP/1.1 200")
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        metric(&self.get("/metrics"), name).unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    /// SIGTERM, as the kubelet sends it after Signal stopped; waits for a clean exit.
+    fn stop(mut self) {
+        unsafe { libc::kill(self.process.id() as i32, libc::SIGTERM) };
+        let status = self.process.wait().unwrap();
+        assert!(
+            status.success(),
+            "the sidecar did not stop cleanly: {status}"
+        );
+    }
+}
+
+/// Polls `probe` every 100 ms until it gives a value, for at most `seconds`.
+fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "waited {seconds} s for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A copy of the fixture's home at `to`: another pod's volume with the same profile.
+fn copy_home(fx: &Fixture, to: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fx.home())
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn snapshots(fx: &Fixture) -> Vec<Value> {
+    let listed: Value =
+        serde_json::from_str(&fx.agent().args(["snapshots", "--json"]).ok()).unwrap();
+    listed.as_array().unwrap().clone()
+}
+
+#[test]
+fn a_second_sidecar_never_starts_signal_while_the_first_holds_the_lease() {
+    let (fx, scheduled) = Fixture::backed_up(&["--messages", "50"]);
+    let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
+    wait_for("blue's sidecar to take the lease", 30, || {
+        blue.started().then_some(())
+    });
+    assert!(blue.get("/leasez").starts_with("HTTP/1.1 200"));
+
+    let green_home = fx.root.join("green-home");
+    copy_home(&fx, &green_home);
+    let green = Sidecar::start(&fx, "ghostwire-green-0", &green_home, &[]);
+    // A fresh daemon reports the repository's newest snapshot before it backs up, and
+    // before it holds the lease: not zeros that page someone on every pod start.
+    let newest = &snapshots(&fx)[0];
+    assert_eq!(newest["id"], scheduled.as_str());
+    let finished = chrono::DateTime::parse_from_rfc3339(newest["finished_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis() as f64
+        / 1000.0;
+    assert_eq!(
+        green.metric("ghostwire_backup_last_success_timestamp_seconds"),
+        finished
+    );
+    assert_eq!(green.metric("ghostwire_backup_restore_gate_ok"), 1.0);
+    // Several lease attempts (one every 3 s): not one lets green's Signal start.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        let startupz = green.get("/startupz");
+        assert!(startupz.starts_with("HTTP/1.1 503"), "{startupz}");
+        assert!(startupz.contains("held by ghostwire-0"), "{startupz}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(green.metric("ghostwire_backup_lease_held"), 0.0);
+    assert_eq!(blue.metric("ghostwire_backup_lease_held"), 1.0);
+
+    // Blue's Signal stops, then its sidecar: the final snapshot releases the lease and
+    // green's sidecar takes it over, cleanly handed over.
+    blue.stop();
+    wait_for("green's sidecar to take the lease", 30, || {
+        green.started().then_some(())
+    });
+    assert_eq!(green.metric("ghostwire_backup_lease_held"), 1.0);
+    assert_eq!(green.metric("ghostwire_backup_handoff_missing"), 0.0);
+    green.stop();
+}
+
+#[test]
+fn green_restores_exactly_the_snapshot_blue_handed_over() {
+    let fx = Fixture::new(&["--messages", "50"]);
+    let restore = |volume: &std::path::Path, snapshot: &str| {
+        let mut command = fx.restore(volume);
+        command.args(["--snapshot", snapshot, "--require-snapshot"]);
+        command.env("GWB_LEASE_OWNER", "ghostwire-green-0");
+        command
+    };
+    let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
+    wait_for("blue's sidecar to take the lease", 30, || {
+        blue.started().then_some(())
+    });
+    blue.stop();
+    let handed_over = snapshots(&fx).pop().unwrap();
+    assert_eq!(handed_over["final"], true);
+    // A later snapshot (a CronJob, a manual backup) must not change what green restores.
+    let later = fx.backup().ok();
+
+    let volume = fx.root.join("green-volume");
+    std::fs::create_dir(&volume).unwrap();
+    assert_eq!(
+        restore(&volume, "handoff").ok(),
+        handed_over["id"].as_str().unwrap()
+    );
+    let marker: Value =
+        serde_json::from_slice(&std::fs::read(volume.join(MARKER)).unwrap()).unwrap();
+    assert_eq!(marker["snapshot"], handed_over["id"]);
+    assert_eq!(marker["gate"], "ok");
+
+    // An owner that dies without a final snapshot (SIGKILL, a node lost) leaves no
+    // handoff: green must not silently start from an older state.
+    let crashed = Sidecar::start(&fx, "ghostwire-1", fx.home(), &[("GWB_LEASE_TTL", "2s")]);
+    wait_for("the sidecar to take the lease", 30, || {
+        crashed.started().then_some(())
+    });
+    drop(crashed); // SIGKILL
+    std::thread::sleep(Duration::from_millis(2500));
+    let empty = fx.root.join("dr-volume");
+    std::fs::create_dir(&empty).unwrap();
+    restore(&empty, "handoff").fails_with(&[
+        "no handoff snapshot",
+        "ghostwire-1's lease expired",
+        &format!("The newest snapshot is {later}"),
+        "--snapshot latest",
+    ]);
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    // Choosing the newest snapshot explicitly is the documented way on.
+    assert_eq!(restore(&empty, "latest").ok(), later);
+}
+
+#[test]
+fn a_volume_with_data_is_never_started_while_another_owner_holds_the_lease() {
+    let fx = Fixture::new(&["--messages", "20"]);
+    let green = Sidecar::start(&fx, "ghostwire-green-0", fx.home(), &[]);
+    wait_for("green's sidecar to take the lease", 30, || {
+        green.started().then_some(())
+    });
+    // Blue's pod is started again (Flux resumed before blue was removed) on its old
+    // volume: its init container must fail, so neither its sidecar nor Signal start.
+    let blue_volume = fx.root.join("blue-volume");
+    copy_home(&fx, &blue_volume);
+    let before = tree(&blue_volume, &|_| false);
+    for if_empty in [true, false] {
+        let mut restore = fx.restore(&blue_volume);
+        restore.env("GWB_LEASE_OWNER", "ghostwire-0");
+        if if_empty {
+            restore.arg("--if-empty");
+        }
+        restore.fails_with_code(7, &["lease is held by ghostwire-green-0", "--break-lease"]);
+    }
+    assert_eq!(tree(&blue_volume, &|_| false), before);
+    // Green itself restarting on its own volume is fine: the lease is its own.
+    let mut own = fx.restore(fx.home());
+    own.env("GWB_LEASE_OWNER", "ghostwire-green-0")
+        .arg("--if-empty");
+    own.ok();
+    green.stop();
+}
+
+#[test]
+fn an_empty_repository_never_starts_signal_on_an_empty_profile() {
+    let fx = Fixture::new(&["--messages", "1"]);
+    std::fs::create_dir(&fx.repo).unwrap();
+    let volume = fx.root.join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let mut restore = fx.restore(&volume);
+    restore.args(["--if-empty", "--require-snapshot"]);
+    restore.fails_with(&["holds no snapshot", "--require-snapshot", "bucket, prefix"]);
+    assert_eq!(std::fs::read_dir(&volume).unwrap().count(), 0);
+    // A first install says so explicitly: without --require-snapshot, nothing to restore.
+    fx.restore(&volume).arg("--if-empty").ok();
+    assert_eq!(std::fs::read_dir(&volume).unwrap().count(), 0);
+}
