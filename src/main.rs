@@ -163,7 +163,7 @@ struct RunArgs {
     /// Random delay added to each scheduled time, e.g. 5m.
     #[arg(long, env = "GWB_JITTER", default_value = "0s", value_parser = humantime::parse_duration)]
     jitter: Duration,
-    /// Address for /metrics, /healthz and /readyz.
+    /// Address for /metrics, /healthz, /readyz, /startupz and /leasez.
     #[arg(long, env = "GWB_LISTEN", default_value = "0.0.0.0:9464")]
     listen: std::net::SocketAddr,
     /// This instance's name for the repository lease (default: the pod name, HOSTNAME).

@@ -49,8 +49,10 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     crate::backup::check_source(backup)?;
     let mut stop = Stop::new()?;
     let metrics = Arc::new(Metrics::new());
-    metrics::serve(options.listen, metrics.clone()).await?;
+    // Before serving, so that no scrape sees zeros while the repository holds snapshots.
+    // (Probes wait too: the kubelet runs no liveness probe before the startupProbe passed.)
     let newest = show_newest_snapshot(repo, &metrics).await;
+    metrics::serve(options.listen, metrics.clone()).await?;
     let Some(lease) = wait_for_lease(repo, options, &metrics, &mut stop).await else {
         tracing::info!("stopped before this instance held the lease: nothing to back up");
         return Ok(());
