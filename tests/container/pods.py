@@ -331,7 +331,8 @@ class Pod:
         """Starts a long-running container (a sidecar, Signal); returns its podman name."""
         args, image, env = self.podman_args(name, env_overrides, extra_volumes)
         command = command if command is not None else self.container_spec(name).get("args", [])
-        container = f"{self.cluster.run_id}-{self.name}-{name}"
+        # Numbered: a pod started again runs a container of the same name next to the old one.
+        container = f"{self.cluster.run_id}-{len(self.cluster.containers)}-{self.name}-{name}"
         self.cluster.containers.append(container)
         podman("run", "--detach", "--name", container, *args, image, *command, env=env)
         return container
