@@ -52,6 +52,17 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
 }
 
 fn restore(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
+    // A target this restore creates and then fails to fill is removed again, so a retry
+    // (or a person) does not find an empty directory that looks like a restore.
+    let created = !options.target.exists();
+    let result = restore_into(remote, options);
+    if result.is_err() && created {
+        let _ = std::fs::remove_dir(&options.target); // only if still empty
+    }
+    result
+}
+
+fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     let target = &options.target;
     // The lease first: also before `--if-empty` leaves a volume with data alone, because
     // exiting 0 there starts Signal on it, and while another instance holds the lease

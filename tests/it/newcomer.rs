@@ -1,0 +1,216 @@
+//! A newcomer's mistakes (issue 14): each one fails with the message and the exit code the
+//! README documents, instead of succeeding silently or pointing the wrong way. Most run
+//! without Signal's driver: a home without a Signal profile is the mistake itself.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+
+/// A temporary directory with a key pair, a home that is not a Signal profile (one file),
+/// and the path of a local repository that does not exist yet.
+struct Plain {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    home: PathBuf,
+    identity: PathBuf,
+    recipient: String,
+    repo: PathBuf,
+}
+
+impl Plain {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let home = root.join("home");
+        std::fs::create_dir_all(home.join("Documents")).unwrap();
+        std::fs::write(home.join("Documents/notes.txt"), "not a Signal profile").unwrap();
+        let (identity, recipient) = keygen(&root);
+        Self {
+            _dir: dir,
+            repo: root.join("backups"),
+            root,
+            home,
+            identity,
+            recipient,
+        }
+    }
+
+    fn agent(&self) -> TestCommand {
+        agent_for(&self.repo)
+    }
+
+    fn backup(&self) -> TestCommand {
+        backup_command(
+            self.agent(),
+            &self.home,
+            &self.recipient,
+            &self.root.join("staging"),
+        )
+    }
+
+    /// A snapshot of the home, allowed although it holds no Signal profile: its id.
+    fn backed_up(&self) -> String {
+        self.backup().arg("--allow-no-signal").ok()
+    }
+
+    fn restore(&self, target: &Path) -> TestCommand {
+        let mut agent = self.agent();
+        agent
+            .arg("restore")
+            .arg("--identity")
+            .arg(&self.identity)
+            .arg("--target")
+            .arg(target);
+        agent
+    }
+
+    fn manifest_path(&self, id: &str) -> PathBuf {
+        self.repo.join(format!("snapshots/{id}.json"))
+    }
+}
+
+#[test]
+fn a_backup_of_a_home_without_signal_fails_and_names_the_flag_that_allows_it() {
+    let plain = Plain::new();
+    plain.backup().fails_with_code(
+        1,
+        &[
+            "no Signal profile in",
+            ".config/Signal/sql/db.sqlite",
+            "--allow-no-signal",
+        ],
+    );
+    assert!(
+        !plain.repo.join("snapshots").exists(),
+        "a refused backup wrote a snapshot"
+    );
+    let missing = plain.root.join("no-such-home");
+    backup_command(
+        plain.agent(),
+        &missing,
+        &plain.recipient,
+        &plain.root.join("staging"),
+    )
+    .fails_with_code(1, &["does not exist", "--source (GWB_SOURCE)"]);
+    // Allowed, it is a snapshot like any other.
+    let id = plain.backed_up();
+    assert!(plain.manifest_path(&id).is_file());
+}
+
+#[test]
+fn read_only_commands_on_a_missing_local_repository_exit_3() {
+    let plain = Plain::new();
+    for args in [
+        &["snapshots"][..],
+        &["prune", "--keep-last", "1", "--dry-run"],
+        &["check", "--max-age", "1h"],
+        &["verify", "--quick"],
+        &["unlock"],
+    ] {
+        plain.agent().args(args).fails_with_code(
+            3,
+            &[
+                &format!("no repository at {}", plain.repo.display()),
+                "does not exist",
+                "--repo (GWB_REPO)",
+            ],
+        );
+    }
+    plain
+        .restore(&plain.root.join("target"))
+        .fails_with_code(3, &["no repository at"]);
+    assert!(
+        !plain.repo.exists(),
+        "a read-only command created the repository"
+    );
+}
+
+#[test]
+fn a_url_typo_in_the_repository_is_a_usage_error() {
+    let plain = Plain::new();
+    for typo in ["s3:/bucket/prefix", "S3://bucket", "minio://host/bucket"] {
+        let err = agent()
+            .current_dir(&plain.root)
+            .args(["--repo", typo, "snapshots"])
+            .fails_with_code(2, &["looks like a URL", "s3://BUCKET"]);
+        assert!(err.contains(typo), "{err}");
+    }
+    // And through the environment, as Kubernetes sets it.
+    agent()
+        .current_dir(&plain.root)
+        .env("GWB_REPO", "s3:/bucket")
+        .arg("snapshots")
+        .fails_with_code(2, &["s3://BUCKET"]);
+    for dir in ["s3:", "S3:", "minio:"] {
+        assert!(
+            !plain.root.join(dir).exists(),
+            "the typo became the local directory {dir}"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_without_signal_is_restored_only_by_its_id() {
+    let plain = Plain::new();
+    let id = plain.backed_up();
+    let target = plain.root.join("target");
+    for selector in ["latest", "final"] {
+        plain
+            .restore(&target)
+            .args(["--snapshot", selector])
+            .fails_with_code(
+                7,
+                &["holds no Signal database", &format!("--snapshot {id}")],
+            );
+    }
+    assert!(
+        !target.join("Documents").exists(),
+        "a refused restore wrote the snapshot"
+    );
+    assert_eq!(plain.restore(&target).args(["--snapshot", &id]).ok(), id);
+    assert_eq!(
+        std::fs::read_to_string(target.join("Documents/notes.txt")).unwrap(),
+        "not a Signal profile"
+    );
+}
+
+#[test]
+fn check_exits_5_when_the_newest_snapshot_is_older_than_max_age() {
+    let plain = Plain::new();
+    std::fs::create_dir_all(&plain.repo).unwrap();
+    // An existing but empty repository: there is no newest snapshot.
+    plain
+        .agent()
+        .args(["check", "--max-age", "1h"])
+        .fails_with_code(4, &["holds no snapshot yet"]);
+    let id = plain.backed_up();
+    // Make the snapshot two hours old, as if backups had stopped since.
+    let path = plain.manifest_path(&id);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    manifest["finished_at"] = two_hours_ago.to_rfc3339().into();
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    plain
+        .agent()
+        .args(["check", "--max-age", "1h"])
+        .fails_with_code(5, &[&id, "older than the allowed 1h"]);
+    let ok = plain.agent().args(["check", "--max-age", "3h"]).ok();
+    assert!(ok.starts_with("ok: the newest snapshot"), "{ok}");
+}
+
+#[test]
+fn a_snapshot_id_that_is_not_in_the_repository_exits_4() {
+    let plain = Plain::new();
+    plain.backed_up();
+    let missing = "20990101T000000.000Z-deadbeef";
+    plain
+        .restore(&plain.root.join("target"))
+        .args(["--snapshot", missing])
+        .fails_with_code(4, &["no snapshot", missing, "ghostwire-backup snapshots"]);
+    plain
+        .agent()
+        .args(["verify", "--quick", "--snapshot", missing])
+        .fails_with_code(4, &["no snapshot", missing]);
+    assert!(!plain.root.join("target").exists());
+}
