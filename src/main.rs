@@ -43,7 +43,7 @@ struct Global {
     #[arg(long, env = "GWB_REPO", global = true, value_parser = parse_repo)]
     repo: Option<String>,
     /// S3 endpoint URL of an S3-compatible server: MinIO, Ceph, R2… (default: AWS).
-    #[arg(long, env = "GWB_S3_ENDPOINT", global = true)]
+    #[arg(long, env = "GWB_S3_ENDPOINT", global = true, value_parser = parse_endpoint)]
     s3_endpoint: Option<String>,
     /// S3 region (default: AWS_REGION, else us-east-1).
     #[arg(long, env = "GWB_S3_REGION", global = true)]
@@ -328,6 +328,18 @@ impl BackupArgs {
 
 fn parse_repo(text: &str) -> Result<String, String> {
     repo::check_location(text).map(|()| text.to_string())
+}
+
+/// An endpoint without a scheme would reach the SDK as a relative URL and fail only after
+/// every retry, as if the server were down.
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return Ok(text.to_string());
+    }
+    Err(format!(
+        "an S3 endpoint is a URL with its scheme: https://{text} (or http://{text} for a \
+         server without TLS)"
+    ))
 }
 
 fn parse_owner(text: &str) -> Result<(u32, u32), String> {

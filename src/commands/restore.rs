@@ -52,6 +52,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
 }
 
 fn restore(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
+    check_chown(options.chown)?;
     // A target this restore creates and then fails to fill is removed again, so a retry
     // (or a person) does not find an empty directory that looks like a restore.
     let created = !options.target.exists();
@@ -60,6 +61,27 @@ fn restore(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
         let _ = std::fs::remove_dir(&options.target); // only if still empty
     }
     result
+}
+
+/// Giving files away needs root: found out at the end of a long download otherwise.
+fn check_chown(chown: Option<(u32, u32)>) -> Result<()> {
+    let (Some((uid, gid)), false) = (chown, rustix::process::geteuid().is_root()) else {
+        return Ok(());
+    };
+    let ours = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    if (uid, gid) != ours {
+        bail!(
+            "--chown {uid}:{gid} needs root: this restore runs as {}:{}. Run it as root (in \
+             Kubernetes, an init container with runAsUser: 0), or leave --chown out to own \
+             the files yourself",
+            ours.0,
+            ours.1
+        );
+    }
+    Ok(())
 }
 
 fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {

@@ -214,3 +214,118 @@ fn a_snapshot_id_that_is_not_in_the_repository_exits_4() {
         .fails_with_code(4, &["no snapshot", missing]);
     assert!(!plain.root.join("target").exists());
 }
+
+#[test]
+fn an_s3_endpoint_without_its_scheme_is_a_usage_error() {
+    agent()
+        .args([
+            "--repo",
+            "s3://bucket/prefix",
+            "--s3-endpoint",
+            "127.0.0.1:9",
+        ])
+        .arg("snapshots")
+        .fails_with_code(2, &["https://127.0.0.1:9", "http://127.0.0.1:9"]);
+}
+
+#[test]
+fn without_a_region_no_instance_metadata_is_probed() {
+    let s3 = S3Server::with_bucket("bucket");
+    let mut agent = s3.agent("s3://bucket/prefix");
+    // As on a laptop: no region anywhere, and nothing that turns the metadata probe off.
+    agent
+        .env_remove("GWB_S3_REGION")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("HOME", tempfile::tempdir().unwrap().path()); // no ~/.aws/config either
+    let ran = agent.arg("snapshots").run();
+    assert!(ran.status.success(), "{ran}");
+    for noise in ["WARN", "metadata", "IMDS", "169.254.169.254"] {
+        assert!(!ran.stderr.contains(noise), "{noise}:\n{ran}");
+    }
+}
+
+/// `plain`'s directory readable by other users, as a shared volume is, so a test can run
+/// the agent as `nobody` (the identity stays readable by root alone).
+fn open_to_others(plain: &Plain) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(&plain.root, 0o777);
+    for entry in walkdir(&plain.repo) {
+        mode(&entry, if entry.is_dir() { 0o777 } else { 0o666 });
+    }
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walkdir(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn permission_denied_names_the_path() {
+    let plain = Plain::new();
+    plain.backed_up();
+    open_to_others(&plain);
+    let mut verify = plain.agent();
+    verify
+        .user(NOBODY, NOBODY)
+        .args(["verify", "--identity"])
+        .arg(&plain.identity);
+    verify.fails_with_code(
+        1,
+        &[
+            &format!("cannot read identity file {}", plain.identity.display()),
+            "Permission denied",
+        ],
+    );
+}
+
+#[test]
+fn a_restore_target_that_is_a_file_is_refused_as_such() {
+    let plain = Plain::new();
+    let id = plain.backed_up();
+    let file = plain.root.join("volume");
+    std::fs::write(&file, "data").unwrap();
+    plain
+        .restore(&file)
+        .args(["--snapshot", &id])
+        .fails_with_code(7, &["is a file, not a directory", "--target (GWB_TARGET)"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+}
+
+#[test]
+fn chown_without_root_fails_before_anything_is_restored() {
+    let plain = Plain::new();
+    let id = plain.backed_up();
+    open_to_others(&plain);
+    std::fs::copy(&plain.identity, plain.root.join("nobody-identity.txt")).unwrap();
+    std::os::unix::fs::chown(plain.root.join("nobody-identity.txt"), Some(NOBODY), None).unwrap();
+    let target = plain.root.join("target");
+    let mut restore = plain.agent();
+    restore
+        .user(NOBODY, NOBODY)
+        .args([
+            "restore",
+            "--snapshot",
+            &id,
+            "--chown",
+            "1000:0",
+            "--identity",
+        ])
+        .arg(plain.root.join("nobody-identity.txt"))
+        .arg("--target")
+        .arg(&target);
+    restore.fails_with_code(1, &["--chown 1000:0 needs root", "runs as 65534:65534"]);
+    assert!(!target.exists(), "it restored before failing");
+}
