@@ -114,7 +114,7 @@ enum Command {
     /// Fail when the newest snapshot is older than --max-age (for helm test and probes).
     Check {
         /// The oldest acceptable newest snapshot, e.g. 2h or 90m.
-        #[arg(long, env = "GWB_MAX_AGE", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "GWB_MAX_AGE", value_parser = parse_seconds)]
         max_age: Duration,
     },
     /// Print every flag, environment variable and metric as Markdown, for the README
@@ -161,7 +161,7 @@ struct RunArgs {
     #[arg(long, env = "GWB_SCHEDULE", default_value = "0 * * * *")]
     schedule: String,
     /// Random delay added to each scheduled time, e.g. 5m.
-    #[arg(long, env = "GWB_JITTER", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GWB_JITTER", default_value = "0s", value_parser = parse_seconds)]
     jitter: Duration,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "GWB_LISTEN", default_value = "0.0.0.0:9464")]
@@ -170,16 +170,16 @@ struct RunArgs {
     #[arg(long, env = "GWB_LEASE_OWNER")]
     lease_owner: Option<String>,
     /// Lifetime of the lease; it is renewed every third of it.
-    #[arg(long, env = "GWB_LEASE_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GWB_LEASE_TTL", default_value = "10m", value_parser = parse_seconds)]
     lease_ttl: Duration,
     /// A scheduled backup still running after this long is abandoned (no snapshot).
-    #[arg(long, env = "GWB_BACKUP_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GWB_BACKUP_TIMEOUT", default_value = "1h", value_parser = parse_seconds)]
     backup_timeout: Duration,
     /// Take a final snapshot on SIGTERM (marked final; it releases the lease).
     #[arg(long, env = "GWB_FINAL_SNAPSHOT", default_value_t = true, action = clap::ArgAction::Set)]
     final_snapshot: bool,
-    /// Time allowed for the final snapshot, in seconds or with a unit (90, 90s, 2m); keep
-    /// it below the pod's terminationGracePeriodSeconds.
+    /// Time allowed for the final snapshot; keep it below the pod's
+    /// terminationGracePeriodSeconds.
     #[arg(long, env = "GWB_FINAL_DEADLINE", default_value = "90", value_parser = parse_seconds)]
     final_deadline: Duration,
 }
@@ -214,7 +214,7 @@ struct BackupArgs {
     #[arg(long, env = "GWB_FULL_EVERY", default_value_t = 24)]
     full_every: u32,
     /// Take a full snapshot when the chain's full one is older than this.
-    #[arg(long, env = "GWB_FULL_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GWB_FULL_MAX_AGE", default_value = "7d", value_parser = parse_seconds)]
     full_max_age: Duration,
     /// zstd level (1–19).
     #[arg(long, env = "GWB_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
@@ -226,9 +226,9 @@ struct BackupArgs {
     /// Parts uploaded at once; memory ≈ (2 + this) × part size.
     #[arg(long, env = "GWB_PARALLEL_UPLOADS", default_value_t = 2)]
     parallel_uploads: usize,
-    /// Seconds to wait for a locked database before failing.
-    #[arg(long, env = "GWB_DB_WAIT", default_value_t = 60)]
-    db_wait: u64,
+    /// How long to wait for a locked database before failing.
+    #[arg(long, env = "GWB_DB_WAIT", default_value = "60", value_parser = parse_seconds)]
+    db_wait: Duration,
     /// Mark the snapshot final (taken after Signal stopped).
     #[arg(long = "final", env = "GWB_FINAL")]
     r#final: bool,
@@ -296,11 +296,14 @@ struct VerifyArgs {
     quick: bool,
 }
 
-/// A duration as plain seconds (`90`, as Kubernetes fields are) or with a unit (`90s`).
+/// Every duration flag: plain seconds (`90`, as Kubernetes fields are) or with units
+/// (`90s`, `2h`, `1h30m`), so no flag takes a syntax another one refuses.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<u64>() {
         Ok(seconds) => Ok(Duration::from_secs(seconds)),
-        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+        Err(_) => humantime::parse_duration(text).map_err(|e| {
+            format!("{e}: a duration is seconds (90) or a number with units (90s, 15m, 2h, 7d)")
+        }),
     }
 }
 
@@ -318,7 +321,7 @@ impl BackupArgs {
             full_max_age: self.full_max_age,
             zstd_level: self.zstd_level,
             part_size: (self.part_size_mib << 20) as usize,
-            db_wait: Duration::from_secs(self.db_wait),
+            db_wait: self.db_wait,
             r#final: self.r#final,
             allow_no_signal: self.allow_no_signal,
             threads: self.threads.unwrap_or_else(priority::default_threads),

@@ -329,3 +329,39 @@ fn chown_without_root_fails_before_anything_is_restored() {
     restore.fails_with_code(1, &["--chown 1000:0 needs root", "runs as 65534:65534"]);
     assert!(!target.exists(), "it restored before failing");
 }
+
+#[test]
+fn every_duration_flag_takes_seconds_and_units() {
+    let plain = Plain::new();
+    let id = plain
+        .backup()
+        .args([
+            "--allow-no-signal",
+            "--db-wait",
+            "1m",
+            "--full-max-age",
+            "604800",
+        ])
+        .ok();
+    let path = plain.manifest_path(&id);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["finished_at"] = (chrono::Utc::now() - chrono::Duration::hours(2))
+        .to_rfc3339()
+        .into();
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let check = |max_age: &str| {
+        let mut command = plain.agent();
+        command.args(["check", "--max-age", max_age]);
+        command
+    };
+    check("3600").fails_with_code(5, &["older than the allowed 1h"]);
+    check("10800").ok();
+    check("1h30m").fails_with_code(5, &["older than the allowed 1h 30m"]);
+    check("3h").ok();
+    check("two hours").fails_with_code(2, &["a duration is seconds (90) or a number with units"]);
+    plain
+        .backup()
+        .args(["--db-wait", "soon"])
+        .fails_with_code(2, &["--db-wait", "a duration is seconds"]);
+}
