@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use aws_sdk_s3::types::ObjectLockMode;
+use ghostwire_backup::commands::forget::ForgetOptions;
 use ghostwire_backup::commands::prune::PruneOptions;
 use ghostwire_backup::commands::{
     self, backup::BackupOptions, restore, restore::RestoreOptions, run::RunOptions,
@@ -104,6 +105,9 @@ enum Command {
     Run(RunArgs),
     /// Forget snapshots a retention policy does not keep, and delete their objects.
     Prune(PruneArgs),
+    /// Remove the snapshots named, with their objects (refusing one a remaining snapshot
+    /// needs, or the lease's handoff snapshot).
+    Forget(ForgetArgs),
     /// Remove repository locks left by runs that are gone (expired, their process gone on
     /// this host, or unreadable); --all removes live locks too.
     Unlock {
@@ -149,6 +153,16 @@ struct PruneArgs {
     keep_monthly: u32,
     /// Print the keep/forget table; delete nothing.
     #[arg(long, env = "GWB_DRY_RUN")]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct ForgetArgs {
+    /// Snapshots to forget: ids, unique id prefixes, or the ids' 8-hex suffixes.
+    #[arg(required = true, value_name = "ID")]
+    snapshots: Vec<String>,
+    /// Print what would be forgotten; delete nothing.
+    #[arg(long)]
     dry_run: bool,
 }
 
@@ -248,7 +262,8 @@ struct BackupArgs {
 
 #[derive(Args)]
 struct RestoreArgs {
-    /// Snapshot: an id, `latest`, `final` (the newest final one, else the latest), or
+    /// Snapshot: an id (a unique start of one, or its last 8 hex digits, will do),
+    /// `latest`, `final` (the newest final one, else the latest), or
     /// `handoff` (exactly the final snapshot the last instance released the lease with;
     /// fails if it stopped without one).
     #[arg(long, env = "GWB_SNAPSHOT", default_value = "latest")]
@@ -285,7 +300,8 @@ struct RestoreArgs {
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// Snapshot: an id, `latest`, `final` or `handoff`.
+    /// Snapshot: an id (or a unique start of one, or its last 8 hex digits), `latest`,
+    /// `final` or `handoff`.
     #[arg(long, env = "GWB_SNAPSHOT", default_value = "latest")]
     snapshot: Selector,
     /// age identity file; not needed with --quick.
@@ -468,6 +484,13 @@ async fn run(cli: Cli) -> Result<()> {
                 dry_run: args.dry_run,
             };
             commands::prune::run(&open(1, Existing::Required).await?, &options).await
+        }
+        Command::Forget(args) => {
+            let options = ForgetOptions {
+                snapshots: args.snapshots,
+                dry_run: args.dry_run,
+            };
+            commands::forget::run(&open(1, Existing::Required).await?, &options).await
         }
         Command::Unlock { all } => {
             commands::unlock::run(&open(1, Existing::Required).await?, all).await

@@ -365,3 +365,127 @@ fn every_duration_flag_takes_seconds_and_units() {
         .args(["--db-wait", "soon"])
         .fails_with_code(2, &["--db-wait", "a duration is seconds"]);
 }
+
+/// The random tail of a snapshot id: what `--snapshot` also accepts.
+fn tail(id: &str) -> &str {
+    id.rsplit_once('-').unwrap().1
+}
+
+#[test]
+fn a_snapshot_is_found_by_a_unique_prefix_or_its_tail() {
+    let plain = Plain::new();
+    let first = plain.backed_up();
+    let second = plain.backed_up();
+    let verify = |wanted: &str| {
+        let mut command = plain.agent();
+        command.args(["verify", "--quick", "--snapshot", wanted]);
+        command
+    };
+    assert_eq!(verify(tail(&first)).ok(), first);
+    assert_eq!(verify(&second[..second.len() - 3]).ok(), second);
+    // The start both share names neither: the error lists them.
+    verify("20").fails_with_code(
+        1,
+        &["matches 2 snapshots", &first, &second, "more of the id"],
+    );
+    verify("ffffffff").fails_with_code(4, &["no snapshot \"ffffffff\"", "last 8 hex digits"]);
+    // An abbreviated id is an explicit choice: a snapshot without Signal restores by it.
+    let target = plain.root.join("target");
+    assert_eq!(
+        plain
+            .restore(&target)
+            .args(["--snapshot", tail(&first)])
+            .ok(),
+        first
+    );
+}
+
+#[test]
+fn forget_removes_the_snapshots_named_and_their_objects() {
+    let plain = Plain::new();
+    let full = |plain: &Plain| {
+        plain
+            .backup()
+            .args(["--allow-no-signal", "--full-every", "0"])
+            .ok()
+    };
+    let (first, second, third) = (full(&plain), full(&plain), full(&plain));
+    let objects = |id: &str| {
+        [
+            format!("snapshots/{id}.json"),
+            format!("archives/{id}.tar.zst.age"),
+            format!("indexes/{id}.json.zst.age"),
+        ]
+        .map(|key| plain.repo.join(key))
+    };
+    let dry = plain
+        .agent()
+        .args(["forget", "--dry-run", tail(&first)])
+        .ok();
+    assert!(dry.contains(&format!("would forget {first}")), "{dry}");
+    assert!(
+        objects(&first).iter().all(|path| path.exists()),
+        "--dry-run deleted"
+    );
+    let out = plain
+        .agent()
+        .args(["forget", tail(&first), &third[..third.len() - 2]])
+        .ok();
+    assert!(out.contains(&format!("forgot {first}")), "{out}");
+    assert!(out.contains(&format!("forgot {third}")), "{out}");
+    for id in [&first, &third] {
+        for path in objects(id) {
+            assert!(!path.exists(), "{} is still there", path.display());
+        }
+    }
+    assert_eq!(snapshot_ids(&mut plain.agent()), vec![second.clone()]);
+    assert!(objects(&second).iter().all(|path| path.exists()));
+    plain
+        .agent()
+        .args(["forget", tail(&first)])
+        .fails_with_code(4, &["no snapshot"]);
+    plain.agent().arg("forget").fails_with_code(2, &["<ID>"]);
+}
+
+#[test]
+fn forget_refuses_what_a_remaining_snapshot_needs_and_the_handoff() {
+    let plain = Plain::new();
+    let base = plain.backed_up();
+    std::fs::write(plain.home.join("Documents/more.txt"), "changed").unwrap();
+    let incremental = plain.backed_up();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plain.manifest_path(&incremental)).unwrap()).unwrap();
+    assert!(
+        manifest["depends_on"].to_string().contains(&base),
+        "the second snapshot should reuse the first one's archive: {manifest}"
+    );
+    plain.agent().args(["forget", &base]).fails_with_code(
+        1,
+        &[&format!(
+            "refusing to forget {base} (needed by {incremental})"
+        )],
+    );
+    assert!(plain.manifest_path(&base).exists());
+
+    // The blue instance stopped and released the lease with its final snapshot: green
+    // restores exactly that one, so it must stay.
+    let now = chrono::Utc::now().to_rfc3339();
+    let lease = serde_json::json!({
+        "owner": "blue", "acquired_at": now, "renewed_at": now, "expires_at": now,
+        "released_at": now, "final_snapshot": incremental,
+    });
+    std::fs::write(plain.repo.join("lease.json"), lease.to_string()).unwrap();
+    plain
+        .agent()
+        .args(["forget", &base, &incremental])
+        .fails_with_code(
+            1,
+            &[&format!("refusing to forget {incremental}"), "handoff"],
+        );
+    assert!(plain.manifest_path(&incremental).exists());
+    assert!(plain.manifest_path(&base).exists());
+    // Forgotten together once nothing names them, the chain goes as a whole.
+    std::fs::remove_file(plain.repo.join("lease.json")).unwrap();
+    plain.agent().args(["forget", &base, &incremental]).ok();
+    assert!(snapshot_ids(&mut plain.agent()).is_empty());
+}
