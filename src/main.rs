@@ -586,7 +586,15 @@ fn init_logging(format: LogFormat) -> bool {
     if json {
         builder.json().flatten_event(true).init();
     } else {
-        builder.compact().init();
+        // For people: no module path (it says nothing to a user), and colours only on a
+        // terminal that has not asked for none (https://no-color.org).
+        let colours = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+        builder
+            .compact()
+            .with_target(false)
+            .with_ansi(colours)
+            .init();
     }
     json
 }

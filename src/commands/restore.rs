@@ -126,7 +126,7 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     };
     let plan = Plan::new(remote, &manifest, &identities).with_context(failed)?;
     fsutil::check_free_space(target, plan.content_bytes())?;
-    tracing::info!(snapshot = %manifest.id, archives = plan.steps.len(), target = %target.display(), "restoring");
+    tracing::info!(snapshot = %manifest.id, archives = plan.steps.len(), target_dir = %target.display(), "restoring");
     let ready = match stage_and_gate(remote, options, &plan, &manifest, &identities) {
         Ok(ready) => ready,
         Err(err) => {

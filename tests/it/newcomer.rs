@@ -489,3 +489,42 @@ fn forget_refuses_what_a_remaining_snapshot_needs_and_the_handoff() {
     plain.agent().args(["forget", &base, &incremental]).ok();
     assert!(snapshot_ids(&mut plain.agent()).is_empty());
 }
+
+#[test]
+fn logs_keep_the_restore_target_and_text_logs_are_plain() {
+    let plain = Plain::new();
+    let id = plain.backed_up();
+    let target = plain.root.join("target");
+    let mut restore = plain.restore(&target);
+    restore
+        .env("GWB_LOG_FORMAT", "json")
+        .args(["--snapshot", &id]);
+    let ran = restore.run();
+    assert!(ran.status.success(), "{ran}");
+    let restoring = ran
+        .stderr
+        .lines()
+        .find(|line| line.contains("\"restoring\""))
+        .unwrap_or_else(|| panic!("no restoring event:\n{ran}"));
+    assert_eq!(restoring.matches("\"target\":").count(), 1, "{restoring}");
+    let event: serde_json::Value = serde_json::from_str(restoring).unwrap();
+    assert_eq!(event["target_dir"], target.display().to_string(), "{event}");
+
+    // Text logs into a pipe (no terminal), colours not switched off: none anyway.
+    let mut backup = plain.backup();
+    backup
+        .env("GWB_LOG_FORMAT", "text")
+        .env_remove("NO_COLOR")
+        .arg("--allow-no-signal");
+    let ran = backup.run();
+    assert!(ran.status.success(), "{ran}");
+    assert!(ran.stderr.contains("INFO"), "{ran}");
+    assert!(
+        !ran.stderr.contains('\x1b'),
+        "ANSI escapes in a pipe:\n{ran}"
+    );
+    assert!(
+        !ran.stderr.contains("ghostwire_backup::"),
+        "module paths:\n{ran}"
+    );
+}
