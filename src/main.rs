@@ -129,7 +129,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Only one table.
-        #[arg(long, value_parser = ["flags", "metrics"])]
+        #[arg(long, value_parser = ["flags", "metrics", "exits"])]
         section: Option<String>,
     },
 }
@@ -503,8 +503,15 @@ async fn run(cli: Cli) -> Result<()> {
             let text = match (json, section.as_deref()) {
                 (true, _) => reference.json()?,
                 (false, Some("flags")) => reference.flags_markdown(),
+                (false, Some("exits")) => reference::exits_markdown(),
                 (false, Some(_)) => reference.metrics_markdown(),
-                (false, None) => reference.flags_markdown() + "\n" + &reference.metrics_markdown(),
+                (false, None) => {
+                    reference.flags_markdown()
+                        + "\n"
+                        + &reference.metrics_markdown()
+                        + "\n"
+                        + &reference::exits_markdown()
+                }
             };
             print!("{text}");
             Ok(())

@@ -528,3 +528,19 @@ fn logs_keep_the_restore_target_and_text_logs_are_plain() {
         "module paths:\n{ran}"
     );
 }
+
+#[test]
+fn the_readme_documents_every_exit_code() {
+    let table = agent().args(["reference", "--section", "exits"]).ok();
+    for code in 1..=8 {
+        assert!(
+            table.contains(&format!("\n| {code} | ")),
+            "{code}:\n{table}"
+        );
+    }
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&table),
+        "README.md's exit codes are stale: run scripts/gen-docs.sh\n{table}"
+    );
+}
