@@ -37,7 +37,10 @@ struct Cli {
     command: Command,
 }
 
+/// Options every command takes, under their own heading in each command's --help so its
+/// own options stand out.
 #[derive(Args)]
+#[command(next_help_heading = "Global options")]
 struct Global {
     /// Repository: s3://BUCKET/PREFIX, or a local directory (default: ./backups, except
     /// for `run`, which needs it set).
@@ -84,38 +87,68 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Create an age key pair: writes the secret identity, prints the public recipient.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup keygen --out identity.txt   # prints age1…; keep identity.txt away from the backups\n"
+    )]
     Keygen {
         /// Where to write the identity (must not exist).
         #[arg(long, env = "GWB_KEYGEN_OUT")]
         out: PathBuf,
     },
     /// Take a snapshot of the home and upload it.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup backup --repo ./backups --source /home/kasm-user --recipient age1…\n  GWB_REPO=s3://bucket/ghostwire ghostwire-backup backup --recipients-file recipients.txt\n"
+    )]
     Backup(BackupArgs),
     /// List the snapshots in the repository.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup snapshots --repo ./backups\n  ghostwire-backup snapshots --json | jq -r '.[-1].id'   # the newest id\n"
+    )]
     Snapshots {
         /// Machine-readable output: the manifests as a JSON array.
         #[arg(long, env = "GWB_JSON")]
         json: bool,
     },
     /// Restore a snapshot into an empty directory (a fresh volume).
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup restore --identity identity.txt --target /mnt/fresh-pvc\n  ghostwire-backup restore --snapshot 9f3a1c2b --identity identity.txt --target ./restored\n  ghostwire-backup restore --snapshot handoff --if-empty --chown 1000:0 --identity /keys/identity.txt --target /home/kasm-user\n"
+    )]
     Restore(RestoreArgs),
     /// Check that a snapshot restores, without writing anything.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup verify --identity identity.txt           # the latest snapshot, fully\n  ghostwire-backup verify --quick --snapshot 9f3a1c2b       # sizes and hashes only, no key\n"
+    )]
     Verify(VerifyArgs),
     /// The sidecar daemon: back up on a schedule, serve metrics, final snapshot on SIGTERM.
+    #[command(
+        after_long_help = "Examples:\n  GWB_REPO=s3://bucket/ghostwire GWB_RECIPIENTS=age1… ghostwire-backup run --schedule '@hourly' --final-deadline 90\n"
+    )]
     Run(RunArgs),
     /// Forget snapshots a retention policy does not keep, and delete their objects.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup prune --keep-daily 14 --keep-weekly 8 --dry-run   # show the table first\n  ghostwire-backup prune --keep-daily 14 --keep-weekly 8\n"
+    )]
     Prune(PruneArgs),
     /// Remove the snapshots named, with their objects (refusing one a remaining snapshot
     /// needs, or the lease's handoff snapshot).
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup forget --dry-run 9f3a1c2b\n  ghostwire-backup forget 9f3a1c2b 20261126T2330\n"
+    )]
     Forget(ForgetArgs),
     /// Remove repository locks left by runs that are gone (expired, their process gone on
     /// this host, or unreadable); --all removes live locks too.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup unlock          # removes only locks that hold nothing\n"
+    )]
     Unlock {
         /// Also remove locks that may still be held: only when no backup or prune runs.
         #[arg(long)]
         all: bool,
     },
     /// Fail when the newest snapshot is older than --max-age (for helm test and probes).
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup check --max-age 2h   # exit 5 when the newest snapshot is older\n"
+    )]
     Check {
         /// The oldest acceptable newest snapshot, e.g. 2h or 90m.
         #[arg(long, env = "GWB_MAX_AGE", value_parser = parse_seconds)]

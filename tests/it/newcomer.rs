@@ -544,3 +544,44 @@ fn the_readme_documents_every_exit_code() {
         "README.md's exit codes are stale: run scripts/gen-docs.sh\n{table}"
     );
 }
+
+#[test]
+fn help_sets_global_options_apart_and_shows_examples() {
+    let commands = [
+        "keygen",
+        "backup",
+        "snapshots",
+        "restore",
+        "verify",
+        "run",
+        "prune",
+        "forget",
+        "unlock",
+        "check",
+    ];
+    for command in commands {
+        let help = agent().args([command, "--help"]).ok();
+        let (own, global) = help
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("{command} --help has no Global options heading:\n{help}"));
+        assert!(
+            !own.contains("--repo "),
+            "{command}: --repo among its own:\n{help}"
+        );
+        assert!(global.contains("--repo "), "{command}:\n{help}");
+        let examples = help
+            .split_once("Examples:\n")
+            .unwrap_or_else(|| panic!("{command} --help has no examples:\n{help}"))
+            .1;
+        assert!(
+            examples.contains(&format!("ghostwire-backup {command}")),
+            "{command}:\n{help}"
+        );
+    }
+    let prune = agent().args(["prune", "--help"]).ok();
+    let own = prune.split_once("Global options:").unwrap().0;
+    assert!(
+        own.contains("--keep-last") && !own.contains("--s3-endpoint"),
+        "{prune}"
+    );
+}
