@@ -49,8 +49,8 @@ impl Exit {
         ),
         (
             Exit::RestoreRefused,
-            "`restore` refused: the target is not empty, another instance's lease is live, or \
-             `latest`/`final` is a snapshot without a Signal database",
+            "`restore` refused: the target is not empty or is a file, another instance's lease \
+             is live, or `latest`/`final` is a snapshot without a Signal database",
         ),
         (
             Exit::Cancelled,

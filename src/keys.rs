@@ -64,7 +64,8 @@ pub fn identities(path: &Path) -> Result<Identities> {
              mount the Secret with defaultMode 0400)"
         );
     }
-    let file = std::fs::File::open(path)?;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read identity file {}", path.display()))?;
     let identities = age::IdentityFile::from_buffer(std::io::BufReader::new(file))
         .and_then(|f| f.into_identities().map_err(std::io::Error::other))
         .map_err(|_| {

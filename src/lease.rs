@@ -270,6 +270,11 @@ pub async fn handoff(repo: &Repository) -> Result<String> {
     )
 }
 
+/// The snapshot `--snapshot handoff` restores now, if any: what `forget` must not remove.
+pub async fn handed_over_snapshot(repo: &Repository) -> Result<Option<String>> {
+    Ok(handed_over(&read(repo).await?).map(str::to_string))
+}
+
 /// The final snapshot a released lease names, if any.
 fn handed_over(found: &Found) -> Option<&str> {
     match found {

@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use aws_sdk_s3::types::ObjectLockMode;
+use ghostwire_backup::commands::forget::ForgetOptions;
 use ghostwire_backup::commands::prune::PruneOptions;
 use ghostwire_backup::commands::{
     self, backup::BackupOptions, restore, restore::RestoreOptions, run::RunOptions,
@@ -36,14 +37,17 @@ struct Cli {
     command: Command,
 }
 
+/// Options every command takes, under their own heading in each command's --help so its
+/// own options stand out.
 #[derive(Args)]
+#[command(next_help_heading = "Global options")]
 struct Global {
     /// Repository: s3://BUCKET/PREFIX, or a local directory (default: ./backups, except
     /// for `run`, which needs it set).
     #[arg(long, env = "GWB_REPO", global = true, value_parser = parse_repo)]
     repo: Option<String>,
     /// S3 endpoint URL of an S3-compatible server: MinIO, Ceph, R2… (default: AWS).
-    #[arg(long, env = "GWB_S3_ENDPOINT", global = true)]
+    #[arg(long, env = "GWB_S3_ENDPOINT", global = true, value_parser = parse_endpoint)]
     s3_endpoint: Option<String>,
     /// S3 region (default: AWS_REGION, else us-east-1).
     #[arg(long, env = "GWB_S3_REGION", global = true)]
@@ -83,38 +87,71 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Create an age key pair: writes the secret identity, prints the public recipient.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup keygen --out identity.txt   # prints age1…; keep identity.txt away from the backups\n"
+    )]
     Keygen {
         /// Where to write the identity (must not exist).
         #[arg(long, env = "GWB_KEYGEN_OUT")]
         out: PathBuf,
     },
     /// Take a snapshot of the home and upload it.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup backup --repo ./backups --source /home/kasm-user --recipient age1…\n  GWB_REPO=s3://bucket/ghostwire ghostwire-backup backup --recipients-file recipients.txt\n"
+    )]
     Backup(BackupArgs),
     /// List the snapshots in the repository.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup snapshots --repo ./backups\n  ghostwire-backup snapshots --json | jq -r '.[-1].id'   # the newest id\n"
+    )]
     Snapshots {
         /// Machine-readable output: the manifests as a JSON array.
         #[arg(long, env = "GWB_JSON")]
         json: bool,
     },
     /// Restore a snapshot into an empty directory (a fresh volume).
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup restore --identity identity.txt --target /mnt/fresh-pvc\n  ghostwire-backup restore --snapshot 9f3a1c2b --identity identity.txt --target ./restored\n  ghostwire-backup restore --snapshot handoff --if-empty --chown 1000:0 --identity /keys/identity.txt --target /home/kasm-user\n"
+    )]
     Restore(RestoreArgs),
     /// Check that a snapshot restores, without writing anything.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup verify --identity identity.txt           # the latest snapshot, fully\n  ghostwire-backup verify --quick --snapshot 9f3a1c2b       # sizes and hashes only, no key\n"
+    )]
     Verify(VerifyArgs),
     /// The sidecar daemon: back up on a schedule, serve metrics, final snapshot on SIGTERM.
+    #[command(
+        after_long_help = "Examples:\n  GWB_REPO=s3://bucket/ghostwire GWB_RECIPIENTS=age1… ghostwire-backup run --schedule '@hourly' --final-deadline 90\n"
+    )]
     Run(RunArgs),
     /// Forget snapshots a retention policy does not keep, and delete their objects.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup prune --keep-daily 14 --keep-weekly 8 --dry-run   # show the table first\n  ghostwire-backup prune --keep-daily 14 --keep-weekly 8\n"
+    )]
     Prune(PruneArgs),
+    /// Remove the snapshots named, with their objects (refusing one a remaining snapshot
+    /// needs, or the lease's handoff snapshot).
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup forget --dry-run 9f3a1c2b\n  ghostwire-backup forget 9f3a1c2b 20261126T2330\n"
+    )]
+    Forget(ForgetArgs),
     /// Remove repository locks left by runs that are gone (expired, their process gone on
     /// this host, or unreadable); --all removes live locks too.
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup unlock          # removes only locks that hold nothing\n"
+    )]
     Unlock {
         /// Also remove locks that may still be held: only when no backup or prune runs.
         #[arg(long)]
         all: bool,
     },
     /// Fail when the newest snapshot is older than --max-age (for helm test and probes).
+    #[command(
+        after_long_help = "Examples:\n  ghostwire-backup check --max-age 2h   # exit 5 when the newest snapshot is older\n"
+    )]
     Check {
         /// The oldest acceptable newest snapshot, e.g. 2h or 90m.
-        #[arg(long, env = "GWB_MAX_AGE", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "GWB_MAX_AGE", value_parser = parse_seconds)]
         max_age: Duration,
     },
     /// Print every flag, environment variable and metric as Markdown, for the README
@@ -125,7 +162,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Only one table.
-        #[arg(long, value_parser = ["flags", "metrics"])]
+        #[arg(long, value_parser = ["flags", "metrics", "exits"])]
         section: Option<String>,
     },
 }
@@ -153,6 +190,16 @@ struct PruneArgs {
 }
 
 #[derive(Args)]
+struct ForgetArgs {
+    /// Snapshots to forget: ids, unique id prefixes, or the ids' 8-hex suffixes.
+    #[arg(required = true, value_name = "ID")]
+    snapshots: Vec<String>,
+    /// Print what would be forgotten; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
     backup: BackupArgs,
@@ -161,7 +208,7 @@ struct RunArgs {
     #[arg(long, env = "GWB_SCHEDULE", default_value = "0 * * * *")]
     schedule: String,
     /// Random delay added to each scheduled time, e.g. 5m.
-    #[arg(long, env = "GWB_JITTER", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GWB_JITTER", default_value = "0s", value_parser = parse_seconds)]
     jitter: Duration,
     /// Address for /metrics, /healthz, /readyz, /startupz and /leasez.
     #[arg(long, env = "GWB_LISTEN", default_value = "0.0.0.0:9464")]
@@ -170,16 +217,16 @@ struct RunArgs {
     #[arg(long, env = "GWB_LEASE_OWNER")]
     lease_owner: Option<String>,
     /// Lifetime of the lease; it is renewed every third of it.
-    #[arg(long, env = "GWB_LEASE_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GWB_LEASE_TTL", default_value = "10m", value_parser = parse_seconds)]
     lease_ttl: Duration,
     /// A scheduled backup still running after this long is abandoned (no snapshot).
-    #[arg(long, env = "GWB_BACKUP_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GWB_BACKUP_TIMEOUT", default_value = "1h", value_parser = parse_seconds)]
     backup_timeout: Duration,
     /// Take a final snapshot on SIGTERM (marked final; it releases the lease).
     #[arg(long, env = "GWB_FINAL_SNAPSHOT", default_value_t = true, action = clap::ArgAction::Set)]
     final_snapshot: bool,
-    /// Time allowed for the final snapshot, in seconds or with a unit (90, 90s, 2m); keep
-    /// it below the pod's terminationGracePeriodSeconds.
+    /// Time allowed for the final snapshot; keep it below the pod's
+    /// terminationGracePeriodSeconds.
     #[arg(long, env = "GWB_FINAL_DEADLINE", default_value = "90", value_parser = parse_seconds)]
     final_deadline: Duration,
 }
@@ -214,7 +261,7 @@ struct BackupArgs {
     #[arg(long, env = "GWB_FULL_EVERY", default_value_t = 24)]
     full_every: u32,
     /// Take a full snapshot when the chain's full one is older than this.
-    #[arg(long, env = "GWB_FULL_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GWB_FULL_MAX_AGE", default_value = "7d", value_parser = parse_seconds)]
     full_max_age: Duration,
     /// zstd level (1–19).
     #[arg(long, env = "GWB_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
@@ -226,9 +273,9 @@ struct BackupArgs {
     /// Parts uploaded at once; memory ≈ (2 + this) × part size.
     #[arg(long, env = "GWB_PARALLEL_UPLOADS", default_value_t = 2)]
     parallel_uploads: usize,
-    /// Seconds to wait for a locked database before failing.
-    #[arg(long, env = "GWB_DB_WAIT", default_value_t = 60)]
-    db_wait: u64,
+    /// How long to wait for a locked database before failing.
+    #[arg(long, env = "GWB_DB_WAIT", default_value = "60", value_parser = parse_seconds)]
+    db_wait: Duration,
     /// Mark the snapshot final (taken after Signal stopped).
     #[arg(long = "final", env = "GWB_FINAL")]
     r#final: bool,
@@ -248,7 +295,8 @@ struct BackupArgs {
 
 #[derive(Args)]
 struct RestoreArgs {
-    /// Snapshot: an id, `latest`, `final` (the newest final one, else the latest), or
+    /// Snapshot: an id (a unique start of one, or its last 8 hex digits, will do),
+    /// `latest`, `final` (the newest final one, else the latest), or
     /// `handoff` (exactly the final snapshot the last instance released the lease with;
     /// fails if it stopped without one).
     #[arg(long, env = "GWB_SNAPSHOT", default_value = "latest")]
@@ -285,7 +333,8 @@ struct RestoreArgs {
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// Snapshot: an id, `latest`, `final` or `handoff`.
+    /// Snapshot: an id (or a unique start of one, or its last 8 hex digits), `latest`,
+    /// `final` or `handoff`.
     #[arg(long, env = "GWB_SNAPSHOT", default_value = "latest")]
     snapshot: Selector,
     /// age identity file; not needed with --quick.
@@ -296,11 +345,14 @@ struct VerifyArgs {
     quick: bool,
 }
 
-/// A duration as plain seconds (`90`, as Kubernetes fields are) or with a unit (`90s`).
+/// Every duration flag: plain seconds (`90`, as Kubernetes fields are) or with units
+/// (`90s`, `2h`, `1h30m`), so no flag takes a syntax another one refuses.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<u64>() {
         Ok(seconds) => Ok(Duration::from_secs(seconds)),
-        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+        Err(_) => humantime::parse_duration(text).map_err(|e| {
+            format!("{e}: a duration is seconds (90) or a number with units (90s, 15m, 2h, 7d)")
+        }),
     }
 }
 
@@ -318,7 +370,7 @@ impl BackupArgs {
             full_max_age: self.full_max_age,
             zstd_level: self.zstd_level,
             part_size: (self.part_size_mib << 20) as usize,
-            db_wait: Duration::from_secs(self.db_wait),
+            db_wait: self.db_wait,
             r#final: self.r#final,
             allow_no_signal: self.allow_no_signal,
             threads: self.threads.unwrap_or_else(priority::default_threads),
@@ -328,6 +380,18 @@ impl BackupArgs {
 
 fn parse_repo(text: &str) -> Result<String, String> {
     repo::check_location(text).map(|()| text.to_string())
+}
+
+/// An endpoint without a scheme would reach the SDK as a relative URL and fail only after
+/// every retry, as if the server were down.
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return Ok(text.to_string());
+    }
+    Err(format!(
+        "an S3 endpoint is a URL with its scheme: https://{text} (or http://{text} for a \
+         server without TLS)"
+    ))
 }
 
 fn parse_owner(text: &str) -> Result<(u32, u32), String> {
@@ -454,6 +518,13 @@ async fn run(cli: Cli) -> Result<()> {
             };
             commands::prune::run(&open(1, Existing::Required).await?, &options).await
         }
+        Command::Forget(args) => {
+            let options = ForgetOptions {
+                snapshots: args.snapshots,
+                dry_run: args.dry_run,
+            };
+            commands::forget::run(&open(1, Existing::Required).await?, &options).await
+        }
         Command::Unlock { all } => {
             commands::unlock::run(&open(1, Existing::Required).await?, all).await
         }
@@ -465,8 +536,15 @@ async fn run(cli: Cli) -> Result<()> {
             let text = match (json, section.as_deref()) {
                 (true, _) => reference.json()?,
                 (false, Some("flags")) => reference.flags_markdown(),
+                (false, Some("exits")) => reference::exits_markdown(),
                 (false, Some(_)) => reference.metrics_markdown(),
-                (false, None) => reference.flags_markdown() + "\n" + &reference.metrics_markdown(),
+                (false, None) => {
+                    reference.flags_markdown()
+                        + "\n"
+                        + &reference.metrics_markdown()
+                        + "\n"
+                        + &reference::exits_markdown()
+                }
             };
             print!("{text}");
             Ok(())
@@ -548,7 +626,15 @@ fn init_logging(format: LogFormat) -> bool {
     if json {
         builder.json().flatten_event(true).init();
     } else {
-        builder.compact().init();
+        // For people: no module path (it says nothing to a user), and colours only on a
+        // terminal that has not asked for none (https://no-color.org).
+        let colours = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+        builder
+            .compact()
+            .with_target(false)
+            .with_ansi(colours)
+            .init();
     }
     json
 }

@@ -11,6 +11,7 @@ use anyhow::Result;
 use clap::{Arg, ArgAction};
 use serde::Serialize;
 
+use ghostwire_backup::exit::Exit;
 use ghostwire_backup::metrics::{self, Descriptor};
 
 /// An environment variable the binary reads outside clap.
@@ -151,6 +152,15 @@ impl Reference {
         }
         out
     }
+}
+
+/// The README's exit-code table, from [`Exit::TABLE`]: the codes a script may rely on.
+pub fn exits_markdown() -> String {
+    let mut out = String::from("| exit | when |\n|---|---|\n");
+    for (exit, when) in Exit::TABLE {
+        out += &format!("| {} | {} |\n", exit.code(), cell(when));
+    }
+    out
 }
 
 fn flags(command: &clap::Command) -> Vec<Flag> {

@@ -216,15 +216,10 @@ impl Repository {
             });
         }
         if let Selector::Id(id) = selector {
-            return self.manifest(id).await?.ok_or_else(|| {
-                exit::coded(
-                    Exit::SnapshotNotFound,
-                    format!(
-                        "no snapshot {id:?} in {}: list them with `ghostwire-backup snapshots`",
-                        self.location
-                    ),
-                )
-            });
+            return match self.manifest(id).await? {
+                Some(manifest) => Ok(manifest),
+                None => self.find_abbreviated(id).await,
+            };
         }
         let mut all = self.snapshots().await?;
         let pick = match selector {
@@ -243,6 +238,49 @@ impl Repository {
                 format!("the repository {} holds no snapshot yet", self.location),
             )
         })
+    }
+
+    /// The one snapshot whose id starts with `wanted` or ends with it as the id's random
+    /// tail (`-9f3a1c2b`): ids are long to type, and their time part is shared by
+    /// neighbours while the tail is not. Lists keys only; reads the one manifest.
+    async fn find_abbreviated(&self, wanted: &str) -> Result<Manifest> {
+        let mut candidates: Vec<String> = self
+            .list(Object::Manifest)
+            .await?
+            .iter()
+            .filter_map(|object| object.id())
+            .filter(|id| {
+                !wanted.is_empty()
+                    && (id.starts_with(wanted)
+                        || id.rsplit_once('-').is_some_and(|(_, tail)| tail == wanted))
+            })
+            .map(str::to_string)
+            .collect();
+        match candidates.len() {
+            0 => Err(exit::coded(
+                Exit::SnapshotNotFound,
+                format!(
+                    "no snapshot {wanted:?} in {}: give an id, a unique start of one, or its \
+                     last 8 hex digits; list them with `ghostwire-backup snapshots`",
+                    self.location
+                ),
+            )),
+            1 => {
+                let id = candidates.pop().expect("one candidate");
+                self.manifest(&id).await?.ok_or_else(|| {
+                    exit::coded(
+                        Exit::SnapshotNotFound,
+                        format!("snapshot {id} was forgotten while being looked up"),
+                    )
+                })
+            }
+            _ => bail!(
+                "{wanted:?} matches {} snapshots in {}: {}. Give more of the id",
+                candidates.len(),
+                self.location,
+                candidates.join(", ")
+            ),
+        }
     }
 
     /// One snapshot's manifest by id; `None` if there is no such snapshot.

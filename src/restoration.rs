@@ -115,6 +115,16 @@ pub enum Next {
 
 /// Creates `target` if needed, discards an unfinished unpack, and decides.
 pub fn prepare(target: &Path, force: bool, if_empty: bool) -> Result<Next> {
+    if target.exists() && !target.is_dir() {
+        return Err(exit::coded(
+            Exit::RestoreRefused,
+            format!(
+                "the target {} is a file, not a directory: --target (GWB_TARGET) names the \
+                 directory to restore into (an empty volume, or a new directory)",
+                target.display()
+            ),
+        ));
+    }
     fs::create_dir_all(target)
         .with_context(|| format!("cannot create the target {}", target.display()))?;
     let mut state = detect(target)?;

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod forget;
 pub mod keygen;
 pub mod prune;
 pub mod restore;

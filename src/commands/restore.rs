@@ -52,6 +52,39 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome>
 }
 
 fn restore(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
+    check_chown(options.chown)?;
+    // A target this restore creates and then fails to fill is removed again, so a retry
+    // (or a person) does not find an empty directory that looks like a restore.
+    let created = !options.target.exists();
+    let result = restore_into(remote, options);
+    if result.is_err() && created {
+        let _ = std::fs::remove_dir(&options.target); // only if still empty
+    }
+    result
+}
+
+/// Giving files away needs root: found out at the end of a long download otherwise.
+fn check_chown(chown: Option<(u32, u32)>) -> Result<()> {
+    let (Some((uid, gid)), false) = (chown, rustix::process::geteuid().is_root()) else {
+        return Ok(());
+    };
+    let ours = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    if (uid, gid) != ours {
+        bail!(
+            "--chown {uid}:{gid} needs root: this restore runs as {}:{}. Run it as root (in \
+             Kubernetes, an init container with runAsUser: 0), or leave --chown out to own \
+             the files yourself",
+            ours.0,
+            ours.1
+        );
+    }
+    Ok(())
+}
+
+fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     let target = &options.target;
     // The lease first: also before `--if-empty` leaves a volume with data alone, because
     // exiting 0 there starts Signal on it, and while another instance holds the lease
@@ -93,7 +126,7 @@ fn restore(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     };
     let plan = Plan::new(remote, &manifest, &identities).with_context(failed)?;
     fsutil::check_free_space(target, plan.content_bytes())?;
-    tracing::info!(snapshot = %manifest.id, archives = plan.steps.len(), target = %target.display(), "restoring");
+    tracing::info!(snapshot = %manifest.id, archives = plan.steps.len(), target_dir = %target.display(), "restoring");
     let ready = match stage_and_gate(remote, options, &plan, &manifest, &identities) {
         Ok(ready) => ready,
         Err(err) => {

@@ -128,14 +128,15 @@ impl Store for LocalStore {
     }
 
     async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>> {
-        match tokio::fs::read(self.path(key)?).await {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
             Ok(bytes) => {
                 let version = content_version(&bytes);
                 Ok(Some((Bytes::from(bytes), version)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(anyhow::Error::from(e)
-                .context(format!("cannot read {key}"))
+                .context(format!("cannot read {}", path.display()))
                 .into()),
         }
     }
@@ -169,9 +170,10 @@ impl Store for LocalStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        match tokio::fs::remove_file(self.path(key)?).await {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::Error::from(e)
-                .context(format!("cannot delete {key}"))
+                .context(format!("cannot delete {}", path.display()))
                 .into()),
             _ => Ok(()),
         }

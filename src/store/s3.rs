@@ -41,7 +41,8 @@ use crate::exit::{self, Exit};
 pub struct S3Options {
     /// A custom endpoint such as `http://127.0.0.1:9000` (MinIO, Ceph, R2, moto).
     pub endpoint: Option<String>,
-    /// Region; when unset, the AWS chain's, else `us-east-1`.
+    /// Region; when unset, AWS_REGION or AWS_DEFAULT_REGION, else `us-east-1` (never the
+    /// instance-metadata probe).
     pub region: Option<String>,
     /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`.
     pub path_style: bool,
@@ -76,6 +77,13 @@ fn content_md5(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
 }
 
+/// The region when neither --s3-region nor AWS_REGION says (README: "else us-east-1").
+const DEFAULT_REGION: &str = "us-east-1";
+
+fn env_region(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|region| !region.is_empty())
+}
+
 impl S3Store {
     pub async fn connect(bucket: &str, prefix: &str, options: &S3Options) -> anyhow::Result<Self> {
         let http_client = aws_smithy_http_client::Builder::new()
@@ -84,9 +92,16 @@ impl S3Store {
             ))
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client);
-        if let Some(region) = &options.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
+        // Always a region of our own choosing: left to the SDK, a missing one makes its
+        // region chain probe instance metadata, which off EC2 means seconds of timeouts
+        // and kilobytes of warnings before every command.
+        let region = options
+            .region
+            .clone()
+            .or_else(|| env_region("AWS_REGION"))
+            .or_else(|| env_region("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| DEFAULT_REGION.to_string());
+        loader = loader.region(aws_config::Region::new(region));
         let shared = loader.load().await;
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(options.path_style)
@@ -108,9 +123,6 @@ impl S3Store {
                     .operation_attempt_timeout(Duration::from_secs(300))
                     .build(),
             );
-        if shared.region().is_none() {
-            config = config.region(aws_config::Region::from_static("us-east-1"));
-        }
         if let Some(endpoint) = &options.endpoint {
             config = config.endpoint_url(endpoint);
         }

@@ -209,7 +209,8 @@ fn an_unreachable_s3_server_fails_quickly_and_clearly() {
         .env("AWS_ACCESS_KEY_ID", "k")
         .env("AWS_SECRET_ACCESS_KEY", "s");
     backup_command(unreachable, &home, &recipient, &dir.path().join("staging"))
-        .fails_with(&["is the S3 endpoint reachable"]);
+        .arg("--allow-no-signal")
+        .fails_with_code(6, &["is the S3 endpoint reachable"]);
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
 }
 
@@ -263,6 +264,8 @@ fn the_init_container_on_a_first_install_starts_with_an_empty_volume() {
     let (identity, _) = keygen(dir.path());
     let target = dir.path().join("volume");
     std::fs::create_dir_all(target.join("lost+found")).unwrap();
+    // A repository that exists but holds nothing yet (a missing one is exit 3).
+    std::fs::create_dir(dir.path().join("empty-repo")).unwrap();
     let restore = || {
         let mut command = agent_for(dir.path().join("empty-repo"));
         command
@@ -276,5 +279,5 @@ fn the_init_container_on_a_first_install_starts_with_an_empty_volume() {
     restore().arg("--if-empty").ok();
     assert!(!target.join(MARKER).exists());
     // Asked for explicitly, a restore from an empty repository is an error.
-    restore().fails_with(&["holds no snapshot"]);
+    restore().fails_with_code(4, &["holds no snapshot"]);
 }

@@ -27,6 +27,7 @@ mod incremental;
 mod lease_faults;
 mod lease_s3;
 mod locks;
+mod newcomer;
 mod s3_faults;
 mod security;
 mod store_contract;

@@ -3,7 +3,8 @@
 //! hidden), the exit status, stdout and stderr, so a failure in CI reads without a re-run.
 //!
 //! `ok()` expects success and returns stdout; `fails()` expects failure and returns
-//! stderr; `fails_with(&[...])` also expects words in stderr; `run()` expects nothing and
+//! stderr; `fails_with(&[...])` also expects words in stderr, `fails_with_code(code,
+//! &[...])` an exit code too; `run()` expects nothing and
 //! returns a [`Ran`] whose `Display` is the whole story, for a test's own assertions.
 
 use std::ffi::OsStr;
@@ -38,6 +39,11 @@ impl TestCommand {
 
     pub fn env_remove(&mut self, name: impl AsRef<OsStr>) -> &mut Self {
         self.command.env_remove(name);
+        self
+    }
+
+    pub fn current_dir(&mut self, dir: impl AsRef<std::path::Path>) -> &mut Self {
+        self.command.current_dir(dir);
         self
     }
 
@@ -86,8 +92,8 @@ impl TestCommand {
         ran.stderr
     }
 
-    /// Runs it, expects it to exit with `code` (the README's exit-code table) and every one
-    /// of `words` in stderr, and returns stderr.
+    /// Runs it, expects it to end with exit code `code` and every one of `words` in
+    /// stderr (the README's exit-code table is part of the interface), and returns stderr.
     pub fn fails_with_code(&mut self, code: i32, words: &[&str]) -> String {
         let ran = self.run();
         assert_eq!(ran.status.code(), Some(code), "wrong exit code:\n{ran}");

@@ -1,0 +1,587 @@
+//! A newcomer's mistakes (issue 14): each one fails with the message and the exit code the
+//! README documents, instead of succeeding silently or pointing the wrong way. Most run
+//! without Signal's driver: a home without a Signal profile is the mistake itself.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+
+/// A temporary directory with a key pair, a home that is not a Signal profile (one file),
+/// and the path of a local repository that does not exist yet.
+struct Plain {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    home: PathBuf,
+    identity: PathBuf,
+    recipient: String,
+    repo: PathBuf,
+}
+
+impl Plain {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let home = root.join("home");
+        std::fs::create_dir_all(home.join("Documents")).unwrap();
+        std::fs::write(home.join("Documents/notes.txt"), "not a Signal profile").unwrap();
+        let (identity, recipient) = keygen(&root);
+        Self {
+            _dir: dir,
+            repo: root.join("backups"),
+            root,
+            home,
+            identity,
+            recipient,
+        }
+    }
+
+    fn agent(&self) -> TestCommand {
+        agent_for(&self.repo)
+    }
+
+    fn backup(&self) -> TestCommand {
+        backup_command(
+            self.agent(),
+            &self.home,
+            &self.recipient,
+            &self.root.join("staging"),
+        )
+    }
+
+    /// A snapshot of the home, allowed although it holds no Signal profile: its id.
+    fn backed_up(&self) -> String {
+        self.backup().arg("--allow-no-signal").ok()
+    }
+
+    fn restore(&self, target: &Path) -> TestCommand {
+        let mut agent = self.agent();
+        agent
+            .arg("restore")
+            .arg("--identity")
+            .arg(&self.identity)
+            .arg("--target")
+            .arg(target);
+        agent
+    }
+
+    fn manifest_path(&self, id: &str) -> PathBuf {
+        self.repo.join(format!("snapshots/{id}.json"))
+    }
+}
+
+#[test]
+fn a_backup_of_a_home_without_signal_fails_and_names_the_flag_that_allows_it() {
+    let plain = Plain::new();
+    plain.backup().fails_with_code(
+        1,
+        &[
+            "no Signal profile in",
+            ".config/Signal/sql/db.sqlite",
+            "--allow-no-signal",
+        ],
+    );
+    assert!(
+        !plain.repo.join("snapshots").exists(),
+        "a refused backup wrote a snapshot"
+    );
+    let missing = plain.root.join("no-such-home");
+    backup_command(
+        plain.agent(),
+        &missing,
+        &plain.recipient,
+        &plain.root.join("staging"),
+    )
+    .fails_with_code(1, &["does not exist", "--source (GWB_SOURCE)"]);
+    // Allowed, it is a snapshot like any other.
+    let id = plain.backed_up();
+    assert!(plain.manifest_path(&id).is_file());
+}
+
+#[test]
+fn read_only_commands_on_a_missing_local_repository_exit_3() {
+    let plain = Plain::new();
+    for args in [
+        &["snapshots"][..],
+        &["prune", "--keep-last", "1", "--dry-run"],
+        &["check", "--max-age", "1h"],
+        &["verify", "--quick"],
+        &["unlock"],
+    ] {
+        plain.agent().args(args).fails_with_code(
+            3,
+            &[
+                &format!("no repository at {}", plain.repo.display()),
+                "does not exist",
+                "--repo (GWB_REPO)",
+            ],
+        );
+    }
+    plain
+        .restore(&plain.root.join("target"))
+        .fails_with_code(3, &["no repository at"]);
+    assert!(
+        !plain.repo.exists(),
+        "a read-only command created the repository"
+    );
+}
+
+#[test]
+fn a_url_typo_in_the_repository_is_a_usage_error() {
+    let plain = Plain::new();
+    for typo in ["s3:/bucket/prefix", "S3://bucket", "minio://host/bucket"] {
+        let err = agent()
+            .current_dir(&plain.root)
+            .args(["--repo", typo, "snapshots"])
+            .fails_with_code(2, &["looks like a URL", "s3://BUCKET"]);
+        assert!(err.contains(typo), "{err}");
+    }
+    // And through the environment, as Kubernetes sets it.
+    agent()
+        .current_dir(&plain.root)
+        .env("GWB_REPO", "s3:/bucket")
+        .arg("snapshots")
+        .fails_with_code(2, &["s3://BUCKET"]);
+    for dir in ["s3:", "S3:", "minio:"] {
+        assert!(
+            !plain.root.join(dir).exists(),
+            "the typo became the local directory {dir}"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_without_signal_is_restored_only_by_its_id() {
+    let plain = Plain::new();
+    let id = plain.backed_up();
+    let target = plain.root.join("target");
+    for selector in ["latest", "final"] {
+        plain
+            .restore(&target)
+            .args(["--snapshot", selector])
+            .fails_with_code(
+                7,
+                &["holds no Signal database", &format!("--snapshot {id}")],
+            );
+    }
+    assert!(
+        !target.join("Documents").exists(),
+        "a refused restore wrote the snapshot"
+    );
+    assert_eq!(plain.restore(&target).args(["--snapshot", &id]).ok(), id);
+    assert_eq!(
+        std::fs::read_to_string(target.join("Documents/notes.txt")).unwrap(),
+        "not a Signal profile"
+    );
+}
+
+#[test]
+fn check_exits_5_when_the_newest_snapshot_is_older_than_max_age() {
+    let plain = Plain::new();
+    std::fs::create_dir_all(&plain.repo).unwrap();
+    // An existing but empty repository: there is no newest snapshot.
+    plain
+        .agent()
+        .args(["check", "--max-age", "1h"])
+        .fails_with_code(4, &["holds no snapshot yet"]);
+    let id = plain.backed_up();
+    // Make the snapshot two hours old, as if backups had stopped since.
+    let path = plain.manifest_path(&id);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    manifest["finished_at"] = two_hours_ago.to_rfc3339().into();
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    plain
+        .agent()
+        .args(["check", "--max-age", "1h"])
+        .fails_with_code(5, &[&id, "older than the allowed 1h"]);
+    let ok = plain.agent().args(["check", "--max-age", "3h"]).ok();
+    assert!(ok.starts_with("ok: the newest snapshot"), "{ok}");
+}
+
+#[test]
+fn a_snapshot_id_that_is_not_in_the_repository_exits_4() {
+    let plain = Plain::new();
+    plain.backed_up();
+    let missing = "20990101T000000.000Z-deadbeef";
+    plain
+        .restore(&plain.root.join("target"))
+        .args(["--snapshot", missing])
+        .fails_with_code(4, &["no snapshot", missing, "ghostwire-backup snapshots"]);
+    plain
+        .agent()
+        .args(["verify", "--quick", "--snapshot", missing])
+        .fails_with_code(4, &["no snapshot", missing]);
+    assert!(!plain.root.join("target").exists());
+}
+
+#[test]
+fn an_s3_endpoint_without_its_scheme_is_a_usage_error() {
+    agent()
+        .args([
+            "--repo",
+            "s3://bucket/prefix",
+            "--s3-endpoint",
+            "127.0.0.1:9",
+        ])
+        .arg("snapshots")
+        .fails_with_code(2, &["https://127.0.0.1:9", "http://127.0.0.1:9"]);
+}
+
+#[test]
+fn without_a_region_no_instance_metadata_is_probed() {
+    let s3 = S3Server::with_bucket("bucket");
+    let mut agent = s3.agent("s3://bucket/prefix");
+    // As on a laptop: no region anywhere, and nothing that turns the metadata probe off.
+    agent
+        .env_remove("GWB_S3_REGION")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("HOME", tempfile::tempdir().unwrap().path()); // no ~/.aws/config either
+    let ran = agent.arg("snapshots").run();
+    assert!(ran.status.success(), "{ran}");
+    for noise in ["WARN", "metadata", "IMDS", "169.254.169.254"] {
+        assert!(!ran.stderr.contains(noise), "{noise}:\n{ran}");
+    }
+}
+
+/// `plain`'s directory readable by other users, as a shared volume is, so a test can run
+/// the agent as `nobody` (the identity stays readable by root alone).
+fn open_to_others(plain: &Plain) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(&plain.root, 0o777);
+    for entry in walkdir(&plain.repo) {
+        mode(&entry, if entry.is_dir() { 0o777 } else { 0o666 });
+    }
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walkdir(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn permission_denied_names_the_path() {
+    let plain = Plain::new();
+    plain.backed_up();
+    open_to_others(&plain);
+    let mut verify = plain.agent();
+    verify
+        .user(NOBODY, NOBODY)
+        .args(["verify", "--identity"])
+        .arg(&plain.identity);
+    verify.fails_with_code(
+        1,
+        &[
+            &format!("cannot read identity file {}", plain.identity.display()),
+            "Permission denied",
+        ],
+    );
+}
+
+#[test]
+fn a_restore_target_that_is_a_file_is_refused_as_such() {
+    let plain = Plain::new();
+    let id = plain.backed_up();
+    let file = plain.root.join("volume");
+    std::fs::write(&file, "data").unwrap();
+    plain
+        .restore(&file)
+        .args(["--snapshot", &id])
+        .fails_with_code(7, &["is a file, not a directory", "--target (GWB_TARGET)"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+}
+
+#[test]
+fn chown_without_root_fails_before_anything_is_restored() {
+    let plain = Plain::new();
+    let id = plain.backed_up();
+    open_to_others(&plain);
+    std::fs::copy(&plain.identity, plain.root.join("nobody-identity.txt")).unwrap();
+    std::os::unix::fs::chown(plain.root.join("nobody-identity.txt"), Some(NOBODY), None).unwrap();
+    let target = plain.root.join("target");
+    let mut restore = plain.agent();
+    restore
+        .user(NOBODY, NOBODY)
+        .args([
+            "restore",
+            "--snapshot",
+            &id,
+            "--chown",
+            "1000:0",
+            "--identity",
+        ])
+        .arg(plain.root.join("nobody-identity.txt"))
+        .arg("--target")
+        .arg(&target);
+    restore.fails_with_code(1, &["--chown 1000:0 needs root", "runs as 65534:65534"]);
+    assert!(!target.exists(), "it restored before failing");
+}
+
+#[test]
+fn every_duration_flag_takes_seconds_and_units() {
+    let plain = Plain::new();
+    let id = plain
+        .backup()
+        .args([
+            "--allow-no-signal",
+            "--db-wait",
+            "1m",
+            "--full-max-age",
+            "604800",
+        ])
+        .ok();
+    let path = plain.manifest_path(&id);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["finished_at"] = (chrono::Utc::now() - chrono::Duration::hours(2))
+        .to_rfc3339()
+        .into();
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let check = |max_age: &str| {
+        let mut command = plain.agent();
+        command.args(["check", "--max-age", max_age]);
+        command
+    };
+    check("3600").fails_with_code(5, &["older than the allowed 1h"]);
+    check("10800").ok();
+    check("1h30m").fails_with_code(5, &["older than the allowed 1h 30m"]);
+    check("3h").ok();
+    check("two hours").fails_with_code(2, &["a duration is seconds (90) or a number with units"]);
+    plain
+        .backup()
+        .args(["--db-wait", "soon"])
+        .fails_with_code(2, &["--db-wait", "a duration is seconds"]);
+}
+
+/// The random tail of a snapshot id: what `--snapshot` also accepts.
+fn tail(id: &str) -> &str {
+    id.rsplit_once('-').unwrap().1
+}
+
+#[test]
+fn a_snapshot_is_found_by_a_unique_prefix_or_its_tail() {
+    let plain = Plain::new();
+    let first = plain.backed_up();
+    let second = plain.backed_up();
+    let verify = |wanted: &str| {
+        let mut command = plain.agent();
+        command.args(["verify", "--quick", "--snapshot", wanted]);
+        command
+    };
+    assert_eq!(verify(tail(&first)).ok(), first);
+    assert_eq!(verify(&second[..second.len() - 3]).ok(), second);
+    // The start both share names neither: the error lists them.
+    verify("20").fails_with_code(
+        1,
+        &["matches 2 snapshots", &first, &second, "more of the id"],
+    );
+    verify("ffffffff").fails_with_code(4, &["no snapshot \"ffffffff\"", "last 8 hex digits"]);
+    // An abbreviated id is an explicit choice: a snapshot without Signal restores by it.
+    let target = plain.root.join("target");
+    assert_eq!(
+        plain
+            .restore(&target)
+            .args(["--snapshot", tail(&first)])
+            .ok(),
+        first
+    );
+}
+
+#[test]
+fn forget_removes_the_snapshots_named_and_their_objects() {
+    let plain = Plain::new();
+    let full = |plain: &Plain| {
+        plain
+            .backup()
+            .args(["--allow-no-signal", "--full-every", "0"])
+            .ok()
+    };
+    let (first, second, third) = (full(&plain), full(&plain), full(&plain));
+    let objects = |id: &str| {
+        [
+            format!("snapshots/{id}.json"),
+            format!("archives/{id}.tar.zst.age"),
+            format!("indexes/{id}.json.zst.age"),
+        ]
+        .map(|key| plain.repo.join(key))
+    };
+    let dry = plain
+        .agent()
+        .args(["forget", "--dry-run", tail(&first)])
+        .ok();
+    assert!(dry.contains(&format!("would forget {first}")), "{dry}");
+    assert!(
+        objects(&first).iter().all(|path| path.exists()),
+        "--dry-run deleted"
+    );
+    let out = plain
+        .agent()
+        .args(["forget", tail(&first), &third[..third.len() - 2]])
+        .ok();
+    assert!(out.contains(&format!("forgot {first}")), "{out}");
+    assert!(out.contains(&format!("forgot {third}")), "{out}");
+    for id in [&first, &third] {
+        for path in objects(id) {
+            assert!(!path.exists(), "{} is still there", path.display());
+        }
+    }
+    assert_eq!(snapshot_ids(&mut plain.agent()), vec![second.clone()]);
+    assert!(objects(&second).iter().all(|path| path.exists()));
+    plain
+        .agent()
+        .args(["forget", tail(&first)])
+        .fails_with_code(4, &["no snapshot"]);
+    plain.agent().arg("forget").fails_with_code(2, &["<ID>"]);
+}
+
+#[test]
+fn forget_refuses_what_a_remaining_snapshot_needs_and_the_handoff() {
+    let plain = Plain::new();
+    let base = plain.backed_up();
+    std::fs::write(plain.home.join("Documents/more.txt"), "changed").unwrap();
+    let incremental = plain.backed_up();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plain.manifest_path(&incremental)).unwrap()).unwrap();
+    assert!(
+        manifest["depends_on"].to_string().contains(&base),
+        "the second snapshot should reuse the first one's archive: {manifest}"
+    );
+    plain.agent().args(["forget", &base]).fails_with_code(
+        1,
+        &[&format!(
+            "refusing to forget {base} (needed by {incremental})"
+        )],
+    );
+    assert!(plain.manifest_path(&base).exists());
+
+    // The blue instance stopped and released the lease with its final snapshot: green
+    // restores exactly that one, so it must stay.
+    let now = chrono::Utc::now().to_rfc3339();
+    let lease = serde_json::json!({
+        "owner": "blue", "acquired_at": now, "renewed_at": now, "expires_at": now,
+        "released_at": now, "final_snapshot": incremental,
+    });
+    std::fs::write(plain.repo.join("lease.json"), lease.to_string()).unwrap();
+    plain
+        .agent()
+        .args(["forget", &base, &incremental])
+        .fails_with_code(
+            1,
+            &[&format!("refusing to forget {incremental}"), "handoff"],
+        );
+    assert!(plain.manifest_path(&incremental).exists());
+    assert!(plain.manifest_path(&base).exists());
+    // Forgotten together once nothing names them, the chain goes as a whole.
+    std::fs::remove_file(plain.repo.join("lease.json")).unwrap();
+    plain.agent().args(["forget", &base, &incremental]).ok();
+    assert!(snapshot_ids(&mut plain.agent()).is_empty());
+}
+
+#[test]
+fn logs_keep_the_restore_target_and_text_logs_are_plain() {
+    let plain = Plain::new();
+    let id = plain.backed_up();
+    let target = plain.root.join("target");
+    let mut restore = plain.restore(&target);
+    restore
+        .env("GWB_LOG_FORMAT", "json")
+        .args(["--snapshot", &id]);
+    let ran = restore.run();
+    assert!(ran.status.success(), "{ran}");
+    let restoring = ran
+        .stderr
+        .lines()
+        .find(|line| line.contains("\"restoring\""))
+        .unwrap_or_else(|| panic!("no restoring event:\n{ran}"));
+    assert_eq!(restoring.matches("\"target\":").count(), 1, "{restoring}");
+    let event: serde_json::Value = serde_json::from_str(restoring).unwrap();
+    assert_eq!(event["target_dir"], target.display().to_string(), "{event}");
+
+    // Text logs into a pipe (no terminal), colours not switched off: none anyway.
+    let mut backup = plain.backup();
+    backup
+        .env("GWB_LOG_FORMAT", "text")
+        .env_remove("NO_COLOR")
+        .arg("--allow-no-signal");
+    let ran = backup.run();
+    assert!(ran.status.success(), "{ran}");
+    assert!(ran.stderr.contains("INFO"), "{ran}");
+    assert!(
+        !ran.stderr.contains('\x1b'),
+        "ANSI escapes in a pipe:\n{ran}"
+    );
+    assert!(
+        !ran.stderr.contains("ghostwire_backup::"),
+        "module paths:\n{ran}"
+    );
+}
+
+#[test]
+fn the_readme_documents_every_exit_code() {
+    let table = agent().args(["reference", "--section", "exits"]).ok();
+    for code in 1..=8 {
+        assert!(
+            table.contains(&format!("\n| {code} | ")),
+            "{code}:\n{table}"
+        );
+    }
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&table),
+        "README.md's exit codes are stale: run scripts/gen-docs.sh\n{table}"
+    );
+}
+
+#[test]
+fn help_sets_global_options_apart_and_shows_examples() {
+    let commands = [
+        "keygen",
+        "backup",
+        "snapshots",
+        "restore",
+        "verify",
+        "run",
+        "prune",
+        "forget",
+        "unlock",
+        "check",
+    ];
+    for command in commands {
+        let help = agent().args([command, "--help"]).ok();
+        let (own, global) = help
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("{command} --help has no Global options heading:\n{help}"));
+        assert!(
+            !own.contains("--repo "),
+            "{command}: --repo among its own:\n{help}"
+        );
+        assert!(global.contains("--repo "), "{command}:\n{help}");
+        let examples = help
+            .split_once("Examples:\n")
+            .unwrap_or_else(|| panic!("{command} --help has no examples:\n{help}"))
+            .1;
+        assert!(
+            examples.contains(&format!("ghostwire-backup {command}")),
+            "{command}:\n{help}"
+        );
+    }
+    let prune = agent().args(["prune", "--help"]).ok();
+    let own = prune.split_once("Global options:").unwrap().0;
+    assert!(
+        own.contains("--keep-last") && !own.contains("--s3-endpoint"),
+        "{prune}"
+    );
+}
