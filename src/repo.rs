@@ -152,6 +152,27 @@ impl Repository {
         self.store.delete(&object.key()).await
     }
 
+    /// Deletes one snapshot, manifest first (the commit point: without it the rest is an
+    /// orphan that prune removes later). The keys come from the id, never from what a
+    /// manifest names: a forged manifest cannot make this delete another snapshot's
+    /// objects. `Some(why)` when S3 Object Lock retains an object: the rest of the snapshot
+    /// then stays whole, restorable.
+    pub async fn forget(&self, id: &str) -> Result<Option<String>> {
+        for object in [
+            Object::Manifest(id.to_string()),
+            Object::Index(id.to_string()),
+            Object::Archive(id.to_string()),
+        ] {
+            match self.delete(&object).await {
+                Err(err @ StoreError::Retained { .. }) => {
+                    return Ok(Some(format!("{object}: {err}")));
+                }
+                other => other?,
+            }
+        }
+        Ok(None)
+    }
+
     /// Every object of one kind (`Object::Lock`, `Object::Archive`, …), sorted by key.
     /// Keys that are not part of the layout are left out.
     pub async fn list(&self, kind: fn(String) -> Object) -> store::Result<Vec<Object>> {

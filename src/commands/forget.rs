@@ -11,11 +11,9 @@ use std::collections::BTreeSet;
 
 use anyhow::{Result, bail};
 
-use crate::layout::Object;
 use crate::lease;
 use crate::lock::{Lock, Mode};
 use crate::repo::{Repository, Selector};
-use crate::store::StoreError;
 
 pub struct ForgetOptions {
     /// Snapshot ids, unique prefixes or 8-hex suffixes.
@@ -60,7 +58,7 @@ async fn forget(repo: &Repository, options: &ForgetOptions) -> Result<()> {
     }
     let mut retained = 0;
     for id in &chosen {
-        match delete_snapshot(repo, id).await? {
+        match repo.forget(id).await? {
             Some(kept) => {
                 retained += 1;
                 println!("kept {id}: {kept}");
@@ -96,20 +94,4 @@ async fn check_nothing_depends_on(repo: &Repository, chosen: &BTreeSet<String>) 
         );
     }
     Ok(())
-}
-
-/// Deletes one snapshot, manifest first. The keys come from the id, never from what its
-/// manifest names. `Some(why)` when S3 Object Lock retains it (it stays whole).
-async fn delete_snapshot(repo: &Repository, id: &str) -> Result<Option<String>> {
-    for object in [
-        Object::Manifest(id.to_string()),
-        Object::Index(id.to_string()),
-        Object::Archive(id.to_string()),
-    ] {
-        match repo.delete(&object).await {
-            Err(err @ StoreError::Retained { .. }) => return Ok(Some(err.to_string())),
-            other => other?,
-        }
-    }
-    Ok(None)
 }

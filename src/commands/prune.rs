@@ -64,22 +64,9 @@ async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {
     }
     let mut retained = 0;
     for decision in &forget {
-        // The keys come from the id, never from what a manifest names: a forged manifest
-        // cannot make prune delete another snapshot's objects.
-        let id = &decision.id;
-        for object in [
-            Object::Manifest(id.clone()),
-            Object::Index(id.clone()),
-            Object::Archive(id.clone()),
-        ] {
-            match repo.delete(&object).await {
-                Err(err @ StoreError::Retained { .. }) => {
-                    retained += 1;
-                    println!("kept {object}: {err}");
-                    break; // the rest of the snapshot stays whole, restorable
-                }
-                other => other?,
-            }
+        if let Some(why) = repo.forget(&decision.id).await? {
+            retained += 1;
+            println!("kept {why}");
         }
     }
     let orphans = delete_orphans(repo, &kept).await?;

@@ -86,21 +86,7 @@ fn check_chown(chown: Option<(u32, u32)>) -> Result<()> {
 
 fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     let target = &options.target;
-    // The lease first: also before `--if-empty` leaves a volume with data alone, because
-    // exiting 0 there starts Signal on it, and while another instance holds the lease
-    // (blue's pod started again while green runs) that is two Signals on one identity.
-    remote
-        .wait(lease::check_restore(
-            remote.repo(),
-            &options.lease_owner,
-            options.break_lease,
-        ))
-        .with_context(|| {
-            format!(
-                "refusing to restore into {} or to let Signal start on it",
-                target.display()
-            )
-        })?;
+    check_lease(remote, options)?;
     match restoration::prepare(target, options.force, options.if_empty)? {
         Next::LeftAlone(why) => return Ok(Outcome::LeftAlone(why)),
         Next::Finish(ready) => {
@@ -138,6 +124,23 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     restoration::finish(target, &ready)?;
     seed_catalog(remote, options, &manifest, plan);
     Ok(Outcome::Restored(ready))
+}
+
+/// The lease first: also before `--if-empty` leaves a volume with data alone, because
+/// exiting 0 there starts Signal on it, and while another instance holds the lease (blue's
+/// pod started again while green runs) that is two Signals on one identity.
+fn check_lease(remote: &Remote, options: &RestoreOptions) -> Result<()> {
+    let checked = remote.wait(lease::check_restore(
+        remote.repo(),
+        &options.lease_owner,
+        options.break_lease,
+    ));
+    checked.with_context(|| {
+        format!(
+            "refusing to restore into {} or to let Signal start on it",
+            options.target.display()
+        )
+    })
 }
 
 /// A snapshot without a Signal database (a home backed up with `--allow-no-signal`) is
