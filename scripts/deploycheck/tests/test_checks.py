@@ -28,7 +28,8 @@ REFERENCE = {
         {"name": "restore", "about": "", "args": [
             flag("--snapshot", "GWB_SNAPSHOT", "latest"), flag("--identity", "GWB_IDENTITY_FILE"),
             flag("--target", "GWB_TARGET"), flag("--if-empty", "GWB_IF_EMPTY", "false", False),
-            flag("--lease-owner", "GWB_LEASE_OWNER")]},
+            flag("--lease-owner", "GWB_LEASE_OWNER"),
+            flag("--require-snapshot", "GWB_REQUIRE_SNAPSHOT", "false", False)]},
         {"name": "run", "about": "", "args": [
             flag("--staging-dir", "GWB_STAGING_DIR"), flag("--listen", "GWB_LISTEN", "0.0.0.0:9464"),
             flag("--final-snapshot", "GWB_FINAL_SNAPSHOT", "true"),
@@ -97,7 +98,8 @@ def sidecar_variant(name="ghostwire", namespace=None):
     """A Ghostwire StatefulSet with the restore init container and the native sidecar, as
     the `sidecar` variant renders it, plus the ConfigMap both read."""
     restore = agent("restore", ["restore", "--if-empty"],
-                    env=[("GWB_TARGET", "/home/kasm-user"), ("GWB_IDENTITY_FILE", "/identity/identity.txt")],
+                    env=[("GWB_TARGET", "/home/kasm-user"), ("GWB_IDENTITY_FILE", "/identity/identity.txt"),
+                         ("GWB_SNAPSHOT", "handoff")],
                     mounts=[{"name": "home", "mountPath": "/home/kasm-user"},
                             {"name": "identity", "mountPath": "/identity", "readOnly": True}])
     sidecar = agent("ghostwire-backup", ["run"],
@@ -112,9 +114,12 @@ def sidecar_variant(name="ghostwire", namespace=None):
         "ports": [{"name": "metrics", "containerPort": 9464}],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}},
+        "startupProbe": {"httpGet": {"path": "/startupz", "port": "metrics"}, "periodSeconds": 5,
+                         "failureThreshold": 150},
     })
     sts = ghostwire_statefulset(name, namespace)
     spec = sts["spec"]["template"]["spec"]
+    spec["containers"][0]["livenessProbe"] = {"httpGet": {"path": "/leasez", "port": 9464}}
     spec.update({
         "terminationGracePeriodSeconds": 120,
         "initContainers": [restore, sidecar],
@@ -122,7 +127,7 @@ def sidecar_variant(name="ghostwire", namespace=None):
                     {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity"}}],
     })
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ghostwire-backup"},
-          "data": {"GWB_REPO": "s3://bucket/ghostwire", "GWB_LOG": "info"}}
+          "data": {"GWB_REPO": "s3://bucket/ghostwire", "GWB_LOG": "info", "GWB_REQUIRE_SNAPSHOT": "true"}}
     return [sts, cm]
 
 
@@ -270,6 +275,22 @@ class CheckerTest(unittest.TestCase):
                            "StatefulSet ghostwire-green/ghostwire-green lacks the agent")
         self.assertEqual(self.check("example-green", sidecar_variant("ghostwire-green", "ghostwire-green")), [])
 
+    def test_signal_starts_only_with_the_lease_and_green_restores_the_handoff(self):
+        docs = sidecar_variant()
+        spec = docs[0]["spec"]["template"]["spec"]
+        del containers_of(docs)["ghostwire-backup"]["startupProbe"]
+        del spec["containers"][0]["livenessProbe"]
+        set_env(containers_of(docs)["restore"], "GWB_SNAPSHOT", "final")
+        docs[1]["data"]["GWB_REQUIRE_SNAPSHOT"] = "false"
+        self.assertReports(self.check("sidecar", docs),
+                           "sidecar startupProbe must be httpGet /startupz on 9464, got {}",
+                           "the Signal container needs livenessProbe httpGet /leasez on 9464",
+                           "restore must restore GWB_SNAPSHOT=handoff",
+                           "restore needs GWB_REQUIRE_SNAPSHOT=true")
+        docs = sidecar_variant()
+        containers_of(docs)["ghostwire-backup"]["startupProbe"]["failureThreshold"] = 10
+        self.assertReports(self.check("sidecar", docs), "sidecar startupProbe must wait at least 600 s")
+
     def test_a_render_meant_to_show_the_injection_must_hold_a_ghostwire_statefulset(self):
         docs = sidecar_variant()
         docs[0]["metadata"]["name"] = "ghostwire"
@@ -370,7 +391,7 @@ class InterfaceTest(unittest.TestCase):
     def test_a_command_reads_its_own_and_the_global_variables(self):
         iface = Interface(REFERENCE)
         self.assertEqual(iface.env_of("restore"),
-                         {"GWB_REPO", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY",
+                         {"GWB_REPO", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY", "GWB_REQUIRE_SNAPSHOT",
                           "GWB_LEASE_OWNER"})
         self.assertEqual(iface.default("run", "--listen"), "0.0.0.0:9464")
         self.assertIn("ghostwire_backup_failures_total", iface.metric_series)
