@@ -495,15 +495,19 @@ class Bench:
         log(f"{slug}: {row}")
         return row
 
+    def start(self):
+        """The S3 server, and a key pair made by the agent under test."""
+        self.start_s3()
+        self.ident = self.work / "identity.txt"
+        self.ident.unlink(missing_ok=True)
+        self.recipient = subprocess.run([str(self.agent), "keygen", "--out", str(self.ident)], check=True,
+                                        stdout=subprocess.PIPE, env=self.env).stdout.decode().strip()
+
     def main(self):
         if self.args.contention:
             return self.main_contention()
         try:
-            self.start_s3()
-            self.ident = self.work / "identity.txt"
-            self.ident.unlink(missing_ok=True)
-            self.recipient = subprocess.run([str(self.agent), "keygen", "--out", str(self.ident)], check=True,
-                                            stdout=subprocess.PIPE, env=self.env).stdout.decode().strip()
+            self.start()
             results = {"machine": machine(self.args) | {"moto_objects": "in memory (/dev/shm)" if str(
                 self.moto_tmp).startswith("/dev/shm") else "on disk"}, "sizes": [], "started": datetime.datetime.now(
                 datetime.timezone.utc).isoformat(timespec="seconds"), "loadavg_before": os.getloadavg()}
@@ -524,11 +528,7 @@ class Bench:
 
     def main_contention(self):
         try:
-            self.start_s3()
-            self.ident = self.work / "identity.txt"
-            self.ident.unlink(missing_ok=True)
-            self.recipient = subprocess.run([str(self.agent), "keygen", "--out", str(self.ident)], check=True,
-                                            stdout=subprocess.PIPE, env=self.env).stdout.decode().strip()
+            self.start()
             load_before = os.getloadavg()
             results = [self.contention(label, SIZES.get(label) or parse_size(label)) for label in self.args.sizes]
         finally:

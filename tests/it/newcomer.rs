@@ -54,14 +54,7 @@ impl Plain {
     }
 
     fn restore(&self, target: &Path) -> TestCommand {
-        let mut agent = self.agent();
-        agent
-            .arg("restore")
-            .arg("--identity")
-            .arg(&self.identity)
-            .arg("--target")
-            .arg(target);
-        agent
+        restore_command(self.agent(), &self.identity, target)
     }
 
     fn manifest_path(&self, id: &str) -> PathBuf {

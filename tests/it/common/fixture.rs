@@ -77,14 +77,8 @@ impl Fixture {
     }
 
     /// `restore` by `agent`, which says where the repository is.
-    pub fn restore_with(&self, mut agent: TestCommand, target: &Path) -> TestCommand {
-        agent
-            .arg("restore")
-            .arg("--identity")
-            .arg(&self.identity)
-            .arg("--target")
-            .arg(target);
-        agent
+    pub fn restore_with(&self, agent: TestCommand, target: &Path) -> TestCommand {
+        restore_command(agent, &self.identity, target)
     }
 
     /// `verify` of snapshot `id` with the identity, by `agent`.
@@ -177,6 +171,18 @@ pub fn backup_command(
         .arg(recipient)
         .arg("--staging-dir")
         .arg(staging);
+    agent
+}
+
+/// `restore` into `target` with `identity` by `agent`, which says where the repository is:
+/// for a key that is not a fixture's.
+pub fn restore_command(mut agent: TestCommand, identity: &Path, target: &Path) -> TestCommand {
+    agent
+        .arg("restore")
+        .arg("--identity")
+        .arg(identity)
+        .arg("--target")
+        .arg(target);
     agent
 }
 

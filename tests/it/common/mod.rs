@@ -9,7 +9,7 @@ pub mod faults;
 pub mod fixture;
 
 pub use command::{Ran, Spawned, TestCommand};
-pub use fixture::{Fixture, Tar, backup_command, tar_header};
+pub use fixture::{Fixture, Tar, backup_command, restore_command, tar_header};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
