@@ -578,3 +578,100 @@ fn help_sets_global_options_apart_and_shows_examples() {
         "{prune}"
     );
 }
+
+/// Bytes zstd cannot shrink (xorshift), so an archive's size follows its content.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn snapshots_show_when_each_was_taken_and_what_restoring_its_chain_reads() {
+    let plain = Plain::new();
+    std::fs::write(
+        plain.home.join("Documents/photo.raw"),
+        incompressible(256 << 10),
+    )
+    .unwrap();
+    let full = plain.backed_up();
+    std::fs::write(plain.home.join("Documents/new.txt"), "one small change").unwrap();
+    let incremental = plain.backed_up();
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&plain.agent().args(["snapshots", "--json"]).ok()).unwrap();
+    let row = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {listed:#}"))
+            .clone()
+    };
+    let (full_row, incr_row) = (row(&full), row(&incremental));
+    // The manifest's own fields are still there: --json only gains fields.
+    for field in [
+        "started_at",
+        "finished_at",
+        "archive",
+        "content",
+        "depends_on",
+    ] {
+        assert!(!incr_row[field].is_null(), "{field} is gone: {incr_row:#}");
+    }
+    assert_eq!(full_row["kind"], "full");
+    assert_eq!(incr_row["kind"], "incremental");
+    assert_eq!(incr_row["taken_at"], incr_row["started_at"]);
+    assert_eq!(full_row["restore_archives"], 1);
+    assert_eq!(incr_row["restore_archives"], 2);
+    let full_archive = full_row["archive"]["size"].as_u64().unwrap();
+    let incr_archive = incr_row["archive"]["size"].as_u64().unwrap();
+    let restore_size = incr_row["restore_size"].as_u64().unwrap();
+    assert!(
+        incr_archive < full_archive,
+        "the incremental's own archive should hold only the change: {incr_row:#}"
+    );
+    assert!(restore_size >= full_archive, "{incr_row:#}");
+    assert_eq!(restore_size, full_archive + incr_archive);
+    assert_eq!(full_row["restore_size"], full_archive);
+    // Three files come back from the incremental although its own archive holds one.
+    assert_eq!(incr_row["content"]["files"], 1);
+    assert_eq!(incr_row["restore_files"], 3);
+
+    let table = plain.agent().arg("snapshots").ok();
+    let header = table.lines().next().unwrap();
+    for column in [
+        "TAKEN (UTC)",
+        "KIND",
+        "SIZE",
+        "RESTORE SIZE",
+        "CHAIN",
+        "FILES",
+    ] {
+        assert!(header.contains(column), "no {column}: {table}");
+    }
+    let line = |id: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} not in {table}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let taken = full_row["started_at"].as_str().unwrap();
+    let full_line = line(&full);
+    assert_eq!(full_line[1], &taken[..10], "{table}");
+    assert_eq!(full_line[2], &taken[11..19], "{table}");
+    assert_eq!(full_line[3], "full", "{table}");
+    let incr_line = line(&incremental);
+    assert_eq!(incr_line[3], "incremental", "{table}");
+    // SIZE and RESTORE SIZE are "N unit" pairs; then the chain and the files.
+    assert_eq!(&incr_line[8..10], ["2", "3"], "{table}");
+}
