@@ -675,3 +675,100 @@ fn snapshots_show_when_each_was_taken_and_what_restoring_its_chain_reads() {
     // SIZE and RESTORE SIZE are "N unit" pairs; then the chain and the files.
     assert_eq!(&incr_line[8..10], ["2", "3"], "{table}");
 }
+
+/// The `progress` events of a run's JSON logs.
+fn progress_events(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == "progress")
+        .collect()
+}
+
+#[test]
+fn json_logs_report_progress_periodically_and_only_for_long_operations() {
+    let plain = Plain::new();
+    std::fs::write(
+        plain.home.join("Documents/video.raw"),
+        incompressible(48 << 20),
+    )
+    .unwrap();
+    let ran = plain
+        .backup()
+        .arg("--allow-no-signal")
+        .env("GWB_LOG_FORMAT", "json")
+        .env("GWB_PROGRESS_EVERY", "5ms")
+        .run();
+    assert!(ran.status.success(), "{ran}");
+    let events = progress_events(&ran.stderr);
+    let archiving: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|event| event["phase"] == "archive and upload")
+        .collect();
+    let bytes: Vec<u64> = archiving
+        .iter()
+        .map(|event| event["bytes"].as_u64().unwrap())
+        .collect();
+    assert!(
+        bytes.windows(2).all(|pair| pair[0] <= pair[1]),
+        "bytes went back: {bytes:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = bytes.iter().collect();
+    assert!(distinct.len() >= 2, "no growing progress: {ran}");
+    for event in &archiving {
+        assert!(
+            event["bytes_total"].as_u64().unwrap() >= 48 << 20,
+            "{event}"
+        );
+        assert!(event["percent"].as_u64().unwrap() <= 100, "{event}");
+        assert_eq!(event["files_total"], 2, "{event}");
+    }
+
+    // At the default interval (10 s) a backup of a few seconds logs no progress at all.
+    let ran = plain
+        .backup()
+        .arg("--allow-no-signal")
+        .env("GWB_LOG_FORMAT", "json")
+        .run();
+    assert!(ran.status.success(), "{ran}");
+    assert_eq!(progress_events(&ran.stderr).len(), 0, "{ran}");
+}
+
+#[test]
+fn a_terminal_shows_one_labeled_progress_line() {
+    let plain = Plain::new();
+    std::fs::write(
+        plain.home.join("Documents/video.raw"),
+        incompressible(96 << 20),
+    )
+    .unwrap();
+    // `script` runs the backup on a pseudo-terminal and copies what it drew to stdout.
+    let staging = plain.root.join("staging");
+    let words = [
+        env!("CARGO_BIN_EXE_ghostwire-backup"),
+        "backup",
+        "--allow-no-signal",
+        "--repo",
+        plain.repo.to_str().unwrap(),
+        "--source",
+        plain.home.to_str().unwrap(),
+        "--recipient",
+        &plain.recipient,
+        "--staging-dir",
+        staging.to_str().unwrap(),
+    ];
+    let line: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let mut script = TestCommand::new(require(Part::Script));
+    script
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env("GWB_LOG_FORMAT", "text")
+        .env("NO_COLOR", "1");
+    let ran = script.ok();
+    assert!(
+        ran.contains("\r\x1b[2Karchive and upload · "),
+        "no progress line: {ran:?}"
+    );
+    assert!(ran.contains(" files · "), "no file counts: {ran:?}");
+    assert!(ran.contains("MiB of "), "no byte counts: {ran:?}");
+    assert_eq!(snapshot_ids(&mut plain.agent()).len(), 1);
+}
