@@ -7,7 +7,7 @@
 //! write anything for it.
 //!
 //! - On a terminal with text logs: one line, redrawn every [`REDRAW`], such as
-//!   `archive and upload · 812/1,204 files · 61.0 MiB of 98.2 MiB (62%) · ETA 3s`.
+//!   `archive and upload · 2/4 files · 383.6 MiB of 800.0 MiB (47%) · ETA 2 seconds`.
 //!   Log lines clear it first (see [`LogWriter`]) and it is drawn again on the next tick.
 //! - Otherwise (JSON logs, a pipe, a container): a `progress` event every
 //!   `GWB_PROGRESS_EVERY` (10 s), the first only after one interval, so short operations
