@@ -685,6 +685,29 @@ fn progress_events(stderr: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `progress` events of `phase`, checked to grow: bytes never go back and move at
+/// least once.
+fn growing(stderr: &str, phase: &str) -> Vec<serde_json::Value> {
+    let events: Vec<serde_json::Value> = progress_events(stderr)
+        .into_iter()
+        .filter(|event| event["phase"] == phase)
+        .collect();
+    let bytes: Vec<u64> = events
+        .iter()
+        .map(|event| event["bytes"].as_u64().unwrap())
+        .collect();
+    assert!(
+        bytes.windows(2).all(|pair| pair[0] <= pair[1]),
+        "bytes went back: {bytes:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = bytes.iter().collect();
+    assert!(
+        distinct.len() >= 2,
+        "no growing {phase} progress in:\n{stderr}"
+    );
+    events
+}
+
 #[test]
 fn json_logs_report_progress_periodically_and_only_for_long_operations() {
     let plain = Plain::new();
@@ -700,21 +723,8 @@ fn json_logs_report_progress_periodically_and_only_for_long_operations() {
         .env("GWB_PROGRESS_EVERY", "5ms")
         .run();
     assert!(ran.status.success(), "{ran}");
-    let events = progress_events(&ran.stderr);
-    let archiving: Vec<&serde_json::Value> = events
-        .iter()
-        .filter(|event| event["phase"] == "archive and upload")
-        .collect();
-    let bytes: Vec<u64> = archiving
-        .iter()
-        .map(|event| event["bytes"].as_u64().unwrap())
-        .collect();
-    assert!(
-        bytes.windows(2).all(|pair| pair[0] <= pair[1]),
-        "bytes went back: {bytes:?}"
-    );
-    let distinct: std::collections::BTreeSet<_> = bytes.iter().collect();
-    assert!(distinct.len() >= 2, "no growing progress: {ran}");
+    let id = ran.stdout_trimmed().to_string();
+    let archiving = growing(&ran.stderr, "archive and upload");
     for event in &archiving {
         assert!(
             event["bytes_total"].as_u64().unwrap() >= 48 << 20,
@@ -722,6 +732,23 @@ fn json_logs_report_progress_periodically_and_only_for_long_operations() {
         );
         assert!(event["percent"].as_u64().unwrap() <= 100, "{event}");
         assert_eq!(event["files_total"], 2, "{event}");
+    }
+
+    // A restore reports the download against the stored archive's size.
+    let target = plain.root.join("restored");
+    let ran = plain
+        .restore(&target)
+        .args(["--snapshot", &id])
+        .env("GWB_LOG_FORMAT", "json")
+        .env("GWB_PROGRESS_EVERY", "5ms")
+        .run();
+    assert!(ran.status.success(), "{ran}");
+    let stored = std::fs::metadata(plain.repo.join(format!("archives/{id}.tar.zst.age")))
+        .unwrap()
+        .len();
+    for event in growing(&ran.stderr, "download and unpack") {
+        assert_eq!(event["bytes_total"], stored, "{event}");
+        assert_eq!(event["archives"], 1, "{event}");
     }
 
     // At the default interval (10 s) a backup of a few seconds logs no progress at all.
