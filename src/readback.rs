@@ -242,15 +242,24 @@ fn survey_archive<R: Read>(
 
 /// Checks every object a snapshot needs against its manifest, without the key.
 pub fn check_objects(remote: &Remote, manifest: &Manifest) -> Result<()> {
+    let index_size = manifest.index.as_ref().map_or(0, |index| index.size);
     if let Some(index) = &manifest.index {
         check_object(remote, &index.key, index.size, &index.sha256)?;
     }
+    let mut chain = Vec::new();
     for id in manifest.archives_needed() {
-        let needed = if id == manifest.id {
+        chain.push(if id == manifest.id {
             manifest.clone()
         } else {
             remote.find(&Selector::Id(id))?
-        };
+        });
+    }
+    // The index is read already, and counted: the total includes it.
+    let progress = remote.cancel().progress();
+    let archives: u64 = chain.iter().map(|needed| needed.archive.size).sum();
+    progress.set_totals(0, index_size + archives);
+    for (k, needed) in chain.iter().enumerate() {
+        progress.set_archive(k + 1, chain.len());
         let archive = &needed.archive;
         check_object(remote, &archive.key, archive.size, &archive.sha256)
             .with_context(|| format!("snapshot {}", needed.id))?;
@@ -259,7 +268,7 @@ pub fn check_objects(remote: &Remote, manifest: &Manifest) -> Result<()> {
 }
 
 fn check_object(remote: &Remote, key: &str, size: u64, sha256: &str) -> Result<()> {
-    let mut object = remote.reader(key)?;
+    let mut object = remote.cancel().progress().reader(remote.reader(key)?);
     let mut digest = Checksum::default();
     let mut buffer = vec![0u8; 1 << 20];
     loop {

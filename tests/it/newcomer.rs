@@ -751,6 +751,18 @@ fn json_logs_report_progress_periodically_and_only_for_long_operations() {
         assert_eq!(event["archives"], 1, "{event}");
     }
 
+    // So does a quick verify, which downloads the archive and its index.
+    let ran = plain
+        .agent()
+        .args(["verify", "--quick", "--snapshot", &id])
+        .env("GWB_LOG_FORMAT", "json")
+        .env("GWB_PROGRESS_EVERY", "5ms")
+        .run();
+    assert!(ran.status.success(), "{ran}");
+    for event in growing(&ran.stderr, "download and checksum") {
+        assert!(event["bytes_total"].as_u64().unwrap() > stored, "{event}");
+    }
+
     // At the default interval (10 s) a backup of a few seconds logs no progress at all.
     let ran = plain
         .backup()
