@@ -164,11 +164,11 @@ pub fn unpack_into(
             chown,
             preserve_owner: crate::fsutil::is_root(),
             max_content_bytes: step.manifest.content.bytes,
+            progress: progress.clone(),
         };
         let stats = read_archive(remote, &step.manifest, identities, |archive| {
             unpack::unpack(archive, dest, &options, &|path| step.wants(path))
         })?;
-        progress.add_files(stats.files);
         tracing::info!(archive = %step.manifest.id, files = stats.files, bytes = stats.bytes, "archive unpacked and authenticated");
     }
     let missing = plan

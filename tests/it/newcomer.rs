@@ -746,10 +746,20 @@ fn json_logs_report_progress_periodically_and_only_for_long_operations() {
     let stored = std::fs::metadata(plain.repo.join(format!("archives/{id}.tar.zst.age")))
         .unwrap()
         .len();
-    for event in growing(&ran.stderr, "download and unpack") {
+    let unpacking = growing(&ran.stderr, "download and unpack");
+    for event in &unpacking {
         assert_eq!(event["bytes_total"], stored, "{event}");
         assert_eq!(event["archives"], 1, "{event}");
+        assert_eq!(event["files_total"], 2, "{event}");
     }
+    // Files count as they are written: notes.txt (first in the archive) while the video
+    // is still coming in.
+    assert!(
+        unpacking
+            .iter()
+            .any(|event| event["files"] == 1 && event["bytes"].as_u64() < Some(stored)),
+        "{unpacking:#?}"
+    );
 
     // So does a quick verify, which downloads the archive and its index.
     let ran = plain
