@@ -273,11 +273,38 @@ impl Drop for Display {
 }
 
 fn draw(line: &str) {
+    let line = fit(line, terminal_width());
     let mut drawn = LINE_DRAWN.lock().unwrap();
     let mut stderr = io::stderr().lock();
     let _ = write!(stderr, "\r\x1b[2K{line}");
     let _ = stderr.flush();
     *drawn = true;
+}
+
+/// The line cut to the terminal's width: a line that wraps cannot be cleared with `\r`,
+/// and every redraw would leave one more behind.
+fn fit(line: &str, width: usize) -> &str {
+    // One column spare: some terminals wrap when the last one is written.
+    match line.char_indices().nth(width.saturating_sub(1)) {
+        Some((end, _)) => &line[..end],
+        None => line,
+    }
+}
+
+fn terminal_width() -> usize {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ only writes one `winsize` into the struct it is given.
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        size.ws_col as usize
+    } else {
+        80
+    }
 }
 
 fn clear() {
@@ -325,6 +352,13 @@ mod tests {
         // Unknown total, or done.
         assert_eq!(eta(10 * S, 50, 0), None);
         assert_eq!(eta(10 * S, 100, 100), None);
+    }
+
+    #[test]
+    fn a_line_wider_than_the_terminal_is_cut_to_fit() {
+        let line = "download and unpack · archive 1/2";
+        assert_eq!(fit(line, 80), line);
+        assert_eq!(fit(line, 23), "download and unpack · ");
     }
 
     #[test]
