@@ -196,7 +196,11 @@ impl ArchiveWriter {
             let size = before.len();
             let mut header = header_for(shown.unwrap_or(&before), tar::EntryType::Regular, size);
             let mut reader = ExactLength {
-                inner: self.cancel.reader(file).take(size),
+                inner: self
+                    .cancel
+                    .progress()
+                    .reader(self.cancel.reader(file))
+                    .take(size),
                 remaining: size,
                 short: false,
                 sha256: Sha256::new(),

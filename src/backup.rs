@@ -161,6 +161,11 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
         cancel,
     )?;
     let deleted = chain::deleted_paths(&previous, &listing);
+    let files = listing
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, walk::Kind::File | walk::Kind::PlainSqlite))
+        .count() as u64;
     tracing::info!(
         snapshot = %id,
         parent = parent.as_ref().map(|p| p.id.as_str()),
@@ -172,6 +177,7 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
 
     // 3. Stream tar → zstd → age into the store.
     cancel.enter("archive and upload")?;
+    cancel.progress().set_totals(files, listing.file_bytes);
     let pass = ArchivePass {
         id: id.clone(),
         source: options.source.clone(),

@@ -6,7 +6,7 @@
 //! the [`Cancel`] token is cancelled. [`spawn`] starts a core body on a thread of its own
 //! (not one of Tokio's: a thread that does not stop at a deadline must not hold up the
 //! runtime or the process's exit), and [`until_signal`] is how a one-shot command lets
-//! SIGTERM/SIGINT cut it.
+//! SIGTERM/SIGINT cut it (and shows its progress).
 
 use std::future::Future;
 use std::io::{self, Read};
@@ -197,6 +197,8 @@ where
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let cancel = Cancel::new();
+    // Dropped when this returns, however it returns: the line never outlives the work.
+    let _display = crate::progress::Display::start(&cancel);
     let work = spawn(repo, cancel.clone(), body);
     tokio::pin!(work);
     let name = tokio::select! {

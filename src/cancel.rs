@@ -5,12 +5,15 @@
 //! deadline can only be kept if the work itself looks at the token often: between database
 //! pages, files, archive entries, reads of a large file, and from inside SQLite through a
 //! progress handler. The token also remembers which phase the work is in, so a cut says
-//! what it cut.
+//! what it cut, and carries the work's [`Progress`] counters, so a progress display
+//! names the same phases.
 
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
+
+use crate::progress::Progress;
 
 /// The error of work stopped by its token. `phase` is what was running.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -24,6 +27,7 @@ pub struct Cancelled {
 pub struct Cancel {
     token: CancellationToken,
     phase: Arc<Mutex<&'static str>>,
+    progress: Progress,
 }
 
 impl Cancel {
@@ -51,8 +55,14 @@ impl Cancel {
     /// Notes the phase the work enters, for the message of a cut, and checks the token.
     pub fn enter(&self, phase: &'static str) -> Result<(), Cancelled> {
         *self.phase.lock().unwrap() = phase;
+        self.progress.restart();
         tracing::debug!(phase, "entering");
         self.check()
+    }
+
+    /// Where the work reports how far the current phase is.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
     }
 
     pub fn phase(&self) -> &'static str {

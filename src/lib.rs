@@ -12,7 +12,7 @@
 //!
 //! The core is synchronous and runs on threads of its own; [`blocking`] is the one place
 //! it reaches the async store, and [`cancel`] the token every long phase checks, so
-//! deadlines and signals cut it within about a second. [`commands`] has one thin file per
+//! deadlines and signals cut it within about a second; [`progress`] shows how far it is. [`commands`] has one thin file per
 //! verb; `run` adds the [`schedule`] and [`metrics`] of the sidecar daemon.
 
 pub mod archive;
@@ -33,6 +33,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod priority;
 pub mod profile;
+pub mod progress;
 pub mod readback;
 pub mod repo;
 pub mod restoration;

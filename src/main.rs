@@ -21,7 +21,7 @@ use ghostwire_backup::exit::Exit;
 use ghostwire_backup::repo::{self, Repository, Selector};
 use ghostwire_backup::retention::Policy;
 use ghostwire_backup::store::s3::{ObjectLock, S3Options};
-use ghostwire_backup::{lease, priority, schedule};
+use ghostwire_backup::{lease, priority, progress, schedule};
 
 mod reference;
 
@@ -620,17 +620,21 @@ fn init_logging(format: LogFormat) -> bool {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    progress::init(json);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
-        builder.json().flatten_event(true).init();
+        builder
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .init();
     } else {
         // For people: no module path (it says nothing to a user), and colours only on a
         // terminal that has not asked for none (https://no-color.org).
         let colours = std::io::stderr().is_terminal()
             && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
         builder
+            .with_writer(|| progress::LogWriter)
             .compact()
             .with_target(false)
             .with_ansi(colours)

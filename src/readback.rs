@@ -3,7 +3,7 @@
 //! checked against its manifest ([`read_archive`]).
 
 use std::collections::HashSet;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +15,7 @@ use crate::index::{self, EntryKind, IndexEntry};
 use crate::keys::Identities;
 use crate::manifest::Manifest;
 use crate::profile;
+use crate::progress::{Counted, Progress};
 use crate::repo::Selector;
 use crate::unpack::{self, UnpackOptions, safe_relative_path};
 
@@ -97,13 +98,22 @@ impl Plan {
         self.entries.iter().filter(|e| e.kind == EntryKind::File)
     }
 
+    /// Progress of reading the plan: the bytes to download (every archive's stored
+    /// size) and the files of its index, where it has one.
+    fn start_progress<'r>(&self, remote: &'r Remote) -> &'r Progress {
+        let progress = remote.cancel().progress();
+        let bytes = self.steps.iter().map(|s| s.manifest.archive.size).sum();
+        progress.set_totals(self.files().count() as u64, bytes);
+        progress
+    }
+
     /// The content bytes of every archive read: what a restore needs free.
     pub fn content_bytes(&self) -> u64 {
         self.steps.iter().map(|s| s.manifest.content.bytes).sum()
     }
 }
 
-pub type Download = HashingReader<indicatif::ProgressBarIter<RemoteReader>>;
+pub type Download = HashingReader<Counted<RemoteReader>>;
 
 /// Downloads a snapshot's archive and hands its tar stream to `consume`; then reads the
 /// stream to its end and checks it against the manifest. Nothing `consume` produced may be
@@ -120,13 +130,11 @@ pub fn read_archive<T>(
             manifest.id
         )
     })?;
-    let progress = progress_bar(manifest.archive.size);
-    let (ciphertext, digest) = HashingReader::new(progress.wrap_read(object));
+    let (ciphertext, digest) = HashingReader::new(remote.cancel().progress().reader(object));
     let mut tar = tar::Archive::new(archive::open_plain(ciphertext, identities)?);
     let result = consume(&mut tar);
     // A damaged stream often surfaces first as a tar error: prefer the real cause.
     let finished = archive::finish_plain(tar.into_inner());
-    progress.finish_and_clear();
     remote.cancel().check()?; // a cut reads as one, not as a damaged stream
     let result = match (result, finished) {
         (Ok(value), Ok(())) => value,
@@ -149,11 +157,14 @@ pub fn unpack_into(
     dest: &Path,
     chown: Option<(u32, u32)>,
 ) -> Result<()> {
-    for step in &plan.steps {
+    let progress = plan.start_progress(remote);
+    for (k, step) in plan.steps.iter().enumerate() {
+        progress.set_archive(k + 1, plan.steps.len());
         let options = UnpackOptions {
             chown,
             preserve_owner: crate::fsutil::is_root(),
             max_content_bytes: step.manifest.content.bytes,
+            progress: progress.clone(),
         };
         let stats = read_archive(remote, &step.manifest, identities, |archive| {
             unpack::unpack(archive, dest, &options, &|path| step.wants(path))
@@ -182,9 +193,11 @@ pub struct Survey {
 /// Reads every archive of `plan` to its end, checking every entry name as a restore would.
 pub fn survey(remote: &Remote, plan: &Plan, identities: &Identities) -> Result<Survey> {
     let mut survey = Survey::default();
-    for step in &plan.steps {
+    let progress = plan.start_progress(remote);
+    for (k, step) in plan.steps.iter().enumerate() {
+        progress.set_archive(k + 1, plan.steps.len());
         read_archive(remote, &step.manifest, identities, |tar| {
-            survey_archive(tar, step, &mut survey)
+            survey_archive(tar, step, &mut survey, progress)
         })?;
     }
     Ok(survey)
@@ -194,6 +207,7 @@ fn survey_archive<R: Read>(
     tar: &mut tar::Archive<R>,
     step: &Step,
     survey: &mut Survey,
+    progress: &Progress,
 ) -> Result<()> {
     for entry in tar.entries()? {
         let mut entry = entry.map_err(archive::explain_read_error)?;
@@ -207,6 +221,7 @@ fn survey_archive<R: Read>(
         }
         if entry.header().entry_type().is_file() {
             survey.files.insert(path.clone());
+            progress.add_files(1);
         }
         if path == Path::new(profile::SIGNAL_CONFIG) {
             survey.config.clear();
@@ -227,15 +242,24 @@ fn survey_archive<R: Read>(
 
 /// Checks every object a snapshot needs against its manifest, without the key.
 pub fn check_objects(remote: &Remote, manifest: &Manifest) -> Result<()> {
+    let index_size = manifest.index.as_ref().map_or(0, |index| index.size);
     if let Some(index) = &manifest.index {
         check_object(remote, &index.key, index.size, &index.sha256)?;
     }
+    let mut chain = Vec::new();
     for id in manifest.archives_needed() {
-        let needed = if id == manifest.id {
+        chain.push(if id == manifest.id {
             manifest.clone()
         } else {
             remote.find(&Selector::Id(id))?
-        };
+        });
+    }
+    // The index is read already, and counted: the total includes it.
+    let progress = remote.cancel().progress();
+    let archives: u64 = chain.iter().map(|needed| needed.archive.size).sum();
+    progress.set_totals(0, index_size + archives);
+    for (k, needed) in chain.iter().enumerate() {
+        progress.set_archive(k + 1, chain.len());
         let archive = &needed.archive;
         check_object(remote, &archive.key, archive.size, &archive.sha256)
             .with_context(|| format!("snapshot {}", needed.id))?;
@@ -244,7 +268,7 @@ pub fn check_objects(remote: &Remote, manifest: &Manifest) -> Result<()> {
 }
 
 fn check_object(remote: &Remote, key: &str, size: u64, sha256: &str) -> Result<()> {
-    let mut object = remote.reader(key)?;
+    let mut object = remote.cancel().progress().reader(remote.reader(key)?);
     let mut digest = Checksum::default();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
@@ -255,18 +279,4 @@ fn check_object(remote: &Remote, key: &str, size: u64, sha256: &str) -> Result<(
         digest.update(&buffer[..n]);
     }
     digest.check(size, sha256)
-}
-
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("a valid template"),
-    );
-    bar
 }

@@ -115,11 +115,16 @@ impl ArchivePass {
                     if let Some(reused) = self.reusable(&indexed, &full)? {
                         indexed = reused;
                         counts.reused_files += 1;
+                        // Not read, but done: the total counts every file's bytes.
+                        self.cancel.progress().add_bytes(entry.metadata.len());
                     } else {
                         let outcome = writer.add_file(&entry.path, &full)?;
                         self.record(&mut indexed, outcome, &mut counts);
                     }
                 }
+            }
+            if kind == EntryKind::File {
+                self.cancel.progress().add_files(1); // done: archived, reused or vanished
             }
             if indexed.kind == EntryKind::File && indexed.archive.is_none() {
                 continue; // vanished

@@ -28,6 +28,8 @@ pub struct UnpackOptions {
     pub preserve_owner: bool,
     /// Refuse archives that expand to more file content than this.
     pub max_content_bytes: u64,
+    /// Where each restored file counts as done.
+    pub progress: crate::progress::Progress,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -140,6 +142,7 @@ pub fn unpack<R: Read>(
                 set_owner(&target, owner, options)?;
                 file.set_modified(to_time(mtime))?;
                 stats.files += 1;
+                options.progress.add_files(1);
             }
             tar::EntryType::Symlink => {
                 let link = entry
@@ -170,6 +173,7 @@ pub fn unpack<R: Read>(
                 remove_non_directory(&target, &relative)?;
                 fs::hard_link(&source, &target)?;
                 stats.files += 1;
+                options.progress.add_files(1);
             }
             other => bail!(
                 "archive entry {} is a {:?} (device node, FIFO or other special file): refusing it",
@@ -254,6 +258,7 @@ mod tests {
             chown: None,
             preserve_owner: false,
             max_content_bytes: 1 << 20,
+            progress: Default::default(),
         }
     }
 

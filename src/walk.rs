@@ -126,6 +126,7 @@ fn list_dir(
         } else if file_type.is_symlink() {
             Kind::Symlink(std::fs::read_link(&full).with_context(|| unreadable(&full))?)
         } else if file_type.is_file() {
+            cancel.progress().add_files(1);
             match has_sqlite_header(&full) {
                 Ok(true) => Kind::PlainSqlite,
                 Ok(false) => Kind::File,

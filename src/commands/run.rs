@@ -353,6 +353,8 @@ async fn timed_backup(
     let started = Instant::now();
     metrics.started();
     let options = options.clone();
+    // A sidecar's long backup says how far it is (every 10 s in its JSON logs).
+    let _display = crate::progress::Display::start(cancel);
     let work = blocking::spawn(repo, cancel.clone(), move |remote| {
         backup::take(remote, &options)
     });

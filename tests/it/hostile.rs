@@ -495,7 +495,7 @@ mod unpack_property {
             let before = snapshot(root.path().join("outside").as_path());
             let bytes = build(&entries, &outside);
             let cap = 100;
-            let options = UnpackOptions { chown: None, preserve_owner: false, max_content_bytes: cap };
+            let options = UnpackOptions { chown: None, preserve_owner: false, max_content_bytes: cap, progress: Default::default() };
             let result = unpack(&mut tar::Archive::new(&bytes[..]), &dest, &options, &|_| true);
             prop_assert_eq!(snapshot(&outside), before);
             let top: Vec<_> = fs::read_dir(root.path()).unwrap()

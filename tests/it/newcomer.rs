@@ -578,3 +578,246 @@ fn help_sets_global_options_apart_and_shows_examples() {
         "{prune}"
     );
 }
+
+/// Bytes zstd cannot shrink (xorshift), so an archive's size follows its content.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn snapshots_show_when_each_was_taken_and_what_restoring_its_chain_reads() {
+    let plain = Plain::new();
+    std::fs::write(
+        plain.home.join("Documents/photo.raw"),
+        incompressible(256 << 10),
+    )
+    .unwrap();
+    let full = plain.backed_up();
+    std::fs::write(plain.home.join("Documents/new.txt"), "one small change").unwrap();
+    let incremental = plain.backed_up();
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&plain.agent().args(["snapshots", "--json"]).ok()).unwrap();
+    let row = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {listed:#}"))
+            .clone()
+    };
+    let (full_row, incr_row) = (row(&full), row(&incremental));
+    // The manifest's own fields are still there: --json only gains fields.
+    for field in [
+        "started_at",
+        "finished_at",
+        "archive",
+        "content",
+        "depends_on",
+    ] {
+        assert!(!incr_row[field].is_null(), "{field} is gone: {incr_row:#}");
+    }
+    assert_eq!(full_row["kind"], "full");
+    assert_eq!(incr_row["kind"], "incremental");
+    assert_eq!(incr_row["taken_at"], incr_row["started_at"]);
+    assert_eq!(full_row["restore_archives"], 1);
+    assert_eq!(incr_row["restore_archives"], 2);
+    let full_archive = full_row["archive"]["size"].as_u64().unwrap();
+    let incr_archive = incr_row["archive"]["size"].as_u64().unwrap();
+    let restore_size = incr_row["restore_size"].as_u64().unwrap();
+    assert!(
+        incr_archive < full_archive,
+        "the incremental's own archive should hold only the change: {incr_row:#}"
+    );
+    assert!(restore_size >= full_archive, "{incr_row:#}");
+    assert_eq!(restore_size, full_archive + incr_archive);
+    assert_eq!(full_row["restore_size"], full_archive);
+    // Three files come back from the incremental although its own archive holds one.
+    assert_eq!(incr_row["content"]["files"], 1);
+    assert_eq!(incr_row["restore_files"], 3);
+
+    let table = plain.agent().arg("snapshots").ok();
+    let header = table.lines().next().unwrap();
+    for column in [
+        "TAKEN (UTC)",
+        "KIND",
+        "SIZE",
+        "RESTORE SIZE",
+        "CHAIN",
+        "FILES",
+    ] {
+        assert!(header.contains(column), "no {column}: {table}");
+    }
+    let line = |id: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} not in {table}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let taken = full_row["started_at"].as_str().unwrap();
+    let full_line = line(&full);
+    assert_eq!(full_line[1], &taken[..10], "{table}");
+    assert_eq!(full_line[2], &taken[11..19], "{table}");
+    assert_eq!(full_line[3], "full", "{table}");
+    let incr_line = line(&incremental);
+    assert_eq!(incr_line[3], "incremental", "{table}");
+    // SIZE and RESTORE SIZE are "N unit" pairs; then the chain and the files.
+    assert_eq!(&incr_line[8..10], ["2", "3"], "{table}");
+}
+
+/// The `progress` events of a run's JSON logs.
+fn progress_events(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == "progress")
+        .collect()
+}
+
+/// The `progress` events of `phase`, checked to grow: bytes never go back and move at
+/// least once.
+fn growing(stderr: &str, phase: &str) -> Vec<serde_json::Value> {
+    let events: Vec<serde_json::Value> = progress_events(stderr)
+        .into_iter()
+        .filter(|event| event["phase"] == phase)
+        .collect();
+    let bytes: Vec<u64> = events
+        .iter()
+        .map(|event| event["bytes"].as_u64().unwrap())
+        .collect();
+    assert!(
+        bytes.windows(2).all(|pair| pair[0] <= pair[1]),
+        "bytes went back: {bytes:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = bytes.iter().collect();
+    assert!(
+        distinct.len() >= 2,
+        "no growing {phase} progress in:\n{stderr}"
+    );
+    events
+}
+
+#[test]
+fn json_logs_report_progress_periodically_and_only_for_long_operations() {
+    let plain = Plain::new();
+    std::fs::write(
+        plain.home.join("Documents/video.raw"),
+        incompressible(48 << 20),
+    )
+    .unwrap();
+    let ran = plain
+        .backup()
+        .arg("--allow-no-signal")
+        .env("GWB_LOG_FORMAT", "json")
+        .env("GWB_PROGRESS_EVERY", "5ms")
+        .run();
+    assert!(ran.status.success(), "{ran}");
+    let id = ran.stdout_trimmed().to_string();
+    let archiving = growing(&ran.stderr, "archive and upload");
+    for event in &archiving {
+        assert!(
+            event["bytes_total"].as_u64().unwrap() >= 48 << 20,
+            "{event}"
+        );
+        assert!(event["percent"].as_u64().unwrap() <= 100, "{event}");
+        assert_eq!(event["files_total"], 2, "{event}");
+    }
+
+    // A restore reports the download against the stored archive's size.
+    let target = plain.root.join("restored");
+    let ran = plain
+        .restore(&target)
+        .args(["--snapshot", &id])
+        .env("GWB_LOG_FORMAT", "json")
+        .env("GWB_PROGRESS_EVERY", "5ms")
+        .run();
+    assert!(ran.status.success(), "{ran}");
+    let stored = std::fs::metadata(plain.repo.join(format!("archives/{id}.tar.zst.age")))
+        .unwrap()
+        .len();
+    let unpacking = growing(&ran.stderr, "download and unpack");
+    for event in &unpacking {
+        assert_eq!(event["bytes_total"], stored, "{event}");
+        assert_eq!(event["archives"], 1, "{event}");
+        assert_eq!(event["files_total"], 2, "{event}");
+    }
+    // Files count as they are written: notes.txt (first in the archive) while the video
+    // is still coming in.
+    assert!(
+        unpacking
+            .iter()
+            .any(|event| event["files"] == 1 && event["bytes"].as_u64() < Some(stored)),
+        "{unpacking:#?}"
+    );
+
+    // So does a quick verify, which downloads the archive and its index.
+    let ran = plain
+        .agent()
+        .args(["verify", "--quick", "--snapshot", &id])
+        .env("GWB_LOG_FORMAT", "json")
+        .env("GWB_PROGRESS_EVERY", "5ms")
+        .run();
+    assert!(ran.status.success(), "{ran}");
+    for event in growing(&ran.stderr, "download and checksum") {
+        assert!(event["bytes_total"].as_u64().unwrap() > stored, "{event}");
+    }
+
+    // At the default interval (10 s) a backup of a few seconds logs no progress at all.
+    let ran = plain
+        .backup()
+        .arg("--allow-no-signal")
+        .env("GWB_LOG_FORMAT", "json")
+        .run();
+    assert!(ran.status.success(), "{ran}");
+    assert_eq!(progress_events(&ran.stderr).len(), 0, "{ran}");
+}
+
+#[test]
+fn a_terminal_shows_one_labeled_progress_line() {
+    let plain = Plain::new();
+    std::fs::write(
+        plain.home.join("Documents/video.raw"),
+        incompressible(96 << 20),
+    )
+    .unwrap();
+    // `script` runs the backup on a pseudo-terminal and copies what it drew to stdout.
+    let staging = plain.root.join("staging");
+    let words = [
+        env!("CARGO_BIN_EXE_ghostwire-backup"),
+        "backup",
+        "--allow-no-signal",
+        "--repo",
+        plain.repo.to_str().unwrap(),
+        "--source",
+        plain.home.to_str().unwrap(),
+        "--recipient",
+        &plain.recipient,
+        "--staging-dir",
+        staging.to_str().unwrap(),
+    ];
+    let line: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let mut script = TestCommand::new(require(Part::Script));
+    script
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env("GWB_LOG_FORMAT", "text")
+        .env("NO_COLOR", "1");
+    let ran = script.ok();
+    assert!(
+        ran.contains("\r\x1b[2Karchive and upload · "),
+        "no progress line: {ran:?}"
+    );
+    assert!(ran.contains(" files · "), "no file counts: {ran:?}");
+    assert!(ran.contains("MiB of "), "no byte counts: {ran:?}");
+    assert_eq!(snapshot_ids(&mut plain.agent()).len(), 1);
+}

@@ -37,6 +37,8 @@ pub enum Part {
     Moto,
     Age,
     Zstd,
+    /// util-linux's `script`: a pseudo-terminal for what only a terminal shows.
+    Script,
 }
 
 const INSTALL: &str = "run scripts/install-test-deps.sh";
@@ -52,6 +54,7 @@ pub fn require(part: Part) -> PathBuf {
         Part::Moto => Some(moto_server()).filter(|path| is_executable(path)),
         Part::Age => on_path("age"),
         Part::Zstd => on_path("zstd"),
+        Part::Script => on_path("script"),
     };
     found.unwrap_or_else(|| match part {
         Part::Node => panic!(
@@ -66,6 +69,7 @@ pub fn require(part: Part) -> PathBuf {
         ),
         Part::Age => panic!("age is not on PATH: {INSTALL}"),
         Part::Zstd => panic!("zstd is not on PATH: {INSTALL}"),
+        Part::Script => panic!("script is not on PATH: install util-linux"),
     })
 }
 
