@@ -69,7 +69,7 @@ pub fn require(part: Part) -> PathBuf {
         ),
         Part::Age => panic!("age is not on PATH: {INSTALL}"),
         Part::Zstd => panic!("zstd is not on PATH: {INSTALL}"),
-        Part::Script => panic!("script is not on PATH: install util-linux"),
+        Part::Script => panic!("script is not on PATH: install util-linux's script (Debian: apt-get install bsdutils)"),
     })
 }
 
