@@ -70,8 +70,12 @@ async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {
         }
     }
     let orphans = delete_orphans(repo, &kept).await?;
+    let interrupted = repo
+        .store()
+        .remove_interrupted(ORPHAN_AGE.to_std().expect("a positive age"))
+        .await?;
     println!(
-        "forgot {} snapshots ({retained} still under Object Lock retention), removed {orphans} orphaned objects; {} kept",
+        "forgot {} snapshots ({retained} still under Object Lock retention), removed {orphans} orphaned objects and {interrupted} files of interrupted writes; {} kept",
         forget.len() - retained,
         kept.len()
     );

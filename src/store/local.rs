@@ -169,6 +169,12 @@ impl Store for LocalStore {
         Ok(version)
     }
 
+    async fn remove_interrupted(&self, older_than: std::time::Duration) -> Result<u64> {
+        let root = self.root.clone();
+        let removed = tokio::task::spawn_blocking(move || remove_partials(&root, older_than));
+        Ok(removed.await.map_err(anyhow::Error::from)??)
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {
@@ -222,4 +228,31 @@ fn list_dir(
         }
     }
     Ok(())
+}
+
+/// Deletes the `*.partial-*` files below `dir` last modified longer than `older_than` ago:
+/// what a write killed before its rename left (a live write touches its file all along).
+fn remove_partials(dir: &Path, older_than: std::time::Duration) -> anyhow::Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            removed += remove_partials(&entry.path(), older_than)?;
+            continue;
+        }
+        let partial = kind.is_file() && entry.file_name().to_string_lossy().contains(PARTIAL_MARK);
+        let age = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+        if partial && age > older_than {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("cannot delete {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }

@@ -107,6 +107,14 @@ pub trait Store: Send + Sync {
     /// Deletes an object; deleting a missing object is not an error. Fails with
     /// [`StoreError::Retained`] for an object still under Object Lock retention.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Removes what writes that died (SIGKILL, a lost node) left behind, once older than
+    /// `older_than` (so no live write loses its file), and says how many. Backends whose
+    /// dead writes leave nothing listable have nothing to do: on S3 an interrupted
+    /// multipart upload is the bucket lifecycle rule's (`AbortIncompleteMultipartUpload`).
+    async fn remove_interrupted(&self, _older_than: std::time::Duration) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// Creates the two ends of a streamed upload; at most `depth` chunks wait in between,

@@ -821,3 +821,35 @@ fn a_terminal_shows_one_labeled_progress_line() {
     assert!(ran.contains("MiB of "), "no byte counts: {ran:?}");
     assert_eq!(snapshot_ids(&mut plain.agent()).len(), 1);
 }
+
+#[test]
+fn prune_removes_what_a_killed_backup_left_in_a_local_repository_once_it_is_old() {
+    let plain = Plain::new();
+    let id = plain.backed_up();
+    // What `backup` killed by SIGKILL before its rename leaves: a `*.partial-*` file.
+    let archives = plain.repo.join("archives");
+    let dead = archives.join("20261101T000000.000Z-0badf00d.tar.zst.age.partial-4242");
+    let live = archives.join("20261202T000000.000Z-1badf00d.tar.zst.age.partial-4343");
+    for partial in [&dead, &live] {
+        std::fs::write(partial, vec![0u8; 1 << 20]).unwrap();
+    }
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&dead)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+
+    plain
+        .agent()
+        .args(["prune", "--keep-last", "1", "--dry-run"])
+        .ok();
+    assert!(dead.exists(), "a dry run deleted a file");
+    let report = plain.agent().args(["prune", "--keep-last", "1"]).ok();
+    assert!(report.contains("1 files of interrupted writes"), "{report}");
+    assert!(!dead.exists(), "a day-old partial file was kept");
+    // A fresh one may belong to a backup still writing: it stays.
+    assert!(live.exists(), "a fresh partial file was deleted");
+    assert_eq!(snapshot_ids(&mut plain.agent()), [id]);
+}
