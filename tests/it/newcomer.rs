@@ -853,3 +853,49 @@ fn prune_removes_what_a_killed_backup_left_in_a_local_repository_once_it_is_old(
     assert!(live.exists(), "a fresh partial file was deleted");
     assert_eq!(snapshot_ids(&mut plain.agent()), [id]);
 }
+
+#[test]
+fn ctrl_c_during_a_backup_leaves_no_partial_file_and_no_snapshot() {
+    use std::io::{BufRead, BufReader};
+    let plain = Plain::new();
+    std::fs::write(
+        plain.home.join("Documents/video.raw"),
+        incompressible(256 << 20),
+    )
+    .unwrap();
+    let mut backup = plain.backup();
+    backup
+        .arg("--allow-no-signal")
+        .env("GWB_LOG_FORMAT", "json")
+        .env("GWB_PROGRESS_EVERY", "5ms");
+    let mut child = backup.spawn(std::process::Stdio::null(), std::process::Stdio::piped());
+    // Ctrl-C once the archive is being written, so that a partial file exists.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // The archive streams into archives/ (the layout README documents).
+    let partials = || {
+        std::fs::read_dir(plain.repo.join("archives"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().contains(".partial-"))
+            .count()
+    };
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the backup ended first:\n{log}"
+        );
+        log.push_str(&line);
+        if line.contains("\"archive and upload\"") && partials() > 0 {
+            break;
+        }
+    }
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(8), "{log}");
+    assert_eq!(partials(), 0, "a cut backup left a partial file:\n{log}");
+    assert!(snapshot_ids(&mut plain.agent()).is_empty(), "{log}");
+}
