@@ -248,6 +248,9 @@ impl Display {
                     let sample = cancel.progress().sample(cancel.phase());
                     match mode {
                         Mode::Terminal => draw(&sample.line()),
+                        // A phase that has done nothing yet may not know its totals
+                        // yet either: its first event waits for its first byte or file.
+                        Mode::Events(_) if sample.bytes == 0 && sample.files == 0 => {}
                         Mode::Events(_) => sample.log(),
                     }
                 }

@@ -242,10 +242,6 @@ fn survey_archive<R: Read>(
 
 /// Checks every object a snapshot needs against its manifest, without the key.
 pub fn check_objects(remote: &Remote, manifest: &Manifest) -> Result<()> {
-    let index_size = manifest.index.as_ref().map_or(0, |index| index.size);
-    if let Some(index) = &manifest.index {
-        check_object(remote, &index.key, index.size, &index.sha256)?;
-    }
     let mut chain = Vec::new();
     for id in manifest.archives_needed() {
         chain.push(if id == manifest.id {
@@ -254,10 +250,14 @@ pub fn check_objects(remote: &Remote, manifest: &Manifest) -> Result<()> {
             remote.find(&Selector::Id(id))?
         });
     }
-    // The index is read already, and counted: the total includes it.
-    let progress = remote.cancel().progress();
+    // The total before the first byte is read: the index and every archive of the chain.
+    let index_size = manifest.index.as_ref().map_or(0, |index| index.size);
     let archives: u64 = chain.iter().map(|needed| needed.archive.size).sum();
+    let progress = remote.cancel().progress();
     progress.set_totals(0, index_size + archives);
+    if let Some(index) = &manifest.index {
+        check_object(remote, &index.key, index.size, &index.sha256)?;
+    }
     for (k, needed) in chain.iter().enumerate() {
         progress.set_archive(k + 1, chain.len());
         let archive = &needed.archive;
