@@ -249,6 +249,25 @@ impl Lock {
     }
 }
 
+/// Runs `work` alone in the repository under the exclusive lock (prune, forget), or
+/// without one for a dry run, which deletes nothing.
+pub async fn exclusively<T>(
+    repo: &Repository,
+    purpose: &str,
+    dry_run: bool,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let lock = match dry_run {
+        true => None,
+        false => Some(Lock::acquire(repo, Mode::Exclusive, purpose).await?),
+    };
+    let result = work.await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    result
+}
+
 /// What [`unlock`] did with one lock.
 #[derive(Debug)]
 pub enum Unlocked {

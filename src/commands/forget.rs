@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use anyhow::{Result, bail};
 
 use crate::lease;
-use crate::lock::{Lock, Mode};
+use crate::lock;
 use crate::repo::{Repository, Selector};
 
 pub struct ForgetOptions {
@@ -22,16 +22,7 @@ pub struct ForgetOptions {
 }
 
 pub async fn run(repo: &Repository, options: &ForgetOptions) -> Result<()> {
-    let lock = if options.dry_run {
-        None
-    } else {
-        Some(Lock::acquire(repo, Mode::Exclusive, "forget").await?)
-    };
-    let result = forget(repo, options).await;
-    if let Some(lock) = lock {
-        lock.release().await;
-    }
-    result
+    lock::exclusively(repo, "forget", options.dry_run, forget(repo, options)).await
 }
 
 async fn forget(repo: &Repository, options: &ForgetOptions) -> Result<()> {

@@ -10,7 +10,7 @@ use anyhow::Result;
 use chrono::{Duration, NaiveDateTime, Utc};
 
 use crate::layout::Object;
-use crate::lock::{Lock, Mode};
+use crate::lock;
 use crate::repo::Repository;
 use crate::retention::{self, Policy};
 use crate::store::StoreError;
@@ -25,16 +25,7 @@ const ORPHAN_AGE: Duration = Duration::hours(24);
 
 pub async fn run(repo: &Repository, options: &PruneOptions) -> Result<()> {
     options.policy.check()?;
-    let lock = if options.dry_run {
-        None
-    } else {
-        Some(Lock::acquire(repo, Mode::Exclusive, "prune").await?)
-    };
-    let result = prune(repo, options).await;
-    if let Some(lock) = lock {
-        lock.release().await;
-    }
-    result
+    lock::exclusively(repo, "prune", options.dry_run, prune(repo, options)).await
 }
 
 async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {

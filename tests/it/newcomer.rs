@@ -57,6 +57,11 @@ impl Plain {
         restore_command(self.agent(), &self.identity, target)
     }
 
+    /// A file of `len` bytes zstd cannot shrink, in the home's Documents.
+    fn add_incompressible(&self, name: &str, len: usize) {
+        std::fs::write(self.home.join("Documents").join(name), incompressible(len)).unwrap();
+    }
+
     fn manifest_path(&self, id: &str) -> PathBuf {
         self.repo.join(format!("snapshots/{id}.json"))
     }
@@ -595,11 +600,7 @@ fn incompressible(len: usize) -> Vec<u8> {
 #[test]
 fn snapshots_show_when_each_was_taken_and_what_restoring_its_chain_reads() {
     let plain = Plain::new();
-    std::fs::write(
-        plain.home.join("Documents/photo.raw"),
-        incompressible(256 << 10),
-    )
-    .unwrap();
+    plain.add_incompressible("photo.raw", 256 << 10);
     let full = plain.backed_up();
     std::fs::write(plain.home.join("Documents/new.txt"), "one small change").unwrap();
     let incremental = plain.backed_up();
@@ -711,11 +712,7 @@ fn growing(stderr: &str, phase: &str) -> Vec<serde_json::Value> {
 #[test]
 fn json_logs_report_progress_periodically_and_only_for_long_operations() {
     let plain = Plain::new();
-    std::fs::write(
-        plain.home.join("Documents/video.raw"),
-        incompressible(48 << 20),
-    )
-    .unwrap();
+    plain.add_incompressible("video.raw", 48 << 20);
     let ran = plain
         .backup()
         .arg("--allow-no-signal")
@@ -786,11 +783,7 @@ fn json_logs_report_progress_periodically_and_only_for_long_operations() {
 #[test]
 fn a_terminal_shows_one_labeled_progress_line() {
     let plain = Plain::new();
-    std::fs::write(
-        plain.home.join("Documents/video.raw"),
-        incompressible(96 << 20),
-    )
-    .unwrap();
+    plain.add_incompressible("video.raw", 96 << 20);
     // `script` runs the backup on a pseudo-terminal and copies what it drew to stdout.
     let staging = plain.root.join("staging");
     let words = [
@@ -858,11 +851,7 @@ fn prune_removes_what_a_killed_backup_left_in_a_local_repository_once_it_is_old(
 fn ctrl_c_during_a_backup_leaves_no_partial_file_and_no_snapshot() {
     use std::io::{BufRead, BufReader};
     let plain = Plain::new();
-    std::fs::write(
-        plain.home.join("Documents/video.raw"),
-        incompressible(256 << 20),
-    )
-    .unwrap();
+    plain.add_incompressible("video.raw", 256 << 20);
     let mut backup = plain.backup();
     backup
         .arg("--allow-no-signal")
