@@ -42,34 +42,47 @@ struct Cli {
 #[derive(Args)]
 #[command(next_help_heading = "Global options")]
 struct Global {
-    /// Repository: s3://BUCKET/PREFIX, or a local directory (default: ./backups, except
-    /// for `run`, which needs it set).
-    #[arg(long, env = "GWB_REPO", global = true, value_parser = parse_repo)]
-    repo: Option<String>,
-    /// S3 endpoint URL of an S3-compatible server: MinIO, Ceph, R2… (default: AWS).
-    #[arg(long, env = "GWB_S3_ENDPOINT", global = true, value_parser = parse_endpoint)]
-    s3_endpoint: Option<String>,
-    /// S3 region (default: AWS_REGION, else us-east-1).
-    #[arg(long, env = "GWB_S3_REGION", global = true)]
-    s3_region: Option<String>,
-    /// Path-style S3 addressing (most self-hosted servers need it).
-    #[arg(long, env = "GWB_S3_PATH_STYLE", global = true)]
-    s3_path_style: bool,
-    /// Attempts per S3 request: throttling, 5xx responses and timeouts are retried with
-    /// exponential backoff.
-    #[arg(long, env = "GWB_S3_ATTEMPTS", default_value_t = 6, global = true)]
-    s3_attempts: u32,
-    /// Retain snapshot objects this many days with S3 Object Lock (the bucket must have
-    /// Object Lock enabled); prune skips objects still retained.
-    #[arg(long, env = "GWB_OBJECT_LOCK_DAYS", global = true)]
-    object_lock_days: Option<u32>,
-    /// Object Lock mode: governance (privileged users may lift it) or compliance (nobody can).
-    #[arg(long, env = "GWB_OBJECT_LOCK_MODE", value_enum, default_value_t = LockMode::Governance, global = true)]
-    object_lock_mode: LockMode,
     /// Log format; auto is JSON when stderr is not a terminal. GWB_LOG sets the level.
     #[arg(long, env = "GWB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
     log_format: LogFormat,
 }
+
+/// Where the repository is and how to reach it: flattened into each command that opens
+/// one (not clap globals, which every command's --help would list, keygen's too; clap
+/// cannot hide a global in one command). Under a heading of their own, set on each one: a
+/// struct's `next_help_heading` would also cover the flags that follow the flatten. Another
+/// group of flags is made the same way: a struct, its heading on each flag, and one
+/// `#[command(flatten)]` line in each command that takes it.
+#[derive(Args)]
+struct RepoArgs {
+    /// Repository: s3://BUCKET/PREFIX, or a local directory (default: ./backups, except
+    /// for `run`, which needs it set).
+    #[arg(long, help_heading = REPOSITORY_OPTIONS, env = "GWB_REPO", value_parser = parse_repo)]
+    repo: Option<String>,
+    /// S3 endpoint URL of an S3-compatible server: MinIO, Ceph, R2… (default: AWS).
+    #[arg(long, help_heading = REPOSITORY_OPTIONS, env = "GWB_S3_ENDPOINT", value_parser = parse_endpoint)]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long, help_heading = REPOSITORY_OPTIONS, env = "GWB_S3_REGION")]
+    s3_region: Option<String>,
+    /// Path-style S3 addressing (most self-hosted servers need it).
+    #[arg(long, help_heading = REPOSITORY_OPTIONS, env = "GWB_S3_PATH_STYLE")]
+    s3_path_style: bool,
+    /// Attempts per S3 request: throttling, 5xx responses and timeouts are retried with
+    /// exponential backoff.
+    #[arg(long, help_heading = REPOSITORY_OPTIONS, env = "GWB_S3_ATTEMPTS", default_value_t = 6)]
+    s3_attempts: u32,
+    /// Retain snapshot objects this many days with S3 Object Lock (the bucket must have
+    /// Object Lock enabled); prune skips objects still retained.
+    #[arg(long, help_heading = REPOSITORY_OPTIONS, env = "GWB_OBJECT_LOCK_DAYS")]
+    object_lock_days: Option<u32>,
+    /// Object Lock mode: governance (privileged users may lift it) or compliance (nobody can).
+    #[arg(long, help_heading = REPOSITORY_OPTIONS, env = "GWB_OBJECT_LOCK_MODE", value_enum, default_value_t = LockMode::Governance)]
+    object_lock_mode: LockMode,
+}
+
+/// The --help heading of [`RepoArgs`]; `reference` lists such a shared group once.
+const REPOSITORY_OPTIONS: &str = "Repository options";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LockMode {
@@ -105,6 +118,8 @@ enum Command {
         after_long_help = "Examples:\n  ghostwire-backup snapshots --repo ./backups\n  ghostwire-backup snapshots --json | jq -r '.[-1].id'   # the newest id\n"
     )]
     Snapshots {
+        #[command(flatten)]
+        repository: RepoArgs,
         /// Machine-readable output: the manifests as a JSON array.
         #[arg(long, env = "GWB_JSON")]
         json: bool,
@@ -141,6 +156,8 @@ enum Command {
         after_long_help = "Examples:\n  ghostwire-backup unlock          # removes only locks that hold nothing\n"
     )]
     Unlock {
+        #[command(flatten)]
+        repository: RepoArgs,
         /// Also remove locks that may still be held: only when no backup or prune runs.
         #[arg(long)]
         all: bool,
@@ -150,6 +167,8 @@ enum Command {
         after_long_help = "Examples:\n  ghostwire-backup check --max-age 2h   # exit 5 when the newest snapshot is older\n"
     )]
     Check {
+        #[command(flatten)]
+        repository: RepoArgs,
         /// The oldest acceptable newest snapshot, e.g. 2h or 90m.
         #[arg(long, env = "GWB_MAX_AGE", value_parser = parse_seconds)]
         max_age: Duration,
@@ -169,6 +188,8 @@ enum Command {
 
 #[derive(Args)]
 struct PruneArgs {
+    #[command(flatten)]
+    repository: RepoArgs,
     /// Keep the newest N snapshots (restic's semantics, as are the other --keep-* flags).
     #[arg(long, env = "GWB_KEEP_LAST", default_value_t = 0)]
     keep_last: u32,
@@ -191,6 +212,8 @@ struct PruneArgs {
 
 #[derive(Args)]
 struct ForgetArgs {
+    #[command(flatten)]
+    repository: RepoArgs,
     /// Snapshots to forget: ids, unique id prefixes, or the ids' 8-hex suffixes.
     #[arg(required = true, value_name = "ID")]
     snapshots: Vec<String>,
@@ -233,6 +256,8 @@ struct RunArgs {
 
 #[derive(Args)]
 struct BackupArgs {
+    #[command(flatten)]
+    repository: RepoArgs,
     /// The home directory to back up.
     #[arg(long, env = "GWB_SOURCE", default_value = "/home/kasm-user")]
     source: PathBuf,
@@ -295,6 +320,8 @@ struct BackupArgs {
 
 #[derive(Args)]
 struct RestoreArgs {
+    #[command(flatten)]
+    repository: RepoArgs,
     /// Snapshot: an id (a unique start of one, or its last 8 hex digits, will do),
     /// `latest`, `final` (the newest final one, else the latest), or
     /// `handoff` (exactly the final snapshot the last instance released the lease with;
@@ -333,6 +360,8 @@ struct RestoreArgs {
 
 #[derive(Args)]
 struct VerifyArgs {
+    #[command(flatten)]
+    repository: RepoArgs,
     /// Snapshot: an id (or a unique start of one, or its last 8 hex digits), `latest`,
     /// `final` or `handoff`.
     #[arg(long, env = "GWB_SNAPSHOT", default_value = "latest")]
@@ -440,53 +469,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let global = cli.global;
-    let daemon = matches!(cli.command, Command::Run(_));
-    let open = |parallel_parts: usize, existing: Existing| {
-        let options = S3Options {
-            endpoint: global.s3_endpoint.clone(),
-            region: global.s3_region.clone(),
-            path_style: global.s3_path_style,
-            max_attempts: global.s3_attempts,
-            parallel_parts,
-            object_lock: global.object_lock_days.map(|days| ObjectLock {
-                mode: match global.object_lock_mode {
-                    LockMode::Governance => ObjectLockMode::Governance,
-                    LockMode::Compliance => ObjectLockMode::Compliance,
-                },
-                days,
-            }),
-        };
-        let location = global.repo.clone();
-        async move {
-            match (location, existing) {
-                (Some(location), Existing::Required) => {
-                    Repository::open_existing(&location, &options).await
-                }
-                (Some(location), Existing::Created) => Repository::open(&location, &options).await,
-                (None, Existing::Required) => {
-                    Repository::open_existing(DEFAULT_REPO, &options).await
-                }
-                // A daemon writing into the container's own filesystem loses every
-                // snapshot with the pod: it must be told where.
-                (None, Existing::Created) if daemon => bail!(
-                    "run needs a repository: set --repo (GWB_REPO) to s3://BUCKET/PREFIX or a \
-                     directory on a volume that outlives the pod"
-                ),
-                (None, Existing::Created) => {
-                    tracing::info!(
-                        repository = DEFAULT_REPO,
-                        "no --repo (GWB_REPO): writing to the local directory {DEFAULT_REPO}"
-                    );
-                    Repository::open(DEFAULT_REPO, &options).await
-                }
-            }
-        }
-    };
     match cli.command {
         Command::Keygen { out } => commands::keygen::run(&out),
         Command::Backup(args) => {
-            let repo = open(args.parallel_uploads, Existing::Created).await?;
+            let repo = (args.repository)
+                .open(args.parallel_uploads, Existing::Created)
+                .await?;
             let manifest = commands::backup::run(&repo, &args.options()).await?;
             println!("{}", manifest.id);
             Ok(())
@@ -502,7 +490,9 @@ async fn run(cli: Cli) -> Result<()> {
                 final_snapshot: args.final_snapshot,
                 final_deadline: args.final_deadline,
             };
-            let repo = open(args.backup.parallel_uploads, Existing::Created).await?;
+            let repo = (args.backup.repository)
+                .open(args.backup.parallel_uploads, Existing::CreatedWhereNamed)
+                .await?;
             commands::run::run(&repo, &args.backup.options(), &options).await
         }
         Command::Prune(args) => {
@@ -516,21 +506,24 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 dry_run: args.dry_run,
             };
-            commands::prune::run(&open(1, Existing::Required).await?, &options).await
+            let repo = args.repository.open(1, Existing::Required).await?;
+            commands::prune::run(&repo, &options).await
         }
         Command::Forget(args) => {
             let options = ForgetOptions {
                 snapshots: args.snapshots,
                 dry_run: args.dry_run,
             };
-            commands::forget::run(&open(1, Existing::Required).await?, &options).await
+            let repo = args.repository.open(1, Existing::Required).await?;
+            commands::forget::run(&repo, &options).await
         }
-        Command::Unlock { all } => {
-            commands::unlock::run(&open(1, Existing::Required).await?, all).await
+        Command::Unlock { repository, all } => {
+            commands::unlock::run(&repository.open(1, Existing::Required).await?, all).await
         }
-        Command::Check { max_age } => {
-            commands::check::run(&open(1, Existing::Required).await?, max_age).await
-        }
+        Command::Check {
+            repository,
+            max_age,
+        } => commands::check::run(&repository.open(1, Existing::Required).await?, max_age).await,
         Command::Reference { json, section } => {
             let reference = reference::Reference::new(&Cli::command(), &[LOG_FILTER]);
             let text = match (json, section.as_deref()) {
@@ -549,12 +542,12 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{text}");
             Ok(())
         }
-        Command::Snapshots { json } => {
-            commands::snapshots::run(&open(1, Existing::Required).await?, json).await
+        Command::Snapshots { repository, json } => {
+            commands::snapshots::run(&repository.open(1, Existing::Required).await?, json).await
         }
         Command::Restore(args) => {
             let outcome = restore::run(
-                &open(1, Existing::Required).await?,
+                &args.repository.open(1, Existing::Required).await?,
                 &RestoreOptions {
                     snapshot: args.snapshot,
                     identity: args.identity,
@@ -580,7 +573,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify(args) => {
             let manifest = commands::verify::run(
-                &open(1, Existing::Required).await?,
+                &args.repository.open(1, Existing::Required).await?,
                 &VerifyOptions {
                     snapshot: args.snapshot,
                     identity: args.identity,
@@ -597,11 +590,53 @@ async fn run(cli: Cli) -> Result<()> {
 /// Where `backup` writes without --repo: the quick start's local repository.
 const DEFAULT_REPO: &str = "./backups";
 
-/// Whether a command may create the repository (`backup`, `run`) or needs one that exists.
+/// Whether a command may create the repository or needs one that exists.
 #[derive(Clone, Copy)]
 enum Existing {
+    /// `backup`: creates it, at [`DEFAULT_REPO`] without --repo.
     Created,
+    /// `run`: creates it, but only where --repo says.
+    CreatedWhereNamed,
     Required,
+}
+
+impl RepoArgs {
+    async fn open(&self, parallel_parts: usize, existing: Existing) -> Result<Repository> {
+        let options = S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            max_attempts: self.s3_attempts,
+            parallel_parts,
+            object_lock: self.object_lock_days.map(|days| ObjectLock {
+                mode: match self.object_lock_mode {
+                    LockMode::Governance => ObjectLockMode::Governance,
+                    LockMode::Compliance => ObjectLockMode::Compliance,
+                },
+                days,
+            }),
+        };
+        match (&self.repo, existing) {
+            (Some(location), Existing::Required) => {
+                Repository::open_existing(location, &options).await
+            }
+            (Some(location), _) => Repository::open(location, &options).await,
+            (None, Existing::Required) => Repository::open_existing(DEFAULT_REPO, &options).await,
+            // A daemon writing into the container's own filesystem loses every snapshot
+            // with the pod: it must be told where.
+            (None, Existing::CreatedWhereNamed) => bail!(
+                "run needs a repository: set --repo (GWB_REPO) to s3://BUCKET/PREFIX or a \
+                 directory on a volume that outlives the pod"
+            ),
+            (None, Existing::Created) => {
+                tracing::info!(
+                    repository = DEFAULT_REPO,
+                    "no --repo (GWB_REPO): writing to the local directory {DEFAULT_REPO}"
+                );
+                Repository::open(DEFAULT_REPO, &options).await
+            }
+        }
+    }
 }
 
 /// The one environment variable without a flag.

@@ -54,6 +54,9 @@ struct Flag {
     required: bool,
     possible_values: Vec<String>,
     help: String,
+    /// The --help heading it is listed under (`Repository options`); none for a command's
+    /// own flags.
+    heading: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -94,10 +97,11 @@ impl Reference {
         Ok(serde_json::to_string_pretty(self)? + "\n")
     }
 
-    /// The README's configuration table: global flags, variables without a flag, then each
-    /// command's own flags. A command that takes all of an earlier one's flags (`run` takes
-    /// `backup`'s) says so instead of repeating them.
-    pub fn flags_markdown(&self) -> String {
+    /// The README's configuration table: global flags, variables without a flag, each group
+    /// of flags several commands share (a --help heading such as `Repository options`) once,
+    /// then each command's own flags. A command that takes all of an earlier one's flags
+    /// (`run` takes `backup`'s) says so instead of repeating them.
+    pub fn flags_markdown<'a>(&'a self) -> String {
         let mut out = String::from("| flag | env | default | |\n|---|---|---|---|\n");
         for flag in &self.global {
             out += &flag_row(flag);
@@ -110,32 +114,86 @@ impl Reference {
                 cell(&var.help)
             );
         }
+        let groups = self.shared_groups();
+        for (heading, flags) in &groups {
+            let takers: Vec<String> = self
+                .commands
+                .iter()
+                .filter(|c| c.args.iter().any(|a| a.heading.as_ref() == Some(heading)))
+                .map(|c| format!("**{}**", c.name))
+                .collect();
+            out += &format!(
+                "| **{}** — taken by {} | | | |\n",
+                cell(heading),
+                takers.join(", ")
+            );
+            for flag in flags {
+                out += &flag_row(flag);
+            }
+        }
+        let shared: Vec<&String> = groups.iter().map(|(heading, _)| heading).collect();
+        let own = |command: &'a CommandRef| -> Vec<&'a Flag> {
+            (command.args.iter())
+                .filter(|f| !f.heading.as_ref().is_some_and(|h| shared.contains(&h)))
+                .collect()
+        };
         for (i, command) in self.commands.iter().enumerate() {
-            if command.args.is_empty() {
+            let args = own(command);
+            if args.is_empty() {
                 continue;
             }
             let includes = self.commands[..i]
                 .iter()
-                .filter(|earlier| {
-                    !earlier.args.is_empty()
-                        && earlier.args.iter().all(|a| command.args.contains(a))
+                .map(|earlier| (earlier, own(earlier)))
+                .filter(|(_, earlier)| {
+                    !earlier.is_empty() && earlier.iter().all(|a| args.contains(a))
                 })
-                .max_by_key(|earlier| earlier.args.len());
+                .max_by_key(|(_, earlier)| earlier.len());
             let also = includes
-                .map(|earlier| format!("; takes every **{}** flag too", earlier.name))
+                .as_ref()
+                .map(|(earlier, _)| format!("; takes every **{}** flag too", earlier.name))
                 .unwrap_or_default();
             out += &format!(
                 "| **{}** — {}{also} | | | |\n",
                 command.name,
                 cell(&command.about)
             );
-            for flag in &command.args {
-                if !includes.is_some_and(|earlier| earlier.args.contains(flag)) {
+            for flag in args {
+                if !includes
+                    .as_ref()
+                    .is_some_and(|(_, earlier)| earlier.contains(&flag))
+                {
                     out += &flag_row(flag);
                 }
             }
         }
         out
+    }
+
+    /// The --help headings that more than one command lists, with their flags, in the order
+    /// they first appear.
+    fn shared_groups(&self) -> Vec<(String, Vec<&Flag>)> {
+        let mut groups: Vec<(String, Vec<&Flag>)> = Vec::new();
+        for command in &self.commands {
+            for flag in &command.args {
+                let Some(heading) = &flag.heading else {
+                    continue;
+                };
+                let takers = self
+                    .commands
+                    .iter()
+                    .filter(|c| c.args.iter().any(|a| a.heading.as_ref() == Some(heading)));
+                if takers.count() < 2 {
+                    continue;
+                }
+                match groups.iter_mut().find(|(h, _)| h == heading) {
+                    Some((_, flags)) if !flags.contains(&flag) => flags.push(flag),
+                    Some(_) => {}
+                    None => groups.push((heading.clone(), vec![flag])),
+                }
+            }
+        }
+        groups
     }
 
     /// The README's metric list.
@@ -209,6 +267,7 @@ fn flag(arg: &Arg) -> Flag {
             .map(|v| v.get_name().to_owned())
             .collect(),
         help,
+        heading: arg.get_help_heading().map(str::to_owned),
     }
 }
 
@@ -282,8 +341,13 @@ mod tests {
             #[command(flatten)]
             copy: CopyArgs,
             /// Seconds between copies.
-            #[arg(long, env = "T_EVERY", default_value_t = 60)]
+            #[arg(long, env = "T_EVERY", default_value_t = 60, help_heading = "Timing")]
             every: u64,
+        },
+        /// List things.
+        Ls {
+            #[command(flatten)]
+            remote: RemoteArgs,
         },
         /// Not for users.
         #[command(hide = true)]
@@ -294,7 +358,16 @@ mod tests {
     }
 
     #[derive(clap::Args)]
+    struct RemoteArgs {
+        /// Where the things are.
+        #[arg(long, env = "T_HOST", help_heading = "Remote options")]
+        host: Option<String>,
+    }
+
+    #[derive(clap::Args)]
     struct CopyArgs {
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Who owns the copy, UID:GID (default: yours).
         #[arg(long, env = "T_OWNER")]
         owner: Option<String>,
@@ -315,13 +388,15 @@ mod tests {
     }
 
     #[test]
-    fn the_table_has_flag_env_default_and_help_and_skips_hidden_commands() {
+    fn the_table_has_flag_env_default_and_help_and_lists_shared_groups_once() {
         let table = reference().flags_markdown();
         let expected = "\
 | flag | env | default | |
 |---|---|---|---|
 | `--repo` | `T_REPO` | `./backups` | Where the repository is |
 | — | `T_LOG` | `info` | Log filter |
+| **Remote options** — taken by **copy**, **daemon**, **ls** | | | |
+| `--host` | `T_HOST` | — | Where the things are |
 | **copy** — Copy things | | | |
 | `--owner` | `T_OWNER` | yours | Who owns the copy, UID:GID |
 | `--force` | `T_FORCE` | off | Copy over existing &lt;files&gt; \\| dirs |
@@ -342,11 +417,11 @@ mod tests {
             .iter()
             .map(|a| a["env"].as_str().unwrap())
             .collect();
-        assert_eq!(envs, ["T_OWNER", "T_FORCE", "T_EVERY"]);
+        assert_eq!(envs, ["T_HOST", "T_OWNER", "T_FORCE", "T_EVERY"]);
         assert_eq!(json["global"][0]["env"], "T_REPO");
         assert_eq!(
             json["commands"].as_array().unwrap().len(),
-            2,
+            3,
             "hidden commands are left out"
         );
         assert!(!json["metrics"].as_array().unwrap().is_empty());

@@ -129,7 +129,7 @@ fn a_url_typo_in_the_repository_is_a_usage_error() {
     for typo in ["s3:/bucket/prefix", "S3://bucket", "minio://host/bucket"] {
         let err = agent()
             .current_dir(&plain.root)
-            .args(["--repo", typo, "snapshots"])
+            .args(["snapshots", "--repo", typo])
             .fails_with_code(2, &["looks like a URL", "s3://BUCKET"]);
         assert!(err.contains(typo), "{err}");
     }
@@ -216,13 +216,13 @@ fn a_snapshot_id_that_is_not_in_the_repository_exits_4() {
 #[test]
 fn an_s3_endpoint_without_its_scheme_is_a_usage_error() {
     agent()
+        .arg("snapshots")
         .args([
             "--repo",
             "s3://bucket/prefix",
             "--s3-endpoint",
             "127.0.0.1:9",
         ])
-        .arg("snapshots")
         .fails_with_code(2, &["https://127.0.0.1:9", "http://127.0.0.1:9"]);
 }
 
@@ -543,30 +543,27 @@ fn the_readme_documents_every_exit_code() {
     );
 }
 
+/// Every command but keygen opens a repository.
+const REPOSITORY_COMMANDS: [&str; 9] = [
+    "backup",
+    "snapshots",
+    "restore",
+    "verify",
+    "run",
+    "prune",
+    "forget",
+    "unlock",
+    "check",
+];
+
 #[test]
-fn help_sets_global_options_apart_and_shows_examples() {
-    let commands = [
-        "keygen",
-        "backup",
-        "snapshots",
-        "restore",
-        "verify",
-        "run",
-        "prune",
-        "forget",
-        "unlock",
-        "check",
-    ];
-    for command in commands {
+fn help_sets_repository_and_global_options_apart_and_shows_examples() {
+    for command in std::iter::once("keygen").chain(REPOSITORY_COMMANDS) {
         let help = agent().args([command, "--help"]).ok();
         let (own, global) = help
             .split_once("Global options:")
             .unwrap_or_else(|| panic!("{command} --help has no Global options heading:\n{help}"));
-        assert!(
-            !own.contains("--repo "),
-            "{command}: --repo among its own:\n{help}"
-        );
-        assert!(global.contains("--repo "), "{command}:\n{help}");
+        assert!(global.contains("--log-format"), "{command}:\n{help}");
         let examples = help
             .split_once("Examples:\n")
             .unwrap_or_else(|| panic!("{command} --help has no examples:\n{help}"))
@@ -575,13 +572,54 @@ fn help_sets_global_options_apart_and_shows_examples() {
             examples.contains(&format!("ghostwire-backup {command}")),
             "{command}:\n{help}"
         );
+        if command == "keygen" {
+            continue;
+        }
+        let (own, repository) = own.split_once("Repository options:").unwrap_or_else(|| {
+            panic!("{command} --help has no Repository options heading:\n{help}")
+        });
+        assert!(
+            !own.contains("--repo ") && !own.contains("--s3-endpoint"),
+            "{command}: repository flags among its own:\n{help}"
+        );
+        assert!(
+            repository.contains("--repo ") && repository.contains("--s3-endpoint"),
+            "{command}:\n{help}"
+        );
     }
     let prune = agent().args(["prune", "--help"]).ok();
-    let own = prune.split_once("Global options:").unwrap().0;
+    let own = prune.split_once("Repository options:").unwrap().0;
+    assert!(own.contains("--keep-last"), "{prune}");
+}
+
+#[test]
+fn keygen_help_lists_only_its_own_flags_and_repository_commands_still_take_repo() {
+    let keygen = agent().args(["keygen", "--help"]).ok();
+    for repository_flag in ["--repo", "--s3-", "--object-lock", "GWB_REPO", "GWB_S3_"] {
+        assert!(
+            !keygen.contains(repository_flag),
+            "keygen --help lists {repository_flag}, which keygen ignores:\n{keygen}"
+        );
+    }
+    assert!(keygen.contains("--out"), "{keygen}");
+    let backup = agent().args(["backup", "--help"]).ok();
     assert!(
-        own.contains("--keep-last") && !own.contains("--s3-endpoint"),
-        "{prune}"
+        backup.contains("--repo ") && backup.contains("[env: GWB_REPO="),
+        "{backup}"
     );
+    // Given anyway, it is refused rather than ignored: the user expected it to matter.
+    agent()
+        .args(["keygen", "--repo", "./backups", "--out", "identity.txt"])
+        .fails_with_code(2, &["--repo"]);
+    // And every repository command still reads its location from GWB_REPO.
+    let dir = tempfile::tempdir().unwrap();
+    for command in REPOSITORY_COMMANDS {
+        let help = agent_for(dir.path()).args([command, "--help"]).ok();
+        assert!(
+            help.contains(&format!("[env: GWB_REPO={}]", dir.path().display())),
+            "{command} does not read GWB_REPO:\n{help}"
+        );
+    }
 }
 
 /// Bytes zstd cannot shrink (xorshift), so an archive's size follows its content.
