@@ -16,32 +16,36 @@ pub type Identities = Vec<Box<dyn age::Identity + Send + Sync>>;
 pub fn recipients(given: &[String], files: &[std::path::PathBuf]) -> Result<Recipients> {
     let mut lines: Vec<(String, String)> = given
         .iter()
-        .map(|r| (r.trim().to_string(), "--recipient".to_string()))
+        .enumerate()
+        .map(|(i, r)| {
+            let origin = match given.len() {
+                1 => "the value given to --recipient (GWB_RECIPIENTS)".to_string(),
+                n => format!(
+                    "value {} of the {n} given to --recipient (GWB_RECIPIENTS)",
+                    i + 1
+                ),
+            };
+            (r.trim().to_string(), origin)
+        })
         .collect();
     for file in files {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read recipients file {}", file.display()))?;
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            lines.push((line.to_string(), file.display().to_string()));
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                let origin = format!(
+                    "line {} of the recipients file {}",
+                    number + 1,
+                    file.display()
+                );
+                lines.push((line.to_string(), origin));
+            }
         }
     }
     let mut parsed: Recipients = Vec::new();
     for (text, origin) in lines.into_iter().filter(|(t, _)| !t.is_empty()) {
-        if text.starts_with("AGE-SECRET-KEY-") {
-            bail!(
-                "{origin} holds an age *secret* key; the backup side takes only public keys \
-                 (age1…). Print the public key with `ghostwire-backup keygen` output or \
-                 `age-keygen -y`"
-            );
-        }
-        let recipient: age::x25519::Recipient = text
-            .parse()
-            .map_err(|e| anyhow::anyhow!("invalid age recipient {text:?} in {origin}: {e}"))?;
-        parsed.push(Box::new(recipient));
+        parsed.push(Box::new(recipient(&text, &origin)?));
     }
     if parsed.is_empty() {
         bail!(
@@ -50,6 +54,47 @@ pub fn recipients(given: &[String], files: &[std::path::PathBuf]) -> Result<Reci
         );
     }
     Ok(parsed)
+}
+
+/// One recipient. Its error says where the value came from and describes it, never prints
+/// it: a value that is not a public key may be a secret one pasted in the wrong place
+/// (lowercased, quoted), and errors go to logs.
+fn recipient(text: &str, origin: &str) -> Result<age::x25519::Recipient> {
+    let upper = text.to_ascii_uppercase();
+    if upper.contains("AGE-SECRET-KEY-") || upper.contains("AGE-PLUGIN-") {
+        bail!(
+            "{origin} looks like an age *secret* key (AGE-SECRET-KEY-…, not printed here); \
+             the backup side takes only public keys (age1…): give the one \
+             `ghostwire-backup keygen` printed, or `age-keygen -y identity.txt` prints it"
+        );
+    }
+    text.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "{origin} is not an age recipient ({e}): {}; a recipient is a public key, age1 \
+             and 58 more characters",
+            describe(text)
+        )
+    })
+}
+
+/// What an error may say about a value that failed to parse as a recipient: whether it
+/// starts with the public `age1`, its length, and whether it is quoted; nothing of the rest.
+fn describe(text: &str) -> String {
+    let bare = text.trim_matches(|c: char| c == '"' || c == '\'' || c.is_whitespace());
+    let start = if bare.starts_with("age1") {
+        "starts with age1"
+    } else {
+        "does not start with age1"
+    };
+    let quoted = if bare.len() == text.len() {
+        ""
+    } else {
+        ", in quotes (give it without them)"
+    };
+    format!(
+        "it {start} and is {} characters long{quoted}",
+        text.chars().count()
+    )
 }
 
 /// Loads an age identity file (the format `age-keygen` writes). Warns if other users can
@@ -118,6 +163,69 @@ mod tests {
         assert_eq!(identities(&out).unwrap().len(), 1);
         assert_eq!(recipients(&[recipient], &[]).unwrap().len(), 1);
         assert!(generate(&out).is_err(), "keygen must never overwrite a key");
+    }
+
+    /// The part of an age secret key that must never be printed, in either case.
+    fn secret_body(identity: &str) -> String {
+        identity["AGE-SECRET-KEY-".len()..].to_ascii_lowercase()
+    }
+
+    #[test]
+    fn a_secret_key_pasted_in_any_form_is_described_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = age::x25519::Identity::generate();
+        let secret = identity.to_string().expose_secret().to_string();
+        let pasted = [
+            secret.clone(),
+            secret.to_ascii_lowercase(),
+            format!("\"{secret}\""),
+            format!("'{secret}'"),
+            format!("\" {} \"", secret.to_ascii_lowercase()),
+            format!("key: {secret}"),
+        ];
+        for (i, value) in pasted.iter().enumerate() {
+            let file = dir.path().join(format!("recipients-{i}.txt"));
+            std::fs::write(&file, format!("# mine\n{value}\n")).unwrap();
+            for (err, origin) in [
+                (recipients(std::slice::from_ref(value), &[]), "--recipient"),
+                (recipients(&[], &[file]), "line 2 of the recipients file"),
+            ] {
+                let err = format!("{:#}", err.err().unwrap());
+                assert!(err.contains("secret") && err.contains(origin), "{err}");
+                assert!(
+                    !err.to_ascii_lowercase()
+                        .contains(&secret_body(&secret)[..12]),
+                    "{value:?} was printed: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_invalid_recipient_is_described_by_prefix_and_length_only() {
+        let public = age::x25519::Identity::generate().to_public().to_string();
+        let broken = format!("{}x", &public[..public.len() - 1]);
+        for (value, words) in [
+            (broken.clone(), vec!["starts with age1", "62 characters"]),
+            (
+                format!("\"{public}\""),
+                vec!["starts with age1", "in quotes"],
+            ),
+            (
+                "hunter2-not-a-key".to_string(),
+                vec!["does not start with age1", "17 characters"],
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                recipients(std::slice::from_ref(&value), &[]).err().unwrap()
+            );
+            for word in words {
+                assert!(err.contains(word), "{err}");
+            }
+            let body = value.trim_matches('"');
+            assert!(!err.contains(&body[4..]), "{value:?} was printed: {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! What the backup side can and cannot do, and what never reaches a log: the backup side
 //! holds only the age recipient (a public key), so it cannot read back what it wrote; no
-//! secret (Signal's database key, the age identity, the S3 secret key) appears in any output,
-//! even with debug logging; an identity file others can read draws a warning.
+//! secret (Signal's database key, the age identity, the S3 secret key and session token)
+//! appears in any output, even with debug or trace logging, nor an age secret key pasted
+//! where a recipient belongs; an identity file others can read draws a warning; the manual
+//! recovery recipe in docs/format.md deletes nothing outside the volume.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -194,5 +196,99 @@ fn an_identity_file_others_can_read_draws_a_warning() {
             !verify.stderr.contains("readable by other users"),
             "mode {tight:o}:\n{verify}"
         );
+    }
+}
+
+/// A home that is not a Signal profile, a key pair and a local repository: enough for a
+/// backup that needs no Signal driver (with `--allow-no-signal`).
+struct Plain {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    home: PathBuf,
+    identity: PathBuf,
+    recipient: String,
+}
+
+impl Plain {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let home = root.join("home");
+        std::fs::create_dir_all(home.join("Documents")).unwrap();
+        std::fs::write(home.join("Documents/notes.txt"), "not a Signal profile").unwrap();
+        let (identity, recipient) = keygen(&root);
+        Self {
+            _dir: dir,
+            root,
+            home,
+            identity,
+            recipient,
+        }
+    }
+
+    fn backup(&self, mut agent: TestCommand) -> TestCommand {
+        agent
+            .args(["backup", "--allow-no-signal", "--source"])
+            .arg(&self.home)
+            .arg("--staging-dir")
+            .arg(self.root.join("staging"));
+        agent
+    }
+}
+
+#[test]
+fn a_secret_key_pasted_as_a_recipient_is_described_never_printed() {
+    let plain = Plain::new();
+    let secret = age_secret(&plain.identity);
+    // What identifies the key: everything after its public prefix, in either case.
+    let body = secret["AGE-SECRET-KEY-".len()..].to_ascii_lowercase();
+    let file = plain.root.join("recipients.txt");
+    std::fs::write(&file, format!("# ours\n  \"{secret}\"  \n")).unwrap();
+    let repo = plain.root.join("backups");
+    for format in ["text", "json"] {
+        let agent = || {
+            let mut agent = agent_for(&repo);
+            agent.env("GWB_LOG_FORMAT", format);
+            agent
+        };
+        let given = [
+            (
+                plain
+                    .backup(agent())
+                    .args(["--recipient", &secret.to_ascii_lowercase()])
+                    .run(),
+                "the value given to --recipient",
+            ),
+            (
+                plain
+                    .backup(agent())
+                    .env("GWB_RECIPIENTS", format!("{},'{secret}'", plain.recipient))
+                    .run(),
+                "value 2 of the 2 given to --recipient",
+            ),
+            (
+                plain
+                    .backup(agent())
+                    .arg("--recipients-file")
+                    .arg(&file)
+                    .run(),
+                "line 2 of the recipients file",
+            ),
+        ];
+        for (ran, origin) in given {
+            assert!(!ran.status.success(), "{ran}");
+            let output = format!("{}{}", ran.stdout, ran.stderr);
+            assert!(
+                output.contains(origin) && output.contains("secret* key"),
+                "{ran}"
+            );
+            assert!(
+                !output.to_ascii_lowercase().contains(&body),
+                "the secret key appears in the output:\n{ran}"
+            );
+        }
+    }
+    if repo.exists() {
+        assert!(snapshot_ids(&mut agent_for(&repo)).is_empty());
     }
 }
