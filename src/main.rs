@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use aws_sdk_s3::types::ObjectLockMode;
 use ghostwire_backup::commands::forget::ForgetOptions;
@@ -643,7 +645,7 @@ impl RepoArgs {
 const LOG_FILTER: reference::EnvOnly = reference::EnvOnly {
     name: "GWB_LOG",
     default: "info",
-    help: "What to log: a level (debug, trace…) or a tracing filter such as ghostwire_backup=debug",
+    help: "What to log: a level (debug, trace…) or a tracing filter such as ghostwire_backup=debug; other libraries log at most debug (the AWS SDK's trace holds the session token)",
 };
 
 /// Sets up logging to stderr and says whether it is JSON.
@@ -656,12 +658,23 @@ fn init_logging(format: LogFormat) -> bool {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     progress::init(json);
+    // Whatever GWB_LOG asks for: the AWS SDK's trace events print each request's headers
+    // (x-amz-security-token, the session token, in the clear), the canonical request and
+    // credential responses. Only our own code may log at trace.
+    let at_most_debug = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::level_filters::LevelFilter::DEBUG)
+        .with_target(
+            "ghostwire_backup",
+            tracing::level_filters::LevelFilter::TRACE,
+        );
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder
             .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
+            .finish()
+            .with(at_most_debug)
             .init();
     } else {
         // For people: no module path (it says nothing to a user), and colours only on a
@@ -673,6 +686,8 @@ fn init_logging(format: LogFormat) -> bool {
             .compact()
             .with_target(false)
             .with_ansi(colours)
+            .finish()
+            .with(at_most_debug)
             .init();
     }
     json

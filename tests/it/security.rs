@@ -292,3 +292,58 @@ fn a_secret_key_pasted_as_a_recipient_is_described_never_printed() {
         assert!(snapshot_ids(&mut agent_for(&repo)).is_empty());
     }
 }
+
+#[test]
+fn trace_logs_show_no_s3_secret_key_or_session_token() {
+    let plain = Plain::new();
+    let server = S3Server::with_bucket("ghostwire");
+    let s3_secret = "s3-SECRET-9c2e7a4f1b8d3e6a0f5c2b9d7e4a1f8c";
+    let session_token = "FwoGZXIvYXdzSESSION-TOKEN-7d3a9e1c5b2f8a4e6c0d9b3f7a1e5c2d";
+    let agent = |format: &str| {
+        let mut agent = server.agent("s3://ghostwire/p");
+        agent
+            .env("AWS_SECRET_ACCESS_KEY", s3_secret)
+            .env("AWS_SESSION_TOKEN", session_token)
+            .env("GWB_LOG", "trace")
+            .env("RUST_LOG", "trace")
+            .env("GWB_LOG_FORMAT", format);
+        agent
+    };
+    let mut outputs = Vec::new();
+    for format in ["text", "json"] {
+        let backup = plain
+            .backup(agent(format))
+            .args(["--recipient", &plain.recipient])
+            .run();
+        let id = backup.stdout_trimmed().to_string();
+        outputs.push(backup);
+        outputs.push(agent(format).args(["snapshots", "--json"]).run());
+        outputs.push(
+            agent(format)
+                .args(["restore", "--snapshot", &id, "--identity"])
+                .arg(&plain.identity)
+                .arg("--target")
+                .arg(plain.root.join(format!("target-{format}")))
+                .run(),
+        );
+    }
+    let mut sdk_debug = 0;
+    for output in &outputs {
+        assert!(output.status.success(), "{output}");
+        let text = format!("{}{}", output.stdout, output.stderr);
+        // The SDK's events are still there, up to debug.
+        sdk_debug += (text.lines())
+            .filter(|l| l.contains("DEBUG") && l.contains("S3.PutObject"))
+            .count();
+        for (what, secret) in [
+            ("the S3 secret key", s3_secret),
+            ("the S3 session token", session_token),
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{what} appears in the output:\n{text}"
+            );
+        }
+    }
+    assert!(sdk_debug > 0, "no debug event of the AWS SDK in the output");
+}
