@@ -293,6 +293,132 @@ fn a_secret_key_pasted_as_a_recipient_is_described_never_printed() {
     }
 }
 
+/// docs/format.md's `delete_listed`, the fenced bash block that defines it, as written there.
+fn documented_delete_listed() -> String {
+    let doc = std::fs::read_to_string(repo_root().join("docs/format.md")).unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```bash\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(block, _)| block))
+        .filter(|block| block.contains("delete_listed() ("))
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "docs/format.md must define delete_listed in one ```bash block"
+    );
+    blocks[0].to_string()
+}
+
+/// Every file and symlink below `dir` with what it holds (a symlink: where it points).
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_symlink() {
+            let target = std::fs::read_link(&path).unwrap();
+            found.push((path, target.into_os_string().into_encoded_bytes()));
+        } else if meta.is_dir() {
+            found.push((path.clone(), Vec::new()));
+            found.extend(tree(&path));
+        } else {
+            found.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn the_documented_deletion_recipe_deletes_nothing_outside_the_volume() {
+    let recipe = documented_delete_listed();
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    let volume = dir.path().join("volume");
+    let list = volume.join(".ghostwire-backup-deleted");
+    let build = || {
+        let _ = std::fs::remove_dir_all(&volume);
+        let _ = std::fs::remove_dir_all(&outside);
+        for (path, text) in [
+            (outside.join("keep.txt"), "outside"),
+            (outside.join("sub/keep.txt"), "outside"),
+            (volume.join("gone.txt"), "listed"),
+            (volume.join("dir/sub/gone.txt"), "listed"),
+            (volume.join("stay.txt"), "not listed"),
+        ] {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        std::os::unix::fs::symlink("../outside", volume.join("link")).unwrap();
+        std::os::unix::fs::symlink(&outside, volume.join("abs-link")).unwrap();
+    };
+    let delete = |entries: &[&str]| {
+        let mut bytes = Vec::new();
+        for entry in entries {
+            bytes.extend_from_slice(entry.as_bytes());
+            bytes.push(0);
+        }
+        std::fs::write(&list, bytes).unwrap();
+        TestCommand::new("bash")
+            .arg("-c")
+            .arg(format!("{recipe}\ndelete_listed \"$1\""))
+            .arg("recipe")
+            .arg(&volume)
+            .run()
+    };
+    build();
+    let outside_before = tree(&outside);
+    let absolute = outside.join("keep.txt");
+    // Entries ghostwire-backup never writes: the whole list is refused, nothing deleted.
+    for hostile in [
+        "../outside/keep.txt",
+        absolute.to_str().unwrap(),
+        "dir/../../outside/keep.txt",
+        "..",
+        ".",
+        "",
+        "link/",
+        "dir//sub",
+        "./gone.txt",
+    ] {
+        build();
+        let volume_before = tree(&volume);
+        let ran = delete(&["gone.txt", hostile, "dir/sub"]);
+        assert!(!ran.status.success(), "{hostile:?} was accepted:\n{ran}");
+        assert!(ran.stderr.contains("nothing deleted"), "{ran}");
+        assert_eq!(tree(&outside), outside_before, "{hostile:?}:\n{ran}");
+        let mut volume_after = tree(&volume);
+        volume_after.retain(|(path, _)| *path != list);
+        assert_eq!(volume_after, volume_before, "{hostile:?}:\n{ran}");
+    }
+    // Through a symlinked parent, relative or absolute: skipped; the rest is deleted, and a
+    // listed symlink goes itself, not what it points to.
+    build();
+    let ran = delete(&[
+        "gone.txt",
+        "link/keep.txt",
+        "link/sub",
+        "abs-link/keep.txt",
+        "dir/sub",
+        "link",
+        "missing/file",
+    ]);
+    assert!(ran.status.success(), "{ran}");
+    assert!(ran.stderr.contains("link/keep.txt"), "{ran}");
+    assert_eq!(tree(&outside), outside_before, "{ran}");
+    let left: Vec<PathBuf> = tree(&volume).into_iter().map(|(path, _)| path).collect();
+    assert_eq!(
+        left,
+        [
+            volume.join("abs-link"),
+            volume.join("dir"),
+            volume.join("stay.txt")
+        ],
+        "{ran}"
+    );
+}
+
 #[test]
 fn trace_logs_show_no_s3_secret_key_or_session_token() {
     let plain = Plain::new();
