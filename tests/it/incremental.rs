@@ -156,16 +156,18 @@ fn a_chain_restores_with_stock_tools_full_then_each_incremental_then_its_deletio
         .collect();
     chain.sort();
     assert_eq!(chain.first().map(String::as_str), first["id"].as_str());
+    // Each deletion list goes through docs/format.md's own delete_listed.
+    let delete_listed = crate::security::documented_delete_listed();
     for id in chain {
         stock_tools(
             &format!(
-                "age -d -i \"$1\" \"$2\" | zstd -d | tar -x -C \"$3\"; cd \"$3\"; \
-                 if [ -f {DELETED_LIST} ]; then xargs -0 -r rm -rf -- < {DELETED_LIST}; \
-                 rm {DELETED_LIST}; fi"
+                "{delete_listed}\nage -d -i \"$1\" \"$2\" | zstd -d | tar -x -C \"$3\"; \
+                 delete_listed \"$3\""
             ),
             &[&fx.identity, &fx.archive(&id), &target],
         );
     }
+    assert!(!target.join(DELETED_LIST).exists());
     assert_same_tree(&kept_tree(&target), &kept_tree(fx.home()));
 }
 
