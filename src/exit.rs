@@ -17,6 +17,7 @@ pub enum Exit {
     S3Unreachable = 6,
     RestoreRefused = 7,
     Cancelled = 8,
+    Untrusted = 9,
 }
 
 impl Exit {
@@ -55,6 +56,12 @@ impl Exit {
         (
             Exit::Cancelled,
             "cut by SIGTERM/SIGINT or a deadline before it finished (nothing half-done is kept)",
+        ),
+        (
+            Exit::Untrusted,
+            "the snapshot or handoff asked for does not verify with the verify key (forged, \
+             altered, unsigned), or a newer snapshot than the one `latest` would pick does not: \
+             nothing was restored or checked",
         ),
     ];
 
@@ -120,6 +127,6 @@ mod tests {
     #[test]
     fn the_table_lists_every_code_once_in_order() {
         let codes: Vec<u8> = Exit::TABLE.iter().map(|(exit, _)| exit.code()).collect();
-        assert_eq!(codes, (1..=8).collect::<Vec<u8>>());
+        assert_eq!(codes, (1..=9).collect::<Vec<u8>>());
     }
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! archives/<id>.tar.zst.age   the archive (tar → zstd → age), uploaded first
 //! indexes/<id>.json.zst.age   the file index (JSON lines → zstd → age)
+//! snapshots/<id>.json.minisig the manifest's signature (minisign), uploaded before it
 //! snapshots/<id>.json         the manifest, uploaded last: the commit point
 //! locks/<id>.json             a repository lock (backups share, prune is alone)
 //! lease.json                  which instance may run (single-writer fencing)
@@ -19,6 +20,7 @@ pub enum Object {
     Archive(String),
     Index(String),
     Manifest(String),
+    Signature(String),
     Lock(String),
     Lease,
 }
@@ -27,6 +29,7 @@ pub enum Object {
 const ARCHIVES: (&str, &str) = ("archives/", ".tar.zst.age");
 const INDEXES: (&str, &str) = ("indexes/", ".json.zst.age");
 const MANIFESTS: (&str, &str) = ("snapshots/", ".json");
+const SIGNATURES: (&str, &str) = ("snapshots/", ".json.minisig");
 const LOCKS: (&str, &str) = ("locks/", ".json");
 const LEASE: &str = "lease.json";
 
@@ -50,9 +53,10 @@ impl Object {
         if key == LEASE {
             return Some(Object::Lease);
         }
-        let kinds: [(Naming, Constructor); 4] = [
+        let kinds: [(Naming, Constructor); 5] = [
             (ARCHIVES, Object::Archive),
             (INDEXES, Object::Index),
+            (SIGNATURES, Object::Signature),
             (MANIFESTS, Object::Manifest),
             (LOCKS, Object::Lock),
         ];
@@ -80,7 +84,9 @@ impl Object {
     /// of a snapshot do; locks and the lease must stay replaceable and deletable.
     pub fn retention(&self) -> Retention {
         match self {
-            Object::Archive(_) | Object::Index(_) | Object::Manifest(_) => Retention::Retain,
+            Object::Archive(_) | Object::Index(_) | Object::Manifest(_) | Object::Signature(_) => {
+                Retention::Retain
+            }
             Object::Lock(_) | Object::Lease => Retention::Replaceable,
         }
     }
@@ -90,6 +96,7 @@ impl Object {
             Object::Archive(id) => Some((ARCHIVES, id)),
             Object::Index(id) => Some((INDEXES, id)),
             Object::Manifest(id) => Some((MANIFESTS, id)),
+            Object::Signature(id) => Some((SIGNATURES, id)),
             Object::Lock(id) => Some((LOCKS, id)),
             Object::Lease => None,
         }
@@ -118,6 +125,7 @@ mod tests {
             Object::Archive(id.clone()),
             Object::Index(id.clone()),
             Object::Manifest(id.clone()),
+            Object::Signature(id.clone()),
             Object::Lock(id.clone()),
             Object::Lease,
         ] {
@@ -134,6 +142,10 @@ mod tests {
         assert_eq!(
             Object::Manifest(id.clone()).key(),
             format!("snapshots/{id}.json")
+        );
+        assert_eq!(
+            Object::Signature(id.clone()).key(),
+            format!("snapshots/{id}.json.minisig")
         );
         assert_eq!(Object::Lock(id.clone()).key(), format!("locks/{id}.json"));
         assert_eq!(Object::Lease.key(), "lease.json");

@@ -32,11 +32,25 @@ pub struct Lease {
     /// Set when the holder let go, normally after its final snapshot.
     pub released_at: Option<DateTime<Utc>>,
     pub final_snapshot: Option<String>,
+    /// minisign signature by the backup side's signing key over this lease without its
+    /// signature (compact JSON): what makes a handoff trustworthy. Anyone who can write to
+    /// the bucket could otherwise name an older genuine snapshot as the final one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl Lease {
     fn is_live(&self, now: DateTime<Utc>) -> bool {
         self.released_at.is_none() && self.expires_at > now
+    }
+
+    /// What the signature covers: the lease without it.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = Lease {
+            signature: None,
+            ..self.clone()
+        };
+        serde_json::to_vec(&unsigned).expect("a lease serializes")
     }
 
     fn describe(&self) -> String {
@@ -178,6 +192,7 @@ impl Held {
             expires_at: now + ttl,
             released_at: None,
             final_snapshot: None,
+            signature: None,
         };
         let version = write(repo, &lease, current.version()).await?;
         tracing::info!(owner, expires = %lease.expires_at.to_rfc3339(), "lease acquired");
@@ -239,8 +254,15 @@ impl Held {
     }
 }
 
+/// Writes the lease, signed when this side holds the signing key.
 async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Result<String> {
-    let json = serde_json::to_vec_pretty(lease).expect("a lease serializes");
+    let signed = Lease {
+        signature: repo
+            .signer()
+            .map(|signer| signer.sign(&Object::Lease.key(), &lease.signed_bytes())),
+        ..lease.clone()
+    };
+    let json = serde_json::to_vec_pretty(&signed).expect("a lease serializes");
     match repo
         .store()
         .put_if(&Object::Lease.key(), Bytes::from(json), expected)
@@ -259,7 +281,8 @@ async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Resu
 /// newest snapshot and its age, for a person to choose.
 pub async fn handoff(repo: &Repository) -> Result<String> {
     let found = read(repo).await?;
-    if let Some(id) = handed_over(&found) {
+    if let (Some(id), Found::Lease(lease, _)) = (handed_over(&found), &found) {
+        trust_handoff(repo, lease, id).await?;
         return Ok(id.to_string());
     }
     let now = Utc::now();
@@ -268,6 +291,52 @@ pub async fn handoff(repo: &Repository) -> Result<String> {
         "{}",
         no_handoff(&found, newest.as_ref(), repo.location(), now)
     )
+}
+
+/// A handoff is trusted only if the backup side signed the lease that names it, and no
+/// sidecar took a snapshot after it: after its final snapshot the holder takes no other, so
+/// a newer one taken under the lease means this lease is an old genuine one put back (a
+/// replay), and restoring it would roll Signal back.
+async fn trust_handoff(repo: &Repository, lease: &Lease, id: &str) -> Result<()> {
+    let verifier = repo.verifier()?;
+    let checked = match &lease.signature {
+        None => Err(crate::signing::Rejected::Unsigned),
+        Some(signature) => verifier.verify(&Object::Lease.key(), &lease.signed_bytes(), signature),
+    };
+    if let Err(why) = checked {
+        return Err(exit::coded(
+            Exit::Untrusted,
+            format!(
+                "the lease names snapshot {id} as the final snapshot {} released it with, \
+                 but {why}: it was written by a ghostwire-backup before signing, or by \
+                 someone with write access to the bucket. Check `ghostwire-backup \
+                 snapshots`; if {id} is the snapshot to restore, pass --snapshot {id}",
+                lease.owner
+            ),
+        ));
+    }
+    // Backups run by hand or by a CronJob may follow a handoff; a sidecar's only follow
+    // a newer acquisition of the lease.
+    let newer = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .rfind(|snapshot| snapshot.lease_owner.is_some() && snapshot.id.as_str() > id);
+    if let Some(newer) = newer {
+        return Err(exit::coded(
+            Exit::Untrusted,
+            format!(
+                "the lease names snapshot {id} as the final snapshot {} released it with, \
+                 but {} took snapshot {} after it while holding the lease: this lease is an \
+                 older one put back. Not restoring the older state: check `ghostwire-backup \
+                 snapshots`, then pass the --snapshot to restore explicitly",
+                lease.owner,
+                newer.lease_owner.as_deref().unwrap_or_default(),
+                newer.id
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The snapshot `--snapshot handoff` restores now, if any: what `forget` must not remove.

@@ -41,6 +41,7 @@ pub mod retention;
 pub mod reuse;
 pub mod schedule;
 pub mod signal_db;
+pub mod signing;
 pub mod sqlite;
 pub mod staging;
 pub mod store;

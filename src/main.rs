@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -19,9 +20,10 @@ use ghostwire_backup::commands::{
     self, backup::BackupOptions, restore, restore::RestoreOptions, run::RunOptions,
     verify::VerifyOptions,
 };
-use ghostwire_backup::exit::Exit;
-use ghostwire_backup::repo::{self, Repository, Selector};
+use ghostwire_backup::exit::{self, Exit};
+use ghostwire_backup::repo::{self, Keys, Repository, Selector};
 use ghostwire_backup::retention::Policy;
+use ghostwire_backup::signing::{Signer, Verifier};
 use ghostwire_backup::store::s3::{ObjectLock, S3Options};
 use ghostwire_backup::{lease, priority, progress, schedule};
 
@@ -101,14 +103,19 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create an age key pair: writes the secret identity, prints the public recipient.
+    /// Create the two key pairs: the age identity (restore side) and the signing key
+    /// (backup side); prints their public halves as GWB_RECIPIENTS= and GWB_VERIFY_KEY=.
     #[command(
-        after_long_help = "Examples:\n  ghostwire-backup keygen --out identity.txt   # prints age1…; keep identity.txt away from the backups\n"
+        after_long_help = "Examples:\n  ghostwire-backup keygen --out identity.txt --signing-out signing.key > public.env\n  ghostwire-backup keygen --signing-out signing.key   # add signing to an older repository\n\nidentity.txt goes to the restore side only, signing.key to the backup side only; \npublic.env holds what both sides may know.\n"
     )]
     Keygen {
-        /// Where to write the identity (must not exist).
-        #[arg(long, env = "GWB_KEYGEN_OUT")]
-        out: PathBuf,
+        /// Where to write the age identity, the secret key that decrypts (must not exist).
+        #[arg(long, env = "GWB_KEYGEN_OUT", required_unless_present = "signing_out")]
+        out: Option<PathBuf>,
+        /// Where to write the signing key, the secret key that signs snapshots (must not
+        /// exist).
+        #[arg(long, env = "GWB_KEYGEN_SIGNING_OUT")]
+        signing_out: Option<PathBuf>,
     },
     /// Take a snapshot of the home and upload it.
     #[command(
@@ -125,6 +132,8 @@ enum Command {
         /// Machine-readable output: the manifests as a JSON array.
         #[arg(long, env = "GWB_JSON")]
         json: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Restore a snapshot into an empty directory (a fresh volume).
     #[command(
@@ -174,6 +183,8 @@ enum Command {
         /// The oldest acceptable newest snapshot, e.g. 2h or 90m.
         #[arg(long, env = "GWB_MAX_AGE", value_parser = parse_seconds)]
         max_age: Duration,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Print every flag, environment variable and metric as Markdown, for the README
     /// (scripts/gen-docs.sh) and the deploy checks (scripts/check-deploy.sh).
@@ -210,6 +221,8 @@ struct PruneArgs {
     /// Print the keep/forget table; delete nothing.
     #[arg(long, env = "GWB_DRY_RUN")]
     dry_run: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 #[derive(Args)]
@@ -222,6 +235,8 @@ struct ForgetArgs {
     /// Print what would be forgotten; delete nothing.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 #[derive(Args)]
@@ -256,6 +271,40 @@ struct RunArgs {
     final_deadline: Duration,
 }
 
+/// What the commands that read snapshots trust.
+#[derive(Args)]
+struct TrustArgs {
+    /// The verify key (RW…, printed by `keygen` as GWB_VERIFY_KEY): only snapshots its
+    /// signing key signed are listed, restored or kept.
+    #[arg(long, help_heading = SIGNATURE_OPTIONS, env = "GWB_VERIFY_KEY")]
+    verify_key: Option<String>,
+    /// Also accept snapshots with no signature at all, made before signing existed (a
+    /// signature that is there must still verify).
+    #[arg(long, help_heading = SIGNATURE_OPTIONS, env = "GWB_ALLOW_UNSIGNED")]
+    allow_unsigned: bool,
+}
+
+/// The heading of [`TrustArgs`]' flags, set on each flag as [`REPOSITORY_OPTIONS`] is.
+const SIGNATURE_OPTIONS: &str = "Signature options";
+
+impl TrustArgs {
+    fn keys(&self) -> Result<Keys> {
+        let Some(text) = &self.verify_key else {
+            return Err(exit::coded(
+                Exit::Usage,
+                "no verify key: snapshots are signed, and only what the backup side's signing \
+                 key signed is trusted. Pass --verify-key (GWB_VERIFY_KEY), the RW… key \
+                 `ghostwire-backup keygen` printed",
+            ));
+        };
+        Ok(Keys {
+            signer: None,
+            verifier: Some(Verifier::parse(text)?),
+            allow_unsigned: self.allow_unsigned,
+        })
+    }
+}
+
 #[derive(Args)]
 struct BackupArgs {
     #[command(flatten)]
@@ -263,6 +312,10 @@ struct BackupArgs {
     /// The home directory to back up.
     #[arg(long, env = "GWB_SOURCE", default_value = "/home/kasm-user")]
     source: PathBuf,
+    /// Signing key file (minisign, from `keygen --signing-out`): every snapshot and lease
+    /// is signed with it, so a restore can tell them from anything else in the bucket.
+    #[arg(long, env = "GWB_SIGNING_KEY_FILE")]
+    signing_key: Option<PathBuf>,
     /// age recipient (public key, age1…); repeat or comma-separate for several.
     #[arg(long = "recipient", env = "GWB_RECIPIENTS", value_delimiter = ',')]
     recipients: Vec<String>,
@@ -354,6 +407,8 @@ struct RestoreArgs {
     /// Restore although another instance's lease is live (it is gone for good).
     #[arg(long, env = "GWB_BREAK_LEASE")]
     break_lease: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Fail if the repository holds no snapshot, also with --if-empty (a wrong location
     /// must not start Signal on an empty profile); off only for a first install.
     #[arg(long, env = "GWB_REQUIRE_SNAPSHOT")]
@@ -374,6 +429,8 @@ struct VerifyArgs {
     /// Only check the archive's size and SHA-256 against its manifest (no key needed).
     #[arg(long, env = "GWB_QUICK")]
     quick: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 /// Every duration flag: plain seconds (`90`, as Kubernetes fields are) or with units
@@ -388,6 +445,23 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 impl BackupArgs {
+    /// The signing key, which every backup needs.
+    fn keys(&self) -> Result<Keys> {
+        let Some(path) = &self.signing_key else {
+            return Err(exit::coded(
+                Exit::Usage,
+                "no signing key: every snapshot is signed, so that a restore can tell it from \
+                 anything else someone put in the bucket. Make one with `ghostwire-backup \
+                 keygen --signing-out signing.key` and pass --signing-key (GWB_SIGNING_KEY_FILE); \
+                 give restore the GWB_VERIFY_KEY it prints",
+            ));
+        };
+        Ok(Keys {
+            signer: Some(Arc::new(Signer::load(path)?)),
+            ..Keys::default()
+        })
+    }
+
     fn options(self) -> BackupOptions {
         BackupOptions {
             source: self.source,
@@ -403,6 +477,7 @@ impl BackupArgs {
             part_size: (self.part_size_mib << 20) as usize,
             db_wait: self.db_wait,
             r#final: self.r#final,
+            lease_owner: None,
             allow_no_signal: self.allow_no_signal,
             threads: self.threads.unwrap_or_else(priority::default_threads),
         }
@@ -472,11 +547,15 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Keygen { out } => commands::keygen::run(&out),
+        Command::Keygen { out, signing_out } => {
+            commands::keygen::run(out.as_deref(), signing_out.as_deref())
+        }
         Command::Backup(args) => {
+            let keys = args.keys()?;
             let repo = (args.repository)
                 .open(args.parallel_uploads, Existing::Created)
-                .await?;
+                .await?
+                .with_keys(keys);
             let manifest = commands::backup::run(&repo, &args.options()).await?;
             println!("{}", manifest.id);
             Ok(())
@@ -492,9 +571,11 @@ async fn run(cli: Cli) -> Result<()> {
                 final_snapshot: args.final_snapshot,
                 final_deadline: args.final_deadline,
             };
+            let keys = args.backup.keys()?;
             let repo = (args.backup.repository)
                 .open(args.backup.parallel_uploads, Existing::CreatedWhereNamed)
-                .await?;
+                .await?
+                .with_keys(keys);
             commands::run::run(&repo, &args.backup.options(), &options).await
         }
         Command::Prune(args) => {
@@ -509,7 +590,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dry_run: args.dry_run,
             };
             let repo = args.repository.open(1, Existing::Required).await?;
-            commands::prune::run(&repo, &options).await
+            commands::prune::run(&repo.with_keys(args.trust.keys()?), &options).await
         }
         Command::Forget(args) => {
             let options = ForgetOptions {
@@ -517,7 +598,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dry_run: args.dry_run,
             };
             let repo = args.repository.open(1, Existing::Required).await?;
-            commands::forget::run(&repo, &options).await
+            commands::forget::run(&repo.with_keys(args.trust.keys()?), &options).await
         }
         Command::Unlock { repository, all } => {
             commands::unlock::run(&repository.open(1, Existing::Required).await?, all).await
@@ -525,7 +606,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Check {
             repository,
             max_age,
-        } => commands::check::run(&repository.open(1, Existing::Required).await?, max_age).await,
+            trust,
+        } => {
+            let repo = repository.open(1, Existing::Required).await?;
+            commands::check::run(&repo.with_keys(trust.keys()?), max_age).await
+        }
         Command::Reference { json, section } => {
             let reference = reference::Reference::new(&Cli::command(), &[LOG_FILTER]);
             let text = match (json, section.as_deref()) {
@@ -544,12 +629,22 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{text}");
             Ok(())
         }
-        Command::Snapshots { repository, json } => {
-            commands::snapshots::run(&repository.open(1, Existing::Required).await?, json).await
+        Command::Snapshots {
+            repository,
+            json,
+            trust,
+        } => {
+            let repo = repository.open(1, Existing::Required).await?;
+            commands::snapshots::run(&repo.with_keys(trust.keys()?), json).await
         }
         Command::Restore(args) => {
+            let keys = args.trust.keys()?;
             let outcome = restore::run(
-                &args.repository.open(1, Existing::Required).await?,
+                &args
+                    .repository
+                    .open(1, Existing::Required)
+                    .await?
+                    .with_keys(keys),
                 &RestoreOptions {
                     snapshot: args.snapshot,
                     identity: args.identity,
@@ -574,8 +669,13 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Verify(args) => {
+            let keys = args.trust.keys()?;
             let manifest = commands::verify::run(
-                &args.repository.open(1, Existing::Required).await?,
+                &args
+                    .repository
+                    .open(1, Existing::Required)
+                    .await?
+                    .with_keys(keys),
                 &VerifyOptions {
                     snapshot: args.snapshot,
                     identity: args.identity,

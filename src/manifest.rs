@@ -20,6 +20,10 @@ pub struct Manifest {
     /// a green deploy.
     #[serde(default)]
     pub r#final: bool,
+    /// The lease holder that took it (the sidecar); absent for a backup run by hand or by
+    /// a CronJob. A newer one than a lease's handoff proves that lease is not current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
     pub archive: ArchiveInfo,
     /// The encrypted file index (see src/index.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,6 +128,40 @@ impl Manifest {
         }
     }
 
+    /// Whether this manifest is what the object `snapshots/<id>.json` may hold: its id, its
+    /// objects' keys and its chain all follow from `id`, and `id` is not from the future.
+    /// The signature covers the manifest, so this binds the signed content to the name a
+    /// restore chose it by: a genuine manifest copied under a newer (or a 2099) id fails.
+    pub fn check_names(&self, id: &str, now: DateTime<Utc>) -> Result<(), String> {
+        use crate::layout::Object;
+        if self.id != id {
+            return Err(format!("it says it is snapshot {}", self.id));
+        }
+        if self.archive.key != Object::Archive(id.to_string()).key()
+            || self
+                .index
+                .as_ref()
+                .is_some_and(|index| index.key != Object::Index(id.to_string()).key())
+        {
+            return Err("it names objects of another snapshot".into());
+        }
+        let earlier = self.parent.iter().chain(&self.chain_full);
+        if earlier
+            .chain(&self.depends_on)
+            .any(|other| other.as_str() > id)
+        {
+            return Err("it depends on a snapshot newer than itself".into());
+        }
+        match id_time(id) {
+            Some(taken) if taken <= now + FUTURE_SKEW => Ok(()),
+            Some(taken) => Err(format!(
+                "its id is dated {}, in the future",
+                taken.to_rfc3339()
+            )),
+            None => Err("its id is not a snapshot id".into()),
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let mut json = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
         json.push(b'\n');
@@ -174,6 +212,20 @@ pub enum ManifestError {
     },
 }
 
+/// How far ahead of this host's clock a snapshot id may be dated (another host's clock
+/// may run a little fast); anything later is refused, so a forged far-future id can never
+/// pin `latest`.
+pub const FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// When the snapshot (or lock) with this id was started, from the id's time part.
+pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    let time = id.get(..19)?;
+    chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%S%.3f")
+        .ok()
+        .filter(|_| id.as_bytes().get(19) == Some(&b'Z'))
+        .map(|naive| naive.and_utc())
+}
+
 /// A new, time-sortable snapshot id such as `20261126T233000.123Z-9f3a1c2b`. Milliseconds,
 /// because the daemon's final snapshot can start in the same second as a scheduled one and
 /// must still sort after it.
@@ -198,6 +250,7 @@ mod tests {
             finished_at: now,
             agent_version: "test".into(),
             r#final: false,
+            lease_owner: None,
             archive: ArchiveInfo {
                 key: "archives/x.tar.zst.age".into(),
                 size: 1,
@@ -247,10 +300,37 @@ mod tests {
     }
 
     #[test]
+    fn names_bind_the_manifest_to_its_object_and_refuse_the_future() {
+        let mut manifest = sample();
+        let now = Utc::now();
+        let id = manifest.id.clone();
+        manifest.archive.key = crate::layout::Object::Archive(id.clone()).key();
+        assert_eq!(manifest.check_names(&id, now), Ok(()));
+        let newer = new_snapshot_id(now + chrono::TimeDelta::seconds(1));
+        assert!(manifest.check_names(&newer, now).is_err(), "replayed");
+        let mut future = manifest.clone();
+        future.id = new_snapshot_id(now + chrono::TimeDelta::days(365 * 70));
+        future.archive.key = crate::layout::Object::Archive(future.id.clone()).key();
+        let err = future.check_names(&future.id.clone(), now).unwrap_err();
+        assert!(err.contains("future"), "{err}");
+        let mut elsewhere = manifest.clone();
+        elsewhere.archive.key = "archives/other.tar.zst.age".into();
+        assert!(elsewhere.check_names(&id, now).is_err());
+        let mut later_parent = manifest;
+        later_parent.parent = Some(newer);
+        assert!(later_parent.check_names(&id, now).is_err());
+    }
+
+    #[test]
     fn snapshot_ids_sort_by_time() {
         let early = new_snapshot_id("2026-01-02T03:04:05Z".parse().unwrap());
         let late = new_snapshot_id("2026-01-02T03:04:06Z".parse().unwrap());
         assert!(early < late);
         assert!(early.starts_with("20260102T030405.000Z-"));
+        assert_eq!(
+            id_time(&early),
+            Some("2026-01-02T03:04:05Z".parse().unwrap())
+        );
+        assert_eq!(id_time("zzzz"), None);
     }
 }

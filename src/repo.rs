@@ -1,6 +1,12 @@
 //! A repository: snapshots laid out on a [`Store`] as [`crate::layout`] says. The archive
-//! is uploaded first, then the index, then the manifest, the commit point: an archive
-//! without a manifest is an interrupted backup, never listed, never restored.
+//! is uploaded first, then the index, then the manifest's signature, then the manifest, the
+//! commit point: an archive without a manifest is an interrupted backup, never listed, never
+//! restored.
+//!
+//! Only manifests the verify key accepts count (see [`crate::signing`]): anyone who can
+//! write to the bucket can put objects there, so an unverifiable manifest is reported and
+//! ignored, never chosen, never able to stop the rest. The archive's and the index's
+//! hashes are in the signed manifest, which makes them as trustworthy as it is.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +18,7 @@ use tokio::io::AsyncReadExt;
 use crate::exit::{self, Exit};
 use crate::layout::Object;
 use crate::manifest::{Manifest, ManifestError};
+use crate::signing::{Rejected, Signer, Verifier};
 use crate::store::local::LocalStore;
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{self, ChunkStream, ObjectReader, Store, StoreError};
@@ -20,6 +27,34 @@ use crate::store::{self, ChunkStream, ObjectReader, Store, StoreError};
 pub struct Repository {
     store: Arc<dyn Store>,
     location: String,
+    keys: Keys,
+}
+
+/// What a repository signs with and trusts.
+#[derive(Clone, Default)]
+pub struct Keys {
+    /// The backup side's signing key: commits and lease writes are signed with it, and
+    /// its verify key checks the chain a backup continues.
+    pub signer: Option<Arc<Signer>>,
+    /// The verify key of the commands that only read (restore, verify, prune, check…).
+    pub verifier: Option<Verifier>,
+    /// Also accept manifests that have no signature at all (made before signing existed),
+    /// with a warning. A signature that is present must still verify.
+    pub allow_unsigned: bool,
+}
+
+/// A manifest object the verify key does not accept: which snapshot it claims to be by
+/// its name, and why it is not one.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub id: String,
+    pub why: String,
+}
+
+/// Every manifest object of a repository, sorted by id: the snapshots and the refused.
+pub struct Listing {
+    pub snapshots: Vec<Manifest>,
+    pub refused: Vec<Refused>,
 }
 
 /// Which snapshot to use.
@@ -91,7 +126,32 @@ impl Repository {
         Ok(Self {
             store,
             location: location.to_string(),
+            keys: Keys::default(),
         })
+    }
+
+    /// The same repository, signing and trusting with `keys`.
+    pub fn with_keys(mut self, keys: Keys) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// The key manifests are checked with: the verify key, or the signing key's own.
+    pub fn verifier(&self) -> Result<&Verifier> {
+        match (&self.keys.verifier, &self.keys.signer) {
+            (Some(verifier), _) => Ok(verifier),
+            (None, Some(signer)) => Ok(signer.verifier()),
+            (None, None) => bail!(
+                "no verify key: snapshots are signed, and this command accepts only what the \
+                 backup side's signing key signed. Pass --verify-key (GWB_VERIFY_KEY), the \
+                 RW… key `ghostwire-backup keygen` printed"
+            ),
+        }
+    }
+
+    /// The signing key, for what the backup side writes.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.keys.signer.as_deref()
     }
 
     /// Opens a repository that must exist already, for the commands that only read it (or
@@ -160,6 +220,7 @@ impl Repository {
     pub async fn forget(&self, id: &str) -> Result<Option<String>> {
         for object in [
             Object::Manifest(id.to_string()),
+            Object::Signature(id.to_string()),
             Object::Index(id.to_string()),
             Object::Archive(id.to_string()),
         ] {
@@ -187,41 +248,97 @@ impl Repository {
             .collect())
     }
 
-    /// Commits a snapshot by writing its manifest.
+    /// Commits a snapshot: its manifest's signature, then the manifest itself.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
+        let Some(signer) = self.signer() else {
+            bail!("no signing key: snapshots must be signed (--signing-key, GWB_SIGNING_KEY_FILE)");
+        };
+        let object = Object::Manifest(manifest.id.clone());
+        let json = manifest.to_json();
+        let signature = signer.sign(&object.key(), &json);
         self.put(
-            &Object::Manifest(manifest.id.clone()),
-            Bytes::from(manifest.to_json()),
+            &Object::Signature(manifest.id.clone()),
+            Bytes::from(signature),
         )
         .await
-        .context("cannot write the snapshot manifest")
+        .context("cannot write the snapshot manifest's signature")?;
+        self.put(&object, Bytes::from(json))
+            .await
+            .context("cannot write the snapshot manifest")
     }
 
-    /// Every committed snapshot, oldest first.
-    /// A manifest that does not parse is skipped with a warning, so one damaged object
-    /// does not make the whole repository unusable. A manifest from a newer version, or
-    /// one that cannot be read at all, stops the listing: skipping those could make
-    /// `latest` silently an older snapshot.
+    /// Every snapshot the verify key accepts, oldest first. Each refused manifest is
+    /// reported with a warning and left out (see [`Repository::listing`]).
     pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
-        let mut manifests = Vec::new();
+        let listing = self.listing().await?;
+        for refused in &listing.refused {
+            tracing::warn!(
+                snapshot = %refused.id,
+                problem = %refused.why,
+                "ignoring a snapshot manifest the verify key does not accept"
+            );
+        }
+        Ok(listing.snapshots)
+    }
+
+    /// Every manifest object, read and checked. A manifest that is damaged, unsigned,
+    /// signed by another key or for another name is refused, not an error: one junk
+    /// object must not make the repository unusable. A signed manifest from a newer
+    /// version, or a manifest that cannot be read at all, stops the listing: skipping those
+    /// could make `latest` silently an older snapshot.
+    pub async fn listing(&self) -> Result<Listing> {
+        let mut listing = Listing {
+            snapshots: Vec::new(),
+            refused: Vec::new(),
+        };
         for object in self.list(Object::Manifest).await? {
-            let bytes = match self.read(&object).await {
-                Err(StoreError::NotFound(_)) => continue, // pruned meanwhile
-                other => other?,
-            };
-            match Manifest::from_json(&bytes, &object.key()) {
-                Ok(manifest) => manifests.push(manifest),
-                Err(err @ ManifestError::NewerFormat { .. }) => return Err(err.into()),
-                Err(err) => {
-                    tracing::warn!(
-                        error = format!("{:#}", anyhow::Error::from(err)),
-                        "skipping a damaged snapshot manifest"
-                    );
-                }
+            let id = object.id().expect("a manifest has an id").to_string();
+            match self.verified(&id).await? {
+                None => {} // forgotten meanwhile
+                Some(Ok(manifest)) => listing.snapshots.push(manifest),
+                Some(Err(why)) => listing.refused.push(Refused { id, why }),
             }
         }
-        manifests.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(manifests)
+        listing.snapshots.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(listing)
+    }
+
+    /// Snapshot `id`'s manifest if the verify key accepts it under that name: `None` if
+    /// there is no such manifest, `Some(Err(why))` if it is refused.
+    async fn verified(&self, id: &str) -> Result<Option<std::result::Result<Manifest, String>>> {
+        let object = Object::Manifest(id.to_string());
+        let bytes = match self.read(&object).await {
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            other => other?,
+        };
+        let verifier = self.verifier()?;
+        let signed = match self.read(&Object::Signature(id.to_string())).await {
+            Ok(signature) => {
+                verifier.verify(&object.key(), &bytes, &String::from_utf8_lossy(&signature))
+            }
+            Err(StoreError::NotFound(_)) => Err(Rejected::Unsigned),
+            Err(err) => return Err(err.into()),
+        };
+        match signed {
+            Ok(()) => {}
+            Err(Rejected::Unsigned) if self.keys.allow_unsigned => {
+                tracing::warn!(
+                    snapshot = id,
+                    "--allow-unsigned: accepting a snapshot with no signature"
+                );
+            }
+            Err(rejected) => return Ok(Some(Err(rejected.to_string()))),
+        }
+        let manifest = match Manifest::from_json(&bytes, &object.key()) {
+            Ok(manifest) => manifest,
+            Err(err @ ManifestError::NewerFormat { .. }) => return Err(err.into()),
+            Err(err) => return Ok(Some(Err(format!("{:#}", anyhow::Error::from(err))))),
+        };
+        Ok(Some(
+            manifest
+                .check_names(id, chrono::Utc::now())
+                .map(|()| manifest),
+        ))
     }
 
     pub async fn find(&self, selector: &Selector) -> Result<Manifest> {
@@ -236,13 +353,20 @@ impl Repository {
                 )
             });
         }
-        if let Selector::Id(id) = selector {
-            return match self.manifest(id).await? {
-                Some(manifest) => Ok(manifest),
-                None => self.find_abbreviated(id).await,
-            };
+        if let Selector::Id(wanted) = selector {
+            let id = self.resolve(wanted).await?;
+            return self.manifest(&id).await?.ok_or_else(|| {
+                exit::coded(
+                    Exit::SnapshotNotFound,
+                    format!("snapshot {id} was forgotten while being looked up"),
+                )
+            });
         }
-        let mut all = self.snapshots().await?;
+        let Listing {
+            snapshots: mut all,
+            refused,
+        } = self.listing().await?;
+        refuse_if_newer(&refused, all.last())?;
         let pick = match selector {
             Selector::Final => match all.iter().rposition(|m| m.r#final) {
                 Some(index) => Some(all.swap_remove(index)),
@@ -261,21 +385,27 @@ impl Repository {
         })
     }
 
-    /// The one snapshot whose id starts with `wanted` or ends with it as the id's random
-    /// tail (`-9f3a1c2b`): ids are long to type, and their time part is shared by
-    /// neighbours while the tail is not. Lists keys only; reads the one manifest.
-    async fn find_abbreviated(&self, wanted: &str) -> Result<Manifest> {
-        let mut candidates: Vec<String> = self
+    /// The id of the one manifest object named `wanted`, or whose id starts with it or
+    /// ends with it as the id's random tail (`-9f3a1c2b`): ids are long to type, and their
+    /// time part is shared by neighbours while the tail is not. Lists keys only; whether
+    /// the manifest is trustworthy is for the caller to check.
+    pub async fn resolve(&self, wanted: &str) -> Result<String> {
+        let ids: Vec<String> = self
             .list(Object::Manifest)
             .await?
             .iter()
-            .filter_map(|object| object.id())
+            .filter_map(|object| object.id().map(str::to_string))
+            .collect();
+        if ids.iter().any(|id| id == wanted) {
+            return Ok(wanted.to_string());
+        }
+        let mut candidates: Vec<String> = ids
+            .into_iter()
             .filter(|id| {
                 !wanted.is_empty()
                     && (id.starts_with(wanted)
                         || id.rsplit_once('-').is_some_and(|(_, tail)| tail == wanted))
             })
-            .map(str::to_string)
             .collect();
         match candidates.len() {
             0 => Err(exit::coded(
@@ -286,15 +416,7 @@ impl Repository {
                     self.location
                 ),
             )),
-            1 => {
-                let id = candidates.pop().expect("one candidate");
-                self.manifest(&id).await?.ok_or_else(|| {
-                    exit::coded(
-                        Exit::SnapshotNotFound,
-                        format!("snapshot {id} was forgotten while being looked up"),
-                    )
-                })
-            }
+            1 => Ok(candidates.pop().expect("one candidate")),
             _ => bail!(
                 "{wanted:?} matches {} snapshots in {}: {}. Give more of the id",
                 candidates.len(),
@@ -304,13 +426,48 @@ impl Repository {
         }
     }
 
-    /// One snapshot's manifest by id; `None` if there is no such snapshot.
+    /// One snapshot's manifest by id; `None` if there is no such snapshot, an error if the
+    /// verify key does not accept it.
     async fn manifest(&self, id: &str) -> Result<Option<Manifest>> {
-        let object = Object::Manifest(id.to_string());
-        match self.read(&object).await {
-            Err(StoreError::NotFound(_)) => Ok(None),
-            Err(err) => Err(err.into()),
-            Ok(bytes) => Ok(Some(Manifest::from_json(&bytes, &object.key())?)),
+        match self.verified(id).await? {
+            None => Ok(None),
+            Some(Ok(manifest)) => Ok(Some(manifest)),
+            Some(Err(why)) => Err(exit::coded(
+                Exit::Untrusted,
+                format!(
+                    "snapshot {id} in {} is not trustworthy: {why}. It was not written by \
+                     the backup side whose verify key this is; choose another snapshot",
+                    self.location
+                ),
+            )),
         }
+    }
+}
+
+/// `latest` and `final` never fall back silently past a newer manifest that does not
+/// verify: deleting or garbling the newest snapshot's manifest would otherwise roll Signal
+/// back without a word. Refused manifests dated in the future (or not named like
+/// snapshots) are no snapshot at all, and stop nothing.
+fn refuse_if_newer(refused: &[Refused], newest: Option<&Manifest>) -> Result<()> {
+    let now = chrono::Utc::now();
+    let newer = refused.iter().rfind(|refused| {
+        crate::manifest::id_time(&refused.id)
+            .is_some_and(|taken| taken <= now + crate::manifest::FUTURE_SKEW)
+            && newest.is_none_or(|newest| refused.id > newest.id)
+    });
+    match newer {
+        None => Ok(()),
+        Some(Refused { id, why }) => Err(exit::coded(
+            Exit::Untrusted,
+            format!(
+                "the newest snapshot manifest, {id}, is not trustworthy ({why}), so the \
+                 newest trustworthy snapshot ({}) may not be the latest state: not choosing \
+                 it silently. Someone with write access to the bucket may have damaged or \
+                 replaced it. Pass an explicit --snapshot ID after checking \
+                 `ghostwire-backup snapshots`, or remove the object with `ghostwire-backup \
+                 forget {id}` if it is junk",
+                newest.map_or("none", |m| m.id.as_str())
+            ),
+        )),
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 
 use crate::lease;
 use crate::lock;
-use crate::repo::{Repository, Selector};
+use crate::repo::Repository;
 
 pub struct ForgetOptions {
     /// Snapshot ids, unique prefixes or 8-hex suffixes.
@@ -28,7 +28,9 @@ pub async fn run(repo: &Repository, options: &ForgetOptions) -> Result<()> {
 async fn forget(repo: &Repository, options: &ForgetOptions) -> Result<()> {
     let mut chosen = BTreeSet::new();
     for wanted in &options.snapshots {
-        chosen.insert(repo.find(&Selector::Id(wanted.clone())).await?.id);
+        // By name, trustworthy or not: removing a junk manifest someone put in the bucket
+        // is what `latest` asks for when it refuses to pass one.
+        chosen.insert(repo.resolve(wanted).await?);
     }
     check_nothing_depends_on(repo, &chosen).await?;
     if let Some(handoff) = lease::handed_over_snapshot(repo).await?

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use chrono::{Duration, NaiveDateTime, Utc};
+use chrono::{Duration, Utc};
 
 use crate::layout::Object;
 use crate::lock;
@@ -73,24 +73,28 @@ async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {
     Ok(())
 }
 
-/// Archives and indexes whose snapshot has no manifest (an interrupted backup or prune),
-/// once they are older than [`ORPHAN_AGE`].
+/// Archives, indexes and signatures whose snapshot has no manifest object at all (an
+/// interrupted backup or prune), once they are older than [`ORPHAN_AGE`]. A manifest that
+/// does not verify still protects its objects: garbling the newest manifest must not make
+/// prune delete the newest archive.
 async fn delete_orphans(repo: &Repository, kept: &BTreeSet<String>) -> Result<u64> {
-    let listed: BTreeSet<String> = repo.snapshots().await?.into_iter().map(|m| m.id).collect();
+    let listed: BTreeSet<String> = repo
+        .list(Object::Manifest)
+        .await?
+        .iter()
+        .filter_map(|object| object.id().map(str::to_string))
+        .collect();
     let mut removed = 0;
-    for kind in [Object::Archive, Object::Index] {
+    for kind in [Object::Archive, Object::Index, Object::Signature] {
         for object in repo.list(kind).await? {
             let id = object.id().expect("archives and indexes have ids");
             if listed.contains(id) || kept.contains(id) {
                 continue;
             }
-            let Some(time) = id
-                .get(..19)
-                .and_then(|t| NaiveDateTime::parse_from_str(t, "%Y%m%dT%H%M%S%.3f").ok())
-            else {
+            let Some(time) = crate::manifest::id_time(id) else {
                 continue; // not ours
             };
-            if Utc::now().naive_utc() - time < ORPHAN_AGE {
+            if Utc::now() - time < ORPHAN_AGE {
                 continue;
             }
             match repo.delete(&object).await {

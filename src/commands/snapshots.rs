@@ -55,7 +55,14 @@ impl<'a> Row<'a> {
 }
 
 pub async fn run(repo: &Repository, json: bool) -> Result<()> {
-    let manifests = repo.snapshots().await?;
+    let listing = repo.listing().await?;
+    if json {
+        // The JSON lists snapshots only; what was refused goes to the log.
+        for refused in &listing.refused {
+            tracing::warn!(snapshot = %refused.id, problem = %refused.why, "not trustworthy: left out");
+        }
+    }
+    let manifests = listing.snapshots;
     let by_id: HashMap<&str, &Manifest> = manifests.iter().map(|m| (m.id.as_str(), m)).collect();
     let rows: Vec<Row> = manifests.iter().map(|m| Row::new(m, &by_id)).collect();
     if json {
@@ -85,6 +92,12 @@ pub async fn run(repo: &Repository, json: bool) -> Result<()> {
             schema,
             check,
             if m.r#final { "final" } else { "" }
+        );
+    }
+    for refused in &listing.refused {
+        println!(
+            "{:<30} NOT TRUSTWORTHY: {} (never restored; `forget` removes it)",
+            refused.id, refused.why
         );
     }
     if manifests.is_empty() {

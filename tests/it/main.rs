@@ -30,4 +30,5 @@ mod locks;
 mod newcomer;
 mod s3_faults;
 mod security;
+mod signed;
 mod store_contract;

@@ -125,10 +125,10 @@ impl Fixture {
     }
 
     /// Replaces snapshot `id`'s archive with what `build` writes, compressed and encrypted
-    /// to the right key, and fixes the manifest's size and hash so only the unpacker (and
-    /// the content cap) stand in the way. The manifest also loses its file index and chain:
-    /// whoever can write to the repository can write such a manifest (a full snapshot
-    /// without an index is still a valid one), and then every entry reaches the unpacker.
+    /// to the right key, and fixes and re-signs the manifest so only the unpacker (and the
+    /// content cap) stand in the way. The manifest also loses its file index and chain (a
+    /// full snapshot without an index is still a valid one), so every entry reaches the
+    /// unpacker: what a stolen signing key could do, and what extraction must survive.
     /// `edit` changes the manifest further.
     pub fn plant(&self, id: &str, build: impl FnOnce(&mut Tar), edit: impl FnOnce(&mut Value)) {
         let mut tar = tar::Builder::new(zstd::Encoder::new(Vec::new(), 3).unwrap());
@@ -152,6 +152,9 @@ impl Fixture {
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&ciphertext)).into();
         edit(&mut manifest);
         std::fs::write(self.manifest_path(id), manifest.to_string()).unwrap();
+        // Signed, as only the backup side could: what stands in the way of a hostile
+        // archive even then is the unpacker.
+        super::sign_manifest(&self.manifest_path(id));
     }
 }
 

@@ -17,7 +17,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -37,6 +37,8 @@ pub enum Part {
     Moto,
     Age,
     Zstd,
+    /// Debian's minisign: the stock tool docs/format.md checks signatures with.
+    Minisign,
     /// util-linux's `script`: a pseudo-terminal for what only a terminal shows.
     Script,
 }
@@ -54,6 +56,7 @@ pub fn require(part: Part) -> PathBuf {
         Part::Moto => Some(moto_server()).filter(|path| is_executable(path)),
         Part::Age => on_path("age"),
         Part::Zstd => on_path("zstd"),
+        Part::Minisign => on_path("minisign"),
         Part::Script => on_path("script"),
     };
     found.unwrap_or_else(|| match part {
@@ -69,6 +72,7 @@ pub fn require(part: Part) -> PathBuf {
         ),
         Part::Age => panic!("age is not on PATH: {INSTALL}"),
         Part::Zstd => panic!("zstd is not on PATH: {INSTALL}"),
+        Part::Minisign => panic!("minisign is not on PATH: {INSTALL}"),
         Part::Script => panic!("script is not on PATH: install util-linux's script (Debian: apt-get install bsdutils)"),
     })
 }
@@ -89,8 +93,69 @@ fn moto_server() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".venv-s3/bin/moto_server"))
 }
 
-/// The binary under test, with a clean environment: no GWB_* or AWS_* from the caller.
+/// The backup side's signing key of this test run, and its verify key: made once by the
+/// binary's own `keygen`, and given to every agent, as a deployment gives the signing key
+/// to the backup side and the verify key to the restore side.
+pub struct SigningKeys {
+    pub signing_key: PathBuf,
+    pub verify_key: String,
+}
+
+pub fn signing_keys() -> &'static SigningKeys {
+    static KEYS: OnceLock<SigningKeys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("gwb-test-signing-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let (signing_key, verify_key) = signing_keygen(&dir);
+        SigningKeys {
+            signing_key,
+            verify_key,
+        }
+    })
+}
+
+/// A new signing key in `dir` made by the agent, and its verify key.
+pub fn signing_keygen(dir: &Path) -> (PathBuf, String) {
+    let signing_key = dir.join("signing.key");
+    let printed = clean_agent()
+        .arg("keygen")
+        .arg("--signing-out")
+        .arg(&signing_key)
+        .ok();
+    let verify_key = printed
+        .strip_prefix("GWB_VERIFY_KEY=")
+        .unwrap_or_else(|| panic!("keygen printed {printed:?}"))
+        .to_string();
+    (signing_key, verify_key)
+}
+
+/// Signs the manifest at `path` (a `snapshots/<id>.json` of a local repository) with this
+/// run's signing key, as the backup side does: for tests that plant what only a holder of
+/// the signing key could, to show what still stands in the way then.
+pub fn sign_manifest(path: &Path) {
+    let signer = ghostwire_backup::signing::Signer::load(&signing_keys().signing_key).unwrap();
+    let id = path.file_stem().unwrap().to_str().unwrap();
+    let key = format!("snapshots/{id}.json");
+    let signature = signer.sign(&key, &std::fs::read(path).unwrap());
+    std::fs::write(format!("{}.minisig", path.display()), signature).unwrap();
+}
+
+/// The binary under test with a clean environment (no GWB_* or AWS_* from the caller) and
+/// this run's signing and verify keys.
 pub fn agent() -> TestCommand {
+    let keys = signing_keys();
+    let mut command = clean_agent();
+    command
+        .env("GWB_SIGNING_KEY_FILE", &keys.signing_key)
+        .env("GWB_VERIFY_KEY", &keys.verify_key);
+    command
+}
+
+/// The binary under test, with a clean environment: no GWB_* or AWS_* from the caller.
+fn clean_agent() -> TestCommand {
     let mut command = TestCommand::new(env!("CARGO_BIN_EXE_ghostwire-backup"));
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
@@ -127,7 +192,11 @@ pub fn snapshot_ids(agent: &mut TestCommand) -> Vec<String> {
 /// A key pair made by the agent itself.
 pub fn keygen(dir: &Path) -> (PathBuf, String) {
     let identity = dir.join("identity.txt");
-    let recipient = agent().arg("keygen").arg("--out").arg(&identity).ok();
+    let printed = agent().arg("keygen").arg("--out").arg(&identity).ok();
+    let recipient = printed
+        .strip_prefix("GWB_RECIPIENTS=")
+        .unwrap_or_else(|| panic!("keygen printed {printed:?}"))
+        .to_string();
     (identity, recipient)
 }
 
