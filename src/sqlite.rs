@@ -90,8 +90,15 @@ pub fn snapshot(
     wait: Duration,
     cancel: &Cancel,
 ) -> Result<DbCheck> {
-    // Read-only: we never checkpoint, truncate or otherwise touch the live files.
-    let live = open(source, OpenFlags::SQLITE_OPEN_READ_ONLY, key)?;
+    // Read-only: we never checkpoint, truncate or otherwise touch the live files. No link
+    // is followed (SQLite refuses one anywhere in the path): the home's owner must not be
+    // able to point us at a database outside it (see crate::home; callers pass a path
+    // whose part above the home holds no link).
+    let live = open(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        key,
+    )?;
     let mut staged = open(
         copy,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
