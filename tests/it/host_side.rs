@@ -88,3 +88,37 @@ fn a_sparse_gigabyte_is_skipped_with_a_warning_and_the_backup_succeeds_quickly()
     assert!(!target.join(".config/Signal/huge.bin").exists());
     assert!(target.join(".config/Signal/config.json").exists());
 }
+
+#[test]
+fn a_restored_file_with_long_runs_of_zeros_is_identical_and_takes_less_disk() {
+    let fx = Fixture::new(&["--messages", "20"]);
+    // Written out in full (not sparse, so it is backed up): data, 16 MiB of zeros, data
+    // off a block boundary, 8 MiB of zeros at the end.
+    let mut content = b"head".repeat(1000);
+    content.resize(content.len() + (16 << 20), 0);
+    content.extend_from_slice(&b"middle".repeat(20_000));
+    content.resize(content.len() + (8 << 20), 0);
+    let file = fx.home().join(".config/Signal/zeros.bin");
+    std::fs::write(&file, &content).unwrap();
+    let written = std::fs::metadata(&file).unwrap();
+    assert!(
+        written.blocks() * 512 >= written.len(),
+        "the test file should be written out in full"
+    );
+
+    fx.backup().ok();
+    let target = fx.root.join("target");
+    fx.restore(&target).ok();
+    let restored = target.join(".config/Signal/zeros.bin");
+    assert!(
+        std::fs::read(&restored).unwrap() == content,
+        "the restored content differs"
+    );
+    let metadata = std::fs::metadata(&restored).unwrap();
+    let allocated = metadata.blocks() * 512;
+    assert!(
+        allocated < metadata.len() / 4,
+        "{allocated} bytes allocated for {} bytes, of which 24 MiB are zeros",
+        metadata.len()
+    );
+}
