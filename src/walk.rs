@@ -273,6 +273,59 @@ mod tests {
         assert_eq!(listing.special_skipped, 1);
     }
 
+    /// The user flips a directory between itself and a link to a directory outside the
+    /// home, with the same names in it, while walks run: no walk may list a file from
+    /// outside. (A race by nature: a path-based walk lists outside files within a few
+    /// walks; by directory handles it cannot.)
+    #[test]
+    fn a_directory_swapped_for_a_link_during_the_walk_never_lists_outside() {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let root = tempfile::tempdir().unwrap();
+        let (home, outside) = (root.path().join("home"), root.path().join("outside"));
+        std::fs::create_dir_all(home.join("dir")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let mut outside_inodes = HashSet::new();
+        for n in 0..1000 {
+            std::fs::write(home.join(format!("dir/f-{n}")), b"mine").unwrap();
+            let secret = outside.join(format!("f-{n}"));
+            std::fs::write(&secret, b"secret").unwrap();
+            outside_inodes.insert(std::fs::metadata(&secret).unwrap().ino());
+        }
+        let stop = AtomicBool::new(false);
+        let aside = root.path().join("aside");
+        let excludes = profile::excludes(&[]).unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let phase = std::time::Duration::from_millis(1);
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::rename(home.join("dir"), &aside).unwrap();
+                    std::os::unix::fs::symlink(&outside, home.join("dir")).unwrap();
+                    std::thread::sleep(phase);
+                    std::fs::remove_file(home.join("dir")).unwrap();
+                    std::fs::rename(&aside, home.join("dir")).unwrap();
+                    std::thread::sleep(phase);
+                }
+            });
+            for _ in 0..50 {
+                // A walk may fail on a directory gone at the wrong moment; none may leak.
+                let Ok(listing) = list(&home, &excludes, &[], &Cancel::new()) else {
+                    continue;
+                };
+                let leaked = listing
+                    .entries
+                    .iter()
+                    .filter(|e| outside_inodes.contains(&e.metadata.ino()))
+                    .count();
+                if leaked > 0 {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("the walk listed {leaked} files from outside the home");
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+
     #[test]
     fn a_tree_nested_deeper_than_any_home_is_cut_with_a_count() {
         let home = tempfile::tempdir().unwrap();
