@@ -47,7 +47,7 @@ pub fn snapshot_signal_db(
     };
     let key = read_key(&home, key_file)?;
     let copy = staging.file("signal.sqlite");
-    let check = sqlite::snapshot(&db, &copy, Some(&key), wait, cancel)
+    let check = sqlite::snapshot(&db, &listed, &copy, Some(&key), wait, cancel)
         .context("cannot snapshot Signal's database")?;
     // SQLite opened it by path: it must still be the file found above.
     if !matches!(home.open_listed(relative, &listed)?, Opened::File(..)) {
