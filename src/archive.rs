@@ -16,6 +16,7 @@ use bytes::BytesMut;
 use sha2::{Digest as _, Sha256};
 
 use crate::cancel::Cancel;
+use crate::home::{self, Home, Opened, Sparse};
 use crate::store::ChunkSender;
 
 /// The manifest's name for this encoding.
@@ -71,8 +72,56 @@ pub enum FileOutcome {
     ChangedWhileRead {
         sha256: String,
     },
-    /// Deleted (or replaced by something that is not a file) before it could be opened.
+    /// Deleted, or replaced by something that is not the listed file, before it could be
+    /// opened.
     Vanished,
+    /// Mostly holes (see [`crate::home::sparse`]): refused, not archived.
+    Sparse(Sparse),
+}
+
+/// Where the content of a file entry comes from.
+enum Source<'a> {
+    /// A file the walk listed in the home: opened below the home without following links.
+    Listed {
+        home: &'a Home,
+        listed: &'a Metadata,
+    },
+    /// A database snapshot in our own staging directory.
+    Staged(&'a Path),
+}
+
+impl Source<'_> {
+    fn display(&self, path: &Path) -> std::path::PathBuf {
+        match self {
+            Source::Listed { home, .. } => home.path().join(path),
+            Source::Staged(copy) => copy.to_path_buf(),
+        }
+    }
+
+    fn open(&self, path: &Path) -> Result<Opened> {
+        match self {
+            Source::Listed { home, listed } => home.open_listed(path, listed),
+            Source::Staged(copy) => {
+                // Non-blocking like the home's files; the staging directory is ours.
+                let file = match File::options()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(copy)
+                {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Gone),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", copy.display()));
+                    }
+                };
+                let metadata = file.metadata()?;
+                Ok(match metadata.is_file() {
+                    true => Opened::File(file, metadata),
+                    false => Opened::Replaced,
+                })
+            }
+        }
+    }
 }
 
 /// The name of the tar entry, first in an incremental archive, that lists (NUL-separated)
@@ -149,12 +198,13 @@ impl ArchiveWriter {
         Ok(())
     }
 
-    /// Archives the file at `source` under `path`. The file is stat'ed on its open handle
-    /// before and by path after reading; if it changed in between (size, mtime, ctime,
-    /// inode) the archived copy may be torn, so it is read again into a new entry of the
-    /// same name — extraction keeps the last one, in tar as here.
-    pub fn add_file(&mut self, path: &Path, source: &Path) -> Result<FileOutcome> {
-        self.add_file_with(path, source, None)
+    /// Archives the listed file `path` of `home`, opened without following links (see
+    /// [`crate::home`]), if it is still the file the walk listed. The file is stat'ed on
+    /// its open handle before and again after reading; if it changed in between (size,
+    /// mtime, ctime, inode) the archived copy may be torn, so it is read again into a new
+    /// entry of the same name — extraction keeps the last one, in tar as here.
+    pub fn add_file(&mut self, path: &Path, home: &Home, listed: &Metadata) -> Result<FileOutcome> {
+        self.add_file_with(path, Source::Listed { home, listed }, None)
     }
 
     /// Archives `copy` (a database snapshot) under `path` with the live file's metadata.
@@ -164,42 +214,36 @@ impl ArchiveWriter {
         copy: &Path,
         live: &Metadata,
     ) -> Result<FileOutcome> {
-        self.add_file_with(path, copy, Some(live))
+        self.add_file_with(path, Source::Staged(copy), Some(live))
     }
 
     fn add_file_with(
         &mut self,
         path: &Path,
-        source: &Path,
+        source: Source,
         shown: Option<&Metadata>,
     ) -> Result<FileOutcome> {
+        let file_path = source.display(path);
+        let mut last_read = None;
         for attempt in 0..READ_ATTEMPTS {
             self.cancel.check()?;
-            // Non-blocking, so a path that became a FIFO since it was listed cannot hold the
-            // backup forever in open(); reads from a regular file ignore the flag.
-            let file = match File::options()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(source)
-            {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileOutcome::Vanished),
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot read {}", source.display()));
+            let (file, before) = match source.open(path)? {
+                Opened::File(file, before) => (file, before),
+                // Changed in place, then gone or replaced: the last read is what there is.
+                _ if last_read.is_some() => {
+                    tracing::warn!(file = %file_path.display(), "changed while read, then deleted or replaced; archived the last read");
+                    let sha256 = last_read.expect("checked above");
+                    return Ok(FileOutcome::ChangedWhileRead { sha256 });
                 }
+                not_read => return Ok(outcome_unread(not_read, &file_path)),
             };
-            let before = file.metadata()?;
-            if !before.is_file() {
-                tracing::warn!(file = %source.display(), "no longer a regular file; not archived");
-                return Ok(FileOutcome::Vanished);
-            }
             let size = before.len();
             let mut header = header_for(shown.unwrap_or(&before), tar::EntryType::Regular, size);
             let mut reader = ExactLength {
                 inner: self
                     .cancel
                     .progress()
-                    .reader(self.cancel.reader(file))
+                    .reader(self.cancel.reader(&file))
                     .take(size),
                 remaining: size,
                 short: false,
@@ -207,25 +251,23 @@ impl ArchiveWriter {
             };
             self.tar
                 .append_data(&mut header, path, &mut reader)
-                .with_context(|| format!("cannot archive {}", source.display()))?;
+                .with_context(|| format!("cannot archive {}", file_path.display()))?;
             self.content_bytes += size;
-            let unchanged = match std::fs::symlink_metadata(source) {
-                Ok(after) => same_version(&before, &after),
-                // Deleted after we read all of it: what we have is whole.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => true,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot stat {}", source.display()));
-                }
-            };
+            // Stat'ed on the handle read, not by path: a new file under the name is never
+            // read (see crate::home), so only this one's changes matter.
+            let after = file
+                .metadata()
+                .with_context(|| format!("cannot stat {}", file_path.display()))?;
             let sha256 = hex::encode(reader.sha256.finalize());
-            if unchanged && !reader.short {
+            if same_version(&before, &after) && !reader.short {
                 return Ok(FileOutcome::Archived { sha256 });
             }
             if attempt + 1 == READ_ATTEMPTS {
-                tracing::warn!(file = %source.display(), "kept changing while read; archived the last read");
+                tracing::warn!(file = %file_path.display(), "kept changing while read; archived the last read");
                 return Ok(FileOutcome::ChangedWhileRead { sha256 });
             }
-            tracing::debug!(file = %source.display(), "changed while read; reading again");
+            tracing::debug!(file = %file_path.display(), "changed while read; reading again");
+            last_read = Some(sha256);
         }
         unreachable!("the last attempt returns")
     }
@@ -281,13 +323,31 @@ fn header_for(metadata: &Metadata, kind: tar::EntryType, size: u64) -> tar::Head
     header
 }
 
+/// Whether a file read between the stats `a` and `b` (of the same handle) was read whole.
+/// A file unlinked meanwhile (deleted, or renamed over) only had its ctime and link count
+/// moved: what was read of it is whole.
 fn same_version(a: &Metadata, b: &Metadata) -> bool {
-    a.len() == b.len()
+    let content = a.len() == b.len()
         && a.ino() == b.ino()
         && a.mtime() == b.mtime()
-        && a.mtime_nsec() == b.mtime_nsec()
-        && a.ctime() == b.ctime()
-        && a.ctime_nsec() == b.ctime_nsec()
+        && a.mtime_nsec() == b.mtime_nsec();
+    content && ((a.ctime() == b.ctime() && a.ctime_nsec() == b.ctime_nsec()) || b.nlink() == 0)
+}
+
+/// The outcome for a listed file that was not read: gone (quietly: normal for caches),
+/// replaced (a link, a FIFO, another file) or sparse, each with its warning.
+fn outcome_unread(opened: Opened, file_path: &Path) -> FileOutcome {
+    match opened {
+        Opened::Sparse(sizes) => {
+            home::warn_sparse(file_path, sizes);
+            FileOutcome::Sparse(sizes)
+        }
+        Opened::Replaced => {
+            tracing::warn!(file = %file_path.display(), "no longer the regular file listed (replaced by a link, a FIFO or another file, or below a directory replaced by a link); not archived, not read");
+            FileOutcome::Vanished
+        }
+        Opened::Gone | Opened::File(..) => FileOutcome::Vanished,
+    }
 }
 
 /// Yields exactly the length promised in the tar header: a file that shrank while being
@@ -537,6 +597,9 @@ mod tests {
     fn a_file_replaced_by_a_fifo_is_skipped_instead_of_blocking_the_backup() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("attachment");
+        std::fs::write(&fifo, b"listed as a file").unwrap();
+        let listed = std::fs::symlink_metadata(&fifo).unwrap();
+        std::fs::remove_file(&fifo).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
             &fifo,
@@ -565,7 +628,10 @@ mod tests {
                 chunk_size: 1 << 16,
             };
             let mut writer = ArchiveWriter::new(sender, &recipients, &settings).unwrap();
-            let result = writer.add_file(Path::new("attachment"), &fifo).unwrap();
+            let home = Home::open(dir.path()).unwrap();
+            let result = writer
+                .add_file(Path::new("attachment"), &home, &listed)
+                .unwrap();
             writer.finish().unwrap();
             done.send(result).unwrap();
         });

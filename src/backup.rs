@@ -369,11 +369,18 @@ fn log_committed(manifest: &Manifest, started: Instant) {
             "attachments referenced by the database snapshot were deleted before they could be read"
         );
     }
+    if manifest.content.sparse_skipped > 0 {
+        tracing::warn!(
+            sparse_skipped = manifest.content.sparse_skipped,
+            "sparse files (mostly holes) were left out of this snapshot; each was named above"
+        );
+    }
     tracing::info!(
         snapshot = %manifest.id,
         kind = if manifest.parent.is_some() { "incremental" } else { "full" },
         files = manifest.content.files,
         reused = manifest.content.reused_files,
+        sparse_skipped = manifest.content.sparse_skipped,
         bytes = manifest.content.bytes,
         uploaded = manifest.archive.size,
         seconds = started.elapsed().as_secs_f64(),

@@ -24,6 +24,7 @@ pub mod chain;
 pub mod commands;
 pub mod exit;
 pub mod fsutil;
+pub mod home;
 pub mod index;
 pub mod keys;
 pub mod layout;

@@ -83,7 +83,8 @@ pub struct ContentCounts {
     /// Files that vanished between listing and reading (normal for caches and
     /// disappearing-message attachments).
     pub vanished: u64,
-    /// Paths over PATH_MAX that no program can open: not in the snapshot, reported here.
+    /// Paths over PATH_MAX that no program can open, and directories nested over 256
+    /// levels: not in the snapshot, reported here.
     #[serde(default)]
     pub too_long_skipped: u64,
     /// Files the snapshot restores from older archives (unchanged since its parent).
@@ -92,6 +93,9 @@ pub struct ContentCounts {
     /// Paths gone since the chain's full snapshot: the archive's deletion list.
     #[serde(default)]
     pub deleted: u64,
+    /// Sparse files refused (mostly holes: see `home::sparse`): not in the snapshot.
+    #[serde(default)]
+    pub sparse_skipped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

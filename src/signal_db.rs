@@ -7,12 +7,15 @@
 //! whose database fails the full `integrity_check` stops before anything is moved into place.
 
 use std::collections::HashSet;
+use std::fs::Metadata;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::cancel::Cancel;
+use crate::home::{self, Home, Opened};
 use crate::manifest::{DatabaseInfo, Manifest};
 use crate::profile::{self, DbKey};
 use crate::sqlite::{self, DbCheck};
@@ -26,7 +29,9 @@ pub struct SignalSnapshot {
     pub references: HashSet<String>,
 }
 
-/// Snapshots Signal's encrypted database, if the home has a Signal profile.
+/// Snapshots Signal's encrypted database, if the home has a Signal profile. A database
+/// that is a symlink, or is reached through one, is not followed (see [`crate::home`]):
+/// the snapshot goes ahead without it, with a warning.
 pub fn snapshot_signal_db(
     home: &Path,
     key_file: Option<&Path>,
@@ -34,18 +39,22 @@ pub fn snapshot_signal_db(
     wait: Duration,
     cancel: &Cancel,
 ) -> Result<Option<SignalSnapshot>> {
-    let db = home.join(profile::SIGNAL_DB);
-    if !db.exists() {
-        tracing::warn!(
-            path = %db.display(),
-            "no Signal database in this home; backing up the files only (is --source right?)"
-        );
+    let home = Home::open(home)?;
+    let relative = Path::new(profile::SIGNAL_DB);
+    let db = home.path().join(relative);
+    let Some(listed) = listed_database(&home, relative)? else {
+        return Ok(None);
+    };
+    let key = read_key(&home, key_file)?;
+    let copy = staging.file("signal.sqlite");
+    let check = sqlite::snapshot(&db, &listed, &copy, Some(&key), wait, cancel)
+        .context("cannot snapshot Signal's database")?;
+    // SQLite opened it by path: it must still be the file found above.
+    if !matches!(home.open_listed(relative, &listed)?, Opened::File(..)) {
+        std::fs::remove_file(&copy).ok();
+        tracing::warn!(path = %db.display(), "Signal's database was replaced while it was snapshotted (by a link, or another file); this snapshot holds no Signal database. If nobody is tampering with the home, run the backup again");
         return Ok(None);
     }
-    let key = read_key(home, key_file)?;
-    let copy = staging.file("signal.sqlite");
-    let check = sqlite::snapshot(&db, &copy, Some(&key), wait, cancel)
-        .context("cannot snapshot Signal's database")?;
     if !check.is_ok() {
         tracing::warn!(check = %check.result, "quick_check found problems in Signal's database; backing it up as it is");
     }
@@ -63,17 +72,50 @@ pub fn snapshot_signal_db(
     }))
 }
 
-fn read_key(home: &Path, key_file: Option<&Path>) -> Result<DbKey> {
+/// The stat of Signal's database if it is a regular file reached without links; `None`,
+/// with a warning, if it is missing or is (or is reached through) a link.
+fn listed_database(home: &Home, relative: &Path) -> Result<Option<Metadata>> {
+    let db = home.path().join(relative);
+    match home.lstat(relative) {
+        Ok(metadata) if metadata.is_file() => Ok(Some(metadata)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(
+                path = %db.display(),
+                "no Signal database in this home; backing up the files only (is --source right?)"
+            );
+            Ok(None)
+        }
+        Err(e) if !home::is_replaced(&e) => {
+            Err(e).with_context(|| format!("cannot read {}", db.display()))
+        }
+        _ => {
+            tracing::warn!(
+                path = %db.display(),
+                "Signal's database is a symlink, or a directory above it is, or it is not a \
+                 regular file: not following it, so this snapshot holds no Signal database. \
+                 Signal never makes it a link: replace the link with the database file"
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn read_key(home: &Home, key_file: Option<&Path>) -> Result<DbKey> {
     if let Some(file) = key_file {
         return DbKey::from_file(file);
     }
-    let config = home.join(profile::SIGNAL_CONFIG);
-    let bytes = zeroize::Zeroizing::new(std::fs::read(&config).with_context(|| {
-        format!(
-            "cannot read Signal's database key from {}",
-            config.display()
-        )
-    })?);
+    let relative = Path::new(profile::SIGNAL_CONFIG);
+    let config = home.path().join(relative);
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    home.open_nofollow(relative)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .with_context(|| {
+            format!(
+                "cannot read Signal's database key from {} (it must be a regular file, not \
+                 a link)",
+                config.display()
+            )
+        })?;
     DbKey::from_config_json(&bytes, &config)
 }
 

@@ -15,6 +15,8 @@
 //! is as encrypted as the original.
 
 use std::collections::HashSet;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -83,15 +85,28 @@ fn open(path: &Path, flags: OpenFlags, key: Option<&DbKey>) -> Result<Connection
 /// Copies the live database at `source` into the new file `copy` as one consistent
 /// snapshot, then runs `quick_check` on the copy. `wait` bounds how long a locked source
 /// (a rollback-journal database mid-write) may hold us up.
+///
+/// `listed` is the stat the walk recorded for `source`: the file SQLite opened must be
+/// that one (same device and inode), or nothing is copied. SQLite opens by path, and the
+/// home's owner can swap a directory on that path for a link at any moment.
 pub fn snapshot(
     source: &Path,
+    listed: &Metadata,
     copy: &Path,
     key: Option<&DbKey>,
     wait: Duration,
     cancel: &Cancel,
 ) -> Result<DbCheck> {
-    // Read-only: we never checkpoint, truncate or otherwise touch the live files.
-    let live = open(source, OpenFlags::SQLITE_OPEN_READ_ONLY, key)?;
+    // Read-only: we never checkpoint, truncate or otherwise touch the live files. No link
+    // is followed (SQLite refuses one anywhere in the path): the home's owner must not be
+    // able to point us at a database outside it (see crate::home; callers pass a path
+    // whose part above the home holds no link).
+    let live = open(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        key,
+    )?;
+    check_opened(&live, source, listed)?;
     let mut staged = open(
         copy,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
@@ -126,6 +141,67 @@ pub fn snapshot(
     let check = run_check(&mut staged, copy, "quick_check", key, cancel)?;
     tracing::debug!(db = %source.display(), elapsed = ?started.elapsed(), "database snapshot taken");
     Ok(check)
+}
+
+/// Fails unless the main database file `conn` holds open is the file `listed` describes.
+fn check_opened(conn: &Connection, source: &Path, listed: &Metadata) -> Result<()> {
+    let opened = main_file_descriptor(conn)
+        .and_then(|fd| {
+            // SAFETY: SQLite keeps this descriptor open while `conn` lives; we only fstat it.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            rustix::fs::fstat(fd).ok()
+        })
+        .with_context(|| {
+            format!(
+                "cannot tell which file SQLite opened for {}",
+                source.display()
+            )
+        })?;
+    if opened.st_dev != listed.dev() || opened.st_ino != listed.ino() {
+        bail!(
+            "{} is no longer the file listed (it, or a directory above it, was replaced by a \
+             link or another file while it was opened): not snapshotted",
+            source.display()
+        );
+    }
+    Ok(())
+}
+
+/// The descriptor of `conn`'s main database file. SQLite has no call that returns it: its
+/// file object (`struct unixFile` in sqlite3.c, the default VFS on Linux) starts with three
+/// pointers and then the descriptor. `main_file_descriptor_is_the_database_file` checks
+/// this against the bundled SQLite, so an upgrade that moves it fails that test.
+fn main_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
+    #[repr(C)]
+    struct UnixFileHead {
+        methods: *const std::ffi::c_void,
+        vfs: *const std::ffi::c_void,
+        inode: *const std::ffi::c_void,
+        fd: std::ffi::c_int,
+    }
+    let mut file: *mut rusqlite::ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: a file-control call on a live connection; SQLite writes the pointer to its
+    // own file object of the main database, valid while the connection is open.
+    let (rc, vfs) = unsafe {
+        let rc = rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        );
+        let vfs = rusqlite::ffi::sqlite3_vfs_find(std::ptr::null());
+        (rc, vfs)
+    };
+    if rc != rusqlite::ffi::SQLITE_OK || file.is_null() || vfs.is_null() {
+        return None;
+    }
+    // SAFETY: the default VFS's name is a C string owned by SQLite.
+    let vfs_name = unsafe { std::ffi::CStr::from_ptr((*vfs).zName) };
+    if vfs_name != c"unix" {
+        return None;
+    }
+    // SAFETY: with the "unix" VFS the file object is a unixFile (see above).
+    Some(unsafe { (*file.cast::<UnixFileHead>()).fd })
 }
 
 /// Opens the read transaction the whole copy is made in, waiting up to `wait` for a
@@ -351,6 +427,7 @@ mod tests {
         let copy = dir.path().join("copy.sqlite");
         let check = snapshot(
             &live_path,
+            &std::fs::metadata(&live_path).unwrap(),
             &copy,
             Some(&key),
             Duration::from_secs(1),
@@ -404,9 +481,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let (done, result) = std::sync::mpsc::channel();
         let copy = dir.path().join("copy.sqlite");
+        let listed = std::fs::metadata(&live_path).unwrap();
         std::thread::spawn(move || {
             let check = snapshot(
                 &live_path,
+                &listed,
                 &copy,
                 None,
                 Duration::from_secs(5),
@@ -427,6 +506,48 @@ mod tests {
     }
 
     #[test]
+    fn main_file_descriptor_is_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        let fd = main_file_descriptor(&conn).expect("the unix VFS's descriptor");
+        // SAFETY: the connection holds it open.
+        let opened = rustix::fs::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).unwrap();
+        assert_eq!(opened.st_ino, std::fs::metadata(&path).unwrap().ino());
+    }
+
+    /// What SQLite opened is compared with the listing, not what the path names later: a
+    /// database other than the listed one is never copied.
+    #[test]
+    fn a_database_that_is_not_the_listed_file_is_not_snapshotted() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live.sqlite");
+        Connection::open(&live_path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"listed").unwrap();
+        let listed = std::fs::metadata(&other).unwrap();
+        let copy = dir.path().join("copy.sqlite");
+        let err = snapshot(
+            &live_path,
+            &listed,
+            &copy,
+            None,
+            Duration::from_secs(1),
+            &Cancel::new(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no longer the file listed"),
+            "{err:#}"
+        );
+        assert!(!copy.exists() || std::fs::metadata(&copy).unwrap().len() == 0);
+    }
+
+    #[test]
     fn a_cut_stops_the_copy_and_the_checks() {
         let dir = tempfile::tempdir().unwrap();
         let live_path = dir.path().join("live.sqlite");
@@ -438,7 +559,16 @@ mod tests {
         cancel.enter("database snapshot").unwrap();
         cancel.cancel();
         let copy = dir.path().join("copy.sqlite");
-        let err = snapshot(&live_path, &copy, None, Duration::from_secs(1), &cancel).unwrap_err();
+        let listed = std::fs::metadata(&live_path).unwrap();
+        let err = snapshot(
+            &live_path,
+            &listed,
+            &copy,
+            None,
+            Duration::from_secs(1),
+            &cancel,
+        )
+        .unwrap_err();
         assert!(crate::cancel::is_cancelled(&err), "{err:#}");
         let err = integrity_check(&live_path, None, &cancel).unwrap_err();
         assert!(crate::cancel::is_cancelled(&err), "{err:#}");

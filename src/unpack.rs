@@ -11,7 +11,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -128,8 +128,8 @@ pub fn unpack<R: Read>(
                     .open(&target)
                     .with_context(|| format!("cannot create {}", target.display()))?;
                 let budget = options.max_content_bytes.saturating_sub(stats.bytes);
-                let written = io::copy(&mut (&mut entry).take(budget.saturating_add(1)), &mut file)
-                    .map_err(crate::archive::explain_read_error)?;
+                let written = copy_with_holes(&mut entry, &mut file, budget.saturating_add(1))
+                    .with_context(|| format!("cannot restore {}", target.display()))?;
                 if written > budget {
                     bail!(
                         "the archive expands to more than the {} bytes of content its manifest \
@@ -187,6 +187,51 @@ pub fn unpack<R: Read>(
         File::open(&path)?.set_modified(to_time(mtime))?;
     }
     Ok(stats)
+}
+
+/// Blocks of zeros restored as holes: the size of a block is a multiple of every common
+/// filesystem block, and a block starts at a multiple of it.
+const HOLE_BLOCK: usize = 64 << 10;
+
+/// Copies at most `limit` bytes of `entry` into the new, empty `file`, and skips (seeks
+/// over) every block of all zeros instead of writing it, so a file with long runs of
+/// zeros takes no more disk than its data: a restore does not cost the space a sparse
+/// file never took, whatever is in the archive. The content is the same byte for byte
+/// (a hole reads as zeros); the length is set at the end for a trailing hole.
+fn copy_with_holes(entry: &mut impl Read, file: &mut File, limit: u64) -> Result<u64> {
+    let mut entry = entry.take(limit);
+    let mut block = vec![0u8; HOLE_BLOCK];
+    let mut copied = 0u64;
+    loop {
+        let filled =
+            fill_block(&mut entry, &mut block).map_err(crate::archive::explain_read_error)?;
+        let data = &block[..filled];
+        if data.iter().all(|&byte| byte == 0) {
+            file.seek(SeekFrom::Current(filled as i64))?;
+        } else {
+            file.write_all(data)?;
+        }
+        copied += filled as u64;
+        if filled < block.len() {
+            break;
+        }
+    }
+    file.set_len(copied)?;
+    Ok(copied)
+}
+
+/// Reads until `block` is full or the entry ends: how much was read.
+fn fill_block(entry: &mut impl Read, block: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < block.len() {
+        match entry.read(&mut block[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Makes sure every parent of `relative` below `dest` is a real directory — creating
@@ -400,6 +445,41 @@ mod tests {
             0o644
         );
         assert_eq!(stats.symlinks, 1);
+    }
+
+    #[test]
+    fn runs_of_zeros_are_restored_as_holes_with_the_same_content() {
+        use std::os::unix::fs::MetadataExt;
+        // Data, 8 MiB of zeros, data not on a block boundary, and trailing zeros.
+        let mut content = vec![7u8; 1000];
+        content.resize(1000 + (8 << 20), 0);
+        content.extend_from_slice(&[9u8; 70_000]);
+        content.resize(content.len() + (4 << 20), 0);
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut h = header(tar::EntryType::Regular, content.len() as u64);
+        builder.append_data(&mut h, "f", &content[..]).unwrap();
+        let bytes = builder.into_inner().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let options = UnpackOptions {
+            max_content_bytes: 1 << 30,
+            ..options()
+        };
+        let stats = unpack(
+            &mut tar::Archive::new(&bytes[..]),
+            dest.path(),
+            &options,
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(stats.bytes, content.len() as u64);
+        let restored = dest.path().join("f");
+        assert!(fs::read(&restored).unwrap() == content, "content differs");
+        let allocated = fs::metadata(&restored).unwrap().blocks() * 512;
+        assert!(
+            allocated < 1 << 20,
+            "{allocated} bytes allocated for {} bytes of mostly zeros",
+            content.len()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::Metadata;
 use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use globset::GlobSet;
 
 use crate::cancel::Cancel;
+use crate::home::{self, Home, Opened};
 use crate::sqlite::SQLITE_HEADER;
 
 #[derive(Debug)]
@@ -38,13 +40,18 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Listing {
     pub entries: Vec<Entry>,
-    /// Sum of file sizes: what the archive will roughly hold.
+    /// Sum of file sizes, sparse files left out: what the archive will roughly hold.
     pub file_bytes: u64,
     /// Sockets, FIFOs and device nodes: never archived.
     pub special_skipped: u64,
-    /// Paths over PATH_MAX: skipped with a warning (see [`list_dir`]).
+    /// Paths over PATH_MAX, and directories nested over [`MAX_DEPTH`] levels: skipped
+    /// with a warning (see [`list_dir`]).
     pub too_long_skipped: u64,
 }
+
+/// Directories nested deeper than this are skipped (with a warning, counted with the
+/// paths over PATH_MAX): no real home comes near it.
+const MAX_DEPTH: usize = 256;
 
 /// Lists `home`, skipping excluded paths and the `-wal`/`-shm`/`-journal` companions of the
 /// databases it will snapshot (`databases` names more of them, such as Signal's encrypted
@@ -63,8 +70,16 @@ pub fn list(
             home.display()
         );
     }
+    let handle = Home::open(home)?;
     let mut listing = Listing::default();
-    list_dir(home, Path::new(""), excludes, &mut listing, cancel)?;
+    list_dir(
+        &handle,
+        handle.root(),
+        Path::new(""),
+        excludes,
+        &mut listing,
+        cancel,
+    )?;
     let mut snapshotted: HashSet<PathBuf> = databases.iter().map(|p| p.to_path_buf()).collect();
     for entry in &listing.entries {
         if matches!(entry.kind, Kind::PlainSqlite) {
@@ -78,22 +93,28 @@ pub fn list(
         .entries
         .iter()
         .filter(|e| matches!(e.kind, Kind::File | Kind::PlainSqlite))
+        // A sparse file is refused when it is archived: counting its length would size
+        // the upload parts (and so the memory) for content that never comes.
+        .filter(|e| home::sparse(&e.metadata).is_none())
         .map(|e| e.metadata.len())
         .sum();
     Ok(listing)
 }
 
+/// Lists the directory `dir` of the home, open as `dir_fd`. Every entry is looked at
+/// relative to its directory's handle, never by path, so a directory the user swaps for a
+/// link while the walk runs cannot make it list anything outside the home.
 fn list_dir(
-    home: &Path,
+    handle: &Home,
+    dir_fd: BorrowedFd,
     dir: &Path,
     excludes: &GlobSet,
     listing: &mut Listing,
     cancel: &Cancel,
 ) -> Result<()> {
+    let home = handle.path();
     let absolute = home.join(dir);
-    let mut names: Vec<OsString> = std::fs::read_dir(&absolute)
-        .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect())
-        .with_context(|| unreadable(&absolute))?;
+    let mut names = home::read_names(dir_fd).with_context(|| unreadable(&absolute))?;
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     for name in names {
         cancel.check()?;
@@ -115,7 +136,7 @@ fn list_dir(
             listing.too_long_skipped += 1;
             continue;
         }
-        let metadata = match std::fs::symlink_metadata(&full) {
+        let metadata = match home::lstat_at(dir_fd, &name) {
             Ok(metadata) => metadata,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted meanwhile
             Err(e) => return Err(e).with_context(|| unreadable(&full)),
@@ -124,13 +145,13 @@ fn list_dir(
         let kind = if file_type.is_dir() {
             Kind::Directory
         } else if file_type.is_symlink() {
-            Kind::Symlink(std::fs::read_link(&full).with_context(|| unreadable(&full))?)
+            Kind::Symlink(home::read_link_at(dir_fd, &name).with_context(|| unreadable(&full))?)
         } else if file_type.is_file() {
             cancel.progress().add_files(1);
-            match has_sqlite_header(&full) {
-                Ok(true) => Kind::PlainSqlite,
-                Ok(false) => Kind::File,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            match has_sqlite_header(handle, &path, &metadata) {
+                Ok(Some(true)) => Kind::PlainSqlite,
+                Ok(Some(false)) => Kind::File,
+                Ok(None) => continue, // deleted or replaced meanwhile
                 Err(e) => return Err(e).with_context(|| unreadable(&full)),
             }
         } else {
@@ -143,14 +164,31 @@ fn list_dir(
             listing.special_skipped += 1;
             continue;
         };
-        let is_dir = matches!(kind, Kind::Directory);
+        // The walk holds a handle per level: a tree nested deeper than any real one could
+        // otherwise run the process out of file descriptors and fail every backup.
+        if matches!(kind, Kind::Directory) && path.components().count() > MAX_DEPTH {
+            tracing::warn!(
+                path = %format!("{}…", String::from_utf8_lossy(&path.as_os_str().as_bytes()[..120.min(path.as_os_str().len())])),
+                "skipping a directory nested over {MAX_DEPTH} levels deep: it is not in this snapshot"
+            );
+            listing.too_long_skipped += 1;
+            continue;
+        }
+        let subdirectory = match kind {
+            Kind::Directory => match home::open_dir_at(dir_fd, &name, &metadata) {
+                Ok(Some(fd)) => Some(fd),
+                Ok(None) => continue, // deleted or replaced meanwhile
+                Err(e) => return Err(e).with_context(|| unreadable(&full)),
+            },
+            _ => None,
+        };
         listing.entries.push(Entry {
             path: path.clone(),
             kind,
             metadata,
         });
-        if is_dir {
-            list_dir(home, &path, excludes, listing, cancel)?;
+        if let Some(fd) = subdirectory {
+            list_dir(handle, fd.as_fd(), &path, excludes, listing, cancel)?;
         }
     }
     Ok(())
@@ -164,13 +202,20 @@ fn unreadable(path: &Path) -> String {
     )
 }
 
-fn has_sqlite_header(path: &Path) -> std::io::Result<bool> {
+/// Whether the listed file starts with the SQLite header; `None` if it is no longer the
+/// listed file (read without following links: see [`crate::home`]).
+fn has_sqlite_header(home: &Home, path: &Path, listed: &Metadata) -> Result<Option<bool>> {
+    let mut file = match home.open_listed(path, listed)? {
+        Opened::File(file, _) => file,
+        Opened::Gone | Opened::Replaced => return Ok(None),
+        // Refused when it is archived, which says so.
+        Opened::Sparse(_) => return Ok(Some(false)),
+    };
     let mut header = [0u8; 16];
-    let mut file = std::fs::File::open(path)?;
     match file.read_exact(&mut header) {
-        Ok(()) => Ok(&header == SQLITE_HEADER),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
+        Ok(()) => Ok(Some(&header == SQLITE_HEADER)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Some(false)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -226,5 +271,69 @@ mod tests {
         assert!(matches!(listing.entries[5].kind, Kind::PlainSqlite));
         assert!(matches!(&listing.entries[4].kind, Kind::Symlink(t) if t == Path::new("plain.db")));
         assert_eq!(listing.special_skipped, 1);
+    }
+
+    /// The user flips a directory between itself and a link to a directory outside the
+    /// home, with the same names in it, while walks run: no walk may list a file from
+    /// outside. (A race by nature: a path-based walk lists outside files within a few
+    /// walks; by directory handles it cannot.)
+    #[test]
+    fn a_directory_swapped_for_a_link_during_the_walk_never_lists_outside() {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let root = tempfile::tempdir().unwrap();
+        let (home, outside) = (root.path().join("home"), root.path().join("outside"));
+        std::fs::create_dir_all(home.join("dir")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let mut outside_inodes = HashSet::new();
+        for n in 0..1000 {
+            std::fs::write(home.join(format!("dir/f-{n}")), b"mine").unwrap();
+            let secret = outside.join(format!("f-{n}"));
+            std::fs::write(&secret, b"secret").unwrap();
+            outside_inodes.insert(std::fs::metadata(&secret).unwrap().ino());
+        }
+        let stop = AtomicBool::new(false);
+        let aside = root.path().join("aside");
+        let excludes = profile::excludes(&[]).unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let phase = std::time::Duration::from_millis(1);
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::rename(home.join("dir"), &aside).unwrap();
+                    std::os::unix::fs::symlink(&outside, home.join("dir")).unwrap();
+                    std::thread::sleep(phase);
+                    std::fs::remove_file(home.join("dir")).unwrap();
+                    std::fs::rename(&aside, home.join("dir")).unwrap();
+                    std::thread::sleep(phase);
+                }
+            });
+            for _ in 0..50 {
+                // A walk may fail on a directory gone at the wrong moment; none may leak.
+                let Ok(listing) = list(&home, &excludes, &[], &Cancel::new()) else {
+                    continue;
+                };
+                let leaked = listing
+                    .entries
+                    .iter()
+                    .filter(|e| outside_inodes.contains(&e.metadata.ino()))
+                    .count();
+                if leaked > 0 {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("the walk listed {leaked} files from outside the home");
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+
+    #[test]
+    fn a_tree_nested_deeper_than_any_home_is_cut_with_a_count() {
+        let home = tempfile::tempdir().unwrap();
+        let deep: PathBuf = std::iter::repeat_n("d", MAX_DEPTH + 40).collect();
+        std::fs::create_dir_all(home.path().join(&deep)).unwrap();
+        let excludes = profile::excludes(&[]).unwrap();
+        let listing = list(home.path(), &excludes, &[], &Cancel::new()).unwrap();
+        assert_eq!(listing.entries.len(), MAX_DEPTH);
+        assert_eq!(listing.too_long_skipped, 1);
     }
 }
