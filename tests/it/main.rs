@@ -22,6 +22,7 @@ mod crash;
 mod daemon;
 mod deadlines;
 mod failures;
+mod host_trust;
 mod hostile;
 mod incremental;
 mod lease_faults;
