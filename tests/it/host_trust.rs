@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
+
 use crate::common::*;
 
 fn fixture() -> Fixture {
@@ -34,6 +36,40 @@ fn bytes_and_times(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, i64, i64)> {
         found.insert(path, (content, metadata.mtime(), metadata.mtime_nsec()));
     }
     found
+}
+
+/// A backup that must succeed: its manifest and its stderr (the log).
+fn backup(fx: &Fixture) -> (Value, String) {
+    let ran = fx.backup().run();
+    assert!(ran.status.success(), "the backup failed:\n{ran}");
+    (fx.manifest(ran.stdout_trimmed()), ran.stderr)
+}
+
+#[test]
+fn the_restore_gate_never_follows_a_symlinked_config_out_of_the_staging_tree() {
+    let fx = fixture();
+    // The desktop user made ~/.config a link, in their own home, to a directory that holds
+    // a real Signal profile; the backup archives the link as a link.
+    let elsewhere = fx.root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::rename(fx.home().join(".config"), elsewhere.join(".config")).unwrap();
+    symlink(elsewhere.join(".config"), fx.home().join(".config")).unwrap();
+    let (manifest, _) = backup(&fx);
+    assert!(!manifest["signal_db"].is_null(), "{manifest}");
+    let before = bytes_and_times(&elsewhere);
+
+    let target = fx.root.join("restored");
+    let id = manifest["id"].as_str().unwrap();
+    let err = fx.assert_restore_fails(fx.restore(&target).args(["--snapshot", id]), &target);
+    assert!(
+        err.contains("not a plain directory tree") && err.contains(".config is a symbolic link"),
+        "{err}"
+    );
+    assert_eq!(
+        bytes_and_times(&elsewhere),
+        before,
+        "the gate opened the database the link points at"
+    );
 }
 
 #[test]
