@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
+use ghostwire_backup::catalog;
 use serde_json::Value;
 
 use crate::common::*;
@@ -69,6 +70,102 @@ fn the_restore_gate_never_follows_a_symlinked_config_out_of_the_staging_tree() {
         bytes_and_times(&elsewhere),
         before,
         "the gate opened the database the link points at"
+    );
+}
+
+#[test]
+fn a_rewritten_catalog_row_cannot_hide_a_changed_file() {
+    let fx = fixture();
+    let notes = fx.home().join("notes.txt");
+    std::fs::write(&notes, b"version 1: the old text").unwrap();
+    let (first, _) = backup(&fx);
+    // The catalog's digest holds for a catalog nobody touched: the chain continues.
+    let (second, _) = backup(&fx);
+    assert_eq!(second["parent"], first["id"], "{second}");
+
+    // The desktop user changes the file, then rewrites its row to the new stat, so that the
+    // file looks unchanged since the last snapshot.
+    std::fs::write(&notes, b"version 2: the NEW text").unwrap();
+    let now = std::fs::symlink_metadata(&notes).unwrap();
+    let conn = rusqlite::Connection::open(fx.home().join(catalog::DEFAULT_NAME)).unwrap();
+    let rewritten = conn
+        .execute(
+            "UPDATE files SET size = ?1, mtime_ns = ?2, ctime_ns = ?3, ino = ?4 WHERE path = ?5",
+            rusqlite::params![
+                now.len() as i64,
+                now.mtime() * 1_000_000_000 + now.mtime_nsec(),
+                now.ctime() * 1_000_000_000 + now.ctime_nsec(),
+                now.ino() as i64,
+                b"notes.txt".as_slice(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(rewritten, 1);
+    drop(conn);
+
+    let (third, log) = backup(&fx);
+    assert!(
+        third["parent"].is_null(),
+        "a poisoned catalog was trusted: {third}"
+    );
+    let second_id = second["id"].as_str().unwrap();
+    assert!(
+        log.contains(&format!("the catalog does not match snapshot {second_id}")),
+        "{log}"
+    );
+    let target = fx.root.join("restored");
+    fx.restore(&target).ok();
+    assert_eq!(
+        std::fs::read(target.join("notes.txt")).unwrap(),
+        b"version 2: the NEW text"
+    );
+}
+
+#[test]
+fn an_unusable_catalog_is_a_cache_miss_not_a_stopped_agent() {
+    let fx = fixture();
+    let path = fx.home().join(catalog::DEFAULT_NAME);
+    let (first, _) = backup(&fx);
+    // A catalog from the future, then one that is not SQLite at all.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let (second, log) = backup(&fx);
+    assert!(second["parent"].is_null(), "{second}");
+    assert!(log.contains("the catalog cannot be used"), "{log}");
+    std::fs::write(&path, b"garbage, not a database ".repeat(100)).unwrap();
+    let (third, log) = backup(&fx);
+    assert!(third["parent"].is_null(), "{third}");
+    assert!(log.contains("the catalog cannot be used"), "{log}");
+    // The fresh catalog works: the next backup continues its chain.
+    let (fourth, _) = backup(&fx);
+    assert_eq!(fourth["parent"], third["id"]);
+    assert_ne!(first["id"], third["id"]);
+}
+
+#[test]
+fn a_symlinked_catalog_is_replaced_and_its_target_left_alone() {
+    let fx = fixture();
+    let path = fx.home().join(catalog::DEFAULT_NAME);
+    let existing = fx.root.join("victim.sqlite");
+    std::fs::write(&existing, b"someone else's file").unwrap();
+    let created = fx.root.join("would-be-created");
+    for target in [&existing, &created] {
+        symlink(target, &path).unwrap();
+        let (manifest, log) = backup(&fx);
+        assert!(manifest["parent"].is_null(), "{manifest}");
+        assert!(log.contains("the catalog is a symbolic link"), "{log}");
+        assert!(
+            std::fs::symlink_metadata(&path).unwrap().is_file(),
+            "the link was not replaced by a catalog"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert_eq!(std::fs::read(&existing).unwrap(), b"someone else's file");
+    assert!(
+        !created.exists(),
+        "the agent created a file through the link"
     );
 }
 
