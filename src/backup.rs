@@ -138,12 +138,8 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     let staging = Staging::acquire(&options.staging_dir, STAGING_WAIT, cancel)?;
     let id = manifest::new_snapshot_id(started_at);
     cancel.enter("chain choice")?;
-    let mut catalog = Catalog::open(&catalog_path(options))?;
-    let parent = choose_parent(remote, &catalog, options)?;
-    let previous = match parent {
-        Some(_) => catalog.index()?,
-        None => HashMap::new(),
-    };
+    let mut catalog = Catalog::open_cache(&catalog_path(options))?;
+    let (parent, previous) = choose_parent(remote, &catalog, options)?;
 
     // 1. Signal's database first (see the module docs for why).
     cancel.enter("database snapshot")?;
@@ -235,24 +231,80 @@ fn catalog_path(options: &BackupOptions) -> PathBuf {
 }
 
 /// The parent of the next snapshot (see [`chain::choose_parent`]), checked against the
-/// repository. Any failure to read a manifest counts as "missing"; a cut stops the backup.
+/// repository, and its index from the catalog. Any failure to read a manifest counts as
+/// "missing"; a cut stops the backup. The catalog is on the user's volume: its rows are
+/// used only if they hash to the parent manifest's `catalog_digest`, else the snapshot is
+/// a full one.
 fn choose_parent(
     remote: &Remote,
     catalog: &Catalog,
     options: &BackupOptions,
-) -> Result<Option<Latest>> {
+) -> Result<(Option<Latest>, HashMap<PathBuf, IndexEntry>)> {
     let policy = Policy {
         full_every: options.full_every,
         full_max_age: options.full_max_age,
     };
-    let latest = catalog.latest(remote.repo().location())?;
-    chain::choose_parent(latest, &policy, Utc::now(), |id| {
+    let latest = catalog
+        .latest(remote.repo().location())
+        .unwrap_or_else(|err| {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "cannot read the catalog: taking a full snapshot"
+            );
+            None
+        });
+    let latest_id = latest.as_ref().map(|l| l.id.clone());
+    let mut parent_manifest = None;
+    let parent = chain::choose_parent(latest, &policy, Utc::now(), |id| {
         match remote.find(&Selector::Id(id.to_string())) {
-            Ok(manifest) => Ok(Some(manifest.archives_needed())),
+            Ok(manifest) => {
+                let needed = manifest.archives_needed();
+                if latest_id.as_deref() == Some(id) {
+                    parent_manifest = Some(manifest);
+                }
+                Ok(Some(needed))
+            }
             Err(err) if is_cancelled(&err) => Err(err),
             Err(_) => Ok(None),
         }
-    })
+    })?;
+    match (parent, parent_manifest) {
+        (Some(parent), Some(manifest)) => match trusted_index(catalog, &parent, &manifest) {
+            Some(index) => Ok((Some(parent), index)),
+            None => Ok((None, HashMap::new())),
+        },
+        _ => Ok((None, HashMap::new())),
+    }
+}
+
+/// The catalog's index, if it is exactly what snapshot `manifest` left there (its chain
+/// place and the digest of its rows); `None`, with a warning, otherwise.
+fn trusted_index(
+    catalog: &Catalog,
+    parent: &Latest,
+    manifest: &Manifest,
+) -> Option<HashMap<PathBuf, IndexEntry>> {
+    let index = catalog.index().map_err(|err| format!("{err:#}"));
+    let problem = match (&index, &manifest.catalog_digest) {
+        (Err(err), _) => err.clone(),
+        (Ok(_), None) => "its manifest records no catalog digest".into(),
+        (Ok(index), Some(expected)) if crate::catalog::digest(index.values()) != *expected => {
+            "the file rows were changed".into()
+        }
+        _ if parent.chain_length != manifest.chain_length
+            || parent.full_id != manifest.full_id() =>
+        {
+            "the chain it records was changed".into()
+        }
+        _ => return index.ok(),
+    };
+    tracing::warn!(
+        snapshot = %manifest.id,
+        problem = %problem,
+        "the catalog does not match snapshot {}; taking a full snapshot",
+        manifest.id
+    );
+    None
 }
 
 /// Builds the archive on a thread of its own while this one uploads it; a bounded channel
@@ -359,6 +411,7 @@ fn describe(
             missing: archived.missing_attachments,
         },
         signal_db: signal.map(|s| s.info),
+        catalog_digest: Some(crate::catalog::digest(&archived.entries)),
     }
 }
 

@@ -9,15 +9,22 @@
 //!
 //! Schema changes are SQL files in `migrations/`, applied in order at open; the database's
 //! `user_version` counts those applied.
+//!
+//! It lives where the desktop user can write, and the agent may run as root, so nothing in
+//! it is trusted: [`Catalog::open_cache`] never follows a link to it and sets aside one it
+//! cannot use (garbage, a newer schema) instead of stopping the backup, and the next backup
+//! uses its rows only if they hash to the [`digest`] the parent snapshot's manifest records
+//! (a rewritten row could otherwise make a changed file look unchanged).
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use sha2::{Digest, Sha256};
 
 use crate::index::{EntryKind, IndexEntry};
 use crate::manifest::Manifest;
@@ -44,16 +51,76 @@ pub struct Latest {
     pub full_finished_at: Option<DateTime<Utc>>,
 }
 
+/// SQLite's companion files of a database: a stale one would be replayed into a fresh one.
+const COMPANIONS: &[&str] = &["-journal", "-wal", "-shm"];
+
 impl Catalog {
+    /// Opens the catalog at `path`, never through a symbolic link (SQLite's own
+    /// `SQLITE_OPEN_NOFOLLOW`; it opens the journal and WAL with `O_NOFOLLOW` as well).
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags)
             .with_context(|| format!("cannot open the catalog {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let mut catalog = Self { conn };
         catalog
             .migrate()
+            .and_then(|()| catalog.check())
             .with_context(|| format!("cannot prepare the catalog {}", path.display()))?;
         Ok(catalog)
+    }
+
+    /// Opens the catalog as the cache it is: a symbolic link in its place (or in place of
+    /// its journal or WAL) is removed, never followed; a catalog that cannot be used (not
+    /// SQLite, damaged, from a newer version) is moved aside; either way a fresh one is
+    /// started, with a warning, and the next snapshot is a full one.
+    pub fn open_cache(path: &Path) -> Result<Self> {
+        for suffix in std::iter::once("").chain(COMPANIONS.iter().copied()) {
+            let file = with_suffix(path, suffix);
+            if std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink()) {
+                tracing::warn!(catalog = %file.display(), "the catalog is a symbolic link: not following it; removing the link and starting a fresh catalog (the next snapshot is a full one)");
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("cannot remove the link {}", file.display()))?;
+            }
+        }
+        let is_file = std::fs::symlink_metadata(path).map(|m| m.is_file());
+        let problem = match is_file {
+            Ok(false) => anyhow::anyhow!("it is not a regular file"),
+            Err(_) => return Self::open(path),
+            Ok(true) => match Self::open(path) {
+                Ok(catalog) => return Ok(catalog),
+                Err(err) => err,
+            },
+        };
+        let aside = set_aside(path)?;
+        tracing::warn!(
+            catalog = %path.display(),
+            moved_to = %aside.display(),
+            error = format!("{problem:#}"),
+            "the catalog cannot be used (not a catalog, damaged, or from a newer version): moved it aside and starting a fresh one; taking a full snapshot"
+        );
+        Self::open(path)
+    }
+
+    /// The statements the catalog's readers use all prepare, and the file is sound.
+    fn check(&self) -> Result<()> {
+        let check: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))?;
+        if check != "ok" {
+            bail!("quick_check: {check}");
+        }
+        for sql in [
+            "SELECT path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive FROM files LIMIT 0",
+            "SELECT id, kind, parent, finished_at, chain_length, full_id FROM snapshots LIMIT 0",
+            "SELECT key, value FROM state LIMIT 0",
+        ] {
+            self.conn.prepare(sql)?;
+        }
+        Ok(())
     }
 
     /// Applies the migrations this catalog has not seen yet.
@@ -182,15 +249,9 @@ impl Catalog {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for e in entries {
-                let kind = match e.kind {
-                    EntryKind::File => "file",
-                    EntryKind::Directory => "directory",
-                    EntryKind::Symlink => "symlink",
-                    EntryKind::Deleted => "deleted",
-                };
                 insert.execute(params![
                     e.path.as_os_str().as_bytes(),
-                    kind,
+                    kind_name(e.kind),
                     e.size as i64,
                     e.mtime_ns,
                     e.ctime_ns,
@@ -211,6 +272,85 @@ impl Catalog {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Renames the catalog and its companions to `<name>.unusable-<time>` (a rename moves a
+/// link or a directory itself, never what it points at); returns the new name.
+fn set_aside(path: &Path) -> Result<PathBuf> {
+    let aside = with_suffix(
+        path,
+        &format!(".unusable-{}", Utc::now().format("%Y%m%dT%H%M%S%.9fZ")),
+    );
+    std::fs::rename(path, &aside).with_context(|| {
+        format!(
+            "cannot move the unusable catalog {} aside; remove it (it is only a cache)",
+            path.display()
+        )
+    })?;
+    for suffix in COMPANIONS {
+        let companion = with_suffix(path, suffix);
+        if std::fs::symlink_metadata(&companion).is_ok() {
+            std::fs::rename(&companion, with_suffix(&aside, suffix))?;
+        }
+    }
+    Ok(aside)
+}
+
+/// SHA-256 over the file rows of one snapshot's index, in a canonical order (by path bytes)
+/// and encoding (every field, length-prefixed or fixed-width): what a snapshot's manifest
+/// records as `catalog_digest`, computed from the entries a backup (or a restore) writes
+/// into the catalog, and again from the rows the next backup reads back.
+pub fn digest<'a>(entries: impl IntoIterator<Item = &'a IndexEntry>) -> String {
+    fn bytes(hash: &mut Sha256, value: &[u8]) {
+        hash.update((value.len() as u64).to_le_bytes());
+        hash.update(value);
+    }
+    fn optional(hash: &mut Sha256, value: Option<&str>) {
+        match value {
+            None => hash.update([0]),
+            Some(text) => {
+                hash.update([1]);
+                bytes(hash, text.as_bytes());
+            }
+        }
+    }
+    let mut sorted: Vec<&IndexEntry> = entries.into_iter().collect();
+    sorted.sort_by(|a, b| {
+        a.path
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.path.as_os_str().as_bytes())
+    });
+    let mut hash = Sha256::new();
+    hash.update(b"ghostwire-backup catalog digest 1\n");
+    for e in sorted {
+        bytes(&mut hash, e.path.as_os_str().as_bytes());
+        bytes(&mut hash, kind_name(e.kind).as_bytes());
+        for number in [e.size, e.mtime_ns as u64, e.ctime_ns as u64, e.ino] {
+            hash.update(number.to_le_bytes());
+        }
+        for number in [e.mode, e.uid, e.gid] {
+            hash.update(number.to_le_bytes());
+        }
+        optional(&mut hash, e.sha256.as_deref());
+        optional(&mut hash, e.archive.as_deref());
+    }
+    hex::encode(hash.finalize())
+}
+
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Directory => "directory",
+        EntryKind::Symlink => "symlink",
+        EntryKind::Deleted => "deleted",
     }
 }
 
@@ -270,5 +410,106 @@ mod tests {
             err.contains("newer ghostwire-backup") && err.contains("delete it"),
             "{err}"
         );
+    }
+
+    fn entries() -> Vec<IndexEntry> {
+        let metadata = std::fs::metadata(".").unwrap();
+        let mut file = IndexEntry::new(Path::new("b/file"), EntryKind::File, &metadata);
+        file.sha256 = Some("ab".repeat(32));
+        file.archive = Some("s1".into());
+        vec![
+            file,
+            IndexEntry::new(Path::new("a"), EntryKind::Directory, &metadata),
+            IndexEntry::tombstone(Path::new(OsStr::from_bytes(b"caf\xe9"))),
+        ]
+    }
+
+    fn manifest(id: &str) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "format": 1, "id": id, "started_at": "2026-11-01T00:00:00Z",
+            "finished_at": "2026-11-01T00:00:00Z", "agent_version": "t",
+            "archive": {"key": "k", "size": 0, "sha256": "", "encoding": ""},
+            "content": {"files": 0, "directories": 0, "symlinks": 0, "bytes": 0,
+                        "sqlite_snapshots": 0, "changed_while_read": 0, "vanished": 0},
+            "signal_db": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_digest_of_the_rows_read_back_is_the_digest_of_the_entries_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::open(&dir.path().join("c.sqlite")).unwrap();
+        let entries = entries();
+        catalog.record("r", &manifest("s1"), &entries).unwrap();
+        let expected = digest(&entries);
+        let mut reversed = entries.clone();
+        reversed.reverse();
+        assert_eq!(digest(&reversed), expected, "the order must not matter");
+        assert_eq!(digest(catalog.index().unwrap().values()), expected);
+        // Any rewritten field shows.
+        catalog
+            .conn
+            .execute(
+                "UPDATE files SET mtime_ns = mtime_ns + 1 WHERE path = x'622f66696c65'",
+                [],
+            )
+            .unwrap();
+        assert_ne!(digest(catalog.index().unwrap().values()), expected);
+    }
+
+    #[test]
+    fn an_unusable_catalog_is_set_aside_and_a_fresh_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = dir.path().join("newer.sqlite");
+        Connection::open(&newer)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let garbage = dir.path().join("garbage.sqlite");
+        std::fs::write(&garbage, b"not a database at all, just bytes".repeat(200)).unwrap();
+        let directory = dir.path().join("directory.sqlite");
+        std::fs::create_dir(&directory).unwrap();
+        for path in [&newer, &garbage, &directory] {
+            let mut catalog = Catalog::open_cache(path).unwrap();
+            catalog.record("r", &manifest("s1"), &entries()).unwrap();
+            assert_eq!(catalog.latest("r").unwrap().unwrap().id, "s1");
+        }
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".unusable-")
+            })
+            .count();
+        assert_eq!(aside, 3, "each unusable catalog is kept aside");
+    }
+
+    #[test]
+    fn a_symlinked_catalog_is_replaced_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"precious").unwrap();
+        let missing = dir.path().join("would-be-created");
+        let path = dir.path().join("catalog.sqlite");
+        for target in [&outside, &missing] {
+            std::os::unix::fs::symlink(target, &path).unwrap();
+            std::os::unix::fs::symlink(target, with_suffix(&path, "-journal")).unwrap();
+            let mut catalog = Catalog::open_cache(&path).unwrap();
+            catalog.record("r", &manifest("s1"), &entries()).unwrap();
+            drop(catalog);
+            assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+            std::fs::remove_file(&path).unwrap();
+        }
+        assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+        assert!(!missing.exists(), "a file was created through the link");
+        let err = format!("{:#}", {
+            std::os::unix::fs::symlink(&outside, &path).unwrap();
+            Catalog::open(&path).err().unwrap()
+        });
+        assert!(err.contains("cannot open the catalog"), "{err}");
     }
 }

@@ -89,20 +89,26 @@ impl IndexEntry {
     /// Whether `current` is the same file version without reading it: every stat field
     /// agrees. `Some(false)` when the content certainly differs or the owner/mode changed
     /// (both need a new archive entry); `None` when only the inode or ctime moved, as after
-    /// a restore onto a new volume — then the content hash decides.
+    /// a restore onto a new volume — then the content hash decides. A restore also leaves
+    /// the mtime cut to whole seconds (tar keeps no more), so that counts as a move too.
     pub fn unchanged(&self, current: &IndexEntry) -> Option<bool> {
         let same_content_stat = self.kind == current.kind
             && self.size == current.size
-            && self.mtime_ns == current.mtime_ns
             && self.mode == current.mode
             && self.uid == current.uid
             && self.gid == current.gid;
+        let restored_mtime = self.mtime_ns - self.mtime_ns.rem_euclid(1_000_000_000);
         if !same_content_stat {
             Some(false)
-        } else if self.ino == current.ino && self.ctime_ns == current.ctime_ns {
+        } else if self.mtime_ns == current.mtime_ns
+            && self.ino == current.ino
+            && self.ctime_ns == current.ctime_ns
+        {
             Some(true)
-        } else {
+        } else if self.mtime_ns == current.mtime_ns || current.mtime_ns == restored_mtime {
             None
+        } else {
+            Some(false)
         }
     }
 }
@@ -206,6 +212,16 @@ mod tests {
             ..old.clone()
         };
         assert_eq!(old.unchanged(&restored), None);
+        let restored_from_tar = IndexEntry {
+            mtime_ns: old.mtime_ns - old.mtime_ns.rem_euclid(1_000_000_000),
+            ..restored.clone()
+        };
+        assert_eq!(old.unchanged(&restored_from_tar), None);
+        let touched = IndexEntry {
+            mtime_ns: old.mtime_ns + 1_000_000_000,
+            ..old.clone()
+        };
+        assert_eq!(old.unchanged(&touched), Some(false));
         let grown = IndexEntry {
             size: old.size + 1,
             ..old.clone()

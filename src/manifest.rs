@@ -46,6 +46,11 @@ pub struct Manifest {
     pub signal_db: Option<DatabaseInfo>,
     #[serde(default)]
     pub attachments: AttachmentCheck,
+    /// SHA-256 over the file index this snapshot leaves in the local catalog
+    /// ([`crate::catalog::digest`]): the next backup trusts the catalog, which lives on the
+    /// user's volume, only if its rows still hash to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_digest: Option<String>,
 }
 
 /// The archive object and how to open it.
@@ -269,6 +274,7 @@ mod tests {
             content: ContentCounts::default(),
             signal_db: None,
             attachments: AttachmentCheck::default(),
+            catalog_digest: None,
         }
     }
 

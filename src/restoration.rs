@@ -28,7 +28,7 @@ use crate::cancel::Cancel;
 use crate::catalog::Catalog;
 use crate::exit::{self, Exit};
 use crate::fsutil::{self, read_json, write_json};
-use crate::index::{EntryKind, IndexEntry};
+use crate::index::IndexEntry;
 use crate::manifest::Manifest;
 use crate::profile;
 
@@ -242,9 +242,11 @@ pub fn mark(target: &Path, marker: &Marker) -> Result<()> {
     fsutil::sync_filesystem(target, &Cancel::new())
 }
 
-/// Writes the catalog of the restored volume from the snapshot's index, with the restored
-/// files' own stat, so the next backup there continues the chain instead of starting a
-/// full one. (The content is what the index says: it was authenticated on the way in.)
+/// Writes the catalog of the restored volume: the snapshot's index as it is, so its rows
+/// hash to the manifest's `catalog_digest` and the next backup there continues the chain
+/// instead of starting a full one. The restored files have new inodes and ctimes (and
+/// whole-second mtimes, as tar keeps them), so that backup compares their content with the
+/// index's hashes instead of trusting their stat (see [`IndexEntry::unchanged`]).
 pub fn seed_catalog(
     repository: &str,
     target: &Path,
@@ -252,23 +254,8 @@ pub fn seed_catalog(
     entries: Vec<IndexEntry>,
     chown: Option<(u32, u32)>,
 ) -> Result<()> {
-    let entries: Vec<IndexEntry> = entries
-        .into_iter()
-        .filter_map(|entry| {
-            if entry.kind == EntryKind::Deleted {
-                return Some(entry);
-            }
-            let metadata = fs::symlink_metadata(target.join(&entry.path)).ok()?;
-            let fresh = IndexEntry::new(&entry.path, entry.kind, &metadata);
-            Some(IndexEntry {
-                sha256: entry.sha256,
-                archive: entry.archive,
-                ..fresh
-            })
-        })
-        .collect();
     let path = target.join(crate::catalog::DEFAULT_NAME);
-    Catalog::open(&path)?.record(repository, manifest, &entries)?;
+    Catalog::open_cache(&path)?.record(repository, manifest, &entries)?;
     if let Some((uid, gid)) = chown {
         std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
     }

@@ -162,6 +162,7 @@ mod tests {
             content: ContentCounts::default(),
             signal_db: None,
             attachments: Default::default(),
+            catalog_digest: None,
         }
     }
 

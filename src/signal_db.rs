@@ -138,6 +138,9 @@ pub fn gate(manifest: &Manifest, staged: &Path, cancel: &Cancel) -> Result<Strin
         tracing::warn!("this snapshot holds no Signal database; no gate to run");
         return Ok("no Signal database in this snapshot".into());
     }
+    for path in [profile::SIGNAL_CONFIG, profile::SIGNAL_DB] {
+        plain_tree(staged, Path::new(path)).context("the restore gate failed")?;
+    }
     let config = zeroize::Zeroizing::new(std::fs::read(staged.join(profile::SIGNAL_CONFIG)).context(
         "the restore gate failed: the snapshot has a Signal database but no config.json with its key",
     )?);
@@ -148,4 +151,46 @@ pub fn gate(manifest: &Manifest, staged: &Path, cancel: &Cancel) -> Result<Strin
         "restore gate passed: integrity_check ok"
     );
     Ok(check.result)
+}
+
+/// Fails unless every component of `relative` under `root` is a real directory and the
+/// last a regular file, not a symbolic link: the gate opens the database with SQLite (which
+/// may write a WAL beside it), and a `.config` that the desktop user made a link in their
+/// home, archived as a link, would lead it out of the restore's staging directory into
+/// whatever database the link points at. A missing file is left to the caller's message.
+pub fn plain_tree(root: &Path, relative: &Path) -> Result<()> {
+    let mut path = root.to_path_buf();
+    let components: Vec<_> = relative.components().collect();
+    for (n, component) in components.iter().enumerate() {
+        path.push(component);
+        let metadata = match std::fs::symlink_metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot inspect {}", path.display()));
+            }
+        };
+        let last = n + 1 == components.len();
+        let what = if metadata.file_type().is_symlink() {
+            Some("a symbolic link")
+        } else if !last && !metadata.is_dir() {
+            Some("not a directory")
+        } else if last && !metadata.is_file() {
+            Some("not a regular file")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            let inside: PathBuf = components[..=n].iter().collect();
+            bail!(
+                "the Signal profile in this snapshot is not a plain directory tree: {} is {what} \
+                 (the home it was backed up from had it so). The restore stops here: nothing was \
+                 moved into place and nothing outside the target was opened. Restore another \
+                 snapshot, or make {} a real directory in the home and back it up again",
+                inside.display(),
+                inside.display()
+            );
+        }
+    }
+    Ok(())
 }

@@ -23,6 +23,7 @@ mod daemon;
 mod deadlines;
 mod failures;
 mod host_side;
+mod host_trust;
 mod hostile;
 mod incremental;
 mod lease_faults;
