@@ -143,8 +143,9 @@ fn check_lease(remote: &Remote, options: &RestoreOptions) -> Result<()> {
     })
 }
 
-/// A snapshot without a Signal database (a home backed up with `--allow-no-signal`) is
-/// restored only by its id: as `latest` it is almost always the wrong one.
+/// A snapshot without a Signal database (a home backed up with `--allow-no-signal`, or one
+/// whose database was planted as a link and skipped) is restored only by its id: as
+/// `latest` it is almost always the wrong one.
 fn refuse_without_signal(manifest: &Manifest, snapshot: &Selector) -> Result<()> {
     if manifest.signal_db.is_some() || matches!(snapshot, Selector::Id(_)) {
         return Ok(());
@@ -153,8 +154,8 @@ fn refuse_without_signal(manifest: &Manifest, snapshot: &Selector) -> Result<()>
         Exit::RestoreRefused,
         format!(
             "refusing to restore snapshot {}: it holds no Signal database (it was backed up \
-             with --allow-no-signal). Restore it by its id, --snapshot {}, if it is the one \
-             you want",
+             with --allow-no-signal, or its database was skipped: see that backup's \
+             warnings). Restore it by its id, --snapshot {}, if it is the one you want",
             manifest.id, manifest.id
         ),
     ))

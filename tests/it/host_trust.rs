@@ -50,18 +50,36 @@ fn backup(fx: &Fixture) -> (Value, String) {
 fn the_restore_gate_never_follows_a_symlinked_config_out_of_the_staging_tree() {
     let fx = fixture();
     // The desktop user made ~/.config a link, in their own home, to a directory that holds
-    // a real Signal profile; the backup archives the link as a link.
+    // a real Signal profile. The backup side does not follow it (src/home.rs): the
+    // snapshot has the link, and no Signal database.
     let elsewhere = fx.root.join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
     std::fs::rename(fx.home().join(".config"), elsewhere.join(".config")).unwrap();
     symlink(elsewhere.join(".config"), fx.home().join(".config")).unwrap();
     let (manifest, _) = backup(&fx);
-    assert!(!manifest["signal_db"].is_null(), "{manifest}");
+    assert!(manifest["signal_db"].is_null(), "{manifest}");
+    let id = manifest["id"].as_str().unwrap().to_string();
+    // An archive that holds the link and claims a database anyway (an older agent's, or
+    // one signed with a stolen key) must not make the gate follow the link.
+    let outside = elsewhere.join(".config");
+    fx.plant(
+        &id,
+        |tar| {
+            let mut header = tar_header(tar::EntryType::Symlink, 0, 0o777);
+            header.set_path(".config").unwrap();
+            header.set_link_name(&outside).unwrap();
+            header.set_cksum();
+            tar.append(&header, std::io::empty()).unwrap();
+        },
+        |manifest| {
+            manifest["signal_db"] =
+                serde_json::json!({"user_version": 1, "check": "ok", "bytes": 1});
+        },
+    );
     let before = bytes_and_times(&elsewhere);
 
     let target = fx.root.join("restored");
-    let id = manifest["id"].as_str().unwrap();
-    let err = fx.assert_restore_fails(fx.restore(&target).args(["--snapshot", id]), &target);
+    let err = fx.assert_restore_fails(fx.restore(&target).args(["--snapshot", &id]), &target);
     assert!(
         err.contains("not a plain directory tree") && err.contains(".config is a symbolic link"),
         "{err}"
