@@ -192,7 +192,7 @@ class Checker:
 
     def check_agent(self, variant, where, spec, c, docs, partial=False):
         """The agent's contract: a command it has, flags and env vars that command reads,
-        the mounts it needs, and the identity only where it is used."""
+        the mounts it needs, and each key only where it is used."""
         name = f"{where} container {c['name']}"
         iface = self.interface
         if c.get("command") != [BINARY]:
