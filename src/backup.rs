@@ -57,6 +57,9 @@ pub struct BackupOptions {
     pub db_wait: Duration,
     /// Mark the snapshot as taken after Signal stopped.
     pub r#final: bool,
+    /// The lease holder taking it (set by `run`); `None` for a backup run by hand or by a
+    /// CronJob.
+    pub lease_owner: Option<String>,
     /// Back up a home without a Signal profile instead of failing.
     pub allow_no_signal: bool,
     /// zstd worker threads.
@@ -338,6 +341,7 @@ fn describe(
         finished_at: Utc::now(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         r#final: options.r#final,
+        lease_owner: options.lease_owner.clone(),
         archive: ArchiveInfo {
             key: Object::Archive(id.to_string()).key(),
             size: sealed.size,

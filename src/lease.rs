@@ -294,9 +294,9 @@ pub async fn handoff(repo: &Repository) -> Result<String> {
 }
 
 /// A handoff is trusted only if the backup side signed the lease that names it, and no
-/// trustworthy snapshot is newer: after its final snapshot the holder takes no other, so a
-/// newer one means this lease is an old genuine one put back (a replay), and restoring it
-/// would roll Signal back.
+/// sidecar took a snapshot after it: after its final snapshot the holder takes no other, so
+/// a newer one taken under the lease means this lease is an old genuine one put back (a
+/// replay), and restoring it would roll Signal back.
 async fn trust_handoff(repo: &Repository, lease: &Lease, id: &str) -> Result<()> {
     let verifier = repo.verifier()?;
     let checked = match &lease.signature {
@@ -315,17 +315,24 @@ async fn trust_handoff(repo: &Repository, lease: &Lease, id: &str) -> Result<()>
             ),
         ));
     }
-    let newest = repo.snapshots().await?.pop();
-    if let Some(newer) = newest.filter(|newest| newest.id.as_str() > id) {
+    // Backups run by hand or by a CronJob may follow a handoff; a sidecar's only follow
+    // a newer acquisition of the lease.
+    let newer = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .rfind(|snapshot| snapshot.lease_owner.is_some() && snapshot.id.as_str() > id);
+    if let Some(newer) = newer {
         return Err(exit::coded(
             Exit::Untrusted,
             format!(
                 "the lease names snapshot {id} as the final snapshot {} released it with, \
-                 but snapshot {} is newer: the lease is an older one put back, or a backup \
-                 ran after the handoff. Not choosing between them silently: pass \
-                 --snapshot {} (the newest) or --snapshot {id} after checking \
-                 `ghostwire-backup snapshots`",
-                lease.owner, newer.id, newer.id
+                 but {} took snapshot {} after it while holding the lease: this lease is an \
+                 older one put back. Not restoring the older state: check `ghostwire-backup \
+                 snapshots`, then pass the --snapshot to restore explicitly",
+                lease.owner,
+                newer.lease_owner.as_deref().unwrap_or_default(),
+                newer.id
             ),
         ));
     }

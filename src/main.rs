@@ -443,6 +443,7 @@ impl BackupArgs {
             part_size: (self.part_size_mib << 20) as usize,
             db_wait: self.db_wait,
             r#final: self.r#final,
+            lease_owner: None,
             allow_no_signal: self.allow_no_signal,
             threads: self.threads.unwrap_or_else(priority::default_threads),
         }

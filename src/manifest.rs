@@ -20,6 +20,10 @@ pub struct Manifest {
     /// a green deploy.
     #[serde(default)]
     pub r#final: bool,
+    /// The lease holder that took it (the sidecar); absent for a backup run by hand or by
+    /// a CronJob. A newer one than a lease's handoff proves that lease is not current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
     pub archive: ArchiveInfo,
     /// The encrypted file index (see src/index.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,6 +250,7 @@ mod tests {
             finished_at: now,
             agent_version: "test".into(),
             r#final: false,
+            lease_owner: None,
             archive: ArchiveInfo {
                 key: "archives/x.tar.zst.age".into(),
                 size: 1,

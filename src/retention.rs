@@ -145,6 +145,7 @@ mod tests {
             finished_at: at,
             agent_version: "test".into(),
             r#final: is_final,
+            lease_owner: None,
             archive: ArchiveInfo {
                 key: String::new(),
                 size: 0,

@@ -47,6 +47,10 @@ pub struct RunOptions {
 
 pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions) -> Result<()> {
     crate::backup::check_source(backup)?;
+    let backup = &BackupOptions {
+        lease_owner: Some(options.lease_owner.clone()),
+        ..backup.clone()
+    };
     let mut stop = Stop::new()?;
     let metrics = Arc::new(Metrics::new());
     // Before serving, so that no scrape sees zeros while the repository holds snapshots.

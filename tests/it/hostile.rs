@@ -221,10 +221,16 @@ fn a_manifest_from_the_future_or_a_broken_one_is_refused_clearly() {
     let (fx, id) = backed_up();
     let good = fx.manifest(&id);
     let target = fx.root.join("target");
+    // Each one signed, as the backup side (a newer version of it, or a buggy one) would:
+    // unsigned, they would be refused before their content is read (signed.rs).
+    let write_signed = |text: &str| {
+        std::fs::write(fx.manifest_path(&id), text).unwrap();
+        sign_manifest(&fx.manifest_path(&id));
+    };
 
     let mut future = good.clone();
     future["format"] = 99.into();
-    std::fs::write(fx.manifest_path(&id), future.to_string()).unwrap();
+    write_signed(&future.to_string());
     let err = restore_fails(&fx, &target);
     assert!(
         err.contains("written by a newer ghostwire-backup") && err.contains("upgrade"),
@@ -234,7 +240,7 @@ fn a_manifest_from_the_future_or_a_broken_one_is_refused_clearly() {
     assert!(err.contains("newer ghostwire-backup"), "{err}");
 
     let text = good.to_string();
-    std::fs::write(fx.manifest_path(&id), &text[..text.len() / 2]).unwrap();
+    write_signed(&text[..text.len() / 2]);
     let err = restore_fails(&fx, &target);
     assert!(
         err.contains(&format!("snapshots/{}.json", id)) && err.contains("not valid JSON"),
@@ -243,7 +249,7 @@ fn a_manifest_from_the_future_or_a_broken_one_is_refused_clearly() {
 
     let mut wrong_type = good.clone();
     wrong_type["content"]["bytes"] = "lots".into();
-    std::fs::write(fx.manifest_path(&id), wrong_type.to_string()).unwrap();
+    write_signed(&wrong_type.to_string());
     let err = restore_fails(&fx, &target);
     assert!(err.contains("is malformed"), "{err}");
 }

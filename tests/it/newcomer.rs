@@ -189,6 +189,7 @@ fn check_exits_5_when_the_newest_snapshot_is_older_than_max_age() {
     let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
     manifest["finished_at"] = two_hours_ago.to_rfc3339().into();
     std::fs::write(&path, manifest.to_string()).unwrap();
+    sign_manifest(&path);
     plain
         .agent()
         .args(["check", "--max-age", "1h"])
@@ -348,6 +349,7 @@ fn every_duration_flag_takes_seconds_and_units() {
         .to_rfc3339()
         .into();
     std::fs::write(&path, manifest.to_string()).unwrap();
+    sign_manifest(&path);
     let check = |max_age: &str| {
         let mut command = plain.agent();
         command.args(["check", "--max-age", max_age]);
@@ -804,6 +806,7 @@ fn a_terminal_shows_one_labeled_progress_line() {
     script
         .args(["-qec", &line.join(" "), "/dev/null"])
         .env("GWB_LOG_FORMAT", "text")
+        .env("GWB_SIGNING_KEY_FILE", &signing_keys().signing_key)
         .env("NO_COLOR", "1");
     let ran = script.ok();
     assert!(

@@ -80,7 +80,7 @@ fn a_snapshot_made_with_the_public_recipient_and_another_signing_key_is_never_ch
     fx.assert_restore_fails(&mut by_id, &target);
     fx.verify_with(fx.agent(), &forged)
         .fails_with_code(UNTRUSTED, &["not trustworthy"]);
-    assert_eq!(snapshot_ids(&mut fx.agent()), [genuine.clone()]);
+    assert_eq!(snapshot_ids(&mut fx.agent()), [genuine.as_str()]);
 
     // The genuine snapshot is still there for whoever names it.
     let restored = assert_restores(&fx, &genuine, &genuine);
@@ -111,7 +111,7 @@ fn a_genuine_manifest_copied_under_a_newer_or_a_future_id_is_refused() {
     // The future copy is no snapshot at all: latest is still the genuine one, and `check`
     // still sees its real age.
     assert_restores(&fx, "latest", &genuine);
-    assert_eq!(snapshot_ids(&mut fx.agent()), [genuine.clone()]);
+    assert_eq!(snapshot_ids(&mut fx.agent()), [genuine.as_str()]);
     std::thread::sleep(Duration::from_millis(2100));
     fx.agent()
         .args(["check", "--max-age", "2s"])
@@ -213,26 +213,75 @@ fn release_lease(repo: &Path, signer: Option<&Path>, final_snapshot: &str) {
 #[test]
 fn a_forged_or_replayed_handoff_is_refused() {
     let (fx, older) = backed_up();
-    let newest = backup_after_a_change(&fx);
     let target = fx.root.join("target");
     let mut handoff = fx.restore(&target);
     handoff.args(["--snapshot", "handoff"]);
+    let lease = fx.repo.join("lease.json");
 
-    // Unsigned (or signed by another key): a handoff to the older state is refused.
+    // Unsigned, or signed by another key: a handoff is refused.
     release_lease(&fx.repo, None, &older);
     handoff.fails_with_code(UNTRUSTED, &["has no signature"]);
     let (attacker_key, _) = signing_keygen(&fx.root);
     release_lease(&fx.repo, Some(&attacker_key), &older);
     handoff.fails_with_code(UNTRUSTED, &["another key"]);
-    // Genuinely signed, but older than the newest snapshot: an old lease put back.
-    let genuine_key = &signing_keys().signing_key;
-    release_lease(&fx.repo, Some(genuine_key), &older);
-    let err = handoff.fails_with_code(UNTRUSTED, &[&newest]);
-    assert!(err.contains("put back"), "{err}");
+
+    // A genuine handoff, as blue's sidecar leaves it; a backup by hand after it (a
+    // CronJob's) does not change what green restores.
+    release_lease(&fx.repo, Some(&signing_keys().signing_key), &older);
+    let captured = std::fs::read(&lease).unwrap();
+    backup_after_a_change(&fx);
+    assert_eq!(handoff.ok(), older);
+
+    // Later a sidecar holds the lease and takes snapshots, then stops with a final one:
+    // the lease now hands that one over. Putting the captured older lease back is
+    // refused: a newer snapshot was taken under the lease since.
+    std::fs::remove_dir_all(&target).unwrap();
+    let sidecar = fx
+        .agent()
+        .args(["run", "--schedule", "@yearly", "--listen", "127.0.0.1:0"])
+        .args([
+            "--source",
+            fx.home().to_str().unwrap(),
+            "--recipient",
+            &fx.recipient,
+        ])
+        .args(["--staging-dir", fx.root.join("staging").to_str().unwrap()])
+        .env("GWB_LEASE_OWNER", "ghostwire-1")
+        .spawn(std::process::Stdio::null(), std::process::Stdio::null());
+    wait_until_final_snapshot_released(&fx, sidecar);
+    let handed_over = handoff.ok();
+    assert_ne!(handed_over, older);
+    std::fs::remove_dir_all(&target).unwrap();
+    std::fs::write(&lease, &captured).unwrap();
+    let err = handoff.fails_with_code(UNTRUSTED, &[&handed_over]);
+    assert!(
+        err.contains("put back") && err.contains("ghostwire-1"),
+        "{err}"
+    );
     assert!(!target.exists());
-    // The sidecar's real handoff restores.
-    release_lease(&fx.repo, Some(genuine_key), &newest);
-    assert_eq!(handoff.ok(), newest);
+}
+
+/// Waits for the sidecar to hold the lease, stops it with SIGTERM, and waits for it to
+/// release the lease with its final snapshot.
+fn wait_until_final_snapshot_released(fx: &Fixture, mut sidecar: Spawned) {
+    let lease = || -> serde_json::Value {
+        std::fs::read(fx.repo.join("lease.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lease()["owner"] != "ghostwire-1" || !lease()["released_at"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sidecar never took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(sidecar.id() as i32, libc::SIGTERM) };
+    assert!(sidecar.wait().unwrap().success());
+    assert!(lease()["final_snapshot"].is_string(), "{}", lease());
 }
 
 #[test]
