@@ -49,6 +49,15 @@ def log(*args):
     print(f"[{datetime.datetime.now():%H:%M:%S}]", *args, file=sys.stderr, flush=True)
 
 
+def parse_keygen(text):
+    """`keygen --out … --signing-out …` prints exactly GWB_RECIPIENTS=age1… and
+    GWB_VERIFY_KEY=RW…; anything else is an agent this bench does not know."""
+    public = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if len(text.splitlines()) != 2 or sorted(public) != ["GWB_RECIPIENTS", "GWB_VERIFY_KEY"]:
+        sys.exit(f"keygen printed {text!r}, not GWB_RECIPIENTS=… and GWB_VERIFY_KEY=…")
+    return public
+
+
 def parse_size(text):
     text = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = {"K": 1 << 10, "M": MiB, "G": 1 << 30}.get(text[-1:], 1)
@@ -496,12 +505,18 @@ class Bench:
         return row
 
     def start(self):
-        """The S3 server, and a key pair made by the agent under test."""
+        """The S3 server, and both key pairs made by the agent under test: every agent call
+        signs (backup) or verifies (restore) through the environment, as deployed."""
         self.start_s3()
         self.ident = self.work / "identity.txt"
-        self.ident.unlink(missing_ok=True)
-        self.recipient = subprocess.run([str(self.agent), "keygen", "--out", str(self.ident)], check=True,
-                                        stdout=subprocess.PIPE, env=self.env).stdout.decode().strip()
+        signing_key = self.work / "signing.key"
+        for key in (self.ident, signing_key):
+            key.unlink(missing_ok=True)
+        printed = subprocess.run([str(self.agent), "keygen", "--out", str(self.ident), "--signing-out",
+                                  str(signing_key)], check=True, stdout=subprocess.PIPE, env=self.env).stdout
+        public = parse_keygen(printed.decode())
+        self.recipient = public["GWB_RECIPIENTS"]
+        self.env.update(GWB_VERIFY_KEY=public["GWB_VERIFY_KEY"], GWB_SIGNING_KEY_FILE=str(signing_key))
 
     def main(self):
         if self.args.contention:

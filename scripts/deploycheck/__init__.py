@@ -16,5 +16,8 @@ metrics) and runs `python -m deploycheck`, which
    that the backup CronJob never comes with the sidecar, that only prune runs as the
    delete-capable ServiceAccount, that every alert has `for:` and a runbook anchor that
    exists in docs/kubernetes.md, cross-variant references, and the security settings of every
-   container of every workload. No Secret may be rendered.
+   container of every workload. Keys go only where they are used: the age identity to the
+   commands that decrypt, the signing key Secret to the commands that sign (the sidecar's
+   `run`, the CronJob's `backup`) and nowhere else, the public GWB_VERIFY_KEY to every command
+   that reads snapshots; nothing deploys GWB_ALLOW_UNSIGNED. No Secret may be rendered.
 """

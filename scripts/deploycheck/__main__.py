@@ -55,6 +55,9 @@ patches:
       - op: replace
         path: /data/GWB_REPO
         value: s3://example-ghostwire-backups/ghostwire
+      - op: replace
+        path: /data/GWB_VERIFY_KEY
+        value: RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3
 """,
     "example-green": """\
 apiVersion: kustomize.config.k8s.io/v1beta1

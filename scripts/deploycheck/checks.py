@@ -14,11 +14,14 @@ import yaml
 IMAGE = "ghcr.io/ghostwire/ghostwire-backup"
 BINARY = "/usr/local/bin/ghostwire-backup"
 ALLOWED_SECRETS = {"ghostwire-backup-s3", "ghostwire-backup-s3-readonly", "ghostwire-backup-s3-prune",
-                   "ghostwire-backup-identity"}
+                   "ghostwire-backup-identity", "ghostwire-backup-signing"}
 # The one ServiceAccount with a delete-capable role, and the read-only one (docs: IAM).
 PRUNE_SA = "ghostwire-backup-prune"
 READONLY_SA = "ghostwire-backup-readonly"
 IDENTITY_SECRET = "ghostwire-backup-identity"
+# The backup side's signing key: only the commands that sign (those with --signing-key) get it;
+# the commands that read snapshots (those with --verify-key) get the public GWB_VERIFY_KEY.
+SIGNING_SECRET = "ghostwire-backup-signing"
 STAGING = "/tmp/ghostwire-backup"
 METRICS_PORT = 9464
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "HelmRelease", "HelmRepository"}
@@ -78,6 +81,19 @@ def has_args(args, *want):
     """`want` appears as a contiguous run in args."""
     n = len(want)
     return any(tuple(args[i:i + n]) == want for i in range(len(args) - n + 1))
+
+
+def secret_names(volume):
+    """The Secrets a volume holds: a `secret` volume's, or those of a `projected` one."""
+    names = [(volume.get("secret") or {}).get("secretName")]
+    names += [(src.get("secret") or {}).get("name")
+              for src in (volume.get("projected") or {}).get("sources", []) or []]
+    return {n for n in names if n}
+
+
+def has_flag(args, flag):
+    """`--flag` or `--flag=value` in args."""
+    return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
 def volume_of(spec, mount):
@@ -174,9 +190,9 @@ class Checker:
         if csc.get("privileged"):
             self.fail(variant, f"{name}: privileged")
 
-    def check_agent(self, variant, where, spec, c, docs):
+    def check_agent(self, variant, where, spec, c, docs, partial=False):
         """The agent's contract: a command it has, flags and env vars that command reads,
-        the mounts it needs, and the identity only where it is used."""
+        the mounts it needs, and each key only where it is used."""
         name = f"{where} container {c['name']}"
         iface = self.interface
         if c.get("command") != [BINARY]:
@@ -208,6 +224,9 @@ class Checker:
             ref = (e.get("valueFrom") or {}).get("secretKeyRef")
             if ref and ref["name"] not in ALLOWED_SECRETS:
                 self.fail(variant, f"{name}: env {k} refers to unknown Secret {ref['name']}")
+            elif ref and ref["name"] in (IDENTITY_SECRET, SIGNING_SECRET):
+                self.fail(variant, f"{name}: env {k} takes a key out of Secret {ref['name']}: mount it as a file "
+                                   f"(environment variables show up in `kubectl describe` and crash reports)")
         if "GWB_STAGING_DIR" in reads and env.get("GWB_STAGING_DIR") != STAGING:
             self.fail(variant, f"{name}: GWB_STAGING_DIR must be {STAGING}")
         vols = {v["name"]: v for v in spec.get("volumes", []) or []}
@@ -220,21 +239,53 @@ class Checker:
             self.fail(variant, f"{name}: resources need ephemeral-storage requests and limits for the "
                                f"scratch emptyDir at /tmp")
         # The identity (private key) belongs to the commands that decrypt: those with --identity.
-        identity_mounts = [m for m in mounts.values()
-                           if (vols.get(m["name"], {}).get("secret") or {}).get("secretName") == IDENTITY_SECRET]
-        decrypts = sub is not None and "--identity" in iface.flags[sub]
-        if sub and not decrypts and identity_mounts:
-            self.fail(variant, f"{name}: `{sub}` must not mount the age identity Secret")
-        if decrypts:
-            if not identity_mounts:
-                self.fail(variant, f"{name}: `{sub}` needs the identity Secret mounted")
-            else:
-                idf = env.get("GWB_IDENTITY_FILE", "")
-                if not any(idf.startswith(m["mountPath"].rstrip("/") + "/") for m in identity_mounts):
-                    self.fail(variant, f"{name}: GWB_IDENTITY_FILE={idf!r} is not inside the identity mount")
-                if not all(m.get("readOnly") for m in identity_mounts):
-                    self.fail(variant, f"{name}: identity mount must be readOnly")
+        self.check_key_file(variant, name, sub, env, mounts, vols, IDENTITY_SECRET, "--identity",
+                            "GWB_IDENTITY_FILE", "the age identity Secret", "identity")
+        # The signing key belongs to the commands that sign: those with --signing-key.
+        self.check_key_file(variant, name, sub, env, mounts, vols, SIGNING_SECRET, "--signing-key",
+                            "GWB_SIGNING_KEY_FILE", "the signing key Secret", "signing key")
+        self.check_verify_key(variant, name, c, sub, env, docs, partial)
+        if str(env.get("GWB_ALLOW_UNSIGNED", "")).lower() in ("true", "1", "yes", "on"):
+            self.fail(variant, f"{name}: GWB_ALLOW_UNSIGNED is set: it accepts unsigned snapshots (anyone's); "
+                               f"migration only, by hand (docs/format.md), never in deploy/")
         return args, env, mounts
+
+    def check_key_file(self, variant, name, sub, env, mounts, vols, secret, flag, env_name, what, short):
+        """A secret key file reaches exactly the commands that use it (those with `flag`),
+        read-only, from a Secret volume no other user can read, at the path `env_name` names."""
+        key_mounts = [m for m in mounts.values() if secret in secret_names(vols.get(m["name"], {}))]
+        uses = sub is not None and flag in self.interface.flags[sub]
+        if sub and not uses and key_mounts:
+            self.fail(variant, f"{name}: `{sub}` must not mount {what}")
+        if not uses:
+            return
+        if not key_mounts:
+            self.fail(variant, f"{name}: `{sub}` needs the {short} Secret mounted")
+            return
+        path = env.get(env_name, "")
+        if not any(str(path).startswith(m["mountPath"].rstrip("/") + "/") for m in key_mounts):
+            self.fail(variant, f"{name}: {env_name}={path!r} is not inside the {short} mount")
+        if not all(m.get("readOnly") for m in key_mounts):
+            self.fail(variant, f"{name}: {short} mount must be readOnly")
+        for m in key_mounts:
+            # Unset, the kubelet writes Secret files 0644: readable by every user in the pod.
+            mode = (vols[m["name"]].get("secret") or vols[m["name"]].get("projected") or {}).get("defaultMode", 0o644)
+            if mode & 0o137:
+                self.fail(variant, f"{name}: the {short} Secret's defaultMode is {mode:#o}; at most 0440 "
+                                   f"(no write, nothing for other users)")
+
+    def check_verify_key(self, variant, name, c, sub, env, docs, partial):
+        """The commands that read snapshots trust only what the verify key verifies: they exit
+        2 without GWB_VERIFY_KEY. Where a ConfigMap it reads is not in this render (a partial
+        patch), the key cannot be seen, so only a render with all of them is judged."""
+        if sub is None or "--verify-key" not in self.interface.flags[sub] or has_flag(c.get("args") or [], "--verify-key"):
+            return
+        refs = [ef["configMapRef"]["name"] for ef in c.get("envFrom", []) or [] if ef.get("configMapRef")]
+        if partial and not all(find(docs, "ConfigMap", r) for r in refs):
+            return
+        if not env.get("GWB_VERIFY_KEY"):
+            self.fail(variant, f"{name}: `{sub}` reads snapshots but gets no GWB_VERIFY_KEY (put the RW… key "
+                               f"`keygen` printed in the ConfigMap): it exits 2 without one")
 
     def check_workload(self, variant, doc, docs, partial=False):
         """Security and contract checks of one workload; returns its agent containers."""
@@ -254,10 +305,15 @@ class Checker:
                 (kind == "StatefulSet" and doc["spec"].get("volumeClaimTemplates"))
             if has_pvc and "fsGroup" not in (spec.get("securityContext") or {}):
                 self.fail(variant, f"{where}: mounts a PVC but sets no fsGroup")
+        signers = self.interface.commands_with("--signing-key")
         for v in spec.get("volumes", []) or []:
-            s = v.get("secret")
-            if s and s["secretName"] not in ALLOWED_SECRETS:
-                self.fail(variant, f"{where}: volume {v['name']} uses unknown Secret {s['secretName']}")
+            for secret in sorted(secret_names(v) - ALLOWED_SECRETS):
+                self.fail(variant, f"{where}: volume {v['name']} uses unknown Secret {secret}")
+            # A pod whose agents do not sign has no business holding the signing key, mounted or not.
+            if SIGNING_SECRET in secret_names(v) and not partial and not any(
+                    is_agent(c) and (c.get("args") or [None])[0] in signers for _, c in containers(spec)):
+                self.fail(variant, f"{where}: volume {v['name']} holds the signing key, but no container "
+                                   f"of this pod signs (only {', '.join(sorted(signers))} do)")
         agents = []
         for phase, c in containers(spec):
             self.check_security(variant, where, spec, c, stand_in, partial)
@@ -266,7 +322,7 @@ class Checker:
                     ref = ef.get("configMapRef")
                     if ref and not partial_refs and not find(docs, "ConfigMap", ref["name"]):
                         self.fail(variant, f"{where} container {c['name']}: ConfigMap {ref['name']} is not rendered")
-                args, env, mounts = self.check_agent(variant, where, spec, c, docs)
+                args, env, mounts = self.check_agent(variant, where, spec, c, docs, partial)
                 agents.append((phase, c, args, env, mounts))
         return agents
 
@@ -281,7 +337,7 @@ class Checker:
                 for k in (d.get("data") or {}):
                     if k.startswith("GWB_") and k not in self.interface.env:
                         self.fail(variant, f"ConfigMap/{d['metadata']['name']}: unknown key {k} (the agent does not read it)")
-                    if k.startswith("AWS_SECRET") or k == "GWB_IDENTITY":
+                    if k.startswith("AWS_SECRET") or k in ("GWB_IDENTITY", "GWB_SIGNING_KEY"):
                         self.fail(variant, f"ConfigMap/{d['metadata']['name']}: secret material {k} in a ConfigMap")
 
     # --- what each variant is for ---------------------------------------------------------

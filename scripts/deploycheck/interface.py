@@ -28,6 +28,10 @@ class Interface:
         """The environment variables `command` reads."""
         return {f["env"] for f in self.flags.get(command, {}).values() if f["env"]} | self.env_only
 
+    def commands_with(self, flag):
+        """The commands that take `--flag`."""
+        return {c for c, flags in self.flags.items() if flag in flags}
+
     def default(self, command, flag):
         """The fixed default of `--flag` for `command`, or None."""
         return (self.flags.get(command, {}).get(flag) or {}).get("default")

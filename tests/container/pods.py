@@ -174,21 +174,32 @@ class Cluster:
             "GWB_S3_ENDPOINT": self.s3.endpoint,
             "GWB_S3_PATH_STYLE": "true",
         }}
-        identity, recipient = self.keygen()
+        identity, signing_key, public = self.keygen()
+        # As docs/kubernetes.md sets them up: the identity for the restore side, the signing
+        # key for the backup side, the public halves in the ConfigMap for everyone.
         self.secrets["ghostwire-backup-identity"] = {"identity.txt": identity}
-        self.configmaps["ghostwire-backup"]["GWB_RECIPIENTS"] = recipient
+        self.secrets["ghostwire-backup-signing"] = {"signing.key": signing_key}
+        self.configmaps["ghostwire-backup"].update(public)
 
     def keygen(self):
-        """The age key pair, made by the image itself (an operator's `keygen`)."""
+        """Both key pairs, made by the image itself (an operator's `keygen --out identity.txt
+        --signing-out signing.key`): the two secret files, and the public halves from its
+        stdout, exactly the two lines GWB_RECIPIENTS=age1… and GWB_VERIFY_KEY=RW…."""
         out = self.scratch / "keygen"
         out.mkdir(mode=0o777)
         out.chmod(0o777)
         result = podman("run", "--rm", "--network", "none", "--user", "1000:0", "--read-only",
                         "--cap-drop", "ALL", "--volume", f"{out}:/out", IMAGE,
-                        "keygen", "--out", "/out/identity.txt")
+                        "keygen", "--out", "/out/identity.txt", "--signing-out", "/out/signing.key")
+        lines = result.stdout.splitlines()
+        public = dict(line.split("=", 1) for line in lines if "=" in line)
+        check(len(lines) == 2 and sorted(public) == ["GWB_RECIPIENTS", "GWB_VERIFY_KEY"]
+              and public["GWB_RECIPIENTS"].startswith("age1") and public["GWB_VERIFY_KEY"].startswith("RW"),
+              f"keygen printed {result.stdout!r}, not GWB_RECIPIENTS=age1… and GWB_VERIFY_KEY=RW…")
         identity = (out / "identity.txt").read_text()
+        signing_key = (out / "signing.key").read_text()
         shutil.rmtree(out)
-        return identity, result.stdout.strip()
+        return identity, signing_key, public
 
     # Volumes are host directories, bind-mounted: podman would chown a fresh named volume
     # to the container's user on first use, which the kubelet never does.
@@ -447,7 +458,9 @@ def test_hardened(size):
         wait_for_commits(results, 50, writer)
         before = (results / "ids.txt").read_text()
         backup = Pod(cluster, "ghostwire-backup-29000000-x1x1x", pod_spec(cronjob),
-                     {"home": home, "tmp": cluster.empty_dir("tmp")})
+                     {"home": home, "tmp": cluster.empty_dir("tmp"),
+                      "signing": cluster.secret_volume("ghostwire-backup-signing",
+                                                       secret_mode(pod_spec(cronjob), "signing"))})
         backup.run("backup")
         (results / "before-backup.txt").write_text(before[: before.rfind("\n") + 1])
         during = committed(results)
@@ -459,6 +472,8 @@ def test_hardened(size):
             "ghostwire-backup-restore-tmp": cluster.empty_dir("restore-tmp"),
             "ghostwire-backup-identity": cluster.secret_volume(
                 "ghostwire-backup-identity", secret_mode(signal.spec, "ghostwire-backup-identity")),
+            "ghostwire-backup-signing": cluster.secret_volume(
+                "ghostwire-backup-signing", secret_mode(signal.spec, "ghostwire-backup-signing")),
             "dshm": cluster.empty_dir("dshm"),
         })
         # The CronJob variant holds no lease, so there is no handoff: as in the DR runbook,
@@ -484,11 +499,13 @@ def test_lifecycle(size):
     try:
         results = cluster.results_dir()
         identity = cluster.secret_volume("ghostwire-backup-identity", secret_mode(spec, "ghostwire-backup-identity"))
+        signing = cluster.secret_volume("ghostwire-backup-signing", secret_mode(spec, "ghostwire-backup-signing"))
 
         def volumes(home):
             return {"home": home, "ghostwire-backup-tmp": cluster.empty_dir("tmp"),
                     "ghostwire-backup-restore-tmp": cluster.empty_dir("restore-tmp"),
-                    "ghostwire-backup-identity": identity, "dshm": cluster.empty_dir("dshm")}
+                    "ghostwire-backup-identity": identity, "ghostwire-backup-signing": signing,
+                    "dshm": cluster.empty_dir("dshm")}
 
         blue = Pod(cluster, "ghostwire-0", spec, volumes(cluster.pvc("home-ghostwire-0")), free_port())
         profile = make_profile(blue, size)

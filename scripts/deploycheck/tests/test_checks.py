@@ -18,23 +18,28 @@ def flag(long, env, default=None, takes_value=True):
             "takes_value": takes_value, "required": False, "possible_values": [], "help": ""}
 
 
+# The backup side signs; the commands that read snapshots take the verify key.
+SIGNS = [flag("--signing-key", "GWB_SIGNING_KEY_FILE")]
+TRUSTS = [flag("--verify-key", "GWB_VERIFY_KEY"), flag("--allow-unsigned", "GWB_ALLOW_UNSIGNED", "false", False)]
+
 REFERENCE = {
     "binary": "ghostwire-backup",
     "version": "0.0.0",
     "global": [flag("--repo", "GWB_REPO", "./backups")],
     "environment": [{"name": "GWB_LOG", "default": "info", "help": ""}],
     "commands": [
-        {"name": "backup", "about": "", "args": [flag("--staging-dir", "GWB_STAGING_DIR")]},
+        {"name": "backup", "about": "", "args": [flag("--staging-dir", "GWB_STAGING_DIR"), *SIGNS]},
         {"name": "restore", "about": "", "args": [
             flag("--snapshot", "GWB_SNAPSHOT", "latest"), flag("--identity", "GWB_IDENTITY_FILE"),
             flag("--target", "GWB_TARGET"), flag("--if-empty", "GWB_IF_EMPTY", "false", False),
             flag("--lease-owner", "GWB_LEASE_OWNER"),
-            flag("--require-snapshot", "GWB_REQUIRE_SNAPSHOT", "false", False)]},
+            flag("--require-snapshot", "GWB_REQUIRE_SNAPSHOT", "false", False), *TRUSTS]},
         {"name": "run", "about": "", "args": [
             flag("--staging-dir", "GWB_STAGING_DIR"), flag("--listen", "GWB_LISTEN", "0.0.0.0:9464"),
             flag("--final-snapshot", "GWB_FINAL_SNAPSHOT", "true"),
-            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90"), flag("--lease-owner", "GWB_LEASE_OWNER")]},
-        {"name": "prune", "about": "", "args": [flag("--keep-daily", "GWB_KEEP_DAILY", "0")]},
+            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90"), flag("--lease-owner", "GWB_LEASE_OWNER"),
+            *SIGNS]},
+        {"name": "prune", "about": "", "args": [flag("--keep-daily", "GWB_KEEP_DAILY", "0"), *TRUSTS]},
     ],
     "metrics": [
         {"name": "ghostwire_backup_failures", "type": "counter", "help": "",
@@ -66,6 +71,8 @@ def agent(name, args, env=(), mounts=()):
     }
 
 
+SIGNING_MOUNT = {"name": "signing", "mountPath": "/signing", "readOnly": True}
+SIGNING_VOLUME = {"name": "signing", "secret": {"secretName": "ghostwire-backup-signing", "defaultMode": 0o440}}
 LEASE_OWNER = {"name": "GWB_LEASE_OWNER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
 RUNBOOK = "https://example.invalid/docs/kubernetes.md#"
 ANCHORS = {"ghostwirebackupstale", "ghostwirebackupfailing", "ghostwirebackuprestoregatefailed"}
@@ -104,8 +111,9 @@ def sidecar_variant(name="ghostwire", namespace=None):
                             {"name": "identity", "mountPath": "/identity", "readOnly": True}])
     sidecar = agent("ghostwire-backup", ["run"],
                     env=[("GWB_LISTEN", "0.0.0.0:9464"), ("GWB_FINAL_SNAPSHOT", "true"),
-                         ("GWB_FINAL_DEADLINE", "90"), ("GWB_STAGING_DIR", "/tmp/ghostwire-backup")],
-                    mounts=[{"name": "home", "mountPath": "/home/kasm-user"}])
+                         ("GWB_FINAL_DEADLINE", "90"), ("GWB_STAGING_DIR", "/tmp/ghostwire-backup"),
+                         ("GWB_SIGNING_KEY_FILE", "/signing/signing.key")],
+                    mounts=[{"name": "home", "mountPath": "/home/kasm-user"}, copy.deepcopy(SIGNING_MOUNT)])
     for c in (restore, sidecar):
         c["env"].append(copy.deepcopy(LEASE_OWNER))
     sidecar["resources"]["limits"]["cpu"] = "1"
@@ -124,10 +132,12 @@ def sidecar_variant(name="ghostwire", namespace=None):
         "terminationGracePeriodSeconds": 120,
         "initContainers": [restore, sidecar],
         "volumes": [{"name": "tmp", "emptyDir": {}},
-                    {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity"}}],
+                    {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity", "defaultMode": 0o440}},
+                    copy.deepcopy(SIGNING_VOLUME)],
     })
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ghostwire-backup"},
-          "data": {"GWB_REPO": "s3://bucket/ghostwire", "GWB_LOG": "info", "GWB_REQUIRE_SNAPSHOT": "true"}}
+          "data": {"GWB_REPO": "s3://bucket/ghostwire", "GWB_LOG": "info", "GWB_REQUIRE_SNAPSHOT": "true",
+                   "GWB_VERIFY_KEY": "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"}}
     return [sts, cm]
 
 
@@ -238,6 +248,80 @@ class CheckerTest(unittest.TestCase):
                            "container ghostwire-backup: `run` must not mount the age identity Secret",
                            "container restore: `restore` needs the identity Secret mounted")
 
+    def test_the_signing_key_given_to_the_restore_init_container_is_reported(self):
+        # Mounted as a file, the same volume the sidecar uses.
+        docs = sidecar_variant()
+        restore = containers_of(docs)["restore"]
+        restore["volumeMounts"].append(copy.deepcopy(SIGNING_MOUNT))
+        set_env(restore, "GWB_SIGNING_KEY_FILE", "/signing/signing.key")
+        self.assertReports(self.check("sidecar", docs),
+                           "container restore: `restore` must not mount the signing key Secret",
+                           "container restore: env GWB_SIGNING_KEY_FILE is set but `restore` does not read it")
+        # Through a projected volume of its own.
+        docs = sidecar_variant()
+        docs[0]["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "keys", "projected": {"sources": [{"secret": {"name": "ghostwire-backup-signing"}}]}})
+        containers_of(docs)["restore"]["volumeMounts"].append({"name": "keys", "mountPath": "/keys", "readOnly": True})
+        self.assertReports(self.check("sidecar", docs), "container restore: `restore` must not mount the signing key Secret")
+        # As an environment variable.
+        docs = sidecar_variant()
+        containers_of(docs)["restore"]["env"].append({"name": "SIGNING_KEY", "valueFrom": {
+            "secretKeyRef": {"name": "ghostwire-backup-signing", "key": "signing.key"}}})
+        self.assertReports(self.check("sidecar", docs),
+                           "container restore: env SIGNING_KEY takes a key out of Secret ghostwire-backup-signing")
+
+    def test_the_backup_side_needs_the_signing_key_read_only_and_private(self):
+        docs = sidecar_variant()
+        sidecar = containers_of(docs)["ghostwire-backup"]
+        sidecar["volumeMounts"] = [m for m in sidecar["volumeMounts"] if m["name"] != "signing"]
+        self.assertReports(self.check("sidecar", docs),
+                           "container ghostwire-backup: `run` needs the signing key Secret mounted")
+        docs = sidecar_variant()
+        sidecar = containers_of(docs)["ghostwire-backup"]
+        set_env(sidecar, "GWB_SIGNING_KEY_FILE", "/etc/signing.key")
+        next(m for m in sidecar["volumeMounts"] if m["name"] == "signing")["readOnly"] = False
+        del docs[0]["spec"]["template"]["spec"]["volumes"][2]["secret"]["defaultMode"]
+        self.assertReports(self.check("sidecar", docs),
+                           "GWB_SIGNING_KEY_FILE='/etc/signing.key' is not inside the signing key mount",
+                           "container ghostwire-backup: signing key mount must be readOnly",
+                           "container ghostwire-backup: the signing key Secret's defaultMode is 0o644; at most 0440")
+
+    def test_a_pod_that_does_not_sign_must_not_hold_the_signing_key(self):
+        # A verify Job: it reads snapshots, so it gets the verify key, never the signing key,
+        # even as an unmounted volume.
+        verify = agent("verify", ["restore", "--snapshot", "latest"],
+                       env=[("GWB_IDENTITY_FILE", "/identity/identity.txt")],
+                       mounts=[{"name": "identity", "mountPath": "/identity", "readOnly": True}])
+        job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "verify"},
+               "spec": {"template": {"spec": {
+                   "automountServiceAccountToken": False, "containers": [verify],
+                   "volumes": [{"name": "tmp", "emptyDir": {}},
+                               {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity",
+                                                               "defaultMode": 0o440}}]}}}}
+        cm = sidecar_variant()[1]
+        self.assertEqual(self.check("verify-job", [job, cm]), [])
+        job["spec"]["template"]["spec"]["volumes"].append(copy.deepcopy(SIGNING_VOLUME))
+        self.assertReports(self.check("verify-job", [job, cm]),
+                           "Job/verify: volume signing holds the signing key, but no container of this pod "
+                           "signs (only backup, run do)")
+
+    def test_every_container_that_reads_snapshots_needs_the_verify_key(self):
+        docs = sidecar_variant()
+        del docs[1]["data"]["GWB_VERIFY_KEY"]
+        errors = self.check("sidecar", docs)
+        self.assertReports(errors, "container restore: `restore` reads snapshots but gets no GWB_VERIFY_KEY")
+        # The sidecar only writes (it checks its own chain with its signing key).
+        self.assertFalse(any("ghostwire-backup: `run` reads snapshots" in e for e in errors), errors)
+        # Given on the container itself, as a flag or as a literal, it counts.
+        containers_of(docs)["restore"]["args"].append("--verify-key=RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3")
+        self.assertEqual(self.check("sidecar", docs), [])
+
+    def test_accepting_unsigned_snapshots_is_never_deployed(self):
+        docs = sidecar_variant()
+        docs[1]["data"]["GWB_ALLOW_UNSIGNED"] = "true"
+        self.assertReports(self.check("sidecar", docs),
+                           "container restore: GWB_ALLOW_UNSIGNED is set: it accepts unsigned snapshots")
+
     def test_a_rendered_secret_and_a_weak_container_are_reported(self):
         docs = sidecar_variant()
         docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "data": {"k": "dg=="}})
@@ -315,8 +399,9 @@ class CheckerTest(unittest.TestCase):
                            "renders both the backup CronJob and the sidecar: use one of them")
 
     def test_a_cronjob_tied_to_one_pod_name_or_off_the_desktop_pool_is_reported(self):
-        backup = agent("backup", ["backup"], env=[("GWB_STAGING_DIR", "/tmp/ghostwire-backup")],
-                       mounts=[{"name": "home", "mountPath": "/home/kasm-user"}])
+        backup = agent("backup", ["backup"], env=[("GWB_STAGING_DIR", "/tmp/ghostwire-backup"),
+                                                  ("GWB_SIGNING_KEY_FILE", "/signing/signing.key")],
+                       mounts=[{"name": "home", "mountPath": "/home/kasm-user"}, copy.deepcopy(SIGNING_MOUNT)])
         backup["resources"]["limits"]["cpu"] = "1"
         spec = {
             "automountServiceAccountToken": False,
@@ -327,7 +412,8 @@ class CheckerTest(unittest.TestCase):
             "tolerations": [{"key": "workload", "operator": "Equal", "value": "desktop", "effect": "NoSchedule"}],
             "containers": [backup],
             "volumes": [{"name": "tmp", "emptyDir": {}},
-                        {"name": "home", "persistentVolumeClaim": {"claimName": "home-ghostwire-green-0"}}],
+                        {"name": "home", "persistentVolumeClaim": {"claimName": "home-ghostwire-green-0"}},
+                        copy.deepcopy(SIGNING_VOLUME)],
         }
         cronjob = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "ghostwire-backup"},
                    "spec": {"concurrencyPolicy": "Forbid",
@@ -392,7 +478,8 @@ class InterfaceTest(unittest.TestCase):
         iface = Interface(REFERENCE)
         self.assertEqual(iface.env_of("restore"),
                          {"GWB_REPO", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY", "GWB_REQUIRE_SNAPSHOT",
-                          "GWB_LEASE_OWNER"})
+                          "GWB_LEASE_OWNER", "GWB_VERIFY_KEY", "GWB_ALLOW_UNSIGNED"})
+        self.assertEqual(iface.commands_with("--signing-key"), {"backup", "run"})
         self.assertEqual(iface.default("run", "--listen"), "0.0.0.0:9464")
         self.assertIn("ghostwire_backup_failures_total", iface.metric_series)
 
