@@ -34,6 +34,23 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 /// Makes a directory's entries (new names, renames) durable.
+/// Warns when a secret key file (`what`, e.g. "identity file") can be read by users who do
+/// not need it: by others, or by its group although we own it. A Kubernetes Secret's files
+/// are root's and reach the agent (uid 1000, group 0) only through their group, so a group
+/// bit on a file we do not own is how it must be.
+pub fn warn_if_others_can_read(path: &Path, metadata: &fs::Metadata, what: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let mode = metadata.mode();
+    let ours = metadata.uid() == rustix::process::geteuid().as_raw();
+    if mode & 0o007 != 0 || (ours && mode & 0o070 != 0) {
+        tracing::warn!(
+            file = %path.display(),
+            "the {what} is readable by other users; chmod 600 it (in Kubernetes, mount the \
+             Secret read-only with defaultMode 0440: the agent reads it through its group)"
+        );
+    }
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)?
         .sync_all()

@@ -2,7 +2,7 @@
 //! pod cannot read any snapshot; restore and verify need an identity (the secret key).
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use age::secrecy::ExposeSecret;
@@ -102,13 +102,7 @@ fn describe(text: &str) -> String {
 pub fn identities(path: &Path) -> Result<Identities> {
     let metadata = std::fs::metadata(path)
         .with_context(|| format!("cannot read identity file {}", path.display()))?;
-    if metadata.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
-            file = %path.display(),
-            "the identity file is readable by other users; chmod 600 it (in Kubernetes, \
-             mount the Secret with defaultMode 0400)"
-        );
-    }
+    crate::fsutil::warn_if_others_can_read(path, &metadata, "identity file");
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read identity file {}", path.display()))?;
     let identities = age::IdentityFile::from_buffer(std::io::BufReader::new(file))
@@ -149,6 +143,7 @@ pub fn generate(out: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn keygen_writes_a_private_file_whose_public_key_parses() {

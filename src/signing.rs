@@ -9,7 +9,7 @@
 //! names the object's key, so a genuine manifest copied under another name does not verify.
 
 use std::io::{Cursor, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -35,12 +35,8 @@ impl Signer {
                 path.display()
             )
         })?;
-        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
-            tracing::warn!(
-                file = %path.display(),
-                "the signing key file is readable by other users; chmod 600 it (in \
-                 Kubernetes, mount the Secret with defaultMode 0400)"
-            );
+        if let Ok(metadata) = std::fs::metadata(path) {
+            crate::fsutil::warn_if_others_can_read(path, &metadata, "signing key file");
         }
         let not_a_key = || {
             anyhow::anyhow!(
@@ -178,6 +174,7 @@ pub fn generate(out: &Path) -> Result<Verifier> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn new_signer() -> (tempfile::TempDir, Signer) {
         let dir = tempfile::tempdir().unwrap();

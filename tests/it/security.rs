@@ -197,6 +197,16 @@ fn an_identity_file_others_can_read_draws_a_warning() {
             "mode {tight:o}:\n{verify}"
         );
     }
+    // A Kubernetes Secret's file: root's, 0440, read by the agent through its group. (The
+    // suite runs as root; as another owner the file reads like a mounted Secret.)
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&fx.identity, Some(1000), Some(0)).unwrap();
+        let verify = verify(0o440);
+        assert!(
+            !verify.stderr.contains("readable by other users"),
+            "a Secret's 0440 file:\n{verify}"
+        );
+    }
 }
 
 /// A home that is not a Signal profile, a key pair and a local repository: enough for a
