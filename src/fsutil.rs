@@ -51,6 +51,18 @@ pub fn warn_if_others_can_read(path: &Path, metadata: &fs::Metadata, what: &str)
     }
 }
 
+/// Creates `path` for a secret key: mode 0600, and never over an existing file (a key
+/// overwritten is every snapshot made for it lost).
+pub fn create_secret_file(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)?
         .sync_all()

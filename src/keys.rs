@@ -2,7 +2,6 @@
 //! pod cannot read any snapshot; restore and verify need an identity (the secret key).
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use age::secrecy::ExposeSecret;
@@ -124,12 +123,7 @@ pub fn identities(path: &Path) -> Result<Identities> {
 pub fn generate(out: &Path) -> Result<String> {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(out)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
+    let mut file = crate::fsutil::create_secret_file(out)?;
     writeln!(
         file,
         "# created: {}\n# public key: {recipient}\n{}",

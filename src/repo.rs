@@ -248,6 +248,16 @@ impl Repository {
             .collect())
     }
 
+    /// The id of every manifest object, trustworthy or not, sorted.
+    pub async fn manifest_ids(&self) -> store::Result<Vec<String>> {
+        Ok(self
+            .list(Object::Manifest)
+            .await?
+            .iter()
+            .filter_map(|object| object.id().map(str::to_string))
+            .collect())
+    }
+
     /// Commits a snapshot: its manifest's signature, then the manifest itself.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
         let Some(signer) = self.signer() else {
@@ -390,12 +400,7 @@ impl Repository {
     /// time part is shared by neighbours while the tail is not. Lists keys only; whether
     /// the manifest is trustworthy is for the caller to check.
     pub async fn resolve(&self, wanted: &str) -> Result<String> {
-        let ids: Vec<String> = self
-            .list(Object::Manifest)
-            .await?
-            .iter()
-            .filter_map(|object| object.id().map(str::to_string))
-            .collect();
+        let ids = self.manifest_ids().await?;
         if ids.iter().any(|id| id == wanted) {
             return Ok(wanted.to_string());
         }

@@ -9,7 +9,6 @@
 //! names the object's key, so a genuine manifest copied under another name does not verify.
 
 use std::io::{Cursor, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -160,12 +159,7 @@ pub fn generate(out: &Path) -> Result<Verifier> {
         .sk
         .to_box(Some("ghostwire-backup signing key (backup side only)"))
         .map_err(|err| anyhow::anyhow!("cannot encode the signing key: {err}"))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(out)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
+    let mut file = crate::fsutil::create_secret_file(out)?;
     file.write_all(secret.into_string().as_bytes())?;
     file.sync_all()?;
     Ok(Verifier { public: pair.pk })

@@ -78,12 +78,7 @@ async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {
 /// does not verify still protects its objects: garbling the newest manifest must not make
 /// prune delete the newest archive.
 async fn delete_orphans(repo: &Repository, kept: &BTreeSet<String>) -> Result<u64> {
-    let listed: BTreeSet<String> = repo
-        .list(Object::Manifest)
-        .await?
-        .iter()
-        .filter_map(|object| object.id().map(str::to_string))
-        .collect();
+    let listed: BTreeSet<String> = repo.manifest_ids().await?.into_iter().collect();
     let mut removed = 0;
     for kind in [Object::Archive, Object::Index, Object::Signature] {
         for object in repo.list(kind).await? {

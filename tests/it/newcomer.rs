@@ -6,67 +6,6 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-/// A temporary directory with a key pair, a home that is not a Signal profile (one file),
-/// and the path of a local repository that does not exist yet.
-struct Plain {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    home: PathBuf,
-    identity: PathBuf,
-    recipient: String,
-    repo: PathBuf,
-}
-
-impl Plain {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let home = root.join("home");
-        std::fs::create_dir_all(home.join("Documents")).unwrap();
-        std::fs::write(home.join("Documents/notes.txt"), "not a Signal profile").unwrap();
-        let (identity, recipient) = keygen(&root);
-        Self {
-            _dir: dir,
-            repo: root.join("backups"),
-            root,
-            home,
-            identity,
-            recipient,
-        }
-    }
-
-    fn agent(&self) -> TestCommand {
-        agent_for(&self.repo)
-    }
-
-    fn backup(&self) -> TestCommand {
-        backup_command(
-            self.agent(),
-            &self.home,
-            &self.recipient,
-            &self.root.join("staging"),
-        )
-    }
-
-    /// A snapshot of the home, allowed although it holds no Signal profile: its id.
-    fn backed_up(&self) -> String {
-        self.backup().arg("--allow-no-signal").ok()
-    }
-
-    fn restore(&self, target: &Path) -> TestCommand {
-        restore_command(self.agent(), &self.identity, target)
-    }
-
-    /// A file of `len` bytes zstd cannot shrink, in the home's Documents.
-    fn add_incompressible(&self, name: &str, len: usize) {
-        std::fs::write(self.home.join("Documents").join(name), incompressible(len)).unwrap();
-    }
-
-    fn manifest_path(&self, id: &str) -> PathBuf {
-        self.repo.join(format!("snapshots/{id}.json"))
-    }
-}
-
 #[test]
 fn a_backup_of_a_home_without_signal_fails_and_names_the_flag_that_allows_it() {
     let plain = Plain::new();
@@ -622,19 +561,6 @@ fn keygen_help_lists_only_its_own_flags_and_repository_commands_still_take_repo(
             "{command} does not read GWB_REPO:\n{help}"
         );
     }
-}
-
-/// Bytes zstd cannot shrink (xorshift), so an archive's size follows its content.
-fn incompressible(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 #[test]

@@ -209,43 +209,6 @@ fn an_identity_file_others_can_read_draws_a_warning() {
     }
 }
 
-/// A home that is not a Signal profile, a key pair and a local repository: enough for a
-/// backup that needs no Signal driver (with `--allow-no-signal`).
-struct Plain {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    home: PathBuf,
-    identity: PathBuf,
-    recipient: String,
-}
-
-impl Plain {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let home = root.join("home");
-        std::fs::create_dir_all(home.join("Documents")).unwrap();
-        std::fs::write(home.join("Documents/notes.txt"), "not a Signal profile").unwrap();
-        let (identity, recipient) = keygen(&root);
-        Self {
-            _dir: dir,
-            root,
-            home,
-            identity,
-            recipient,
-        }
-    }
-
-    fn backup(&self, mut agent: TestCommand) -> TestCommand {
-        agent
-            .args(["backup", "--allow-no-signal", "--source"])
-            .arg(&self.home)
-            .arg("--staging-dir")
-            .arg(self.root.join("staging"));
-        agent
-    }
-}
-
 #[test]
 fn a_secret_key_pasted_as_a_recipient_is_described_never_printed() {
     let plain = Plain::new();
@@ -254,7 +217,7 @@ fn a_secret_key_pasted_as_a_recipient_is_described_never_printed() {
     let body = secret["AGE-SECRET-KEY-".len()..].to_ascii_lowercase();
     let file = plain.root.join("recipients.txt");
     std::fs::write(&file, format!("# ours\n  \"{secret}\"  \n")).unwrap();
-    let repo = plain.root.join("backups");
+    let repo = plain.repo.clone();
     for format in ["text", "json"] {
         let agent = || {
             let mut agent = agent_for(&repo);
@@ -264,21 +227,24 @@ fn a_secret_key_pasted_as_a_recipient_is_described_never_printed() {
         let given = [
             (
                 plain
-                    .backup(agent())
+                    .backup_by(agent())
+                    .arg("--allow-no-signal")
                     .args(["--recipient", &secret.to_ascii_lowercase()])
                     .run(),
                 "the value given to --recipient",
             ),
             (
                 plain
-                    .backup(agent())
+                    .backup_by(agent())
+                    .arg("--allow-no-signal")
                     .env("GWB_RECIPIENTS", format!("{},'{secret}'", plain.recipient))
                     .run(),
                 "value 2 of the 2 given to --recipient",
             ),
             (
                 plain
-                    .backup(agent())
+                    .backup_by(agent())
+                    .arg("--allow-no-signal")
                     .arg("--recipients-file")
                     .arg(&file)
                     .run(),
@@ -426,8 +392,8 @@ fn trace_logs_show_no_s3_secret_key_or_session_token() {
     let mut outputs = Vec::new();
     for format in ["text", "json"] {
         let backup = plain
-            .backup(agent(format))
-            .args(["--recipient", &plain.recipient])
+            .backup_by(agent(format))
+            .args(["--allow-no-signal", "--recipient", &plain.recipient])
             .run();
         let id = backup.stdout_trimmed().to_string();
         outputs.push(backup);

@@ -7,9 +7,11 @@
 pub mod command;
 pub mod faults;
 pub mod fixture;
+pub mod plain;
 
 pub use command::{Ran, Spawned, TestCommand};
 pub use fixture::{Fixture, Tar, backup_command, restore_command, tar_header};
+pub use plain::Plain;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
