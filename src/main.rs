@@ -589,16 +589,14 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 dry_run: args.dry_run,
             };
-            let repo = args.repository.open(1, Existing::Required).await?;
-            commands::prune::run(&repo.with_keys(args.trust.keys()?), &options).await
+            commands::prune::run(&args.repository.open_to_read(&args.trust).await?, &options).await
         }
         Command::Forget(args) => {
             let options = ForgetOptions {
                 snapshots: args.snapshots,
                 dry_run: args.dry_run,
             };
-            let repo = args.repository.open(1, Existing::Required).await?;
-            commands::forget::run(&repo.with_keys(args.trust.keys()?), &options).await
+            commands::forget::run(&args.repository.open_to_read(&args.trust).await?, &options).await
         }
         Command::Unlock { repository, all } => {
             commands::unlock::run(&repository.open(1, Existing::Required).await?, all).await
@@ -607,10 +605,7 @@ async fn run(cli: Cli) -> Result<()> {
             repository,
             max_age,
             trust,
-        } => {
-            let repo = repository.open(1, Existing::Required).await?;
-            commands::check::run(&repo.with_keys(trust.keys()?), max_age).await
-        }
+        } => commands::check::run(&repository.open_to_read(&trust).await?, max_age).await,
         Command::Reference { json, section } => {
             let reference = reference::Reference::new(&Cli::command(), &[LOG_FILTER]);
             let text = match (json, section.as_deref()) {
@@ -633,18 +628,10 @@ async fn run(cli: Cli) -> Result<()> {
             repository,
             json,
             trust,
-        } => {
-            let repo = repository.open(1, Existing::Required).await?;
-            commands::snapshots::run(&repo.with_keys(trust.keys()?), json).await
-        }
+        } => commands::snapshots::run(&repository.open_to_read(&trust).await?, json).await,
         Command::Restore(args) => {
-            let keys = args.trust.keys()?;
             let outcome = restore::run(
-                &args
-                    .repository
-                    .open(1, Existing::Required)
-                    .await?
-                    .with_keys(keys),
+                &args.repository.open_to_read(&args.trust).await?,
                 &RestoreOptions {
                     snapshot: args.snapshot,
                     identity: args.identity,
@@ -669,13 +656,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Verify(args) => {
-            let keys = args.trust.keys()?;
             let manifest = commands::verify::run(
-                &args
-                    .repository
-                    .open(1, Existing::Required)
-                    .await?
-                    .with_keys(keys),
+                &args.repository.open_to_read(&args.trust).await?,
                 &VerifyOptions {
                     snapshot: args.snapshot,
                     identity: args.identity,
@@ -703,6 +685,14 @@ enum Existing {
 }
 
 impl RepoArgs {
+    /// The existing repository, trusting what `trust`'s verify key verifies: for every
+    /// command that reads snapshots. The key is checked first, so a missing one is a usage
+    /// error before any request.
+    async fn open_to_read(&self, trust: &TrustArgs) -> Result<Repository> {
+        let keys = trust.keys()?;
+        Ok(self.open(1, Existing::Required).await?.with_keys(keys))
+    }
+
     async fn open(&self, parallel_parts: usize, existing: Existing) -> Result<Repository> {
         let options = S3Options {
             endpoint: self.s3_endpoint.clone(),
