@@ -31,7 +31,7 @@ use crate::keys::Recipients;
 use crate::layout::Object;
 use crate::manifest::{self, ArchiveInfo, AttachmentCheck, Manifest, ObjectRecord};
 use crate::repo::Selector;
-use crate::reuse::{ArchivePass, Archived};
+use crate::reuse::{ArchivePass, Archived, SignalDbSource};
 use crate::signal_db::{self, SignalSnapshot};
 use crate::staging::Staging;
 use crate::store::{StoreError, chunk_channel};
@@ -141,15 +141,26 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     let mut catalog = Catalog::open_cache(&catalog_path(options))?;
     let (parent, previous) = choose_parent(remote, &catalog, options)?;
 
-    // 1. Signal's database first (see the module docs for why).
+    // 1. Signal's database first (see the module docs for why), unless nothing wrote to it
+    //    since the parent snapshot copied it. Its stamp is taken before the copy, so a
+    //    write during the copy shows at the next backup.
     cancel.enter("database snapshot")?;
-    let signal = signal_db::snapshot_signal_db(
-        &options.source,
-        options.db_key_file.as_deref(),
-        &staging,
-        options.db_wait,
-        cancel,
-    )?;
+    let stamp = signal_db::stamp(&options.source)?;
+    let unchanged = parent.as_ref().and_then(|parent| {
+        let entry = previous.get(Path::new(profile::SIGNAL_DB));
+        signal_db::unchanged_since(&parent.manifest, entry, stamp.as_ref())
+    });
+    let signal = match unchanged {
+        Some(reused) => Some(reused),
+        None => signal_db::snapshot_signal_db(
+            &options.source,
+            options.db_key_file.as_deref(),
+            &staging,
+            options.db_wait,
+            cancel,
+        )?
+        .map(|copied| SignalSnapshot { stamp, ..copied }),
+    };
 
     // 2. Then list the home.
     cancel.enter("walk")?;
@@ -167,7 +178,7 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
         .count() as u64;
     tracing::info!(
         snapshot = %id,
-        parent = parent.as_ref().map(|p| p.id.as_str()),
+        parent = parent.as_ref().map(|p| p.manifest.id.as_str()),
         entries = listing.entries.len(),
         bytes = listing.file_bytes,
         repository = %remote.repo().location(),
@@ -187,7 +198,14 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
             .as_ref()
             .map(|s| s.references.clone())
             .unwrap_or_default(),
-        signal_copy: signal.as_ref().map(|s| s.copy.clone()),
+        signal_db: match &signal {
+            None => SignalDbSource::Absent,
+            Some(SignalSnapshot {
+                copy: Some(copy), ..
+            }) => SignalDbSource::Copy(copy.clone()),
+            Some(SignalSnapshot { copy: None, .. }) => SignalDbSource::Parent,
+        },
+        db_stamp: signal.as_ref().and_then(|s| s.stamp.clone()),
         cancel: cancel.clone(),
     };
     // Size the upload parts so the archive fits S3's limit.
@@ -230,6 +248,13 @@ fn catalog_path(options: &BackupOptions) -> PathBuf {
         .unwrap_or_else(|| options.source.join(crate::catalog::DEFAULT_NAME))
 }
 
+/// The snapshot the next one is incremental on: where it sits in its chain, and its
+/// verified manifest.
+struct Parent {
+    chain: Latest,
+    manifest: Manifest,
+}
+
 /// The parent of the next snapshot (see [`chain::choose_parent`]), checked against the
 /// repository, and its index from the catalog. Any failure to read a manifest counts as
 /// "missing"; a cut stops the backup. The catalog is on the user's volume: its rows are
@@ -239,7 +264,7 @@ fn choose_parent(
     remote: &Remote,
     catalog: &Catalog,
     options: &BackupOptions,
-) -> Result<(Option<Latest>, HashMap<PathBuf, IndexEntry>)> {
+) -> Result<(Option<Parent>, HashMap<PathBuf, IndexEntry>)> {
     let policy = Policy {
         full_every: options.full_every,
         full_max_age: options.full_max_age,
@@ -270,7 +295,13 @@ fn choose_parent(
     })?;
     match (parent, parent_manifest) {
         (Some(parent), Some(manifest)) => match trusted_index(catalog, &parent, &manifest) {
-            Some(index) => Ok((Some(parent), index)),
+            Some(index) => Ok((
+                Some(Parent {
+                    chain: parent,
+                    manifest,
+                }),
+                index,
+            )),
             None => Ok((None, HashMap::new())),
         },
         _ => Ok((None, HashMap::new())),
@@ -374,7 +405,7 @@ fn describe(
     id: &str,
     started_at: chrono::DateTime<Utc>,
     options: &BackupOptions,
-    parent: Option<Latest>,
+    parent: Option<Parent>,
     sealed: Sealed,
     index: ObjectRecord,
     archived: &Archived,
@@ -401,14 +432,25 @@ fn describe(
             encoding: crate::archive::ENCODING.to_string(),
         },
         index: Some(index),
-        parent: parent.as_ref().map(|p| p.id.clone()),
-        chain_length: parent.as_ref().map_or(0, |p| p.chain_length + 1),
-        chain_full: parent.as_ref().map(|p| p.full_id.clone()),
+        parent: parent.as_ref().map(|p| p.chain.id.clone()),
+        chain_length: parent.as_ref().map_or(0, |p| p.chain.chain_length + 1),
+        chain_full: parent.as_ref().map(|p| p.chain.full_id.clone()),
         depends_on: depends_on.into_iter().collect(),
         content: archived.counts.clone(),
-        attachments: AttachmentCheck {
-            referenced: signal.as_ref().map_or(0, |s| s.references.len() as u64),
-            missing: archived.missing_attachments,
+        attachments: match signal.as_ref() {
+            // Signal deletes a file only after its row, which changes the database: a
+            // file deleted while it stayed unchanged may be one it references.
+            Some(SignalSnapshot {
+                reused_attachments: Some(parent),
+                ..
+            }) => AttachmentCheck {
+                referenced: parent.referenced,
+                missing: parent.missing + archived.attachments_deleted,
+            },
+            _ => AttachmentCheck {
+                referenced: signal.as_ref().map_or(0, |s| s.references.len() as u64),
+                missing: archived.missing_attachments,
+            },
         },
         signal_db: signal.map(|s| s.info),
         catalog_digest: Some(crate::catalog::digest(&archived.entries)),

@@ -35,6 +35,7 @@ pub const DEFAULT_NAME: &str = ".ghostwire-backup-catalog.sqlite";
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_catalog.sql"),
     include_str!("../migrations/0002_chains.sql"),
+    include_str!("../migrations/0003_db_stamp.sql"),
 ];
 
 pub struct Catalog {
@@ -114,7 +115,7 @@ impl Catalog {
             bail!("quick_check: {check}");
         }
         for sql in [
-            "SELECT path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive FROM files LIMIT 0",
+            "SELECT path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive, db_stamp FROM files LIMIT 0",
             "SELECT id, kind, parent, finished_at, chain_length, full_id FROM snapshots LIMIT 0",
             "SELECT key, value FROM state LIMIT 0",
         ] {
@@ -190,7 +191,7 @@ impl Catalog {
     /// The file index of the latest snapshot, by path.
     pub fn index(&self) -> Result<HashMap<PathBuf, IndexEntry>> {
         let mut statement = self.conn.prepare(
-            "SELECT path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive FROM files",
+            "SELECT path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive, db_stamp FROM files",
         )?;
         let rows = statement.query_map([], |row| {
             let path = PathBuf::from(OsStr::from_bytes(&row.get::<_, Vec<u8>>(0)?));
@@ -212,6 +213,7 @@ impl Catalog {
                 gid: row.get(8)?,
                 sha256: row.get(9)?,
                 archive: row.get(10)?,
+                db_stamp: row.get(11)?,
             })
         })?;
         let mut index = HashMap::new();
@@ -245,8 +247,8 @@ impl Catalog {
         tx.execute("DELETE FROM files", [])?;
         {
             let mut insert = tx.prepare(
-                "INSERT INTO files (path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO files (path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive, db_stamp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for e in entries {
                 insert.execute(params![
@@ -260,7 +262,8 @@ impl Catalog {
                     e.uid,
                     e.gid,
                     e.sha256,
-                    e.archive
+                    e.archive,
+                    e.db_stamp
                 ])?;
             }
         }
@@ -341,6 +344,11 @@ pub fn digest<'a>(entries: impl IntoIterator<Item = &'a IndexEntry>) -> String {
         }
         optional(&mut hash, e.sha256.as_deref());
         optional(&mut hash, e.archive.as_deref());
+        // Only where present, so rows without one hash as they did before it existed.
+        if let Some(stamp) = &e.db_stamp {
+            hash.update([2]);
+            bytes(&mut hash, stamp.as_bytes());
+        }
     }
     hex::encode(hash.finalize())
 }
@@ -417,8 +425,12 @@ mod tests {
         let mut file = IndexEntry::new(Path::new("b/file"), EntryKind::File, &metadata);
         file.sha256 = Some("ab".repeat(32));
         file.archive = Some("s1".into());
+        let mut db = file.clone();
+        db.path = PathBuf::from("c/db.sqlite");
+        db.db_stamp = Some("db:1:2:3:4.000000005:6.000000007".into());
         vec![
             file,
+            db,
             IndexEntry::new(Path::new("a"), EntryKind::Directory, &metadata),
             IndexEntry::tombstone(Path::new(OsStr::from_bytes(b"caf\xe9"))),
         ]
@@ -447,15 +459,19 @@ mod tests {
         reversed.reverse();
         assert_eq!(digest(&reversed), expected, "the order must not matter");
         assert_eq!(digest(catalog.index().unwrap().values()), expected);
-        // Any rewritten field shows.
-        catalog
-            .conn
-            .execute(
-                "UPDATE files SET mtime_ns = mtime_ns + 1 WHERE path = x'622f66696c65'",
-                [],
-            )
-            .unwrap();
-        assert_ne!(digest(catalog.index().unwrap().values()), expected);
+        // Any rewritten field shows, the database's stamp included.
+        for update in [
+            "UPDATE files SET mtime_ns = mtime_ns + 1 WHERE path = x'622f66696c65'",
+            "UPDATE files SET db_stamp = 'db:absent' WHERE db_stamp IS NOT NULL",
+        ] {
+            catalog.record("r", &manifest("s1"), &entries).unwrap();
+            catalog.conn.execute(update, []).unwrap();
+            assert_ne!(
+                digest(catalog.index().unwrap().values()),
+                expected,
+                "{update}"
+            );
+        }
     }
 
     #[test]

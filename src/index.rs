@@ -47,6 +47,11 @@ pub struct IndexEntry {
     /// Files: the snapshot whose archive holds the content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<String>,
+    /// Signal's database only: what its files looked like just before the snapshot was
+    /// taken ([`crate::signal_db::Stamp`]). The next backup skips the database if it still
+    /// looks so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_stamp: Option<String>,
 }
 
 impl IndexEntry {
@@ -67,6 +72,7 @@ impl IndexEntry {
             gid: metadata.gid(),
             sha256: None,
             archive: None,
+            db_stamp: None,
         }
     }
 
@@ -83,6 +89,7 @@ impl IndexEntry {
             gid: 0,
             sha256: None,
             archive: None,
+            db_stamp: None,
         }
     }
 

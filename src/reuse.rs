@@ -3,8 +3,9 @@
 //! already holds it.
 //!
 //! A file is reused when its stat is unchanged, or when only the inode or ctime moved (a
-//! restored volume) and its content hash is the same. Databases are always archived, from
-//! their snapshots.
+//! restored volume) and its content hash is the same. Databases are archived from their
+//! snapshots; Signal's is reused when its stamp shows nothing wrote to it (see
+//! [`crate::signal_db::Stamp`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
@@ -20,6 +21,7 @@ use crate::home::{Home, Opened};
 use crate::index::{EntryKind, IndexEntry};
 use crate::manifest::ContentCounts;
 use crate::profile;
+use crate::signal_db::Stamp;
 use crate::sqlite;
 use crate::staging::Staging;
 use crate::walk::{Entry, Kind, Listing};
@@ -29,6 +31,19 @@ pub struct Archived {
     pub entries: Vec<IndexEntry>,
     pub counts: ContentCounts,
     pub missing_attachments: u64,
+    /// Attachment files deleted since the parent snapshot.
+    pub attachments_deleted: u64,
+}
+
+/// Where Signal's database comes from in this snapshot.
+pub enum SignalDbSource {
+    /// The home has none (or a link in its place).
+    Absent,
+    /// The snapshot copy, archived in place of the live file.
+    Copy(PathBuf),
+    /// Unchanged since the parent snapshot: the parent's entry, naming the archive that
+    /// holds the copy, is reused.
+    Parent,
 }
 
 /// Everything the archive pass needs, moved onto its blocking thread.
@@ -43,8 +58,9 @@ pub struct ArchivePass {
     pub deleted: Vec<PathBuf>,
     /// Attachments the Signal database snapshot references; those never found are missing.
     pub references: HashSet<String>,
-    /// The snapshot of Signal's database, archived in place of the live file.
-    pub signal_copy: Option<PathBuf>,
+    pub signal_db: SignalDbSource,
+    /// Recorded in the database's entry for the next backup.
+    pub db_stamp: Option<Stamp>,
     pub cancel: Cancel,
 }
 
@@ -83,12 +99,25 @@ impl ArchivePass {
                     counts.symlinks += 1;
                 }
                 Kind::File if entry.path == Path::new(profile::SIGNAL_DB) => {
-                    let Some(copy) = &self.signal_copy else {
-                        continue;
-                    };
-                    let outcome = writer.add_snapshot(&entry.path, copy, &entry.metadata)?;
-                    counts.sqlite_snapshots += 1;
-                    self.record(&mut indexed, outcome, &mut counts);
+                    match &self.signal_db {
+                        SignalDbSource::Absent => continue,
+                        SignalDbSource::Copy(copy) => {
+                            let outcome =
+                                writer.add_snapshot(&entry.path, copy, &entry.metadata)?;
+                            counts.sqlite_snapshots += 1;
+                            self.record(&mut indexed, outcome, &mut counts);
+                        }
+                        SignalDbSource::Parent => {
+                            let parent = self
+                                .previous
+                                .get(&entry.path)
+                                .context("the parent's index has no entry for Signal's database")?;
+                            indexed.sha256 = parent.sha256.clone();
+                            indexed.archive = parent.archive.clone();
+                            counts.reused_files += 1;
+                        }
+                    }
+                    indexed.db_stamp = self.db_stamp.as_ref().map(|s| s.0.clone());
                 }
                 Kind::PlainSqlite => {
                     let copy = staging.file("plain.sqlite");
@@ -121,10 +150,22 @@ impl ArchivePass {
         }
         entries.extend(self.deleted.iter().map(|path| IndexEntry::tombstone(path)));
         counts.bytes = writer.content_bytes;
+        let attachments_deleted = self
+            .deleted
+            .iter()
+            .filter(|path| {
+                attachment_name(path).is_some()
+                    && self
+                        .previous
+                        .get(*path)
+                        .is_some_and(|e| e.kind == EntryKind::File)
+            })
+            .count() as u64;
         Ok(Archived {
             entries,
             counts,
             missing_attachments: self.references.len() as u64,
+            attachments_deleted,
         })
     }
 
@@ -288,7 +329,8 @@ mod tests {
             previous: HashMap::new(),
             deleted: Vec::new(),
             references: HashSet::new(),
-            signal_copy: None,
+            signal_db: SignalDbSource::Absent,
+            db_stamp: None,
             cancel,
         };
         let archived = pass.archive(&mut writer, listing, &staging).unwrap();

@@ -5,28 +5,135 @@
 //! encrypted with it. A backup of a database that fails `quick_check` goes ahead, with a
 //! warning (the damage is Signal's, and the snapshot is the best copy there is); a restore
 //! whose database fails the full `integrity_check` stops before anything is moved into place.
+//!
+//! A database nothing wrote to since the parent snapshot is not copied again: its
+//! [`Stamp`] (the stat of the database and its journal files, taken before the copy) still
+//! matches the one the parent recorded, so the parent's copy is reused.
 
 use std::collections::HashSet;
 use std::fs::Metadata;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
 use crate::cancel::Cancel;
 use crate::home::{self, Home, Opened};
-use crate::manifest::{DatabaseInfo, Manifest};
+use crate::index::IndexEntry;
+use crate::manifest::{AttachmentCheck, DatabaseInfo, Manifest};
 use crate::profile::{self, DbKey};
 use crate::sqlite::{self, DbCheck};
 use crate::staging::Staging;
 
-/// A snapshot of Signal's database in the staging directory.
+/// A snapshot of Signal's database: a copy in the staging directory, or the parent
+/// snapshot's copy when nothing wrote to the database since.
 pub struct SignalSnapshot {
-    pub copy: PathBuf,
+    /// The copy to archive; `None` when the parent's archived copy is reused.
+    pub copy: Option<PathBuf>,
     pub info: DatabaseInfo,
-    /// The attachment files it references, `xx/<hash>`.
+    /// The attachment files it references, `xx/<hash>`: the copy's, and empty for a reused
+    /// one (see `reused_attachments`).
     pub references: HashSet<String>,
+    /// A reused database's references were not read again: the parent's check, which
+    /// still holds for every file that was not deleted since.
+    pub reused_attachments: Option<AttachmentCheck>,
+    /// The database's files just before the copy, if they were quiet long enough to tell a
+    /// later write apart ([`stamp`]).
+    pub stamp: Option<Stamp>,
+}
+
+/// What Signal's database files (`db.sqlite`, `-wal`, `-journal`) looked like: device,
+/// inode, size and modification time of each (or its absence), and the database file's
+/// change time.
+///
+/// Every commit writes one of them, so a write after the stamp changes it. SQLite itself
+/// offers no cheaper signal that survives between processes: `PRAGMA data_version` is
+/// per connection, and in WAL mode the header's change counter is not bumped by every
+/// commit (sqlite.org/fileformat2.html, "File change counter").
+///
+/// The desktop user can set modification times back but not change times, so a write to
+/// the database file cannot be hidden. The WAL's change time is left out because our own
+/// read moves it: SQLite, run as root, `fchown`s every WAL it opens to the database's
+/// owner (`robustFchown` in sqlite3.c), and a chown sets the ctime even when nothing
+/// changes. So a user who rewrites the WAL to the same size and sets its mtime back hides
+/// that write from the next backups until Signal writes again or the next full snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp(pub String);
+
+/// A file changed this recently may be written again within the same timestamp tick (a
+/// jiffy on ext4, up to 2 s on coarser file systems), and that write would not show.
+const QUIET_FOR: Duration = Duration::from_secs(2);
+
+/// The [`Stamp`] of Signal's database in `home`, or `None` if any of its files changed
+/// within [`QUIET_FOR`], is not a regular file, or cannot be read: then it is copied.
+pub fn stamp(home: &Path) -> Result<Option<Stamp>> {
+    let home = Home::open(home)?;
+    let now = SystemTime::now();
+    let mut parts = Vec::new();
+    for suffix in ["", "-wal", "-journal"] {
+        let relative = PathBuf::from(format!("{}{suffix}", profile::SIGNAL_DB));
+        let metadata = match home.lstat(&relative) {
+            Ok(metadata) if metadata.is_file() => metadata,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                parts.push(format!("db{suffix}:absent"));
+                continue;
+            }
+            _ => return Ok(None),
+        };
+        let database_file = suffix.is_empty();
+        let mut newest = metadata.modified()?;
+        if database_file {
+            newest = newest.max(changed(&metadata));
+        }
+        if newest + QUIET_FOR > now {
+            return Ok(None);
+        }
+        let mut part = format!(
+            "db{suffix}:{}:{}:{}:{}.{:09}",
+            metadata.dev(),
+            metadata.ino(),
+            metadata.len(),
+            metadata.mtime(),
+            metadata.mtime_nsec(),
+        );
+        if database_file {
+            part += &format!(":{}.{:09}", metadata.ctime(), metadata.ctime_nsec());
+        }
+        parts.push(part);
+    }
+    Ok(Some(Stamp(parts.join(" "))))
+}
+
+fn changed(metadata: &Metadata) -> SystemTime {
+    let since_epoch = Duration::new(
+        metadata.ctime().max(0) as u64,
+        metadata.ctime_nsec().clamp(0, 999_999_999) as u32,
+    );
+    SystemTime::UNIX_EPOCH + since_epoch
+}
+
+/// The parent's copy of the database, if `stamp` shows nothing wrote to it since the
+/// parent took that copy: the parent's index entry recorded the same stamp.
+pub fn unchanged_since(
+    parent: &Manifest,
+    parent_entry: Option<&IndexEntry>,
+    stamp: Option<&Stamp>,
+) -> Option<SignalSnapshot> {
+    let stamp = stamp?;
+    let entry = parent_entry?;
+    entry.archive.as_ref()?;
+    if entry.db_stamp.as_deref() != Some(stamp.0.as_str()) {
+        return None;
+    }
+    Some(SignalSnapshot {
+        copy: None,
+        info: parent.signal_db.clone()?,
+        references: HashSet::new(),
+        reused_attachments: Some(parent.attachments.clone()),
+        stamp: Some(stamp.clone()),
+    })
 }
 
 /// Snapshots Signal's encrypted database, if the home has a Signal profile. A database
@@ -66,9 +173,11 @@ pub fn snapshot_signal_db(
         bytes: std::fs::metadata(&copy)?.len(),
     };
     Ok(Some(SignalSnapshot {
-        copy,
+        copy: Some(copy),
         info,
         references,
+        reused_attachments: None,
+        stamp: None,
     }))
 }
 
@@ -193,4 +302,64 @@ pub fn plain_tree(root: &Path, relative: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_db(home: &Path, content: &[u8]) -> PathBuf {
+        let db = home.join(profile::SIGNAL_DB);
+        std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+        std::fs::write(&db, content).unwrap();
+        db
+    }
+
+    fn quiet() {
+        std::thread::sleep(QUIET_FOR + Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_stamp_changes_with_every_write_even_with_the_times_set_back() {
+        let home = tempfile::tempdir().unwrap();
+        let db = write_db(home.path(), b"page one");
+        assert_eq!(
+            stamp(home.path()).unwrap(),
+            None,
+            "just written: too recent to trust"
+        );
+        quiet();
+        let before = stamp(home.path()).unwrap().expect("quiet for long enough");
+        assert_eq!(stamp(home.path()).unwrap().as_ref(), Some(&before));
+
+        // Same size, modification time put back: the change time still moves.
+        let mtime = std::fs::metadata(&db).unwrap().modified().unwrap();
+        write_db(home.path(), b"page two");
+        std::fs::File::options()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        quiet();
+        let after = stamp(home.path()).unwrap().unwrap();
+        assert_ne!(after, before);
+
+        // A WAL appearing counts as a write too.
+        std::fs::write(db.with_file_name("db.sqlite-wal"), b"").unwrap();
+        quiet();
+        assert_ne!(stamp(home.path()).unwrap().unwrap(), after);
+    }
+
+    #[test]
+    fn a_linked_database_file_has_no_stamp() {
+        let home = tempfile::tempdir().unwrap();
+        let real = home.path().join("elsewhere.sqlite");
+        std::fs::write(&real, b"x").unwrap();
+        write_db(home.path(), b"x");
+        let wal = home.path().join(format!("{}-wal", profile::SIGNAL_DB));
+        std::os::unix::fs::symlink(&real, &wal).unwrap();
+        quiet();
+        assert_eq!(stamp(home.path()).unwrap(), None);
+    }
 }

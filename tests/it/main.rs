@@ -20,6 +20,7 @@ mod backup_restore;
 mod bluegreen;
 mod crash;
 mod daemon;
+mod db_unchanged;
 mod deadlines;
 mod failures;
 mod host_side;
