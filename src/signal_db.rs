@@ -45,8 +45,8 @@ pub struct SignalSnapshot {
 }
 
 /// What Signal's database files (`db.sqlite`, `-wal`, `-journal`) looked like: device,
-/// inode, size and modification time of each (or its absence), and the database file's
-/// change time.
+/// inode, size and modification time of each (an empty WAL or journal counts as a missing
+/// one), and the database file's change time.
 ///
 /// Every commit writes one of them, so a write after the stamp changes it. SQLite itself
 /// offers no cheaper signal that survives between processes: `PRAGMA data_version` is
@@ -74,15 +74,22 @@ pub fn stamp(home: &Path) -> Result<Option<Stamp>> {
     let mut parts = Vec::new();
     for suffix in ["", "-wal", "-journal"] {
         let relative = PathBuf::from(format!("{}{suffix}", profile::SIGNAL_DB));
+        let database_file = suffix.is_empty();
         let metadata = match home.lstat(&relative) {
-            Ok(metadata) if metadata.is_file() => metadata,
+            // An empty WAL or journal holds nothing, as a missing one: Signal truncates its
+            // WAL after each checkpoint and SQLite deletes it when Signal quits, which
+            // must not count as a write (the final snapshot at shutdown is then small).
+            Ok(metadata) if metadata.is_file() && (database_file || metadata.len() > 0) => metadata,
+            Ok(metadata) if metadata.is_file() => {
+                parts.push(format!("db{suffix}:empty"));
+                continue;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                parts.push(format!("db{suffix}:absent"));
+                parts.push(format!("db{suffix}:empty"));
                 continue;
             }
             _ => return Ok(None),
         };
-        let database_file = suffix.is_empty();
         let mut newest = metadata.modified()?;
         if database_file {
             newest = newest.max(changed(&metadata));
@@ -345,10 +352,16 @@ mod tests {
         let after = stamp(home.path()).unwrap().unwrap();
         assert_ne!(after, before);
 
-        // A WAL appearing counts as a write too.
-        std::fs::write(db.with_file_name("db.sqlite-wal"), b"").unwrap();
+        // An empty WAL appearing or going holds nothing: no write. One with frames is.
+        let wal = db.with_file_name("db.sqlite-wal");
+        std::fs::write(&wal, b"").unwrap();
+        assert_eq!(stamp(home.path()).unwrap().as_ref(), Some(&after));
+        std::fs::write(&wal, b"frame").unwrap();
         quiet();
-        assert_ne!(stamp(home.path()).unwrap().unwrap(), after);
+        let with_frames = stamp(home.path()).unwrap().unwrap();
+        assert_ne!(with_frames, after);
+        std::fs::remove_file(&wal).unwrap();
+        assert_eq!(stamp(home.path()).unwrap().as_ref(), Some(&after));
     }
 
     #[test]

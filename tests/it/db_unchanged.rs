@@ -89,6 +89,16 @@ fn an_unchanged_database_is_not_uploaded_again_and_a_changed_one_is() {
     );
     assert!(uploaded(&changed) > db_bytes / 4, "{changed}");
 
+    // Signal starts and quits without a commit (a desktop left idle, then stopped for a
+    // switch): SQLite makes an empty WAL and deletes it again. Nothing to copy.
+    open_and_quit(&fx.profile.db(), &fx.profile.key);
+    let reopened = backup(&fx);
+    assert_eq!(
+        databases_copied(&reopened),
+        databases_copied(&first) - 1,
+        "{reopened}"
+    );
+
     // Each snapshot restores the database it stands for.
     let before = restore_and_check(&fx, &unchanged, None);
     assert_eq!(

@@ -245,6 +245,16 @@ pub fn check_db(db: &Path, key: &str, ids: Option<&Path>) -> Value {
     serde_json::from_str(&command.ok()).unwrap()
 }
 
+/// Opens a Signal database with Signal's driver and closes it as Signal does when it
+/// quits (`PRAGMA optimize`, then close), committing nothing.
+pub fn open_and_quit(db: &Path, key: &str) {
+    node_script("check-db.mjs")
+        .arg(db)
+        .arg(key)
+        .arg("--close")
+        .ok();
+}
+
 /// Checks a restored Signal database with Signal's driver: it opens, passes its integrity
 /// check, and holds `messages` messages. Returns what check-db reported.
 pub fn assert_signal_db(home: &Path, key: &str, messages: u64) -> Value {
