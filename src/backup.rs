@@ -151,7 +151,12 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
         signal_db::unchanged_since(&parent.manifest, entry, stamp.as_ref())
     });
     let signal = match unchanged {
-        Some(reused) => Some(reused),
+        Some(reused) => {
+            tracing::info!(
+                "Signal's database is unchanged since the parent snapshot: not copied again"
+            );
+            Some(reused)
+        }
         None => signal_db::snapshot_signal_db(
             &options.source,
             options.db_key_file.as_deref(),
