@@ -2,7 +2,8 @@
 //! never when something did, even if the desktop user sets the file times back.
 
 use std::path::Path;
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -142,4 +143,62 @@ fn a_database_written_with_its_times_set_back_is_copied_again() {
     );
     let restored = restore_and_check(&fx, &second, Some(&ids));
     assert_eq!(restored["missingCount"], 0, "{restored}");
+}
+
+/// Snapshot ids in the local repository, oldest first.
+fn snapshot_ids(fx: &Fixture) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(fx.repo.join("snapshots"))
+        .map(|dir| {
+            dir.filter_map(|e| e.unwrap().file_name().into_string().ok())
+                .filter_map(|name| name.strip_suffix(".json").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn an_idle_desktops_final_snapshot_does_not_copy_the_database_and_restores_it() {
+    let fx = Fixture::new(&["--messages", "500"]);
+    // Signal ran and quit: its WAL is checkpointed and gone, as on an idle desktop.
+    open_and_quit(&fx.profile.db(), &fx.profile.key);
+    std::thread::sleep(QUIET);
+
+    let mut daemon = fx
+        .agent()
+        .env("GWB_SOURCE", fx.home())
+        .env("GWB_RECIPIENTS", &fx.recipient)
+        .env("GWB_STAGING_DIR", fx.root.join("staging"))
+        .env("GWB_SCHEDULE", "*/2 * * * * *")
+        .env("GWB_LEASE_OWNER", "ghostwire-0")
+        .arg("run")
+        .spawn(Stdio::null(), Stdio::null());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while snapshot_ids(&fx).is_empty() {
+        assert!(Instant::now() < deadline, "no scheduled backup within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Signal is stopped first (it opens and quits without a commit), then the sidecar.
+    open_and_quit(&fx.profile.db(), &fx.profile.key);
+    // SAFETY: kill on a child we spawned and have not reaped.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+
+    let ids = snapshot_ids(&fx);
+    let first = fx.manifest(&ids[0]);
+    let last = fx.manifest(ids.last().unwrap());
+    assert_eq!(last["final"], true, "{last}");
+    assert_eq!(
+        databases_copied(&last),
+        databases_copied(&first) - 1,
+        "the final snapshot copied Signal's database: {last}"
+    );
+
+    // Green's init container restores the handed-over snapshot: the whole database.
+    let volume = fx.root.join("green");
+    fx.restore(&volume)
+        .args(["--snapshot", "handoff", "--if-empty"])
+        .ok();
+    assert_signal_db(&volume, &fx.profile.key, fx.profile.messages);
 }
