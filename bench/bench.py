@@ -396,9 +396,9 @@ class Bench:
                              check=True, stdout=subprocess.PIPE, env=self.env).stdout
         r["change"] = json.loads(out)
         log(f"changed the profile: {r['change']}")
-        # A backup skips Signal's database only if it was quiet for 2 s before its stamp
-        # (src/signal_db.rs); schedules are minutes apart, so wait that long here.
-        time.sleep(2.5)
+        # A backup skips Signal's database only if it was quiet for a moment before its
+        # stamp (src/signal_db.rs); schedules are minutes apart, so wait that long here.
+        time.sleep(1)
         r["gwb_changed"] = gwb_backup(0, "gwb-changed", incremental)
         r["restic_changed"] = restic_run(restic_repo(last), "restic-changed")
         r["gwb_unchanged"] = gwb_backup(0, "gwb-unchanged", incremental)

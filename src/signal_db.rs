@@ -62,12 +62,18 @@ pub struct SignalSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp(pub String);
 
-/// A file changed this recently may be written again within the same timestamp tick (a
-/// jiffy on ext4, up to 2 s on coarser file systems), and that write would not show.
-const QUIET_FOR: Duration = Duration::from_secs(2);
+/// A file changed this recently may be written again within the same timestamp tick, and
+/// that write would not show. Linux file systems keep nanoseconds but take them from a
+/// clock that ticks every few milliseconds (a jiffy); 100 ms is well past one tick.
+const QUIET_FOR: Duration = Duration::from_millis(100);
+
+/// The same for a file system that keeps whole seconds (or two, as FAT does): its times
+/// show no nanoseconds.
+const QUIET_FOR_COARSE: Duration = Duration::from_secs(2);
 
 /// The [`Stamp`] of Signal's database in `home`, or `None` if any of its files changed
-/// within [`QUIET_FOR`], is not a regular file, or cannot be read: then it is copied.
+/// within [`QUIET_FOR`] (or [`QUIET_FOR_COARSE`]), is not a regular file, or cannot be
+/// read: then it is copied.
 pub fn stamp(home: &Path) -> Result<Option<Stamp>> {
     let home = Home::open(home)?;
     let now = SystemTime::now();
@@ -91,10 +97,17 @@ pub fn stamp(home: &Path) -> Result<Option<Stamp>> {
             _ => return Ok(None),
         };
         let mut newest = metadata.modified()?;
+        let mut whole_seconds = metadata.mtime_nsec() == 0;
         if database_file {
             newest = newest.max(changed(&metadata));
+            whole_seconds &= metadata.ctime_nsec() == 0;
         }
-        if newest + QUIET_FOR > now {
+        let quiet_for = if whole_seconds {
+            QUIET_FOR_COARSE
+        } else {
+            QUIET_FOR
+        };
+        if newest + quiet_for > now {
             return Ok(None);
         }
         let mut part = format!(
@@ -323,18 +336,23 @@ mod tests {
     }
 
     fn quiet() {
-        std::thread::sleep(QUIET_FOR + Duration::from_millis(200));
+        std::thread::sleep(QUIET_FOR_COARSE + Duration::from_millis(100));
     }
 
     #[test]
     fn a_stamp_changes_with_every_write_even_with_the_times_set_back() {
         let home = tempfile::tempdir().unwrap();
         let db = write_db(home.path(), b"page one");
+        let file = std::fs::File::options().write(true).open(&db).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(1))
+            .unwrap();
         assert_eq!(
             stamp(home.path()).unwrap(),
             None,
             "just written: too recent to trust"
         );
+        file.set_modified(SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
         quiet();
         let before = stamp(home.path()).unwrap().expect("quiet for long enough");
         assert_eq!(stamp(home.path()).unwrap().as_ref(), Some(&before));
