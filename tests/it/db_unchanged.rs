@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use ghostwire_backup::catalog;
 use serde_json::Value;
 
 use crate::common::*;
@@ -202,4 +203,36 @@ fn an_idle_desktops_final_snapshot_does_not_copy_the_database_and_restores_it() 
         .args(["--snapshot", "handoff", "--if-empty"])
         .ok();
     assert_signal_db(&volume, &fx.profile.key, fx.profile.messages);
+}
+
+#[test]
+fn a_stamp_planted_in_the_catalog_cannot_hide_a_write() {
+    let fx = Fixture::new(&["--messages", "200"]);
+    backup(&fx);
+    let ids = fx.root.join("ids.txt");
+    write_messages(&fx, &ids, 10);
+    std::thread::sleep(QUIET);
+
+    // The desktop user owns the catalog: they record the database's new stamp in it, as
+    // if the last snapshot had copied the database as it is now.
+    let now = ghostwire_backup::signal_db::stamp(fx.home())
+        .unwrap()
+        .unwrap();
+    let catalog = rusqlite::Connection::open(fx.home().join(catalog::DEFAULT_NAME)).unwrap();
+    let planted = catalog
+        .execute(
+            "UPDATE files SET db_stamp = ?1 WHERE db_stamp IS NOT NULL",
+            [&now.0],
+        )
+        .unwrap();
+    assert_eq!(planted, 1, "the first snapshot recorded a stamp");
+    drop(catalog);
+
+    let second = backup(&fx);
+    assert!(
+        second["parent"].is_null(),
+        "a planted catalog was trusted: {second}"
+    );
+    let restored = restore_and_check(&fx, &second, Some(&ids));
+    assert_eq!(restored["missingCount"], 0, "{restored}");
 }
