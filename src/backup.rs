@@ -31,8 +31,8 @@ use crate::keys::Recipients;
 use crate::layout::Object;
 use crate::manifest::{self, ArchiveInfo, AttachmentCheck, Manifest, ObjectRecord};
 use crate::repo::Selector;
-use crate::reuse::{ArchivePass, Archived, SignalDbSource};
-use crate::signal_db::{self, SignalSnapshot};
+use crate::reuse::{ArchivePass, Archived};
+use crate::signal_db::{self, Origin, SignalSnapshot};
 use crate::staging::Staging;
 use crate::store::{StoreError, chunk_channel};
 use crate::{keys, lock, profile, walk};
@@ -203,13 +203,7 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
             .as_ref()
             .map(|s| s.references.clone())
             .unwrap_or_default(),
-        signal_db: match &signal {
-            None => SignalDbSource::Absent,
-            Some(SignalSnapshot {
-                copy: Some(copy), ..
-            }) => SignalDbSource::Copy(copy.clone()),
-            Some(SignalSnapshot { copy: None, .. }) => SignalDbSource::Parent,
-        },
+        signal_db: signal.as_ref().map(|s| s.origin.clone()),
         db_stamp: signal.as_ref().and_then(|s| s.stamp.clone()),
         cancel: cancel.clone(),
     };
@@ -446,7 +440,11 @@ fn describe(
             // Signal deletes a file only after its row, which changes the database: a
             // file deleted while it stayed unchanged may be one it references.
             Some(SignalSnapshot {
-                reused_attachments: Some(parent),
+                origin:
+                    Origin::Parent {
+                        attachments: parent,
+                        ..
+                    },
                 ..
             }) => AttachmentCheck {
                 referenced: parent.referenced,

@@ -21,7 +21,7 @@ use crate::home::{Home, Opened};
 use crate::index::{EntryKind, IndexEntry};
 use crate::manifest::ContentCounts;
 use crate::profile;
-use crate::signal_db::Stamp;
+use crate::signal_db::{Origin, Stamp};
 use crate::sqlite;
 use crate::staging::Staging;
 use crate::walk::{Entry, Kind, Listing};
@@ -33,17 +33,6 @@ pub struct Archived {
     pub missing_attachments: u64,
     /// Attachment files deleted since the parent snapshot.
     pub attachments_deleted: u64,
-}
-
-/// Where Signal's database comes from in this snapshot.
-pub enum SignalDbSource {
-    /// The home has none (or a link in its place).
-    Absent,
-    /// The snapshot copy, archived in place of the live file.
-    Copy(PathBuf),
-    /// Unchanged since the parent snapshot: the parent's entry, naming the archive that
-    /// holds the copy, is reused.
-    Parent,
 }
 
 /// Everything the archive pass needs, moved onto its blocking thread.
@@ -58,7 +47,8 @@ pub struct ArchivePass {
     pub deleted: Vec<PathBuf>,
     /// Attachments the Signal database snapshot references; those never found are missing.
     pub references: HashSet<String>,
-    pub signal_db: SignalDbSource,
+    /// Signal's database; `None` if the home has none (or a link in its place).
+    pub signal_db: Option<Origin>,
     /// Recorded in the database's entry for the next backup.
     pub db_stamp: Option<Stamp>,
     pub cancel: Cancel,
@@ -100,18 +90,14 @@ impl ArchivePass {
                 }
                 Kind::File if entry.path == Path::new(profile::SIGNAL_DB) => {
                     match &self.signal_db {
-                        SignalDbSource::Absent => continue,
-                        SignalDbSource::Copy(copy) => {
+                        None => continue,
+                        Some(Origin::Copied(copy)) => {
                             let outcome =
                                 writer.add_snapshot(&entry.path, copy, &entry.metadata)?;
                             counts.sqlite_snapshots += 1;
                             self.record(&mut indexed, outcome, &mut counts);
                         }
-                        SignalDbSource::Parent => {
-                            let parent = self
-                                .previous
-                                .get(&entry.path)
-                                .context("the parent's index has no entry for Signal's database")?;
+                        Some(Origin::Parent { entry: parent, .. }) => {
                             indexed.sha256 = parent.sha256.clone();
                             indexed.archive = parent.archive.clone();
                             counts.reused_files += 1;
@@ -329,7 +315,7 @@ mod tests {
             previous: HashMap::new(),
             deleted: Vec::new(),
             references: HashSet::new(),
-            signal_db: SignalDbSource::Absent,
+            signal_db: None,
             db_stamp: None,
             cancel,
         };

@@ -30,18 +30,28 @@ use crate::staging::Staging;
 /// A snapshot of Signal's database: a copy in the staging directory, or the parent
 /// snapshot's copy when nothing wrote to the database since.
 pub struct SignalSnapshot {
-    /// The copy to archive; `None` when the parent's archived copy is reused.
-    pub copy: Option<PathBuf>,
+    pub origin: Origin,
     pub info: DatabaseInfo,
     /// The attachment files it references, `xx/<hash>`: the copy's, and empty for a reused
-    /// one (see `reused_attachments`).
+    /// one (its references are not read again, see [`Origin::Parent`]).
     pub references: HashSet<String>,
-    /// A reused database's references were not read again: the parent's check, which
-    /// still holds for every file that was not deleted since.
-    pub reused_attachments: Option<AttachmentCheck>,
     /// The database's files just before the copy, if they were quiet long enough to tell a
     /// later write apart ([`stamp`]).
     pub stamp: Option<Stamp>,
+}
+
+/// Where a snapshot's copy of Signal's database is.
+#[derive(Clone)]
+pub enum Origin {
+    /// Copied now into the staging directory, to be archived in place of the live file.
+    Copied(PathBuf),
+    /// Unchanged since the parent snapshot: the parent's index entry (naming the archive
+    /// that holds its copy) is reused, and so is its attachment check, which still holds
+    /// for every file not deleted since.
+    Parent {
+        entry: IndexEntry,
+        attachments: AttachmentCheck,
+    },
 }
 
 /// What Signal's database files (`db.sqlite`, `-wal`, `-journal`) looked like: device,
@@ -148,10 +158,12 @@ pub fn unchanged_since(
         return None;
     }
     Some(SignalSnapshot {
-        copy: None,
+        origin: Origin::Parent {
+            entry: entry.clone(),
+            attachments: parent.attachments.clone(),
+        },
         info: parent.signal_db.clone()?,
         references: HashSet::new(),
-        reused_attachments: Some(parent.attachments.clone()),
         stamp: Some(stamp.clone()),
     })
 }
@@ -193,10 +205,9 @@ pub fn snapshot_signal_db(
         bytes: std::fs::metadata(&copy)?.len(),
     };
     Ok(Some(SignalSnapshot {
-        copy: Some(copy),
+        origin: Origin::Copied(copy),
         info,
         references,
-        reused_attachments: None,
         stamp: None,
     }))
 }
