@@ -129,6 +129,10 @@ impl Source<'_> {
 /// tools, `xargs -0 rm -rf` applies it (docs/format.md).
 pub const DELETED_LIST: &str = ".ghostwire-backup-deleted";
 
+/// The entry holding a page delta of Signal's database ([`crate::pages`]): a name no file
+/// of a home can have in an archive (backups skip everything named so).
+pub const DB_DELTA: &str = ".ghostwire-backup-db-delta";
+
 type Encoder = zstd::stream::write::Encoder<'static, age::stream::StreamWriter<ChunkWriter>>;
 
 pub struct ArchiveWriter {
@@ -272,6 +276,27 @@ impl ArchiveWriter {
         unreachable!("the last attempt returns")
     }
 
+    /// Archives `size` bytes that `content` makes (not a file of the home) under `name`;
+    /// fails unless it makes exactly that many.
+    pub fn add_generated(&mut self, name: &str, size: u64, content: impl Read) -> Result<()> {
+        self.cancel.check()?;
+        let mut header = own_header(size);
+        let mut reader = ExactLength {
+            inner: self.cancel.reader(content).take(size),
+            remaining: size,
+            short: false,
+            sha256: Sha256::new(),
+        };
+        self.tar
+            .append_data(&mut header, name, &mut reader)
+            .with_context(|| format!("cannot archive {name}"))?;
+        if reader.short {
+            bail!("{name} ended before its {size} bytes");
+        }
+        self.content_bytes += size;
+        Ok(())
+    }
+
     /// Writes the list of paths deleted since the parent snapshot, NUL-separated.
     pub fn add_deleted_list(&mut self, deleted: &[std::path::PathBuf]) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
@@ -280,13 +305,7 @@ impl ArchiveWriter {
             list.extend_from_slice(path.as_os_str().as_bytes());
             list.push(0);
         }
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mode(0o600);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
-        header.set_size(list.len() as u64);
+        let mut header = own_header(list.len() as u64);
         self.tar.append_data(&mut header, DELETED_LIST, &list[..])?;
         Ok(())
     }
@@ -310,6 +329,18 @@ impl ArchiveWriter {
             sha256: hex::encode(sink.hash.finalize()),
         })
     }
+}
+
+/// The header of an entry of ours, not a file of the home.
+fn own_header(size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o600);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+    header.set_size(size);
+    header
 }
 
 fn header_for(metadata: &Metadata, kind: tar::EntryType, size: u64) -> tar::Header {

@@ -146,9 +146,19 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     //    write during the copy shows at the next backup.
     cancel.enter("database snapshot")?;
     let stamp = signal_db::stamp(&options.source)?;
+    let parent_db = parent
+        .as_ref()
+        .and_then(|_| previous.get(Path::new(profile::SIGNAL_DB)));
+    let parent_pages = parent_db
+        .and_then(|entry| entry.db_chain.as_ref())
+        .and_then(|chain| catalog.page_list(&chain.pages));
     let unchanged = parent.as_ref().and_then(|parent| {
-        let entry = previous.get(Path::new(profile::SIGNAL_DB));
-        signal_db::unchanged_since(&parent.manifest, entry, stamp.as_ref())
+        signal_db::unchanged_since(
+            &parent.manifest,
+            parent_db,
+            parent_pages.clone(),
+            stamp.as_ref(),
+        )
     });
     let signal = match unchanged {
         Some(reused) => {
@@ -164,8 +174,12 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
             options.db_wait,
             cancel,
         )?
-        .map(|copied| SignalSnapshot { stamp, ..copied }),
+        .map(|copied| {
+            let copied = SignalSnapshot { stamp, ..copied };
+            signal_db::as_delta(copied, parent_db, parent_pages.as_ref())
+        }),
     };
+    let db_pages = signal.as_ref().and_then(|s| s.pages.clone());
 
     // 2. Then list the home.
     cancel.enter("walk")?;
@@ -205,6 +219,7 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
             .unwrap_or_default(),
         signal_db: signal.as_ref().map(|s| s.origin.clone()),
         db_stamp: signal.as_ref().and_then(|s| s.stamp.clone()),
+        db_chain: signal.as_ref().and_then(|s| s.chain(&id)),
         cancel: cancel.clone(),
     };
     // Size the upload parts so the archive fits S3's limit.
@@ -230,7 +245,12 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     cancel.enter("commit")?;
     remote.commit(&manifest)?;
     // The catalog is a cache: if it cannot be updated, the next backup is larger, not wrong.
-    if let Err(err) = catalog.record(remote.repo().location(), &manifest, &archived.entries) {
+    if let Err(err) = catalog.record(
+        remote.repo().location(),
+        &manifest,
+        &archived.entries,
+        db_pages.as_ref(),
+    ) {
         tracing::warn!(
             error = format!("{err:#}"),
             "could not update the local catalog"
@@ -413,11 +433,23 @@ fn describe(
     let depends_on: BTreeSet<String> = archived
         .entries
         .iter()
-        .filter_map(|e| e.archive.clone())
+        .flat_map(|e| {
+            let deltas = e.db_chain.iter().flat_map(|chain| chain.deltas.iter());
+            e.archive.iter().chain(deltas).cloned()
+        })
         .chain([id.to_string()])
         .collect();
+    let needs_deltas = archived.entries.iter().any(|e| {
+        e.db_chain
+            .as_ref()
+            .is_some_and(|chain| !chain.deltas.is_empty())
+    });
     Manifest {
-        format: manifest::FORMAT_VERSION,
+        format: if needs_deltas {
+            manifest::FORMAT_VERSION
+        } else {
+            manifest::FORMAT_WITHOUT_DELTAS
+        },
         id: id.to_string(),
         started_at,
         finished_at: Utc::now(),

@@ -26,8 +26,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use crate::index::{EntryKind, IndexEntry};
+use crate::index::{DbChain, EntryKind, IndexEntry};
 use crate::manifest::Manifest;
+use crate::pages::PageList;
 
 pub const DEFAULT_NAME: &str = ".ghostwire-backup-catalog.sqlite";
 
@@ -36,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_catalog.sql"),
     include_str!("../migrations/0002_chains.sql"),
     include_str!("../migrations/0003_db_stamp.sql"),
+    include_str!("../migrations/0004_db_pages.sql"),
 ];
 
 pub struct Catalog {
@@ -115,7 +117,8 @@ impl Catalog {
             bail!("quick_check: {check}");
         }
         for sql in [
-            "SELECT path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive, db_stamp FROM files LIMIT 0",
+            "SELECT path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive, db_stamp, db_chain FROM files LIMIT 0",
+            "SELECT digest, list FROM page_lists LIMIT 0",
             "SELECT id, kind, parent, finished_at, chain_length, full_id FROM snapshots LIMIT 0",
             "SELECT key, value FROM state LIMIT 0",
         ] {
@@ -191,7 +194,7 @@ impl Catalog {
     /// The file index of the latest snapshot, by path.
     pub fn index(&self) -> Result<HashMap<PathBuf, IndexEntry>> {
         let mut statement = self.conn.prepare(
-            "SELECT path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive, db_stamp FROM files",
+            "SELECT path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive, db_stamp, db_chain FROM files",
         )?;
         let rows = statement.query_map([], |row| {
             let path = PathBuf::from(OsStr::from_bytes(&row.get::<_, Vec<u8>>(0)?));
@@ -214,6 +217,9 @@ impl Catalog {
                 sha256: row.get(9)?,
                 archive: row.get(10)?,
                 db_stamp: row.get(11)?,
+                db_chain: row
+                    .get::<_, Option<String>>(12)?
+                    .and_then(|json| serde_json::from_str(&json).ok()),
             })
         })?;
         let mut index = HashMap::new();
@@ -224,31 +230,43 @@ impl Catalog {
         Ok(index)
     }
 
-    /// Records a committed snapshot and makes `entries` the latest index, atomically.
+    /// The page list of Signal's database whose digest is `digest`, if the catalog holds
+    /// it and it still hashes so (the catalog is on the user's volume).
+    pub fn page_list(&self, digest: &str) -> Option<PageList> {
+        let bytes: Vec<u8> = self
+            .conn
+            .query_row(
+                "SELECT list FROM page_lists WHERE digest = ?1",
+                [digest],
+                |row| row.get(0),
+            )
+            .ok()?;
+        PageList::from_bytes(&bytes).filter(|list| list.digest_hex() == digest)
+    }
+
+    /// Records a committed snapshot and makes `entries` the latest index, and `pages` the
+    /// page list of its Signal database, atomically.
     pub fn record(
         &mut self,
         repository: &str,
         manifest: &Manifest,
         entries: &[IndexEntry],
+        pages: Option<&PageList>,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR REPLACE INTO snapshots (id, kind, parent, finished_at, chain_length, full_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                manifest.id,
-                if manifest.parent.is_some() { "incremental" } else { "full" },
-                manifest.parent,
-                manifest.finished_at.to_rfc3339(),
-                manifest.chain_length,
-                manifest.full_id(),
-            ],
-        )?;
+        insert_snapshot(&tx, manifest)?;
         tx.execute("DELETE FROM files", [])?;
+        tx.execute("DELETE FROM page_lists", [])?;
+        if let Some(list) = pages {
+            tx.execute(
+                "INSERT INTO page_lists (digest, list) VALUES (?1, ?2)",
+                params![list.digest_hex(), list.to_bytes()],
+            )?;
+        }
         {
             let mut insert = tx.prepare(
-                "INSERT INTO files (path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive, db_stamp)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO files (path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, sha256, archive, db_stamp, db_chain)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for e in entries {
                 insert.execute(params![
@@ -263,7 +281,8 @@ impl Catalog {
                     e.gid,
                     e.sha256,
                     e.archive,
-                    e.db_stamp
+                    e.db_stamp,
+                    e.db_chain.as_ref().map(json_text)
                 ])?;
             }
         }
@@ -276,6 +295,32 @@ impl Catalog {
         tx.commit()?;
         Ok(())
     }
+
+    /// Records a snapshot other than the latest: on a restored volume, the chain's full
+    /// snapshot, whose age decides when the next full one is due.
+    pub fn record_snapshot(&mut self, manifest: &Manifest) -> Result<()> {
+        insert_snapshot(&self.conn, manifest)
+    }
+}
+
+fn insert_snapshot(conn: &Connection, manifest: &Manifest) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO snapshots (id, kind, parent, finished_at, chain_length, full_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            manifest.id,
+            if manifest.parent.is_some() {
+                "incremental"
+            } else {
+                "full"
+            },
+            manifest.parent,
+            manifest.finished_at.to_rfc3339(),
+            manifest.chain_length,
+            manifest.full_id(),
+        ],
+    )?;
+    Ok(())
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -349,8 +394,16 @@ pub fn digest<'a>(entries: impl IntoIterator<Item = &'a IndexEntry>) -> String {
             hash.update([2]);
             bytes(&mut hash, stamp.as_bytes());
         }
+        if let Some(chain) = &e.db_chain {
+            hash.update([3]);
+            bytes(&mut hash, json_text(chain).as_bytes());
+        }
     }
     hex::encode(hash.finalize())
+}
+
+fn json_text(chain: &DbChain) -> String {
+    serde_json::to_string(chain).expect("a DbChain serializes")
 }
 
 fn kind_name(kind: EntryKind) -> &'static str {
@@ -453,7 +506,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut catalog = Catalog::open(&dir.path().join("c.sqlite")).unwrap();
         let entries = entries();
-        catalog.record("r", &manifest("s1"), &entries).unwrap();
+        catalog
+            .record("r", &manifest("s1"), &entries, None)
+            .unwrap();
         let expected = digest(&entries);
         let mut reversed = entries.clone();
         reversed.reverse();
@@ -464,7 +519,9 @@ mod tests {
             "UPDATE files SET mtime_ns = mtime_ns + 1 WHERE path = x'622f66696c65'",
             "UPDATE files SET db_stamp = 'db:absent' WHERE db_stamp IS NOT NULL",
         ] {
-            catalog.record("r", &manifest("s1"), &entries).unwrap();
+            catalog
+                .record("r", &manifest("s1"), &entries, None)
+                .unwrap();
             catalog.conn.execute(update, []).unwrap();
             assert_ne!(
                 digest(catalog.index().unwrap().values()),
@@ -488,7 +545,9 @@ mod tests {
         std::fs::create_dir(&directory).unwrap();
         for path in [&newer, &garbage, &directory] {
             let mut catalog = Catalog::open_cache(path).unwrap();
-            catalog.record("r", &manifest("s1"), &entries()).unwrap();
+            catalog
+                .record("r", &manifest("s1"), &entries(), None)
+                .unwrap();
             assert_eq!(catalog.latest("r").unwrap().unwrap().id, "s1");
         }
         let aside = std::fs::read_dir(dir.path())
@@ -515,7 +574,9 @@ mod tests {
             std::os::unix::fs::symlink(target, &path).unwrap();
             std::os::unix::fs::symlink(target, with_suffix(&path, "-journal")).unwrap();
             let mut catalog = Catalog::open_cache(&path).unwrap();
-            catalog.record("r", &manifest("s1"), &entries()).unwrap();
+            catalog
+                .record("r", &manifest("s1"), &entries(), None)
+                .unwrap();
             drop(catalog);
             assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
             std::fs::remove_file(&path).unwrap();

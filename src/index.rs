@@ -52,6 +52,24 @@ pub struct IndexEntry {
     /// looks so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_stamp: Option<String>,
+    /// Signal's database only: how to rebuild it from the full copy in `archive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_chain: Option<DbChain>,
+}
+
+/// Signal's database as a full copy plus page deltas ([`crate::pages`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbChain {
+    /// Snapshots whose archives hold a delta of the database, applied in this order to the
+    /// full copy the entry's `archive` holds; empty when that copy is this version.
+    #[serde(default)]
+    pub deltas: Vec<String>,
+    /// The [`crate::pages::PageList::digest`] of this version of the database, in hex: the
+    /// rebuilt database must hash to it, and the next backup's delta is taken against it.
+    pub pages: String,
+    /// Bytes of all those deltas: past a share of the database, the next copy is full.
+    #[serde(default)]
+    pub delta_bytes: u64,
 }
 
 impl IndexEntry {
@@ -73,6 +91,7 @@ impl IndexEntry {
             sha256: None,
             archive: None,
             db_stamp: None,
+            db_chain: None,
         }
     }
 
@@ -90,6 +109,7 @@ impl IndexEntry {
             sha256: None,
             archive: None,
             db_stamp: None,
+            db_chain: None,
         }
     }
 

@@ -397,6 +397,17 @@ struct RestoreArgs {
     /// every pod start.
     #[arg(long, env = "GWB_IF_EMPTY")]
     if_empty: bool,
+    /// Bring a target that an earlier restore from this repository produced to the
+    /// snapshot, fetching only what differs (new and changed files, database deltas).
+    /// Refused if the target changed since that restore, unless --force. An empty target
+    /// is restored in full.
+    #[arg(long, env = "GWB_UPDATE", conflicts_with = "if_empty")]
+    update: bool,
+    /// Restore ahead of a blue/green switch while the running instance holds the lease (a
+    /// Job on the new volume; never where Signal starts next): the new instance's
+    /// `restore --if-empty` then fetches only what changed until the handoff.
+    #[arg(long, env = "GWB_PRESTAGE", conflicts_with = "if_empty")]
+    prestage: bool,
     /// Owner for every restored entry, UID:GID; Kasm's is 1000:0 (default: the archived
     /// owner when running as root, else yours).
     #[arg(long, env = "GWB_CHOWN", value_parser = parse_owner)]
@@ -642,11 +653,15 @@ async fn run(cli: Cli) -> Result<()> {
                     lease_owner: args.lease_owner.unwrap_or_else(lease::default_owner),
                     break_lease: args.break_lease,
                     require_snapshot: args.require_snapshot,
+                    update: args.update,
+                    prestage: args.prestage,
                 },
             )
             .await?;
             match outcome {
-                restore::Outcome::Restored(marker) | restore::Outcome::Completed(marker) => {
+                restore::Outcome::Restored(marker)
+                | restore::Outcome::Completed(marker)
+                | restore::Outcome::UpToDate(marker) => {
                     println!("{}", marker.snapshot);
                 }
                 restore::Outcome::LeftAlone(why) => {

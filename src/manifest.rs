@@ -6,8 +6,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Bump when a reader of the previous version could misread a new snapshot.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this version reads. Bump when a reader of the previous version could
+/// misread a new snapshot. Format 2: Signal's database may be a full copy plus page deltas
+/// (docs/format.md, "Database deltas"), which a format-1 reader would restore as the stale
+/// full copy; a snapshot without deltas is still written as format 1.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The format of a snapshot whose Signal database needs no delta: every reader takes it.
+pub const FORMAT_WITHOUT_DELTAS: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -111,6 +117,11 @@ pub struct DatabaseInfo {
     /// Result of `PRAGMA quick_check` on the snapshot: "ok" or the first problem.
     pub check: String,
     pub bytes: u64,
+    /// Pages of the database this snapshot archived as a delta on its parent's version
+    /// (docs/format.md, "Database deltas"); absent when it archived a full copy (or its
+    /// parent's version was unchanged and reused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_pages: Option<u64>,
 }
 
 /// Attachment files the database snapshot references, checked against the archive.

@@ -2,7 +2,7 @@
 //! entries to take from each ([`Plan`]), and each archive's tar stream, authenticated and
 //! checked against its manifest ([`read_archive`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -11,13 +11,17 @@ use sha2::Digest;
 
 use crate::archive::{self, Digest as Checksum, HashingReader, PlainReader};
 use crate::blocking::{Remote, RemoteReader};
-use crate::index::{self, EntryKind, IndexEntry};
+use crate::cancel::Cancel;
+use crate::db_rebuild::Deltas;
+use crate::index::{self, DbChain, EntryKind, IndexEntry};
 use crate::keys::Identities;
 use crate::manifest::Manifest;
-use crate::profile;
+use crate::pages::PageList;
+use crate::profile::{self, DbKey};
 use crate::progress::{Counted, Progress};
 use crate::repo::Selector;
 use crate::unpack::{self, UnpackOptions, safe_relative_path};
+use crate::update::FromVolume;
 
 /// What a restore of one snapshot reads: each archive it needs once, with the entries to
 /// take from it; the snapshot's own archive last (it holds every directory, so their
@@ -68,9 +72,14 @@ impl Plan {
         }
         let entries = index::open(&sealed, identities)?;
         let mut steps = Vec::new();
+        let db_deltas = entries
+            .iter()
+            .filter_map(|e| e.db_chain.as_ref())
+            .flat_map(|chain| chain.deltas.iter())
+            .collect::<HashSet<_>>();
         for id in manifest.archives_needed() {
             let own = id == manifest.id;
-            let wanted = entries
+            let mut wanted: HashSet<PathBuf> = entries
                 .iter()
                 .filter(|e| {
                     e.archive.as_deref() == Some(id.as_str())
@@ -78,6 +87,9 @@ impl Plan {
                 })
                 .map(|e| e.path.clone())
                 .collect();
+            if db_deltas.contains(&id) {
+                wanted.insert(PathBuf::from(archive::DB_DELTA));
+            }
             let step_manifest = if own {
                 manifest.clone()
             } else {
@@ -96,6 +108,62 @@ impl Plan {
 
     pub fn files(&self) -> impl Iterator<Item = &IndexEntry> {
         self.entries.iter().filter(|e| e.kind == EntryKind::File)
+    }
+
+    /// Takes `paths` out of the archives (by snapshot id) that would have provided them,
+    /// and drops every archive but the snapshot's own that is left with nothing to give.
+    pub fn leave_out(&mut self, paths: &HashMap<String, Vec<PathBuf>>) {
+        for step in &mut self.steps {
+            if let (Some(wanted), Some(gone)) = (&mut step.wanted, paths.get(&step.manifest.id)) {
+                for path in gone {
+                    wanted.remove(path);
+                }
+            }
+        }
+        let own = self.steps.pop(); // last, and always read: it holds the directories
+        self.steps
+            .retain(|step| step.wanted.as_ref().is_none_or(|w| !w.is_empty()));
+        self.steps.extend(own);
+    }
+
+    /// How Signal's database is rebuilt, if the snapshot's index says.
+    pub fn db_chain(&self) -> Option<&DbChain> {
+        self.entries
+            .iter()
+            .find(|e| e.path == Path::new(profile::SIGNAL_DB))
+            .and_then(|e| e.db_chain.as_ref())
+    }
+
+    /// Rebuilds Signal's database at `db` (its full copy, unpacked) with the `deltas` read
+    /// from the plan's archives, keyed from `config` (the snapshot's `config.json`), and
+    /// checks it is the snapshot's version; its page list, if the index names one.
+    pub fn rebuild_db(
+        &self,
+        deltas: Deltas,
+        db: &Path,
+        config: &[u8],
+        cancel: &Cancel,
+    ) -> Result<Option<PageList>> {
+        self.rebuild_db_with(self.db_chain(), deltas, db, config, cancel)
+    }
+
+    fn rebuild_db_with(
+        &self,
+        chain: Option<&DbChain>,
+        deltas: Deltas,
+        db: &Path,
+        config: &[u8],
+        cancel: &Cancel,
+    ) -> Result<Option<PageList>> {
+        let Some(chain) = chain else {
+            return Ok(None);
+        };
+        let key = DbKey::from_config_json(config, Path::new(profile::SIGNAL_CONFIG))?;
+        let bytes = |id: &str| {
+            let step = self.steps.iter().find(|s| s.manifest.id == id)?;
+            Some(step.manifest.signal_db.as_ref()?.bytes)
+        };
+        deltas.rebuild(db, &key, chain, bytes, cancel).map(Some)
     }
 
     /// Progress of reading the plan: the bytes to download (every archive's stored
@@ -148,16 +216,22 @@ pub fn read_archive<T>(
     Ok(result)
 }
 
-/// Unpacks every archive of `plan` into `dest` (a directory we created) and checks that
-/// every file of the index arrived.
+/// Unpacks every archive of `plan` into `dest` (a directory we created), after what an
+/// update takes from the volume, checks that every file of the index arrived, and
+/// rebuilds Signal's database from its deltas; its page list, if the index names one.
 pub fn unpack_into(
     remote: &Remote,
     plan: &Plan,
     identities: &Identities,
     dest: &Path,
     chown: Option<(u32, u32)>,
-) -> Result<()> {
+    from_volume: Option<&FromVolume>,
+) -> Result<Option<PageList>> {
+    if let Some(volume) = from_volume {
+        volume.stage(dest, remote.cancel())?;
+    }
     let progress = plan.start_progress(remote);
+    let mut deltas = Deltas::new(dest);
     for (k, step) in plan.steps.iter().enumerate() {
         progress.set_archive(k + 1, plan.steps.len());
         let options = UnpackOptions {
@@ -166,8 +240,18 @@ pub fn unpack_into(
             max_content_bytes: step.manifest.content.bytes,
             progress: progress.clone(),
         };
+        let id = &step.manifest.id;
         let stats = read_archive(remote, &step.manifest, identities, |archive| {
-            unpack::unpack(archive, dest, &options, &|path| step.wants(path))
+            let mut set_aside = |delta: &mut dyn Read, len| {
+                deltas.set_aside(id, delta, len, options.max_content_bytes)
+            };
+            unpack::unpack(
+                archive,
+                dest,
+                &options,
+                &|path| step.wants(path),
+                &mut set_aside,
+            )
         })?;
         tracing::info!(archive = %step.manifest.id, files = stats.files, bytes = stats.bytes, "archive unpacked and authenticated");
     }
@@ -178,21 +262,56 @@ pub fn unpack_into(
     if missing > 0 {
         bail!("{missing} files of the snapshot's index were not in their archives");
     }
-    Ok(())
+    let chain = match from_volume.and_then(FromVolume::db_chain) {
+        Some(newer) => Some(newer),
+        None => plan.db_chain(),
+    };
+    if chain.is_none() {
+        return Ok(None);
+    }
+    // SQLite opens by path: nothing on the way may be a link the archive made.
+    for path in [profile::SIGNAL_CONFIG, profile::SIGNAL_DB] {
+        crate::signal_db::plain_tree(dest, Path::new(path))?;
+    }
+    let config = zeroize::Zeroizing::new(std::fs::read(dest.join(profile::SIGNAL_CONFIG)).context(
+        "the snapshot's Signal database has deltas but the snapshot has no config.json with its key",
+    )?);
+    let db = dest.join(profile::SIGNAL_DB);
+    let pages = plan.rebuild_db_with(chain, deltas, &db, &config, remote.cancel())?;
+    // As its archive entry would have it: a later `restore --update` compares the stat.
+    if let Some(entry) = plan
+        .entries
+        .iter()
+        .find(|e| e.path == Path::new(profile::SIGNAL_DB))
+    {
+        let seconds = entry.mtime_ns.div_euclid(1_000_000_000).max(0) as u64;
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+        std::fs::File::options()
+            .write(true)
+            .open(&db)?
+            .set_modified(mtime)?;
+    }
+    Ok(pages)
 }
 
 /// What a full read of a snapshot found, without writing it anywhere but Signal's
-/// database (to a temporary file, still encrypted with Signal's key).
-#[derive(Default)]
+/// database (to a temporary file, still encrypted with Signal's key) and its deltas
+/// (sealed, see [`Deltas`]).
 pub struct Survey {
     pub files: HashSet<PathBuf>,
     pub config: zeroize::Zeroizing<Vec<u8>>,
     pub db: Option<tempfile::NamedTempFile>,
+    pub deltas: Deltas,
 }
 
 /// Reads every archive of `plan` to its end, checking every entry name as a restore would.
 pub fn survey(remote: &Remote, plan: &Plan, identities: &Identities) -> Result<Survey> {
-    let mut survey = Survey::default();
+    let mut survey = Survey {
+        files: HashSet::new(),
+        config: Default::default(),
+        db: None,
+        deltas: Deltas::new(&std::env::temp_dir()),
+    };
     let progress = plan.start_progress(remote);
     for (k, step) in plan.steps.iter().enumerate() {
         progress.set_archive(k + 1, plan.steps.len());
@@ -213,6 +332,16 @@ fn survey_archive<R: Read>(
         let mut entry = entry.map_err(archive::explain_read_error)?;
         let raw = entry.path_bytes().into_owned();
         if raw == archive::DELETED_LIST.as_bytes() {
+            continue;
+        }
+        if raw == archive::DB_DELTA.as_bytes() {
+            if step.wants(Path::new(archive::DB_DELTA)) {
+                let len = entry.size();
+                let limit = step.manifest.content.bytes;
+                survey
+                    .deltas
+                    .set_aside(&step.manifest.id, &mut entry, len, limit)?;
+            }
             continue;
         }
         let path = safe_relative_path(&raw)?;

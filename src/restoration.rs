@@ -1,6 +1,6 @@
 //! A restore target as a small state machine, read from disk, so an interrupted restore is
-//! finished or discarded — never half-applied — whoever runs next (`restore`, and the
-//! coming `restore --update`).
+//! finished or discarded — never half-applied — whoever runs next (`restore`, or
+//! `restore --update`).
 //!
 //! ```text
 //! Empty ──begin──▶ Staged ──pass_gate──▶ Gated ──move_into_place──▶ Moved ──mark──▶ Marked
@@ -30,6 +30,7 @@ use crate::exit::{self, Exit};
 use crate::fsutil::{self, read_json, write_json};
 use crate::index::IndexEntry;
 use crate::manifest::Manifest;
+use crate::pages::PageList;
 use crate::profile;
 
 /// Written last: a target with this file holds a complete, checked snapshot.
@@ -46,6 +47,10 @@ pub struct Marker {
     pub agent_version: String,
     /// The restore gate's result: "ok", or "no Signal database in this snapshot".
     pub gate: String,
+    /// Restored ahead of a switch (`restore --prestage`): nothing has run on it, and a
+    /// `restore --if-empty` brings it to its snapshot instead of leaving it alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prestaged: bool,
 }
 
 impl Marker {
@@ -55,6 +60,7 @@ impl Marker {
             restored_at: Utc::now(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             gate,
+            prestaged: false,
         }
     }
 }
@@ -202,14 +208,29 @@ pub fn pass_gate(target: &Path, ready: &Marker, cancel: &Cancel) -> Result<()> {
 /// Gated → Moved → Marked: the end of every restore, also of one interrupted after its gate.
 /// Not cut halfway: the moves are a few renames (one per top-level entry), and a cut
 /// between two of them would leave a half-restored target.
-pub fn finish(target: &Path, ready: &Marker) -> Result<()> {
-    move_into_place(target)?;
-    mark(target, ready)
+/// Returns the directory the replaced entries were moved aside into, if any.
+pub fn finish(target: &Path, ready: &Marker) -> Result<Option<PathBuf>> {
+    let aside = move_into_place(target)?;
+    mark(target, ready)?;
+    Ok(aside)
+}
+
+/// The marker of a target that holds a completed restore (Marked, or Staged over one: a
+/// later restore that did not pass its gate, which leaves it as it was), else `None`.
+pub fn completed(target: &Path) -> Result<Option<Marker>> {
+    if !target.is_dir() {
+        return Ok(None);
+    }
+    Ok(match detect(target)? {
+        State::Marked(marker) => Some(marker),
+        State::Staged => read_json::<Marker>(&target.join(MARKER)).ok().flatten(),
+        _ => None,
+    })
 }
 
 /// Gated → Moved: renames every staged entry into the target, moving whatever it replaces
-/// aside first.
-pub fn move_into_place(target: &Path) -> Result<()> {
+/// aside first; returns where, if anything was.
+pub fn move_into_place(target: &Path) -> Result<Option<PathBuf>> {
     let staging = target.join(STAGING);
     let aside = target.join(format!(
         "{}-replaced-{}",
@@ -231,7 +252,8 @@ pub fn move_into_place(target: &Path) -> Result<()> {
         fs::rename(staging.join(&name), &destination)
             .with_context(|| format!("cannot move {name:?} into place"))?;
     }
-    fsutil::sync_dir(target)
+    fsutil::sync_dir(target)?;
+    Ok(aside.exists().then_some(aside))
 }
 
 /// Moved → Marked: writes the marker (the commit point), then removes the staging directory.
@@ -244,18 +266,26 @@ pub fn mark(target: &Path, marker: &Marker) -> Result<()> {
 
 /// Writes the catalog of the restored volume: the snapshot's index as it is, so its rows
 /// hash to the manifest's `catalog_digest` and the next backup there continues the chain
-/// instead of starting a full one. The restored files have new inodes and ctimes (and
+/// instead of starting a full one, with the page list of the restored database, so its
+/// next copy can be a delta, and the chain's full snapshot (`chain_full`, for an
+/// incremental one), whose age tells when the chain must end. The restored files have new inodes and ctimes (and
 /// whole-second mtimes, as tar keeps them), so that backup compares their content with the
 /// index's hashes instead of trusting their stat (see [`IndexEntry::unchanged`]).
 pub fn seed_catalog(
     repository: &str,
     target: &Path,
     manifest: &Manifest,
+    chain_full: Option<&Manifest>,
     entries: Vec<IndexEntry>,
+    db_pages: Option<&PageList>,
     chown: Option<(u32, u32)>,
 ) -> Result<()> {
     let path = target.join(crate::catalog::DEFAULT_NAME);
-    Catalog::open_cache(&path)?.record(repository, manifest, &entries)?;
+    let mut catalog = Catalog::open_cache(&path)?;
+    if let Some(full) = chain_full {
+        catalog.record_snapshot(full)?;
+    }
+    catalog.record(repository, manifest, &entries, db_pages)?;
     if let Some((uid, gid)) = chown {
         std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
     }

@@ -15,11 +15,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::archive::{ArchiveWriter, FileOutcome};
+use crate::archive::{self, ArchiveWriter, FileOutcome};
 use crate::cancel::{Cancel, is_cancelled};
 use crate::home::{Home, Opened};
-use crate::index::{EntryKind, IndexEntry};
+use crate::index::{DbChain, EntryKind, IndexEntry};
 use crate::manifest::ContentCounts;
+use crate::pages::DeltaReader;
 use crate::profile;
 use crate::signal_db::{Origin, Stamp};
 use crate::sqlite;
@@ -51,6 +52,8 @@ pub struct ArchivePass {
     pub signal_db: Option<Origin>,
     /// Recorded in the database's entry for the next backup.
     pub db_stamp: Option<Stamp>,
+    /// How the database's entry rebuilds it (see [`crate::index::DbChain`]).
+    pub db_chain: Option<DbChain>,
     pub cancel: Cancel,
 }
 
@@ -91,7 +94,7 @@ impl ArchivePass {
                 Kind::File if entry.path == Path::new(profile::SIGNAL_DB) => {
                     match &self.signal_db {
                         None => continue,
-                        Some(Origin::Copied(copy)) => {
+                        Some(Origin::Copied { copy, .. }) => {
                             let outcome =
                                 writer.add_snapshot(&entry.path, copy, &entry.metadata)?;
                             counts.sqlite_snapshots += 1;
@@ -102,8 +105,23 @@ impl ArchivePass {
                             indexed.archive = parent.archive.clone();
                             counts.reused_files += 1;
                         }
+                        Some(Origin::Delta {
+                            copy,
+                            key,
+                            delta,
+                            parent,
+                        }) => {
+                            let pages = DeltaReader::new(copy, key, delta)?;
+                            writer.add_generated(archive::DB_DELTA, delta.header.bytes(), pages)?;
+                            // Archived, as the pages that changed.
+                            counts.files += 1;
+                            counts.sqlite_snapshots += 1;
+                            indexed.sha256 = parent.sha256.clone();
+                            indexed.archive = parent.archive.clone();
+                        }
                     }
                     indexed.db_stamp = self.db_stamp.as_ref().map(|s| s.0.clone());
+                    indexed.db_chain = self.db_chain.clone();
                 }
                 Kind::PlainSqlite => {
                     let copy = staging.file("plain.sqlite");
@@ -317,6 +335,7 @@ mod tests {
             references: HashSet::new(),
             signal_db: None,
             db_stamp: None,
+            db_chain: None,
             cancel,
         };
         let archived = pass.archive(&mut writer, listing, &staging).unwrap();

@@ -8,7 +8,10 @@
 //!
 //! A database nothing wrote to since the parent snapshot is not copied again: its
 //! [`Stamp`] (the stat of the database and its journal files, taken before the copy) still
-//! matches the one the parent recorded, so the parent's copy is reused.
+//! matches the one the parent recorded, so the parent's copy is reused. One that changed
+//! is copied, and the copy's decrypted pages are compared with the parent's: the archive
+//! then holds only the pages that changed ([`crate::pages`]), as long as the deltas since
+//! the last full copy stay small ([`DELTA_SHARE`]).
 
 use std::collections::HashSet;
 use std::fs::Metadata;
@@ -19,10 +22,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cancel::Cancel;
+use crate::cancel::{Cancel, is_cancelled};
 use crate::home::{self, Home, Opened};
-use crate::index::IndexEntry;
+use crate::index::{DbChain, IndexEntry};
 use crate::manifest::{AttachmentCheck, DatabaseInfo, Manifest};
+use crate::pages::{self, Delta, PageList};
 use crate::profile::{self, DbKey};
 use crate::sqlite::{self, DbCheck};
 use crate::staging::Staging;
@@ -38,13 +42,25 @@ pub struct SignalSnapshot {
     /// The database's files just before the copy, if they were quiet long enough to tell a
     /// later write apart ([`stamp`]).
     pub stamp: Option<Stamp>,
+    /// The hash of every page of this version, for the next backup's delta; `None` if the
+    /// pages could not be read (the next copy is then full).
+    pub pages: Option<PageList>,
 }
 
 /// Where a snapshot's copy of Signal's database is.
 #[derive(Clone)]
 pub enum Origin {
-    /// Copied now into the staging directory, to be archived in place of the live file.
-    Copied(PathBuf),
+    /// Copied now into the staging directory (still encrypted with `key`), to be archived
+    /// in place of the live file.
+    Copied { copy: PathBuf, key: DbKey },
+    /// Copied now, and archived as the pages that changed since the parent's version,
+    /// whose index entry (naming the full copy and the deltas since) is extended.
+    Delta {
+        copy: PathBuf,
+        key: DbKey,
+        delta: Delta,
+        parent: IndexEntry,
+    },
     /// Unchanged since the parent snapshot: the parent's index entry (naming the archive
     /// that holds its copy) is reused, and so is its attachment check, which still holds
     /// for every file not deleted since.
@@ -149,6 +165,7 @@ fn changed(metadata: &Metadata) -> SystemTime {
 pub fn unchanged_since(
     parent: &Manifest,
     parent_entry: Option<&IndexEntry>,
+    parent_pages: Option<PageList>,
     stamp: Option<&Stamp>,
 ) -> Option<SignalSnapshot> {
     let stamp = stamp?;
@@ -162,10 +179,105 @@ pub fn unchanged_since(
             entry: entry.clone(),
             attachments: parent.attachments.clone(),
         },
-        info: parent.signal_db.clone()?,
+        info: DatabaseInfo {
+            delta_pages: None,
+            ..parent.signal_db.clone()?
+        },
         references: HashSet::new(),
         stamp: Some(stamp.clone()),
+        pages: parent_pages,
     })
+}
+
+/// The largest share of the database one delta may be, and all deltas since its last full
+/// copy together: past it a full copy costs little more to upload, and a restore reads
+/// the full copy and every delta.
+const DELTA_SHARE: (u64, u64) = (1, 4);
+const CHAIN_SHARE: (u64, u64) = (1, 2);
+
+/// `copied` as a delta against the parent's version of the database, if the parent's page
+/// list is known (`base`, from the catalog, matching the parent's entry) and the delta is
+/// small enough; else `copied` as it is, a full copy.
+pub fn as_delta(
+    copied: SignalSnapshot,
+    parent_entry: Option<&IndexEntry>,
+    base: Option<&PageList>,
+) -> SignalSnapshot {
+    let (Origin::Copied { copy, key }, Some(now), Some(base), Some(parent)) =
+        (&copied.origin, &copied.pages, base, parent_entry)
+    else {
+        return copied;
+    };
+    let Some(chain) = parent
+        .db_chain
+        .as_ref()
+        .filter(|_| parent.archive.is_some())
+    else {
+        return copied;
+    };
+    let Some(delta) = Delta::between(base, now) else {
+        tracing::info!("Signal's database changed its page size: copying it in full");
+        return copied;
+    };
+    let (bytes, length) = (copied.info.bytes, delta.header.bytes());
+    let share =
+        |(num, den): (u64, u64), part: u64| part.saturating_mul(den) <= bytes.saturating_mul(num);
+    if !share(DELTA_SHARE, length) || !share(CHAIN_SHARE, chain.delta_bytes + length) {
+        tracing::info!(
+            pages = delta.changed.len(),
+            delta_bytes = length,
+            since_full_copy = chain.delta_bytes + length,
+            database_bytes = bytes,
+            "Signal's database changed too much for a delta: copying it in full"
+        );
+        return copied;
+    }
+    tracing::info!(
+        pages = delta.changed.len(),
+        delta_bytes = length,
+        database_bytes = bytes,
+        "Signal's database changed: archiving the pages that changed"
+    );
+    let info = DatabaseInfo {
+        delta_pages: Some(delta.changed.len() as u64),
+        ..copied.info.clone()
+    };
+    SignalSnapshot {
+        origin: Origin::Delta {
+            copy: copy.clone(),
+            key: key.clone(),
+            delta,
+            parent: parent.clone(),
+        },
+        info,
+        ..copied
+    }
+}
+
+impl SignalSnapshot {
+    /// How the snapshot's index entry rebuilds this version of the database, `id` being
+    /// the snapshot's.
+    pub fn chain(&self, id: &str) -> Option<DbChain> {
+        let pages = self.pages.as_ref()?.digest_hex();
+        match &self.origin {
+            Origin::Copied { .. } => Some(DbChain {
+                deltas: Vec::new(),
+                pages,
+                delta_bytes: 0,
+            }),
+            Origin::Parent { entry, .. } => entry.db_chain.clone(),
+            Origin::Delta { delta, parent, .. } => {
+                let before = parent.db_chain.as_ref()?;
+                let mut deltas = before.deltas.clone();
+                deltas.push(id.to_string());
+                Some(DbChain {
+                    deltas,
+                    pages,
+                    delta_bytes: before.delta_bytes + delta.header.bytes(),
+                })
+            }
+        }
+    }
 }
 
 /// Snapshots Signal's encrypted database, if the home has a Signal profile. A database
@@ -199,16 +311,31 @@ pub fn snapshot_signal_db(
     }
     cancel.enter("attachment references")?;
     let references = sqlite::attachment_references(&copy, &key, cancel)?;
+    cancel.enter("database pages")?;
+    let pages = match pages::open(&copy, &key, false).and_then(|conn| PageList::read(&conn, cancel))
+    {
+        Ok(pages) => Some(pages),
+        Err(err) if is_cancelled(&err) => return Err(err),
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "cannot read the pages of Signal's database copy; the next backup copies it in full"
+            );
+            None
+        }
+    };
     let info = DatabaseInfo {
         user_version: check.user_version,
         check: check.result,
         bytes: std::fs::metadata(&copy)?.len(),
+        delta_pages: None,
     };
     Ok(Some(SignalSnapshot {
-        origin: Origin::Copied(copy),
+        origin: Origin::Copied { copy, key },
         info,
         references,
         stamp: None,
+        pages,
     }))
 }
 

@@ -77,12 +77,14 @@ pub fn safe_relative_path(raw: &[u8]) -> Result<PathBuf> {
 
 /// Unpacks the entries of `archive` for which `keep` says yes below `dest`, which must
 /// be a directory we created. An incremental archive's list of deleted paths is skipped:
-/// a restore takes exactly the entries its snapshot's index names.
+/// a restore takes exactly the entries its snapshot's index names. A delta of Signal's
+/// database, if kept, goes to `db_delta` with its length, never to a file.
 pub fn unpack<R: Read>(
     archive: &mut tar::Archive<R>,
     dest: &Path,
     options: &UnpackOptions,
     keep: &dyn Fn(&Path) -> bool,
+    db_delta: &mut dyn FnMut(&mut dyn Read, u64) -> Result<()>,
 ) -> Result<UnpackStats> {
     let mut stats = UnpackStats::default();
     // Directory permissions and times are applied last: a read-only directory would stop
@@ -92,6 +94,13 @@ pub fn unpack<R: Read>(
         let mut entry = entry.map_err(crate::archive::explain_read_error)?;
         let raw = entry.path_bytes().into_owned();
         if raw == crate::archive::DELETED_LIST.as_bytes() {
+            continue;
+        }
+        if raw == crate::archive::DB_DELTA.as_bytes() {
+            if keep(Path::new(crate::archive::DB_DELTA)) {
+                let len = entry.size();
+                db_delta(&mut entry, len)?;
+            }
             continue;
         }
         let relative = safe_relative_path(&raw)?;
@@ -344,8 +353,18 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
+    fn no_delta(_: &mut dyn Read, _: u64) -> Result<()> {
+        panic!("no archive of these tests holds a database delta")
+    }
+
     fn unpack_bytes(bytes: &[u8], dest: &Path) -> Result<UnpackStats> {
-        unpack(&mut tar::Archive::new(bytes), dest, &options(), &|_| true)
+        unpack(
+            &mut tar::Archive::new(bytes),
+            dest,
+            &options(),
+            &|_| true,
+            &mut no_delta,
+        )
     }
 
     #[test]
@@ -469,6 +488,7 @@ mod tests {
             dest.path(),
             &options,
             &|_| true,
+            &mut no_delta,
         )
         .unwrap();
         assert_eq!(stats.bytes, content.len() as u64);
@@ -496,6 +516,7 @@ mod tests {
             dest.path(),
             &options,
             &|_| true,
+            &mut no_delta,
         )
         .unwrap_err();
         assert!(err.to_string().contains("decompression bomb"), "{err:#}");

@@ -15,10 +15,12 @@ use crate::exit::{self, Exit};
 use crate::fsutil;
 use crate::keys::Identities;
 use crate::manifest::Manifest;
+use crate::pages::PageList;
 use crate::readback::{self, Plan};
 use crate::repo::{Repository, Selector};
 use crate::restoration::{self, Next};
 pub use crate::restoration::{MARKER, Marker, READY, STAGING};
+use crate::update::FromVolume;
 use crate::{keys, lease, signal_db};
 
 #[derive(Clone)]
@@ -35,6 +37,13 @@ pub struct RestoreOptions {
     pub break_lease: bool,
     /// An empty repository is an error, not a first install.
     pub require_snapshot: bool,
+    /// A target restored earlier from this repository is brought to the snapshot by
+    /// fetching only the difference ([`crate::update`]).
+    pub update: bool,
+    /// Restore ahead of a blue/green switch, while the other instance still holds the
+    /// lease: nothing starts Signal on the result until a `restore --if-empty` (which does
+    /// check the lease) has brought it to the snapshot handed over.
+    pub prestage: bool,
 }
 
 #[derive(Debug)]
@@ -44,6 +53,8 @@ pub enum Outcome {
     Completed(Marker),
     /// `--if-empty` and the target already holds data (or a restore): nothing done.
     LeftAlone(String),
+    /// `--update` and the target already holds the snapshot.
+    UpToDate(Marker),
 }
 
 pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<Outcome> {
@@ -86,8 +97,16 @@ fn check_chown(chown: Option<(u32, u32)>) -> Result<()> {
 
 fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     let target = &options.target;
-    check_lease(remote, options)?;
-    match restoration::prepare(target, options.force, options.if_empty)? {
+    if !options.prestage {
+        check_lease(remote, options)?;
+    }
+    // An update starts from a completed restore: one asked for, or a pre-staged volume
+    // (nothing ran on it yet) that is to be brought to its snapshot.
+    let restored = restoration::completed(target)?.filter(|marker| {
+        options.update || (marker.prestaged && (options.if_empty || options.prestage))
+    });
+    let if_empty = options.if_empty && restored.is_none();
+    match restoration::prepare(target, options.force || restored.is_some(), if_empty)? {
         Next::LeftAlone(why) => return Ok(Outcome::LeftAlone(why)),
         Next::Finish(ready) => {
             tracing::warn!(snapshot = %ready.snapshot, "finishing a restore that was interrupted after its gate passed");
@@ -110,20 +129,83 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
             manifest.id
         )
     };
-    let plan = Plan::new(remote, &manifest, &identities).with_context(failed)?;
+    let mut plan = Plan::new(remote, &manifest, &identities).with_context(failed)?;
+    let from_volume = match &restored {
+        Some(marker) if marker.snapshot == manifest.id => {
+            tracing::info!(snapshot = %manifest.id, "the target already holds this snapshot: nothing to update");
+            let marker = Marker {
+                prestaged: options.prestage,
+                ..marker.clone()
+            };
+            restoration::mark(target, &marker)?;
+            return Ok(Outcome::UpToDate(marker));
+        }
+        Some(marker) => Some(update_from(
+            remote,
+            options,
+            marker,
+            &mut plan,
+            &identities,
+        )?),
+        None => None,
+    };
     fsutil::check_free_space(target, plan.content_bytes())?;
     tracing::info!(snapshot = %manifest.id, archives = plan.steps.len(), target_dir = %target.display(), "restoring");
-    let ready = match stage_and_gate(remote, options, &plan, &manifest, &identities) {
-        Ok(ready) => ready,
+    let staged = stage_and_gate(
+        remote,
+        options,
+        &plan,
+        &manifest,
+        &identities,
+        from_volume.as_ref(),
+    );
+    let (ready, db_pages) = match staged {
+        Ok(staged) => staged,
         Err(err) => {
             // Leave the target as it was; a later run would discard this anyway.
             let _ = restoration::discard(target);
             return Err(err.context(failed()));
         }
     };
-    restoration::finish(target, &ready)?;
-    seed_catalog(remote, options, &manifest, plan);
+    let replaced = restoration::finish(target, &ready)?;
+    if let (Some(replaced), Some(_), false) = (replaced, &from_volume, options.force) {
+        // Exactly the old snapshot (the update checked), which the repository keeps.
+        if let Err(err) = std::fs::remove_dir_all(&replaced) {
+            tracing::warn!(error = %err, path = %replaced.display(), "cannot remove the old snapshot's entries; remove them by hand");
+        }
+    }
+    seed_catalog(remote, options, &manifest, plan, db_pages);
     Ok(Outcome::Restored(ready))
+}
+
+/// What an update takes from the target instead of the repository: the target holds
+/// the snapshot `marker` names, which must be in this repository.
+fn update_from(
+    remote: &Remote,
+    options: &RestoreOptions,
+    marker: &Marker,
+    plan: &mut Plan,
+    identities: &Identities,
+) -> Result<FromVolume> {
+    let old = remote
+        .find(&Selector::Id(marker.snapshot.clone()))
+        .with_context(|| {
+            format!(
+                "{} holds snapshot {}, which this repository does not (forgotten, or another \
+             repository): restore over it with --force instead of --update",
+                options.target.display(),
+                marker.snapshot
+            )
+        })?;
+    let old_entries = Plan::new(remote, &old, identities)?.entries;
+    FromVolume::take(
+        &options.target,
+        &old.id,
+        &old_entries,
+        plan,
+        options.force,
+        remote.cancel(),
+    )
 }
 
 /// The lease first: also before `--if-empty` leaves a volume with data alone, because
@@ -190,36 +272,60 @@ fn first_start(remote: &Remote, options: &RestoreOptions) -> Result<bool> {
     Ok(options.if_empty)
 }
 
-/// Empty → Staged → Gated: unpacks every archive, runs the gate, writes the `ready` note.
+/// Empty → Staged → Gated: unpacks every archive (rebuilding Signal's database from its
+/// deltas), runs the gate, writes the `ready` note. Also returns the database's page list.
 fn stage_and_gate(
     remote: &Remote,
     options: &RestoreOptions,
     plan: &Plan,
     manifest: &Manifest,
     identities: &Identities,
-) -> Result<Marker> {
+    from_volume: Option<&FromVolume>,
+) -> Result<(Marker, Option<PageList>)> {
     let cancel = remote.cancel();
     let staging = restoration::begin(&options.target)?;
     cancel.enter("download and unpack")?;
-    readback::unpack_into(remote, plan, identities, &staging, options.chown)?;
+    let db_pages = readback::unpack_into(
+        remote,
+        plan,
+        identities,
+        &staging,
+        options.chown,
+        from_volume,
+    )?;
     cancel.enter("restore gate")?;
     let gate = signal_db::gate(manifest, &staging, cancel)?;
-    let ready = Marker::new(&manifest.id, gate);
+    let ready = Marker {
+        prestaged: options.prestage,
+        ..Marker::new(&manifest.id, gate)
+    };
     restoration::pass_gate(&options.target, &ready, cancel)?;
-    Ok(ready)
+    Ok((ready, db_pages))
 }
 
 /// The restored volume's catalog, so its next backup continues the chain.
-fn seed_catalog(remote: &Remote, options: &RestoreOptions, manifest: &Manifest, plan: Plan) {
+fn seed_catalog(
+    remote: &Remote,
+    options: &RestoreOptions,
+    manifest: &Manifest,
+    plan: Plan,
+    db_pages: Option<PageList>,
+) {
     if plan.entries.is_empty() {
         return;
     }
     let location = remote.repo().location();
+    let chain_full = match &manifest.chain_full {
+        Some(id) => remote.find(&Selector::Id(id.clone())).ok(),
+        None => None,
+    };
     if let Err(err) = restoration::seed_catalog(
         location,
         &options.target,
         manifest,
+        chain_full.as_ref(),
         plan.entries,
+        db_pages.as_ref(),
         options.chown,
     ) {
         tracing::warn!(

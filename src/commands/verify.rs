@@ -59,6 +59,7 @@ fn verify(remote: &Remote, options: &VerifyOptions) -> Result<Manifest> {
     cancel.enter("restore gate")?;
     match (manifest.signal_db.is_some(), survey.db) {
         (true, Some(db)) => {
+            plan.rebuild_db(survey.deltas, db.path(), &survey.config, cancel)?;
             let check = signal_db::check_signal_db(&survey.config, db.path(), cancel)?;
             tracing::info!(snapshot = %manifest.id, user_version = check.user_version, "verify passed: streams authenticated, manifests match, integrity_check ok");
         }

@@ -238,3 +238,85 @@ fn an_empty_repository_never_starts_signal_on_an_empty_profile() {
     fx.restore(&volume).arg("--if-empty").ok();
     assert_eq!(std::fs::read_dir(&volume).unwrap().count(), 0);
 }
+
+#[test]
+fn a_prestaged_green_catches_up_with_blues_final_snapshot_at_the_switch() {
+    let (fx, _) = Fixture::backed_up(&["--messages", "3000"]);
+    let green_restore = |volume: &std::path::Path, flags: &[&str]| {
+        let mut command = fx.restore(volume);
+        command
+            .args(flags)
+            .env("GWB_LEASE_OWNER", "ghostwire-green-0");
+        command
+    };
+    let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
+    wait_for("blue's sidecar to take the lease", 30, || {
+        blue.started().then_some(())
+    });
+
+    // While blue runs: green's volume is restored ahead (a Job), despite blue's lease; its
+    // init container would still refuse to go on while blue holds it.
+    let volume = fx.root.join("green-volume");
+    let prestaged = green_restore(&volume, &["--prestage", "--snapshot", "latest"]).ok();
+    let marker: Value =
+        serde_json::from_slice(&std::fs::read(volume.join(MARKER)).unwrap()).unwrap();
+    assert_eq!(marker["prestaged"], true, "{marker}");
+    green_restore(&volume, &["--if-empty", "--snapshot", "handoff"])
+        .fails_with(&["lease", "ghostwire-0"]);
+
+    // Blue's Signal writes, then the switch: blue's final snapshot, green's init container.
+    let ids = fx.root.join("ids.txt");
+    let writer = Writer::start(&fx.profile.db(), &fx.profile.key, &ids);
+    writer.wait_for(30);
+    writer.stop();
+    let switch = Instant::now();
+    blue.stop();
+    let final_taken = switch.elapsed();
+    let handed_over = snapshots(&fx)
+        .into_iter()
+        .find(|s| s["final"] == true)
+        .unwrap();
+    assert!(
+        handed_over["signal_db"]["delta_pages"].as_u64() > Some(0),
+        "{handed_over}"
+    );
+    let caught_up = Instant::now();
+    let out = green_restore(&volume, &["--if-empty", "--snapshot", "handoff"]).ok();
+    let catch_up = caught_up.elapsed();
+    eprintln!(
+        "switch: blue's final snapshot {final_taken:?}, green's catch-up and gate {catch_up:?} \
+         (pre-staged snapshot {prestaged})"
+    );
+    assert_eq!(out, handed_over["id"].as_str().unwrap());
+    let marker: Value =
+        serde_json::from_slice(&std::fs::read(volume.join(MARKER)).unwrap()).unwrap();
+    assert_eq!(marker["snapshot"], handed_over["id"]);
+    assert!(marker.get("prestaged").is_none(), "{marker}");
+    let db = check_db(
+        &volume.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ids),
+    );
+    assert_eq!(db["integrity"], "ok", "{db}");
+    assert_eq!(db["missingCount"], 0, "green lost what blue wrote: {db}");
+    let fresh = fx.root.join("fresh");
+    fx.restore(&fresh)
+        .args(["--snapshot", handed_over["id"].as_str().unwrap()])
+        .ok();
+    assert_same_tree(
+        &tree(&volume, &not_backed_up),
+        &tree(&fresh, &not_backed_up),
+    );
+
+    // Green's pod restarts later, after its Signal ran: the volume is left alone.
+    let writer = Writer::start(
+        &volume.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        &fx.root.join("green-ids.txt"),
+    );
+    writer.wait_for(5);
+    writer.stop();
+    let before = tree(&volume, &not_backed_up);
+    green_restore(&volume, &["--if-empty", "--snapshot", "handoff"]).ok();
+    assert_same_tree(&tree(&volume, &not_backed_up), &before);
+}

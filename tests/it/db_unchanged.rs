@@ -29,13 +29,6 @@ fn uploaded(manifest: &Value) -> u64 {
     manifest["archive"]["size"].as_u64().unwrap() + manifest["index"]["size"].as_u64().unwrap()
 }
 
-/// Signal's driver commits `count` transactions; their ids go to `ids`.
-fn write_messages(fx: &Fixture, ids: &Path, count: usize) {
-    let writer = Writer::start(&fx.profile.db(), &fx.profile.key, ids);
-    writer.wait_for(count);
-    writer.stop();
-}
-
 fn restore_and_check(fx: &Fixture, manifest: &Value, ids: Option<&Path>) -> Value {
     let id = manifest["id"].as_str().unwrap();
     let target = fx.root.join(format!("restore-{id}"));
@@ -81,16 +74,20 @@ fn an_unchanged_database_is_not_uploaded_again_and_a_changed_one_is() {
         "the unchanged snapshot must keep the archive holding its database: {unchanged}"
     );
 
-    // Signal commits: the next backup copies the database again.
+    // Signal commits: the next backup copies the database again, and archives the pages
+    // that changed (tests/it/db_deltas.rs).
     let ids = fx.root.join("ids.txt");
-    write_messages(&fx, &ids, 20);
+    commit_messages(fx.home(), &fx.profile.key, &ids, 20);
     let changed = backup(&fx);
     assert_eq!(
         databases_copied(&changed),
         databases_copied(&first),
         "{changed}"
     );
-    assert!(uploaded(&changed) > db_bytes / 4, "{changed}");
+    assert!(
+        changed["signal_db"]["delta_pages"].as_u64() > Some(0),
+        "{changed}"
+    );
 
     // Signal starts and quits without a commit (a desktop left idle, then stopped for a
     // switch): SQLite makes an empty WAL and deletes it again. Nothing to copy.
@@ -130,7 +127,7 @@ fn a_database_written_with_its_times_set_back_is_copied_again() {
     // The desktop user writes, then puts the modification times back as they were: the
     // change time (which nobody can set) and the sizes still tell.
     let ids = fx.root.join("ids.txt");
-    write_messages(&fx, &ids, 10);
+    commit_messages(fx.home(), &fx.profile.key, &ids, 10);
     for (path, time) in [(&db, db_time), (&wal, wal_time)] {
         if let (Some(time), Ok(file)) = (time, std::fs::File::options().write(true).open(path)) {
             file.set_modified(time).unwrap();
@@ -210,7 +207,7 @@ fn a_stamp_planted_in_the_catalog_cannot_hide_a_write() {
     let fx = Fixture::new(&["--messages", "200"]);
     backup(&fx);
     let ids = fx.root.join("ids.txt");
-    write_messages(&fx, &ids, 10);
+    commit_messages(fx.home(), &fx.profile.key, &ids, 10);
     std::thread::sleep(QUIET);
 
     // The desktop user owns the catalog: they record the database's new stamp in it, as

@@ -502,7 +502,11 @@ mod unpack_property {
             let bytes = build(&entries, &outside);
             let cap = 100;
             let options = UnpackOptions { chown: None, preserve_owner: false, max_content_bytes: cap, progress: Default::default() };
-            let result = unpack(&mut tar::Archive::new(&bytes[..]), &dest, &options, &|_| true);
+            let mut read_delta = |delta: &mut dyn std::io::Read, _| {
+                std::io::copy(delta, &mut std::io::sink())?;
+                Ok(())
+            };
+            let result = unpack(&mut tar::Archive::new(&bytes[..]), &dest, &options, &|_| true, &mut read_delta);
             prop_assert_eq!(snapshot(&outside), before);
             let top: Vec<_> = fs::read_dir(root.path()).unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

@@ -169,6 +169,23 @@ fn a_chain_restores_with_stock_tools_full_then_each_incremental_then_its_deletio
     }
     assert!(!target.join(DELETED_LIST).exists());
     assert_same_tree(&kept_tree(&target), &kept_tree(fx.home()));
+    // The last incremental archived Signal's database as a page delta: stock tools give
+    // its last full copy, without the newest messages (docs/format.md, "Which snapshots
+    // need the agent"), and leave the delta where the documented loop finds it.
+    assert!(
+        last["signal_db"]["delta_pages"].as_u64() > Some(0),
+        "{last}"
+    );
+    assert!(target.join(".ghostwire-backup-db-delta").is_file());
+    let newest = fx.root.join("ids-2.txt");
+    let db = check_db(
+        &target.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&newest),
+    );
+    assert_eq!(db["integrity"], "ok", "{db}");
+    let written = std::fs::read_to_string(&newest).unwrap().lines().count();
+    assert_eq!(db["missingCount"].as_u64(), Some(written as u64), "{db}");
 }
 
 #[test]

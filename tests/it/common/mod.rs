@@ -268,6 +268,16 @@ pub fn assert_signal_db(home: &Path, key: &str, messages: u64) -> Value {
     db
 }
 
+/// Signal's driver commits `count` or a few more messages to the database in `home` and
+/// stops; their ids are appended to `ids`. Returns how many ids `ids` then holds.
+pub fn commit_messages(home: &Path, key: &str, ids: &Path, count: usize) -> u64 {
+    let lines = |ids: &Path| std::fs::read_to_string(ids).map_or(0, |text| text.lines().count());
+    let writer = Writer::start(&home.join(".config/Signal/sql/db.sqlite"), key, ids);
+    writer.wait_for(lines(ids) + count); // it counts the lines of `ids`
+    writer.stop();
+    lines(ids) as u64
+}
+
 /// Signal's writer: small transactions through Signal's driver, until stopped.
 pub struct Writer {
     child: Spawned,

@@ -1,0 +1,279 @@
+//! `restore --update`: bring a volume that an earlier restore of this repository produced
+//! (its marker names the snapshot) to a later snapshot by fetching only the difference.
+//!
+//! Files the volume already holds as the newer snapshot restores them (same content hash,
+//! and untouched since the restore) are hard-linked into the staging directory instead of
+//! downloaded; Signal's database is copied from the volume and brought forward with the
+//! deltas the newer snapshot added to its chain. Archives nothing is needed from are not
+//! read at all. The rest is an ordinary restore — unpack, gate, `ready` note, moves, marker
+//! (see [`crate::restoration`]) — so an update is as all-or-nothing as a restore: killed
+//! before its gate, the volume is still at its old snapshot; after, the next run finishes.
+//!
+//! A volume that changed since its restore (Signal ran on it) is refused unless `--force`:
+//! then whatever changed is fetched from the repository and moved aside, not deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::archive;
+use crate::cancel::Cancel;
+use crate::exit::{self, Exit};
+use crate::home::{Home, Opened};
+use crate::index::{DbChain, EntryKind, IndexEntry};
+use crate::profile;
+use crate::readback::Plan;
+use crate::walk::{self, Kind};
+
+/// What a restore takes from the volume it updates instead of the repository.
+pub struct FromVolume {
+    /// The volume (the restore's target).
+    volume: PathBuf,
+    /// Files to hard-link into the staging directory, with their stat as listed.
+    linked: Vec<(PathBuf, std::fs::Metadata)>,
+    /// Signal's database as listed, to copy (it will be written) when deltas bring it
+    /// forward; `None` when it is linked as it is, or fetched.
+    db_copy: Option<std::fs::Metadata>,
+    /// What rebuilding the database then takes: only the deltas newer than the volume's.
+    db_chain: Option<DbChain>,
+}
+
+impl FromVolume {
+    /// Compares `volume` with `old`, the index of the snapshot its marker names, and takes
+    /// out of `plan` (the newer snapshot's) every entry the volume already holds: steps
+    /// left with nothing to read are dropped. Refuses a volume that changed since its
+    /// restore, unless `force`.
+    pub fn take(
+        volume: &Path,
+        old_id: &str,
+        old: &[IndexEntry],
+        plan: &mut Plan,
+        force: bool,
+        cancel: &Cancel,
+    ) -> Result<Self> {
+        let excludes = profile::excludes(&[])?;
+        let listing = walk::list(volume, &excludes, &[Path::new(profile::SIGNAL_DB)], cancel)?;
+        let listed: HashMap<&Path, &walk::Entry> = listing
+            .entries
+            .iter()
+            .map(|e| (e.path.as_path(), e))
+            .collect();
+        let old: HashMap<&Path, &IndexEntry> = old.iter().map(|e| (e.path.as_path(), e)).collect();
+        let changed = changes(volume, &old, &listed);
+        if let Some(example) = changed.iter().next() {
+            let what = format!(
+                "{} changed since it was restored from snapshot {old_id}: {} paths differ from \
+                 that snapshot, e.g. {} (Signal, or someone, ran on it)",
+                volume.display(),
+                changed.len(),
+                example.display()
+            );
+            if !force {
+                return Err(exit::coded(
+                    Exit::RestoreRefused,
+                    format!(
+                        "{what}. Nothing was changed. Pass --force to update it anyway (what \
+                         changed is moved aside into .ghostwire-backup-replaced-<time>/), or \
+                         restore into an empty volume"
+                    ),
+                ));
+            }
+            tracing::warn!("{what}; --force: fetching those from the repository");
+        }
+        let unchanged = |path: &Path| !changed.contains(path) && old.contains_key(path);
+
+        let mut taken = Self {
+            volume: volume.to_path_buf(),
+            linked: Vec::new(),
+            db_copy: None,
+            db_chain: None,
+        };
+        let mut not_needed: HashMap<String, Vec<PathBuf>> = HashMap::new();
+        for new in plan.files() {
+            let (Some(previous), Some(entry)) =
+                (old.get(new.path.as_path()), listed.get(new.path.as_path()))
+            else {
+                continue;
+            };
+            if !unchanged(&new.path) {
+                continue;
+            }
+            let Some(archive) = new.archive.clone() else {
+                continue;
+            };
+            if new.path == Path::new(profile::SIGNAL_DB) {
+                let (Some(before), Some(after)) = (&previous.db_chain, &new.db_chain) else {
+                    continue;
+                };
+                if previous.archive != new.archive || !after.deltas.starts_with(&before.deltas) {
+                    continue; // another full copy: fetched
+                }
+                for id in &before.deltas {
+                    not_needed
+                        .entry(id.clone())
+                        .or_default()
+                        .push(PathBuf::from(archive::DB_DELTA));
+                }
+                taken.db_chain = Some(DbChain {
+                    deltas: after.deltas[before.deltas.len()..].to_vec(),
+                    ..after.clone()
+                });
+                if before != after {
+                    not_needed
+                        .entry(archive)
+                        .or_default()
+                        .push(new.path.clone());
+                    taken.db_copy = Some(entry.metadata.clone());
+                    continue;
+                }
+            } else if !restores_as(previous, new) {
+                continue;
+            }
+            not_needed
+                .entry(archive)
+                .or_default()
+                .push(new.path.clone());
+            taken
+                .linked
+                .push((new.path.clone(), entry.metadata.clone()));
+        }
+        plan.leave_out(&not_needed);
+        tracing::info!(
+            linked = taken.linked.len(),
+            database = match (&taken.db_chain, &taken.db_copy) {
+                (Some(_), Some(_)) => "brought forward with the newer deltas",
+                (Some(_), None) => "unchanged",
+                (None, _) => "fetched",
+            },
+            archives = plan.steps.len(),
+            "updating: files the volume already holds are not fetched again"
+        );
+        Ok(taken)
+    }
+
+    /// The deltas Signal's database needs on top of the volume's, if it is taken from the
+    /// volume (none when it is unchanged).
+    pub fn db_chain(&self) -> Option<&DbChain> {
+        self.db_chain.as_ref()
+    }
+
+    /// Puts what is taken from the volume into `staging`: hard links of the files, a copy
+    /// of Signal's database (it will be written). Every file is opened without following a
+    /// link and must still be the one listed.
+    pub fn stage(&self, staging: &Path, cancel: &Cancel) -> Result<()> {
+        let home = Home::open(&self.volume)?;
+        for (path, listed) in &self.linked {
+            cancel.check()?;
+            let file = open_listed(&home, path, listed)?;
+            let destination = staging.join(path);
+            create_parents(staging, path)?;
+            // Linking the open file itself: no path is looked up again.
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)),
+                rustix::fs::CWD,
+                &destination,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            )
+            .with_context(|| {
+                format!("cannot link {} into the staging directory", path.display())
+            })?;
+        }
+        if let Some(listed) = &self.db_copy {
+            let relative = Path::new(profile::SIGNAL_DB);
+            let mut file = open_listed(&home, relative, listed)?;
+            create_parents(staging, relative)?;
+            let destination = staging.join(relative);
+            let mut copy = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(listed.mode() & 0o7777)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&destination)?;
+            std::io::copy(&mut cancel.reader(&mut file), &mut copy)?;
+            copy.flush()?;
+            std::os::unix::fs::fchown(&copy, Some(listed.uid()), Some(listed.gid()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the file `old` restored is the file `new` restores: same content, and the
+/// same mode and (whole-second) mtime, which a later update compares.
+fn restores_as(old: &IndexEntry, new: &IndexEntry) -> bool {
+    old.kind == EntryKind::File
+        && old.sha256.is_some()
+        && old.sha256 == new.sha256
+        && old.mode == new.mode
+        && old.mtime_ns.div_euclid(1_000_000_000) == new.mtime_ns.div_euclid(1_000_000_000)
+}
+
+/// Paths where the volume differs from the snapshot it was restored from: a file or link
+/// missing, of another kind, size, mode or (whole-second) mtime; a file or link the
+/// snapshot does not have; Signal's database with a WAL or journal holding data. (A
+/// database written with its mtime set back is still caught: the deltas applied to it
+/// check its pages.)
+fn changes(
+    volume: &Path,
+    old: &HashMap<&Path, &IndexEntry>,
+    listed: &HashMap<&Path, &walk::Entry>,
+) -> HashSet<PathBuf> {
+    let mut changed = HashSet::new();
+    for (path, entry) in old {
+        let same = match (entry.kind, listed.get(path)) {
+            (EntryKind::Deleted, _) => true,
+            (EntryKind::Directory, Some(now)) => matches!(now.kind, Kind::Directory),
+            (EntryKind::Symlink, Some(now)) => matches!(now.kind, Kind::Symlink(_)),
+            (EntryKind::File, Some(now)) => {
+                // The database's entry has the live file's size, its restore the copy's
+                // (with the WAL's commits in): its mtime and journals tell instead.
+                let database = *path == Path::new(profile::SIGNAL_DB);
+                matches!(now.kind, Kind::File | Kind::PlainSqlite)
+                    && (database || now.metadata.len() == entry.size)
+                    && now.metadata.mode() & 0o7777 == entry.mode
+                    && now.metadata.mtime() == entry.mtime_ns.div_euclid(1_000_000_000)
+            }
+            _ => false,
+        };
+        if !same {
+            changed.insert(path.to_path_buf());
+        }
+    }
+    for (path, entry) in listed {
+        if !old.contains_key(path) && !matches!(entry.kind, Kind::Directory) {
+            changed.insert(path.to_path_buf());
+        }
+    }
+    for suffix in ["-wal", "-journal"] {
+        let companion = volume.join(format!("{}{suffix}", profile::SIGNAL_DB));
+        if std::fs::symlink_metadata(&companion).is_ok_and(|m| !m.is_file() || m.len() > 0) {
+            changed.insert(PathBuf::from(profile::SIGNAL_DB));
+        }
+    }
+    changed
+}
+
+fn open_listed(home: &Home, path: &Path, listed: &std::fs::Metadata) -> Result<std::fs::File> {
+    match home.open_listed(path, listed)? {
+        Opened::File(file, _) => Ok(file),
+        _ => bail!(
+            "{} changed while the update read the volume: run it again",
+            home.path().join(path).display()
+        ),
+    }
+}
+
+/// Creates the directories above `relative` in `staging` (their modes and times come from
+/// the snapshot's own archive, read last).
+fn create_parents(staging: &Path, relative: &Path) -> Result<()> {
+    if let Some(parent) = relative.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(staging.join(parent))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! A backup after Signal wrote a few messages archives the database pages that changed,
+//! not the whole database; a restore rebuilds the database from the chain's full copy and
+//! its deltas, with every committed row, and the restored volume continues the chain.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Longer than a database must be quiet before the agent trusts its stamp.
+const QUIET: Duration = Duration::from_millis(500);
+
+fn backup_of(fx: &Fixture, home: &Path) -> Value {
+    std::thread::sleep(QUIET);
+    fx.manifest(&fx.backup_of(fx.agent(), home).ok())
+}
+
+fn uploaded(manifest: &Value) -> u64 {
+    manifest["archive"]["size"].as_u64().unwrap() + manifest["index"]["size"].as_u64().unwrap()
+}
+
+fn db_bytes(manifest: &Value) -> u64 {
+    manifest["signal_db"]["bytes"].as_u64().unwrap()
+}
+
+fn delta_pages(manifest: &Value) -> Option<u64> {
+    manifest["signal_db"]["delta_pages"].as_u64()
+}
+
+/// Restores snapshot `manifest` into a new directory and checks its database with
+/// Signal's driver: it opens, passes integrity_check, and holds every id of `ids`.
+fn restore_and_check(fx: &Fixture, manifest: &Value, ids: &Path) -> (PathBuf, Value) {
+    let id = manifest["id"].as_str().unwrap();
+    let target = fx.root.join(format!("restore-{id}"));
+    fx.restore(&target).args(["--snapshot", id]).ok();
+    let db = check_db(
+        &target.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(ids),
+    );
+    assert_eq!(db["integrity"], "ok", "{db}");
+    assert_eq!(
+        db["missingCount"], 0,
+        "rows committed before snapshot {id} are missing: {db}"
+    );
+    (target, db)
+}
+
+#[test]
+fn a_few_hundred_new_messages_upload_a_small_share_of_a_300_mib_database() {
+    let fx = Fixture::new(&["--messages", "330000", "--attachments", "5"]);
+    let home = fx.home().to_path_buf();
+    let full = backup_of(&fx, &home);
+    let bytes = db_bytes(&full);
+    assert!(bytes >= 300 << 20, "the database is {bytes} bytes: {full}");
+
+    let ids = fx.root.join("ids.txt");
+    commit_messages(&home, &fx.profile.key, &ids, 300);
+    let first = backup_of(&fx, &home);
+    let written = commit_messages(&home, &fx.profile.key, &ids, 300);
+    let second = backup_of(&fx, &home);
+    for delta in [&first, &second] {
+        eprintln!(
+            "{} new messages: {} pages, {} bytes uploaded for a database of {bytes} ({:.2}%)",
+            300,
+            delta_pages(delta).unwrap_or(0),
+            uploaded(delta),
+            100.0 * uploaded(delta) as f64 / bytes as f64
+        );
+        assert!(delta_pages(delta).is_some(), "not a delta: {delta}");
+        assert!(
+            uploaded(delta) * 20 <= bytes,
+            "300 new messages uploaded {} bytes, over 5% of the {bytes}-byte database",
+            uploaded(delta)
+        );
+    }
+    assert_eq!(second["parent"], first["id"]);
+
+    // The newest snapshot rebuilds the database from the full copy and both deltas.
+    let (_, db) = restore_and_check(&fx, &second, &ids);
+    assert_eq!(db["messages"].as_u64(), Some(fx.profile.messages + written));
+}
+
+#[test]
+fn a_chain_of_deltas_restores_every_snapshot_and_a_restored_volume_continues_it() {
+    let fx = Fixture::new(&["--messages", "3000"]);
+    let home = fx.home().to_path_buf();
+    // The desktop user plants what looks like our delta entry: backups skip our names.
+    std::fs::write(home.join(".ghostwire-backup-db-delta"), b"GWBDELT1 planted").unwrap();
+    let full = backup_of(&fx, &home);
+    assert_eq!(delta_pages(&full), None, "{full}");
+
+    let ids = fx.root.join("ids.txt");
+    let first_ids = fx.root.join("first-ids.txt");
+    let mut chain = Vec::new();
+    let mut written = Vec::new();
+    for round in 0..3 {
+        written.push(commit_messages(&home, &fx.profile.key, &ids, 20));
+        if round == 0 {
+            std::fs::copy(&ids, &first_ids).unwrap();
+        }
+        let snapshot = backup_of(&fx, &home);
+        assert!(delta_pages(&snapshot).is_some(), "{snapshot}");
+        assert!(uploaded(&snapshot) < db_bytes(&full) / 4, "{snapshot}");
+        let delta_ids: Vec<&Value> = snapshot["depends_on"].as_array().unwrap().iter().collect();
+        assert!(
+            delta_ids.contains(&&full["id"])
+                && chain.iter().all(|s: &Value| delta_ids.contains(&&s["id"])),
+            "a delta snapshot keeps the full copy and every delta before it: {snapshot}"
+        );
+        chain.push(snapshot);
+    }
+    // Each snapshot of the chain restores its own version: the older ones lack the newer
+    // rows, which the newest has.
+    let (_, oldest) = restore_and_check(&fx, &chain[0], &first_ids);
+    let (restored, newest) = restore_and_check(&fx, &chain[2], &ids);
+    assert_eq!(
+        oldest["messages"].as_u64(),
+        Some(fx.profile.messages + written[0])
+    );
+    assert_eq!(
+        newest["messages"].as_u64(),
+        Some(fx.profile.messages + written[2])
+    );
+    fx.verify_with(fx.agent(), chain[2]["id"].as_str().unwrap())
+        .ok();
+
+    // The restored volume (green) continues the chain: its catalog knows the pages.
+    let written = commit_messages(&restored, &fx.profile.key, &ids, 20);
+    let continued = backup_of(&fx, &restored);
+    assert_eq!(continued["parent"], chain[2]["id"], "{continued}");
+    assert!(delta_pages(&continued).is_some(), "{continued}");
+    let (_, db) = restore_and_check(&fx, &continued, &ids);
+    assert_eq!(db["messages"].as_u64(), Some(fx.profile.messages + written));
+}
+
+#[test]
+fn a_page_list_planted_in_the_catalog_makes_a_full_copy_not_a_wrong_delta() {
+    let fx = Fixture::new(&["--messages", "3000"]);
+    let home = fx.home().to_path_buf();
+    backup_of(&fx, &home);
+    let ids = fx.root.join("ids.txt");
+    commit_messages(&home, &fx.profile.key, &ids, 20);
+
+    // The desktop user rewrites the stored page hashes so that the pages Signal just
+    // changed look unchanged: the delta would leave them out.
+    let catalog =
+        rusqlite::Connection::open(home.join(".ghostwire-backup-catalog.sqlite")).unwrap();
+    let changed = catalog
+        .execute("UPDATE page_lists SET list = zeroblob(length(list))", [])
+        .unwrap();
+    assert_eq!(changed, 1, "the catalog keeps one page list");
+    drop(catalog);
+    let next = backup_of(&fx, &home);
+    assert_eq!(
+        delta_pages(&next),
+        None,
+        "a delta on a planted list: {next}"
+    );
+    restore_and_check(&fx, &next, &ids);
+}

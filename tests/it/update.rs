@@ -1,0 +1,231 @@
+//! `restore --update`: a volume restored earlier is brought to a later snapshot by
+//! fetching only what differs, ends equal to a fresh restore, is refused when Signal ran on
+//! it, and killed at any moment is left at its old snapshot or finished by the next run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+const QUIET: Duration = Duration::from_millis(500);
+
+fn backup(fx: &Fixture) -> Value {
+    std::thread::sleep(QUIET);
+    fx.manifest(&fx.backup().ok())
+}
+
+fn id(manifest: &Value) -> &str {
+    manifest["id"].as_str().unwrap()
+}
+
+/// The restore's view of a volume: every backed-up entry (the database by its rows).
+fn restored_tree(volume: &Path) -> std::collections::BTreeMap<String, String> {
+    tree(volume, &not_backed_up)
+}
+
+fn marker(volume: &Path) -> Option<String> {
+    let text = std::fs::read(volume.join(".ghostwire-backup-restore.json")).ok()?;
+    let marker: Value = serde_json::from_slice(&text).unwrap();
+    Some(marker["snapshot"].as_str().unwrap().to_string())
+}
+
+fn update(fx: &Fixture, volume: &Path, snapshot: &str) -> TestCommand {
+    let mut restore = fx.restore(volume);
+    restore.args(["--update", "--snapshot", snapshot]);
+    restore
+}
+
+/// A profile backed up, then changed the way Signal changes it (new messages, a new
+/// attachment, one deleted) and backed up twice more: the three snapshots, the ids of
+/// every message written.
+fn three_snapshots(fx: &Fixture) -> (Vec<Value>, PathBuf) {
+    let home = fx.home().to_path_buf();
+    let ids = fx.root.join("ids.txt");
+    let mut snapshots = vec![backup(fx)];
+    for round in 0..2u8 {
+        commit_messages(&home, &fx.profile.key, &ids, 20);
+        let dir = home.join(format!(".config/Signal/attachments.noindex/{round:02x}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("{round:02x}{}", "a".repeat(62))),
+            vec![round; 50_000],
+        )
+        .unwrap();
+        snapshots.push(backup(fx));
+    }
+    (snapshots, ids)
+}
+
+#[test]
+fn an_update_fetches_only_the_difference_and_equals_a_fresh_restore() {
+    let fx = Fixture::new(&["--messages", "3000"]);
+    let (snapshots, ids) = three_snapshots(&fx);
+    let (first, last) = (&snapshots[0], &snapshots[2]);
+    assert!(
+        last["signal_db"]["delta_pages"].as_u64() > Some(0),
+        "{last}"
+    );
+
+    let green = fx.root.join("green");
+    fx.restore(&green).args(["--snapshot", id(first)]).ok();
+
+    // The first snapshot's archive holds every attachment and the database's full copy: the
+    // update must not need it. Hide it for the update.
+    let archive = fx.archive(id(first));
+    let hidden = archive.with_extension("hidden");
+    std::fs::rename(&archive, &hidden).unwrap();
+    let out = update(&fx, &green, id(last)).ok();
+    std::fs::rename(&hidden, &archive).unwrap();
+    assert_eq!(out, id(last));
+    assert_eq!(marker(&green).as_deref(), Some(id(last)));
+
+    let fresh = fx.root.join("fresh");
+    fx.restore(&fresh).args(["--snapshot", id(last)]).ok();
+    assert_same_tree(&restored_tree(&green), &restored_tree(&fresh));
+    let db = check_db(
+        &green.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ids),
+    );
+    assert_eq!(db["integrity"], "ok", "{db}");
+    assert_eq!(db["missingCount"], 0, "{db}");
+    let replaced: Vec<_> = std::fs::read_dir(&green)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.contains("replaced"))
+        .collect();
+    assert!(
+        replaced.is_empty(),
+        "the old snapshot's entries were left behind: {replaced:?}"
+    );
+
+    // Again: nothing to do.
+    assert_eq!(update(&fx, &green, id(last)).ok(), id(last));
+
+    // Signal wrote more: the next update starts from a database that already holds deltas
+    // and applies only the newer one (and the stat it left must not look like a change).
+    commit_messages(fx.home(), &fx.profile.key, &ids, 20);
+    let fourth = backup(&fx);
+    assert!(
+        fourth["signal_db"]["delta_pages"].as_u64() > Some(0),
+        "{fourth}"
+    );
+    assert_eq!(update(&fx, &green, id(&fourth)).ok(), id(&fourth));
+    let fresh = fx.root.join("fresh-fourth");
+    fx.restore(&fresh).args(["--snapshot", id(&fourth)]).ok();
+    assert_same_tree(&restored_tree(&green), &restored_tree(&fresh));
+    let db = check_db(
+        &green.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ids),
+    );
+    assert_eq!(db["missingCount"], 0, "{db}");
+}
+
+#[test]
+fn an_update_of_a_volume_signal_ran_on_is_refused_unless_forced() {
+    let fx = Fixture::new(&["--messages", "500"]);
+    let (snapshots, _) = three_snapshots(&fx);
+    let green = fx.root.join("green");
+    fx.restore(&green)
+        .args(["--snapshot", id(&snapshots[1])])
+        .ok();
+
+    // Signal starts on the restored volume and writes.
+    let ran_on_green = fx.root.join("green-ids.txt");
+    commit_messages(&green, &fx.profile.key, &ran_on_green, 5);
+    let before = restored_tree(&green);
+    let err = update(&fx, &green, id(&snapshots[2]))
+        .fails_with(&["changed since it was restored", "--force"]);
+    assert!(err.contains(id(&snapshots[1])), "{err}");
+    assert_same_tree(&restored_tree(&green), &before);
+    let db = check_db(
+        &green.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ran_on_green),
+    );
+    assert_eq!(
+        db["missingCount"], 0,
+        "the refused update lost what Signal wrote: {db}"
+    );
+    assert_eq!(marker(&green).as_deref(), Some(id(&snapshots[1])));
+
+    // Forced: the volume becomes the snapshot; what Signal wrote is moved aside, not lost.
+    update(&fx, &green, id(&snapshots[2])).arg("--force").ok();
+    let fresh = fx.root.join("fresh");
+    fx.restore(&fresh)
+        .args(["--snapshot", id(&snapshots[2])])
+        .ok();
+    assert_same_tree(&restored_tree(&green), &restored_tree(&fresh));
+    let aside: Vec<PathBuf> = std::fs::read_dir(&green)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains("replaced")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let kept = check_db(
+        &aside[0].join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ran_on_green),
+    );
+    assert_eq!(kept["missingCount"], 0, "{kept}");
+}
+
+#[test]
+fn a_killed_update_leaves_the_old_snapshot_or_is_finished_by_the_next_run() {
+    let fx = Fixture::new(&["--messages", "3000"]);
+    let (snapshots, _) = three_snapshots(&fx);
+    let (first, last) = (id(&snapshots[0]), id(&snapshots[2]));
+    let old = fx.root.join("old");
+    fx.restore(&old).args(["--snapshot", first]).ok();
+    let old_tree = restored_tree(&old);
+    let fresh = fx.root.join("fresh");
+    fx.restore(&fresh).args(["--snapshot", last]).ok();
+    let new_tree = restored_tree(&fresh);
+
+    // How long an update takes here, to kill within it.
+    let timed = fx.root.join("timed");
+    fx.restore(&timed).args(["--snapshot", first]).ok();
+    let started = Instant::now();
+    update(&fx, &timed, last).ok();
+    let full = started.elapsed();
+
+    for trial in 0..8u32 {
+        let volume = fx.root.join(format!("trial-{trial}"));
+        fx.restore(&volume).args(["--snapshot", first]).ok();
+        let delay = full.mul_f64(f64::from(trial) / 7.0);
+        let mut child = update(&fx, &volume, last)
+            .spawn(std::process::Stdio::null(), std::process::Stdio::null());
+        std::thread::sleep(delay);
+        // SAFETY: kill on a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let staging = volume.join(".ghostwire-backup-restore.tmp");
+        let gated = staging.join(".ghostwire-backup-ready.json").exists();
+        eprintln!(
+            "trial {trial}: killed after {delay:?} of {full:?}: marker {:?}, gate passed: {gated}",
+            marker(&volume)
+        );
+        match marker(&volume) {
+            Some(at) if at == first && !gated => {
+                assert_same_tree(&restored_tree(&volume), &old_tree);
+            }
+            Some(at) if at == last => assert_same_tree(&restored_tree(&volume), &new_tree),
+            other => assert!(gated, "trial {trial}: marker {other:?}, and no gate passed"),
+        }
+        update(&fx, &volume, last).ok();
+        assert_eq!(marker(&volume).as_deref(), Some(last));
+        assert_same_tree(&restored_tree(&volume), &new_tree);
+        assert!(
+            !staging.exists(),
+            "trial {trial}: the staging directory was left"
+        );
+    }
+}
