@@ -2,24 +2,9 @@
 //! not the whole database; a restore rebuilds the database from the chain's full copy and
 //! its deltas, with every committed row, and the restored volume continues the chain.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use serde_json::Value;
 
 use crate::common::*;
-
-/// Longer than a database must be quiet before the agent trusts its stamp.
-const QUIET: Duration = Duration::from_millis(500);
-
-fn backup_of(fx: &Fixture, home: &Path) -> Value {
-    std::thread::sleep(QUIET);
-    fx.manifest(&fx.backup_of(fx.agent(), home).ok())
-}
-
-fn uploaded(manifest: &Value) -> u64 {
-    manifest["archive"]["size"].as_u64().unwrap() + manifest["index"]["size"].as_u64().unwrap()
-}
 
 fn db_bytes(manifest: &Value) -> u64 {
     manifest["signal_db"]["bytes"].as_u64().unwrap()
@@ -29,38 +14,19 @@ fn delta_pages(manifest: &Value) -> Option<u64> {
     manifest["signal_db"]["delta_pages"].as_u64()
 }
 
-/// Restores snapshot `manifest` into a new directory and checks its database with
-/// Signal's driver: it opens, passes integrity_check, and holds every id of `ids`.
-fn restore_and_check(fx: &Fixture, manifest: &Value, ids: &Path) -> (PathBuf, Value) {
-    let id = manifest["id"].as_str().unwrap();
-    let target = fx.root.join(format!("restore-{id}"));
-    fx.restore(&target).args(["--snapshot", id]).ok();
-    let db = check_db(
-        &target.join(".config/Signal/sql/db.sqlite"),
-        &fx.profile.key,
-        Some(ids),
-    );
-    assert_eq!(db["integrity"], "ok", "{db}");
-    assert_eq!(
-        db["missingCount"], 0,
-        "rows committed before snapshot {id} are missing: {db}"
-    );
-    (target, db)
-}
-
 #[test]
 fn a_few_hundred_new_messages_upload_a_small_share_of_a_300_mib_database() {
     let fx = Fixture::new(&["--messages", "330000", "--attachments", "5"]);
     let home = fx.home().to_path_buf();
-    let full = backup_of(&fx, &home);
+    let full = fx.quiet_backup_of(&home);
     let bytes = db_bytes(&full);
     assert!(bytes >= 300 << 20, "the database is {bytes} bytes: {full}");
 
     let ids = fx.root.join("ids.txt");
     commit_messages(&home, &fx.profile.key, &ids, 300);
-    let first = backup_of(&fx, &home);
+    let first = fx.quiet_backup_of(&home);
     let written = commit_messages(&home, &fx.profile.key, &ids, 300);
-    let second = backup_of(&fx, &home);
+    let second = fx.quiet_backup_of(&home);
     for delta in [&first, &second] {
         eprintln!(
             "{} new messages: {} pages, {} bytes uploaded for a database of {bytes} ({:.2}%)",
@@ -79,7 +45,7 @@ fn a_few_hundred_new_messages_upload_a_small_share_of_a_300_mib_database() {
     assert_eq!(second["parent"], first["id"]);
 
     // The newest snapshot rebuilds the database from the full copy and both deltas.
-    let (_, db) = restore_and_check(&fx, &second, &ids);
+    let (_, db) = fx.restore_and_check(&second, Some(&ids));
     assert_eq!(db["messages"].as_u64(), Some(fx.profile.messages + written));
 }
 
@@ -89,7 +55,7 @@ fn a_chain_of_deltas_restores_every_snapshot_and_a_restored_volume_continues_it(
     let home = fx.home().to_path_buf();
     // The desktop user plants what looks like our delta entry: backups skip our names.
     std::fs::write(home.join(".ghostwire-backup-db-delta"), b"GWBDELT1 planted").unwrap();
-    let full = backup_of(&fx, &home);
+    let full = fx.quiet_backup_of(&home);
     assert_eq!(delta_pages(&full), None, "{full}");
 
     let ids = fx.root.join("ids.txt");
@@ -101,7 +67,7 @@ fn a_chain_of_deltas_restores_every_snapshot_and_a_restored_volume_continues_it(
         if round == 0 {
             std::fs::copy(&ids, &first_ids).unwrap();
         }
-        let snapshot = backup_of(&fx, &home);
+        let snapshot = fx.quiet_backup_of(&home);
         assert!(delta_pages(&snapshot).is_some(), "{snapshot}");
         assert!(uploaded(&snapshot) < db_bytes(&full) / 4, "{snapshot}");
         let delta_ids: Vec<&Value> = snapshot["depends_on"].as_array().unwrap().iter().collect();
@@ -114,8 +80,8 @@ fn a_chain_of_deltas_restores_every_snapshot_and_a_restored_volume_continues_it(
     }
     // Each snapshot of the chain restores its own version: the older ones lack the newer
     // rows, which the newest has.
-    let (_, oldest) = restore_and_check(&fx, &chain[0], &first_ids);
-    let (restored, newest) = restore_and_check(&fx, &chain[2], &ids);
+    let (_, oldest) = fx.restore_and_check(&chain[0], Some(&first_ids));
+    let (restored, newest) = fx.restore_and_check(&chain[2], Some(&ids));
     assert_eq!(
         oldest["messages"].as_u64(),
         Some(fx.profile.messages + written[0])
@@ -129,10 +95,10 @@ fn a_chain_of_deltas_restores_every_snapshot_and_a_restored_volume_continues_it(
 
     // The restored volume (green) continues the chain: its catalog knows the pages.
     let written = commit_messages(&restored, &fx.profile.key, &ids, 20);
-    let continued = backup_of(&fx, &restored);
+    let continued = fx.quiet_backup_of(&restored);
     assert_eq!(continued["parent"], chain[2]["id"], "{continued}");
     assert!(delta_pages(&continued).is_some(), "{continued}");
-    let (_, db) = restore_and_check(&fx, &continued, &ids);
+    let (_, db) = fx.restore_and_check(&continued, Some(&ids));
     assert_eq!(db["messages"].as_u64(), Some(fx.profile.messages + written));
 }
 
@@ -140,7 +106,7 @@ fn a_chain_of_deltas_restores_every_snapshot_and_a_restored_volume_continues_it(
 fn a_page_list_planted_in_the_catalog_makes_a_full_copy_not_a_wrong_delta() {
     let fx = Fixture::new(&["--messages", "3000"]);
     let home = fx.home().to_path_buf();
-    backup_of(&fx, &home);
+    fx.quiet_backup_of(&home);
     let ids = fx.root.join("ids.txt");
     commit_messages(&home, &fx.profile.key, &ids, 20);
 
@@ -153,11 +119,11 @@ fn a_page_list_planted_in_the_catalog_makes_a_full_copy_not_a_wrong_delta() {
         .unwrap();
     assert_eq!(changed, 1, "the catalog keeps one page list");
     drop(catalog);
-    let next = backup_of(&fx, &home);
+    let next = fx.quiet_backup_of(&home);
     assert_eq!(
         delta_pages(&next),
         None,
         "a delta on a planted list: {next}"
     );
-    restore_and_check(&fx, &next, &ids);
+    fx.restore_and_check(&next, Some(&ids));
 }

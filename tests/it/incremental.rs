@@ -171,7 +171,7 @@ fn a_chain_restores_with_stock_tools_full_then_each_incremental_then_its_deletio
     assert_same_tree(&kept_tree(&target), &kept_tree(fx.home()));
     // The last incremental archived Signal's database as a page delta: stock tools give
     // its last full copy, without the newest messages (docs/format.md, "Which snapshots
-    // need the agent"), and leave the delta where the documented loop finds it.
+    // need the agent"), and the delta lands as a file, which the documented loop reports.
     assert!(
         last["signal_db"]["delta_pages"].as_u64() > Some(0),
         "{last}"

@@ -3,17 +3,14 @@
 //! it, and killed at any moment is left at its old snapshot or finished by the next run.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
 use crate::common::*;
 
-const QUIET: Duration = Duration::from_millis(500);
-
 fn backup(fx: &Fixture) -> Value {
-    std::thread::sleep(QUIET);
-    fx.manifest(&fx.backup().ok())
+    fx.quiet_backup_of(fx.home())
 }
 
 fn id(manifest: &Value) -> &str {

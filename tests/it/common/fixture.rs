@@ -71,6 +71,34 @@ impl Fixture {
         backup_command(agent, source, &self.recipient, &self.root.join("staging"))
     }
 
+    /// Backs `home` up once Signal's database has been quiet for [`super::QUIET`]: the
+    /// snapshot's manifest.
+    pub fn quiet_backup_of(&self, home: &Path) -> Value {
+        std::thread::sleep(super::QUIET);
+        self.manifest(&self.backup_of(self.agent(), home).ok())
+    }
+
+    /// Restores snapshot `manifest` into a new directory and checks its database with
+    /// Signal's driver: it opens, passes integrity_check and, given `ids`, holds every one.
+    pub fn restore_and_check(&self, manifest: &Value, ids: Option<&Path>) -> (PathBuf, Value) {
+        let id = manifest["id"].as_str().unwrap();
+        let target = self.root.join(format!("restore-{id}"));
+        self.restore(&target).args(["--snapshot", id]).ok();
+        let db = super::check_db(
+            &target.join(".config/Signal/sql/db.sqlite"),
+            &self.profile.key,
+            ids,
+        );
+        assert_eq!(db["integrity"], "ok", "{db}");
+        if ids.is_some() {
+            assert_eq!(
+                db["missingCount"], 0,
+                "rows committed before snapshot {id} are missing: {db}"
+            );
+        }
+        (target, db)
+    }
+
     /// `restore` from the local repository into `target`, ready for more flags.
     pub fn restore(&self, target: &Path) -> TestCommand {
         self.restore_with(self.agent(), target)

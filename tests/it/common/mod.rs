@@ -268,6 +268,15 @@ pub fn assert_signal_db(home: &Path, key: &str, messages: u64) -> Value {
     db
 }
 
+/// Longer than a database must be quiet before the agent trusts its stamp (100 ms where
+/// file times have nanoseconds), with a margin for a loaded machine.
+pub const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Bytes a snapshot uploaded: its archive and index.
+pub fn uploaded(manifest: &Value) -> u64 {
+    manifest["archive"]["size"].as_u64().unwrap() + manifest["index"]["size"].as_u64().unwrap()
+}
+
 /// Signal's driver commits `count` or a few more messages to the database in `home` and
 /// stops; their ids are appended to `ids`. Returns how many ids `ids` then holds.
 pub fn commit_messages(home: &Path, key: &str, ids: &Path, count: usize) -> u64 {
