@@ -109,8 +109,11 @@ impl Deltas {
                 "Signal's database rebuilt from its full copy and deltas"
             );
         }
-        // Read again from the file: what SQLite wrote, not what we meant it to.
-        let rebuilt = PageList::read(&pages::open(db, key, false)?, cancel)?;
+        // Read again from the file: what SQLite wrote, not what we meant it to. Read-write,
+        // as the last connection: closing it removes the `-wal`/`-shm` files opening made.
+        let conn = pages::open(db, key, true)?;
+        let rebuilt = PageList::read(&conn, cancel)?;
+        conn.close().map_err(|(_, err)| err)?;
         if rebuilt.digest_hex() != chain.pages {
             bail!(
                 "Signal's database rebuilt from this snapshot's archives is not the version its \

@@ -294,7 +294,7 @@ fn stage_and_gate(
         from_volume,
     )?;
     cancel.enter("restore gate")?;
-    let gate = signal_db::gate(manifest, &staging, cancel)?;
+    let gate = signal_db::gate(manifest, &staging, db_pages.is_some(), cancel)?;
     let ready = Marker {
         prestaged: options.prestage,
         ..Marker::new(&manifest.id, gate)
