@@ -13,6 +13,10 @@ server on 127.0.0.1, and runs on the same data, one after the other:
   unchanged  nothing changed: gwb and restic again
   writer     writer.mjs commit latency idle, then while ghostwire-backup runs
 
+With --heavy SIZES instead, for each database size: a heavy user's profile (the database is
+nearly all of it), full, unchanged and 1%-changed backups, the restore of a delta chain,
+`restore --update`, and the blue/green switch (final snapshot + catch-up), beside restic.
+
 Every command runs under /usr/bin/time for its peak RSS (for a pipeline: the sum of its
 stages' peaks, since they run at once). Bytes uploaded are what the bucket prefix grew by.
 Restores include a syncfs of the target (`sync -f`), since ghostwire-backup's restore ends
@@ -43,6 +47,8 @@ SIZES = {"256M": 256 * MiB, "2G": 2048 * MiB}
 RESTIC_PASSWORD = "ghostwire-bench"
 MARK_BEGIN = "<!-- bench/run.sh results: begin -->"
 MARK_END = "<!-- bench/run.sh results: end -->"
+HEAVY_BEGIN = "<!-- bench/run.sh --heavy results: begin -->"
+HEAVY_END = "<!-- bench/run.sh --heavy results: end -->"
 
 
 def log(*args):
@@ -522,6 +528,8 @@ class Bench:
     def main(self):
         if self.args.contention:
             return self.main_contention()
+        if self.args.heavy:
+            return self.main_heavy()
         try:
             self.start()
             results = {"machine": machine(self.args) | {"moto_objects": "in memory (/dev/shm)" if str(
@@ -541,6 +549,127 @@ class Bench:
             update_docs(ROOT / "docs/benchmarks.md", text)
             log("updated docs/benchmarks.md and docs/benchmarks.png")
 
+
+    # ------------------------------------------------------------------ heavy users --
+
+    def heavy(self, label, db_size):
+        """A heavy user's profile (a database of `db_size`, few attachments): what a backup
+        and a blue/green switch cost when Signal's database dominates, beside restic."""
+        r = {"label": label}
+        summary_file = self.work / f"heavy-{label}.json"
+        pristine = self.work / f"heavy-{label}"
+        if not (summary_file.exists() and pristine.exists()) or self.args.fresh:
+            shutil.rmtree(pristine, ignore_errors=True)
+            # make-profile's messages average about 0.95 KiB of database each.
+            messages = db_size // 975
+            log(f"making a heavy {label} profile: {messages} messages")
+            out = subprocess.run(
+                ["node", str(ROOT / "tests/node/make-profile.mjs"), str(pristine), "--messages", str(messages),
+                 "--attachment-bytes", str(64 * MiB), "--seed", f"heavy-{label}"],
+                check=True, stdout=subprocess.PIPE, env=self.env).stdout
+            summary_file.write_text(json.dumps({"key": json.loads(out)["key"]}))
+        key = json.loads(summary_file.read_text())["key"]
+        home = self.work / f"heavy-live-{label}"
+        shutil.rmtree(home, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(pristine), str(home)], check=True)
+        db = home / ".config/Signal/sql/db.sqlite"
+        r["db_bytes"] = db.stat().st_size + (db.with_name("db.sqlite-wal").stat().st_size
+                                             if db.with_name("db.sqlite-wal").exists() else 0)
+        r["home_bytes"] = tree_bytes(home)
+        log(f"heavy {label}: database {r['db_bytes'] / MiB:.0f} MiB, home {r['home_bytes'] / MiB:.0f} MiB")
+        prefix = f"heavy-{label}"
+        self.env.update(GWB_REPO=f"s3://gwb/{prefix}", GWB_STAGING_DIR=str(self.work / "scratch"))
+        (self.work / "scratch").mkdir(exist_ok=True)
+        catalog = self.work / f"catalog-heavy-{label}.sqlite"
+        catalog.unlink(missing_ok=True)
+        restic_repo = f"s3:{self.endpoint}/restic/{prefix}"
+        self.empty_bucket("gwb", prefix)
+        self.empty_bucket("restic", prefix)
+        shutil.rmtree(self.work / "restic-cache", ignore_errors=True)
+        subprocess.run(["restic", "-r", restic_repo, "init", "--repository-version", "2"], check=True,
+                       env=self.env, stdout=subprocess.DEVNULL)
+        targets = self.work / "heavy-targets"
+
+        def gwb_backup(name, *extra):
+            before = self.bucket_bytes("gwb", prefix)
+            out = self.timed(f"{prefix}-gwb-{name}", [[str(self.agent), "backup", "--source", str(home),
+                                                         "--recipient", self.recipient, "--catalog", str(catalog),
+                                                         *extra]])
+            out["uploaded"] = self.bucket_bytes("gwb", prefix) - before
+            return out
+
+        def restic_backup(name):
+            before = self.bucket_bytes("restic", prefix)
+            out = self.timed(f"{prefix}-restic-{name}",
+                             [["restic", "-r", restic_repo, "backup", "--quiet", "--host", "bench", "."]], cwd=home)
+            out["uploaded"] = self.bucket_bytes("restic", prefix) - before
+            return out
+
+        def gwb_restore(name, target, *extra):
+            out = self.timed(f"{prefix}-gwb-{name}", [[str(self.agent), "restore", "--identity", str(self.ident),
+                                                         "--target", str(target), *extra]])
+            return out
+
+        def restic_restore(name):
+            shutil.rmtree(targets / "restic", ignore_errors=True)
+            out = self.timed(f"{prefix}-restic-{name}", [["restic", "-r", restic_repo, "restore", "latest",
+                                                            "--target", str(targets / "restic")]])
+            out["sync"] = self.sync(targets)
+            out["wall"] += out["sync"]
+            return out
+
+        def signal_writes(share):
+            out = subprocess.run(["node", str(ROOT / "bench/change-profile.mjs"), str(home), key, "--share",
+                                  str(share)], check=True, stdout=subprocess.PIPE, env=self.env).stdout
+            time.sleep(1)  # quiet before the stamp, as between scheduled backups
+            return json.loads(out)
+
+        shutil.rmtree(targets, ignore_errors=True)
+        targets.mkdir()
+        r["gwb_full"] = gwb_backup("full")
+        r["restic_full"] = restic_backup("full")
+        first = json.loads(subprocess.run([str(self.agent), "snapshots", "--json"], check=True,
+                                          stdout=subprocess.PIPE, env=self.env).stdout)[0]["id"]
+        time.sleep(1)
+        r["gwb_unchanged"] = gwb_backup("unchanged")
+        r["restic_unchanged"] = restic_backup("unchanged")
+        r["change"] = signal_writes(0.01)
+        r["gwb_changed"] = gwb_backup("changed")
+        r["restic_changed"] = restic_backup("changed")
+        # The newest snapshot now rebuilds the database from the full copy and a delta.
+        r["gwb_restore_chain"] = gwb_restore("restore-chain", targets / "fresh", "--snapshot", "latest")
+        shutil.rmtree(targets / "fresh")
+        r["restic_restore"] = restic_restore("restore")
+        # restore --update: a volume at the first snapshot, brought to the newest.
+        gwb_restore("prestage", targets / "green", "--snapshot", first)
+        r["gwb_update"] = gwb_restore("update", targets / "green", "--update", "--snapshot", "latest")
+        # The switch: blue's Signal wrote a little more; blue's final snapshot, then green's
+        # catch-up from the pre-staged volume (restore --update, gate included).
+        r["switch_change"] = signal_writes(0.001)
+        r["gwb_final"] = gwb_backup("final", "--final")
+        r["gwb_catch_up"] = gwb_restore("catch-up", targets / "green", "--update", "--snapshot", "latest")
+        r["restic_final"] = restic_backup("final")
+        r["restic_switch_restore"] = restic_restore("switch-restore")
+        shutil.rmtree(targets, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+        self.empty_bucket("gwb", prefix)
+        self.empty_bucket("restic", prefix)
+        return r
+
+    def main_heavy(self):
+        try:
+            self.start()
+            load_before = os.getloadavg()
+            results = [self.heavy(label, SIZES.get(label) or parse_size(label)) for label in self.args.heavy]
+            load_after = os.getloadavg()
+        finally:
+            self.stop()
+        (self.work / "heavy.json").write_text(json.dumps(results, indent=2))
+        text = render_heavy(results, load_before, load_after)
+        print(text)
+        if self.args.docs:
+            update_docs(ROOT / "docs/benchmarks.md", text, HEAVY_BEGIN, HEAVY_END)
+            log("updated docs/benchmarks.md (heavy users)")
 
     def main_contention(self):
         try:
@@ -703,13 +832,46 @@ def render(results):
     return "\n".join(out)
 
 
-def update_docs(path, text):
-    doc = path.read_text() if path.exists() else f"# Benchmarks\n\n{MARK_BEGIN}\n{MARK_END}\n"
-    if MARK_BEGIN not in doc or MARK_END not in doc:
-        doc += f"\n{MARK_BEGIN}\n{MARK_END}\n"
-    head, rest = doc.split(MARK_BEGIN, 1)
-    _, tail = rest.split(MARK_END, 1)
-    path.write_text(f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")
+def update_docs(path, text, begin=MARK_BEGIN, end=MARK_END):
+    doc = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in doc or end not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def render_heavy(results, load_before, load_after):
+    out = [f"Heavy users (`bench/run.sh --heavy {','.join(r['label'] for r in results)}`), run of "
+           f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, load average "
+           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after. Ratios: restic's time ÷ ghostwire-backup's "
+           f"(> 1: ghostwire-backup is faster).", ""]
+    for r in results:
+        db = r["db_bytes"]
+        out += [f"#### Database {mib(db)} MiB (home {mib(r['home_bytes'])} MiB)", "",
+                "| operation | ghostwire-backup s | uploaded MiB (% of DB) | restic s | uploaded MiB | restic ÷ gwb |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for name, g, t in (("full backup", "gwb_full", "restic_full"),
+                           ("backup, nothing changed", "gwb_unchanged", "restic_unchanged"),
+                           (f"backup after 1% new messages ({r['change']['textMessages']} new, "
+                            f"{r['change']['added']} replaced with their files)", "gwb_changed", "restic_changed")):
+            x, y = r[g], r[t]
+            out.append(f"| {name} | {x['wall']:.2f} | {mib(x['uploaded'])} ({100 * x['uploaded'] / db:.2f}%) | "
+                       f"{y['wall']:.2f} | {mib(y['uploaded'])} | {y['wall'] / x['wall']:.2f} |")
+        for name, g, t in (("restore of the newest snapshot (full copy + delta) into an empty volume",
+                            "gwb_restore_chain", "restic_restore"),
+                           ("`restore --update` from the first snapshot to the newest (restic: a full restore)",
+                            "gwb_update", "restic_restore")):
+            x, y = r[g], r[t]
+            out.append(f"| {name} | {x['wall']:.2f} | — | {y['wall']:.2f} | — | {y['wall'] / x['wall']:.2f} |")
+        gwb_switch = r["gwb_final"]["wall"] + r["gwb_catch_up"]["wall"]
+        restic_switch = r["restic_final"]["wall"] + r["restic_switch_restore"]["wall"]
+        out.append(f"| **switch downtime**: final snapshot {r['gwb_final']['wall']:.2f} s + green's catch-up "
+                   f"and gate {r['gwb_catch_up']['wall']:.2f} s (restic: backup + full restore) | "
+                   f"{gwb_switch:.2f} | {mib(r['gwb_final']['uploaded'])} | {restic_switch:.2f} | "
+                   f"{mib(r['restic_final']['uploaded'])} | {restic_switch / gwb_switch:.2f} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def chart(results, work, png):
@@ -766,10 +928,13 @@ def main():
                         help="leave docs/benchmarks.md and docs/benchmarks.png alone")
     parser.add_argument("--contention", action="store_true",
                         help="only Signal's writer against the stock pipeline and ghostwire-backup at 1/2/8 threads")
+    parser.add_argument("--heavy", default="",
+                        help="only the heavy-user run: comma-separated database sizes, e.g. 512M,1G")
     parser.add_argument("--agent", default=str(ROOT / "target/release/ghostwire-backup"))
     parser.add_argument("--moto", default=str(ROOT / ".venv-s3/bin/moto_server"))
     args = parser.parse_args()
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    args.heavy = [s.strip() for s in args.heavy.split(",") if s.strip()]
     bench = Bench(args)
     try:
         bench.main()

@@ -9,7 +9,8 @@
 # restore, median kept; default 3), --writer-seconds S, --workdir DIR (default
 # /var/tmp/ghostwire-bench, or $GWB_BENCH_DIR), --fresh (remake the profiles), --no-docs
 # (leave docs/benchmarks.md and docs/benchmarks.png alone), --contention (only Signal's writer
-# during the stock pipeline and ghostwire-backup at 1/2/8 threads; prints a table).
+# during the stock pipeline and ghostwire-backup at 1/2/8 threads; prints a table), --heavy
+# 512M,1G (only the heavy-user run: databases of those sizes; about 10 minutes per GiB).
 #
 # Installs what it needs when missing: the test suite's parts (age, zstd, Signal's driver,
 # moto in .venv-s3), Debian's restic, time and gnuplot; builds the agent in release.
