@@ -126,12 +126,16 @@ impl Plan {
         self.steps.extend(own);
     }
 
-    /// How Signal's database is rebuilt, if the snapshot's index says.
-    pub fn db_chain(&self) -> Option<&DbChain> {
+    /// The index entry of Signal's database, if the snapshot has one.
+    fn db_entry(&self) -> Option<&IndexEntry> {
         self.entries
             .iter()
             .find(|e| e.path == Path::new(profile::SIGNAL_DB))
-            .and_then(|e| e.db_chain.as_ref())
+    }
+
+    /// How Signal's database is rebuilt, if the snapshot's index says.
+    pub fn db_chain(&self) -> Option<&DbChain> {
+        self.db_entry().and_then(|e| e.db_chain.as_ref())
     }
 
     /// Rebuilds Signal's database at `db` (its full copy, unpacked) with the `deltas` read
@@ -279,11 +283,7 @@ pub fn unpack_into(
     let db = dest.join(profile::SIGNAL_DB);
     let pages = plan.rebuild_db_with(chain, deltas, &db, &config, remote.cancel())?;
     // As its archive entry would have it: a later `restore --update` compares the stat.
-    if let Some(entry) = plan
-        .entries
-        .iter()
-        .find(|e| e.path == Path::new(profile::SIGNAL_DB))
-    {
+    if let Some(entry) = plan.db_entry() {
         let seconds = entry.mtime_ns.div_euclid(1_000_000_000).max(0) as u64;
         let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
         std::fs::File::options()
