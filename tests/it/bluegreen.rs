@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use crate::common::*;
 
+/// How long a sidecar may take to serve or to take the lease on a loaded machine.
+const SIDECAR_WAIT: Duration = Duration::from_secs(30);
+
 /// A sidecar (`ghostwire-backup run`) for the pod `owner`, backing up `home`. Its schedule
 /// is once a year: the only snapshot it takes is the final one.
 struct Sidecar {
@@ -41,9 +44,11 @@ impl Sidecar {
 
     /// The status line and body of a GET, once the daemon listens.
     fn get(&self, path: &str) -> String {
-        wait_for(&format!("the sidecar to serve {path}"), 30, || {
-            http_get(self.port, path)
-        })
+        wait_for(
+            &format!("the sidecar to serve {path}"),
+            SIDECAR_WAIT,
+            || http_get(self.port, path),
+        )
     }
 
     fn started(&self) -> bool {
@@ -62,18 +67,6 @@ impl Sidecar {
             status.success(),
             "the sidecar did not stop cleanly: {status}"
         );
-    }
-}
-
-/// Polls `probe` every 100 ms until it gives a value, for at most `seconds`.
-fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "waited {seconds} s for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -98,7 +91,7 @@ fn snapshots(fx: &Fixture) -> Vec<Value> {
 fn a_second_sidecar_never_starts_signal_while_the_first_holds_the_lease() {
     let (fx, scheduled) = Fixture::backed_up(&["--messages", "50"]);
     let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
-    wait_for("blue's sidecar to take the lease", 30, || {
+    wait_for("blue's sidecar to take the lease", SIDECAR_WAIT, || {
         blue.started().then_some(())
     });
     assert!(blue.get("/leasez").starts_with("HTTP/1.1 200"));
@@ -119,24 +112,33 @@ fn a_second_sidecar_never_starts_signal_while_the_first_holds_the_lease() {
         finished
     );
     assert_eq!(green.metric("ghostwire_backup_restore_gate_ok"), 1.0);
-    // Several lease attempts (one every 3 s): not one lets green's Signal start. (Before
-    // the first attempt the answer says so; after it, it names the holder.)
-    let until = Instant::now() + Duration::from_secs(7);
-    let mut named_the_holder = false;
-    while Instant::now() < until {
+    // Green's lease attempts (one every 3 s) never let its Signal start: /startupz answers
+    // 503 before the first attempt, then names the holder, and still does after several.
+    let startupz_refuses = || {
         let startupz = green.get("/startupz");
         assert!(startupz.starts_with("HTTP/1.1 503"), "{startupz}");
-        named_the_holder |= startupz.contains("held by ghostwire-0");
+        startupz.contains("held by ghostwire-0").then_some(())
+    };
+    wait_for(
+        "/startupz to name the lease's holder",
+        SIDECAR_WAIT,
+        startupz_refuses,
+    );
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        assert!(
+            startupz_refuses().is_some(),
+            "/startupz stopped naming the holder"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(named_the_holder, "/startupz never named the lease's holder");
     assert_eq!(green.metric("ghostwire_backup_lease_held"), 0.0);
     assert_eq!(blue.metric("ghostwire_backup_lease_held"), 1.0);
 
     // Blue's Signal stops, then its sidecar: the final snapshot releases the lease and
     // green's sidecar takes it over, cleanly handed over.
     blue.stop();
-    wait_for("green's sidecar to take the lease", 30, || {
+    wait_for("green's sidecar to take the lease", SIDECAR_WAIT, || {
         green.started().then_some(())
     });
     assert_eq!(green.metric("ghostwire_backup_lease_held"), 1.0);
@@ -154,7 +156,7 @@ fn green_restores_exactly_the_snapshot_blue_handed_over() {
         command
     };
     let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
-    wait_for("blue's sidecar to take the lease", 30, || {
+    wait_for("blue's sidecar to take the lease", SIDECAR_WAIT, || {
         blue.started().then_some(())
     });
     blue.stop();
@@ -177,19 +179,30 @@ fn green_restores_exactly_the_snapshot_blue_handed_over() {
     // An owner that dies without a final snapshot (SIGKILL, a node lost) leaves no
     // handoff: green must not silently start from an older state.
     let crashed = Sidecar::start(&fx, "ghostwire-1", fx.home(), &[("GWB_LEASE_TTL", "2s")]);
-    wait_for("the sidecar to take the lease", 30, || {
+    wait_for("the sidecar to take the lease", SIDECAR_WAIT, || {
         crashed.started().then_some(())
     });
     drop(crashed); // SIGKILL
-    std::thread::sleep(Duration::from_millis(2500));
     let empty = fx.root.join("dr-volume");
     std::fs::create_dir(&empty).unwrap();
-    restore(&empty, "handoff").fails_with(&[
+    // Until its TTL has passed, the dead owner's lease still counts as held: wait for the
+    // restore itself to see it expired (never for a success, which would be the bug).
+    let refused = wait_for("the dead owner's lease to expire", SIDECAR_WAIT, || {
+        let ran = restore(&empty, "handoff").run();
+        assert!(
+            !ran.status.success(),
+            "a lease without a handoff restored:\n{ran}"
+        );
+        ran.stderr.contains("lease expired").then_some(ran.stderr)
+    });
+    for words in [
         "no handoff snapshot",
         "ghostwire-1's lease expired",
         &format!("The newest snapshot is {later}"),
         "--snapshot latest",
-    ]);
+    ] {
+        assert!(refused.contains(words), "{refused}");
+    }
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     // Choosing the newest snapshot explicitly is the documented way on.
     assert_eq!(restore(&empty, "latest").ok(), later);
@@ -199,7 +212,7 @@ fn green_restores_exactly_the_snapshot_blue_handed_over() {
 fn a_volume_with_data_is_never_started_while_another_owner_holds_the_lease() {
     let fx = Fixture::new(&["--messages", "20"]);
     let green = Sidecar::start(&fx, "ghostwire-green-0", fx.home(), &[]);
-    wait_for("green's sidecar to take the lease", 30, || {
+    wait_for("green's sidecar to take the lease", SIDECAR_WAIT, || {
         green.started().then_some(())
     });
     // Blue's pod is started again (Flux resumed before blue was removed) on its old
@@ -250,7 +263,7 @@ fn a_prestaged_green_catches_up_with_blues_final_snapshot_at_the_switch() {
         command
     };
     let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
-    wait_for("blue's sidecar to take the lease", 30, || {
+    wait_for("blue's sidecar to take the lease", SIDECAR_WAIT, || {
         blue.started().then_some(())
     });
 

@@ -5,9 +5,10 @@
 
 use std::io::Read;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ghostwire_backup::commands::restore::MARKER;
+use ghostwire_backup::layout::Object;
 
 use crate::common::*;
 
@@ -32,20 +33,16 @@ fn sidecar_backs_up_on_schedule_and_takes_a_final_snapshot_that_restores() {
     let mut daemon = daemon_command.spawn(Stdio::inherit(), Stdio::piped());
 
     // Wait for a scheduled backup to succeed, as Prometheus would see it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no scheduled backup succeeded within 60 s"
-        );
-        if let Some(text) = http_get(port, "/metrics")
-            && metric(&text, "ghostwire_backup_last_success_timestamp_seconds")
-                .is_some_and(|t| t > 0.0)
-        {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let metrics = wait_for(
+        "a scheduled backup to succeed",
+        Duration::from_secs(60),
+        || {
+            http_get(port, "/metrics").filter(|text| {
+                metric(text, "ghostwire_backup_last_success_timestamp_seconds")
+                    .is_some_and(|t| t > 0.0)
+            })
+        },
+    );
     assert!(
         metric(&metrics, "ghostwire_backup_uploaded_bytes_total").unwrap() > 0.0,
         "{metrics}"
@@ -161,7 +158,7 @@ fn check_fails_when_the_newest_snapshot_is_too_old() {
     std::fs::create_dir(&home).unwrap();
     std::fs::write(home.join("notes.txt"), "x").unwrap();
     let (_, recipient) = keygen(dir.path());
-    backup_command(
+    let id = backup_command(
         agent_for(&repo),
         &home,
         &recipient,
@@ -170,6 +167,10 @@ fn check_fails_when_the_newest_snapshot_is_too_old() {
     .arg("--allow-no-signal")
     .ok();
     check("1h").ok();
-    std::thread::sleep(Duration::from_millis(1100));
+    let manifest = std::fs::read(repo.join(Object::Manifest(id).key())).unwrap();
+    wait_until_older_than(
+        &serde_json::from_slice(&manifest).unwrap(),
+        Duration::from_secs(1),
+    );
     check("1s").fails_with_code(5, &["older than the allowed"]);
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ghostwire_backup::catalog;
 use serde_json::Value;
@@ -134,7 +134,7 @@ fn an_idle_desktops_final_snapshot_does_not_copy_the_database_and_restores_it() 
     let fx = Fixture::new(&["--messages", "500"]);
     // Signal ran and quit: its WAL is checkpointed and gone, as on an idle desktop.
     open_and_quit(&fx.profile.db(), &fx.profile.key);
-    std::thread::sleep(QUIET);
+    wait_for_quiet_database(fx.home());
 
     let mut daemon = fx
         .agent()
@@ -145,11 +145,9 @@ fn an_idle_desktops_final_snapshot_does_not_copy_the_database_and_restores_it() 
         .env("GWB_LEASE_OWNER", "ghostwire-0")
         .arg("run")
         .spawn(Stdio::null(), Stdio::null());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while snapshot_ids(&fx).is_empty() {
-        assert!(Instant::now() < deadline, "no scheduled backup within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("a scheduled backup", Duration::from_secs(60), || {
+        (!snapshot_ids(&fx).is_empty()).then_some(())
+    });
     // Signal is stopped first (it opens and quits without a commit), then the sidecar.
     open_and_quit(&fx.profile.db(), &fx.profile.key);
     // SAFETY: kill on a child we spawned and have not reaped.
@@ -180,7 +178,7 @@ fn a_stamp_planted_in_the_catalog_cannot_hide_a_write() {
     backup(&fx);
     let ids = fx.root.join("ids.txt");
     commit_messages(fx.home(), &fx.profile.key, &ids, 10);
-    std::thread::sleep(QUIET);
+    wait_for_quiet_database(fx.home());
 
     // The desktop user owns the catalog: they record the database's new stamp in it, as
     // if the last snapshot had copied the database as it is now.

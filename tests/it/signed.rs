@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
+use ghostwire_backup::layout::Object;
 use ghostwire_backup::lease::Held;
 use ghostwire_backup::repo::{Keys, Repository};
 use ghostwire_backup::signing::Signer;
@@ -112,7 +113,7 @@ fn a_genuine_manifest_copied_under_a_newer_or_a_future_id_is_refused() {
     // still sees its real age.
     assert_restores(&fx, "latest", &genuine);
     assert_eq!(snapshot_ids(&mut fx.agent()), [genuine.as_str()]);
-    std::thread::sleep(Duration::from_millis(2100));
+    wait_until_older_than(&fx.manifest(&genuine), Duration::from_secs(2));
     fx.agent()
         .args(["check", "--max-age", "2s"])
         .fails_with_code(5, &[]);
@@ -216,7 +217,7 @@ fn a_forged_or_replayed_handoff_is_refused() {
     let target = fx.root.join("target");
     let mut handoff = fx.restore(&target);
     handoff.args(["--snapshot", "handoff"]);
-    let lease = fx.repo.join("lease.json");
+    let lease = fx.repo.join(Object::Lease.key());
 
     // Unsigned, or signed by another key: a handoff is refused.
     release_lease(&fx.repo, None, &older);
@@ -265,19 +266,19 @@ fn a_forged_or_replayed_handoff_is_refused() {
 /// release the lease with its final snapshot.
 fn wait_until_final_snapshot_released(fx: &Fixture, mut sidecar: Spawned) {
     let lease = || -> serde_json::Value {
-        std::fs::read(fx.repo.join("lease.json"))
+        std::fs::read(fx.repo.join(Object::Lease.key()))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while lease()["owner"] != "ghostwire-1" || !lease()["released_at"].is_null() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sidecar never took the lease"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        "the sidecar to take the lease",
+        Duration::from_secs(60),
+        || {
+            let lease = lease();
+            (lease["owner"] == "ghostwire-1" && lease["released_at"].is_null()).then_some(())
+        },
+    );
     // SAFETY: a signal to our own child process.
     unsafe { libc::kill(sidecar.id() as i32, libc::SIGTERM) };
     assert!(sidecar.wait().unwrap().success());

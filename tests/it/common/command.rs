@@ -7,9 +7,16 @@
 //! &[...])` an exit code too; `run()` expects nothing and
 //! returns a [`Ran`] whose `Display` is the whole story, for a test's own assertions.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 pub struct TestCommand {
     command: Command,
@@ -47,10 +54,25 @@ impl TestCommand {
         self
     }
 
-    /// Runs it as another user (the test must be root).
+    /// Runs it as another user (the test must be root). That user may not be able to enter
+    /// the directory the program was built in (a clone inside a 0700 home, or in a
+    /// `mktemp -d` directory), so the program runs from [`reachable_by_everyone`]'s copy.
     pub fn user(&mut self, uid: u32, gid: u32) -> &mut Self {
         use std::os::unix::process::CommandExt;
-        self.command.uid(uid).gid(gid);
+        let program = reachable_by_everyone(Path::new(self.command.get_program()));
+        let mut moved = Command::new(program);
+        moved.args(self.command.get_args());
+        for (name, value) in self.command.get_envs() {
+            match value {
+                Some(value) => moved.env(name, value),
+                None => moved.env_remove(name),
+            };
+        }
+        if let Some(dir) = self.command.get_current_dir() {
+            moved.current_dir(dir);
+        }
+        moved.uid(uid).gid(gid);
+        self.command = moved;
         self
     }
 
@@ -116,6 +138,33 @@ impl TestCommand {
     }
 }
 
+/// `program` in a directory of its own that every user can enter (under the system's temp
+/// directory, mode 0755), made once per program per test run: a hard link where the file
+/// system allows one, else a copy. It is left behind when the tests end (a hard link costs
+/// nothing; the directory names say what they are).
+fn reachable_by_everyone(program: &Path) -> PathBuf {
+    static MOVED: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
+    let mut moved = MOVED.lock().unwrap();
+    let moved = moved.get_or_insert_with(HashMap::new);
+    if let Some(reachable) = moved.get(program) {
+        return reachable.clone();
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("gwb-test-bin-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let reachable = dir.join(program.file_name().expect("a program's file name"));
+    if std::fs::hard_link(program, &reachable).is_err() {
+        std::fs::copy(program, &reachable)
+            .unwrap_or_else(|e| panic!("cannot copy {} for another user: {e}", program.display()));
+    }
+    std::fs::set_permissions(&reachable, std::fs::Permissions::from_mode(0o755)).unwrap();
+    moved.insert(program.to_path_buf(), reachable.clone());
+    reachable
+}
+
 /// A started process that does not outlive its test: a failed assertion must not leave a
 /// daemon or a writer running.
 pub struct Spawned(Child);
@@ -130,6 +179,78 @@ impl std::ops::Deref for Spawned {
 impl std::ops::DerefMut for Spawned {
     fn deref_mut(&mut self) -> &mut Child {
         &mut self.0
+    }
+}
+
+impl Spawned {
+    /// Reads its stderr (spawned piped) on a thread of its own from now on, so that the test
+    /// can wait for the line that says an event happened instead of sleeping and hoping.
+    pub fn watch_stderr(&mut self) -> Stderr {
+        let stream = self
+            .0
+            .stderr
+            .take()
+            .expect("stderr spawned as Stdio::piped()");
+        let (sender, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Stderr {
+            lines,
+            seen: RefCell::new(String::new()),
+            reader,
+        }
+    }
+}
+
+/// A running process's stderr, line by line as it is written (see [`Spawned::watch_stderr`]).
+pub struct Stderr {
+    lines: mpsc::Receiver<String>,
+    seen: RefCell<String>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Stderr {
+    /// Waits for a line holding every one of `words` and returns it; panics, with all that
+    /// was written, if the process closes stderr first or nothing matches within `limit`.
+    pub fn wait_for(&self, words: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "no line with {words:?} within {limit:?}; stderr so far:\n{}",
+                    self.seen.borrow()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "stderr closed before a line with {words:?}:\n{}",
+                    self.seen.borrow()
+                ),
+            };
+            let seen = &mut *self.seen.borrow_mut();
+            seen.push_str(&line);
+            seen.push('\n');
+            if words.iter().all(|word| line.contains(word)) {
+                return line;
+            }
+        }
+    }
+
+    /// Everything it wrote, once it closed stderr (normally: once it exited).
+    pub fn all(self) -> String {
+        let mut seen = self.seen.into_inner();
+        for line in self.lines.iter() {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        self.reader.join().unwrap();
+        seen
     }
 }
 

@@ -168,6 +168,11 @@ impl FaultProxy {
             .push_back((Match { method, target }, fault));
     }
 
+    /// Drops the forced faults that no request has matched yet.
+    pub fn clear_forced(&self) {
+        self.shared.config.lock().unwrap().forced.clear();
+    }
+
     /// Forced faults that no request has matched yet.
     pub fn pending_forced(&self) -> usize {
         self.shared.config.lock().unwrap().forced.len()

@@ -71,10 +71,10 @@ impl Fixture {
         backup_command(agent, source, &self.recipient, &self.root.join("staging"))
     }
 
-    /// Backs `home` up once Signal's database has been quiet for [`super::QUIET`]: the
-    /// snapshot's manifest.
+    /// Backs `home` up once Signal's database is quiet (see [`super::wait_for_quiet_database`]):
+    /// the snapshot's manifest.
     pub fn quiet_backup_of(&self, home: &Path) -> Value {
-        std::thread::sleep(super::QUIET);
+        super::wait_for_quiet_database(home);
         self.manifest(&self.backup_of(self.agent(), home).ok())
     }
 
