@@ -35,7 +35,7 @@ use crate::repo::Repository;
 use crate::schedule;
 
 pub struct RunOptions {
-    pub schedule: cron::Schedule,
+    pub schedule: schedule::Schedule,
     pub lease_owner: String,
     pub lease_ttl: Duration,
     pub jitter: Duration,
@@ -169,8 +169,8 @@ async fn show_newest_snapshot(
 
 /// Older than the gap between two scheduled runs: the schedule would have taken a newer
 /// one had a sidecar been running (a pod down for a while, or a previous owner that failed).
-fn is_stale(finished: chrono::DateTime<chrono::Utc>, schedule: &cron::Schedule) -> bool {
-    let mut upcoming = schedule.upcoming(chrono::Utc);
+fn is_stale(finished: chrono::DateTime<chrono::Utc>, schedule: &schedule::Schedule) -> bool {
+    let mut upcoming = schedule.upcoming();
     let (Some(first), Some(second)) = (upcoming.next(), upcoming.next()) else {
         return false;
     };
