@@ -25,9 +25,11 @@ K8S_VERSIONS = ["1.30.0", "1.33.0"]
 #  example-green:   the design document's green release (`helm install ghostwire-green ./chart
 #                   -n ghostwire-green`: StatefulSet ghostwire-green in namespace
 #                   ghostwire-green) through the same sidecar component. Its stand-in is
-#                   written by green_stand_in() as the chart would render it, NOT renamed by a
+#                   written by chart_stand_in() as the chart would render it, NOT renamed by a
 #                   Kustomize patch (Kustomize matches patch targets by an object's original
 #                   name too, which would hide a patch that targets the name `ghostwire`);
+#  example-claim-name: the stand-in with its claim template called `profile` instead of the
+#                   chart's `signal-data`: the agent must follow it onto `profile`;
 #  example-cronjob: the cronjob component for the green release, its PVC name set in one place.
 # And flux-postrender: the green stand-in through the HelmRelease's own post-renderer patches,
 # as Flux would apply them (built in render_all from the rendered HelmRelease).
@@ -69,6 +71,16 @@ resources:
 components:
   - {deploy}/components/sidecar
 """,
+    "example-claim-name": """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: ghostwire
+resources:
+  - {other_claim}
+  - {deploy}/base
+components:
+  - {deploy}/components/sidecar
+""",
     "example-cronjob": """\
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -86,7 +98,7 @@ patches:
     patch: |-
       - op: replace
         path: /spec/jobTemplate/spec/template/spec/volumes/0/persistentVolumeClaim/claimName
-        value: home-ghostwire-green-0
+        value: signal-data-ghostwire-green-0
 """,
 }
 
@@ -106,17 +118,29 @@ def render(kubectl, directory, *extra):
 GREEN = {"name": "ghostwire-green", "namespace": "ghostwire-green"}
 
 
-def green_stand_in(root, scratch):
-    """deploy/sidecar/stand-in's StatefulSet as the green release renders it: named after the
-    release, in its namespace, with the release's instance label. Returns its directory."""
+def chart_stand_in(root, scratch, directory, release=None, claim=None):
+    """deploy/sidecar/stand-in's StatefulSet as another render of the chart: named after the
+    release, in its namespace, with the release's instance label (release = GREEN), and/or
+    with its claim template called `claim` (Signal's mount renamed with it). Written as the
+    chart would render it, not renamed by a Kustomize patch (Kustomize matches patch targets
+    by an object's original name too, which would hide a patch that targets the name
+    `ghostwire`). Returns its directory."""
     with open(f"{root}/deploy/sidecar/stand-in/ghostwire-statefulset.yaml") as f:
         sts = yaml.safe_load(f)
-    sts["metadata"].update(GREEN)
-    sts["spec"]["serviceName"] = GREEN["name"]
-    for labels in (sts["metadata"].setdefault("labels", {}), sts["spec"]["selector"]["matchLabels"],
-                   sts["spec"]["template"]["metadata"]["labels"]):
-        labels["app.kubernetes.io/instance"] = GREEN["name"]
-    directory = os.path.join(scratch, "green-stand-in")
+    if release:
+        sts["metadata"].update(release)
+        sts["spec"]["serviceName"] = release["name"]
+        for labels in (sts["metadata"].setdefault("labels", {}), sts["spec"]["selector"]["matchLabels"],
+                       sts["spec"]["template"]["metadata"]["labels"]):
+            labels["app.kubernetes.io/instance"] = release["name"]
+    if claim:
+        template = sts["spec"]["volumeClaimTemplates"][0]["metadata"]
+        for c in sts["spec"]["template"]["spec"]["containers"]:
+            for m in c.get("volumeMounts", []):
+                if m["name"] == template["name"]:
+                    m["name"] = claim
+        template["name"] = claim
+    directory = os.path.join(scratch, directory)
     os.makedirs(directory)
     with open(f"{directory}/statefulset.yaml", "w") as f:
         yaml.safe_dump(sts, f)
@@ -128,7 +152,8 @@ def green_stand_in(root, scratch):
 def render_all(root, kubectl, scratch):
     """{variant: YAML text} for every variant and the documented overlays."""
     texts = {}
-    green = green_stand_in(root, scratch)
+    green = chart_stand_in(root, scratch, "green-stand-in", release=GREEN)
+    other_claim = chart_stand_in(root, scratch, "claim-stand-in", claim="profile")
     for v in VARIANTS:
         if not os.path.isfile(f"{root}/deploy/{v}/kustomization.yaml"):
             raise Failure(f"deploy/{v}/kustomization.yaml is missing")
@@ -138,7 +163,8 @@ def render_all(root, kubectl, scratch):
         os.makedirs(directory)
         deploy = os.path.relpath(f"{root}/deploy", directory)
         with open(f"{directory}/kustomization.yaml", "w") as f:
-            f.write(kustomization.format(deploy=deploy, green=os.path.relpath(green, directory)))
+            f.write(kustomization.format(deploy=deploy, green=os.path.relpath(green, directory),
+                                         other_claim=os.path.relpath(other_claim, directory)))
         texts[name] = render(kubectl, directory, "--load-restrictor", "LoadRestrictionsNone")
     texts["flux-postrender"] = render_post_renderer(root, kubectl, scratch, green, texts["flux"])
     return texts

@@ -32,10 +32,30 @@ EXTERNAL_REFS = set()
 # sidecar component and the Flux post-renderer select by it.
 GHOSTWIRE_LABEL = ("app.kubernetes.io/name", "ghostwire")
 HOME = "/home/kasm-user"
+# Signal's container in the chart: the sidecar component finds it by this name (its liveness
+# probe, and the home volume it mounts, read by Kustomize replacements).
+SIGNAL_CONTAINER = "signal"
+# Where Kubernetes clients look for the API token; only the sidecar may have one there.
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+# The lease owner's parts (cluster/namespace/pod), from the downward API and the ConfigMap.
+# PENDING_ENV: read by the binary once the lease owner change of issue 21 lands; until the
+# binary lists them in `reference --json`, the checker accepts exactly these three.
+# TODO(lead): remove PENDING_ENV once `reference --json` lists them.
+OWNER_FIELDS = {"GWB_POD_NAME": "metadata.name", "GWB_POD_NAMESPACE": "metadata.namespace"}
+PENDING_ENV = {"GWB_POD_NAME", "GWB_POD_NAMESPACE", "GWB_CLUSTER_ID"}
+# The shutdown budget's parts, as pod annotations (deploy/components/sidecar/statefulset-patch.yaml):
+# terminationGracePeriodSeconds = signal stop + GWB_FINAL_DEADLINE + margin.
+SIGNAL_STOP_ANNOTATION = "ghostwire-backup/signal-stop-seconds"
+FINAL_MARGIN_ANNOTATION = "ghostwire-backup/final-margin-seconds"
+ROLE = "ghostwire-backup-own-pod"
 # Renders that must hold at least one Ghostwire StatefulSet, and the (namespace, name) it must have.
 GHOSTWIRE_RENDERS = {"sidecar": None, "example-overlay": ("ghostwire", "ghostwire"),
                      "example-green": ("ghostwire-green", "ghostwire-green"),
+                     "example-claim-name": ("ghostwire", "ghostwire"),
                      "flux-postrender": ("ghostwire-green", "ghostwire-green")}
+# The claim template each of those renders' chart stand-in has: the agent must come out on it.
+CHART_CLAIMS = {"sidecar": "signal-data", "example-overlay": "signal-data", "example-green": "signal-data",
+                "example-claim-name": "profile", "flux-postrender": "signal-data"}
 RUNBOOK_DOC = "docs/kubernetes.md"
 METRIC_NAME = re.compile(r"\bghostwire_backup_[a-z0-9_]*[a-z0-9]")
 
@@ -132,6 +152,23 @@ def is_ghostwire(doc):
                for _, c in containers(pod_spec(doc)))
 
 
+def signal_containers(spec):
+    """The app containers that mount the desktop's home: Signal (Kasm), whatever the chart
+    calls them."""
+    return [c for c in spec.get("containers", []) or []
+            if not is_agent(c) and any(m.get("mountPath") == HOME for m in c.get("volumeMounts", []) or [])]
+
+
+def home_volume(c):
+    return next((m["name"] for m in c.get("volumeMounts", []) or [] if m.get("mountPath") == HOME), None)
+
+
+def token_volumes(spec):
+    """Names of the pod's volumes that project a ServiceAccount token."""
+    return {v["name"] for v in spec.get("volumes", []) or []
+            if any("serviceAccountToken" in src for src in (v.get("projected") or {}).get("sources", []) or [])}
+
+
 def field_ref(env_entry):
     return (((env_entry or {}).get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
 
@@ -212,7 +249,7 @@ class Checker:
                 self.fail(variant, f"{name}: resources.{'.'.join(path)} missing")
         env = env_of(c, docs)
         for k in env:
-            if k.startswith("GWB_") and k not in iface.env:
+            if k.startswith("GWB_") and k not in iface.env and k not in PENDING_ENV:
                 self.fail(variant, f"{name}: unknown env var {k} (the agent does not read it)")
         reads = iface.env_of(sub) if sub else iface.env
         for e in c.get("env", []) or []:
@@ -314,8 +351,15 @@ class Checker:
                     is_agent(c) and (c.get("args") or [None])[0] in signers for _, c in containers(spec)):
                 self.fail(variant, f"{where}: volume {v['name']} holds the signing key, but no container "
                                    f"of this pod signs (only {', '.join(sorted(signers))} do)")
+        tokens = token_volumes(spec)
         agents = []
         for phase, c in containers(spec):
+            mounts_token = any(m["name"] in tokens or m.get("mountPath", "").rstrip("/") == TOKEN_PATH
+                               for m in c.get("volumeMounts", []) or [])
+            if mounts_token and not (is_agent(c) and (c.get("args") or [None])[0] == "run"
+                                     and c.get("restartPolicy") == "Always"):
+                self.fail(variant, f"{where} container {c['name']}: mounts a Kubernetes API token; only the "
+                                   f"sidecar (`run`) may (it deletes its own pod when the lease is lost)")
             self.check_security(variant, where, spec, c, stand_in, partial)
             if is_agent(c):
                 for ef in c.get("envFrom", []) or []:
@@ -335,7 +379,7 @@ class Checker:
                 self.check_workload(variant, d, docs)
             if d.get("kind") == "ConfigMap":
                 for k in (d.get("data") or {}):
-                    if k.startswith("GWB_") and k not in self.interface.env:
+                    if k.startswith("GWB_") and k not in self.interface.env and k not in PENDING_ENV:
                         self.fail(variant, f"ConfigMap/{d['metadata']['name']}: unknown key {k} (the agent does not read it)")
                     if k.startswith("AWS_SECRET") or k in ("GWB_IDENTITY", "GWB_SIGNING_KEY"):
                         self.fail(variant, f"ConfigMap/{d['metadata']['name']}: secret material {k} in a ConfigMap")
@@ -389,11 +433,7 @@ class Checker:
                 self.fail(variant, "restore must restore GWB_SNAPSHOT=handoff (exactly what the last instance released)")
             if find(docs, "ConfigMap", "ghostwire-backup") and renv.get("GWB_REQUIRE_SNAPSHOT") != "true":
                 self.fail(variant, "restore needs GWB_REQUIRE_SNAPSHOT=true (an empty repository must not start Signal)")
-            main = spec.get("containers") or []
-            lhg = ((main[0].get("livenessProbe") or {}).get("httpGet") or {}) if main else {}
-            if lhg.get("path") != "/leasez" or lhg.get("port") not in (METRICS_PORT, "metrics"):
-                self.fail(variant, f"{where}: the Signal container needs livenessProbe httpGet /leasez on "
-                                   f"{METRICS_PORT} (it stops a Signal whose pod lost the lease), got {lhg}")
+            self.check_signal_probe(variant, where, spec)
             for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
                 hg = (sidecar.get(probe) or {}).get("httpGet") or {}
                 if hg.get("path") != path or hg.get("port") not in (METRICS_PORT, "metrics"):
@@ -410,26 +450,10 @@ class Checker:
             if not ((sidecar.get("resources") or {}).get("limits") or {}).get("cpu"):
                 self.fail(variant, "sidecar needs a CPU limit (the compressor's threads follow the cgroup quota)")
             for c in (restore, sidecar):
-                owner = next((e for e in c.get("env", []) or [] if e["name"] == "GWB_LEASE_OWNER"), None)
-                if field_ref(owner) != "metadata.name":
-                    self.fail(variant, f"{c['name']}: GWB_LEASE_OWNER must come from fieldRef metadata.name "
-                                       f"(HOSTNAME can be set by the chart)")
-            grace = spec.get("terminationGracePeriodSeconds", 30)
-            try:
-                deadline = int(env.get("GWB_FINAL_DEADLINE", ""))
-            except ValueError:
-                self.fail(variant, "sidecar GWB_FINAL_DEADLINE must be an integer number of seconds")
-                deadline = grace
-            if grace < deadline + 20:
-                self.fail(variant, f"terminationGracePeriodSeconds {grace} leaves under 20 s beyond "
-                                   f"GWB_FINAL_DEADLINE {deadline} for Signal to stop")
-            for c in (restore, sidecar):
-                m = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == HOME), None)
-                if not m or m["name"] != "home" or m.get("readOnly"):
-                    self.fail(variant, f"{c['name']} must mount volume `home` read-write at {HOME}")
-        claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
-        if "home" not in claims:
-            self.fail(variant, f"{where} must have volumeClaimTemplate `home`")
+                self.check_lease_owner(variant, c, docs)
+            self.check_grace(variant, sts, env)
+            self.check_home_mounts(variant, where, sts, (restore, sidecar))
+            self.check_api_access(variant, where, sts, sidecar, docs)
         if sts["spec"].get("replicas", 1) != 1:
             self.fail(variant, "Ghostwire must run exactly one replica")
         # The metrics Service must select this pod.
@@ -438,6 +462,111 @@ class Checker:
         if svc and not all(labels.get(k) == v for k, v in svc[0]["spec"]["selector"].items()):
             self.fail(variant, f"monitoring Service selector {svc[0]['spec']['selector']} does not "
                                f"match the pod labels {labels}")
+
+    def check_signal_probe(self, variant, where, spec):
+        """Signal's container, found by what it is (the app container on the home volume), is
+        stopped by the sidecar's /leasez: not whichever container happens to come first."""
+        signals = signal_containers(spec)
+        if not signals:
+            self.fail(variant, f"{where}: no app container mounts {HOME} (Signal's container is missing)")
+        for c in signals:
+            hg = (c.get("livenessProbe") or {}).get("httpGet") or {}
+            if hg.get("path") != "/leasez" or hg.get("port") not in (METRICS_PORT, "metrics"):
+                self.fail(variant, f"{where}: the Signal container {c['name']} needs livenessProbe httpGet /leasez "
+                                   f"on {METRICS_PORT} (it stops a Signal whose pod lost the lease), got {hg}")
+
+    def check_lease_owner(self, variant, c, docs):
+        """The owner is cluster/namespace/pod: the pod's name and namespace from the API, the
+        cluster's name from the ConfigMap; nothing may override it with a bare name."""
+        entries = {e["name"]: e for e in c.get("env", []) or []}
+        for name, path in OWNER_FIELDS.items():
+            if field_ref(entries.get(name)) != path:
+                self.fail(variant, f"{c['name']}: {name} must come from fieldRef {path} (the lease owner is "
+                                   f"cluster/namespace/pod; HOSTNAME can be set by the chart)")
+        if "GWB_LEASE_OWNER" in entries:
+            self.fail(variant, f"{c['name']}: GWB_LEASE_OWNER is set: it would replace the cluster/namespace/pod "
+                               f"owner with one name that another namespace or cluster can share")
+        if find(docs, "ConfigMap", "ghostwire-backup") and not env_of(c, docs).get("GWB_CLUSTER_ID"):
+            self.fail(variant, f"{c['name']}: GWB_CLUSTER_ID is empty: set the cluster's name in the ConfigMap")
+
+    def check_grace(self, variant, sts, env):
+        """terminationGracePeriodSeconds = Signal's stop + the final snapshot's deadline + margin,
+        each stated in the pod spec: the deadline follows the grace period."""
+        template = sts["spec"]["template"]
+        annotations = (template.get("metadata") or {}).get("annotations") or {}
+        grace = template["spec"].get("terminationGracePeriodSeconds", 30)
+        try:
+            deadline = int(env.get("GWB_FINAL_DEADLINE", ""))
+            stop = int(annotations[SIGNAL_STOP_ANNOTATION])
+            margin = int(annotations[FINAL_MARGIN_ANNOTATION])
+        except (KeyError, ValueError):
+            self.fail(variant, f"sidecar GWB_FINAL_DEADLINE must be an integer number of seconds, and the pod needs "
+                               f"integer annotations {SIGNAL_STOP_ANNOTATION} and {FINAL_MARGIN_ANNOTATION}")
+            return
+        if stop <= 0 or margin <= 0 or deadline <= 0:
+            self.fail(variant, f"the shutdown budget's parts must be positive: Signal's stop {stop} s, "
+                               f"final deadline {deadline} s, margin {margin} s")
+        if grace != stop + deadline + margin:
+            self.fail(variant, f"terminationGracePeriodSeconds {grace} != {SIGNAL_STOP_ANNOTATION} {stop} + "
+                               f"GWB_FINAL_DEADLINE {deadline} + {FINAL_MARGIN_ANNOTATION} {margin}: set "
+                               f"GWB_FINAL_DEADLINE to {grace - stop - margin} (or the grace period to "
+                               f"{stop + deadline + margin})")
+
+    def check_home_mounts(self, variant, where, sts, agents):
+        """The agent mounts, read-write at HOME, the very volume Signal's container mounts
+        there, and that volume is one of the StatefulSet's claim templates."""
+        spec = pod_spec(sts)
+        homes = {home_volume(c) for c in signal_containers(spec)}
+        claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", []) or []]
+        want = CHART_CLAIMS.get(variant)
+        for c in agents:
+            m = next((m for m in c.get("volumeMounts", []) or [] if m["mountPath"] == HOME), None)
+            if not m or m.get("readOnly"):
+                self.fail(variant, f"{c['name']} must mount Signal's home volume read-write at {HOME}")
+            elif m["name"] not in homes:
+                self.fail(variant, f"{c['name']} mounts volume {m['name']} at {HOME}, but Signal's container "
+                                   f"mounts {sorted(h for h in homes if h)} there")
+            elif m["name"] not in claims:
+                self.fail(variant, f"{c['name']} mounts {m['name']} at {HOME}, which is not a volumeClaimTemplate "
+                                   f"of {where} (it has {claims})")
+            elif want and m["name"] != want:
+                self.fail(variant, f"{c['name']} mounts {m['name']} at {HOME}, not the chart's claim template {want}")
+
+    def check_api_access(self, variant, where, sts, sidecar, docs):
+        """The sidecar, and only it, reaches the API (check_workload), at the standard token path,
+        as the agent's ServiceAccount, whose Role lets it get and delete this one pod."""
+        spec = pod_spec(sts)
+        tokens = token_volumes(spec)
+        mount = next((m for m in sidecar.get("volumeMounts", []) or [] if m["name"] in tokens), None)
+        if not mount or mount["mountPath"].rstrip("/") != TOKEN_PATH or not mount.get("readOnly"):
+            self.fail(variant, f"{where}: the sidecar needs a projected serviceAccountToken volume mounted "
+                               f"read-only at {TOKEN_PATH} (it deletes its own pod when the lease is lost)")
+        else:
+            sources = (next(v for v in spec["volumes"] if v["name"] == mount["name"])["projected"] or {}).get("sources", [])
+            if not any((src.get("configMap") or {}).get("name") == "kube-root-ca.crt" for src in sources) or \
+                    not any(item.get("path") == "namespace" for src in sources
+                            for item in (src.get("downwardAPI") or {}).get("items", []) or []):
+                self.fail(variant, f"{where}: the sidecar's token volume needs the kube-root-ca.crt ConfigMap and "
+                                   f"the namespace (downwardAPI), as the automounted one has")
+        if not find(docs, "Role") and not find(docs, "RoleBinding"):
+            return  # a partial render (the StatefulSet alone): the Role comes with the component
+        self.check_own_pod_role(variant, docs, spec.get("serviceAccountName"), f"{sts['metadata']['name']}-0")
+
+    def check_own_pod_role(self, variant, docs, service_account, pod):
+        role = self.one(variant, docs, "Role", ROLE)
+        binding = self.one(variant, docs, "RoleBinding", ROLE)
+        if role:
+            rules = role.get("rules") or []
+            want = [{"apiGroups": [""], "resources": ["pods"], "resourceNames": [pod]}]
+            got = [{k: r.get(k) for k in ("apiGroups", "resources", "resourceNames")} for r in rules]
+            if got != want or any(sorted(r.get("verbs") or []) != ["delete", "get"] for r in rules):
+                self.fail(variant, f"Role {ROLE} must allow exactly get and delete on pods/{pod}, got {rules}")
+        if binding:
+            subjects = binding.get("subjects") or []
+            if (binding.get("roleRef") or {}).get("name") != ROLE or (binding.get("roleRef") or {}).get("kind") != "Role" \
+                    or [(x.get("kind"), x.get("name")) for x in subjects] != [("ServiceAccount", service_account)]:
+                self.fail(variant, f"RoleBinding {ROLE} must bind Role {ROLE} to ServiceAccount {service_account} "
+                                   f"alone, got {binding.get('roleRef')} {subjects}")
 
     def check_example_overlay(self, variant, docs, sts):
         cm = self.one(variant, docs, "ConfigMap", "ghostwire-backup")
@@ -478,9 +607,10 @@ class Checker:
             m = next((m for m in agents[0].get("volumeMounts", []) if m["mountPath"] == HOME), None)
             v = volume_of(spec, m) if m else {}
             claim = (v.get("persistentVolumeClaim") or {}).get("claimName")
-            if not claim or not claim.startswith("home-"):
-                self.fail(variant, f"must mount the home PVC (home-<statefulset>-0) at {HOME}, got {claim}")
-            if variant == "example-cronjob" and claim != "home-ghostwire-green-0":
+            if not claim or not claim.endswith("-0"):
+                self.fail(variant, f"must mount the Ghostwire pod's PVC (<claim template>-<statefulset>-0) at {HOME}, "
+                                   f"got {claim}")
+            if variant == "example-cronjob" and claim != "signal-data-ghostwire-green-0":
                 self.fail(variant, f"the documented claimName patch did not apply (got {claim})")
             if m and (m.get("readOnly") or (v.get("persistentVolumeClaim") or {}).get("readOnly")):
                 self.fail(variant, "the home PVC must be mounted read-write (SQLite WAL needs -shm)")
@@ -562,6 +692,10 @@ class Checker:
             ports = {p.get("name"): p for p in svc["spec"].get("ports", [])}
             if "metrics" not in ports or ports["metrics"]["port"] != METRICS_PORT:
                 self.fail(variant, f"Service needs port {METRICS_PORT} named metrics")
+            elif ports["metrics"].get("targetPort") != METRICS_PORT:
+                self.fail(variant, f"Service port metrics needs the numeric targetPort {METRICS_PORT}, got "
+                                   f"{ports['metrics'].get('targetPort')!r}: a named port on a native sidecar "
+                                   f"resolves only from Kubernetes 1.32")
             if not svc["spec"].get("selector"):
                 self.fail(variant, "Service needs a selector")
         if sm:
@@ -669,6 +803,7 @@ class Checker:
                                "releaseName ghostwire-green in namespace ghostwire-green")
         if hr.get("apiVersion") != "helm.toolkit.fluxcd.io/v2":
             self.fail(variant, f"HelmRelease apiVersion {hr.get('apiVersion')}, want helm.toolkit.fluxcd.io/v2")
+        self.check_own_pod_role(variant, docs, "ghostwire-backup", f"{hr['spec'].get('releaseName')}-0")
         ref = hr["spec"].get("chart", {}).get("spec", {}).get("sourceRef", {})
         if not find(docs, ref.get("kind"), ref.get("name")):
             self.fail(variant, f"HelmRelease sourceRef {ref} is not rendered")

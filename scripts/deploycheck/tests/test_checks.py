@@ -32,13 +32,11 @@ REFERENCE = {
         {"name": "restore", "about": "", "args": [
             flag("--snapshot", "GWB_SNAPSHOT", "latest"), flag("--identity", "GWB_IDENTITY_FILE"),
             flag("--target", "GWB_TARGET"), flag("--if-empty", "GWB_IF_EMPTY", "false", False),
-            flag("--lease-owner", "GWB_LEASE_OWNER"),
             flag("--require-snapshot", "GWB_REQUIRE_SNAPSHOT", "false", False), *TRUSTS]},
         {"name": "run", "about": "", "args": [
             flag("--staging-dir", "GWB_STAGING_DIR"), flag("--listen", "GWB_LISTEN", "0.0.0.0:9464"),
             flag("--final-snapshot", "GWB_FINAL_SNAPSHOT", "true"),
-            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90"), flag("--lease-owner", "GWB_LEASE_OWNER"),
-            *SIGNS]},
+            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90"), *SIGNS]},
         {"name": "prune", "about": "", "args": [flag("--keep-daily", "GWB_KEEP_DAILY", "0"), *TRUSTS]},
     ],
     "metrics": [
@@ -73,25 +71,35 @@ def agent(name, args, env=(), mounts=()):
 
 SIGNING_MOUNT = {"name": "signing", "mountPath": "/signing", "readOnly": True}
 SIGNING_VOLUME = {"name": "signing", "secret": {"secretName": "ghostwire-backup-signing", "defaultMode": 0o440}}
-LEASE_OWNER = {"name": "GWB_LEASE_OWNER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+# The lease owner's parts from the downward API (GWB_CLUSTER_ID comes from the ConfigMap).
+# The stand-in interface does not list them: the checker accepts exactly these until the
+# binary does (checks.PENDING_ENV).
+LEASE_OWNER = [{"name": "GWB_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+               {"name": "GWB_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_VOLUME = {"name": "kube-api", "projected": {"sources": [
+    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}
 RUNBOOK = "https://example.invalid/docs/kubernetes.md#"
 ANCHORS = {"ghostwirebackupstale", "ghostwirebackupfailing", "ghostwirebackuprestoregatefailed"}
 
 
 def ghostwire_statefulset(name="ghostwire", namespace=None):
-    """A Ghostwire StatefulSet as the chart renders it: its label, Signal on the home volume."""
+    """A Ghostwire StatefulSet as the chart renders it: its label, Signal on the claim template
+    signal-data."""
     meta = {"name": name, "labels": {"app.kubernetes.io/name": "ghostwire"}}
     if namespace:
         meta["namespace"] = namespace
     signal = {"name": "signal", "image": "kasmweb/signal:1.17.0",
               "securityContext": {**SECURE, "readOnlyRootFilesystem": False},
-              "volumeMounts": [{"name": "home", "mountPath": "/home/kasm-user"}]}
+              "volumeMounts": [{"name": "signal-data", "mountPath": "/home/kasm-user"}]}
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {**meta, "annotations": {"ghostwire-backup/stand-in": "true"}},
         "spec": {
             "replicas": 1,
-            "volumeClaimTemplates": [{"metadata": {"name": "home"}}],
+            "volumeClaimTemplates": [{"metadata": {"name": "signal-data"}}],
             "template": {"metadata": {"labels": {"app.kubernetes.io/name": "ghostwire"}}, "spec": {
                 "automountServiceAccountToken": False,
                 "securityContext": {"fsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -107,15 +115,16 @@ def sidecar_variant(name="ghostwire", namespace=None):
     restore = agent("restore", ["restore", "--if-empty"],
                     env=[("GWB_TARGET", "/home/kasm-user"), ("GWB_IDENTITY_FILE", "/identity/identity.txt"),
                          ("GWB_SNAPSHOT", "handoff")],
-                    mounts=[{"name": "home", "mountPath": "/home/kasm-user"},
+                    mounts=[{"name": "signal-data", "mountPath": "/home/kasm-user"},
                             {"name": "identity", "mountPath": "/identity", "readOnly": True}])
     sidecar = agent("ghostwire-backup", ["run"],
                     env=[("GWB_LISTEN", "0.0.0.0:9464"), ("GWB_FINAL_SNAPSHOT", "true"),
                          ("GWB_FINAL_DEADLINE", "90"), ("GWB_STAGING_DIR", "/tmp/ghostwire-backup"),
                          ("GWB_SIGNING_KEY_FILE", "/signing/signing.key")],
-                    mounts=[{"name": "home", "mountPath": "/home/kasm-user"}, copy.deepcopy(SIGNING_MOUNT)])
+                    mounts=[{"name": "signal-data", "mountPath": "/home/kasm-user"}, copy.deepcopy(SIGNING_MOUNT),
+                            {"name": "kube-api", "mountPath": TOKEN_PATH, "readOnly": True}])
     for c in (restore, sidecar):
-        c["env"].append(copy.deepcopy(LEASE_OWNER))
+        c["env"] += copy.deepcopy(LEASE_OWNER)
     sidecar["resources"]["limits"]["cpu"] = "1"
     sidecar.update({
         "restartPolicy": "Always",
@@ -128,17 +137,31 @@ def sidecar_variant(name="ghostwire", namespace=None):
     sts = ghostwire_statefulset(name, namespace)
     spec = sts["spec"]["template"]["spec"]
     spec["containers"][0]["livenessProbe"] = {"httpGet": {"path": "/leasez", "port": 9464}}
+    sts["spec"]["template"]["metadata"]["annotations"] = {
+        "ghostwire-backup/signal-stop-seconds": "25", "ghostwire-backup/final-margin-seconds": "5"}
     spec.update({
         "terminationGracePeriodSeconds": 120,
+        "serviceAccountName": "ghostwire-backup",
         "initContainers": [restore, sidecar],
         "volumes": [{"name": "tmp", "emptyDir": {}},
                     {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity", "defaultMode": 0o440}},
-                    copy.deepcopy(SIGNING_VOLUME)],
+                    copy.deepcopy(SIGNING_VOLUME), copy.deepcopy(TOKEN_VOLUME)],
     })
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ghostwire-backup"},
           "data": {"GWB_REPO": "s3://bucket/ghostwire", "GWB_LOG": "info", "GWB_REQUIRE_SNAPSHOT": "true",
+                   "GWB_CLUSTER_ID": "eu-prod",
                    "GWB_VERIFY_KEY": "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"}}
-    return [sts, cm]
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "ghostwire-backup"},
+          "automountServiceAccountToken": False}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "ghostwire-backup-own-pod"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "resourceNames": [f"{name}-0"],
+                       "verbs": ["get", "delete"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "ghostwire-backup-own-pod"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ghostwire-backup-own-pod"},
+               "subjects": [{"kind": "ServiceAccount", "name": "ghostwire-backup"}]}
+    return [sts, cm, sa, role, binding]
 
 
 def monitoring_variant():
@@ -175,7 +198,7 @@ def monitoring_variant():
             "data": {"ghostwire-backup.json": json.dumps(board)}}
     svc = {"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": "ghostwire-backup-metrics", "labels": {"app": "gwb"}},
-           "spec": {"selector": {"app": "ghostwire"}, "ports": [{"name": "metrics", "port": 9464}]}}
+           "spec": {"selector": {"app": "ghostwire"}, "ports": [{"name": "metrics", "port": 9464, "targetPort": 9464}]}}
     sm = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
           "metadata": {"name": "ghostwire-backup"},
           "spec": {"selector": {"matchLabels": {"app": "gwb"}}, "endpoints": [{"port": "metrics"}]}}
@@ -338,6 +361,12 @@ class CheckerTest(unittest.TestCase):
         self.assertReports(self.check("monitoring", docs),
                            "alert GhostwireBackupSlow: the agent exports no metric ghostwire_backup_duration_seconds")
 
+    def test_a_named_target_port_is_reported(self):
+        docs = monitoring_variant()
+        docs[2]["spec"]["ports"][0]["targetPort"] = "metrics"
+        self.assertReports(self.check("monitoring", docs),
+                           "Service port metrics needs the numeric targetPort 9464, got 'metrics'")
+
     def test_the_dashboard_shows_every_exported_metric_and_nothing_else(self):
         docs = monitoring_variant()
         board = json.loads(docs[1]["data"]["ghostwire-backup.json"])
@@ -368,7 +397,7 @@ class CheckerTest(unittest.TestCase):
         docs[1]["data"]["GWB_REQUIRE_SNAPSHOT"] = "false"
         self.assertReports(self.check("sidecar", docs),
                            "sidecar startupProbe must be httpGet /startupz on 9464, got {}",
-                           "the Signal container needs livenessProbe httpGet /leasez on 9464",
+                           "the Signal container signal needs livenessProbe httpGet /leasez on 9464",
                            "restore must restore GWB_SNAPSHOT=handoff",
                            "restore needs GWB_REQUIRE_SNAPSHOT=true")
         docs = sidecar_variant()
@@ -382,13 +411,77 @@ class CheckerTest(unittest.TestCase):
                            "expected Ghostwire StatefulSet ghostwire-green in namespace ghostwire-green")
         self.assertReports(self.check("flux-postrender", docs[1:]), "renders no Ghostwire StatefulSet")
 
-    def test_the_lease_owner_must_be_the_pod_name_and_the_sidecar_needs_a_cpu_limit(self):
+    def test_the_lease_owner_is_cluster_namespace_and_pod_and_the_sidecar_needs_a_cpu_limit(self):
         docs = sidecar_variant()
-        set_env(containers_of(docs)["restore"], "GWB_LEASE_OWNER", "ghostwire-0")
+        restore = containers_of(docs)["restore"]
+        set_env(restore, "GWB_POD_NAMESPACE", "ghostwire")
+        restore["env"].append({"name": "GWB_LEASE_OWNER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        del docs[1]["data"]["GWB_CLUSTER_ID"]
         del containers_of(docs)["ghostwire-backup"]["resources"]["limits"]["cpu"]
         self.assertReports(self.check("sidecar", docs),
-                           "restore: GWB_LEASE_OWNER must come from fieldRef metadata.name",
+                           "restore: GWB_POD_NAMESPACE must come from fieldRef metadata.namespace",
+                           "restore: GWB_LEASE_OWNER is set: it would replace the cluster/namespace/pod owner",
+                           "ghostwire-backup: GWB_CLUSTER_ID is empty",
                            "sidecar needs a CPU limit")
+
+    def test_the_agent_follows_the_charts_claim_template_onto_signals_volume(self):
+        # A chart whose claim template is called `profile`: the agent mounts `profile`.
+        docs = sidecar_variant("ghostwire", "ghostwire")
+        sts = docs[0]
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] = "profile"
+        for _, c in [("main", c) for c in sts["spec"]["template"]["spec"]["containers"]] + \
+                [("init", c) for c in sts["spec"]["template"]["spec"]["initContainers"]]:
+            for m in c["volumeMounts"]:
+                if m["name"] == "signal-data":
+                    m["name"] = "profile"
+        self.assertEqual(self.check("example-claim-name", docs), [])
+        # The agent left on the old name mounts nothing Signal uses.
+        next(m for m in containers_of(docs)["restore"]["volumeMounts"]
+             if m["mountPath"] == "/home/kasm-user")["name"] = "signal-data"
+        self.assertReports(self.check("example-claim-name", docs),
+                           "restore mounts volume signal-data at /home/kasm-user, but Signal's container mounts ['profile']")
+        # The render meant to show the chart's own name checks for it.
+        self.assertReports(self.check("example-claim-name", sidecar_variant("ghostwire", "ghostwire")),
+                           "mounts signal-data at /home/kasm-user, not the chart's claim template profile")
+
+    def test_the_lease_probe_goes_to_signal_not_to_the_first_container(self):
+        docs = sidecar_variant()
+        spec = docs[0]["spec"]["template"]["spec"]
+        proxy = {"name": "proxy", "image": "nginx", "securityContext": copy.deepcopy(SECURE),
+                 "livenessProbe": {"httpGet": {"path": "/leasez", "port": 9464}}}
+        del spec["containers"][0]["livenessProbe"]
+        spec["containers"].insert(0, proxy)
+        self.assertReports(self.check("sidecar", docs),
+                           "the Signal container signal needs livenessProbe httpGet /leasez on 9464")
+
+    def test_only_the_sidecar_gets_an_api_token_and_only_for_its_own_pod(self):
+        docs = sidecar_variant()
+        spec = docs[0]["spec"]["template"]["spec"]
+        spec["containers"][0]["volumeMounts"].append({"name": "kube-api", "mountPath": TOKEN_PATH, "readOnly": True})
+        containers_of(docs)["restore"]["volumeMounts"].append({"name": "kube-api", "mountPath": "/token"})
+        docs[3]["rules"][0]["verbs"].append("list")
+        docs[3]["rules"][0]["resourceNames"] = ["ghostwire-green-0"]
+        docs[4]["subjects"].append({"kind": "ServiceAccount", "name": "default"})
+        self.assertReports(self.check("sidecar", docs),
+                           "container signal: mounts a Kubernetes API token; only the sidecar (`run`) may",
+                           "container restore: mounts a Kubernetes API token",
+                           "Role ghostwire-backup-own-pod must allow exactly get and delete on pods/ghostwire-0",
+                           "RoleBinding ghostwire-backup-own-pod must bind Role ghostwire-backup-own-pod to "
+                           "ServiceAccount ghostwire-backup alone")
+        docs = sidecar_variant()
+        sidecar = containers_of(docs)["ghostwire-backup"]
+        sidecar["volumeMounts"] = [m for m in sidecar["volumeMounts"] if m["name"] != "kube-api"]
+        self.assertReports(self.check("sidecar", docs),
+                           "the sidecar needs a projected serviceAccountToken volume mounted read-only at " + TOKEN_PATH)
+
+    def test_the_final_deadline_follows_the_grace_period(self):
+        docs = sidecar_variant()
+        docs[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 180
+        self.assertReports(self.check("sidecar", docs),
+                           "terminationGracePeriodSeconds 180 != ghostwire-backup/signal-stop-seconds 25 + "
+                           "GWB_FINAL_DEADLINE 90 + ghostwire-backup/final-margin-seconds 5: set GWB_FINAL_DEADLINE to 150")
+        del docs[0]["spec"]["template"]["metadata"]["annotations"]["ghostwire-backup/signal-stop-seconds"]
+        self.assertReports(self.check("sidecar", docs), "the pod needs integer annotations")
 
     def test_the_backup_cronjob_beside_the_sidecar_is_reported(self):
         docs = sidecar_variant()
@@ -412,7 +505,7 @@ class CheckerTest(unittest.TestCase):
             "tolerations": [{"key": "workload", "operator": "Equal", "value": "desktop", "effect": "NoSchedule"}],
             "containers": [backup],
             "volumes": [{"name": "tmp", "emptyDir": {}},
-                        {"name": "home", "persistentVolumeClaim": {"claimName": "home-ghostwire-green-0"}},
+                        {"name": "home", "persistentVolumeClaim": {"claimName": "signal-data-ghostwire-green-0"}},
                         copy.deepcopy(SIGNING_VOLUME)],
         }
         cronjob = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "ghostwire-backup"},
@@ -423,12 +516,12 @@ class CheckerTest(unittest.TestCase):
         spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"] = \
             {"matchLabels": {"statefulset.kubernetes.io/pod-name": "ghostwire-0"}}
         del spec["tolerations"]
-        spec["volumes"][1]["persistentVolumeClaim"]["claimName"] = "home-ghostwire-0"
+        spec["volumes"][1]["persistentVolumeClaim"]["claimName"] = "signal-data-ghostwire-0"
         self.assertReports(self.check("example-cronjob", [cronjob, cm]),
                            "needs required podAffinity to the Ghostwire pod's label app.kubernetes.io/name=ghostwire",
                            "podAffinity must not name one pod",
                            "needs tolerations for the desktop pool",
-                           "the documented claimName patch did not apply (got home-ghostwire-0)")
+                           "the documented claimName patch did not apply (got signal-data-ghostwire-0)")
 
     def test_alerts_need_for_and_a_runbook_that_exists(self):
         docs = monitoring_variant()
@@ -478,7 +571,7 @@ class InterfaceTest(unittest.TestCase):
         iface = Interface(REFERENCE)
         self.assertEqual(iface.env_of("restore"),
                          {"GWB_REPO", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY", "GWB_REQUIRE_SNAPSHOT",
-                          "GWB_LEASE_OWNER", "GWB_VERIFY_KEY", "GWB_ALLOW_UNSIGNED"})
+                          "GWB_VERIFY_KEY", "GWB_ALLOW_UNSIGNED"})
         self.assertEqual(iface.commands_with("--signing-key"), {"backup", "run"})
         self.assertEqual(iface.default("run", "--listen"), "0.0.0.0:9464")
         self.assertIn("ghostwire_backup_failures_total", iface.metric_series)
