@@ -15,7 +15,8 @@ import yaml
 from .checks import CRD_KINDS, Checker, markdown_anchors
 from .interface import Interface
 
-VARIANTS = ["sidecar", "cronjob", "verify-cronjob", "prune-cronjob", "monitoring", "flux", "helm-test"]
+VARIANTS = ["sidecar", "cronjob", "verify-cronjob", "prune-cronjob", "monitoring", "monitoring-rules", "flux",
+            "helm-test"]
 # Oldest supported (native sidecars need >= 1.29) and a current one.
 K8S_VERSIONS = ["1.30.0", "1.33.0"]
 

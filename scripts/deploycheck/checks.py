@@ -682,12 +682,21 @@ class Checker:
             if len(agents) != 1 or not has_args(agents[0].get("args", []), "check", "--max-age", "2h"):
                 self.fail(variant, "test Pod must run `check --max-age 2h`")
 
-    def check_monitoring(self, variant, docs):
+    def check_rules_once(self, variant, docs):
+        """The alerts and the dashboard are installed once per cluster, never next to a release
+        (a PrometheusRule in blue's and in green's namespace evaluates every rule twice)."""
+        per_release = [f"{d['kind']}/{d['metadata']['name']}" for d in docs
+                       if is_ghostwire(d) or d.get("kind") in ("Service", "ServiceMonitor")]
+        shared = [f"{d['kind']}/{d['metadata']['name']}" for d in docs
+                  if d.get("kind") == "PrometheusRule"
+                  or (d.get("kind") == "ConfigMap" and (d["metadata"].get("labels") or {}).get("grafana_dashboard"))]
+        if per_release and shared:
+            self.fail(variant, f"renders {shared} next to {per_release}: the alerts and the dashboard are installed "
+                               f"once per cluster (deploy/monitoring-rules), or blue and green get every alert twice")
+
+    def check_scrape(self, variant, docs):
         svc = self.one(variant, docs, "Service", "ghostwire-backup-metrics")
         sm = self.one(variant, docs, "ServiceMonitor", "ghostwire-backup")
-        rule = self.one(variant, docs, "PrometheusRule", "ghostwire-backup")
-        dash = self.one(variant, docs, "ConfigMap", "ghostwire-backup-dashboard")
-        exported = self.interface.metric_series
         if svc:
             ports = {p.get("name"): p for p in svc["spec"].get("ports", [])}
             if "metrics" not in ports or ports["metrics"]["port"] != METRICS_PORT:
@@ -709,6 +718,11 @@ class Checker:
             eps = sm["spec"].get("endpoints") or []
             if not eps or any(e.get("port") != "metrics" or e.get("path", "/metrics") != "/metrics" for e in eps):
                 self.fail(variant, "ServiceMonitor endpoints must scrape port `metrics` at /metrics")
+
+    def check_rules(self, variant, docs):
+        rule = self.one(variant, docs, "PrometheusRule", "ghostwire-backup")
+        dash = self.one(variant, docs, "ConfigMap", "ghostwire-backup-dashboard")
+        exported = self.interface.metric_series
         if rule:
             if rule.get("apiVersion") != "monitoring.coreos.com/v1":
                 self.fail(variant, f"PrometheusRule apiVersion {rule.get('apiVersion')}")
@@ -740,6 +754,13 @@ class Checker:
                 "GhostwireBackupJobFailed": [r"kube_job_status_failed"],
                 "GhostwireBackupCronJobStale": [r"kube_cronjob_status_last_successful_time",
                                                 r"unless\s+on\s*\(namespace,\s*cronjob\)\s*kube_cronjob_status_last_successful_time"],
+                # Once per start, not for the pod's whole life.
+                "GhostwireBackupHandoffMissing": [r"ghostwire_backup_handoff_missing\s*==\s*1",
+                                                  r"and\s+on\s*\(namespace,\s*pod\)\s*\(\s*time\(\)\s*-\s*kube_pod_start_time\s*<"],
+                # The desktop that cannot start: no sidecar runs, so kube-state-metrics tells.
+                "GhostwireDesktopStartBlocked": [r'kube_pod_init_container_status_restarts_total\{container="restore"\}',
+                                                 r'kube_pod_status_ready\{condition="true"\}'],
+                "GhostwireDesktopNotReady": [r"kube_statefulset_status_replicas_ready"],
             }
             for alert, patterns in want.items():
                 expr = (by_alert.get(alert) or {}).get("expr", "")
@@ -748,6 +769,10 @@ class Checker:
                 for p in patterns:
                     if expr and not re.search(p, expr):
                         self.fail(variant, f"alert {alert}: expr {expr!r} does not match {p}")
+            blocked = str((by_alert.get("GhostwireDesktopStartBlocked") or {}).get("for", ""))
+            if re.fullmatch(r"\d+[smh]", blocked) and int(blocked[:-1]) * {"s": 1, "m": 60, "h": 3600}[blocked[-1]] > 300:
+                self.fail(variant, f"alert GhostwireDesktopStartBlocked waits {blocked}: a desktop that cannot start "
+                                   f"must page within minutes (for: 5m at most)")
         if dash:
             if (dash["metadata"].get("labels") or {}).get("grafana_dashboard") != "1":
                 self.fail(variant, "dashboard ConfigMap needs label grafana_dashboard: \"1\"")
@@ -851,8 +876,11 @@ class Checker:
             self.check_prune_cronjob(variant, docs)
         elif variant == "helm-test":
             self.check_helm_test(variant, docs)
+        self.check_rules_once(variant, docs)
         if variant in ("monitoring", "example-overlay"):
-            self.check_monitoring(variant, docs)
+            self.check_scrape(variant, docs)
+        if variant == "monitoring-rules":
+            self.check_rules(variant, docs)
         if variant == "flux":
             self.check_flux(variant, docs)
         return len(self.errors) - before

@@ -46,6 +46,8 @@ REFERENCE = {
          "series": ["ghostwire_backup_last_success_timestamp_seconds"]},
         {"name": "ghostwire_backup_restore_gate_ok", "type": "gauge", "help": "",
          "series": ["ghostwire_backup_restore_gate_ok"]},
+        {"name": "ghostwire_backup_handoff_missing", "type": "gauge", "help": "",
+         "series": ["ghostwire_backup_handoff_missing"]},
     ],
 }
 
@@ -165,6 +167,7 @@ def sidecar_variant(name="ghostwire", namespace=None):
 
 
 def monitoring_variant():
+    """The once-per-cluster half: the PrometheusRule and the dashboard."""
     rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
             "metadata": {"name": "ghostwire-backup"},
             "spec": {"groups": [{"name": "g", "rules": [
@@ -181,10 +184,17 @@ def monitoring_variant():
                 {"alert": "GhostwireBackupCronJobStale", "anchor": "ghostwirebackupstale",
                  "expr": "time() - kube_cronjob_status_last_successful_time > 7200 or (kube_cronjob_created"
                          " unless on (namespace, cronjob) kube_cronjob_status_last_successful_time)"},
+                {"alert": "GhostwireBackupHandoffMissing", "anchor": "ghostwirebackupstale",
+                 "expr": "ghostwire_backup_handoff_missing == 1 and on (namespace, pod) (time() - kube_pod_start_time < 3600)"},
+                {"alert": "GhostwireDesktopStartBlocked", "anchor": "ghostwirebackupstale",
+                 "expr": 'sum by (namespace, pod) (increase(kube_pod_init_container_status_restarts_total{container="restore"}[15m])) > 0'
+                         ' unless on (namespace, pod) (kube_pod_status_ready{condition="true"} == 1)'},
+                {"alert": "GhostwireDesktopNotReady", "anchor": "ghostwirebackupstale",
+                 "expr": "kube_statefulset_replicas > 0 unless on (namespace, statefulset) kube_statefulset_status_replicas_ready > 0"},
             ]}]}}
     for r in rule["spec"]["groups"][0]["rules"]:
         anchor = r.pop("anchor", r["alert"].lower())
-        r.update({"for": "10m", "labels": {"severity": "critical"},
+        r.update({"for": "2m" if r["alert"] == "GhostwireDesktopStartBlocked" else "10m", "labels": {"severity": "critical"},
                   "annotations": {"summary": r["alert"], "runbook_url": RUNBOOK + anchor}})
     sel = '{namespace=~"$namespace", pod=~"$pod"}'
     board = {"uid": "gwb", "title": "Ghostwire backup",
@@ -192,17 +202,22 @@ def monitoring_variant():
              "panels": [{"id": i, "targets": [{"expr": e}]} for i, e in enumerate([
                  f"time() - ghostwire_backup_last_success_timestamp_seconds{sel}",
                  f"increase(ghostwire_backup_failures_total{sel}[24h])",
-                 f"ghostwire_backup_restore_gate_ok{sel}"])]}
+                 f"ghostwire_backup_restore_gate_ok{sel}", f"ghostwire_backup_handoff_missing{sel}"])]}
     dash = {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "ghostwire-backup-dashboard", "labels": {"grafana_dashboard": "1"}},
             "data": {"ghostwire-backup.json": json.dumps(board)}}
+    return [rule, dash]
+
+
+def scrape_variant():
+    """The per-namespace half: the metrics Service and its ServiceMonitor."""
     svc = {"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": "ghostwire-backup-metrics", "labels": {"app": "gwb"}},
            "spec": {"selector": {"app": "ghostwire"}, "ports": [{"name": "metrics", "port": 9464, "targetPort": 9464}]}}
     sm = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
           "metadata": {"name": "ghostwire-backup"},
           "spec": {"selector": {"matchLabels": {"app": "gwb"}}, "endpoints": [{"port": "metrics"}]}}
-    return [rule, dash, svc, sm]
+    return [svc, sm]
 
 
 def containers_of(docs):
@@ -228,7 +243,8 @@ class CheckerTest(unittest.TestCase):
 
     def test_the_valid_manifests_pass(self):
         self.assertEqual(self.check("sidecar", sidecar_variant()), [])
-        self.assertEqual(self.check("monitoring", monitoring_variant()), [])
+        self.assertEqual(self.check("monitoring-rules", monitoring_variant()), [])
+        self.assertEqual(self.check("monitoring", scrape_variant()), [])
 
     def test_a_sidecar_missing_its_env_is_reported(self):
         docs = sidecar_variant()
@@ -358,21 +374,41 @@ class CheckerTest(unittest.TestCase):
         docs[0]["spec"]["groups"][0]["rules"].append(
             {"alert": "GhostwireBackupSlow", "expr": "ghostwire_backup_duration_seconds > 600",
              "labels": {"severity": "warning"}, "annotations": {"summary": "slow"}})
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "alert GhostwireBackupSlow: the agent exports no metric ghostwire_backup_duration_seconds")
 
     def test_a_named_target_port_is_reported(self):
-        docs = monitoring_variant()
-        docs[2]["spec"]["ports"][0]["targetPort"] = "metrics"
+        docs = scrape_variant()
+        docs[0]["spec"]["ports"][0]["targetPort"] = "metrics"
         self.assertReports(self.check("monitoring", docs),
                            "Service port metrics needs the numeric targetPort 9464, got 'metrics'")
+
+    def test_alerts_installed_next_to_a_release_are_reported(self):
+        # Blue's and green's namespaces would each evaluate every rule over both pods.
+        self.assertReports(self.check("monitoring", scrape_variant() + monitoring_variant()),
+                           "renders ['PrometheusRule/ghostwire-backup', 'ConfigMap/ghostwire-backup-dashboard'] next to "
+                           "['Service/ghostwire-backup-metrics', 'ServiceMonitor/ghostwire-backup']")
+        self.assertReports(self.check("sidecar", sidecar_variant() + monitoring_variant()[:1]),
+                           "renders ['PrometheusRule/ghostwire-backup'] next to ['StatefulSet/ghostwire']")
+
+    def test_handoff_missing_fires_once_per_start_and_a_blocked_start_pages_within_minutes(self):
+        docs = monitoring_variant()
+        rules = {r["alert"]: r for r in docs[0]["spec"]["groups"][0]["rules"]}
+        rules["GhostwireBackupHandoffMissing"]["expr"] = "ghostwire_backup_handoff_missing == 1"
+        rules["GhostwireDesktopStartBlocked"]["for"] = "30m"
+        del rules["GhostwireDesktopNotReady"]["expr"]
+        self.assertReports(self.check("monitoring-rules", docs),
+                           "alert GhostwireBackupHandoffMissing: expr 'ghostwire_backup_handoff_missing == 1' does not "
+                           "match and\\s+on",
+                           "alert GhostwireDesktopStartBlocked waits 30m: a desktop that cannot start must page within minutes",
+                           "missing alert GhostwireDesktopNotReady")
 
     def test_the_dashboard_shows_every_exported_metric_and_nothing_else(self):
         docs = monitoring_variant()
         board = json.loads(docs[1]["data"]["ghostwire-backup.json"])
         board["panels"][2]["targets"][0]["expr"] = 'ghostwire_backup_restore_gate{namespace=~"$namespace", pod=~"$pod"}'
         docs[1]["data"]["ghostwire-backup.json"] = json.dumps(board)
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "dashboard has no panel for ghostwire_backup_restore_gate_ok",
                            "dashboard queries ghostwire_backup_restore_gate, which the agent does not export")
 
@@ -529,7 +565,7 @@ class CheckerTest(unittest.TestCase):
         del rules[2]["for"]
         rules[3]["annotations"]["runbook_url"] = RUNBOOK + "no-such-section"
         del rules[0]["annotations"]["runbook_url"]
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "alert GhostwireBackupFailing needs a `for:`",
                            "alert GhostwireBackupRestoreGateFailed: runbook_url anchor #no-such-section is not a heading",
                            "alert GhostwireBackupStale needs a runbook_url into docs/kubernetes.md#<anchor>")
@@ -538,7 +574,7 @@ class CheckerTest(unittest.TestCase):
         docs = monitoring_variant()
         rules = docs[0]["spec"]["groups"][0]["rules"]
         rules[3]["expr"] = "ghostwire_backup_restore_gate_ok == 0"
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "alert GhostwireBackupRestoreGateFailed: expr 'ghostwire_backup_restore_gate_ok == 0' "
                            "does not match ghostwire_backup_last_success_timestamp_seconds")
 
@@ -548,7 +584,7 @@ class CheckerTest(unittest.TestCase):
         board["templating"]["list"] = [{"name": "namespace"}]
         board["panels"][0]["targets"][0]["expr"] = "time() - ghostwire_backup_last_success_timestamp_seconds"
         docs[1]["data"]["ghostwire-backup.json"] = json.dumps(board)
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "dashboard needs a `pod` template variable",
                            "dashboard panel 0: 'time() - ghostwire_backup_last_success_timestamp_seconds' ignores")
 
