@@ -31,6 +31,8 @@ K8S_VERSIONS = ["1.30.0", "1.33.0"]
 #                   name too, which would hide a patch that targets the name `ghostwire`);
 #  example-claim-name: the stand-in with its claim template called `profile` instead of the
 #                   chart's `signal-data`: the agent must follow it onto `profile`;
+#  example-in-cluster-s3: the agent's NetworkPolicies with S3 in the cluster (MinIO), set as
+#                   docs/kubernetes.md shows: the S3 policy must admit the ConfigMap's endpoint;
 #  example-cronjob: the cronjob component for the green release, its PVC name set in one place.
 # And flux-postrender: the green stand-in through the HelmRelease's own post-renderer patches,
 # as Flux would apply them (built in render_all from the rendered HelmRelease).
@@ -81,6 +83,40 @@ resources:
   - {deploy}/base
 components:
   - {deploy}/components/sidecar
+""",
+    "example-in-cluster-s3": """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: ghostwire
+resources:
+  - {deploy}/base
+components:
+  - {deploy}/components/verify-cronjob
+  - {deploy}/components/networkpolicy
+patches:
+  - target: {{version: v1, kind: ConfigMap, name: ghostwire-backup}}
+    patch: |-
+      - op: add
+        path: /data/GWB_S3_ENDPOINT
+        value: http://minio.minio.svc.cluster.local:9000
+      - op: replace
+        path: /data/GWB_S3_PATH_STYLE
+        value: "true"
+  - target: {{group: networking.k8s.io, version: v1, kind: NetworkPolicy, name: ghostwire-backup-jobs-s3}}
+    patch: |-
+      - op: replace
+        path: /spec/egress
+        value:
+          - to:
+              - namespaceSelector:
+                  matchLabels:
+                    kubernetes.io/metadata.name: minio
+                podSelector:
+                  matchLabels:
+                    app: minio
+            ports:
+              - protocol: TCP
+                port: 9000
 """,
     "example-cronjob": """\
 apiVersion: kustomize.config.k8s.io/v1beta1

@@ -6,8 +6,10 @@ Names of commands, flags, environment variables and metrics come from the binary
 ports) and what each variant is for.
 """
 
+import ipaddress
 import json
 import re
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -665,11 +667,58 @@ class Checker:
         if not metrics or not pols.get("ghostwire-backup-jobs"):
             self.fail(variant, "the documented overlay lost the NetworkPolicies")
             return
+        self.check_s3_egress(variant, docs)
         if "Egress" in metrics["spec"].get("policyTypes", []):
             self.fail(variant, "the Ghostwire pod's NetworkPolicy must not restrict egress (Signal needs it)")
         if not any(p.get("port") == METRICS_PORT and any("namespaceSelector" in f for f in r.get("from", []))
                    for r in metrics["spec"].get("ingress", []) for p in r.get("ports", [])):
             self.fail(variant, f"NetworkPolicy must admit port {METRICS_PORT} from the monitoring namespace")
+
+    def check_s3_egress(self, variant, docs):
+        """The agent-only pods' egress admits the S3 endpoint the ConfigMap names: AWS S3 (no
+        GWB_S3_ENDPOINT) over HTTPS to public addresses; an address, by an ipBlock holding it; a
+        Service in the cluster (NAME.NAMESPACE.svc...), by a selector of its namespace."""
+        cm = next(iter(find(docs, "ConfigMap", "ghostwire-backup")), None)
+        endpoint = ((cm or {}).get("data") or {}).get("GWB_S3_ENDPOINT") or "https://s3.amazonaws.com"
+        url = urlsplit(endpoint)
+        host = url.hostname or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        k, v = "app.kubernetes.io/name", "ghostwire-backup"
+        rules = [r for d in find(docs, "NetworkPolicy")
+                 if ((d["spec"].get("podSelector") or {}).get("matchLabels") or {}).get(k) == v
+                 for r in d["spec"].get("egress", []) or []]
+        on_port = [r for r in rules if not r.get("ports") or any(p.get("port") == port for p in r["ports"])]
+        peers = [peer for r in on_port for peer in (r.get("to") or [{}])]
+        labels = host.split(".")
+        if len(labels) >= 3 and labels[2] == "svc":
+            namespace = labels[1]
+            ok = any(((peer.get("namespaceSelector") or {}).get("matchLabels") or {})
+                     .get("kubernetes.io/metadata.name") == namespace for peer in peers)
+            what = f"pods in namespace {namespace} (a namespaceSelector)"
+        else:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                # AWS S3's own names: one of its public addresses stands for them (any public
+                # ipBlock that holds it admits S3 as the internet or a gateway endpoint routes it).
+                address = ipaddress.ip_address("52.216.0.1") if host.endswith("amazonaws.com") else None
+            ok = any(peer == {} or self.block_holds(peer.get("ipBlock"), address) for peer in peers)
+            what = f"{address or host} (an ipBlock)"
+        if not ok:
+            self.fail(variant, f"the agent's NetworkPolicies do not admit the S3 endpoint {endpoint}: no egress rule "
+                               f"to {what} on port {port} (patch ghostwire-backup-jobs-s3)")
+
+    @staticmethod
+    def block_holds(block, address):
+        """An ipBlock admits the address (any non-private address, for a name we cannot resolve)."""
+        if not block:
+            return False
+        cidr = ipaddress.ip_network(block["cidr"])
+        excepted = [ipaddress.ip_network(e) for e in block.get("except", []) or []]
+        if address is None:
+            return True  # a host name outside the cluster: its addresses are the user's to know
+        return address.version == cidr.version and address in cidr and not any(
+            address in e for e in excepted if e.version == address.version)
 
     def check_helm_test(self, variant, docs):
         pod = self.one(variant, docs, "Pod", "ghostwire-backup-test")
@@ -866,7 +915,9 @@ class Checker:
         self.check_service_accounts(variant, docs)
         if variant == "example-overlay":
             self.check_example_overlay(variant, docs, sts)
+        if find(docs, "NetworkPolicy") or variant == "example-overlay":
             self.check_network_policies(variant, docs)
+        if variant == "example-overlay":
             self.check_prune_cronjob(variant, docs)
         elif variant in ("cronjob", "example-cronjob"):
             self.check_cronjob(variant, docs)

@@ -25,7 +25,7 @@ TRUSTS = [flag("--verify-key", "GWB_VERIFY_KEY"), flag("--allow-unsigned", "GWB_
 REFERENCE = {
     "binary": "ghostwire-backup",
     "version": "0.0.0",
-    "global": [flag("--repo", "GWB_REPO", "./backups")],
+    "global": [flag("--repo", "GWB_REPO", "./backups"), flag("--s3-endpoint", "GWB_S3_ENDPOINT")],
     "environment": [{"name": "GWB_LOG", "default": "info", "help": ""}],
     "commands": [
         {"name": "backup", "about": "", "args": [flag("--staging-dir", "GWB_STAGING_DIR"), *SIGNS]},
@@ -595,6 +595,56 @@ class CheckerTest(unittest.TestCase):
                            "runs ['restore', 'run'] as ghostwire-backup-prune, the only delete-capable ServiceAccount")
 
 
+def agent_policies(s3_egress):
+    """The agent-only pods' NetworkPolicies and the Ghostwire pod's, with the given S3 egress."""
+    selector = {"matchLabels": {"app.kubernetes.io/name": "ghostwire-backup"}}
+    dns = [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+            "ports": [{"protocol": "UDP", "port": 53}]}]
+
+    def policy(name, spec):
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name}, "spec": spec}
+    return [policy("ghostwire-backup-jobs", {"podSelector": selector, "policyTypes": ["Ingress", "Egress"],
+                                             "ingress": [], "egress": dns}),
+            policy("ghostwire-backup-jobs-s3", {"podSelector": selector, "policyTypes": ["Egress"], "egress": s3_egress}),
+            policy("ghostwire-backup-metrics", {
+                "podSelector": {"matchLabels": {"ghostwire-backup/sidecar": "true"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                             "ports": [{"protocol": "TCP", "port": 9464}]}]})]
+
+
+PUBLIC_HTTPS = [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]}}],
+                 "ports": [{"protocol": "TCP", "port": 443}]}]
+
+
+class NetworkPolicyTest(unittest.TestCase):
+    def check(self, endpoint, s3_egress):
+        cm = sidecar_variant()[1]
+        if endpoint:
+            cm["data"]["GWB_S3_ENDPOINT"] = endpoint
+        checker = Checker(Interface(REFERENCE), sidecar_patch=None, docs_anchors=ANCHORS)
+        checker.check_all({"policies": [cm, *agent_policies(s3_egress)]})
+        return checker.errors
+
+    def test_aws_s3_passes_the_public_https_rule(self):
+        self.assertEqual(self.check(None, PUBLIC_HTTPS), [])
+
+    def test_s3_in_the_cluster_needs_its_namespace_and_pod_port(self):
+        endpoint = "http://minio.minio.svc.cluster.local:9000"
+        errors = self.check(endpoint, PUBLIC_HTTPS)
+        self.assertTrue(any("do not admit the S3 endpoint http://minio.minio.svc.cluster.local:9000: no egress rule "
+                            "to pods in namespace minio (a namespaceSelector) on port 9000" in e for e in errors), errors)
+        minio = [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "minio"}}}],
+                  "ports": [{"protocol": "TCP", "port": 9000}]}]
+        self.assertEqual(self.check(endpoint, minio), [])
+
+    def test_an_endpoint_address_must_be_inside_an_ip_block_and_not_excepted(self):
+        # An interface VPC endpoint's private address: the public rule excepts it.
+        errors = self.check("https://10.0.64.12", PUBLIC_HTTPS)
+        self.assertTrue(any("no egress rule to 10.0.64.12 (an ipBlock) on port 443" in e for e in errors), errors)
+        subnet = [{"to": [{"ipBlock": {"cidr": "10.0.64.0/20"}}], "ports": [{"protocol": "TCP", "port": 443}]}]
+        self.assertEqual(self.check("https://10.0.64.12", subnet), [])
+
+
 class MarkdownAnchorsTest(unittest.TestCase):
     def test_headings_become_github_anchors_and_code_blocks_do_not(self):
         text = "# Running it\n## Blue/green: moving Signal\n```sh\n# not a heading\n```\n### GhostwireBackupStale\n"
@@ -606,7 +656,7 @@ class InterfaceTest(unittest.TestCase):
     def test_a_command_reads_its_own_and_the_global_variables(self):
         iface = Interface(REFERENCE)
         self.assertEqual(iface.env_of("restore"),
-                         {"GWB_REPO", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY", "GWB_REQUIRE_SNAPSHOT",
+                         {"GWB_REPO", "GWB_S3_ENDPOINT", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY", "GWB_REQUIRE_SNAPSHOT",
                           "GWB_VERIFY_KEY", "GWB_ALLOW_UNSIGNED"})
         self.assertEqual(iface.commands_with("--signing-key"), {"backup", "run"})
         self.assertEqual(iface.default("run", "--listen"), "0.0.0.0:9464")
