@@ -16,7 +16,7 @@ from .checks import CRD_KINDS, Checker, markdown_anchors
 from .interface import Interface
 
 VARIANTS = ["sidecar", "cronjob", "verify-cronjob", "prune-cronjob", "monitoring", "monitoring-rules", "flux",
-            "helm-test"]
+            "helm-test", "prestage"]
 # Oldest supported (native sidecars need >= 1.29) and a current one.
 K8S_VERSIONS = ["1.30.0", "1.33.0"]
 

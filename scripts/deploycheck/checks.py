@@ -59,6 +59,12 @@ GHOSTWIRE_RENDERS = {"sidecar": None, "example-overlay": ("ghostwire", "ghostwir
 CHART_CLAIMS = {"sidecar": "signal-data", "example-overlay": "signal-data", "example-green": "signal-data",
                 "example-claim-name": "profile", "flux-postrender": "signal-data"}
 RUNBOOK_DOC = "docs/kubernetes.md"
+# The `restricted` Pod Security Standard
+# (https://kubernetes.io/docs/concepts/security/pod-security-standards/#restricted): the volume
+# types it admits and the one capability a container may add.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+RESTRICTED_CAPS = {"NET_BIND_SERVICE"}
 METRIC_NAME = re.compile(r"\bghostwire_backup_[a-z0-9_]*[a-z0-9]")
 
 
@@ -229,6 +235,36 @@ class Checker:
         if csc.get("privileged"):
             self.fail(variant, f"{name}: privileged")
 
+    def check_restricted(self, variant, where, spec):
+        """The `restricted` Pod Security Standard, as the admission controller judges a pod:
+        what every agent-only workload must pass in a namespace that enforces it."""
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(key):
+                self.fail(variant, f"{where}: {key} is not allowed by the restricted profile")
+        for v in spec.get("volumes", []) or []:
+            kinds = set(v) - {"name"}
+            if not kinds <= RESTRICTED_VOLUMES:
+                self.fail(variant, f"{where}: volume {v['name']} is {sorted(kinds)}, not allowed by the restricted profile")
+        psc = spec.get("securityContext") or {}
+        for _, c in containers(spec):
+            csc = c.get("securityContext") or {}
+            name = f"{where} container {c['name']}"
+            if csc.get("allowPrivilegeEscalation") is not False:
+                self.fail(variant, f"{name}: restricted profile needs allowPrivilegeEscalation: false")
+            if csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True or \
+                    csc.get("runAsUser", psc.get("runAsUser")) == 0:
+                self.fail(variant, f"{name}: restricted profile needs runAsNonRoot and a non-zero runAsUser")
+            seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                self.fail(variant, f"{name}: restricted profile needs seccompProfile RuntimeDefault (or Localhost), "
+                                   f"got {seccomp}")
+            caps = csc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []) or set(caps.get("add") or []) - RESTRICTED_CAPS:
+                self.fail(variant, f"{name}: restricted profile needs capabilities drop [ALL], adding at most "
+                                   f"NET_BIND_SERVICE, got {caps}")
+            if any(p.get("hostPort") for p in c.get("ports", []) or []):
+                self.fail(variant, f"{name}: hostPort is not allowed by the restricted profile")
+
     def check_agent(self, variant, where, spec, c, docs, partial=False):
         """The agent's contract: a command it has, flags and env vars that command reads,
         the mounts it needs, and each key only where it is used."""
@@ -353,6 +389,8 @@ class Checker:
                     is_agent(c) and (c.get("args") or [None])[0] in signers for _, c in containers(spec)):
                 self.fail(variant, f"{where}: volume {v['name']} holds the signing key, but no container "
                                    f"of this pod signs (only {', '.join(sorted(signers))} do)")
+        if kind != "StatefulSet" and not partial:
+            self.check_restricted(variant, where, spec)
         tokens = token_volumes(spec)
         agents = []
         for phase, c in containers(spec):
@@ -635,6 +673,37 @@ class Checker:
                 self.fail(variant, "must run `verify --snapshot latest`")
             if pod_spec(cj).get("serviceAccountName") != READONLY_SA:
                 self.fail(variant, f"verify must run as the read-only ServiceAccount {READONLY_SA}")
+
+    def check_prestage(self, variant, docs):
+        """The pre-staged switch: green's PVC under the name its StatefulSet will use, and a
+        Job that fills exactly that claim with `restore --prestage`, read-only."""
+        claims = find(docs, "PersistentVolumeClaim")
+        if len(claims) != 1:
+            self.fail(variant, f"expected one PersistentVolumeClaim, found {len(claims)}")
+        pvc = claims[0] if len(claims) == 1 else None
+        job = self.one(variant, docs, "Job", "ghostwire-backup-prestage")
+        if not pvc or not job:
+            return
+        name = pvc["metadata"]["name"]
+        if not re.fullmatch(r"[a-z0-9-]+-0", name):
+            self.fail(variant, f"PVC {name} is not named <claim template>-<StatefulSet>-0: the StatefulSet would not use it")
+        if "ReadWriteOnce" not in (pvc["spec"].get("accessModes") or []):
+            self.fail(variant, f"PVC {name} must be ReadWriteOnce, as the chart's claim template")
+        spec = pod_spec(job)
+        agents = [c for _, c in containers(spec) if is_agent(c)]
+        if len(agents) != 1 or not has_args(agents[0].get("args", []), "restore", "--prestage"):
+            self.fail(variant, "the Job must run one agent container with `restore --prestage`")
+        else:
+            m = next((m for m in agents[0].get("volumeMounts", []) or [] if m["mountPath"] == HOME), None)
+            claim = (volume_of(spec, m).get("persistentVolumeClaim") or {}).get("claimName") if m else None
+            if claim != name:
+                self.fail(variant, f"the Job fills {claim} at {HOME}, not the PVC {name} it pre-stages")
+        if spec.get("serviceAccountName") != READONLY_SA:
+            self.fail(variant, f"the Job must run as the read-only ServiceAccount {READONLY_SA}")
+        sa = self.one(variant, docs, "ServiceAccount", READONLY_SA)
+        if sa and not ((sa["metadata"].get("annotations") or {}).get("eks.amazonaws.com/role-arn", "")
+                       .startswith("arn:aws:iam::")):
+            self.fail(variant, f"the example must show IRSA on {READONLY_SA} (eks.amazonaws.com/role-arn)")
 
     def check_prune_cronjob(self, variant, docs):
         cj = self.one(variant, docs, "CronJob", "ghostwire-backup-prune")
@@ -927,6 +996,8 @@ class Checker:
             self.check_prune_cronjob(variant, docs)
         elif variant == "helm-test":
             self.check_helm_test(variant, docs)
+        elif variant == "prestage":
+            self.check_prestage(variant, docs)
         self.check_rules_once(variant, docs)
         if variant in ("monitoring", "example-overlay"):
             self.check_scrape(variant, docs)

@@ -32,6 +32,7 @@ REFERENCE = {
         {"name": "restore", "about": "", "args": [
             flag("--snapshot", "GWB_SNAPSHOT", "latest"), flag("--identity", "GWB_IDENTITY_FILE"),
             flag("--target", "GWB_TARGET"), flag("--if-empty", "GWB_IF_EMPTY", "false", False),
+            flag("--prestage", None, "false", False),
             flag("--require-snapshot", "GWB_REQUIRE_SNAPSHOT", "false", False), *TRUSTS]},
         {"name": "run", "about": "", "args": [
             flag("--staging-dir", "GWB_STAGING_DIR"), flag("--listen", "GWB_LISTEN", "0.0.0.0:9464"),
@@ -614,6 +615,61 @@ def agent_policies(s3_egress):
 
 PUBLIC_HTTPS = [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]}}],
                  "ports": [{"protocol": "TCP", "port": 443}]}]
+
+
+def prestage_variant():
+    """Green's PVC and the Job that pre-stages it, with the read-only ServiceAccount (IRSA)."""
+    prestage = agent("prestage", ["restore", "--prestage", "--snapshot", "latest"],
+                     env=[("GWB_TARGET", "/home/kasm-user"), ("GWB_IDENTITY_FILE", "/identity/identity.txt")],
+                     mounts=[{"name": "home", "mountPath": "/home/kasm-user"},
+                             {"name": "identity", "mountPath": "/identity", "readOnly": True}])
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "ghostwire-backup-prestage"},
+           "spec": {"template": {"spec": {
+               "serviceAccountName": "ghostwire-backup-readonly", "automountServiceAccountToken": False,
+               "securityContext": {"fsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
+               "containers": [prestage],
+               "volumes": [{"name": "tmp", "emptyDir": {}},
+                           {"name": "home", "persistentVolumeClaim": {"claimName": "signal-data-ghostwire-green-0"}},
+                           {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity",
+                                                           "defaultMode": 0o440}}]}}}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "signal-data-ghostwire-green-0"},
+           "spec": {"accessModes": ["ReadWriteOnce"]}}
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+        "name": "ghostwire-backup-readonly",
+        "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/ro"}}}
+    return [job, pvc, sa, sidecar_variant()[1]]
+
+
+class PrestageTest(unittest.TestCase):
+    def check(self, docs):
+        checker = Checker(Interface(REFERENCE), sidecar_patch=None, docs_anchors=ANCHORS)
+        checker.check_all({"prestage": docs})
+        return checker.errors
+
+    def test_the_prestage_job_passes_the_restricted_profile_and_fills_its_pvc(self):
+        self.assertEqual(self.check(prestage_variant()), [])
+
+    def test_a_job_the_restricted_profile_rejects_is_reported(self):
+        docs = prestage_variant()
+        spec = docs[0]["spec"]["template"]["spec"]
+        del spec["securityContext"]["seccompProfile"]
+        del spec["containers"][0]["securityContext"]["seccompProfile"]
+        spec["containers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+        spec["volumes"].append({"name": "host", "hostPath": {"path": "/var"}})
+        errors = self.check(docs)
+        for fragment in ("container prestage: restricted profile needs seccompProfile RuntimeDefault",
+                         "restricted profile needs capabilities drop [ALL], adding at most NET_BIND_SERVICE",
+                         "volume host is ['hostPath'], not allowed by the restricted profile"):
+            self.assertTrue(any(fragment in e for e in errors), f"{fragment!r} not in {errors}")
+
+    def test_a_job_filling_another_claim_or_writing_with_the_backup_role_is_reported(self):
+        docs = prestage_variant()
+        docs[0]["spec"]["template"]["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"] = "signal-data-ghostwire-0"
+        docs[0]["spec"]["template"]["spec"]["serviceAccountName"] = "ghostwire-backup"
+        errors = self.check(docs)
+        for fragment in ("the Job fills signal-data-ghostwire-0 at /home/kasm-user, not the PVC signal-data-ghostwire-green-0",
+                         "the Job must run as the read-only ServiceAccount ghostwire-backup-readonly"):
+            self.assertTrue(any(fragment in e for e in errors), f"{fragment!r} not in {errors}")
 
 
 class NetworkPolicyTest(unittest.TestCase):
