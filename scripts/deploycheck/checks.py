@@ -892,37 +892,41 @@ class Checker:
                 self.fail(variant, f"alert GhostwireDesktopStartBlocked waits {blocked}: a desktop that cannot start "
                                    f"must page within minutes (for: 5m at most)")
         if dash:
-            if (dash["metadata"].get("labels") or {}).get("grafana_dashboard") != "1":
-                self.fail(variant, "dashboard ConfigMap needs label grafana_dashboard: \"1\"")
-            data = dash.get("data") or {}
-            if len(data) != 1 or not next(iter(data)).endswith(".json"):
-                self.fail(variant, "dashboard ConfigMap must hold exactly one *.json")
-            for key, text in data.items():
-                try:
-                    board = json.loads(text)
-                except ValueError as e:
-                    self.fail(variant, f"dashboard {key} is not JSON: {e}")
-                    continue
-                exprs = " ".join(t.get("expr", "") for p in board.get("panels", []) for t in p.get("targets", []))
-                for m in sorted(exported):
-                    if m not in metric_names(exprs):
-                        self.fail(variant, f"dashboard has no panel for {m}")
-                for m in sorted(metric_names(exprs) - exported):
-                    self.fail(variant, f"dashboard queries {m}, which the agent does not export")
-                ids = [p.get("id") for p in board.get("panels", [])]
-                if len(ids) != len(set(ids)):
-                    self.fail(variant, "dashboard panel ids are not unique")
-                if not board.get("uid") or not board.get("title"):
-                    self.fail(variant, "dashboard needs uid and title")
-                variables = {v.get("name") for v in (board.get("templating") or {}).get("list", [])}
-                for want_var in ("namespace", "pod"):
-                    if want_var not in variables:
-                        self.fail(variant, f"dashboard needs a `{want_var}` template variable")
-                for p in board.get("panels", []):
-                    for t in p.get("targets", []):
-                        e = t.get("expr", "")
-                        if metric_names(e) and not ("$namespace" in e and "$pod" in e):
-                            self.fail(variant, f"dashboard panel {p.get('id')}: {e!r} ignores $namespace/$pod")
+            self.check_dashboard(variant, dash)
+
+    def check_dashboard(self, variant, dash):
+        exported = self.interface.metric_series
+        if (dash["metadata"].get("labels") or {}).get("grafana_dashboard") != "1":
+            self.fail(variant, "dashboard ConfigMap needs label grafana_dashboard: \"1\"")
+        data = dash.get("data") or {}
+        if len(data) != 1 or not next(iter(data)).endswith(".json"):
+            self.fail(variant, "dashboard ConfigMap must hold exactly one *.json")
+        for key, text in data.items():
+            try:
+                board = json.loads(text)
+            except ValueError as e:
+                self.fail(variant, f"dashboard {key} is not JSON: {e}")
+                continue
+            exprs = " ".join(t.get("expr", "") for p in board.get("panels", []) for t in p.get("targets", []))
+            for m in sorted(exported):
+                if m not in metric_names(exprs):
+                    self.fail(variant, f"dashboard has no panel for {m}")
+            for m in sorted(metric_names(exprs) - exported):
+                self.fail(variant, f"dashboard queries {m}, which the agent does not export")
+            ids = [p.get("id") for p in board.get("panels", [])]
+            if len(ids) != len(set(ids)):
+                self.fail(variant, "dashboard panel ids are not unique")
+            if not board.get("uid") or not board.get("title"):
+                self.fail(variant, "dashboard needs uid and title")
+            variables = {v.get("name") for v in (board.get("templating") or {}).get("list", [])}
+            for want_var in ("namespace", "pod"):
+                if want_var not in variables:
+                    self.fail(variant, f"dashboard needs a `{want_var}` template variable")
+            for p in board.get("panels", []):
+                for t in p.get("targets", []):
+                    e = t.get("expr", "")
+                    if metric_names(e) and not ("$namespace" in e and "$pod" in e):
+                        self.fail(variant, f"dashboard panel {p.get('id')}: {e!r} ignores $namespace/$pod")
 
     def check_runbook(self, variant, rule):
         url = (rule.get("annotations") or {}).get("runbook_url", "")
