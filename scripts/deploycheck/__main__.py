@@ -63,6 +63,9 @@ patches:
       - op: replace
         path: /data/GWB_VERIFY_KEY
         value: RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3
+      - op: replace
+        path: /data/GWB_CLUSTER_ID
+        value: eks-prod-eu-central-1
 """,
     "example-green": """\
 apiVersion: kustomize.config.k8s.io/v1beta1

@@ -610,8 +610,9 @@ class Checker:
 
     def check_example_overlay(self, variant, docs, sts):
         cm = self.one(variant, docs, "ConfigMap", "ghostwire-backup")
-        if cm and cm["data"].get("GWB_REPO") != "s3://example-ghostwire-backups/ghostwire":
-            self.fail(variant, "the documented ConfigMap patch did not apply")
+        if cm and (cm["data"].get("GWB_REPO") != "s3://example-ghostwire-backups/ghostwire"
+                   or cm["data"].get("GWB_CLUSTER_ID") in (None, "", "CHANGE-ME")):
+            self.fail(variant, "the documented ConfigMap patch did not apply (GWB_REPO, GWB_CLUSTER_ID)")
         if not find(docs, "CronJob", "ghostwire-backup-verify") or not find(docs, "ServiceMonitor"):
             self.fail(variant, "the documented overlay lost the verify CronJob or the monitoring objects")
         sa = self.one(variant, docs, "ServiceAccount", "ghostwire-backup")
