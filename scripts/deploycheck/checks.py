@@ -621,6 +621,16 @@ class Checker:
             self.fail(variant, "IRSA component did not annotate the ServiceAccount with a role ARN")
         if sts and pod_spec(sts).get("serviceAccountName") != "ghostwire-backup":
             self.fail(variant, "the Ghostwire pod must run as the annotated ServiceAccount")
+        if sts:
+            # IRSA's webhook injects the role into every container it is not told to skip.
+            skipped = set(((sts["spec"]["template"].get("metadata") or {}).get("annotations") or {})
+                          .get("eks.amazonaws.com/skip-containers", "").split(","))
+            spec = pod_spec(sts)
+            signals = {c["name"] for c in signal_containers(spec)}
+            agents = {c["name"] for _, c in containers(spec) if is_agent(c)}
+            if not signals <= skipped or agents & skipped:
+                self.fail(variant, f"with IRSA, eks.amazonaws.com/skip-containers must name Signal's container(s) "
+                                   f"{sorted(signals)} and no agent container, got {sorted(skipped - {''})}")
 
     def check_cronjob(self, variant, docs):
         cj = self.one(variant, docs, "CronJob", "ghostwire-backup")
