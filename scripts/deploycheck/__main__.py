@@ -175,7 +175,8 @@ def chart_stand_in(root, scratch, directory, release=None, claim=None):
             labels["app.kubernetes.io/instance"] = release["name"]
     if claim:
         template = sts["spec"]["volumeClaimTemplates"][0]["metadata"]
-        for c in sts["spec"]["template"]["spec"]["containers"]:
+        pod = sts["spec"]["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
             for m in c.get("volumeMounts", []):
                 if m["name"] == template["name"]:
                     m["name"] = claim

@@ -556,6 +556,10 @@ class Checker:
         """The agent mounts, read-write at HOME, the very volume Signal's container mounts
         there, and that volume is one of the StatefulSet's claim templates."""
         spec = pod_spec(sts)
+        first = next((c for c in spec.get("initContainers") or [] if home_volume(c)), None)
+        if first and first["name"] != "restore":
+            self.fail(variant, f"{where}: init container {first['name']} touches {HOME} before `restore`, whose "
+                               f"--if-empty would then find a fresh volume not empty")
         homes = {home_volume(c) for c in signal_containers(spec)}
         claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", []) or []]
         want = CHART_CLAIMS.get(variant)

@@ -481,6 +481,16 @@ class CheckerTest(unittest.TestCase):
         self.assertReports(self.check("example-claim-name", sidecar_variant("ghostwire", "ghostwire")),
                            "mounts signal-data at /home/kasm-user, not the chart's claim template profile")
 
+    def test_a_chart_init_container_writing_the_home_before_restore_is_reported(self):
+        docs = sidecar_variant()
+        spec = docs[0]["spec"]["template"]["spec"]
+        spec["initContainers"].insert(0, {"name": "setup-tls", "image": "busybox", "securityContext": copy.deepcopy(SECURE),
+                                          "volumeMounts": [{"name": "signal-data", "mountPath": "/home/kasm-user"}]})
+        self.assertReports(self.check("sidecar", docs),
+                           "init container setup-tls touches /home/kasm-user before `restore`")
+        spec["initContainers"].append(spec["initContainers"].pop(0))
+        self.assertEqual(self.check("sidecar", docs), [])
+
     def test_the_lease_probe_goes_to_signal_not_to_the_first_container(self):
         docs = sidecar_variant()
         spec = docs[0]["spec"]["template"]["spec"]
