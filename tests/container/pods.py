@@ -183,6 +183,7 @@ class Cluster:
             "GWB_REPO": "s3://ghostwire-backups/ghostwire",
             "GWB_S3_ENDPOINT": self.s3.endpoint,
             "GWB_S3_PATH_STYLE": "true",
+            "GWB_CLUSTER_ID": "container-tests",
         }}
         identity, signing_key, public = self.keygen()
         # As docs/kubernetes.md sets them up: the identity for the restore side, the signing
