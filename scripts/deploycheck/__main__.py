@@ -15,7 +15,8 @@ import yaml
 from .checks import CRD_KINDS, Checker, markdown_anchors
 from .interface import Interface
 
-VARIANTS = ["sidecar", "cronjob", "verify-cronjob", "prune-cronjob", "monitoring", "flux", "helm-test"]
+VARIANTS = ["sidecar", "cronjob", "verify-cronjob", "prune-cronjob", "monitoring", "monitoring-rules", "flux",
+            "helm-test", "prestage"]
 # Oldest supported (native sidecars need >= 1.29) and a current one.
 K8S_VERSIONS = ["1.30.0", "1.33.0"]
 
@@ -25,9 +26,13 @@ K8S_VERSIONS = ["1.30.0", "1.33.0"]
 #  example-green:   the design document's green release (`helm install ghostwire-green ./chart
 #                   -n ghostwire-green`: StatefulSet ghostwire-green in namespace
 #                   ghostwire-green) through the same sidecar component. Its stand-in is
-#                   written by green_stand_in() as the chart would render it, NOT renamed by a
+#                   written by chart_stand_in() as the chart would render it, NOT renamed by a
 #                   Kustomize patch (Kustomize matches patch targets by an object's original
 #                   name too, which would hide a patch that targets the name `ghostwire`);
+#  example-claim-name: the stand-in with its claim template called `profile` instead of the
+#                   chart's `signal-data`: the agent must follow it onto `profile`;
+#  example-in-cluster-s3: the agent's NetworkPolicies with S3 in the cluster (MinIO), set as
+#                   docs/kubernetes.md shows: the S3 policy must admit the ConfigMap's endpoint;
 #  example-cronjob: the cronjob component for the green release, its PVC name set in one place.
 # And flux-postrender: the green stand-in through the HelmRelease's own post-renderer patches,
 # as Flux would apply them (built in render_all from the rendered HelmRelease).
@@ -58,6 +63,9 @@ patches:
       - op: replace
         path: /data/GWB_VERIFY_KEY
         value: RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3
+      - op: replace
+        path: /data/GWB_CLUSTER_ID
+        value: eks-prod-eu-central-1
 """,
     "example-green": """\
 apiVersion: kustomize.config.k8s.io/v1beta1
@@ -68,6 +76,50 @@ resources:
   - {deploy}/base
 components:
   - {deploy}/components/sidecar
+""",
+    "example-claim-name": """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: ghostwire
+resources:
+  - {other_claim}
+  - {deploy}/base
+components:
+  - {deploy}/components/sidecar
+""",
+    "example-in-cluster-s3": """\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: ghostwire
+resources:
+  - {deploy}/base
+components:
+  - {deploy}/components/verify-cronjob
+  - {deploy}/components/networkpolicy
+patches:
+  - target: {{version: v1, kind: ConfigMap, name: ghostwire-backup}}
+    patch: |-
+      - op: add
+        path: /data/GWB_S3_ENDPOINT
+        value: http://minio.minio.svc.cluster.local:9000
+      - op: replace
+        path: /data/GWB_S3_PATH_STYLE
+        value: "true"
+  - target: {{group: networking.k8s.io, version: v1, kind: NetworkPolicy, name: ghostwire-backup-jobs-s3}}
+    patch: |-
+      - op: replace
+        path: /spec/egress
+        value:
+          - to:
+              - namespaceSelector:
+                  matchLabels:
+                    kubernetes.io/metadata.name: minio
+                podSelector:
+                  matchLabels:
+                    app: minio
+            ports:
+              - protocol: TCP
+                port: 9000
 """,
     "example-cronjob": """\
 apiVersion: kustomize.config.k8s.io/v1beta1
@@ -86,7 +138,7 @@ patches:
     patch: |-
       - op: replace
         path: /spec/jobTemplate/spec/template/spec/volumes/0/persistentVolumeClaim/claimName
-        value: home-ghostwire-green-0
+        value: signal-data-ghostwire-green-0
 """,
 }
 
@@ -106,17 +158,30 @@ def render(kubectl, directory, *extra):
 GREEN = {"name": "ghostwire-green", "namespace": "ghostwire-green"}
 
 
-def green_stand_in(root, scratch):
-    """deploy/sidecar/stand-in's StatefulSet as the green release renders it: named after the
-    release, in its namespace, with the release's instance label. Returns its directory."""
+def chart_stand_in(root, scratch, directory, release=None, claim=None):
+    """deploy/sidecar/stand-in's StatefulSet as another render of the chart: named after the
+    release, in its namespace, with the release's instance label (release = GREEN), and/or
+    with its claim template called `claim` (Signal's mount renamed with it). Written as the
+    chart would render it, not renamed by a Kustomize patch (Kustomize matches patch targets
+    by an object's original name too, which would hide a patch that targets the name
+    `ghostwire`). Returns its directory."""
     with open(f"{root}/deploy/sidecar/stand-in/ghostwire-statefulset.yaml") as f:
         sts = yaml.safe_load(f)
-    sts["metadata"].update(GREEN)
-    sts["spec"]["serviceName"] = GREEN["name"]
-    for labels in (sts["metadata"].setdefault("labels", {}), sts["spec"]["selector"]["matchLabels"],
-                   sts["spec"]["template"]["metadata"]["labels"]):
-        labels["app.kubernetes.io/instance"] = GREEN["name"]
-    directory = os.path.join(scratch, "green-stand-in")
+    if release:
+        sts["metadata"].update(release)
+        sts["spec"]["serviceName"] = release["name"]
+        for labels in (sts["metadata"].setdefault("labels", {}), sts["spec"]["selector"]["matchLabels"],
+                       sts["spec"]["template"]["metadata"]["labels"]):
+            labels["app.kubernetes.io/instance"] = release["name"]
+    if claim:
+        template = sts["spec"]["volumeClaimTemplates"][0]["metadata"]
+        pod = sts["spec"]["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            for m in c.get("volumeMounts", []):
+                if m["name"] == template["name"]:
+                    m["name"] = claim
+        template["name"] = claim
+    directory = os.path.join(scratch, directory)
     os.makedirs(directory)
     with open(f"{directory}/statefulset.yaml", "w") as f:
         yaml.safe_dump(sts, f)
@@ -128,7 +193,8 @@ def green_stand_in(root, scratch):
 def render_all(root, kubectl, scratch):
     """{variant: YAML text} for every variant and the documented overlays."""
     texts = {}
-    green = green_stand_in(root, scratch)
+    green = chart_stand_in(root, scratch, "green-stand-in", release=GREEN)
+    other_claim = chart_stand_in(root, scratch, "claim-stand-in", claim="profile")
     for v in VARIANTS:
         if not os.path.isfile(f"{root}/deploy/{v}/kustomization.yaml"):
             raise Failure(f"deploy/{v}/kustomization.yaml is missing")
@@ -138,7 +204,8 @@ def render_all(root, kubectl, scratch):
         os.makedirs(directory)
         deploy = os.path.relpath(f"{root}/deploy", directory)
         with open(f"{directory}/kustomization.yaml", "w") as f:
-            f.write(kustomization.format(deploy=deploy, green=os.path.relpath(green, directory)))
+            f.write(kustomization.format(deploy=deploy, green=os.path.relpath(green, directory),
+                                         other_claim=os.path.relpath(other_claim, directory)))
         texts[name] = render(kubectl, directory, "--load-restrictor", "LoadRestrictionsNone")
     texts["flux-postrender"] = render_post_renderer(root, kubectl, scratch, green, texts["flux"])
     return texts

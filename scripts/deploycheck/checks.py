@@ -6,8 +6,10 @@ Names of commands, flags, environment variables and metrics come from the binary
 ports) and what each variant is for.
 """
 
+import ipaddress
 import json
 import re
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -32,11 +34,37 @@ EXTERNAL_REFS = set()
 # sidecar component and the Flux post-renderer select by it.
 GHOSTWIRE_LABEL = ("app.kubernetes.io/name", "ghostwire")
 HOME = "/home/kasm-user"
+# Signal's container in the chart: the sidecar component finds it by this name (its liveness
+# probe, and the home volume it mounts, read by Kustomize replacements).
+SIGNAL_CONTAINER = "signal"
+# Where Kubernetes clients look for the API token; only the sidecar may have one there.
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+# The lease owner's parts (cluster/namespace/pod), from the downward API and the ConfigMap.
+# PENDING_ENV: read by the binary once the lease owner change of issue 21 lands; until the
+# binary lists them in `reference --json`, the checker accepts exactly these three.
+# TODO(lead): remove PENDING_ENV once `reference --json` lists them.
+OWNER_FIELDS = {"GWB_POD_NAME": "metadata.name", "GWB_POD_NAMESPACE": "metadata.namespace"}
+PENDING_ENV = {"GWB_POD_NAME", "GWB_POD_NAMESPACE", "GWB_CLUSTER_ID"}
+# The shutdown budget's parts, as pod annotations (deploy/components/sidecar/statefulset-patch.yaml):
+# terminationGracePeriodSeconds = signal stop + GWB_FINAL_DEADLINE + margin.
+SIGNAL_STOP_ANNOTATION = "ghostwire-backup/signal-stop-seconds"
+FINAL_MARGIN_ANNOTATION = "ghostwire-backup/final-margin-seconds"
+ROLE = "ghostwire-backup-own-pod"
 # Renders that must hold at least one Ghostwire StatefulSet, and the (namespace, name) it must have.
 GHOSTWIRE_RENDERS = {"sidecar": None, "example-overlay": ("ghostwire", "ghostwire"),
                      "example-green": ("ghostwire-green", "ghostwire-green"),
+                     "example-claim-name": ("ghostwire", "ghostwire"),
                      "flux-postrender": ("ghostwire-green", "ghostwire-green")}
+# The claim template each of those renders' chart stand-in has: the agent must come out on it.
+CHART_CLAIMS = {"sidecar": "signal-data", "example-overlay": "signal-data", "example-green": "signal-data",
+                "example-claim-name": "profile", "flux-postrender": "signal-data"}
 RUNBOOK_DOC = "docs/kubernetes.md"
+# The `restricted` Pod Security Standard
+# (https://kubernetes.io/docs/concepts/security/pod-security-standards/#restricted): the volume
+# types it admits and the one capability a container may add.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+RESTRICTED_CAPS = {"NET_BIND_SERVICE"}
 METRIC_NAME = re.compile(r"\bghostwire_backup_[a-z0-9_]*[a-z0-9]")
 
 
@@ -132,6 +160,23 @@ def is_ghostwire(doc):
                for _, c in containers(pod_spec(doc)))
 
 
+def signal_containers(spec):
+    """The app containers that mount the desktop's home: Signal (Kasm), whatever the chart
+    calls them."""
+    return [c for c in spec.get("containers", []) or []
+            if not is_agent(c) and any(m.get("mountPath") == HOME for m in c.get("volumeMounts", []) or [])]
+
+
+def home_volume(c):
+    return next((m["name"] for m in c.get("volumeMounts", []) or [] if m.get("mountPath") == HOME), None)
+
+
+def token_volumes(spec):
+    """Names of the pod's volumes that project a ServiceAccount token."""
+    return {v["name"] for v in spec.get("volumes", []) or []
+            if any("serviceAccountToken" in src for src in (v.get("projected") or {}).get("sources", []) or [])}
+
+
 def field_ref(env_entry):
     return (((env_entry or {}).get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
 
@@ -190,6 +235,36 @@ class Checker:
         if csc.get("privileged"):
             self.fail(variant, f"{name}: privileged")
 
+    def check_restricted(self, variant, where, spec):
+        """The `restricted` Pod Security Standard, as the admission controller judges a pod:
+        what every agent-only workload must pass in a namespace that enforces it."""
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(key):
+                self.fail(variant, f"{where}: {key} is not allowed by the restricted profile")
+        for v in spec.get("volumes", []) or []:
+            kinds = set(v) - {"name"}
+            if not kinds <= RESTRICTED_VOLUMES:
+                self.fail(variant, f"{where}: volume {v['name']} is {sorted(kinds)}, not allowed by the restricted profile")
+        psc = spec.get("securityContext") or {}
+        for _, c in containers(spec):
+            csc = c.get("securityContext") or {}
+            name = f"{where} container {c['name']}"
+            if csc.get("allowPrivilegeEscalation") is not False:
+                self.fail(variant, f"{name}: restricted profile needs allowPrivilegeEscalation: false")
+            if csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True or \
+                    csc.get("runAsUser", psc.get("runAsUser")) == 0:
+                self.fail(variant, f"{name}: restricted profile needs runAsNonRoot and a non-zero runAsUser")
+            seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                self.fail(variant, f"{name}: restricted profile needs seccompProfile RuntimeDefault (or Localhost), "
+                                   f"got {seccomp}")
+            caps = csc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []) or set(caps.get("add") or []) - RESTRICTED_CAPS:
+                self.fail(variant, f"{name}: restricted profile needs capabilities drop [ALL], adding at most "
+                                   f"NET_BIND_SERVICE, got {caps}")
+            if any(p.get("hostPort") for p in c.get("ports", []) or []):
+                self.fail(variant, f"{name}: hostPort is not allowed by the restricted profile")
+
     def check_agent(self, variant, where, spec, c, docs, partial=False):
         """The agent's contract: a command it has, flags and env vars that command reads,
         the mounts it needs, and each key only where it is used."""
@@ -212,7 +287,7 @@ class Checker:
                 self.fail(variant, f"{name}: resources.{'.'.join(path)} missing")
         env = env_of(c, docs)
         for k in env:
-            if k.startswith("GWB_") and k not in iface.env:
+            if k.startswith("GWB_") and k not in iface.env and k not in PENDING_ENV:
                 self.fail(variant, f"{name}: unknown env var {k} (the agent does not read it)")
         reads = iface.env_of(sub) if sub else iface.env
         for e in c.get("env", []) or []:
@@ -314,8 +389,17 @@ class Checker:
                     is_agent(c) and (c.get("args") or [None])[0] in signers for _, c in containers(spec)):
                 self.fail(variant, f"{where}: volume {v['name']} holds the signing key, but no container "
                                    f"of this pod signs (only {', '.join(sorted(signers))} do)")
+        if kind != "StatefulSet" and not partial:
+            self.check_restricted(variant, where, spec)
+        tokens = token_volumes(spec)
         agents = []
         for phase, c in containers(spec):
+            mounts_token = any(m["name"] in tokens or m.get("mountPath", "").rstrip("/") == TOKEN_PATH
+                               for m in c.get("volumeMounts", []) or [])
+            if mounts_token and not (is_agent(c) and (c.get("args") or [None])[0] == "run"
+                                     and c.get("restartPolicy") == "Always"):
+                self.fail(variant, f"{where} container {c['name']}: mounts a Kubernetes API token; only the "
+                                   f"sidecar (`run`) may (it deletes its own pod when the lease is lost)")
             self.check_security(variant, where, spec, c, stand_in, partial)
             if is_agent(c):
                 for ef in c.get("envFrom", []) or []:
@@ -335,7 +419,7 @@ class Checker:
                 self.check_workload(variant, d, docs)
             if d.get("kind") == "ConfigMap":
                 for k in (d.get("data") or {}):
-                    if k.startswith("GWB_") and k not in self.interface.env:
+                    if k.startswith("GWB_") and k not in self.interface.env and k not in PENDING_ENV:
                         self.fail(variant, f"ConfigMap/{d['metadata']['name']}: unknown key {k} (the agent does not read it)")
                     if k.startswith("AWS_SECRET") or k in ("GWB_IDENTITY", "GWB_SIGNING_KEY"):
                         self.fail(variant, f"ConfigMap/{d['metadata']['name']}: secret material {k} in a ConfigMap")
@@ -389,11 +473,7 @@ class Checker:
                 self.fail(variant, "restore must restore GWB_SNAPSHOT=handoff (exactly what the last instance released)")
             if find(docs, "ConfigMap", "ghostwire-backup") and renv.get("GWB_REQUIRE_SNAPSHOT") != "true":
                 self.fail(variant, "restore needs GWB_REQUIRE_SNAPSHOT=true (an empty repository must not start Signal)")
-            main = spec.get("containers") or []
-            lhg = ((main[0].get("livenessProbe") or {}).get("httpGet") or {}) if main else {}
-            if lhg.get("path") != "/leasez" or lhg.get("port") not in (METRICS_PORT, "metrics"):
-                self.fail(variant, f"{where}: the Signal container needs livenessProbe httpGet /leasez on "
-                                   f"{METRICS_PORT} (it stops a Signal whose pod lost the lease), got {lhg}")
+            self.check_signal_probe(variant, where, spec)
             for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
                 hg = (sidecar.get(probe) or {}).get("httpGet") or {}
                 if hg.get("path") != path or hg.get("port") not in (METRICS_PORT, "metrics"):
@@ -410,26 +490,10 @@ class Checker:
             if not ((sidecar.get("resources") or {}).get("limits") or {}).get("cpu"):
                 self.fail(variant, "sidecar needs a CPU limit (the compressor's threads follow the cgroup quota)")
             for c in (restore, sidecar):
-                owner = next((e for e in c.get("env", []) or [] if e["name"] == "GWB_LEASE_OWNER"), None)
-                if field_ref(owner) != "metadata.name":
-                    self.fail(variant, f"{c['name']}: GWB_LEASE_OWNER must come from fieldRef metadata.name "
-                                       f"(HOSTNAME can be set by the chart)")
-            grace = spec.get("terminationGracePeriodSeconds", 30)
-            try:
-                deadline = int(env.get("GWB_FINAL_DEADLINE", ""))
-            except ValueError:
-                self.fail(variant, "sidecar GWB_FINAL_DEADLINE must be an integer number of seconds")
-                deadline = grace
-            if grace < deadline + 20:
-                self.fail(variant, f"terminationGracePeriodSeconds {grace} leaves under 20 s beyond "
-                                   f"GWB_FINAL_DEADLINE {deadline} for Signal to stop")
-            for c in (restore, sidecar):
-                m = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == HOME), None)
-                if not m or m["name"] != "home" or m.get("readOnly"):
-                    self.fail(variant, f"{c['name']} must mount volume `home` read-write at {HOME}")
-        claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
-        if "home" not in claims:
-            self.fail(variant, f"{where} must have volumeClaimTemplate `home`")
+                self.check_lease_owner(variant, c, docs)
+            self.check_grace(variant, sts, env)
+            self.check_home_mounts(variant, where, sts, (restore, sidecar))
+            self.check_api_access(variant, where, sts, sidecar, docs)
         if sts["spec"].get("replicas", 1) != 1:
             self.fail(variant, "Ghostwire must run exactly one replica")
         # The metrics Service must select this pod.
@@ -439,10 +503,120 @@ class Checker:
             self.fail(variant, f"monitoring Service selector {svc[0]['spec']['selector']} does not "
                                f"match the pod labels {labels}")
 
+    def check_signal_probe(self, variant, where, spec):
+        """Signal's container, found by what it is (the app container on the home volume), is
+        stopped by the sidecar's /leasez: not whichever container happens to come first."""
+        signals = signal_containers(spec)
+        if not signals:
+            self.fail(variant, f"{where}: no app container mounts {HOME} (Signal's container is missing)")
+        for c in signals:
+            hg = (c.get("livenessProbe") or {}).get("httpGet") or {}
+            if hg.get("path") != "/leasez" or hg.get("port") not in (METRICS_PORT, "metrics"):
+                self.fail(variant, f"{where}: the Signal container {c['name']} needs livenessProbe httpGet /leasez "
+                                   f"on {METRICS_PORT} (it stops a Signal whose pod lost the lease), got {hg}")
+
+    def check_lease_owner(self, variant, c, docs):
+        """The owner is cluster/namespace/pod: the pod's name and namespace from the API, the
+        cluster's name from the ConfigMap; nothing may override it with a bare name."""
+        entries = {e["name"]: e for e in c.get("env", []) or []}
+        for name, path in OWNER_FIELDS.items():
+            if field_ref(entries.get(name)) != path:
+                self.fail(variant, f"{c['name']}: {name} must come from fieldRef {path} (the lease owner is "
+                                   f"cluster/namespace/pod; HOSTNAME can be set by the chart)")
+        if "GWB_LEASE_OWNER" in entries:
+            self.fail(variant, f"{c['name']}: GWB_LEASE_OWNER is set: it would replace the cluster/namespace/pod "
+                               f"owner with one name that another namespace or cluster can share")
+        if find(docs, "ConfigMap", "ghostwire-backup") and not env_of(c, docs).get("GWB_CLUSTER_ID"):
+            self.fail(variant, f"{c['name']}: GWB_CLUSTER_ID is empty: set the cluster's name in the ConfigMap")
+
+    def check_grace(self, variant, sts, env):
+        """terminationGracePeriodSeconds = Signal's stop + the final snapshot's deadline + margin,
+        each stated in the pod spec: the deadline follows the grace period."""
+        template = sts["spec"]["template"]
+        annotations = (template.get("metadata") or {}).get("annotations") or {}
+        grace = template["spec"].get("terminationGracePeriodSeconds", 30)
+        try:
+            deadline = int(env.get("GWB_FINAL_DEADLINE", ""))
+            stop = int(annotations[SIGNAL_STOP_ANNOTATION])
+            margin = int(annotations[FINAL_MARGIN_ANNOTATION])
+        except (KeyError, ValueError):
+            self.fail(variant, f"sidecar GWB_FINAL_DEADLINE must be an integer number of seconds, and the pod needs "
+                               f"integer annotations {SIGNAL_STOP_ANNOTATION} and {FINAL_MARGIN_ANNOTATION}")
+            return
+        if stop <= 0 or margin <= 0 or deadline <= 0:
+            self.fail(variant, f"the shutdown budget's parts must be positive: Signal's stop {stop} s, "
+                               f"final deadline {deadline} s, margin {margin} s")
+        if grace != stop + deadline + margin:
+            self.fail(variant, f"terminationGracePeriodSeconds {grace} != {SIGNAL_STOP_ANNOTATION} {stop} + "
+                               f"GWB_FINAL_DEADLINE {deadline} + {FINAL_MARGIN_ANNOTATION} {margin}: set "
+                               f"GWB_FINAL_DEADLINE to {grace - stop - margin} (or the grace period to "
+                               f"{stop + deadline + margin})")
+
+    def check_home_mounts(self, variant, where, sts, agents):
+        """The agent mounts, read-write at HOME, the very volume Signal's container mounts
+        there, and that volume is one of the StatefulSet's claim templates."""
+        spec = pod_spec(sts)
+        first = next((c for c in spec.get("initContainers") or [] if home_volume(c)), None)
+        if first and first["name"] != "restore":
+            self.fail(variant, f"{where}: init container {first['name']} touches {HOME} before `restore`, whose "
+                               f"--if-empty would then find a fresh volume not empty")
+        homes = {home_volume(c) for c in signal_containers(spec)}
+        claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", []) or []]
+        want = CHART_CLAIMS.get(variant)
+        for c in agents:
+            m = next((m for m in c.get("volumeMounts", []) or [] if m["mountPath"] == HOME), None)
+            if not m or m.get("readOnly"):
+                self.fail(variant, f"{c['name']} must mount Signal's home volume read-write at {HOME}")
+            elif m["name"] not in homes:
+                self.fail(variant, f"{c['name']} mounts volume {m['name']} at {HOME}, but Signal's container "
+                                   f"mounts {sorted(h for h in homes if h)} there")
+            elif m["name"] not in claims:
+                self.fail(variant, f"{c['name']} mounts {m['name']} at {HOME}, which is not a volumeClaimTemplate "
+                                   f"of {where} (it has {claims})")
+            elif want and m["name"] != want:
+                self.fail(variant, f"{c['name']} mounts {m['name']} at {HOME}, not the chart's claim template {want}")
+
+    def check_api_access(self, variant, where, sts, sidecar, docs):
+        """The sidecar, and only it, reaches the API (check_workload), at the standard token path,
+        as the agent's ServiceAccount, whose Role lets it get and delete this one pod."""
+        spec = pod_spec(sts)
+        tokens = token_volumes(spec)
+        mount = next((m for m in sidecar.get("volumeMounts", []) or [] if m["name"] in tokens), None)
+        if not mount or mount["mountPath"].rstrip("/") != TOKEN_PATH or not mount.get("readOnly"):
+            self.fail(variant, f"{where}: the sidecar needs a projected serviceAccountToken volume mounted "
+                               f"read-only at {TOKEN_PATH} (it deletes its own pod when the lease is lost)")
+        else:
+            sources = (next(v for v in spec["volumes"] if v["name"] == mount["name"])["projected"] or {}).get("sources", [])
+            if not any((src.get("configMap") or {}).get("name") == "kube-root-ca.crt" for src in sources) or \
+                    not any(item.get("path") == "namespace" for src in sources
+                            for item in (src.get("downwardAPI") or {}).get("items", []) or []):
+                self.fail(variant, f"{where}: the sidecar's token volume needs the kube-root-ca.crt ConfigMap and "
+                                   f"the namespace (downwardAPI), as the automounted one has")
+        if not find(docs, "Role") and not find(docs, "RoleBinding"):
+            return  # a partial render (the StatefulSet alone): the Role comes with the component
+        self.check_own_pod_role(variant, docs, spec.get("serviceAccountName"), f"{sts['metadata']['name']}-0")
+
+    def check_own_pod_role(self, variant, docs, service_account, pod):
+        role = self.one(variant, docs, "Role", ROLE)
+        binding = self.one(variant, docs, "RoleBinding", ROLE)
+        if role:
+            rules = role.get("rules") or []
+            want = [{"apiGroups": [""], "resources": ["pods"], "resourceNames": [pod]}]
+            got = [{k: r.get(k) for k in ("apiGroups", "resources", "resourceNames")} for r in rules]
+            if got != want or any(sorted(r.get("verbs") or []) != ["delete", "get"] for r in rules):
+                self.fail(variant, f"Role {ROLE} must allow exactly get and delete on pods/{pod}, got {rules}")
+        if binding:
+            subjects = binding.get("subjects") or []
+            if (binding.get("roleRef") or {}).get("name") != ROLE or (binding.get("roleRef") or {}).get("kind") != "Role" \
+                    or [(x.get("kind"), x.get("name")) for x in subjects] != [("ServiceAccount", service_account)]:
+                self.fail(variant, f"RoleBinding {ROLE} must bind Role {ROLE} to ServiceAccount {service_account} "
+                                   f"alone, got {binding.get('roleRef')} {subjects}")
+
     def check_example_overlay(self, variant, docs, sts):
         cm = self.one(variant, docs, "ConfigMap", "ghostwire-backup")
-        if cm and cm["data"].get("GWB_REPO") != "s3://example-ghostwire-backups/ghostwire":
-            self.fail(variant, "the documented ConfigMap patch did not apply")
+        if cm and (cm["data"].get("GWB_REPO") != "s3://example-ghostwire-backups/ghostwire"
+                   or cm["data"].get("GWB_CLUSTER_ID") in (None, "", "CHANGE-ME")):
+            self.fail(variant, "the documented ConfigMap patch did not apply (GWB_REPO, GWB_CLUSTER_ID)")
         if not find(docs, "CronJob", "ghostwire-backup-verify") or not find(docs, "ServiceMonitor"):
             self.fail(variant, "the documented overlay lost the verify CronJob or the monitoring objects")
         sa = self.one(variant, docs, "ServiceAccount", "ghostwire-backup")
@@ -451,6 +625,16 @@ class Checker:
             self.fail(variant, "IRSA component did not annotate the ServiceAccount with a role ARN")
         if sts and pod_spec(sts).get("serviceAccountName") != "ghostwire-backup":
             self.fail(variant, "the Ghostwire pod must run as the annotated ServiceAccount")
+        if sts:
+            # IRSA's webhook injects the role into every container it is not told to skip.
+            skipped = set(((sts["spec"]["template"].get("metadata") or {}).get("annotations") or {})
+                          .get("eks.amazonaws.com/skip-containers", "").split(","))
+            spec = pod_spec(sts)
+            signals = {c["name"] for c in signal_containers(spec)}
+            agents = {c["name"] for _, c in containers(spec) if is_agent(c)}
+            if not signals <= skipped or agents & skipped:
+                self.fail(variant, f"with IRSA, eks.amazonaws.com/skip-containers must name Signal's container(s) "
+                                   f"{sorted(signals)} and no agent container, got {sorted(skipped - {''})}")
 
     def check_cronjob(self, variant, docs):
         cj = self.one(variant, docs, "CronJob", "ghostwire-backup")
@@ -478,9 +662,10 @@ class Checker:
             m = next((m for m in agents[0].get("volumeMounts", []) if m["mountPath"] == HOME), None)
             v = volume_of(spec, m) if m else {}
             claim = (v.get("persistentVolumeClaim") or {}).get("claimName")
-            if not claim or not claim.startswith("home-"):
-                self.fail(variant, f"must mount the home PVC (home-<statefulset>-0) at {HOME}, got {claim}")
-            if variant == "example-cronjob" and claim != "home-ghostwire-green-0":
+            if not claim or not claim.endswith("-0"):
+                self.fail(variant, f"must mount the Ghostwire pod's PVC (<claim template>-<statefulset>-0) at {HOME}, "
+                                   f"got {claim}")
+            if variant == "example-cronjob" and claim != "signal-data-ghostwire-green-0":
                 self.fail(variant, f"the documented claimName patch did not apply (got {claim})")
             if m and (m.get("readOnly") or (v.get("persistentVolumeClaim") or {}).get("readOnly")):
                 self.fail(variant, "the home PVC must be mounted read-write (SQLite WAL needs -shm)")
@@ -503,6 +688,37 @@ class Checker:
                 self.fail(variant, "must run `verify --snapshot latest`")
             if pod_spec(cj).get("serviceAccountName") != READONLY_SA:
                 self.fail(variant, f"verify must run as the read-only ServiceAccount {READONLY_SA}")
+
+    def check_prestage(self, variant, docs):
+        """The pre-staged switch: green's PVC under the name its StatefulSet will use, and a
+        Job that fills exactly that claim with `restore --prestage`, read-only."""
+        claims = find(docs, "PersistentVolumeClaim")
+        if len(claims) != 1:
+            self.fail(variant, f"expected one PersistentVolumeClaim, found {len(claims)}")
+        pvc = claims[0] if len(claims) == 1 else None
+        job = self.one(variant, docs, "Job", "ghostwire-backup-prestage")
+        if not pvc or not job:
+            return
+        name = pvc["metadata"]["name"]
+        if not re.fullmatch(r"[a-z0-9-]+-0", name):
+            self.fail(variant, f"PVC {name} is not named <claim template>-<StatefulSet>-0: the StatefulSet would not use it")
+        if "ReadWriteOnce" not in (pvc["spec"].get("accessModes") or []):
+            self.fail(variant, f"PVC {name} must be ReadWriteOnce, as the chart's claim template")
+        spec = pod_spec(job)
+        agents = [c for _, c in containers(spec) if is_agent(c)]
+        if len(agents) != 1 or not has_args(agents[0].get("args", []), "restore", "--prestage"):
+            self.fail(variant, "the Job must run one agent container with `restore --prestage`")
+        else:
+            m = next((m for m in agents[0].get("volumeMounts", []) or [] if m["mountPath"] == HOME), None)
+            claim = (volume_of(spec, m).get("persistentVolumeClaim") or {}).get("claimName") if m else None
+            if claim != name:
+                self.fail(variant, f"the Job fills {claim} at {HOME}, not the PVC {name} it pre-stages")
+        if spec.get("serviceAccountName") != READONLY_SA:
+            self.fail(variant, f"the Job must run as the read-only ServiceAccount {READONLY_SA}")
+        sa = self.one(variant, docs, "ServiceAccount", READONLY_SA)
+        if sa and not ((sa["metadata"].get("annotations") or {}).get("eks.amazonaws.com/role-arn", "")
+                       .startswith("arn:aws:iam::")):
+            self.fail(variant, f"the example must show IRSA on {READONLY_SA} (eks.amazonaws.com/role-arn)")
 
     def check_prune_cronjob(self, variant, docs):
         cj = self.one(variant, docs, "CronJob", "ghostwire-backup-prune")
@@ -535,11 +751,58 @@ class Checker:
         if not metrics or not pols.get("ghostwire-backup-jobs"):
             self.fail(variant, "the documented overlay lost the NetworkPolicies")
             return
+        self.check_s3_egress(variant, docs)
         if "Egress" in metrics["spec"].get("policyTypes", []):
             self.fail(variant, "the Ghostwire pod's NetworkPolicy must not restrict egress (Signal needs it)")
         if not any(p.get("port") == METRICS_PORT and any("namespaceSelector" in f for f in r.get("from", []))
                    for r in metrics["spec"].get("ingress", []) for p in r.get("ports", [])):
             self.fail(variant, f"NetworkPolicy must admit port {METRICS_PORT} from the monitoring namespace")
+
+    def check_s3_egress(self, variant, docs):
+        """The agent-only pods' egress admits the S3 endpoint the ConfigMap names: AWS S3 (no
+        GWB_S3_ENDPOINT) over HTTPS to public addresses; an address, by an ipBlock holding it; a
+        Service in the cluster (NAME.NAMESPACE.svc...), by a selector of its namespace."""
+        cm = next(iter(find(docs, "ConfigMap", "ghostwire-backup")), None)
+        endpoint = ((cm or {}).get("data") or {}).get("GWB_S3_ENDPOINT") or "https://s3.amazonaws.com"
+        url = urlsplit(endpoint)
+        host = url.hostname or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        k, v = "app.kubernetes.io/name", "ghostwire-backup"
+        rules = [r for d in find(docs, "NetworkPolicy")
+                 if ((d["spec"].get("podSelector") or {}).get("matchLabels") or {}).get(k) == v
+                 for r in d["spec"].get("egress", []) or []]
+        on_port = [r for r in rules if not r.get("ports") or any(p.get("port") == port for p in r["ports"])]
+        peers = [peer for r in on_port for peer in (r.get("to") or [{}])]
+        labels = host.split(".")
+        if len(labels) >= 3 and labels[2] == "svc":
+            namespace = labels[1]
+            ok = any(((peer.get("namespaceSelector") or {}).get("matchLabels") or {})
+                     .get("kubernetes.io/metadata.name") == namespace for peer in peers)
+            what = f"pods in namespace {namespace} (a namespaceSelector)"
+        else:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                # AWS S3's own names: one of its public addresses stands for them (any public
+                # ipBlock that holds it admits S3 as the internet or a gateway endpoint routes it).
+                address = ipaddress.ip_address("52.216.0.1") if host.endswith("amazonaws.com") else None
+            ok = any(peer == {} or self.block_holds(peer.get("ipBlock"), address) for peer in peers)
+            what = f"{address or host} (an ipBlock)"
+        if not ok:
+            self.fail(variant, f"the agent's NetworkPolicies do not admit the S3 endpoint {endpoint}: no egress rule "
+                               f"to {what} on port {port} (patch ghostwire-backup-jobs-s3)")
+
+    @staticmethod
+    def block_holds(block, address):
+        """An ipBlock admits the address (any non-private address, for a name we cannot resolve)."""
+        if not block:
+            return False
+        cidr = ipaddress.ip_network(block["cidr"])
+        excepted = [ipaddress.ip_network(e) for e in block.get("except", []) or []]
+        if address is None:
+            return True  # a host name outside the cluster: its addresses are the user's to know
+        return address.version == cidr.version and address in cidr and not any(
+            address in e for e in excepted if e.version == address.version)
 
     def check_helm_test(self, variant, docs):
         pod = self.one(variant, docs, "Pod", "ghostwire-backup-test")
@@ -552,16 +815,29 @@ class Checker:
             if len(agents) != 1 or not has_args(agents[0].get("args", []), "check", "--max-age", "2h"):
                 self.fail(variant, "test Pod must run `check --max-age 2h`")
 
-    def check_monitoring(self, variant, docs):
+    def check_rules_once(self, variant, docs):
+        """The alerts and the dashboard are installed once per cluster, never next to a release
+        (a PrometheusRule in blue's and in green's namespace evaluates every rule twice)."""
+        per_release = [f"{d['kind']}/{d['metadata']['name']}" for d in docs
+                       if is_ghostwire(d) or d.get("kind") in ("Service", "ServiceMonitor")]
+        shared = [f"{d['kind']}/{d['metadata']['name']}" for d in docs
+                  if d.get("kind") == "PrometheusRule"
+                  or (d.get("kind") == "ConfigMap" and (d["metadata"].get("labels") or {}).get("grafana_dashboard"))]
+        if per_release and shared:
+            self.fail(variant, f"renders {shared} next to {per_release}: the alerts and the dashboard are installed "
+                               f"once per cluster (deploy/monitoring-rules), or blue and green get every alert twice")
+
+    def check_scrape(self, variant, docs):
         svc = self.one(variant, docs, "Service", "ghostwire-backup-metrics")
         sm = self.one(variant, docs, "ServiceMonitor", "ghostwire-backup")
-        rule = self.one(variant, docs, "PrometheusRule", "ghostwire-backup")
-        dash = self.one(variant, docs, "ConfigMap", "ghostwire-backup-dashboard")
-        exported = self.interface.metric_series
         if svc:
             ports = {p.get("name"): p for p in svc["spec"].get("ports", [])}
             if "metrics" not in ports or ports["metrics"]["port"] != METRICS_PORT:
                 self.fail(variant, f"Service needs port {METRICS_PORT} named metrics")
+            elif ports["metrics"].get("targetPort") != METRICS_PORT:
+                self.fail(variant, f"Service port metrics needs the numeric targetPort {METRICS_PORT}, got "
+                                   f"{ports['metrics'].get('targetPort')!r}: a named port on a native sidecar "
+                                   f"resolves only from Kubernetes 1.32")
             if not svc["spec"].get("selector"):
                 self.fail(variant, "Service needs a selector")
         if sm:
@@ -575,6 +851,11 @@ class Checker:
             eps = sm["spec"].get("endpoints") or []
             if not eps or any(e.get("port") != "metrics" or e.get("path", "/metrics") != "/metrics" for e in eps):
                 self.fail(variant, "ServiceMonitor endpoints must scrape port `metrics` at /metrics")
+
+    def check_rules(self, variant, docs):
+        rule = self.one(variant, docs, "PrometheusRule", "ghostwire-backup")
+        dash = self.one(variant, docs, "ConfigMap", "ghostwire-backup-dashboard")
+        exported = self.interface.metric_series
         if rule:
             if rule.get("apiVersion") != "monitoring.coreos.com/v1":
                 self.fail(variant, f"PrometheusRule apiVersion {rule.get('apiVersion')}")
@@ -606,6 +887,13 @@ class Checker:
                 "GhostwireBackupJobFailed": [r"kube_job_status_failed"],
                 "GhostwireBackupCronJobStale": [r"kube_cronjob_status_last_successful_time",
                                                 r"unless\s+on\s*\(namespace,\s*cronjob\)\s*kube_cronjob_status_last_successful_time"],
+                # Once per start, not for the pod's whole life.
+                "GhostwireBackupHandoffMissing": [r"ghostwire_backup_handoff_missing\s*==\s*1",
+                                                  r"and\s+on\s*\(namespace,\s*pod\)\s*\(\s*time\(\)\s*-\s*kube_pod_start_time\s*<"],
+                # The desktop that cannot start: no sidecar runs, so kube-state-metrics tells.
+                "GhostwireDesktopStartBlocked": [r'kube_pod_init_container_status_restarts_total\{container="restore"\}',
+                                                 r'kube_pod_status_ready\{condition="true"\}'],
+                "GhostwireDesktopNotReady": [r"kube_statefulset_status_replicas_ready"],
             }
             for alert, patterns in want.items():
                 expr = (by_alert.get(alert) or {}).get("expr", "")
@@ -614,38 +902,46 @@ class Checker:
                 for p in patterns:
                     if expr and not re.search(p, expr):
                         self.fail(variant, f"alert {alert}: expr {expr!r} does not match {p}")
+            blocked = str((by_alert.get("GhostwireDesktopStartBlocked") or {}).get("for", ""))
+            if re.fullmatch(r"\d+[smh]", blocked) and int(blocked[:-1]) * {"s": 1, "m": 60, "h": 3600}[blocked[-1]] > 300:
+                self.fail(variant, f"alert GhostwireDesktopStartBlocked waits {blocked}: a desktop that cannot start "
+                                   f"must page within minutes (for: 5m at most)")
         if dash:
-            if (dash["metadata"].get("labels") or {}).get("grafana_dashboard") != "1":
-                self.fail(variant, "dashboard ConfigMap needs label grafana_dashboard: \"1\"")
-            data = dash.get("data") or {}
-            if len(data) != 1 or not next(iter(data)).endswith(".json"):
-                self.fail(variant, "dashboard ConfigMap must hold exactly one *.json")
-            for key, text in data.items():
-                try:
-                    board = json.loads(text)
-                except ValueError as e:
-                    self.fail(variant, f"dashboard {key} is not JSON: {e}")
-                    continue
-                exprs = " ".join(t.get("expr", "") for p in board.get("panels", []) for t in p.get("targets", []))
-                for m in sorted(exported):
-                    if m not in metric_names(exprs):
-                        self.fail(variant, f"dashboard has no panel for {m}")
-                for m in sorted(metric_names(exprs) - exported):
-                    self.fail(variant, f"dashboard queries {m}, which the agent does not export")
-                ids = [p.get("id") for p in board.get("panels", [])]
-                if len(ids) != len(set(ids)):
-                    self.fail(variant, "dashboard panel ids are not unique")
-                if not board.get("uid") or not board.get("title"):
-                    self.fail(variant, "dashboard needs uid and title")
-                variables = {v.get("name") for v in (board.get("templating") or {}).get("list", [])}
-                for want_var in ("namespace", "pod"):
-                    if want_var not in variables:
-                        self.fail(variant, f"dashboard needs a `{want_var}` template variable")
-                for p in board.get("panels", []):
-                    for t in p.get("targets", []):
-                        e = t.get("expr", "")
-                        if metric_names(e) and not ("$namespace" in e and "$pod" in e):
-                            self.fail(variant, f"dashboard panel {p.get('id')}: {e!r} ignores $namespace/$pod")
+            self.check_dashboard(variant, dash)
+
+    def check_dashboard(self, variant, dash):
+        exported = self.interface.metric_series
+        if (dash["metadata"].get("labels") or {}).get("grafana_dashboard") != "1":
+            self.fail(variant, "dashboard ConfigMap needs label grafana_dashboard: \"1\"")
+        data = dash.get("data") or {}
+        if len(data) != 1 or not next(iter(data)).endswith(".json"):
+            self.fail(variant, "dashboard ConfigMap must hold exactly one *.json")
+        for key, text in data.items():
+            try:
+                board = json.loads(text)
+            except ValueError as e:
+                self.fail(variant, f"dashboard {key} is not JSON: {e}")
+                continue
+            exprs = " ".join(t.get("expr", "") for p in board.get("panels", []) for t in p.get("targets", []))
+            for m in sorted(exported):
+                if m not in metric_names(exprs):
+                    self.fail(variant, f"dashboard has no panel for {m}")
+            for m in sorted(metric_names(exprs) - exported):
+                self.fail(variant, f"dashboard queries {m}, which the agent does not export")
+            ids = [p.get("id") for p in board.get("panels", [])]
+            if len(ids) != len(set(ids)):
+                self.fail(variant, "dashboard panel ids are not unique")
+            if not board.get("uid") or not board.get("title"):
+                self.fail(variant, "dashboard needs uid and title")
+            variables = {v.get("name") for v in (board.get("templating") or {}).get("list", [])}
+            for want_var in ("namespace", "pod"):
+                if want_var not in variables:
+                    self.fail(variant, f"dashboard needs a `{want_var}` template variable")
+            for p in board.get("panels", []):
+                for t in p.get("targets", []):
+                    e = t.get("expr", "")
+                    if metric_names(e) and not ("$namespace" in e and "$pod" in e):
+                        self.fail(variant, f"dashboard panel {p.get('id')}: {e!r} ignores $namespace/$pod")
 
     def check_runbook(self, variant, rule):
         url = (rule.get("annotations") or {}).get("runbook_url", "")
@@ -669,6 +965,7 @@ class Checker:
                                "releaseName ghostwire-green in namespace ghostwire-green")
         if hr.get("apiVersion") != "helm.toolkit.fluxcd.io/v2":
             self.fail(variant, f"HelmRelease apiVersion {hr.get('apiVersion')}, want helm.toolkit.fluxcd.io/v2")
+        self.check_own_pod_role(variant, docs, "ghostwire-backup", f"{hr['spec'].get('releaseName')}-0")
         ref = hr["spec"].get("chart", {}).get("spec", {}).get("sourceRef", {})
         if not find(docs, ref.get("kind"), ref.get("name")):
             self.fail(variant, f"HelmRelease sourceRef {ref} is not rendered")
@@ -706,7 +1003,9 @@ class Checker:
         self.check_service_accounts(variant, docs)
         if variant == "example-overlay":
             self.check_example_overlay(variant, docs, sts)
+        if find(docs, "NetworkPolicy") or variant == "example-overlay":
             self.check_network_policies(variant, docs)
+        if variant == "example-overlay":
             self.check_prune_cronjob(variant, docs)
         elif variant in ("cronjob", "example-cronjob"):
             self.check_cronjob(variant, docs)
@@ -716,8 +1015,13 @@ class Checker:
             self.check_prune_cronjob(variant, docs)
         elif variant == "helm-test":
             self.check_helm_test(variant, docs)
+        elif variant == "prestage":
+            self.check_prestage(variant, docs)
+        self.check_rules_once(variant, docs)
         if variant in ("monitoring", "example-overlay"):
-            self.check_monitoring(variant, docs)
+            self.check_scrape(variant, docs)
+        if variant == "monitoring-rules":
+            self.check_rules(variant, docs)
         if variant == "flux":
             self.check_flux(variant, docs)
         return len(self.errors) - before

@@ -111,6 +111,16 @@ def find(docs, kind, name=None):
     raise Failure(f"the render has no {kind} {name or ''}")
 
 
+def home_volume(spec):
+    """The volume Signal's container mounts at the home: the chart's claim template
+    (`signal-data`), whatever the render calls it."""
+    for container in spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            if mount["mountPath"] == HOME:
+                return mount["name"]
+    raise Failure("no container of the pod mounts the home")
+
+
 def pod_spec(workload):
     spec = workload["spec"]
     if workload["kind"] == "CronJob":
@@ -173,6 +183,7 @@ class Cluster:
             "GWB_REPO": "s3://ghostwire-backups/ghostwire",
             "GWB_S3_ENDPOINT": self.s3.endpoint,
             "GWB_S3_PATH_STYLE": "true",
+            "GWB_CLUSTER_ID": "container-tests",
         }}
         identity, signing_key, public = self.keygen()
         # As docs/kubernetes.md sets them up: the identity for the restore side, the signing
@@ -238,6 +249,18 @@ class Cluster:
             path.chmod(mode)
         return str(directory)
 
+    def kube_api_volume(self, namespace):
+        """The sidecar's projected Kubernetes API volume: a token, the cluster's CA and the
+        namespace. There is no API server here: the token is a placeholder, and nothing in
+        these tests reaches the API (the sidecar uses it only once another owner took its lease
+        while it runs)."""
+        directory = self.scratch / f"kube-api-{next(self.serial)}"
+        directory.mkdir()
+        for name, value in (("token", "no-api-server-in-these-tests"), ("ca.crt", ""), ("namespace", namespace)):
+            (directory / name).write_text(value)
+            (directory / name).chmod(0o644)
+        return str(directory)
+
     def results_dir(self):
         """Where the Signal stand-in writes its committed ids (test instrumentation)."""
         directory = self.scratch / "results"
@@ -255,9 +278,10 @@ class Cluster:
 class Pod:
     """One pod of a rendered workload, its containers run with podman as the kubelet would."""
 
-    def __init__(self, cluster, name, spec, volumes, listen_port=None):
+    def __init__(self, cluster, name, spec, volumes, listen_port=None, namespace="ghostwire"):
         self.cluster = cluster
         self.name = name
+        self.namespace = namespace
         self.spec = spec
         self.volumes = volumes  # the pod's volume name -> host directory
         self.listen_port = listen_port
@@ -298,9 +322,10 @@ class Pod:
                 env[variable["name"]] = variable["value"]
                 continue
             field = variable["valueFrom"].get("fieldRef")
-            if field:  # the downward API: the manifests use only the pod's name
-                check(field["fieldPath"] == "metadata.name", f"{name}: unexpected fieldRef {field}")
-                env[variable["name"]] = self.name
+            if field:  # the downward API: the manifests use the pod's name and namespace
+                values = {"metadata.name": self.name, "metadata.namespace": self.namespace}
+                check(field["fieldPath"] in values, f"{name}: unexpected fieldRef {field}")
+                env[variable["name"]] = values[field["fieldPath"]]
                 continue
             ref = variable["valueFrom"]["secretKeyRef"]
             value = self.cluster.secrets.get(ref["name"], {}).get(ref["key"])
@@ -389,7 +414,7 @@ def make_profile(pod, size):
     6 % database, the rest attachments, as bench/ makes them. make-profile.mjs sets the mode
     of the home itself, so it gets the volume's root for the time being; the root then goes
     back to root:0 2775, as the kubelet leaves a fresh volume for a pod with fsGroup 0."""
-    root = Path(pod.volumes["home"])
+    root = Path(pod.volumes[home_volume(pod.spec)])
     os.chown(root, 1000, 0)
     messages = max(2000, size // (16 * 1024))
     attachment_bytes = int(size * 0.93)
@@ -448,9 +473,11 @@ def test_hardened(size):
     cluster = Cluster(find(sidecar_docs, "ConfigMap", "ghostwire-backup"))
     try:
         results = cluster.results_dir()
-        home = cluster.pvc("home-ghostwire-0")
-        volumes = {"home": home, "dshm": cluster.empty_dir("dshm")}
-        signal = Pod(cluster, "ghostwire-0", pod_spec(find(sidecar_docs, "StatefulSet")), volumes)
+        spec = pod_spec(find(sidecar_docs, "StatefulSet"))
+        claim = home_volume(spec)
+        home = cluster.pvc(f"{claim}-ghostwire-0")
+        volumes = {claim: home, "dshm": cluster.empty_dir("dshm")}
+        signal = Pod(cluster, "ghostwire-0", spec, volumes)
         profile = make_profile(signal, size)
         log(f"profile: {profile['messages']} messages, {profile['attachmentBytes'] / MiB:.0f} MiB of attachments, owned by uid 1000")
 
@@ -468,18 +495,19 @@ def test_hardened(size):
         log(f"Signal committed {during} messages before the backup ended ({report})")
 
         green = Pod(cluster, "ghostwire-green-0", signal.spec, {
-            "home": cluster.pvc("home-ghostwire-green-0"),
+            claim: cluster.pvc(f"{claim}-ghostwire-green-0"),
             "ghostwire-backup-restore-tmp": cluster.empty_dir("restore-tmp"),
             "ghostwire-backup-identity": cluster.secret_volume(
                 "ghostwire-backup-identity", secret_mode(signal.spec, "ghostwire-backup-identity")),
             "ghostwire-backup-signing": cluster.secret_volume(
                 "ghostwire-backup-signing", secret_mode(signal.spec, "ghostwire-backup-signing")),
+            "ghostwire-backup-kube-api": cluster.kube_api_volume("ghostwire-green"),
             "dshm": cluster.empty_dir("dshm"),
-        })
+        }, namespace="ghostwire-green")
         # The CronJob variant holds no lease, so there is no handoff: as in the DR runbook,
         # the restore is told to take the newest snapshot.
         green.run("restore", env_overrides={"GWB_SNAPSHOT": "latest"})
-        db = check_restored_volume(green, green.volumes["home"], profile["key"],
+        db = check_restored_volume(green, green.volumes[claim], profile["key"],
                                    "before-backup.txt", results)
         log(f"hardened: restored volume owned by 1000:0; Signal's driver opened it: {db['messages']} messages, "
             f"all {db['idsChecked']} committed before the backup present")
@@ -501,13 +529,16 @@ def test_lifecycle(size):
         identity = cluster.secret_volume("ghostwire-backup-identity", secret_mode(spec, "ghostwire-backup-identity"))
         signing = cluster.secret_volume("ghostwire-backup-signing", secret_mode(spec, "ghostwire-backup-signing"))
 
-        def volumes(home):
-            return {"home": home, "ghostwire-backup-tmp": cluster.empty_dir("tmp"),
+        claim = home_volume(spec)  # the chart's claim template: PVC <claim>-<StatefulSet>-0
+
+        def volumes(statefulset, namespace):
+            return {claim: cluster.pvc(f"{claim}-{statefulset}-0"), "ghostwire-backup-tmp": cluster.empty_dir("tmp"),
                     "ghostwire-backup-restore-tmp": cluster.empty_dir("restore-tmp"),
                     "ghostwire-backup-identity": identity, "ghostwire-backup-signing": signing,
+                    "ghostwire-backup-kube-api": cluster.kube_api_volume(namespace),
                     "dshm": cluster.empty_dir("dshm")}
 
-        blue = Pod(cluster, "ghostwire-0", spec, volumes(cluster.pvc("home-ghostwire-0")), free_port())
+        blue = Pod(cluster, "ghostwire-0", spec, volumes("ghostwire", "ghostwire"), free_port())
         profile = make_profile(blue, size)
         log(f"blue's volume: {profile['messages']} messages, {profile['attachmentBytes'] / MiB:.0f} MiB of attachments, "
             "made by Signal's driver as uid 1000")
@@ -540,7 +571,8 @@ def test_lifecycle(size):
         log(f"blue's final snapshot took {final_done - signal_stopped:.1f} s")
 
         # -- green starts on a fresh volume, in the same order.
-        green = Pod(cluster, "ghostwire-green-0", spec, volumes(cluster.pvc("home-ghostwire-green-0")), free_port())
+        green = Pod(cluster, "ghostwire-green-0", spec, volumes("ghostwire-green", "ghostwire-green"), free_port(),
+                    namespace="ghostwire-green")
         restore_env = {e["name"]: e.get("value") for e in green.container_spec("restore").get("env", [])}
         check(restore_env.get("GWB_SNAPSHOT") == "handoff", "the restore init container does not restore GWB_SNAPSHOT=handoff")
         log("kubelet: green ghostwire-green-0: init container restore (--if-empty, GWB_SNAPSHOT=handoff) into the empty volume")
@@ -554,7 +586,7 @@ def test_lifecycle(size):
         green.wait_started("ghostwire-backup", green_sidecar)
         log("kubelet: green: container signal")
         switch_done = time.monotonic()
-        db = check_restored_volume(green, green.volumes["home"], profile["key"], "ids.txt", results)
+        db = check_restored_volume(green, green.volumes[claim], profile["key"], "ids.txt", results)
         log(f"green's Signal opened the database: {db['messages']} messages, all {db['idsChecked']} blue committed")
         green_signal = green.start("signal", ["writer.mjs", DB, profile["key"], "/results/green-ids.txt",
                                               "--max-commits", "20"], extra_volumes=[(results, "/results")])

@@ -25,20 +25,19 @@ TRUSTS = [flag("--verify-key", "GWB_VERIFY_KEY"), flag("--allow-unsigned", "GWB_
 REFERENCE = {
     "binary": "ghostwire-backup",
     "version": "0.0.0",
-    "global": [flag("--repo", "GWB_REPO", "./backups")],
+    "global": [flag("--repo", "GWB_REPO", "./backups"), flag("--s3-endpoint", "GWB_S3_ENDPOINT")],
     "environment": [{"name": "GWB_LOG", "default": "info", "help": ""}],
     "commands": [
         {"name": "backup", "about": "", "args": [flag("--staging-dir", "GWB_STAGING_DIR"), *SIGNS]},
         {"name": "restore", "about": "", "args": [
             flag("--snapshot", "GWB_SNAPSHOT", "latest"), flag("--identity", "GWB_IDENTITY_FILE"),
             flag("--target", "GWB_TARGET"), flag("--if-empty", "GWB_IF_EMPTY", "false", False),
-            flag("--lease-owner", "GWB_LEASE_OWNER"),
+            flag("--prestage", None, "false", False),
             flag("--require-snapshot", "GWB_REQUIRE_SNAPSHOT", "false", False), *TRUSTS]},
         {"name": "run", "about": "", "args": [
             flag("--staging-dir", "GWB_STAGING_DIR"), flag("--listen", "GWB_LISTEN", "0.0.0.0:9464"),
             flag("--final-snapshot", "GWB_FINAL_SNAPSHOT", "true"),
-            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90"), flag("--lease-owner", "GWB_LEASE_OWNER"),
-            *SIGNS]},
+            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90"), *SIGNS]},
         {"name": "prune", "about": "", "args": [flag("--keep-daily", "GWB_KEEP_DAILY", "0"), *TRUSTS]},
     ],
     "metrics": [
@@ -48,6 +47,8 @@ REFERENCE = {
          "series": ["ghostwire_backup_last_success_timestamp_seconds"]},
         {"name": "ghostwire_backup_restore_gate_ok", "type": "gauge", "help": "",
          "series": ["ghostwire_backup_restore_gate_ok"]},
+        {"name": "ghostwire_backup_handoff_missing", "type": "gauge", "help": "",
+         "series": ["ghostwire_backup_handoff_missing"]},
     ],
 }
 
@@ -73,25 +74,35 @@ def agent(name, args, env=(), mounts=()):
 
 SIGNING_MOUNT = {"name": "signing", "mountPath": "/signing", "readOnly": True}
 SIGNING_VOLUME = {"name": "signing", "secret": {"secretName": "ghostwire-backup-signing", "defaultMode": 0o440}}
-LEASE_OWNER = {"name": "GWB_LEASE_OWNER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+# The lease owner's parts from the downward API (GWB_CLUSTER_ID comes from the ConfigMap).
+# The stand-in interface does not list them: the checker accepts exactly these until the
+# binary does (checks.PENDING_ENV).
+LEASE_OWNER = [{"name": "GWB_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+               {"name": "GWB_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_VOLUME = {"name": "kube-api", "projected": {"sources": [
+    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}
 RUNBOOK = "https://example.invalid/docs/kubernetes.md#"
 ANCHORS = {"ghostwirebackupstale", "ghostwirebackupfailing", "ghostwirebackuprestoregatefailed"}
 
 
 def ghostwire_statefulset(name="ghostwire", namespace=None):
-    """A Ghostwire StatefulSet as the chart renders it: its label, Signal on the home volume."""
+    """A Ghostwire StatefulSet as the chart renders it: its label, Signal on the claim template
+    signal-data."""
     meta = {"name": name, "labels": {"app.kubernetes.io/name": "ghostwire"}}
     if namespace:
         meta["namespace"] = namespace
     signal = {"name": "signal", "image": "kasmweb/signal:1.17.0",
               "securityContext": {**SECURE, "readOnlyRootFilesystem": False},
-              "volumeMounts": [{"name": "home", "mountPath": "/home/kasm-user"}]}
+              "volumeMounts": [{"name": "signal-data", "mountPath": "/home/kasm-user"}]}
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {**meta, "annotations": {"ghostwire-backup/stand-in": "true"}},
         "spec": {
             "replicas": 1,
-            "volumeClaimTemplates": [{"metadata": {"name": "home"}}],
+            "volumeClaimTemplates": [{"metadata": {"name": "signal-data"}}],
             "template": {"metadata": {"labels": {"app.kubernetes.io/name": "ghostwire"}}, "spec": {
                 "automountServiceAccountToken": False,
                 "securityContext": {"fsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -107,15 +118,16 @@ def sidecar_variant(name="ghostwire", namespace=None):
     restore = agent("restore", ["restore", "--if-empty"],
                     env=[("GWB_TARGET", "/home/kasm-user"), ("GWB_IDENTITY_FILE", "/identity/identity.txt"),
                          ("GWB_SNAPSHOT", "handoff")],
-                    mounts=[{"name": "home", "mountPath": "/home/kasm-user"},
+                    mounts=[{"name": "signal-data", "mountPath": "/home/kasm-user"},
                             {"name": "identity", "mountPath": "/identity", "readOnly": True}])
     sidecar = agent("ghostwire-backup", ["run"],
                     env=[("GWB_LISTEN", "0.0.0.0:9464"), ("GWB_FINAL_SNAPSHOT", "true"),
                          ("GWB_FINAL_DEADLINE", "90"), ("GWB_STAGING_DIR", "/tmp/ghostwire-backup"),
                          ("GWB_SIGNING_KEY_FILE", "/signing/signing.key")],
-                    mounts=[{"name": "home", "mountPath": "/home/kasm-user"}, copy.deepcopy(SIGNING_MOUNT)])
+                    mounts=[{"name": "signal-data", "mountPath": "/home/kasm-user"}, copy.deepcopy(SIGNING_MOUNT),
+                            {"name": "kube-api", "mountPath": TOKEN_PATH, "readOnly": True}])
     for c in (restore, sidecar):
-        c["env"].append(copy.deepcopy(LEASE_OWNER))
+        c["env"] += copy.deepcopy(LEASE_OWNER)
     sidecar["resources"]["limits"]["cpu"] = "1"
     sidecar.update({
         "restartPolicy": "Always",
@@ -128,20 +140,35 @@ def sidecar_variant(name="ghostwire", namespace=None):
     sts = ghostwire_statefulset(name, namespace)
     spec = sts["spec"]["template"]["spec"]
     spec["containers"][0]["livenessProbe"] = {"httpGet": {"path": "/leasez", "port": 9464}}
+    sts["spec"]["template"]["metadata"]["annotations"] = {
+        "ghostwire-backup/signal-stop-seconds": "25", "ghostwire-backup/final-margin-seconds": "5"}
     spec.update({
         "terminationGracePeriodSeconds": 120,
+        "serviceAccountName": "ghostwire-backup",
         "initContainers": [restore, sidecar],
         "volumes": [{"name": "tmp", "emptyDir": {}},
                     {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity", "defaultMode": 0o440}},
-                    copy.deepcopy(SIGNING_VOLUME)],
+                    copy.deepcopy(SIGNING_VOLUME), copy.deepcopy(TOKEN_VOLUME)],
     })
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ghostwire-backup"},
           "data": {"GWB_REPO": "s3://bucket/ghostwire", "GWB_LOG": "info", "GWB_REQUIRE_SNAPSHOT": "true",
+                   "GWB_CLUSTER_ID": "eu-prod",
                    "GWB_VERIFY_KEY": "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"}}
-    return [sts, cm]
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "ghostwire-backup"},
+          "automountServiceAccountToken": False}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "ghostwire-backup-own-pod"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "resourceNames": [f"{name}-0"],
+                       "verbs": ["get", "delete"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "ghostwire-backup-own-pod"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ghostwire-backup-own-pod"},
+               "subjects": [{"kind": "ServiceAccount", "name": "ghostwire-backup"}]}
+    return [sts, cm, sa, role, binding]
 
 
 def monitoring_variant():
+    """The once-per-cluster half: the PrometheusRule and the dashboard."""
     rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
             "metadata": {"name": "ghostwire-backup"},
             "spec": {"groups": [{"name": "g", "rules": [
@@ -158,10 +185,17 @@ def monitoring_variant():
                 {"alert": "GhostwireBackupCronJobStale", "anchor": "ghostwirebackupstale",
                  "expr": "time() - kube_cronjob_status_last_successful_time > 7200 or (kube_cronjob_created"
                          " unless on (namespace, cronjob) kube_cronjob_status_last_successful_time)"},
+                {"alert": "GhostwireBackupHandoffMissing", "anchor": "ghostwirebackupstale",
+                 "expr": "ghostwire_backup_handoff_missing == 1 and on (namespace, pod) (time() - kube_pod_start_time < 3600)"},
+                {"alert": "GhostwireDesktopStartBlocked", "anchor": "ghostwirebackupstale",
+                 "expr": 'sum by (namespace, pod) (increase(kube_pod_init_container_status_restarts_total{container="restore"}[15m])) > 0'
+                         ' unless on (namespace, pod) (kube_pod_status_ready{condition="true"} == 1)'},
+                {"alert": "GhostwireDesktopNotReady", "anchor": "ghostwirebackupstale",
+                 "expr": "kube_statefulset_replicas > 0 unless on (namespace, statefulset) kube_statefulset_status_replicas_ready > 0"},
             ]}]}}
     for r in rule["spec"]["groups"][0]["rules"]:
         anchor = r.pop("anchor", r["alert"].lower())
-        r.update({"for": "10m", "labels": {"severity": "critical"},
+        r.update({"for": "2m" if r["alert"] == "GhostwireDesktopStartBlocked" else "10m", "labels": {"severity": "critical"},
                   "annotations": {"summary": r["alert"], "runbook_url": RUNBOOK + anchor}})
     sel = '{namespace=~"$namespace", pod=~"$pod"}'
     board = {"uid": "gwb", "title": "Ghostwire backup",
@@ -169,17 +203,22 @@ def monitoring_variant():
              "panels": [{"id": i, "targets": [{"expr": e}]} for i, e in enumerate([
                  f"time() - ghostwire_backup_last_success_timestamp_seconds{sel}",
                  f"increase(ghostwire_backup_failures_total{sel}[24h])",
-                 f"ghostwire_backup_restore_gate_ok{sel}"])]}
+                 f"ghostwire_backup_restore_gate_ok{sel}", f"ghostwire_backup_handoff_missing{sel}"])]}
     dash = {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "ghostwire-backup-dashboard", "labels": {"grafana_dashboard": "1"}},
             "data": {"ghostwire-backup.json": json.dumps(board)}}
+    return [rule, dash]
+
+
+def scrape_variant():
+    """The per-namespace half: the metrics Service and its ServiceMonitor."""
     svc = {"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": "ghostwire-backup-metrics", "labels": {"app": "gwb"}},
-           "spec": {"selector": {"app": "ghostwire"}, "ports": [{"name": "metrics", "port": 9464}]}}
+           "spec": {"selector": {"app": "ghostwire"}, "ports": [{"name": "metrics", "port": 9464, "targetPort": 9464}]}}
     sm = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
           "metadata": {"name": "ghostwire-backup"},
           "spec": {"selector": {"matchLabels": {"app": "gwb"}}, "endpoints": [{"port": "metrics"}]}}
-    return [rule, dash, svc, sm]
+    return [svc, sm]
 
 
 def containers_of(docs):
@@ -205,7 +244,8 @@ class CheckerTest(unittest.TestCase):
 
     def test_the_valid_manifests_pass(self):
         self.assertEqual(self.check("sidecar", sidecar_variant()), [])
-        self.assertEqual(self.check("monitoring", monitoring_variant()), [])
+        self.assertEqual(self.check("monitoring-rules", monitoring_variant()), [])
+        self.assertEqual(self.check("monitoring", scrape_variant()), [])
 
     def test_a_sidecar_missing_its_env_is_reported(self):
         docs = sidecar_variant()
@@ -335,15 +375,41 @@ class CheckerTest(unittest.TestCase):
         docs[0]["spec"]["groups"][0]["rules"].append(
             {"alert": "GhostwireBackupSlow", "expr": "ghostwire_backup_duration_seconds > 600",
              "labels": {"severity": "warning"}, "annotations": {"summary": "slow"}})
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "alert GhostwireBackupSlow: the agent exports no metric ghostwire_backup_duration_seconds")
+
+    def test_a_named_target_port_is_reported(self):
+        docs = scrape_variant()
+        docs[0]["spec"]["ports"][0]["targetPort"] = "metrics"
+        self.assertReports(self.check("monitoring", docs),
+                           "Service port metrics needs the numeric targetPort 9464, got 'metrics'")
+
+    def test_alerts_installed_next_to_a_release_are_reported(self):
+        # Blue's and green's namespaces would each evaluate every rule over both pods.
+        self.assertReports(self.check("monitoring", scrape_variant() + monitoring_variant()),
+                           "renders ['PrometheusRule/ghostwire-backup', 'ConfigMap/ghostwire-backup-dashboard'] next to "
+                           "['Service/ghostwire-backup-metrics', 'ServiceMonitor/ghostwire-backup']")
+        self.assertReports(self.check("sidecar", sidecar_variant() + monitoring_variant()[:1]),
+                           "renders ['PrometheusRule/ghostwire-backup'] next to ['StatefulSet/ghostwire']")
+
+    def test_handoff_missing_fires_once_per_start_and_a_blocked_start_pages_within_minutes(self):
+        docs = monitoring_variant()
+        rules = {r["alert"]: r for r in docs[0]["spec"]["groups"][0]["rules"]}
+        rules["GhostwireBackupHandoffMissing"]["expr"] = "ghostwire_backup_handoff_missing == 1"
+        rules["GhostwireDesktopStartBlocked"]["for"] = "30m"
+        del rules["GhostwireDesktopNotReady"]["expr"]
+        self.assertReports(self.check("monitoring-rules", docs),
+                           "alert GhostwireBackupHandoffMissing: expr 'ghostwire_backup_handoff_missing == 1' does not "
+                           "match and\\s+on",
+                           "alert GhostwireDesktopStartBlocked waits 30m: a desktop that cannot start must page within minutes",
+                           "missing alert GhostwireDesktopNotReady")
 
     def test_the_dashboard_shows_every_exported_metric_and_nothing_else(self):
         docs = monitoring_variant()
         board = json.loads(docs[1]["data"]["ghostwire-backup.json"])
         board["panels"][2]["targets"][0]["expr"] = 'ghostwire_backup_restore_gate{namespace=~"$namespace", pod=~"$pod"}'
         docs[1]["data"]["ghostwire-backup.json"] = json.dumps(board)
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "dashboard has no panel for ghostwire_backup_restore_gate_ok",
                            "dashboard queries ghostwire_backup_restore_gate, which the agent does not export")
 
@@ -368,7 +434,7 @@ class CheckerTest(unittest.TestCase):
         docs[1]["data"]["GWB_REQUIRE_SNAPSHOT"] = "false"
         self.assertReports(self.check("sidecar", docs),
                            "sidecar startupProbe must be httpGet /startupz on 9464, got {}",
-                           "the Signal container needs livenessProbe httpGet /leasez on 9464",
+                           "the Signal container signal needs livenessProbe httpGet /leasez on 9464",
                            "restore must restore GWB_SNAPSHOT=handoff",
                            "restore needs GWB_REQUIRE_SNAPSHOT=true")
         docs = sidecar_variant()
@@ -382,13 +448,87 @@ class CheckerTest(unittest.TestCase):
                            "expected Ghostwire StatefulSet ghostwire-green in namespace ghostwire-green")
         self.assertReports(self.check("flux-postrender", docs[1:]), "renders no Ghostwire StatefulSet")
 
-    def test_the_lease_owner_must_be_the_pod_name_and_the_sidecar_needs_a_cpu_limit(self):
+    def test_the_lease_owner_is_cluster_namespace_and_pod_and_the_sidecar_needs_a_cpu_limit(self):
         docs = sidecar_variant()
-        set_env(containers_of(docs)["restore"], "GWB_LEASE_OWNER", "ghostwire-0")
+        restore = containers_of(docs)["restore"]
+        set_env(restore, "GWB_POD_NAMESPACE", "ghostwire")
+        restore["env"].append({"name": "GWB_LEASE_OWNER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        del docs[1]["data"]["GWB_CLUSTER_ID"]
         del containers_of(docs)["ghostwire-backup"]["resources"]["limits"]["cpu"]
         self.assertReports(self.check("sidecar", docs),
-                           "restore: GWB_LEASE_OWNER must come from fieldRef metadata.name",
+                           "restore: GWB_POD_NAMESPACE must come from fieldRef metadata.namespace",
+                           "restore: GWB_LEASE_OWNER is set: it would replace the cluster/namespace/pod owner",
+                           "ghostwire-backup: GWB_CLUSTER_ID is empty",
                            "sidecar needs a CPU limit")
+
+    def test_the_agent_follows_the_charts_claim_template_onto_signals_volume(self):
+        # A chart whose claim template is called `profile`: the agent mounts `profile`.
+        docs = sidecar_variant("ghostwire", "ghostwire")
+        sts = docs[0]
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] = "profile"
+        for _, c in [("main", c) for c in sts["spec"]["template"]["spec"]["containers"]] + \
+                [("init", c) for c in sts["spec"]["template"]["spec"]["initContainers"]]:
+            for m in c["volumeMounts"]:
+                if m["name"] == "signal-data":
+                    m["name"] = "profile"
+        self.assertEqual(self.check("example-claim-name", docs), [])
+        # The agent left on the old name mounts nothing Signal uses.
+        next(m for m in containers_of(docs)["restore"]["volumeMounts"]
+             if m["mountPath"] == "/home/kasm-user")["name"] = "signal-data"
+        self.assertReports(self.check("example-claim-name", docs),
+                           "restore mounts volume signal-data at /home/kasm-user, but Signal's container mounts ['profile']")
+        # The render meant to show the chart's own name checks for it.
+        self.assertReports(self.check("example-claim-name", sidecar_variant("ghostwire", "ghostwire")),
+                           "mounts signal-data at /home/kasm-user, not the chart's claim template profile")
+
+    def test_a_chart_init_container_writing_the_home_before_restore_is_reported(self):
+        docs = sidecar_variant()
+        spec = docs[0]["spec"]["template"]["spec"]
+        spec["initContainers"].insert(0, {"name": "setup-tls", "image": "busybox", "securityContext": copy.deepcopy(SECURE),
+                                          "volumeMounts": [{"name": "signal-data", "mountPath": "/home/kasm-user"}]})
+        self.assertReports(self.check("sidecar", docs),
+                           "init container setup-tls touches /home/kasm-user before `restore`")
+        spec["initContainers"].append(spec["initContainers"].pop(0))
+        self.assertEqual(self.check("sidecar", docs), [])
+
+    def test_the_lease_probe_goes_to_signal_not_to_the_first_container(self):
+        docs = sidecar_variant()
+        spec = docs[0]["spec"]["template"]["spec"]
+        proxy = {"name": "proxy", "image": "nginx", "securityContext": copy.deepcopy(SECURE),
+                 "livenessProbe": {"httpGet": {"path": "/leasez", "port": 9464}}}
+        del spec["containers"][0]["livenessProbe"]
+        spec["containers"].insert(0, proxy)
+        self.assertReports(self.check("sidecar", docs),
+                           "the Signal container signal needs livenessProbe httpGet /leasez on 9464")
+
+    def test_only_the_sidecar_gets_an_api_token_and_only_for_its_own_pod(self):
+        docs = sidecar_variant()
+        spec = docs[0]["spec"]["template"]["spec"]
+        spec["containers"][0]["volumeMounts"].append({"name": "kube-api", "mountPath": TOKEN_PATH, "readOnly": True})
+        containers_of(docs)["restore"]["volumeMounts"].append({"name": "kube-api", "mountPath": "/token"})
+        docs[3]["rules"][0]["verbs"].append("list")
+        docs[3]["rules"][0]["resourceNames"] = ["ghostwire-green-0"]
+        docs[4]["subjects"].append({"kind": "ServiceAccount", "name": "default"})
+        self.assertReports(self.check("sidecar", docs),
+                           "container signal: mounts a Kubernetes API token; only the sidecar (`run`) may",
+                           "container restore: mounts a Kubernetes API token",
+                           "Role ghostwire-backup-own-pod must allow exactly get and delete on pods/ghostwire-0",
+                           "RoleBinding ghostwire-backup-own-pod must bind Role ghostwire-backup-own-pod to "
+                           "ServiceAccount ghostwire-backup alone")
+        docs = sidecar_variant()
+        sidecar = containers_of(docs)["ghostwire-backup"]
+        sidecar["volumeMounts"] = [m for m in sidecar["volumeMounts"] if m["name"] != "kube-api"]
+        self.assertReports(self.check("sidecar", docs),
+                           "the sidecar needs a projected serviceAccountToken volume mounted read-only at " + TOKEN_PATH)
+
+    def test_the_final_deadline_follows_the_grace_period(self):
+        docs = sidecar_variant()
+        docs[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 180
+        self.assertReports(self.check("sidecar", docs),
+                           "terminationGracePeriodSeconds 180 != ghostwire-backup/signal-stop-seconds 25 + "
+                           "GWB_FINAL_DEADLINE 90 + ghostwire-backup/final-margin-seconds 5: set GWB_FINAL_DEADLINE to 150")
+        del docs[0]["spec"]["template"]["metadata"]["annotations"]["ghostwire-backup/signal-stop-seconds"]
+        self.assertReports(self.check("sidecar", docs), "the pod needs integer annotations")
 
     def test_the_backup_cronjob_beside_the_sidecar_is_reported(self):
         docs = sidecar_variant()
@@ -412,7 +552,7 @@ class CheckerTest(unittest.TestCase):
             "tolerations": [{"key": "workload", "operator": "Equal", "value": "desktop", "effect": "NoSchedule"}],
             "containers": [backup],
             "volumes": [{"name": "tmp", "emptyDir": {}},
-                        {"name": "home", "persistentVolumeClaim": {"claimName": "home-ghostwire-green-0"}},
+                        {"name": "home", "persistentVolumeClaim": {"claimName": "signal-data-ghostwire-green-0"}},
                         copy.deepcopy(SIGNING_VOLUME)],
         }
         cronjob = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "ghostwire-backup"},
@@ -423,12 +563,12 @@ class CheckerTest(unittest.TestCase):
         spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"] = \
             {"matchLabels": {"statefulset.kubernetes.io/pod-name": "ghostwire-0"}}
         del spec["tolerations"]
-        spec["volumes"][1]["persistentVolumeClaim"]["claimName"] = "home-ghostwire-0"
+        spec["volumes"][1]["persistentVolumeClaim"]["claimName"] = "signal-data-ghostwire-0"
         self.assertReports(self.check("example-cronjob", [cronjob, cm]),
                            "needs required podAffinity to the Ghostwire pod's label app.kubernetes.io/name=ghostwire",
                            "podAffinity must not name one pod",
                            "needs tolerations for the desktop pool",
-                           "the documented claimName patch did not apply (got home-ghostwire-0)")
+                           "the documented claimName patch did not apply (got signal-data-ghostwire-0)")
 
     def test_alerts_need_for_and_a_runbook_that_exists(self):
         docs = monitoring_variant()
@@ -436,7 +576,7 @@ class CheckerTest(unittest.TestCase):
         del rules[2]["for"]
         rules[3]["annotations"]["runbook_url"] = RUNBOOK + "no-such-section"
         del rules[0]["annotations"]["runbook_url"]
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "alert GhostwireBackupFailing needs a `for:`",
                            "alert GhostwireBackupRestoreGateFailed: runbook_url anchor #no-such-section is not a heading",
                            "alert GhostwireBackupStale needs a runbook_url into docs/kubernetes.md#<anchor>")
@@ -445,7 +585,7 @@ class CheckerTest(unittest.TestCase):
         docs = monitoring_variant()
         rules = docs[0]["spec"]["groups"][0]["rules"]
         rules[3]["expr"] = "ghostwire_backup_restore_gate_ok == 0"
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "alert GhostwireBackupRestoreGateFailed: expr 'ghostwire_backup_restore_gate_ok == 0' "
                            "does not match ghostwire_backup_last_success_timestamp_seconds")
 
@@ -455,7 +595,7 @@ class CheckerTest(unittest.TestCase):
         board["templating"]["list"] = [{"name": "namespace"}]
         board["panels"][0]["targets"][0]["expr"] = "time() - ghostwire_backup_last_success_timestamp_seconds"
         docs[1]["data"]["ghostwire-backup.json"] = json.dumps(board)
-        self.assertReports(self.check("monitoring", docs),
+        self.assertReports(self.check("monitoring-rules", docs),
                            "dashboard needs a `pod` template variable",
                            "dashboard panel 0: 'time() - ghostwire_backup_last_success_timestamp_seconds' ignores")
 
@@ -464,6 +604,111 @@ class CheckerTest(unittest.TestCase):
         docs[0]["spec"]["template"]["spec"]["serviceAccountName"] = "ghostwire-backup-prune"
         self.assertReports(self.check("sidecar", docs),
                            "runs ['restore', 'run'] as ghostwire-backup-prune, the only delete-capable ServiceAccount")
+
+
+def agent_policies(s3_egress):
+    """The agent-only pods' NetworkPolicies and the Ghostwire pod's, with the given S3 egress."""
+    selector = {"matchLabels": {"app.kubernetes.io/name": "ghostwire-backup"}}
+    dns = [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+            "ports": [{"protocol": "UDP", "port": 53}]}]
+
+    def policy(name, spec):
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name}, "spec": spec}
+    return [policy("ghostwire-backup-jobs", {"podSelector": selector, "policyTypes": ["Ingress", "Egress"],
+                                             "ingress": [], "egress": dns}),
+            policy("ghostwire-backup-jobs-s3", {"podSelector": selector, "policyTypes": ["Egress"], "egress": s3_egress}),
+            policy("ghostwire-backup-metrics", {
+                "podSelector": {"matchLabels": {"ghostwire-backup/sidecar": "true"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                             "ports": [{"protocol": "TCP", "port": 9464}]}]})]
+
+
+PUBLIC_HTTPS = [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]}}],
+                 "ports": [{"protocol": "TCP", "port": 443}]}]
+
+
+def prestage_variant():
+    """Green's PVC and the Job that pre-stages it, with the read-only ServiceAccount (IRSA)."""
+    prestage = agent("prestage", ["restore", "--prestage", "--snapshot", "latest"],
+                     env=[("GWB_TARGET", "/home/kasm-user"), ("GWB_IDENTITY_FILE", "/identity/identity.txt")],
+                     mounts=[{"name": "home", "mountPath": "/home/kasm-user"},
+                             {"name": "identity", "mountPath": "/identity", "readOnly": True}])
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "ghostwire-backup-prestage"},
+           "spec": {"template": {"spec": {
+               "serviceAccountName": "ghostwire-backup-readonly", "automountServiceAccountToken": False,
+               "securityContext": {"fsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
+               "containers": [prestage],
+               "volumes": [{"name": "tmp", "emptyDir": {}},
+                           {"name": "home", "persistentVolumeClaim": {"claimName": "signal-data-ghostwire-green-0"}},
+                           {"name": "identity", "secret": {"secretName": "ghostwire-backup-identity",
+                                                           "defaultMode": 0o440}}]}}}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "signal-data-ghostwire-green-0"},
+           "spec": {"accessModes": ["ReadWriteOnce"]}}
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+        "name": "ghostwire-backup-readonly",
+        "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/ro"}}}
+    return [job, pvc, sa, sidecar_variant()[1]]
+
+
+class PrestageTest(unittest.TestCase):
+    def check(self, docs):
+        checker = Checker(Interface(REFERENCE), sidecar_patch=None, docs_anchors=ANCHORS)
+        checker.check_all({"prestage": docs})
+        return checker.errors
+
+    def test_the_prestage_job_passes_the_restricted_profile_and_fills_its_pvc(self):
+        self.assertEqual(self.check(prestage_variant()), [])
+
+    def test_a_job_the_restricted_profile_rejects_is_reported(self):
+        docs = prestage_variant()
+        spec = docs[0]["spec"]["template"]["spec"]
+        del spec["securityContext"]["seccompProfile"]
+        del spec["containers"][0]["securityContext"]["seccompProfile"]
+        spec["containers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+        spec["volumes"].append({"name": "host", "hostPath": {"path": "/var"}})
+        errors = self.check(docs)
+        for fragment in ("container prestage: restricted profile needs seccompProfile RuntimeDefault",
+                         "restricted profile needs capabilities drop [ALL], adding at most NET_BIND_SERVICE",
+                         "volume host is ['hostPath'], not allowed by the restricted profile"):
+            self.assertTrue(any(fragment in e for e in errors), f"{fragment!r} not in {errors}")
+
+    def test_a_job_filling_another_claim_or_writing_with_the_backup_role_is_reported(self):
+        docs = prestage_variant()
+        docs[0]["spec"]["template"]["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"] = "signal-data-ghostwire-0"
+        docs[0]["spec"]["template"]["spec"]["serviceAccountName"] = "ghostwire-backup"
+        errors = self.check(docs)
+        for fragment in ("the Job fills signal-data-ghostwire-0 at /home/kasm-user, not the PVC signal-data-ghostwire-green-0",
+                         "the Job must run as the read-only ServiceAccount ghostwire-backup-readonly"):
+            self.assertTrue(any(fragment in e for e in errors), f"{fragment!r} not in {errors}")
+
+
+class NetworkPolicyTest(unittest.TestCase):
+    def check(self, endpoint, s3_egress):
+        cm = sidecar_variant()[1]
+        if endpoint:
+            cm["data"]["GWB_S3_ENDPOINT"] = endpoint
+        checker = Checker(Interface(REFERENCE), sidecar_patch=None, docs_anchors=ANCHORS)
+        checker.check_all({"policies": [cm, *agent_policies(s3_egress)]})
+        return checker.errors
+
+    def test_aws_s3_passes_the_public_https_rule(self):
+        self.assertEqual(self.check(None, PUBLIC_HTTPS), [])
+
+    def test_s3_in_the_cluster_needs_its_namespace_and_pod_port(self):
+        endpoint = "http://minio.minio.svc.cluster.local:9000"
+        errors = self.check(endpoint, PUBLIC_HTTPS)
+        self.assertTrue(any("do not admit the S3 endpoint http://minio.minio.svc.cluster.local:9000: no egress rule "
+                            "to pods in namespace minio (a namespaceSelector) on port 9000" in e for e in errors), errors)
+        minio = [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "minio"}}}],
+                  "ports": [{"protocol": "TCP", "port": 9000}]}]
+        self.assertEqual(self.check(endpoint, minio), [])
+
+    def test_an_endpoint_address_must_be_inside_an_ip_block_and_not_excepted(self):
+        # An interface VPC endpoint's private address: the public rule excepts it.
+        errors = self.check("https://10.0.64.12", PUBLIC_HTTPS)
+        self.assertTrue(any("no egress rule to 10.0.64.12 (an ipBlock) on port 443" in e for e in errors), errors)
+        subnet = [{"to": [{"ipBlock": {"cidr": "10.0.64.0/20"}}], "ports": [{"protocol": "TCP", "port": 443}]}]
+        self.assertEqual(self.check("https://10.0.64.12", subnet), [])
 
 
 class MarkdownAnchorsTest(unittest.TestCase):
@@ -477,8 +722,8 @@ class InterfaceTest(unittest.TestCase):
     def test_a_command_reads_its_own_and_the_global_variables(self):
         iface = Interface(REFERENCE)
         self.assertEqual(iface.env_of("restore"),
-                         {"GWB_REPO", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY", "GWB_REQUIRE_SNAPSHOT",
-                          "GWB_LEASE_OWNER", "GWB_VERIFY_KEY", "GWB_ALLOW_UNSIGNED"})
+                         {"GWB_REPO", "GWB_S3_ENDPOINT", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY", "GWB_REQUIRE_SNAPSHOT",
+                          "GWB_VERIFY_KEY", "GWB_ALLOW_UNSIGNED"})
         self.assertEqual(iface.commands_with("--signing-key"), {"backup", "run"})
         self.assertEqual(iface.default("run", "--listen"), "0.0.0.0:9464")
         self.assertIn("ghostwire_backup_failures_total", iface.metric_series)
