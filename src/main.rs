@@ -149,7 +149,7 @@ enum Command {
     #[command(
         after_long_help = "Examples:\n  GWB_REPO=s3://bucket/ghostwire GWB_RECIPIENTS=age1… ghostwire-backup run --schedule '@hourly' --final-deadline 90\n"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Forget snapshots a retention policy does not keep, and delete their objects.
     #[command(
         after_long_help = "Examples:\n  ghostwire-backup prune --keep-daily 14 --keep-weekly 8 --dry-run   # show the table first\n  ghostwire-backup prune --keep-daily 14 --keep-weekly 8\n"
@@ -253,9 +253,12 @@ struct RunArgs {
     /// Address for /metrics, /healthz, /readyz, /startupz and /leasez.
     #[arg(long, env = "GWB_LISTEN", default_value = "0.0.0.0:9464")]
     listen: std::net::SocketAddr,
-    /// This instance's name for the repository lease (default: the pod name, HOSTNAME).
-    #[arg(long, env = "GWB_LEASE_OWNER")]
-    lease_owner: Option<String>,
+    #[command(flatten)]
+    lease: LeaseIdentityArgs,
+    /// The pod's ServiceAccount directory (token, ca.crt): the sidecar deletes its own pod
+    /// through the Kubernetes API when another instance took the lease over.
+    #[arg(long, env = "GWB_KUBE_SERVICEACCOUNT_DIR", default_value = ghostwire_backup::kube::SERVICE_ACCOUNT_DIR)]
+    kube_serviceaccount_dir: PathBuf,
     /// Lifetime of the lease; it is renewed every third of it.
     #[arg(long, env = "GWB_LEASE_TTL", default_value = "10m", value_parser = parse_seconds)]
     lease_ttl: Duration,
@@ -269,6 +272,43 @@ struct RunArgs {
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "GWB_FINAL_DEADLINE", default_value = "90", value_parser = parse_seconds)]
     final_deadline: Duration,
+}
+
+/// Who this instance is for the repository's lease, and how far clocks may differ.
+#[derive(Args)]
+struct LeaseIdentityArgs {
+    /// This instance's name for the repository lease, used as it is (default:
+    /// <cluster>/<namespace>/<pod> from the three settings below; outside Kubernetes, the
+    /// host name).
+    #[arg(long, env = "GWB_LEASE_OWNER")]
+    lease_owner: Option<String>,
+    /// This cluster's id, unique among the clusters that share the repository (a DR
+    /// cluster must differ): part of the lease owner.
+    #[arg(long, env = "GWB_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// The pod's namespace (the downward API's metadata.namespace): part of the lease owner.
+    #[arg(long, env = "GWB_POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// The pod's name (the downward API's metadata.name): part of the lease owner.
+    #[arg(long, env = "GWB_POD_NAME")]
+    pod_name: Option<String>,
+    /// How far another instance's clock may be behind this one's: its lease is honoured
+    /// until it expired by this much.
+    #[arg(long, env = "GWB_LEASE_CLOCK_SKEW", default_value = "60s", value_parser = parse_seconds)]
+    lease_clock_skew: Duration,
+}
+
+impl LeaseIdentityArgs {
+    fn owner(&self) -> Result<String> {
+        lease::Identity {
+            owner: self.lease_owner.clone(),
+            cluster: self.cluster_id.clone(),
+            namespace: self.pod_namespace.clone(),
+            pod: self.pod_name.clone(),
+        }
+        .owner()
+        .map_err(|err| exit::coded(Exit::Usage, format!("{err:#}")))
+    }
 }
 
 /// What the commands that read snapshots trust.
@@ -412,9 +452,8 @@ struct RestoreArgs {
     /// owner when running as root, else yours).
     #[arg(long, env = "GWB_CHOWN", value_parser = parse_owner)]
     chown: Option<(u32, u32)>,
-    /// This instance's name for the repository lease (default: the pod name, HOSTNAME).
-    #[arg(long, env = "GWB_LEASE_OWNER")]
-    lease_owner: Option<String>,
+    #[command(flatten)]
+    lease: LeaseIdentityArgs,
     /// Restore although another instance's lease is live (it is gone for good).
     #[arg(long, env = "GWB_BREAK_LEASE")]
     break_lease: bool,
@@ -526,16 +565,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_logs = init_logging(cli.global.log_format);
     // Before the runtime: its threads, and the ones backups start, inherit the priority.
-    if let Command::Backup(BackupArgs {
-        low_priority: true, ..
-    })
-    | Command::Run(RunArgs {
-        backup: BackupArgs {
-            low_priority: true, ..
-        },
-        ..
-    }) = &cli.command
-    {
+    let low_priority = match &cli.command {
+        Command::Backup(args) => args.low_priority,
+        Command::Run(args) => args.backup.low_priority,
+        _ => false,
+    };
+    if low_priority {
         priority::yield_to_the_desktop();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -572,10 +607,17 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run(args) => {
+            let args = *args;
             let options = RunOptions {
                 schedule: schedule::parse(&args.schedule)?,
-                lease_owner: args.lease_owner.unwrap_or_else(lease::default_owner),
+                lease_owner: args.lease.owner()?,
                 lease_ttl: args.lease_ttl,
+                lease_skew: args.lease.lease_clock_skew,
+                own_pod: ghostwire_backup::kube::OwnPod::from_env(
+                    args.lease.pod_namespace.as_deref(),
+                    args.lease.pod_name.as_deref(),
+                    &args.kube_serviceaccount_dir,
+                )?,
                 jitter: args.jitter,
                 listen: args.listen,
                 backup_timeout: args.backup_timeout,
@@ -650,7 +692,8 @@ async fn run(cli: Cli) -> Result<()> {
                     force: args.force,
                     if_empty: args.if_empty,
                     chown: args.chown,
-                    lease_owner: args.lease_owner.unwrap_or_else(lease::default_owner),
+                    lease_owner: args.lease.owner()?,
+                    lease_skew: args.lease.lease_clock_skew,
                     break_lease: args.break_lease,
                     require_snapshot: args.require_snapshot,
                     update: args.update,

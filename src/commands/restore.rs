@@ -33,6 +33,8 @@ pub struct RestoreOptions {
     pub chown: Option<(u32, u32)>,
     /// Who restores, for the lease check: the pod name unless set.
     pub lease_owner: String,
+    /// How far another instance's clock may be ahead ([`crate::lease`]).
+    pub lease_skew: std::time::Duration,
     /// Restore even though another instance's lease is live.
     pub break_lease: bool,
     /// An empty repository is an error, not a first install.
@@ -216,6 +218,7 @@ fn check_lease(remote: &Remote, options: &RestoreOptions) -> Result<()> {
         remote.repo(),
         &options.lease_owner,
         options.break_lease,
+        options.lease_skew,
     ));
     checked.with_context(|| {
         format!(

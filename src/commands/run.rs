@@ -12,8 +12,11 @@
 //! The lease comes first: `run` takes the repository's lease before it backs up, waiting
 //! (not exiting) while another instance holds it, and `/startupz` answers 200 only once it
 //! holds it — the sidecar's startupProbe, so the kubelet does not start Signal before then.
-//! If the lease is lost while running, backups stop, no final snapshot is taken, and
-//! `/leasez` turns 503 for the Signal container's livenessProbe.
+//! A renewal that cannot reach the bucket is retried, also past the lease's expiry: the
+//! first that gets through takes the lease back unless another instance wrote it
+//! meanwhile. If another instance did (the lease is lost), backups stop, no final snapshot
+//! is taken, `/leasez` and `/startupz` answer 503 for good, and the sidecar deletes its own
+//! pod ([`crate::renewal`]).
 //!
 //! Each backup runs on a thread of its own ([`crate::blocking`]); a deadline or SIGTERM
 //! cancels its token and waits for it to stop.
@@ -28,16 +31,23 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::backup::{self, BackupOptions};
 use crate::blocking;
 use crate::cancel::Cancel;
-use crate::lease::{Attempt, Held, Renewal};
+use crate::kube::OwnPod;
+use crate::lease::{self, Attempt, Held, NoConditionalWrites};
 use crate::manifest::Manifest;
 use crate::metrics::{self, LeaseState, Metrics};
 use crate::repo::Repository;
-use crate::schedule;
+use crate::{renewal, schedule};
 
 pub struct RunOptions {
     pub schedule: cron::Schedule,
     pub lease_owner: String,
     pub lease_ttl: Duration,
+    /// How far another instance's clock may be ahead: its lease is honoured until it
+    /// expired by this much.
+    pub lease_skew: Duration,
+    /// This pod, to delete when another instance took the lease over; `None` outside
+    /// Kubernetes.
+    pub own_pod: Option<OwnPod>,
     pub jitter: Duration,
     pub listen: SocketAddr,
     pub backup_timeout: Duration,
@@ -57,11 +67,16 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     // (Probes wait too: the kubelet runs no liveness probe before the startupProbe passed.)
     let newest = show_newest_snapshot(repo, &metrics).await;
     metrics::serve(options.listen, metrics.clone()).await?;
-    let Some(lease) = wait_for_lease(repo, options, &metrics, &mut stop).await else {
+    if options.own_pod.is_none() {
+        tracing::warn!(
+            "no Kubernetes API configured (KUBERNETES_SERVICE_HOST, GWB_POD_NAME and GWB_POD_NAMESPACE): if another instance ever takes the lease over, this sidecar cannot delete its pod to keep Signal down"
+        );
+    }
+    let Some(lease) = wait_for_lease(repo, options, &metrics, &mut stop).await? else {
         tracing::info!("stopped before this instance held the lease: nothing to back up");
         return Ok(());
     };
-    let (lease, mut lease_lost) = keep_renewing(repo.clone(), lease);
+    let (lease, mut lease_lost) = renewal::start(repo.clone(), lease, metrics.clone());
     let back_up_now = newest.is_some_and(|finished| is_stale(finished, &options.schedule));
     if back_up_now {
         tracing::info!("the newest snapshot is older than the schedule's interval: backing up now");
@@ -75,14 +90,8 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     };
     if let Ended::LeaseLost(err) = ended {
         // Another instance owns the identity now: this one must neither back up (its
-        // snapshots are no longer the latest state) nor let its Signal run on. /leasez
-        // answers 503 from here on, which the Signal container's livenessProbe acts on.
-        metrics.lease(LeaseState::Lost(format!("{err:#}")));
-        tracing::error!(
-            error = format!("{err:#}"),
-            "lease lost: no more backups and no final snapshot; /leasez answers 503 so the kubelet stops Signal"
-        );
-        stop.recv().await;
+        // snapshots are no longer the latest state) nor let its Signal run on.
+        renewal::after_loss(&err, options.own_pod.as_ref(), &metrics, stop.recv()).await;
         return Err(err.context("the lease was lost while running, so no final snapshot was taken"));
     }
     let lease = lease.stop().await;
@@ -95,8 +104,6 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     lease.release(repo, Some(&manifest.id)).await
 }
 
-/// How soon a renewal that failed (not lost) is tried again.
-const RENEW_RETRY: Duration = Duration::from_secs(10);
 /// How long between two lease attempts while another instance holds it.
 const LEASE_RETRY: Duration = Duration::from_secs(3);
 /// At most one "still waiting" log line per this long.
@@ -105,26 +112,29 @@ const WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Takes the lease, waiting for as long as another instance holds it live (until it is
 /// released or expires). Signal must not start meanwhile: `/startupz` answers 503, and the
 /// kubelet starts the Signal container only after the sidecar's startupProbe succeeds. The
-/// process does not exit while it waits (a restarting sidecar would crash-loop). `None`:
-/// stopped before the lease was ours.
+/// process does not exit while it waits (a restarting sidecar would crash-loop), except
+/// for a store that ignores conditional writes, where no lease can work. `None`: stopped
+/// before the lease was ours.
 async fn wait_for_lease(
     repo: &Repository,
     options: &RunOptions,
     metrics: &Metrics,
     stop: &mut Stop,
-) -> Option<Held> {
+) -> Result<Option<Held>> {
     let mut logged: Option<Instant> = None;
+    let mut probed = false;
     loop {
-        let why = match Held::try_acquire(repo, &options.lease_owner, options.lease_ttl).await {
+        let why = match take_lease(repo, options, &mut probed).await {
             Ok(Attempt::Taken {
                 held,
                 handoff_missing,
             }) => {
                 metrics.handoff_missing(handoff_missing);
                 metrics.lease(LeaseState::Held);
-                return Some(held);
+                return Ok(Some(held));
             }
             Ok(Attempt::Busy(holder)) => format!("the repository's lease is {holder}"),
+            Err(err) if err.is::<NoConditionalWrites>() => return Err(err),
             // A bucket outage or a race with another writer: try again, as for a busy lease.
             Err(err) => format!("cannot take the lease: {err:#}"),
         };
@@ -138,9 +148,25 @@ async fn wait_for_lease(
         metrics.lease(LeaseState::Waiting(why));
         tokio::select! {
             _ = tokio::time::sleep(LEASE_RETRY) => {}
-            _ = stop.recv() => return None,
+            _ = stop.recv() => return Ok(None),
         }
     }
+}
+
+/// One attempt at the lease, after checking once that the store honours conditional
+/// writes (`probed`).
+async fn take_lease(repo: &Repository, options: &RunOptions, probed: &mut bool) -> Result<Attempt> {
+    if !*probed {
+        lease::check_conditional_writes(repo).await?;
+        *probed = true;
+    }
+    Held::try_acquire(
+        repo,
+        &options.lease_owner,
+        options.lease_ttl,
+        options.lease_skew,
+    )
+    .await
 }
 
 /// Reads the repository's newest snapshot into the metrics, so a fresh pod reports the
@@ -290,58 +316,6 @@ async fn final_snapshot(
             Err(err.context("the final snapshot was cut at its deadline"))
         }
         Err(err) => Err(err.context("the final snapshot failed (the lease stays until it expires); the newest scheduled snapshot is the latest state saved")),
-    }
-}
-
-/// Renews the lease in the background, also while a backup runs. The receiver resolves
-/// with an error if the lease was lost (taken over by another instance): then this one
-/// must stop backing up, since its snapshots would no longer be the latest state.
-fn keep_renewing(
-    repo: Repository,
-    held: Held,
-) -> (Renewing, tokio::sync::oneshot::Receiver<anyhow::Error>) {
-    let (lost, lost_rx) = tokio::sync::oneshot::channel();
-    let held = Arc::new(tokio::sync::Mutex::new(held));
-    let task = tokio::spawn({
-        let held = held.clone();
-        async move {
-            loop {
-                let every = held.lock().await.renew_every();
-                tokio::time::sleep(every).await;
-                // A failed renewal is retried (a bucket outage must not stop Signal) until
-                // the lease expires or someone else has written it.
-                loop {
-                    match held.lock().await.renew(&repo).await {
-                        Ok(()) => break,
-                        Err(Renewal::Failed(err)) => {
-                            tracing::warn!(error = format!("{err:#}"), "retrying");
-                            tokio::time::sleep(RENEW_RETRY.min(every)).await;
-                        }
-                        Err(Renewal::Lost(err)) => {
-                            let _ = lost.send(err);
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    (Renewing { held, task }, lost_rx)
-}
-
-struct Renewing {
-    held: Arc<tokio::sync::Mutex<Held>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Renewing {
-    /// Stops renewing and hands the lease back.
-    async fn stop(self) -> Held {
-        self.task.abort();
-        let _ = self.task.await;
-        Arc::into_inner(self.held)
-            .expect("the renew task is gone")
-            .into_inner()
     }
 }
 

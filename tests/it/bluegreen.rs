@@ -5,77 +5,12 @@
 //! and takes the final snapshot that releases the lease. The lease is what keeps two
 //! Signals off one identity; these tests try to get a second one past it.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ghostwire_backup::commands::restore::MARKER;
 use serde_json::Value;
 
 use crate::common::*;
-
-/// A sidecar (`ghostwire-backup run`) for the pod `owner`, backing up `home`. Its schedule
-/// is once a year: the only snapshot it takes is the final one.
-struct Sidecar {
-    process: Spawned,
-    port: u16,
-}
-
-impl Sidecar {
-    fn start(fx: &Fixture, owner: &str, home: &std::path::Path, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut command = fx.agent();
-        command
-            .env("GWB_SOURCE", home)
-            .env("GWB_RECIPIENTS", &fx.recipient)
-            .env("GWB_STAGING_DIR", fx.root.join(format!("staging-{owner}")))
-            .env("GWB_SCHEDULE", "0 0 1 1 *")
-            .env("GWB_LISTEN", format!("127.0.0.1:{port}"))
-            .env("GWB_FINAL_DEADLINE", "60")
-            .env("GWB_LEASE_OWNER", owner);
-        for (name, value) in extra {
-            command.env(name, value);
-        }
-        let process = command.arg("run").spawn(Stdio::null(), Stdio::inherit());
-        Self { process, port }
-    }
-
-    /// The status line and body of a GET, once the daemon listens.
-    fn get(&self, path: &str) -> String {
-        wait_for(&format!("the sidecar to serve {path}"), 30, || {
-            http_get(self.port, path)
-        })
-    }
-
-    fn started(&self) -> bool {
-        self.get("/startupz").starts_with("HTTP/1.1 200")
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        metric(&self.get("/metrics"), name).unwrap_or_else(|| panic!("no metric {name}"))
-    }
-
-    /// SIGTERM, as the kubelet sends it after Signal stopped; waits for a clean exit.
-    fn stop(mut self) {
-        unsafe { libc::kill(self.process.id() as i32, libc::SIGTERM) };
-        let status = self.process.wait().unwrap();
-        assert!(
-            status.success(),
-            "the sidecar did not stop cleanly: {status}"
-        );
-    }
-}
-
-/// Polls `probe` every 100 ms until it gives a value, for at most `seconds`.
-fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "waited {seconds} s for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A copy of the fixture's home at `to`: another pod's volume with the same profile.
 fn copy_home(fx: &Fixture, to: &std::path::Path) {
@@ -150,7 +85,9 @@ fn green_restores_exactly_the_snapshot_blue_handed_over() {
     let restore = |volume: &std::path::Path, snapshot: &str| {
         let mut command = fx.restore(volume);
         command.args(["--snapshot", snapshot, "--require-snapshot"]);
-        command.env("GWB_LEASE_OWNER", "ghostwire-green-0");
+        command
+            .env("GWB_LEASE_OWNER", "ghostwire-green-0")
+            .env("GWB_LEASE_CLOCK_SKEW", "0s");
         command
     };
     let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
@@ -181,9 +118,12 @@ fn green_restores_exactly_the_snapshot_blue_handed_over() {
         crashed.started().then_some(())
     });
     drop(crashed); // SIGKILL
-    std::thread::sleep(Duration::from_millis(2500));
     let empty = fx.root.join("dr-volume");
     std::fs::create_dir(&empty).unwrap();
+    wait_for("the crashed sidecar's lease to expire", 30, || {
+        let ran = restore(&empty, "handoff").run();
+        (!ran.stderr.contains("held by ghostwire-1")).then_some(())
+    });
     restore(&empty, "handoff").fails_with(&[
         "no handoff snapshot",
         "ghostwire-1's lease expired",

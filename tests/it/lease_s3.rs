@@ -38,7 +38,7 @@ async fn s3_conditional_writes_fence_a_second_writer() {
     let mut blue = Held::acquire(&repo, "ghostwire-0", Duration::from_secs(600))
         .await
         .unwrap();
-    let refused = check_restore(&repo, "ghostwire-green-0", false)
+    let refused = check_restore(&repo, "ghostwire-green-0", false, Duration::ZERO)
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("held by ghostwire-0"));

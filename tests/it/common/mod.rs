@@ -7,11 +7,14 @@
 pub mod command;
 pub mod faults;
 pub mod fixture;
+pub mod kube;
 pub mod plain;
+pub mod sidecar;
 
 pub use command::{Ran, Spawned, TestCommand};
 pub use fixture::{Fixture, Tar, backup_command, restore_command, tar_header};
 pub use plain::Plain;
+pub use sidecar::{Sidecar, wait_for};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -1,0 +1,136 @@
+//! The sidecar's hold on the lease while it runs: renewing it in the background, stopping
+//! that without losing the release, and what follows when the lease is lost.
+//!
+//! Two ways a renewal can fail, told apart by the conditional write itself (If-Match on
+//! the version this instance wrote last):
+//! - **the bucket does not answer** (an outage, also one longer than the TTL): the lease is
+//!   still this instance's unless someone else wrote it, so renewals go on and the first
+//!   one that gets through takes it back; Signal carries on.
+//! - **the version is gone**: another instance wrote the lease (it took it over after it
+//!   expired, or broke it). This instance no longer owns the identity, and its Signal must
+//!   never run again — restarts included, which skip every gate of a running pod. So the
+//!   sidecar deletes its own pod ([`crate::kube`]): the new pod goes back through its
+//!   `restore` init container, which refuses while the other owner holds the lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::kube::OwnPod;
+use crate::lease::{Held, Renewal};
+use crate::metrics::{LeaseState, Metrics};
+use crate::repo::Repository;
+
+/// How soon a renewal that failed (not lost) is tried again, at most.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
+/// How soon a pod deletion that failed is tried again.
+const DELETE_RETRY: Duration = Duration::from_secs(10);
+
+/// The renewal running in the background.
+pub struct Renewing {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Held>,
+}
+
+/// Renews `held` every third of its TTL, also while a backup runs. The receiver resolves
+/// with why if the lease was lost (another instance wrote it).
+pub fn start(
+    repo: Repository,
+    held: Held,
+    metrics: Arc<Metrics>,
+) -> (Renewing, oneshot::Receiver<anyhow::Error>) {
+    let (lost, lost_rx) = oneshot::channel();
+    let (stop, stop_rx) = oneshot::channel();
+    metrics.lease_expires(held.expires_at());
+    let task = tokio::spawn(keep_renewing(repo, held, metrics, lost, stop_rx));
+    (Renewing { stop, task }, lost_rx)
+}
+
+impl Renewing {
+    /// Stops renewing and hands the lease back, with the version it was last written at.
+    /// A renewal in flight is let finish, never cut: a conditional write aborted after it
+    /// reached the bucket would leave a version this instance does not know, and the
+    /// release would then conflict and record no handoff.
+    pub async fn stop(self) -> Held {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("the lease renewal task does not panic")
+    }
+}
+
+async fn keep_renewing(
+    repo: Repository,
+    mut held: Held,
+    metrics: Arc<Metrics>,
+    lost: oneshot::Sender<anyhow::Error>,
+    mut stop: oneshot::Receiver<()>,
+) -> Held {
+    let every = held.renew_every();
+    let mut wait = every;
+    loop {
+        // Stopping is looked at only here, between writes.
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut stop => return held,
+        }
+        match held.renew(&repo).await {
+            Ok(()) => {
+                metrics.lease_expires(held.expires_at());
+                wait = every;
+            }
+            Err(Renewal::Failed(err)) => {
+                tracing::warn!(error = format!("{err:#}"), "lease renewal failed; retrying");
+                wait = RENEW_RETRY.min(every);
+            }
+            Err(Renewal::Lost(err)) => {
+                let _ = lost.send(err);
+                return held;
+            }
+        }
+    }
+}
+
+/// After the lease was lost: `/leasez` and `/startupz` answer 503 for good, and the pod is
+/// deleted, retried until it is or SIGTERM comes (`stopped`). Without a Kubernetes API
+/// (`pod` is `None`: not in a cluster, or the pod's name and namespace unknown) there is
+/// nothing to delete: it says so, loudly, and the Signal container's livenessProbe on
+/// `/leasez` is all that stops Signal.
+pub async fn after_loss(
+    err: &anyhow::Error,
+    pod: Option<&OwnPod>,
+    metrics: &Metrics,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    metrics.lease(LeaseState::Lost(format!("{err:#}")));
+    tracing::error!(
+        error = format!("{err:#}"),
+        "lease lost to another instance: no more backups and no final snapshot; /leasez and /startupz answer 503 from now on"
+    );
+    tokio::pin!(stopped);
+    let Some(pod) = pod else {
+        tracing::error!(
+            "no Kubernetes API to delete this pod (KUBERNETES_SERVICE_HOST, GWB_POD_NAME or GWB_POD_NAMESPACE unset): only the livenessProbe on /leasez stops Signal, and the kubelet restarts it without any gate. Delete this pod by hand"
+        );
+        stopped.await;
+        return;
+    };
+    loop {
+        match pod.delete().await {
+            Ok(()) => {
+                tracing::warn!(namespace = %pod.namespace, pod = %pod.name, "deleted this pod so that Signal never runs here again: the new pod's restore init container refuses while the other instance holds the lease");
+                break;
+            }
+            Err(err) => tracing::error!(
+                error = format!("{err:#}"),
+                "cannot delete this pod; retrying (until then only the livenessProbe on /leasez stops Signal)"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DELETE_RETRY) => {}
+            _ = &mut stopped => return,
+        }
+    }
+    stopped.await;
+}
