@@ -475,6 +475,34 @@ pub async fn handed_over_snapshot(repo: &Repository) -> Result<Option<String>> {
     Ok(handed_over(&read(repo).await?).map(str::to_string))
 }
 
+/// The lease as a pod start sees it, to decide what its volume holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum View {
+    /// No lease: no sidecar has run on this repository.
+    Absent,
+    /// Not a lease this version can read.
+    Unreadable,
+    /// Held (live or expired) and not released.
+    Unreleased { owner: String },
+    /// Released, with the final snapshot it names if any.
+    Released {
+        owner: String,
+        final_snapshot: Option<String>,
+    },
+}
+
+pub async fn view(repo: &Repository) -> Result<View> {
+    Ok(match read(repo).await? {
+        Found::Absent => View::Absent,
+        Found::Junk(..) => View::Unreadable,
+        Found::Lease(lease, _) if lease.released_at.is_some() => View::Released {
+            owner: lease.owner,
+            final_snapshot: lease.final_snapshot,
+        },
+        Found::Lease(lease, _) => View::Unreleased { owner: lease.owner },
+    })
+}
+
 /// The final snapshot a released lease names, if any.
 fn handed_over(found: &Found) -> Option<&str> {
     match found {

@@ -52,4 +52,5 @@ pub mod staging;
 pub mod store;
 pub mod unpack;
 pub mod update;
+pub mod volume;
 pub mod walk;

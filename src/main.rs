@@ -431,10 +431,14 @@ struct RestoreArgs {
     target: PathBuf,
     /// Restore into a non-empty target; entries the snapshot replaces are moved aside into
     /// .ghostwire-backup-replaced-<time>/, never deleted.
-    #[arg(long, env = "GWB_FORCE", conflicts_with = "if_empty")]
+    /// With --if-empty: bring a volume that diverged from the snapshot to it anyway (same
+    /// moving aside).
+    #[arg(long, env = "GWB_FORCE")]
     force: bool,
-    /// Do nothing (exit 0) if the target already holds data: safe as an init container on
-    /// every pod start.
+    /// The init container's restore, safe on every pod start: an empty target is restored;
+    /// one that holds data is left alone when it is this pod's own newest state (or no
+    /// sidecar ever ran), left as it is when it equals the snapshot, caught up when it
+    /// equals an older one, and refused (exit 7) when it diverged, unless --force.
     #[arg(long, env = "GWB_IF_EMPTY")]
     if_empty: bool,
     /// Bring a target that an earlier restore from this repository produced to the

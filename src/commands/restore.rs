@@ -18,9 +18,10 @@ use crate::manifest::Manifest;
 use crate::pages::PageList;
 use crate::readback::{self, Plan};
 use crate::repo::{Repository, Selector};
-use crate::restoration::{self, Next};
+use crate::restoration::{self, Next, State};
 pub use crate::restoration::{MARKER, Marker, READY, STAGING};
 use crate::update::FromVolume;
+use crate::volume::{self, Start};
 use crate::{keys, lease, signal_db};
 
 #[derive(Clone)]
@@ -103,12 +104,27 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
         check_lease(remote, options)?;
     }
     // An update starts from a completed restore: one asked for, or a pre-staged volume
-    // (nothing ran on it yet) that is to be brought to its snapshot.
-    let restored = restoration::completed(target)?.filter(|marker| {
-        options.update || (marker.prestaged && (options.if_empty || options.prestage))
-    });
-    let if_empty = options.if_empty && restored.is_none();
-    match restoration::prepare(target, options.force || restored.is_some(), if_empty)? {
+    // that is to be brought to a newer snapshot.
+    let mut restored = restoration::completed(target)?
+        .filter(|marker| options.update || (marker.prestaged && options.prestage));
+    let (mut force, mut if_empty) = (options.force, options.if_empty);
+    if options.if_empty {
+        match bring_to_snapshot(remote, options)? {
+            None => {}
+            Some(Start::LeftAlone(why)) => return Ok(Outcome::LeftAlone(why)),
+            Some(Start::Equal(marker)) => {
+                tracing::info!(snapshot = %marker.snapshot, "the volume already equals the snapshot: nothing to do");
+                return Ok(Outcome::UpToDate(marker));
+            }
+            Some(Start::CatchUp(marker)) => {
+                tracing::info!(from = %marker.snapshot, "the volume equals an older snapshot: catching up");
+                restored = Some(marker);
+                if_empty = false;
+            }
+            Some(Start::Replace) => (force, if_empty) = (true, false),
+        }
+    }
+    match restoration::prepare(target, force || restored.is_some(), if_empty)? {
         Next::LeftAlone(why) => return Ok(Outcome::LeftAlone(why)),
         Next::Finish(ready) => {
             tracing::warn!(snapshot = %ready.snapshot, "finishing a restore that was interrupted after its gate passed");
@@ -208,6 +224,26 @@ fn update_from(
         options.force,
         remote.cancel(),
     )
+}
+
+/// `--if-empty` on a volume that holds data: what brings it to the snapshot
+/// ([`crate::volume`]). `None`: the volume holds no data (or an interrupted restore, which
+/// `prepare` finishes or discards), so the ordinary restore goes on.
+fn bring_to_snapshot(remote: &Remote, options: &RestoreOptions) -> Result<Option<Start>> {
+    let target = &options.target;
+    if !target.is_dir() {
+        return Ok(None);
+    }
+    let state = restoration::detect(target)?;
+    if !matches!(state, State::Marked(_) | State::Dirty { .. }) {
+        return Ok(None);
+    }
+    let lease = remote.wait(lease::view(remote.repo()))?;
+    if let Some(why) = volume::own_state(&lease, &options.lease_owner) {
+        return Ok(Some(Start::LeftAlone(why)));
+    }
+    let wanted = remote.find(&options.snapshot)?;
+    volume::decide(target, &state, &wanted, options.force).map(Some)
 }
 
 /// The lease first: also before `--if-empty` leaves a volume with data alone, because

@@ -36,7 +36,7 @@ use crate::lease::{self, Attempt, Held, NoConditionalWrites};
 use crate::manifest::Manifest;
 use crate::metrics::{self, LeaseState, Metrics};
 use crate::repo::Repository;
-use crate::{renewal, schedule};
+use crate::{renewal, restoration, schedule};
 
 pub struct RunOptions {
     pub schedule: cron::Schedule,
@@ -76,6 +76,9 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
         tracing::info!("stopped before this instance held the lease: nothing to back up");
         return Ok(());
     };
+    // Before /startupz lets Signal start: the volume no longer equals its snapshot then.
+    restoration::record_signal_start(&backup.source, &options.lease_owner)?;
+    metrics.lease(LeaseState::Held);
     let (lease, mut lease_lost) = renewal::start(repo.clone(), lease, metrics.clone());
     let back_up_now = newest.is_some_and(|finished| is_stale(finished, &options.schedule));
     if back_up_now {
@@ -100,6 +103,14 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
         return lease.release(repo, None).await;
     }
     let manifest = final_snapshot(repo, backup, options, &metrics).await?;
+    // Signal has stopped: the volume equals the final snapshot, which its next start (this
+    // pod's or another's, after a handoff) compares with the snapshot it is to run from.
+    if let Err(err) = restoration::record_final_snapshot(&backup.source, &manifest.id) {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            "the volume does not record its final snapshot; its next start after a handoff refuses it as diverged"
+        );
+    }
     // Only a final snapshot releases the lease: it is what the next instance restores.
     lease.release(repo, Some(&manifest.id)).await
 }
@@ -130,7 +141,6 @@ async fn wait_for_lease(
                 handoff_missing,
             }) => {
                 metrics.handoff_missing(handoff_missing);
-                metrics.lease(LeaseState::Held);
                 return Ok(Some(held));
             }
             Ok(Attempt::Busy(holder)) => format!("the repository's lease is {holder}"),

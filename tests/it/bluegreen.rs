@@ -260,3 +260,89 @@ fn a_prestaged_green_catches_up_with_blues_final_snapshot_at_the_switch() {
     green_restore(&volume, &["--if-empty", "--snapshot", "handoff"]).ok();
     assert_same_tree(&tree(&volume, &not_backed_up), &before);
 }
+
+#[test]
+fn blues_old_volume_after_green_handed_off_is_brought_to_greens_final_snapshot() {
+    let fx = Fixture::new(&["--messages", "50"]);
+    let marker_of = |volume: &std::path::Path| -> Value {
+        serde_json::from_slice(&std::fs::read(volume.join(MARKER)).unwrap()).unwrap()
+    };
+    let init = |volume: &std::path::Path, owner: &str| {
+        let mut command = fx.restore(volume);
+        command
+            .args(["--if-empty", "--snapshot", "handoff"])
+            .env("GWB_LEASE_OWNER", owner);
+        command
+    };
+    // Blue runs and hands off: Signal quits (the kubelet stops it before the sidecar), the
+    // final snapshot follows, and the volume records that it equals it.
+    let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
+    blue.wait_started("blue");
+    open_and_quit(&fx.profile.db(), &fx.profile.key);
+    blue.stop();
+    let blue_final = snapshots(&fx).pop().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(marker_of(fx.home())["snapshot"], blue_final.as_str());
+    // A copy of blue's volume on which, say, a person ran Signal without the agent: data
+    // no snapshot records.
+    let tampered = fx.root.join("blue-tampered");
+    copy_home(&fx, &tampered);
+    std::fs::remove_file(tampered.join(MARKER)).unwrap();
+
+    // Green: restored from the handoff, its sidecar marks the volume before Signal starts,
+    // Signal writes, green hands off in turn.
+    let green_volume = fx.root.join("green-volume");
+    assert_eq!(init(&green_volume, "ghostwire-green-0").ok(), blue_final);
+    let green = Sidecar::start(&fx, "ghostwire-green-0", &green_volume, &[]);
+    green.wait_started("green");
+    let started = marker_of(&green_volume);
+    assert_eq!(
+        started["signal_started"]["owner"], "ghostwire-green-0",
+        "{started}"
+    );
+    let ids = fx.root.join("green-ids.txt");
+    commit_messages(&green_volume, &fx.profile.key, &ids, 20);
+    green.stop();
+    let green_final = snapshots(&fx).pop().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(green_final, blue_final);
+    assert_eq!(marker_of(&green_volume)["snapshot"], green_final.as_str());
+
+    // Blue's pod starts again on its old volume ("going back to blue"): its init container
+    // brings the volume to green's final snapshot; Signal never sees blue's old state.
+    let tampered_before = tree(&tampered, &|_| false);
+    assert_eq!(init(fx.home(), "ghostwire-0").ok(), green_final);
+    assert_eq!(marker_of(fx.home())["snapshot"], green_final.as_str());
+    let db = check_db(&fx.profile.db(), &fx.profile.key, Some(&ids));
+    assert_eq!(db["integrity"], "ok", "{db}");
+    assert_eq!(
+        db["missingCount"], 0,
+        "blue's volume lacks what green wrote: {db}"
+    );
+    // Started again, it is left as it is: it equals the handoff now.
+    assert_eq!(init(fx.home(), "ghostwire-0").ok(), green_final);
+
+    // A volume that diverged is refused, untouched, unless forced.
+    init(&tampered, "ghostwire-0").fails_with_code(
+        7,
+        &[
+            "cannot be brought to snapshot",
+            "no snapshot records",
+            "--force",
+        ],
+    );
+    assert_eq!(tree(&tampered, &|_| false), tampered_before);
+    let mut forced = init(&tampered, "ghostwire-0");
+    forced.arg("--force");
+    assert_eq!(forced.ok(), green_final);
+    let db = check_db(
+        &tampered.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ids),
+    );
+    assert_eq!(db["missingCount"], 0, "{db}");
+}
