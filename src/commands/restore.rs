@@ -256,11 +256,24 @@ fn check_lease(remote: &Remote, options: &RestoreOptions) -> Result<()> {
         options.break_lease,
         options.lease_skew,
     ));
-    checked.with_context(|| {
-        format!(
-            "refusing to restore into {} or to let Signal start on it",
-            options.target.display()
-        )
+    checked.map_err(|err| {
+        // The one failure at pod start that is no one's mistake: say so, distinctly (exit
+        // 6), for the alert and the person reading the init container's log.
+        let unreachable = Exit::of(&err) == Exit::S3Unreachable;
+        err.context(if unreachable {
+            format!(
+                "the repository cannot be reached at pod start, so nobody can tell whether \
+                 another instance holds the lease: Signal does not start on {} until it \
+                 answers (safety over availability: docs/kubernetes.md, \"Bucket unreachable \
+                 at pod start\"); the kubelet retries this init container with back-off",
+                options.target.display()
+            )
+        } else {
+            format!(
+                "refusing to restore into {} or to let Signal start on it",
+                options.target.display()
+            )
+        })
     })
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::common::faults::{Fault, FaultProxy};
 use crate::common::kube::KubeApi;
 use crate::common::*;
+use ghostwire_backup::commands::restore::MARKER as MARKER_NAME;
 
 fn now_seconds() -> f64 {
     chrono::Utc::now().timestamp_millis() as f64 / 1000.0
@@ -181,4 +182,37 @@ fn the_same_pod_name_in_another_namespace_cannot_take_a_live_lease() {
     assert_eq!(blue.metric("ghostwire_backup_lease_held"), 1.0);
     other.stop();
     blue.stop();
+}
+
+#[test]
+fn an_unreachable_bucket_at_pod_start_keeps_signal_down_with_its_own_exit_code() {
+    let fx = Fixture::new(&["--messages", "20"]);
+    let server = S3Server::with_bucket("down");
+    let repo = "s3://down/ghostwire";
+    fx.backup_with(server.agent(repo)).ok();
+    let proxy = FaultProxy::start(&server, 23);
+    let volume = fx.root.join("volume");
+    let init = || {
+        let mut agent = server.agent(repo);
+        proxy.configure(&mut agent);
+        agent.env("GWB_S3_ATTEMPTS", "2");
+        let mut command = fx.restore_with(agent, &volume);
+        command
+            .args(["--if-empty", "--snapshot", "latest"])
+            .env("GWB_LEASE_OWNER", "test/ghostwire/ghostwire-0");
+        command
+    };
+    proxy.set_faults(1.0, &[Fault::Reset]);
+    init().fails_with_code(
+        6,
+        &[
+            "the repository cannot be reached at pod start",
+            "Signal does not start",
+        ],
+    );
+    assert!(!volume.join(MARKER_NAME).exists());
+    // The bucket answers again: the kubelet's next try restores.
+    proxy.set_faults(0.0, &[]);
+    init().ok();
+    assert!(volume.join(MARKER_NAME).exists());
 }
