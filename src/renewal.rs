@@ -10,8 +10,10 @@
 //!   expired, or broke it). This instance no longer owns the identity, and its Signal must
 //!   never run again — restarts included, which skip every gate of a running pod. So the
 //!   sidecar deletes its own pod ([`crate::kube`]): the new pod goes back through its
-//!   `restore` init container, which refuses while the other owner holds the lease.
+//!   `restore` init container, which refuses while the other owner holds the lease. Where
+//!   the pod cannot be deleted, Signal's database is moved aside on the volume instead.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ use crate::kube::OwnPod;
 use crate::lease::{Held, Renewal};
 use crate::metrics::{LeaseState, Metrics};
 use crate::repo::Repository;
+use crate::volume;
 
 /// How soon a renewal that failed (not lost) is tried again, at most.
 const RENEW_RETRY: Duration = Duration::from_secs(10);
@@ -93,13 +96,15 @@ async fn keep_renewing(
 }
 
 /// After the lease was lost: `/leasez` and `/startupz` answer 503 for good, and the pod is
-/// deleted, retried until it is or SIGTERM comes (`stopped`). Without a Kubernetes API
-/// (`pod` is `None`: not in a cluster, or the pod's name and namespace unknown) there is
-/// nothing to delete: it says so, loudly, and the Signal container's livenessProbe on
-/// `/leasez` is all that stops Signal.
+/// deleted, retried until it is or SIGTERM comes (`stopped`). Where it cannot be (no
+/// Kubernetes API: not in a cluster, or the pod's name and namespace unknown; or the first
+/// call failed), the fail-safe is the volume: Signal's database directory in `volume` is
+/// moved aside ([`volume::fence_signal`]), so a Signal the kubelet restarts here has no
+/// identity to run. Nothing is deleted.
 pub async fn after_loss(
     err: &anyhow::Error,
     pod: Option<&OwnPod>,
+    volume: &Path,
     metrics: &Metrics,
     stopped: impl std::future::Future<Output = ()>,
 ) {
@@ -109,23 +114,30 @@ pub async fn after_loss(
         "lease lost to another instance: no more backups and no final snapshot; /leasez and /startupz answer 503 from now on"
     );
     tokio::pin!(stopped);
-    let Some(pod) = pod else {
-        tracing::error!(
-            "no Kubernetes API to delete this pod (KUBERNETES_SERVICE_HOST, GWB_POD_NAME or GWB_POD_NAMESPACE unset): only the livenessProbe on /leasez stops Signal, and the kubelet restarts it without any gate. Delete this pod by hand"
-        );
-        stopped.await;
-        return;
-    };
+    let mut fenced = false;
     loop {
-        match pod.delete().await {
+        let deleted = match pod {
+            None => Err(anyhow::anyhow!(
+                "no Kubernetes API to delete this pod through (KUBERNETES_SERVICE_HOST, GWB_POD_NAME or GWB_POD_NAMESPACE unset)"
+            )),
+            Some(pod) => pod.delete().await,
+        };
+        match deleted {
             Ok(()) => {
+                let pod = pod.expect("deleted a pod");
                 tracing::warn!(namespace = %pod.namespace, pod = %pod.name, "deleted this pod so that Signal never runs here again: the new pod's restore init container refuses while the other instance holds the lease");
                 break;
             }
             Err(err) => tracing::error!(
                 error = format!("{err:#}"),
-                "cannot delete this pod; retrying (until then only the livenessProbe on /leasez stops Signal)"
+                "cannot delete this pod; retrying"
             ),
+        }
+        if !std::mem::replace(&mut fenced, true) {
+            fence(volume);
+        }
+        if pod.is_none() {
+            break;
         }
         tokio::select! {
             _ = tokio::time::sleep(DELETE_RETRY) => {}
@@ -133,4 +145,19 @@ pub async fn after_loss(
         }
     }
     stopped.await;
+}
+
+/// The volume half of the fail-safe, logged either way.
+fn fence(volume: &Path) {
+    match volume::fence_signal(volume) {
+        Ok(Some(moved)) => tracing::warn!(
+            moved_to = %moved.display(),
+            "moved Signal's database directory aside so that a Signal the kubelet restarts in this pod has no identity to run (nothing was deleted)"
+        ),
+        Ok(None) => {}
+        Err(err) => tracing::error!(
+            error = format!("{err:#}"),
+            "cannot move Signal's database aside: only the livenessProbe on /leasez stops Signal now; delete this pod by hand"
+        ),
+    }
 }

@@ -20,9 +20,9 @@
 //! a snapshot older than the one wanted is its ancestor. The catch-up itself still compares
 //! the volume with that snapshot's index and refuses a volume that changed since.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::exit::{self, Exit};
 use crate::lease::View;
@@ -104,4 +104,33 @@ pub fn decide(target: &Path, state: &State, wanted: &Manifest, force: bool) -> R
             wanted.id
         ),
     ))
+}
+
+/// Where [`fence_signal`] moves Signal's database directory: the agent's own prefix, so
+/// backups and the restore's emptiness check leave it out.
+pub const FENCED_PREFIX: &str = ".ghostwire-backup-fenced-";
+
+/// The fail-safe after a lost lease when the pod cannot be deleted: moves Signal's
+/// database directory (`.config/Signal/sql`, which holds the identity's keys and sessions)
+/// aside into `.ghostwire-backup-fenced-<time>/`, so that a Signal the kubelet restarts in
+/// this pod finds no identity and cannot act as it (it offers to link a new device). Nothing
+/// is deleted; the volume's marker already says Signal ran on it, so a later start refuses
+/// it unless `--force`. Returns where the directory went, `None` if there was none.
+pub fn fence_signal(volume: &Path) -> Result<Option<PathBuf>> {
+    let database = Path::new(crate::profile::SIGNAL_DB);
+    let sql = volume.join(database.parent().expect("the database is in a directory"));
+    if std::fs::symlink_metadata(&sql).is_err() {
+        return Ok(None);
+    }
+    let fenced = volume.join(format!(
+        "{FENCED_PREFIX}{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    std::fs::create_dir_all(&fenced)
+        .with_context(|| format!("cannot create {}", fenced.display()))?;
+    let moved = fenced.join("sql");
+    std::fs::rename(&sql, &moved)
+        .with_context(|| format!("cannot move {} aside", sql.display()))?;
+    crate::fsutil::sync_dir(volume)?;
+    Ok(Some(moved))
 }

@@ -69,7 +69,7 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     metrics::serve(options.listen, metrics.clone()).await?;
     if options.own_pod.is_none() {
         tracing::warn!(
-            "no Kubernetes API configured (KUBERNETES_SERVICE_HOST, GWB_POD_NAME and GWB_POD_NAMESPACE): if another instance ever takes the lease over, this sidecar cannot delete its pod to keep Signal down"
+            "no Kubernetes API configured (KUBERNETES_SERVICE_HOST, GWB_POD_NAME and GWB_POD_NAMESPACE): if another instance ever takes the lease over, this sidecar cannot delete its pod, and moves Signal's database aside on the volume instead to keep Signal down"
         );
     }
     let Some(lease) = wait_for_lease(repo, options, &metrics, &mut stop).await? else {
@@ -94,7 +94,14 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     if let Ended::LeaseLost(err) = ended {
         // Another instance owns the identity now: this one must neither back up (its
         // snapshots are no longer the latest state) nor let its Signal run on.
-        renewal::after_loss(&err, options.own_pod.as_ref(), &metrics, stop.recv()).await;
+        renewal::after_loss(
+            &err,
+            options.own_pod.as_ref(),
+            &backup.source,
+            &metrics,
+            stop.recv(),
+        )
+        .await;
         return Err(err.context("the lease was lost while running, so no final snapshot was taken"));
     }
     let lease = lease.stop().await;

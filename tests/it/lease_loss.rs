@@ -216,3 +216,61 @@ fn an_unreachable_bucket_at_pod_start_keeps_signal_down_with_its_own_exit_code()
     init().ok();
     assert!(volume.join(MARKER_NAME).exists());
 }
+
+#[test]
+fn without_a_kubernetes_api_blue_moves_signals_database_aside_instead() {
+    let fx = Fixture::new(&["--messages", "20"]);
+    let server = S3Server::with_bucket("fenced");
+    let proxy = FaultProxy::start(&server, 24);
+    let repo = "s3://fenced/ghostwire";
+    let mut blue_agent = server.agent(repo);
+    proxy.configure(&mut blue_agent);
+    blue_agent.env("GWB_LEASE_OWNER", "test/ghostwire/ghostwire-0");
+    let blue = Sidecar::start_with(blue_agent, &fx, fx.home(), &[("GWB_LEASE_TTL", "2s")]);
+    blue.wait_started("blue");
+    let db_before = std::fs::read(fx.profile.db()).unwrap();
+
+    proxy.set_faults(1.0, &[Fault::Reset]);
+    let green_home = fx.root.join("green-home");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fx.home())
+        .arg(&green_home)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let mut green_agent = server.agent(repo);
+    green_agent.env("GWB_LEASE_OWNER", "test/ghostwire-green/ghostwire-green-0");
+    let green = Sidecar::start_with(
+        green_agent,
+        &fx,
+        &green_home,
+        &[("GWB_LEASE_CLOCK_SKEW", "0s")],
+    );
+    green.wait_started("green");
+    proxy.set_faults(0.0, &[]);
+
+    // No pod to delete: the identity's database leaves the place a restarted Signal looks.
+    let moved = wait_for("blue to move Signal's database aside", 60, || {
+        std::fs::read_dir(fx.home())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".ghostwire-backup-fenced-")
+            })
+            .filter(|p| p.join("sql/db.sqlite").exists())
+    });
+    assert!(!fx.home().join(".config/Signal/sql").exists());
+    // Moved, not deleted: the same bytes.
+    assert_eq!(
+        std::fs::read(moved.join("sql/db.sqlite")).unwrap(),
+        db_before
+    );
+    let leasez = blue.get("/leasez");
+    assert!(leasez.starts_with("HTTP/1.1 503"), "{leasez}");
+    assert!(!blue.terminate().success());
+    green.stop();
+}
