@@ -45,6 +45,7 @@ pub mod restoration;
 pub mod retention;
 pub mod reuse;
 pub mod schedule;
+pub mod scheduled;
 pub mod signal_db;
 pub mod signing;
 pub mod sqlite;

@@ -21,8 +21,10 @@ use ghostwire_backup::commands::{
     verify::VerifyOptions,
 };
 use ghostwire_backup::exit::{self, Exit};
+use ghostwire_backup::renewal::Terms;
 use ghostwire_backup::repo::{self, Keys, Repository, Selector};
 use ghostwire_backup::retention::Policy;
+use ghostwire_backup::scheduled::Timing;
 use ghostwire_backup::signing::{Signer, Verifier};
 use ghostwire_backup::store::s3::{ObjectLock, S3Options};
 use ghostwire_backup::{lease, priority, progress, schedule};
@@ -613,20 +615,24 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let args = *args;
             let options = RunOptions {
-                schedule: schedule::parse(&args.schedule)?,
-                lease_owner: args.lease.owner()?,
-                lease_ttl: args.lease_ttl,
-                lease_skew: args.lease.lease_clock_skew,
+                timing: Timing {
+                    schedule: schedule::parse(&args.schedule)?,
+                    jitter: args.jitter,
+                    backup_timeout: args.backup_timeout,
+                    final_deadline: args.final_deadline,
+                },
+                lease: Terms {
+                    owner: args.lease.owner()?,
+                    ttl: args.lease_ttl,
+                    skew: args.lease.lease_clock_skew,
+                },
                 own_pod: ghostwire_backup::kube::OwnPod::from_env(
                     args.lease.pod_namespace.as_deref(),
                     args.lease.pod_name.as_deref(),
                     &args.kube_serviceaccount_dir,
                 )?,
-                jitter: args.jitter,
                 listen: args.listen,
-                backup_timeout: args.backup_timeout,
                 final_snapshot: args.final_snapshot,
-                final_deadline: args.final_deadline,
             };
             let keys = args.backup.keys()?;
             let repo = (args.backup.repository)

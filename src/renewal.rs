@@ -15,12 +15,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Result;
 use tokio::sync::oneshot;
 
 use crate::kube::OwnPod;
-use crate::lease::{Held, Renewal};
+use crate::lease::{self, Attempt, Held, NoConditionalWrites, Renewal};
 use crate::metrics::{LeaseState, Metrics};
 use crate::repo::Repository;
 use crate::volume;
@@ -29,6 +30,74 @@ use crate::volume;
 const RENEW_RETRY: Duration = Duration::from_secs(10);
 /// How soon a pod deletion that failed is tried again.
 const DELETE_RETRY: Duration = Duration::from_secs(10);
+
+/// Whose lease, for how long, and how far other clocks may be ahead.
+#[derive(Debug, Clone)]
+pub struct Terms {
+    pub owner: String,
+    pub ttl: Duration,
+    /// Another instance's lease is honoured until it expired by this much.
+    pub skew: Duration,
+}
+
+/// How long between two lease attempts while another instance holds it.
+const LEASE_RETRY: Duration = Duration::from_secs(3);
+/// At most one "still waiting" log line per this long.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Takes the lease, waiting for as long as another instance holds it live (until it is
+/// released or expires). Signal must not start meanwhile: `/startupz` answers 503, and the
+/// kubelet starts the Signal container only after the sidecar's startupProbe succeeds. The
+/// process does not exit while it waits (a restarting sidecar would crash-loop), except
+/// for a store that ignores conditional writes, where no lease can work. `None`: stopped
+/// before the lease was ours.
+pub async fn wait_for_lease(
+    repo: &Repository,
+    terms: &Terms,
+    metrics: &Metrics,
+    stopped: impl std::future::Future<Output = ()>,
+) -> Result<Option<Held>> {
+    tokio::pin!(stopped);
+    let mut logged: Option<Instant> = None;
+    let mut probed = false;
+    loop {
+        let why = match take_lease(repo, terms, &mut probed).await {
+            Ok(Attempt::Taken {
+                held,
+                handoff_missing,
+            }) => {
+                metrics.handoff_missing(handoff_missing);
+                return Ok(Some(held));
+            }
+            Ok(Attempt::Busy(holder)) => format!("the repository's lease is {holder}"),
+            Err(err) if err.is::<NoConditionalWrites>() => return Err(err),
+            // A bucket outage or a race with another writer: try again, as for a busy lease.
+            Err(err) => format!("cannot take the lease: {err:#}"),
+        };
+        if logged.is_none_or(|at| at.elapsed() >= WAIT_LOG_EVERY) {
+            tracing::warn!(
+                reason = %why,
+                "waiting for the lease; Signal does not start until this instance holds it (/startupz answers 503)"
+            );
+            logged = Some(Instant::now());
+        }
+        metrics.lease(LeaseState::Waiting(why));
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_RETRY) => {}
+            _ = &mut stopped => return Ok(None),
+        }
+    }
+}
+
+/// One attempt at the lease, after checking once that the store honours conditional
+/// writes (`probed`).
+async fn take_lease(repo: &Repository, terms: &Terms, probed: &mut bool) -> Result<Attempt> {
+    if !*probed {
+        lease::check_conditional_writes(repo).await?;
+        *probed = true;
+    }
+    Held::try_acquire(repo, &terms.owner, terms.ttl, terms.skew).await
+}
 
 /// The renewal running in the background.
 pub struct Renewing {
