@@ -22,12 +22,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
+use crate::blocking::Remote;
 use crate::exit::{self, Exit};
-use crate::lease::View;
+use crate::lease::{self, View};
 use crate::manifest::Manifest;
-use crate::restoration::{Marker, State};
+use crate::repo::Selector;
+use crate::restoration::{self, Marker, State};
 
 /// What the start does to the volume.
 #[derive(Debug, PartialEq)]
@@ -104,6 +106,65 @@ pub fn decide(target: &Path, state: &State, wanted: &Manifest, force: bool) -> R
             wanted.id
         ),
     ))
+}
+
+/// `--if-empty` on a volume that holds data: what brings it to the snapshot
+/// ([`crate::volume`]). `None`: the volume holds no data (or an interrupted restore, which
+/// `prepare` finishes or discards), so the ordinary restore goes on.
+pub fn at_start(
+    remote: &Remote,
+    target: &Path,
+    snapshot: &Selector,
+    owner: &str,
+    force: bool,
+) -> Result<Option<Start>> {
+    if !target.is_dir() {
+        return Ok(None);
+    }
+    let state = restoration::detect(target)?;
+    if !matches!(state, State::Marked(_) | State::Dirty { .. }) {
+        return Ok(None);
+    }
+    let lease = remote.wait(lease::view(remote.repo()))?;
+    if let Some(why) = own_state(&lease, owner) {
+        return Ok(Some(Start::LeftAlone(why)));
+    }
+    let wanted = remote.find(snapshot)?;
+    decide(target, &state, &wanted, force).map(Some)
+}
+
+/// An empty repository. With `--require-snapshot` that is an error: during disaster
+/// recovery a wrong bucket or prefix looks exactly like it, and Signal must not start on an
+/// empty profile that the sidecar would then back up as the latest state. Without it, and
+/// with `--if-empty`, it is a first install: nothing to restore, Signal may start on the
+/// empty volume. (An unreachable repository is an error, not an empty one.)
+pub fn first_start(
+    remote: &Remote,
+    snapshot: &Selector,
+    if_empty: bool,
+    require_snapshot: bool,
+) -> Result<bool> {
+    let asks_for_any = !matches!(snapshot, Selector::Id(_));
+    if !asks_for_any || !(if_empty || require_snapshot) {
+        return Ok(false);
+    }
+    if !remote.snapshots()?.is_empty() {
+        return Ok(false);
+    }
+    let location = remote.repo().location();
+    if require_snapshot {
+        bail!(
+            "the repository {location} holds no snapshot, and --require-snapshot \
+             (GWB_REQUIRE_SNAPSHOT) says there must be one: check the repository location \
+             (bucket, prefix, endpoint; during disaster recovery a wrong one looks exactly like \
+             this). On a first install, where there is nothing to restore yet, set \
+             GWB_REQUIRE_SNAPSHOT=false for that one start"
+        );
+    }
+    if if_empty {
+        tracing::warn!(repository = %location, "the repository holds no snapshot yet: nothing to restore");
+    }
+    Ok(if_empty)
 }
 
 /// Where [`fence_signal`] moves Signal's database directory: the agent's own prefix, so

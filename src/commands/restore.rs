@@ -18,7 +18,7 @@ use crate::manifest::Manifest;
 use crate::pages::PageList;
 use crate::readback::{self, Plan};
 use crate::repo::{Repository, Selector};
-use crate::restoration::{self, Next, State};
+use crate::restoration::{self, Next};
 pub use crate::restoration::{MARKER, Marker, READY, STAGING};
 use crate::update::FromVolume;
 use crate::volume::{self, Start};
@@ -109,7 +109,13 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
         .filter(|marker| options.update || (marker.prestaged && options.prestage));
     let (mut force, mut if_empty) = (options.force, options.if_empty);
     if options.if_empty {
-        match bring_to_snapshot(remote, options)? {
+        match volume::at_start(
+            remote,
+            target,
+            &options.snapshot,
+            &options.lease_owner,
+            options.force,
+        )? {
             None => {}
             Some(Start::LeftAlone(why)) => return Ok(Outcome::LeftAlone(why)),
             Some(Start::Equal(marker)) => {
@@ -133,7 +139,12 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
         }
         Next::Restore => {}
     }
-    if first_start(remote, options)? {
+    if volume::first_start(
+        remote,
+        &options.snapshot,
+        options.if_empty,
+        options.require_snapshot,
+    )? {
         return Ok(Outcome::LeftAlone(
             "the repository holds no snapshot yet".into(),
         ));
@@ -226,26 +237,6 @@ fn update_from(
     )
 }
 
-/// `--if-empty` on a volume that holds data: what brings it to the snapshot
-/// ([`crate::volume`]). `None`: the volume holds no data (or an interrupted restore, which
-/// `prepare` finishes or discards), so the ordinary restore goes on.
-fn bring_to_snapshot(remote: &Remote, options: &RestoreOptions) -> Result<Option<Start>> {
-    let target = &options.target;
-    if !target.is_dir() {
-        return Ok(None);
-    }
-    let state = restoration::detect(target)?;
-    if !matches!(state, State::Marked(_) | State::Dirty { .. }) {
-        return Ok(None);
-    }
-    let lease = remote.wait(lease::view(remote.repo()))?;
-    if let Some(why) = volume::own_state(&lease, &options.lease_owner) {
-        return Ok(Some(Start::LeftAlone(why)));
-    }
-    let wanted = remote.find(&options.snapshot)?;
-    volume::decide(target, &state, &wanted, options.force).map(Some)
-}
-
 /// The lease first: also before `--if-empty` leaves a volume with data alone, because
 /// exiting 0 there starts Signal on it, and while another instance holds the lease (blue's
 /// pod started again while green runs) that is two Signals on one identity.
@@ -293,35 +284,6 @@ fn refuse_without_signal(manifest: &Manifest, snapshot: &Selector) -> Result<()>
             manifest.id, manifest.id
         ),
     ))
-}
-
-/// An empty repository. With `--require-snapshot` that is an error: during disaster
-/// recovery a wrong bucket or prefix looks exactly like it, and Signal must not start on an
-/// empty profile that the sidecar would then back up as the latest state. Without it, and
-/// with `--if-empty`, it is a first install: nothing to restore, Signal may start on the
-/// empty volume. (An unreachable repository is an error, not an empty one.)
-fn first_start(remote: &Remote, options: &RestoreOptions) -> Result<bool> {
-    let asks_for_any = !matches!(options.snapshot, Selector::Id(_));
-    if !asks_for_any || !(options.if_empty || options.require_snapshot) {
-        return Ok(false);
-    }
-    if !remote.snapshots()?.is_empty() {
-        return Ok(false);
-    }
-    let location = remote.repo().location();
-    if options.require_snapshot {
-        bail!(
-            "the repository {location} holds no snapshot, and --require-snapshot \
-             (GWB_REQUIRE_SNAPSHOT) says there must be one: check the repository location \
-             (bucket, prefix, endpoint; during disaster recovery a wrong one looks exactly like \
-             this). On a first install, where there is nothing to restore yet, set \
-             GWB_REQUIRE_SNAPSHOT=false for that one start"
-        );
-    }
-    if options.if_empty {
-        tracing::warn!(repository = %location, "the repository holds no snapshot yet: nothing to restore");
-    }
-    Ok(options.if_empty)
 }
 
 /// Empty → Staged → Gated: unpacks every archive (rebuilding Signal's database from its
