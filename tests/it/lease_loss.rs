@@ -274,3 +274,40 @@ fn without_a_kubernetes_api_blue_moves_signals_database_aside_instead() {
     assert!(!blue.terminate().success());
     green.stop();
 }
+
+/// SIGTERM while a renewal is on its way: the renewal is let finish, never cut, so the
+/// release that follows the final snapshot knows the version the bucket holds. (A renewal
+/// cut after the bucket took it would leave a version the sidecar never learned, and the
+/// release would then conflict and record no handoff.)
+#[test]
+fn a_stop_during_a_renewal_still_releases_the_lease_with_the_final_snapshot() {
+    let fx = Fixture::new(&["--messages", "20"]);
+    let server = S3Server::with_bucket("stop");
+    let proxy = FaultProxy::start(&server, 25);
+    let mut agent = server.agent("s3://stop/ghostwire");
+    proxy.configure(&mut agent);
+    agent.env("GWB_LEASE_OWNER", "test/ghostwire/ghostwire-0");
+    let blue = Sidecar::start_with(agent, &fx, fx.home(), &[("GWB_LEASE_TTL", "3s")]);
+    blue.wait_started("blue");
+    // The next renewal reaches the bucket, which takes it; its answer is held back 3 s.
+    proxy.set_stall(Duration::from_secs(3));
+    proxy.force("PUT", "/lease.json", Fault::Stall);
+    wait_for("a renewal to be on its way", 30, || {
+        (proxy.stats().count(Fault::Stall) == 1).then_some(())
+    });
+    blue.stop(); // exits 0 only if the release went through
+    let mut green = fx.restore_with(server.agent("s3://stop/ghostwire"), &fx.root.join("green"));
+    green
+        .args(["--snapshot", "handoff"])
+        .env("GWB_LEASE_OWNER", "test/ghostwire-green/ghostwire-green-0");
+    let restored = green.ok();
+    let listed: serde_json::Value = serde_json::from_str(
+        &server
+            .agent("s3://stop/ghostwire")
+            .args(["snapshots", "--json"])
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(listed[0]["id"], restored.as_str(), "{listed}");
+    assert_eq!(listed[0]["final"], true, "{listed}");
+}
