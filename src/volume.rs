@@ -53,18 +53,26 @@ pub fn own_state(lease: &View, owner: &str) -> Option<String> {
              or backups by CronJob), so the volume's data is this identity's newest state"
                 .into(),
         ),
-        View::Unreleased { owner: holder } if holder == owner => Some(
+        View::Unreleased { owner: holder } if is_ours(holder, owner) => Some(
             "the lease is this pod's own and unreleased: the volume holds its newest state \
              (Signal stopped without a final snapshot)"
                 .into(),
         ),
-        View::Released { owner: holder, .. } if holder == owner => Some(
+        View::Released { owner: holder, .. } if is_ours(holder, owner) => Some(
             "this pod released the lease itself, after its final snapshot of this volume: \
              nobody ran Signal on the identity since"
                 .into(),
         ),
         _ => None,
     }
+}
+
+/// Whether the lease's `holder` is this pod (`owner`). A lease written before owners had
+/// three parts names the bare pod name: taken as this pod's when it is this pod's name, so
+/// that the first start after an upgrade finds its own volume its own (this transition is
+/// the one place a bare pod name still counts).
+fn is_ours(holder: &str, owner: &str) -> bool {
+    holder == owner || (!holder.contains('/') && owner.rsplit('/').next() == Some(holder))
 }
 
 /// Compares the volume's state with `wanted`. A volume that diverged is refused unless
@@ -194,4 +202,28 @@ pub fn fence_signal(volume: &Path) -> Result<Option<PathBuf>> {
         .with_context(|| format!("cannot move {} aside", sql.display()))?;
     crate::fsutil::sync_dir(volume)?;
     Ok(Some(moved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_alone_leaves_this_pods_own_volume_alone() {
+        let me = "eu-1/ghostwire/ghostwire-0";
+        let released = |owner: &str| View::Released {
+            owner: owner.into(),
+            final_snapshot: Some("f".into()),
+        };
+        assert!(own_state(&View::Absent, me).is_some());
+        assert!(own_state(&View::Unreleased { owner: me.into() }, me).is_some());
+        assert!(own_state(&released(me), me).is_some());
+        // Written by this pod before owners had three parts.
+        assert!(own_state(&released("ghostwire-0"), me).is_some());
+        // Another pod, the same name elsewhere, another release's pod.
+        assert!(own_state(&released("eu-1/ghostwire-green/ghostwire-green-0"), me).is_none());
+        assert!(own_state(&released("eu-2/ghostwire/ghostwire-0"), me).is_none());
+        assert!(own_state(&released("ghostwire-green-0"), me).is_none());
+        assert!(own_state(&View::Unreadable, me).is_none());
+    }
 }
