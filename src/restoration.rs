@@ -47,8 +47,9 @@ pub struct Marker {
     pub agent_version: String,
     /// The restore gate's result: "ok", or "no Signal database in this snapshot".
     pub gate: String,
-    /// Restored ahead of a switch (`restore --prestage`): nothing has run on it, and a
-    /// `restore --if-empty` brings it to its snapshot instead of leaving it alone.
+    /// Restored ahead of a switch (`restore --prestage`): another `--prestage` may bring it
+    /// to a newer snapshot. At a pod start it needs no rule of its own: like any volume that
+    /// equals an older snapshot, it is caught up ([`crate::volume`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prestaged: bool,
     /// Set by the sidecar when it took the lease, just before Signal started on the

@@ -2,7 +2,9 @@
 //!
 //! The target moves through the states of [`crate::restoration`]: a restore interrupted
 //! after its gate is finished, one interrupted before it is discarded, and a target with
-//! data is refused without `--force`. SIGTERM or SIGINT stop a restore within about a
+//! data is refused without `--force`. With `--if-empty` (the init container), a target that
+//! holds data is brought to the snapshot as [`crate::volume`] decides: left alone, left as it
+//! is, caught up, or refused. SIGTERM or SIGINT stop a restore within about a
 //! second, before its gate has passed: the staging directory is removed and the target is
 //! left as it was, without a marker.
 
