@@ -40,8 +40,12 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn is_live(&self, now: DateTime<Utc>) -> bool {
-        self.released_at.is_none() && self.expires_at > now
+    /// Whether another instance must still honour it: unreleased, and not expired by more
+    /// than `skew` on the reader's clock. `expires_at` is the holder's clock plus the TTL;
+    /// a reader whose clock runs ahead by up to `skew` never takes a lease its holder still
+    /// counts as running.
+    fn is_live(&self, now: DateTime<Utc>, skew: Duration) -> bool {
+        self.released_at.is_none() && self.expires_at + skew > now
     }
 
     /// What the signature covers: the lease without it.
@@ -63,8 +67,55 @@ impl Lease {
     }
 }
 
-/// This process's name for lease ownership: `--lease-owner`, else the pod name.
-pub fn default_owner() -> String {
+/// How far apart two instances' clocks may be for the lease still to keep them apart: a
+/// reader honours an unreleased lease until its `expires_at` plus this much.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Who this instance is, for the lease.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// `--lease-owner`: used as it is.
+    pub owner: Option<String>,
+    /// The cluster's name, unique among the clusters sharing the repository.
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+}
+
+impl Identity {
+    /// The owner name: `--lease-owner` if set; else `<cluster>/<namespace>/<pod>`, which
+    /// two pods never share (the same release name in another namespace or a DR cluster
+    /// differs in one part); else, outside Kubernetes, the host name.
+    pub fn owner(&self) -> Result<String> {
+        if let Some(owner) = self.owner.as_ref().filter(|o| !o.is_empty()) {
+            return Ok(owner.clone());
+        }
+        let Some(pod) = self.pod.as_ref().filter(|p| !p.is_empty()) else {
+            return Ok(host_name());
+        };
+        let missing = |what: &str, variable: &str| {
+            anyhow::anyhow!(
+                "GWB_POD_NAME is set ({pod}) but {what} is not: set {variable} too. The lease \
+                 owner is <cluster>/<namespace>/<pod>, so that the same pod name in another \
+                 namespace or cluster can never take over a live lease"
+            )
+        };
+        let namespace = self
+            .namespace
+            .as_ref()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| missing("the pod's namespace", "GWB_POD_NAMESPACE"))?;
+        let cluster = self
+            .cluster
+            .as_ref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| missing("the cluster's id", "GWB_CLUSTER_ID"))?;
+        Ok(format!("{cluster}/{namespace}/{pod}"))
+    }
+}
+
+/// The host name: the pod name (HOSTNAME) in Kubernetes, else the machine's.
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -146,7 +197,7 @@ pub struct Held {
 impl Held {
     /// Takes the lease, unless another owner holds it live.
     pub async fn acquire(repo: &Repository, owner: &str, ttl: Duration) -> Result<Self> {
-        match Self::try_acquire(repo, owner, ttl).await? {
+        match Self::try_acquire(repo, owner, ttl, DEFAULT_CLOCK_SKEW).await? {
             Attempt::Taken { held, .. } => Ok(held),
             Attempt::Busy(busy) => bail!(
                 "the repository's lease is {busy}: another Ghostwire instance is running on this \
@@ -158,7 +209,12 @@ impl Held {
 
     /// Takes the lease, or says who holds it live ([`Attempt::Busy`]) so the caller can
     /// wait and try again.
-    pub async fn try_acquire(repo: &Repository, owner: &str, ttl: Duration) -> Result<Attempt> {
+    pub async fn try_acquire(
+        repo: &Repository,
+        owner: &str,
+        ttl: Duration,
+        skew: Duration,
+    ) -> Result<Attempt> {
         let now = Utc::now();
         let current = read(repo).await?;
         if let Found::Junk(err, _) = &current {
@@ -169,7 +225,7 @@ impl Held {
         }
         if let Found::Lease(lease, _) = &current
             && lease.owner != owner
-            && lease.is_live(now)
+            && lease.is_live(now, skew)
         {
             return Ok(Attempt::Busy(lease.describe()));
         }
@@ -211,10 +267,18 @@ impl Held {
         self.ttl / 3
     }
 
-    /// Extends the lease by its TTL. An error is [`Renewal::Lost`] when the lease is no
-    /// longer ours: another writer changed it, or it expired before a renewal got through
-    /// (another instance may have taken it since). Anything else (the bucket unreachable for
-    /// a while) is [`Renewal::Failed`]: the lease is still ours until it expires, try again.
+    /// When the lease, as last written, expires.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.lease.expires_at
+    }
+
+    /// Extends the lease by its TTL, by a write conditional on the version this instance
+    /// wrote last. An error is [`Renewal::Lost`] when that version is gone: another writer
+    /// changed the lease (took it over after it expired, or broke it). Anything else (the
+    /// bucket unreachable, also for longer than the TTL) is [`Renewal::Failed`]: try again.
+    /// A lease past its expiry that nobody wrote meanwhile is still this instance's, and
+    /// the next renewal that gets through takes it back: the conditional write proves
+    /// nobody else holds it.
     pub async fn renew(&mut self, repo: &Repository) -> std::result::Result<(), Renewal> {
         let now = Utc::now();
         let lease = Lease {
@@ -224,15 +288,25 @@ impl Held {
         };
         match write(repo, &lease, Some(&self.version)).await {
             Ok(version) => {
+                if now >= self.lease.expires_at {
+                    tracing::warn!(
+                        expired = %self.lease.expires_at.to_rfc3339(),
+                        "the lease had expired but nobody took it meanwhile: renewed, carrying on"
+                    );
+                }
                 self.version = version;
                 self.lease = lease;
                 Ok(())
             }
             Err(err) if err.is::<TakenOver>() => Err(Renewal::Lost(err.context(
-                "cannot renew the lease: someone else took it over — is another instance running?",
+                "cannot renew the lease: another instance wrote it since this one last did \
+                 (it took the lease over, or broke it): this instance no longer owns the \
+                 Signal identity",
             ))),
-            Err(err) if now >= self.lease.expires_at => Err(Renewal::Lost(err.context(format!(
-                "cannot renew the lease, and it expired at {}: another instance may hold it now",
+            Err(err) if now >= self.lease.expires_at => Err(Renewal::Failed(err.context(format!(
+                "cannot renew the lease, which expired at {}: it stays this instance's unless \
+                 another writes it meanwhile (possible once it is past its expiry plus the \
+                 readers' clock skew)",
                 self.lease.expires_at.to_rfc3339()
             )))),
             Err(err) => Err(Renewal::Failed(err.context(format!(
@@ -252,6 +326,63 @@ impl Held {
         tracing::info!(final_snapshot, "lease released");
         Ok(())
     }
+}
+
+/// The store ignores a conditional write's precondition: the lease would be
+/// last-writer-wins there, and could not keep two instances apart.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the repository's store ignores {0} on writes: it does not support S3 conditional \
+     writes, so the lease could not keep two Signal instances on one identity apart. Use a \
+     store that does (AWS S3, MinIO ≥ RELEASE.2024-11, Ceph RGW ≥ 19, moto ≥ 5.0.23); until \
+     then run backups without the sidecar (the CronJob), never two Signals"
+)]
+pub struct NoConditionalWrites(&'static str);
+
+/// Checks, on an object of its own, that the store refuses a write whose precondition
+/// fails (`If-None-Match: *` over an existing object, `If-Match` with a version it does
+/// not have) before the lease relies on it. Errors reaching the store are returned as
+/// they are, for the caller to retry; [`NoConditionalWrites`] when a precondition was
+/// ignored. A local directory is not probed: its compare-and-swap is this program's own,
+/// under a file lock.
+pub async fn check_conditional_writes(repo: &Repository) -> Result<()> {
+    if !repo.location().starts_with("s3://") {
+        return Ok(());
+    }
+    let key = format!(
+        "locks/conditional-write-probe-{:016x}",
+        rand::random::<u64>()
+    );
+    let store = repo.store();
+    store
+        .put_if(&key, Bytes::from_static(b"first"), None)
+        .await
+        .context("cannot write the conditional-write probe")?;
+    let absent_only = store
+        .put_if(&key, Bytes::from_static(b"second"), None)
+        .await;
+    let same_version = store
+        .put_if(
+            &key,
+            Bytes::from_static(b"third"),
+            Some("\"not-a-version\""),
+        )
+        .await;
+    if let Err(err) = store.delete(&key).await {
+        tracing::warn!(
+            key,
+            error = format!("{err:#}"),
+            "cannot remove the conditional-write probe; it is harmless, remove it by hand"
+        );
+    }
+    for (outcome, header) in [(absent_only, "If-None-Match"), (same_version, "If-Match")] {
+        match outcome {
+            Err(StoreError::Conflict(_)) => {}
+            Ok(_) => return Err(NoConditionalWrites(header).into()),
+            Err(err) => return Err(anyhow::Error::from(err).context("conditional-write probe")),
+        }
+    }
+    Ok(())
 }
 
 /// Writes the lease, signed when this side holds the signing key.
@@ -344,6 +475,34 @@ pub async fn handed_over_snapshot(repo: &Repository) -> Result<Option<String>> {
     Ok(handed_over(&read(repo).await?).map(str::to_string))
 }
 
+/// The lease as a pod start sees it, to decide what its volume holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum View {
+    /// No lease: no sidecar has run on this repository.
+    Absent,
+    /// Not a lease this version can read.
+    Unreadable,
+    /// Held (live or expired) and not released.
+    Unreleased { owner: String },
+    /// Released, with the final snapshot it names if any.
+    Released {
+        owner: String,
+        final_snapshot: Option<String>,
+    },
+}
+
+pub async fn view(repo: &Repository) -> Result<View> {
+    Ok(match read(repo).await? {
+        Found::Absent => View::Absent,
+        Found::Junk(..) => View::Unreadable,
+        Found::Lease(lease, _) if lease.released_at.is_some() => View::Released {
+            owner: lease.owner,
+            final_snapshot: lease.final_snapshot,
+        },
+        Found::Lease(lease, _) => View::Unreleased { owner: lease.owner },
+    })
+}
+
 /// The final snapshot a released lease names, if any.
 fn handed_over(found: &Found) -> Option<&str> {
     match found {
@@ -371,7 +530,7 @@ fn no_handoff(
                 lease.owner,
                 released.to_rfc3339()
             ),
-            None if lease.is_live(now) => format!(
+            None if lease.is_live(now, Duration::ZERO) => format!(
                 "the lease is {} and names no final snapshot: that instance is still running, \
                  or stopped without one and its lease has not expired yet",
                 lease.describe()
@@ -406,7 +565,12 @@ fn no_handoff(
 
 /// Refuses a restore for `owner` while another owner's lease is live (or one that cannot
 /// be read is there), unless `break_lease`.
-pub async fn check_restore(repo: &Repository, owner: &str, break_lease: bool) -> Result<()> {
+pub async fn check_restore(
+    repo: &Repository,
+    owner: &str,
+    break_lease: bool,
+    skew: Duration,
+) -> Result<()> {
     let lease = match read(repo).await? {
         Found::Absent => return Ok(()),
         Found::Lease(lease, _) => lease,
@@ -423,7 +587,7 @@ pub async fn check_restore(repo: &Repository, owner: &str, break_lease: bool) ->
             junk_message(&err)
         ),
     };
-    if lease.owner == owner || !lease.is_live(Utc::now()) {
+    if lease.owner == owner || !lease.is_live(Utc::now(), skew) {
         return Ok(());
     }
     if break_lease {
@@ -457,12 +621,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(dir.path()).await;
         let ttl = Duration::from_secs(600);
-        check_restore(&repo, "ghostwire-green-0", false)
+        check_restore(&repo, "ghostwire-green-0", false, Duration::ZERO)
             .await
             .unwrap();
         let mut blue = Held::acquire(&repo, "ghostwire-0", ttl).await.unwrap();
         blue.renew(&repo).await.unwrap();
-        let refused = check_restore(&repo, "ghostwire-green-0", false)
+        let refused = check_restore(&repo, "ghostwire-green-0", false, Duration::ZERO)
             .await
             .unwrap_err()
             .to_string();
@@ -470,11 +634,13 @@ mod tests {
             refused.contains("held by ghostwire-0") && refused.contains("--break-lease"),
             "{refused}"
         );
-        check_restore(&repo, "ghostwire-green-0", true)
+        check_restore(&repo, "ghostwire-green-0", true, Duration::ZERO)
             .await
             .unwrap();
         // Blue's own pod restarting may restore: it is the same instance.
-        check_restore(&repo, "ghostwire-0", false).await.unwrap();
+        check_restore(&repo, "ghostwire-0", false, Duration::ZERO)
+            .await
+            .unwrap();
         let taken = Held::acquire(&repo, "ghostwire-green-0", ttl)
             .await
             .err()
@@ -482,7 +648,7 @@ mod tests {
             .to_string();
         assert!(taken.contains("another Ghostwire instance"), "{taken}");
         blue.release(&repo, Some("final-id")).await.unwrap();
-        check_restore(&repo, "ghostwire-green-0", false)
+        check_restore(&repo, "ghostwire-green-0", false, Duration::ZERO)
             .await
             .unwrap();
         Held::acquire(&repo, "ghostwire-green-0", ttl)
@@ -498,14 +664,65 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        check_restore(&repo, "ghostwire-green-0", false)
+        // Within the clock-skew allowance an expired lease still keeps others out.
+        let skew = Duration::from_secs(60);
+        check_restore(&repo, "ghostwire-green-0", false, skew)
+            .await
+            .unwrap_err();
+        let busy = Held::try_acquire(&repo, "ghostwire-green-0", Duration::from_secs(600), skew);
+        assert!(matches!(busy.await.unwrap(), Attempt::Busy(_)));
+        check_restore(&repo, "ghostwire-green-0", false, Duration::ZERO)
             .await
             .unwrap();
-        let _green = Held::acquire(&repo, "ghostwire-green-0", Duration::from_secs(600))
+        let green = Held::try_acquire(
+            &repo,
+            "ghostwire-green-0",
+            Duration::from_secs(600),
+            Duration::ZERO,
+        );
+        assert!(matches!(green.await.unwrap(), Attempt::Taken { .. }));
+        let err = blue.renew(&repo).await.unwrap_err();
+        assert!(matches!(err, Renewal::Lost(_)), "{err}");
+        assert!(
+            err.to_string().contains("another instance wrote it"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_nobody_took_is_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let mut blue = Held::acquire(&repo, "ghostwire-0", Duration::from_millis(1))
             .await
             .unwrap();
-        let err = format!("{:#}", blue.renew(&repo).await.unwrap_err());
-        assert!(err.contains("someone else took it over"), "{err}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        blue.renew(&repo).await.unwrap();
+        blue.release(&repo, Some("final-id")).await.unwrap();
+    }
+
+    #[test]
+    fn the_owner_is_cluster_namespace_and_pod() {
+        let identity = |owner: Option<&str>, cluster: Option<&str>, namespace: Option<&str>| {
+            Identity {
+                owner: owner.map(str::to_string),
+                cluster: cluster.map(str::to_string),
+                namespace: namespace.map(str::to_string),
+                pod: Some("ghostwire-0".into()),
+            }
+            .owner()
+        };
+        assert_eq!(
+            identity(None, Some("eu-1"), Some("ghostwire")).unwrap(),
+            "eu-1/ghostwire/ghostwire-0"
+        );
+        assert_eq!(identity(Some("mine"), None, None).unwrap(), "mine");
+        let err = identity(None, None, Some("ghostwire"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GWB_CLUSTER_ID"), "{err}");
+        let err = identity(None, Some("eu-1"), None).unwrap_err().to_string();
+        assert!(err.contains("GWB_POD_NAMESPACE"), "{err}");
     }
 
     #[tokio::test]
@@ -515,7 +732,7 @@ mod tests {
         repo.put(&Object::Lease, Bytes::from_static(b"\x00not json"))
             .await
             .unwrap();
-        let refused = check_restore(&repo, "ghostwire-green-0", false)
+        let refused = check_restore(&repo, "ghostwire-green-0", false, Duration::ZERO)
             .await
             .unwrap_err()
             .to_string();
@@ -523,14 +740,14 @@ mod tests {
             refused.contains("lease.json is not a lease") && refused.contains("--break-lease"),
             "{refused}"
         );
-        check_restore(&repo, "ghostwire-green-0", true)
+        check_restore(&repo, "ghostwire-green-0", true, Duration::ZERO)
             .await
             .unwrap();
         // The new instance's sidecar takes the lease over, and it reads as a lease again.
         let green = Held::acquire(&repo, "ghostwire-green-0", Duration::from_secs(600))
             .await
             .unwrap();
-        let refused = check_restore(&repo, "ghostwire-blue-0", false)
+        let refused = check_restore(&repo, "ghostwire-blue-0", false, Duration::ZERO)
             .await
             .unwrap_err()
             .to_string();

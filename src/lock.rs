@@ -60,7 +60,7 @@ struct Here {
 impl Here {
     fn current() -> Self {
         Self {
-            host: crate::lease::default_owner(),
+            host: crate::lease::host_name(),
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .ok()
                 .map(|id| id.trim().to_string())

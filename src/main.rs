@@ -21,8 +21,10 @@ use ghostwire_backup::commands::{
     verify::VerifyOptions,
 };
 use ghostwire_backup::exit::{self, Exit};
+use ghostwire_backup::renewal::Terms;
 use ghostwire_backup::repo::{self, Keys, Repository, Selector};
 use ghostwire_backup::retention::Policy;
+use ghostwire_backup::scheduled::Timing;
 use ghostwire_backup::signing::{Signer, Verifier};
 use ghostwire_backup::store::s3::{ObjectLock, S3Options};
 use ghostwire_backup::{lease, priority, progress, schedule};
@@ -149,7 +151,7 @@ enum Command {
     #[command(
         after_long_help = "Examples:\n  GWB_REPO=s3://bucket/ghostwire GWB_RECIPIENTS=age1… ghostwire-backup run --schedule '@hourly' --final-deadline 90\n"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Forget snapshots a retention policy does not keep, and delete their objects.
     #[command(
         after_long_help = "Examples:\n  ghostwire-backup prune --keep-daily 14 --keep-weekly 8 --dry-run   # show the table first\n  ghostwire-backup prune --keep-daily 14 --keep-weekly 8\n"
@@ -253,9 +255,12 @@ struct RunArgs {
     /// Address for /metrics, /healthz, /readyz, /startupz and /leasez.
     #[arg(long, env = "GWB_LISTEN", default_value = "0.0.0.0:9464")]
     listen: std::net::SocketAddr,
-    /// This instance's name for the repository lease (default: the pod name, HOSTNAME).
-    #[arg(long, env = "GWB_LEASE_OWNER")]
-    lease_owner: Option<String>,
+    #[command(flatten)]
+    lease: LeaseIdentityArgs,
+    /// The pod's ServiceAccount directory (token, ca.crt): the sidecar deletes its own pod
+    /// through the Kubernetes API when another instance took the lease over.
+    #[arg(long, env = "GWB_KUBE_SERVICEACCOUNT_DIR", default_value = ghostwire_backup::kube::SERVICE_ACCOUNT_DIR)]
+    kube_serviceaccount_dir: PathBuf,
     /// Lifetime of the lease; it is renewed every third of it.
     #[arg(long, env = "GWB_LEASE_TTL", default_value = "10m", value_parser = parse_seconds)]
     lease_ttl: Duration,
@@ -269,6 +274,43 @@ struct RunArgs {
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "GWB_FINAL_DEADLINE", default_value = "90", value_parser = parse_seconds)]
     final_deadline: Duration,
+}
+
+/// Who this instance is for the repository's lease, and how far clocks may differ.
+#[derive(Args)]
+struct LeaseIdentityArgs {
+    /// This instance's name for the repository lease, used as it is (default:
+    /// <cluster>/<namespace>/<pod> from the three settings below; outside Kubernetes, the
+    /// host name).
+    #[arg(long, env = "GWB_LEASE_OWNER")]
+    lease_owner: Option<String>,
+    /// This cluster's id, unique among the clusters that share the repository (a DR
+    /// cluster must differ): part of the lease owner.
+    #[arg(long, env = "GWB_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// The pod's namespace (the downward API's metadata.namespace): part of the lease owner.
+    #[arg(long, env = "GWB_POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// The pod's name (the downward API's metadata.name): part of the lease owner.
+    #[arg(long, env = "GWB_POD_NAME")]
+    pod_name: Option<String>,
+    /// How far another instance's clock may be behind this one's: its lease is honoured
+    /// until it expired by this much.
+    #[arg(long, env = "GWB_LEASE_CLOCK_SKEW", default_value = "60s", value_parser = parse_seconds)]
+    lease_clock_skew: Duration,
+}
+
+impl LeaseIdentityArgs {
+    fn owner(&self) -> Result<String> {
+        lease::Identity {
+            owner: self.lease_owner.clone(),
+            cluster: self.cluster_id.clone(),
+            namespace: self.pod_namespace.clone(),
+            pod: self.pod_name.clone(),
+        }
+        .owner()
+        .map_err(|err| exit::coded(Exit::Usage, format!("{err:#}")))
+    }
 }
 
 /// What the commands that read snapshots trust.
@@ -391,10 +433,14 @@ struct RestoreArgs {
     target: PathBuf,
     /// Restore into a non-empty target; entries the snapshot replaces are moved aside into
     /// .ghostwire-backup-replaced-<time>/, never deleted.
-    #[arg(long, env = "GWB_FORCE", conflicts_with = "if_empty")]
+    /// With --if-empty: bring a volume that diverged from the snapshot to it anyway (same
+    /// moving aside).
+    #[arg(long, env = "GWB_FORCE")]
     force: bool,
-    /// Do nothing (exit 0) if the target already holds data: safe as an init container on
-    /// every pod start.
+    /// The init container's restore, safe on every pod start: an empty target is restored;
+    /// one that holds data is left alone when it is this pod's own newest state (or no
+    /// sidecar ever ran), left as it is when it equals the snapshot, caught up when it
+    /// equals an older one, and refused (exit 7) when it diverged, unless --force.
     #[arg(long, env = "GWB_IF_EMPTY")]
     if_empty: bool,
     /// Bring a target that an earlier restore from this repository produced to the
@@ -412,9 +458,8 @@ struct RestoreArgs {
     /// owner when running as root, else yours).
     #[arg(long, env = "GWB_CHOWN", value_parser = parse_owner)]
     chown: Option<(u32, u32)>,
-    /// This instance's name for the repository lease (default: the pod name, HOSTNAME).
-    #[arg(long, env = "GWB_LEASE_OWNER")]
-    lease_owner: Option<String>,
+    #[command(flatten)]
+    lease: LeaseIdentityArgs,
     /// Restore although another instance's lease is live (it is gone for good).
     #[arg(long, env = "GWB_BREAK_LEASE")]
     break_lease: bool,
@@ -526,16 +571,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_logs = init_logging(cli.global.log_format);
     // Before the runtime: its threads, and the ones backups start, inherit the priority.
-    if let Command::Backup(BackupArgs {
-        low_priority: true, ..
-    })
-    | Command::Run(RunArgs {
-        backup: BackupArgs {
-            low_priority: true, ..
-        },
-        ..
-    }) = &cli.command
-    {
+    let low_priority = match &cli.command {
+        Command::Backup(args) => args.low_priority,
+        Command::Run(args) => args.backup.low_priority,
+        _ => false,
+    };
+    if low_priority {
         priority::yield_to_the_desktop();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -572,15 +613,26 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run(args) => {
+            let args = *args;
             let options = RunOptions {
-                schedule: schedule::parse(&args.schedule)?,
-                lease_owner: args.lease_owner.unwrap_or_else(lease::default_owner),
-                lease_ttl: args.lease_ttl,
-                jitter: args.jitter,
+                timing: Timing {
+                    schedule: schedule::parse(&args.schedule)?,
+                    jitter: args.jitter,
+                    backup_timeout: args.backup_timeout,
+                    final_deadline: args.final_deadline,
+                },
+                lease: Terms {
+                    owner: args.lease.owner()?,
+                    ttl: args.lease_ttl,
+                    skew: args.lease.lease_clock_skew,
+                },
+                own_pod: ghostwire_backup::kube::OwnPod::from_env(
+                    args.lease.pod_namespace.as_deref(),
+                    args.lease.pod_name.as_deref(),
+                    &args.kube_serviceaccount_dir,
+                )?,
                 listen: args.listen,
-                backup_timeout: args.backup_timeout,
                 final_snapshot: args.final_snapshot,
-                final_deadline: args.final_deadline,
             };
             let keys = args.backup.keys()?;
             let repo = (args.backup.repository)
@@ -650,7 +702,8 @@ async fn run(cli: Cli) -> Result<()> {
                     force: args.force,
                     if_empty: args.if_empty,
                     chown: args.chown,
-                    lease_owner: args.lease_owner.unwrap_or_else(lease::default_owner),
+                    lease_owner: args.lease.owner()?,
+                    lease_skew: args.lease.lease_clock_skew,
                     break_lease: args.break_lease,
                     require_snapshot: args.require_snapshot,
                     update: args.update,

@@ -40,6 +40,8 @@ pub struct Metrics {
     running: Gauge,
     lease_held: Gauge,
     handoff_missing: Gauge,
+    lease_expires: Gauge<f64, AtomicU64>,
+    lease_lost: Gauge,
     lease: Mutex<LeaseState>,
 }
 
@@ -110,6 +112,16 @@ impl Metrics {
             "1 if the lease this instance took over was not released with a final snapshot (the previous owner stopped uncleanly: its last changes are lost)",
             metrics.handoff_missing.clone(),
         );
+        registry.register(
+            "ghostwire_backup_lease_expires_timestamp_seconds",
+            "Unix time the lease, as this instance last wrote it, expires; below time() while a bucket outage keeps it from renewing (it is taken back once the bucket answers, unless another instance took it over)",
+            metrics.lease_expires.clone(),
+        );
+        registry.register(
+            "ghostwire_backup_lease_lost",
+            "1 once another instance took this instance's lease over: /leasez and /startupz answer 503 for good and the sidecar deletes its own pod; 0 otherwise",
+            metrics.lease_lost.clone(),
+        );
         metrics
     }
 
@@ -128,10 +140,24 @@ impl Metrics {
         }
     }
 
+    /// Records where this instance stands with the lease. Lost is for good: nothing
+    /// moves it back to Held or Waiting, so `/leasez` and `/startupz` never answer 200
+    /// again in this process.
     pub fn lease(&self, state: LeaseState) {
+        let mut current = self.lease.lock().expect("the lease state lock");
+        if matches!(*current, LeaseState::Lost(_)) {
+            return;
+        }
         self.lease_held
             .set(matches!(state, LeaseState::Held) as i64);
-        *self.lease.lock().expect("the lease state lock") = state;
+        self.lease_lost
+            .set(matches!(state, LeaseState::Lost(_)) as i64);
+        *current = state;
+    }
+
+    pub fn lease_expires(&self, at: chrono::DateTime<chrono::Utc>) {
+        self.lease_expires
+            .set(at.timestamp_millis() as f64 / 1000.0);
     }
 
     pub fn lease_state(&self) -> LeaseState {

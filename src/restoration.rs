@@ -47,11 +47,28 @@ pub struct Marker {
     pub agent_version: String,
     /// The restore gate's result: "ok", or "no Signal database in this snapshot".
     pub gate: String,
-    /// Restored ahead of a switch (`restore --prestage`): nothing has run on it, and a
-    /// `restore --if-empty` brings it to its snapshot instead of leaving it alone.
+    /// Restored ahead of a switch (`restore --prestage`): another `--prestage` may bring it
+    /// to a newer snapshot. At a pod start it needs no rule of its own: like any volume that
+    /// equals an older snapshot, it is caught up ([`crate::volume`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prestaged: bool,
+    /// Set by the sidecar when it took the lease, just before Signal started on the
+    /// volume: from then on the volume no longer equals `snapshot`. The final snapshot,
+    /// taken once Signal stopped, writes a new marker naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_started: Option<SignalStarted>,
 }
+
+/// Who started Signal on a volume, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalStarted {
+    pub at: chrono::DateTime<Utc>,
+    /// The lease owner of the sidecar that let it start.
+    pub owner: String,
+}
+
+/// The `gate` of a marker written after a final snapshot rather than by a restore.
+pub const FINAL_SNAPSHOT_GATE: &str = "final snapshot of this volume, taken after Signal stopped";
 
 impl Marker {
     pub fn new(snapshot: &str, gate: String) -> Self {
@@ -61,8 +78,46 @@ impl Marker {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             gate,
             prestaged: false,
+            signal_started: None,
         }
     }
+}
+
+/// The sidecar took the lease and Signal is about to start on `volume`: a volume that
+/// held a snapshot no longer equals it. A volume without a marker (a first install, or
+/// one from before markers) is left as it is: it already reads as data no snapshot
+/// records.
+pub fn record_signal_start(volume: &Path, owner: &str) -> Result<()> {
+    let State::Marked(marker) = detect(volume)? else {
+        return Ok(());
+    };
+    let started = Marker {
+        signal_started: Some(SignalStarted {
+            at: Utc::now(),
+            owner: owner.to_string(),
+        }),
+        ..marker
+    };
+    write_json(&volume.join(MARKER), &started).with_context(|| {
+        format!(
+            "cannot record on {} that Signal starts on it (its marker would still claim the \
+             volume equals snapshot {})",
+            volume.display(),
+            started.snapshot
+        )
+    })
+}
+
+/// Signal stopped and the final snapshot `id` of `volume` was committed: the volume
+/// equals it now.
+pub fn record_final_snapshot(volume: &Path, id: &str) -> Result<()> {
+    let marker = Marker::new(id, FINAL_SNAPSHOT_GATE.to_string());
+    write_json(&volume.join(MARKER), &marker).with_context(|| {
+        format!(
+            "cannot record on {} that it equals snapshot {id}",
+            volume.display()
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -40,11 +40,7 @@ SIGNAL_CONTAINER = "signal"
 # Where Kubernetes clients look for the API token; only the sidecar may have one there.
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 # The lease owner's parts (cluster/namespace/pod), from the downward API and the ConfigMap.
-# PENDING_ENV: read by the binary once the lease owner change of issue 21 lands; until the
-# binary lists them in `reference --json`, the checker accepts exactly these three.
-# TODO(lead): remove PENDING_ENV once `reference --json` lists them.
 OWNER_FIELDS = {"GWB_POD_NAME": "metadata.name", "GWB_POD_NAMESPACE": "metadata.namespace"}
-PENDING_ENV = {"GWB_POD_NAME", "GWB_POD_NAMESPACE", "GWB_CLUSTER_ID"}
 # The shutdown budget's parts, as pod annotations (deploy/components/sidecar/statefulset-patch.yaml):
 # terminationGracePeriodSeconds = signal stop + GWB_FINAL_DEADLINE + margin.
 SIGNAL_STOP_ANNOTATION = "ghostwire-backup/signal-stop-seconds"
@@ -287,7 +283,7 @@ class Checker:
                 self.fail(variant, f"{name}: resources.{'.'.join(path)} missing")
         env = env_of(c, docs)
         for k in env:
-            if k.startswith("GWB_") and k not in iface.env and k not in PENDING_ENV:
+            if k.startswith("GWB_") and k not in iface.env:
                 self.fail(variant, f"{name}: unknown env var {k} (the agent does not read it)")
         reads = iface.env_of(sub) if sub else iface.env
         for e in c.get("env", []) or []:
@@ -419,7 +415,7 @@ class Checker:
                 self.check_workload(variant, d, docs)
             if d.get("kind") == "ConfigMap":
                 for k in (d.get("data") or {}):
-                    if k.startswith("GWB_") and k not in self.interface.env and k not in PENDING_ENV:
+                    if k.startswith("GWB_") and k not in self.interface.env:
                         self.fail(variant, f"ConfigMap/{d['metadata']['name']}: unknown key {k} (the agent does not read it)")
                     if k.startswith("AWS_SECRET") or k in ("GWB_IDENTITY", "GWB_SIGNING_KEY"):
                         self.fail(variant, f"ConfigMap/{d['metadata']['name']}: secret material {k} in a ConfigMap")

@@ -2,7 +2,9 @@
 //!
 //! The target moves through the states of [`crate::restoration`]: a restore interrupted
 //! after its gate is finished, one interrupted before it is discarded, and a target with
-//! data is refused without `--force`. SIGTERM or SIGINT stop a restore within about a
+//! data is refused without `--force`. With `--if-empty` (the init container), a target that
+//! holds data is brought to the snapshot as [`crate::volume`] decides: left alone, left as it
+//! is, caught up, or refused. SIGTERM or SIGINT stop a restore within about a
 //! second, before its gate has passed: the staging directory is removed and the target is
 //! left as it was, without a marker.
 
@@ -21,6 +23,7 @@ use crate::repo::{Repository, Selector};
 use crate::restoration::{self, Next};
 pub use crate::restoration::{MARKER, Marker, READY, STAGING};
 use crate::update::FromVolume;
+use crate::volume::{self, Start};
 use crate::{keys, lease, signal_db};
 
 #[derive(Clone)]
@@ -33,6 +36,8 @@ pub struct RestoreOptions {
     pub chown: Option<(u32, u32)>,
     /// Who restores, for the lease check: the pod name unless set.
     pub lease_owner: String,
+    /// How far another instance's clock may be ahead ([`crate::lease`]).
+    pub lease_skew: std::time::Duration,
     /// Restore even though another instance's lease is live.
     pub break_lease: bool,
     /// An empty repository is an error, not a first install.
@@ -101,12 +106,33 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
         check_lease(remote, options)?;
     }
     // An update starts from a completed restore: one asked for, or a pre-staged volume
-    // (nothing ran on it yet) that is to be brought to its snapshot.
-    let restored = restoration::completed(target)?.filter(|marker| {
-        options.update || (marker.prestaged && (options.if_empty || options.prestage))
-    });
-    let if_empty = options.if_empty && restored.is_none();
-    match restoration::prepare(target, options.force || restored.is_some(), if_empty)? {
+    // that is to be brought to a newer snapshot.
+    let mut restored = restoration::completed(target)?
+        .filter(|marker| options.update || (marker.prestaged && options.prestage));
+    let (mut force, mut if_empty) = (options.force, options.if_empty);
+    if options.if_empty {
+        match volume::at_start(
+            remote,
+            target,
+            &options.snapshot,
+            &options.lease_owner,
+            options.force,
+        )? {
+            None => {}
+            Some(Start::LeftAlone(why)) => return Ok(Outcome::LeftAlone(why)),
+            Some(Start::Equal(marker)) => {
+                tracing::info!(snapshot = %marker.snapshot, "the volume already equals the snapshot: nothing to do");
+                return Ok(Outcome::UpToDate(marker));
+            }
+            Some(Start::CatchUp(marker)) => {
+                tracing::info!(from = %marker.snapshot, "the volume equals an older snapshot: catching up");
+                restored = Some(marker);
+                if_empty = false;
+            }
+            Some(Start::Replace) => (force, if_empty) = (true, false),
+        }
+    }
+    match restoration::prepare(target, force || restored.is_some(), if_empty)? {
         Next::LeftAlone(why) => return Ok(Outcome::LeftAlone(why)),
         Next::Finish(ready) => {
             tracing::warn!(snapshot = %ready.snapshot, "finishing a restore that was interrupted after its gate passed");
@@ -115,7 +141,12 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
         }
         Next::Restore => {}
     }
-    if first_start(remote, options)? {
+    if volume::first_start(
+        remote,
+        &options.snapshot,
+        options.if_empty,
+        options.require_snapshot,
+    )? {
         return Ok(Outcome::LeftAlone(
             "the repository holds no snapshot yet".into(),
         ));
@@ -216,12 +247,26 @@ fn check_lease(remote: &Remote, options: &RestoreOptions) -> Result<()> {
         remote.repo(),
         &options.lease_owner,
         options.break_lease,
+        options.lease_skew,
     ));
-    checked.with_context(|| {
-        format!(
-            "refusing to restore into {} or to let Signal start on it",
-            options.target.display()
-        )
+    checked.map_err(|err| {
+        // The one failure at pod start that is no one's mistake: say so, distinctly (exit
+        // 6), for the alert and the person reading the init container's log.
+        let unreachable = Exit::of(&err) == Exit::S3Unreachable;
+        err.context(if unreachable {
+            format!(
+                "the repository cannot be reached at pod start, so nobody can tell whether \
+                 another instance holds the lease: Signal does not start on {} until it \
+                 answers (safety over availability: docs/kubernetes.md, \"Bucket unreachable \
+                 at pod start\"); the kubelet retries this init container with back-off",
+                options.target.display()
+            )
+        } else {
+            format!(
+                "refusing to restore into {} or to let Signal start on it",
+                options.target.display()
+            )
+        })
     })
 }
 
@@ -241,35 +286,6 @@ fn refuse_without_signal(manifest: &Manifest, snapshot: &Selector) -> Result<()>
             manifest.id, manifest.id
         ),
     ))
-}
-
-/// An empty repository. With `--require-snapshot` that is an error: during disaster
-/// recovery a wrong bucket or prefix looks exactly like it, and Signal must not start on an
-/// empty profile that the sidecar would then back up as the latest state. Without it, and
-/// with `--if-empty`, it is a first install: nothing to restore, Signal may start on the
-/// empty volume. (An unreachable repository is an error, not an empty one.)
-fn first_start(remote: &Remote, options: &RestoreOptions) -> Result<bool> {
-    let asks_for_any = !matches!(options.snapshot, Selector::Id(_));
-    if !asks_for_any || !(options.if_empty || options.require_snapshot) {
-        return Ok(false);
-    }
-    if !remote.snapshots()?.is_empty() {
-        return Ok(false);
-    }
-    let location = remote.repo().location();
-    if options.require_snapshot {
-        bail!(
-            "the repository {location} holds no snapshot, and --require-snapshot \
-             (GWB_REQUIRE_SNAPSHOT) says there must be one: check the repository location \
-             (bucket, prefix, endpoint; during disaster recovery a wrong one looks exactly like \
-             this). On a first install, where there is nothing to restore yet, set \
-             GWB_REQUIRE_SNAPSHOT=false for that one start"
-        );
-    }
-    if options.if_empty {
-        tracing::warn!(repository = %location, "the repository holds no snapshot yet: nothing to restore");
-    }
-    Ok(options.if_empty)
 }
 
 /// Empty → Staged → Gated: unpacks every archive (rebuilding Signal's database from its

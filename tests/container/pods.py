@@ -623,7 +623,7 @@ def split_brain(blue):
     get to blue's Signal container."""
     log("split brain: kubelet starts blue ghostwire-0 again on its old volume while green holds the lease")
     result = blue.run("restore", must_succeed=False)
-    check(result.returncode == 7 and "held by ghostwire-green-0" in result.stderr,
+    check(result.returncode == 7 and "held by container-tests/ghostwire-green/ghostwire-green-0" in result.stderr,
           f"blue's restore init container did not refuse on green's lease:\n{result.stderr}{result.stdout}")
     log("split brain: blue's init container refused (exit 7); the kubelet would retry it, and Signal never starts")
     # Even without that init container, the sidecar's startupProbe keeps Signal from starting.

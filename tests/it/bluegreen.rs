@@ -5,70 +5,12 @@
 //! and takes the final snapshot that releases the lease. The lease is what keeps two
 //! Signals off one identity; these tests try to get a second one past it.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ghostwire_backup::commands::restore::MARKER;
 use serde_json::Value;
 
 use crate::common::*;
-
-/// How long a sidecar may take to serve or to take the lease on a loaded machine.
-const SIDECAR_WAIT: Duration = Duration::from_secs(30);
-
-/// A sidecar (`ghostwire-backup run`) for the pod `owner`, backing up `home`. Its schedule
-/// is once a year: the only snapshot it takes is the final one.
-struct Sidecar {
-    process: Spawned,
-    port: u16,
-}
-
-impl Sidecar {
-    fn start(fx: &Fixture, owner: &str, home: &std::path::Path, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut command = fx.agent();
-        command
-            .env("GWB_SOURCE", home)
-            .env("GWB_RECIPIENTS", &fx.recipient)
-            .env("GWB_STAGING_DIR", fx.root.join(format!("staging-{owner}")))
-            .env("GWB_SCHEDULE", "0 0 1 1 *")
-            .env("GWB_LISTEN", format!("127.0.0.1:{port}"))
-            .env("GWB_FINAL_DEADLINE", "60")
-            .env("GWB_LEASE_OWNER", owner);
-        for (name, value) in extra {
-            command.env(name, value);
-        }
-        let process = command.arg("run").spawn(Stdio::null(), Stdio::inherit());
-        Self { process, port }
-    }
-
-    /// The status line and body of a GET, once the daemon listens.
-    fn get(&self, path: &str) -> String {
-        wait_for(
-            &format!("the sidecar to serve {path}"),
-            SIDECAR_WAIT,
-            || http_get(self.port, path),
-        )
-    }
-
-    fn started(&self) -> bool {
-        self.get("/startupz").starts_with("HTTP/1.1 200")
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        metric(&self.get("/metrics"), name).unwrap_or_else(|| panic!("no metric {name}"))
-    }
-
-    /// SIGTERM, as the kubelet sends it after Signal stopped; waits for a clean exit.
-    fn stop(mut self) {
-        unsafe { libc::kill(self.process.id() as i32, libc::SIGTERM) };
-        let status = self.process.wait().unwrap();
-        assert!(
-            status.success(),
-            "the sidecar did not stop cleanly: {status}"
-        );
-    }
-}
 
 /// A copy of the fixture's home at `to`: another pod's volume with the same profile.
 fn copy_home(fx: &Fixture, to: &std::path::Path) {
@@ -152,7 +94,9 @@ fn green_restores_exactly_the_snapshot_blue_handed_over() {
     let restore = |volume: &std::path::Path, snapshot: &str| {
         let mut command = fx.restore(volume);
         command.args(["--snapshot", snapshot, "--require-snapshot"]);
-        command.env("GWB_LEASE_OWNER", "ghostwire-green-0");
+        command
+            .env("GWB_LEASE_OWNER", "ghostwire-green-0")
+            .env("GWB_LEASE_CLOCK_SKEW", "0s");
         command
     };
     let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
@@ -332,4 +276,90 @@ fn a_prestaged_green_catches_up_with_blues_final_snapshot_at_the_switch() {
     let before = tree(&volume, &not_backed_up);
     green_restore(&volume, &["--if-empty", "--snapshot", "handoff"]).ok();
     assert_same_tree(&tree(&volume, &not_backed_up), &before);
+}
+
+#[test]
+fn blues_old_volume_after_green_handed_off_is_brought_to_greens_final_snapshot() {
+    let fx = Fixture::new(&["--messages", "50"]);
+    let marker_of = |volume: &std::path::Path| -> Value {
+        serde_json::from_slice(&std::fs::read(volume.join(MARKER)).unwrap()).unwrap()
+    };
+    let init = |volume: &std::path::Path, owner: &str| {
+        let mut command = fx.restore(volume);
+        command
+            .args(["--if-empty", "--snapshot", "handoff"])
+            .env("GWB_LEASE_OWNER", owner);
+        command
+    };
+    // Blue runs and hands off: Signal quits (the kubelet stops it before the sidecar), the
+    // final snapshot follows, and the volume records that it equals it.
+    let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
+    blue.wait_started("blue");
+    open_and_quit(&fx.profile.db(), &fx.profile.key);
+    blue.stop();
+    let blue_final = snapshots(&fx).pop().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(marker_of(fx.home())["snapshot"], blue_final.as_str());
+    // A copy of blue's volume on which, say, a person ran Signal without the agent: data
+    // no snapshot records.
+    let tampered = fx.root.join("blue-tampered");
+    copy_home(&fx, &tampered);
+    std::fs::remove_file(tampered.join(MARKER)).unwrap();
+
+    // Green: restored from the handoff, its sidecar marks the volume before Signal starts,
+    // Signal writes, green hands off in turn.
+    let green_volume = fx.root.join("green-volume");
+    assert_eq!(init(&green_volume, "ghostwire-green-0").ok(), blue_final);
+    let green = Sidecar::start(&fx, "ghostwire-green-0", &green_volume, &[]);
+    green.wait_started("green");
+    let started = marker_of(&green_volume);
+    assert_eq!(
+        started["signal_started"]["owner"], "ghostwire-green-0",
+        "{started}"
+    );
+    let ids = fx.root.join("green-ids.txt");
+    commit_messages(&green_volume, &fx.profile.key, &ids, 20);
+    green.stop();
+    let green_final = snapshots(&fx).pop().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(green_final, blue_final);
+    assert_eq!(marker_of(&green_volume)["snapshot"], green_final.as_str());
+
+    // Blue's pod starts again on its old volume ("going back to blue"): its init container
+    // brings the volume to green's final snapshot; Signal never sees blue's old state.
+    let tampered_before = tree(&tampered, &|_| false);
+    assert_eq!(init(fx.home(), "ghostwire-0").ok(), green_final);
+    assert_eq!(marker_of(fx.home())["snapshot"], green_final.as_str());
+    let db = check_db(&fx.profile.db(), &fx.profile.key, Some(&ids));
+    assert_eq!(db["integrity"], "ok", "{db}");
+    assert_eq!(
+        db["missingCount"], 0,
+        "blue's volume lacks what green wrote: {db}"
+    );
+    // Started again, it is left as it is: it equals the handoff now.
+    assert_eq!(init(fx.home(), "ghostwire-0").ok(), green_final);
+
+    // A volume that diverged is refused, untouched, unless forced.
+    init(&tampered, "ghostwire-0").fails_with_code(
+        7,
+        &[
+            "cannot be brought to snapshot",
+            "no snapshot records",
+            "--force",
+        ],
+    );
+    assert_eq!(tree(&tampered, &|_| false), tampered_before);
+    let mut forced = init(&tampered, "ghostwire-0");
+    forced.arg("--force");
+    assert_eq!(forced.ok(), green_final);
+    let db = check_db(
+        &tampered.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ids),
+    );
+    assert_eq!(db["missingCount"], 0, "{db}");
 }

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ghostwire_backup::lease::{Held, check_restore};
+use ghostwire_backup::lease::{Held, NoConditionalWrites, check_conditional_writes, check_restore};
 use ghostwire_backup::store::{Retention, StoreError};
 
+use crate::common::faults::FaultProxy;
 use crate::common::{S3Server, open_in_process};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,7 +39,7 @@ async fn s3_conditional_writes_fence_a_second_writer() {
     let mut blue = Held::acquire(&repo, "ghostwire-0", Duration::from_secs(600))
         .await
         .unwrap();
-    let refused = check_restore(&repo, "ghostwire-green-0", false)
+    let refused = check_restore(&repo, "ghostwire-green-0", false, Duration::ZERO)
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("held by ghostwire-0"));
@@ -58,4 +59,23 @@ async fn s3_conditional_writes_fence_a_second_writer() {
         blue.renew(&repo).await.is_err(),
         "a renewal over a changed lease must fail"
     );
+}
+
+/// A server that ignores conditional writes (here: moto behind a proxy that drops the
+/// If-Match and If-None-Match headers, as a store without the feature would) would make
+/// the lease last-writer-wins: the start-up probe finds out, and `run` refuses to go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_ignores_conditional_writes_is_refused_before_the_lease() {
+    let server = S3Server::with_bucket("nocas");
+    let proxy = FaultProxy::start(&server, 31);
+    let direct = open_in_process("s3://nocas/ghostwire", &server.endpoint, 2).await;
+    check_conditional_writes(&direct).await.unwrap();
+    proxy.drop_request_headers(&["if-match", "if-none-match"]);
+    let ignoring = open_in_process("s3://nocas/ghostwire", &proxy.endpoint, 2).await;
+    let err = check_conditional_writes(&ignoring).await.unwrap_err();
+    assert!(err.is::<NoConditionalWrites>(), "{err:#}");
+    assert!(err.to_string().contains("ignores If-None-Match"), "{err:#}");
+    // The probe leaves nothing behind (its object is deleted; it is never a lock).
+    let keys = direct.store().list("locks/").await.unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
 }

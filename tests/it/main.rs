@@ -29,6 +29,7 @@ mod host_trust;
 mod hostile;
 mod incremental;
 mod lease_faults;
+mod lease_loss;
 mod lease_s3;
 mod locks;
 mod newcomer;

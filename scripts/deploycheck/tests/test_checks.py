@@ -21,6 +21,9 @@ def flag(long, env, default=None, takes_value=True):
 # The backup side signs; the commands that read snapshots take the verify key.
 SIGNS = [flag("--signing-key", "GWB_SIGNING_KEY_FILE")]
 TRUSTS = [flag("--verify-key", "GWB_VERIFY_KEY"), flag("--allow-unsigned", "GWB_ALLOW_UNSIGNED", "false", False)]
+# The lease owner's parts: run and restore take them.
+OWNER = [flag("--cluster-id", "GWB_CLUSTER_ID"), flag("--pod-namespace", "GWB_POD_NAMESPACE"),
+         flag("--pod-name", "GWB_POD_NAME")]
 
 REFERENCE = {
     "binary": "ghostwire-backup",
@@ -33,11 +36,11 @@ REFERENCE = {
             flag("--snapshot", "GWB_SNAPSHOT", "latest"), flag("--identity", "GWB_IDENTITY_FILE"),
             flag("--target", "GWB_TARGET"), flag("--if-empty", "GWB_IF_EMPTY", "false", False),
             flag("--prestage", None, "false", False),
-            flag("--require-snapshot", "GWB_REQUIRE_SNAPSHOT", "false", False), *TRUSTS]},
+            flag("--require-snapshot", "GWB_REQUIRE_SNAPSHOT", "false", False), *TRUSTS, *OWNER]},
         {"name": "run", "about": "", "args": [
             flag("--staging-dir", "GWB_STAGING_DIR"), flag("--listen", "GWB_LISTEN", "0.0.0.0:9464"),
             flag("--final-snapshot", "GWB_FINAL_SNAPSHOT", "true"),
-            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90"), *SIGNS]},
+            flag("--final-deadline", "GWB_FINAL_DEADLINE", "90"), *SIGNS, *OWNER]},
         {"name": "prune", "about": "", "args": [flag("--keep-daily", "GWB_KEEP_DAILY", "0"), *TRUSTS]},
     ],
     "metrics": [
@@ -75,8 +78,6 @@ def agent(name, args, env=(), mounts=()):
 SIGNING_MOUNT = {"name": "signing", "mountPath": "/signing", "readOnly": True}
 SIGNING_VOLUME = {"name": "signing", "secret": {"secretName": "ghostwire-backup-signing", "defaultMode": 0o440}}
 # The lease owner's parts from the downward API (GWB_CLUSTER_ID comes from the ConfigMap).
-# The stand-in interface does not list them: the checker accepts exactly these until the
-# binary does (checks.PENDING_ENV).
 LEASE_OWNER = [{"name": "GWB_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                {"name": "GWB_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -723,7 +724,7 @@ class InterfaceTest(unittest.TestCase):
         iface = Interface(REFERENCE)
         self.assertEqual(iface.env_of("restore"),
                          {"GWB_REPO", "GWB_S3_ENDPOINT", "GWB_LOG", "GWB_SNAPSHOT", "GWB_IDENTITY_FILE", "GWB_TARGET", "GWB_IF_EMPTY", "GWB_REQUIRE_SNAPSHOT",
-                          "GWB_VERIFY_KEY", "GWB_ALLOW_UNSIGNED"})
+                          "GWB_VERIFY_KEY", "GWB_ALLOW_UNSIGNED", "GWB_CLUSTER_ID", "GWB_POD_NAMESPACE", "GWB_POD_NAME"})
         self.assertEqual(iface.commands_with("--signing-key"), {"backup", "run"})
         self.assertEqual(iface.default("run", "--listen"), "0.0.0.0:9464")
         self.assertIn("ghostwire_backup_failures_total", iface.metric_series)

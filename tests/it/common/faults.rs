@@ -66,6 +66,9 @@ struct Config {
     rng: StdRng,
     /// Faults for the next requests that match, before any random one.
     forced: VecDeque<(Match, Fault)>,
+    /// Request headers (lower case) removed before a request reaches the server: a server
+    /// that ignores them.
+    dropped_headers: Vec<String>,
 }
 
 /// What the proxy saw and did.
@@ -117,6 +120,7 @@ impl FaultProxy {
                 stall: Duration::from_secs(2),
                 rng: StdRng::seed_from_u64(seed),
                 forced: VecDeque::new(),
+                dropped_headers: Vec::new(),
             }),
             stats: Mutex::new(Stats::default()),
         });
@@ -151,6 +155,13 @@ impl FaultProxy {
         let mut config = self.shared.config.lock().unwrap();
         config.rate = rate;
         config.kinds = kinds.to_vec();
+    }
+
+    /// Removes the request headers `names` (any case) before requests reach the server,
+    /// which then behaves as a server that does not know them (e.g. `if-match`).
+    pub fn drop_request_headers(&self, names: &[&str]) {
+        self.shared.config.lock().unwrap().dropped_headers =
+            names.iter().map(|n| n.to_ascii_lowercase()).collect();
     }
 
     /// How long `Stall` holds an answer and `StallBody` holds a body.
@@ -210,9 +221,13 @@ fn serve(client: TcpStream, shared: &Shared) {
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
     let mut reader = BufReader::new(client.try_clone().unwrap());
-    let Some(request) = read_request(&mut reader) else {
+    let Some(mut request) = read_request(&mut reader) else {
         return;
     };
+    let dropped = shared.config.lock().unwrap().dropped_headers.clone();
+    if !dropped.is_empty() {
+        request.raw = without_headers(&request.raw, &dropped);
+    }
     let mut client = client;
     let (fault, stall) = decide(shared, &request);
     match fault {
@@ -251,6 +266,26 @@ fn serve(client: TcpStream, shared: &Shared) {
             reset(client);
         }
     }
+}
+
+/// The request without the header lines named in `dropped` (lower case).
+fn without_headers(raw: &[u8], dropped: &[String]) -> Vec<u8> {
+    let end = head_length(raw);
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut kept = String::new();
+    for line in head.split_inclusive("\r\n") {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !dropped.contains(&name) {
+            kept.push_str(line);
+        }
+    }
+    let mut out = kept.into_bytes();
+    out.extend_from_slice(&raw[end..]);
+    out
 }
 
 /// Picks the fault for this request: a forced one that matches, else a random draw.

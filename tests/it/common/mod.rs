@@ -7,11 +7,14 @@
 pub mod command;
 pub mod faults;
 pub mod fixture;
+pub mod kube;
 pub mod plain;
+pub mod sidecar;
 
 pub use command::{Ran, Spawned, Stderr, TestCommand};
 pub use fixture::{Fixture, Tar, backup_command, restore_command, tar_header};
 pub use plain::Plain;
+pub use sidecar::{SIDECAR_WAIT, Sidecar};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
