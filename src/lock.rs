@@ -143,7 +143,7 @@ fn process(pid: u32) -> Holder {
 enum Found {
     Record(Record),
     /// Not a lock record this version can read: damaged, or not ours.
-    Unreadable(serde_json::Error),
+    Unreadable(String),
 }
 
 /// Reads a lock; `None` if it was removed meanwhile.
@@ -151,15 +151,18 @@ async fn read(repo: &Repository, lock: &Object) -> Result<Option<Found>> {
     let bytes = match repo.read(lock).await {
         Ok(bytes) => bytes,
         Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(err @ StoreError::TooLarge { .. }) => {
+            return Ok(Some(Found::Unreadable(err.to_string())));
+        }
         Err(err) => return Err(err).with_context(|| format!("cannot read the lock {lock}")),
     };
     Ok(Some(match serde_json::from_slice(&bytes) {
         Ok(record) => Found::Record(record),
-        Err(err) => Found::Unreadable(err),
+        Err(err) => Found::Unreadable(err.to_string()),
     }))
 }
 
-fn unreadable(lock: &Object, err: &serde_json::Error) -> anyhow::Error {
+fn unreadable(lock: &Object, err: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "the repository lock {lock} cannot be read ({err}), so nobody can tell whose it is or \
          whether it is still held; if no backup or prune is running on this repository, \

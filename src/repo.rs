@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
 
 use crate::exit::{self, Exit};
 use crate::layout::Object;
@@ -201,11 +200,19 @@ impl Repository {
         self.store.get(&object.key(), offset).await
     }
 
-    /// Reads a small object whole.
-    pub async fn read(&self, object: &Object) -> store::Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        self.get(object, 0).await?.read_to_end(&mut bytes).await?;
-        Ok(bytes)
+    /// Reads a small object whole, never past its kind's bound ([`Object::max_size`]):
+    /// fails with [`StoreError::TooLarge`] for a larger one. The archive and the index
+    /// are read with the size their signed manifest states ([`Repository::read_bounded`]).
+    pub async fn read(&self, object: &Object) -> store::Result<Bytes> {
+        let Some(limit) = object.max_size() else {
+            return Err(anyhow!("{object} has no size bound of its own: read it with one").into());
+        };
+        self.read_bounded(object, limit).await
+    }
+
+    /// Reads an object whole, never past `limit` bytes ([`Store::get_bounded`]).
+    pub async fn read_bounded(&self, object: &Object, limit: u64) -> store::Result<Bytes> {
+        self.store.get_bounded(&object.key(), limit).await
     }
 
     pub async fn delete(&self, object: &Object) -> store::Result<()> {
@@ -317,8 +324,11 @@ impl Repository {
     /// there is no such manifest, `Some(Err(why))` if it is refused.
     async fn verified(&self, id: &str) -> Result<Option<std::result::Result<Manifest, String>>> {
         let object = Object::Manifest(id.to_string());
+        // An object over its bound is refused like any other junk, not an error: it
+        // would otherwise stop every listing.
         let bytes = match self.read(&object).await {
             Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(err @ StoreError::TooLarge { .. }) => return Ok(Some(Err(err.to_string()))),
             other => other?,
         };
         let verifier = self.verifier()?;
@@ -327,6 +337,7 @@ impl Repository {
                 verifier.verify(&object.key(), &bytes, &String::from_utf8_lossy(&signature))
             }
             Err(StoreError::NotFound(_)) => Err(Rejected::Unsigned),
+            Err(err @ StoreError::TooLarge { .. }) => return Ok(Some(Err(err.to_string()))),
             Err(err) => return Err(err.into()),
         };
         match signed {
