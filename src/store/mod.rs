@@ -127,9 +127,17 @@ pub trait Store: Send + Sync {
 
     /// Removes what writes that died (SIGKILL, a lost node) left behind, once older than
     /// `older_than` (so no live write loses its file), and says how many. Backends whose
-    /// dead writes leave nothing listable have nothing to do: on S3 an interrupted
-    /// multipart upload is the bucket lifecycle rule's (`AbortIncompleteMultipartUpload`).
+    /// dead writes leave no objects have nothing to do: S3's open multipart uploads are
+    /// [`Store::abort_open_uploads`]'s.
     async fn remove_interrupted(&self, _older_than: std::time::Duration) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// Aborts every upload still open under the repository (S3 multipart uploads), and
+    /// says how many: the parts a backup killed mid-upload left, billed until aborted.
+    /// Only for a caller that holds the repository alone (prune's exclusive lock), when no
+    /// live writer can own one. Backends without such uploads have nothing to do.
+    async fn abort_open_uploads(&self) -> Result<u64> {
         Ok(0)
     }
 }

@@ -194,6 +194,47 @@ impl S3Store {
         ))
     }
 
+    /// The multipart uploads open under the repository's prefix: (object key, upload id).
+    async fn open_uploads(&self) -> Result<Vec<(String, String)>> {
+        let prefix = match self.prefix.is_empty() {
+            true => String::new(),
+            false => format!("{}/", self.prefix),
+        };
+        let mut found = Vec::new();
+        let (mut key_marker, mut upload_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error(e, "list multipart uploads", &self.bucket))
+                .with_context(|| {
+                    format!(
+                        "cannot list the open uploads under s3://{}/{prefix}",
+                        self.bucket
+                    )
+                })?;
+            for upload in page.uploads() {
+                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+                    found.push((key.to_string(), id.to_string()));
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(found);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            upload_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && upload_marker.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
     fn describe(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
@@ -671,6 +712,34 @@ impl Store for S3Store {
                 .context(format!("cannot write {}", self.describe(&object)))
                 .into()),
         }
+    }
+
+    async fn abort_open_uploads(&self) -> Result<u64> {
+        let mut aborted = 0;
+        for (object, upload_id) in self.open_uploads().await? {
+            let abort = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&object)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            match abort {
+                Ok(_) => aborted += 1,
+                // Completed or aborted since the listing.
+                Err(err) if err.code() == Some("NoSuchUpload") => {}
+                Err(err) => {
+                    return Err(sdk_error(err, "abort multipart upload", &self.bucket)
+                        .context(format!(
+                            "cannot abort the upload of {}",
+                            self.describe(&object)
+                        ))
+                        .into());
+                }
+            }
+        }
+        Ok(aborted)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -276,3 +276,42 @@ fn what_the_agent_creates_under_umask_000_is_not_writable_by_others() {
         assert_eq!(created[&keys.join(key)], 0o600, "{key}");
     }
 }
+
+#[test]
+fn prune_aborts_the_uploads_of_backups_killed_mid_upload() {
+    const KILLED: usize = 3;
+    let server = S3Server::with_bucket("ghostwire");
+    let repo = "s3://ghostwire/killed";
+    let fx = Fixture::new(&[]);
+    let mut attempts = 0;
+    while server.open_uploads("ghostwire", "killed/") < KILLED {
+        attempts += 1;
+        assert!(
+            attempts <= 3 * KILLED,
+            "no backup was caught mid-upload in {attempts} tries"
+        );
+        let before = server.open_uploads("ghostwire", "killed/");
+        let mut backup = fx
+            .backup_with(server.agent(repo))
+            .args(["--part-size-mib", "5"])
+            .spawn(std::process::Stdio::null(), std::process::Stdio::null());
+        // The event: its multipart upload is open on the server. A backup that finished
+        // first is simply another try (each killed one leaves no snapshot, so the next is
+        // a full one again).
+        while server.open_uploads("ghostwire", "killed/") == before {
+            if backup.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = backup.kill();
+        backup.wait().unwrap();
+    }
+    let report = server.agent(repo).args(["prune", "--keep-last", "5"]).ok();
+    let open = server.open_uploads("ghostwire", "killed/");
+    assert_eq!(open, 0, "prune left {open} uploads open: {report}");
+    assert!(
+        report.contains(&format!("aborted {KILLED} interrupted uploads")),
+        "{report}"
+    );
+}
