@@ -50,6 +50,13 @@ pub struct Refused {
     pub why: String,
 }
 
+/// A manifest object checked: the snapshot, or why the verify key does not accept it.
+type Verdict = std::result::Result<Manifest, String>;
+
+/// Manifests (each with its signature) read at once by a listing: enough to hide S3's
+/// round trips, few enough for a small bucket server.
+const PARALLEL_READS: usize = 16;
+
 /// Every manifest object of a repository, sorted by id: the snapshots and the refused.
 pub struct Listing {
     pub snapshots: Vec<Manifest>,
@@ -308,9 +315,8 @@ impl Repository {
             snapshots: Vec::new(),
             refused: Vec::new(),
         };
-        for object in self.list(Object::Manifest).await? {
-            let id = object.id().expect("a manifest has an id").to_string();
-            match self.verified(&id).await? {
+        for (id, verdict) in self.verify_all(self.manifest_ids().await?).await? {
+            match verdict {
                 None => {} // forgotten meanwhile
                 Some(Ok(manifest)) => listing.snapshots.push(manifest),
                 Some(Err(why)) => listing.refused.push(Refused { id, why }),
@@ -320,9 +326,31 @@ impl Repository {
         Ok(listing)
     }
 
+    /// [`Repository::verified`] for each of `ids`, [`PARALLEL_READS`] at a time, sorted by
+    /// id. Each costs two GETs (the manifest and its signature): one after the other, a
+    /// thousand snapshots were two thousand round trips before `run` could serve.
+    async fn verify_all(&self, ids: Vec<String>) -> Result<Vec<(String, Option<Verdict>)>> {
+        let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS));
+        let mut reads = tokio::task::JoinSet::new();
+        for id in ids {
+            let (repo, slots) = (self.clone(), slots.clone());
+            reads.spawn(async move {
+                let _slot = slots.acquire_owned().await?;
+                let verdict = repo.verified(&id).await?;
+                Ok::<_, anyhow::Error>((id, verdict))
+            });
+        }
+        let mut verdicts = Vec::new();
+        while let Some(done) = reads.join_next().await {
+            verdicts.push(done??);
+        }
+        verdicts.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(verdicts)
+    }
+
     /// Snapshot `id`'s manifest if the verify key accepts it under that name: `None` if
     /// there is no such manifest, `Some(Err(why))` if it is refused.
-    async fn verified(&self, id: &str) -> Result<Option<std::result::Result<Manifest, String>>> {
+    async fn verified(&self, id: &str) -> Result<Option<Verdict>> {
         let object = Object::Manifest(id.to_string());
         // An object over its bound is refused like any other junk, not an error: it
         // would otherwise stop every listing.
