@@ -50,8 +50,9 @@ pub struct Refused {
     pub why: String,
 }
 
-/// A manifest object checked: the snapshot, or why the verify key does not accept it.
-type Verdict = std::result::Result<Manifest, String>;
+/// A manifest object checked: the snapshot and whether it is signed (`false`: accepted
+/// only through `--allow-unsigned`), or why the verify key does not accept it.
+type Verdict = std::result::Result<(Manifest, bool), String>;
 
 /// Manifests (each with its signature) read at once by a listing: enough to hide S3's
 /// round trips, few enough for a small bucket server.
@@ -61,6 +62,8 @@ const PARALLEL_READS: usize = 16;
 pub struct Listing {
     pub snapshots: Vec<Manifest>,
     pub refused: Vec<Refused>,
+    /// The ids of the snapshots accepted without a signature (`--allow-unsigned`).
+    pub unsigned: std::collections::BTreeSet<String>,
 }
 
 /// Which snapshot to use.
@@ -314,11 +317,17 @@ impl Repository {
         let mut listing = Listing {
             snapshots: Vec::new(),
             refused: Vec::new(),
+            unsigned: Default::default(),
         };
         for (id, verdict) in self.verify_all(self.manifest_ids().await?).await? {
             match verdict {
                 None => {} // forgotten meanwhile
-                Some(Ok(manifest)) => listing.snapshots.push(manifest),
+                Some(Ok((manifest, signed))) => {
+                    if !signed {
+                        listing.unsigned.insert(id);
+                    }
+                    listing.snapshots.push(manifest);
+                }
                 Some(Err(why)) => listing.refused.push(Refused { id, why }),
             }
         }
@@ -368,16 +377,17 @@ impl Repository {
             Err(err @ StoreError::TooLarge { .. }) => return Ok(Some(Err(err.to_string()))),
             Err(err) => return Err(err.into()),
         };
-        match signed {
-            Ok(()) => {}
+        let signed = match signed {
+            Ok(()) => true,
             Err(Rejected::Unsigned) if self.keys.allow_unsigned => {
                 tracing::warn!(
                     snapshot = id,
                     "--allow-unsigned: accepting a snapshot with no signature"
                 );
+                false
             }
             Err(rejected) => return Ok(Some(Err(rejected.to_string()))),
-        }
+        };
         let manifest = match Manifest::from_json(&bytes, &object.key()) {
             Ok(manifest) => manifest,
             Err(err @ ManifestError::NewerFormat { .. }) => return Err(err.into()),
@@ -386,7 +396,7 @@ impl Repository {
         Ok(Some(
             manifest
                 .check_names(id, chrono::Utc::now())
-                .map(|()| manifest),
+                .map(|()| (manifest, signed)),
         ))
     }
 
@@ -414,8 +424,13 @@ impl Repository {
         let Listing {
             snapshots: mut all,
             refused,
+            unsigned,
         } = self.listing().await?;
         refuse_if_newer(&refused, all.last())?;
+        let oldest_signed = all
+            .iter()
+            .find(|m| !unsigned.contains(&m.id))
+            .map(|m| m.id.clone());
         let pick = match selector {
             Selector::Final => match all.iter().rposition(|m| m.r#final) {
                 Some(index) => Some(all.swap_remove(index)),
@@ -426,12 +441,14 @@ impl Repository {
             },
             _ => all.pop(),
         };
-        pick.ok_or_else(|| {
+        let pick = pick.ok_or_else(|| {
             exit::coded(
                 Exit::SnapshotNotFound,
                 format!("the repository {} holds no snapshot yet", self.location),
             )
-        })
+        })?;
+        refuse_unsigned_after_signed(&pick, &unsigned, oldest_signed.as_deref())?;
+        Ok(pick)
     }
 
     /// The id of the one manifest object named `wanted`, or whose id starts with it or
@@ -475,7 +492,7 @@ impl Repository {
     async fn manifest(&self, id: &str) -> Result<Option<Manifest>> {
         match self.verified(id).await? {
             None => Ok(None),
-            Some(Ok(manifest)) => Ok(Some(manifest)),
+            Some(Ok((manifest, _))) => Ok(Some(manifest)),
             Some(Err(why)) => Err(exit::coded(
                 Exit::Untrusted,
                 format!(
@@ -485,6 +502,32 @@ impl Repository {
                 ),
             )),
         }
+    }
+}
+
+/// With `--allow-unsigned`, `latest` and `final` never choose an unsigned snapshot newer
+/// than a signed one: once the backup side signs, an unsigned snapshot after that is not
+/// its (a bucket writer's, most likely). Refused with exit 9, naming it; `--snapshot ID`
+/// is a person's choice.
+fn refuse_unsigned_after_signed(
+    pick: &Manifest,
+    unsigned: &std::collections::BTreeSet<String>,
+    oldest_signed: Option<&str>,
+) -> Result<()> {
+    match oldest_signed {
+        Some(signed) if unsigned.contains(&pick.id) && pick.id.as_str() > signed => {
+            Err(exit::coded(
+                Exit::Untrusted,
+                format!(
+                    "snapshot {} has no signature but is newer than the signed snapshot \
+                     {signed}: once the backup side signs, an unsigned snapshot is not its, \
+                     so --allow-unsigned does not choose it as latest or final. Remove it \
+                     with `ghostwire-backup forget {}` if it is junk, or pass --snapshot ID",
+                    pick.id, pick.id
+                ),
+            ))
+        }
+        _ => Ok(()), // signed, or no signed snapshot yet: a repository still migrating
     }
 }
 

@@ -29,8 +29,11 @@ pub async fn run(repo: &Repository, options: &PruneOptions) -> Result<()> {
 }
 
 async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {
-    let snapshots = repo.snapshots().await?;
-    let decisions = retention::decide(&snapshots, &options.policy);
+    let listing = repo.listing().await?;
+    for refused in &listing.refused {
+        tracing::warn!(snapshot = %refused.id, problem = %refused.why, "ignoring a snapshot manifest the verify key does not accept");
+    }
+    let decisions = retention::decide_apart(&listing.snapshots, &listing.unsigned, &options.policy);
     for decision in &decisions {
         println!(
             "{:<30} {:<6} {}",

@@ -315,3 +315,43 @@ fn prune_aborts_the_uploads_of_backups_killed_mid_upload() {
         "{report}"
     );
 }
+
+#[test]
+fn a_newer_unsigned_snapshot_neither_prunes_signed_history_nor_restores_as_latest() {
+    let (fx, first) = Fixture::backed_up(&[]);
+    let second = fx.backup().ok();
+    // A bucket writer's snapshot: the newest one, genuine-looking but with no signature.
+    let planted = format!(
+        "{}-0badcafe",
+        (chrono::Utc::now() + chrono::Duration::seconds(1)).format("%Y%m%dT%H%M%S%.3fZ")
+    );
+    let text = std::fs::read_to_string(fx.manifest_path(&second)).unwrap();
+    std::fs::write(fx.manifest_path(&planted), text.replace(&second, &planted)).unwrap();
+    std::fs::copy(fx.archive(&second), fx.archive(&planted)).unwrap();
+    let index = |id: &str| fx.repo.join(format!("indexes/{id}.json.zst.age"));
+    if index(&second).exists() {
+        std::fs::copy(index(&second), index(&planted)).unwrap();
+    }
+
+    // The migration prune docs/kubernetes.md prescribes, with the tightest policy.
+    let report = fx
+        .agent()
+        .env("GWB_ALLOW_UNSIGNED", "true")
+        .args(["prune", "--keep-last", "1"])
+        .ok();
+    for signed in [&first, &second] {
+        assert!(
+            fx.manifest_path(signed).exists(),
+            "the migration prune forgot signed snapshot {signed}: {report}"
+        );
+    }
+    let target = fx.root.join("restored");
+    let err = fx.assert_restore_fails(
+        fx.restore(&target).env("GWB_ALLOW_UNSIGNED", "true"),
+        &target,
+    );
+    assert!(
+        err.contains(&planted) && err.contains("no signature"),
+        "{err}"
+    );
+}
