@@ -73,7 +73,7 @@ const STAGING_WAIT: Duration = Duration::from_secs(30);
 const MAX_PARTS: u64 = 9_000;
 
 /// How long releasing the repository lock may take, also after a cut.
-const LOCK_RELEASE_WAIT: Duration = Duration::from_millis(500);
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// Takes one snapshot. Call from a thread of its own (see [`crate::blocking`]).
 pub fn take(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {

@@ -90,18 +90,10 @@ impl Remote {
         self.wait(self.repo.commit(manifest))
     }
 
-    /// A small object, whole.
-    pub fn read_all(&self, key: &str) -> Result<Vec<u8>> {
-        self.wait(async {
-            let mut bytes = Vec::new();
-            self.repo
-                .store()
-                .get(key, 0)
-                .await?
-                .read_to_end(&mut bytes)
-                .await?;
-            Ok(bytes)
-        })
+    /// An object whole, never more than `limit` bytes of it (the size its signed
+    /// manifest states): a larger one fails with [`StoreError::TooLarge`] unread.
+    pub fn read_bounded(&self, key: &str, limit: u64) -> Result<Bytes> {
+        self.wait(async { Ok(self.repo.store().get_bounded(key, limit).await?) })
     }
 
     /// An object as a blocking reader that stops at a cut.

@@ -22,13 +22,36 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     }
 }
 
-/// Writes a small JSON file atomically: temporary file, fsync, rename, fsync the directory.
+/// Adds group and other write to the process's umask (keeping whatever else the caller
+/// masks), first thing, before any thread exists. Called with umask 000, everything made
+/// without a mode of its own (SQLite's catalog, a directory on the way to a target) would
+/// be writable by every local user, who could then plant links for root to follow or act
+/// as a bucket writer on a local repository. What holds secrets or matters sets its own
+/// mode besides (keys 0600, staging and aside directories 0700, a local repository
+/// 0700/0600, the marker 0644).
+pub fn never_create_writable_by_others() {
+    use rustix::fs::Mode;
+    let old = rustix::process::umask(Mode::from_raw_mode(0o077));
+    rustix::process::umask(old | Mode::from_raw_mode(0o022));
+}
+
+/// Writes a small JSON file atomically: temporary file (mode 0644 whatever the umask),
+/// fsync, rename, fsync the directory.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let temp = path.with_extension("partial");
     let mut bytes = serde_json::to_vec_pretty(value)?;
     bytes.push(b'\n');
-    fs::write(&temp, &bytes)?;
-    fs::File::open(&temp)?.sync_all()?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&temp)?;
+    file.set_permissions(fs::Permissions::from_mode(0o644))?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
     fs::rename(&temp, path)?;
     sync_dir(path.parent().expect("a file in a directory"))
 }

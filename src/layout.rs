@@ -33,6 +33,12 @@ const SIGNATURES: (&str, &str) = ("snapshots/", ".json.minisig");
 const LOCKS: (&str, &str) = ("locks/", ".json");
 const LEASE: &str = "lease.json";
 
+/// Bounds of [`Object::max_size`], each far above what this tool writes (a manifest's
+/// chain list grows with `--full-every`, a few dozen bytes a snapshot).
+const MAX_MANIFEST: u64 = 1 << 20;
+const MAX_SIGNATURE: u64 = 16 << 10;
+pub const MAX_RECORD: u64 = 64 << 10;
+
 /// A directory and a file ending: how one kind of object is named.
 type Naming = (&'static str, &'static str);
 /// A variant's constructor, such as `Object::Lock`.
@@ -88,6 +94,18 @@ impl Object {
                 Retention::Retain
             }
             Object::Lock(_) | Object::Lease => Retention::Replaceable,
+        }
+    }
+
+    /// The most a small object of this kind can hold, read no further: a manifest is a
+    /// few KiB, a signature a few hundred bytes, a lock or the lease a few hundred. `None`
+    /// for the archive and the index, whose sizes the signed manifest states.
+    pub fn max_size(&self) -> Option<u64> {
+        match self {
+            Object::Manifest(_) => Some(MAX_MANIFEST),
+            Object::Signature(_) => Some(MAX_SIGNATURE),
+            Object::Lock(_) | Object::Lease => Some(MAX_RECORD),
+            Object::Archive(_) | Object::Index(_) => None,
         }
     }
 

@@ -148,7 +148,11 @@ impl Found {
 
 async fn read(repo: &Repository) -> Result<Found> {
     Ok(
-        match repo.store().get_versioned(&Object::Lease.key()).await? {
+        match repo
+            .store()
+            .get_versioned(&Object::Lease.key(), crate::layout::MAX_RECORD)
+            .await?
+        {
             None => Found::Absent,
             Some((bytes, version)) => match serde_json::from_slice(&bytes) {
                 Ok(lease) => Found::Lease(lease, version),

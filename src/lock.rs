@@ -143,7 +143,7 @@ fn process(pid: u32) -> Holder {
 enum Found {
     Record(Record),
     /// Not a lock record this version can read: damaged, or not ours.
-    Unreadable(serde_json::Error),
+    Unreadable(String),
 }
 
 /// Reads a lock; `None` if it was removed meanwhile.
@@ -151,15 +151,18 @@ async fn read(repo: &Repository, lock: &Object) -> Result<Option<Found>> {
     let bytes = match repo.read(lock).await {
         Ok(bytes) => bytes,
         Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(err @ StoreError::TooLarge { .. }) => {
+            return Ok(Some(Found::Unreadable(err.to_string())));
+        }
         Err(err) => return Err(err).with_context(|| format!("cannot read the lock {lock}")),
     };
     Ok(Some(match serde_json::from_slice(&bytes) {
         Ok(record) => Found::Record(record),
-        Err(err) => Found::Unreadable(err),
+        Err(err) => Found::Unreadable(err.to_string()),
     }))
 }
 
-fn unreadable(lock: &Object, err: &serde_json::Error) -> anyhow::Error {
+fn unreadable(lock: &Object, err: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "the repository lock {lock} cannot be read ({err}), so nobody can tell whose it is or \
          whether it is still held; if no backup or prune is running on this repository, \
@@ -167,21 +170,44 @@ fn unreadable(lock: &Object, err: &serde_json::Error) -> anyhow::Error {
     )
 }
 
+/// How long a lock holds unless renewed, and how often its holder renews it while it
+/// works: a backup or a prune of any length keeps its exclusion, a crashed holder's lock
+/// holds nothing after [`LIFETIME`], and a live one survives two failed renewals in a row.
+const LIFETIME: Duration = Duration::from_secs(30 * 60);
+const RENEW_EVERY: Duration = Duration::from_secs(10 * 60);
+
 pub struct Lock {
     repo: Repository,
     object: Object,
+    /// The task that renews the lock; stopped on release, and on drop (a release given
+    /// up on must not leave a lock renewed forever).
+    renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+    }
 }
 
 impl Lock {
-    /// Takes a lock, or fails naming who holds a conflicting one.
+    /// Takes a lock, or fails naming who holds a conflicting one. The lock renews itself
+    /// every [`RENEW_EVERY`] until it is released or dropped.
     pub async fn acquire(repo: &Repository, mode: Mode, purpose: &str) -> Result<Self> {
+        Self::acquire_for(repo, mode, purpose, LIFETIME, RENEW_EVERY).await
+    }
+
+    async fn acquire_for(
+        repo: &Repository,
+        mode: Mode,
+        purpose: &str,
+        lifetime: Duration,
+        renew_every: Duration,
+    ) -> Result<Self> {
         let now = Utc::now();
         let here = Here::current();
-        // Long enough for the longest run; a crash is caught sooner on the same host.
-        let ttl = match mode {
-            Mode::Shared => Duration::from_secs(6 * 3600),
-            Mode::Exclusive => Duration::from_secs(3600),
-        };
         let record = Record {
             mode,
             purpose: purpose.to_string(),
@@ -190,20 +216,28 @@ impl Lock {
             boot_id: here.boot_id.clone(),
             pid_namespace: here.pid_namespace,
             created_at: now,
-            expires_at: now + ttl,
+            expires_at: now + lifetime,
         };
         let object = Object::Lock(crate::manifest::new_snapshot_id(now));
         repo.put(&object, Bytes::from(serde_json::to_vec(&record)?))
             .await
             .context("cannot write a repository lock")?;
-        let lock = Self {
+        let mut lock = Self {
             repo: repo.clone(),
             object,
+            renewal: None,
         };
         if let Err(err) = lock.check_others(mode, now, &here).await {
             lock.release().await;
             return Err(err);
         }
+        lock.renewal = Some(tokio::spawn(renew(
+            repo.clone(),
+            lock.object.clone(),
+            record,
+            lifetime,
+            renew_every,
+        )));
         Ok(lock)
     }
 
@@ -242,9 +276,46 @@ impl Lock {
         Ok(())
     }
 
-    pub async fn release(self) {
+    pub async fn release(mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+            let _ = renewal.await; // a renewal in flight must not land after the delete
+        }
         if let Err(err) = self.repo.delete(&self.object).await {
             tracing::warn!(lock = %self.object, error = format!("{:#}", anyhow::Error::from(err)), "could not remove the repository lock; it expires by itself");
+        }
+    }
+}
+
+/// Rewrites the lock with a new expiry every `every`, until aborted. A failed renewal is
+/// a warning: the lock still holds until its expiry, and the next renewal tries again.
+async fn renew(
+    repo: Repository,
+    object: Object,
+    mut record: Record,
+    lifetime: Duration,
+    every: Duration,
+) {
+    let mut held_until = record.expires_at;
+    loop {
+        tokio::time::sleep(every).await;
+        record.expires_at = Utc::now() + lifetime;
+        let written = match serde_json::to_vec(&record) {
+            Ok(bytes) => repo.put(&object, Bytes::from(bytes)).await,
+            Err(err) => Err(anyhow::Error::from(err).into()),
+        };
+        match written {
+            Ok(()) => {
+                held_until = record.expires_at;
+                tracing::debug!(lock = %object, until = %held_until.to_rfc3339(), "repository lock renewed");
+            }
+            Err(err) => tracing::warn!(
+                lock = %object,
+                holds_until = %held_until.to_rfc3339(),
+                error = format!("{:#}", anyhow::Error::from(err)),
+                "could not renew the repository lock; trying again in {} s",
+                every.as_secs()
+            ),
         }
     }
 }
@@ -373,6 +444,53 @@ mod tests {
             }
             Err(_) => false,
         }
+    }
+
+    /// Waits until the wall clock is past `instant`: the event a renewal must outlive.
+    async fn until_past(instant: DateTime<Utc>) {
+        while Utc::now() <= instant {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lock_renewed_while_its_holder_works_keeps_prune_out_past_its_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let (lifetime, every) = (Duration::from_secs(2), Duration::from_millis(400));
+        let backup = Lock::acquire_for(&repo, Mode::Shared, "backup", lifetime, every)
+            .await
+            .unwrap();
+        until_past(Utc::now() + lifetime * 2).await;
+        let err = Lock::acquire(&repo, Mode::Exclusive, "prune")
+            .await
+            .err()
+            .expect("prune took the repository from a backup still working");
+        assert!(err.to_string().contains("locked by a backup"), "{err:#}");
+        backup.release().await;
+        Lock::acquire(&repo, Mode::Exclusive, "prune")
+            .await
+            .unwrap()
+            .release()
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lock_given_up_on_is_renewed_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let (lifetime, every) = (Duration::from_secs(1), Duration::from_millis(200));
+        let backup = Lock::acquire_for(&repo, Mode::Shared, "backup", lifetime, every)
+            .await
+            .unwrap();
+        // What a release that timed out leaves: the lock object, and no renewal.
+        drop(backup);
+        until_past(Utc::now() + lifetime + every * 2).await;
+        Lock::acquire(&repo, Mode::Exclusive, "prune")
+            .await
+            .expect("a lock no one renews expires")
+            .release()
+            .await;
     }
 
     #[tokio::test]

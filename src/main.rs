@@ -568,6 +568,7 @@ fn parse_owner(text: &str) -> Result<(u32, u32), String> {
 
 fn main() -> ExitCode {
     return_large_buffers_to_the_kernel();
+    ghostwire_backup::fsutil::never_create_writable_by_others();
     let cli = Cli::parse();
     let json_logs = init_logging(cli.global.log_format);
     // Before the runtime: its threads, and the ones backups start, inherit the priority.

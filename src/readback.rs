@@ -56,12 +56,14 @@ impl Plan {
                 entries: Vec::new(),
             });
         };
-        let sealed = remote.read_all(&record.key).with_context(|| {
-            format!(
-                "snapshot {} has a manifest but its index cannot be read",
-                manifest.id
-            )
-        })?;
+        let sealed = remote
+            .read_bounded(&record.key, record.size)
+            .with_context(|| {
+                format!(
+                    "snapshot {} has a manifest but its index cannot be read",
+                    manifest.id
+                )
+            })?;
         if sealed.len() as u64 != record.size
             || hex::encode(sha2::Sha256::digest(&sealed)) != record.sha256
         {
@@ -328,6 +330,7 @@ fn survey_archive<R: Read>(
     survey: &mut Survey,
     progress: &Progress,
 ) -> Result<()> {
+    let mut left = step.manifest.content.bytes;
     for entry in tar.entries()? {
         let mut entry = entry.map_err(archive::explain_read_error)?;
         let raw = entry.path_bytes().into_owned();
@@ -352,6 +355,9 @@ fn survey_archive<R: Read>(
             survey.files.insert(path.clone());
             progress.add_files(1);
         }
+        let len = entry.size();
+        left = crate::unpack::spend_budget(left, len, &step.manifest)?;
+        let mut entry = entry.take(len);
         if path == Path::new(profile::SIGNAL_CONFIG) {
             survey.config.clear();
             entry

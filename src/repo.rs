@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
 
 use crate::exit::{self, Exit};
 use crate::layout::Object;
@@ -51,10 +50,20 @@ pub struct Refused {
     pub why: String,
 }
 
+/// A manifest object checked: the snapshot and whether it is signed (`false`: accepted
+/// only through `--allow-unsigned`), or why the verify key does not accept it.
+type Verdict = std::result::Result<(Manifest, bool), String>;
+
+/// Manifests (each with its signature) read at once by a listing: enough to hide S3's
+/// round trips, few enough for a small bucket server.
+const PARALLEL_READS: usize = 16;
+
 /// Every manifest object of a repository, sorted by id: the snapshots and the refused.
 pub struct Listing {
     pub snapshots: Vec<Manifest>,
     pub refused: Vec<Refused>,
+    /// The ids of the snapshots accepted without a signature (`--allow-unsigned`).
+    pub unsigned: std::collections::BTreeSet<String>,
 }
 
 /// Which snapshot to use.
@@ -201,11 +210,19 @@ impl Repository {
         self.store.get(&object.key(), offset).await
     }
 
-    /// Reads a small object whole.
-    pub async fn read(&self, object: &Object) -> store::Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        self.get(object, 0).await?.read_to_end(&mut bytes).await?;
-        Ok(bytes)
+    /// Reads a small object whole, never past its kind's bound ([`Object::max_size`]):
+    /// fails with [`StoreError::TooLarge`] for a larger one. The archive and the index
+    /// are read with the size their signed manifest states ([`Repository::read_bounded`]).
+    pub async fn read(&self, object: &Object) -> store::Result<Bytes> {
+        let Some(limit) = object.max_size() else {
+            return Err(anyhow!("{object} has no size bound of its own: read it with one").into());
+        };
+        self.read_bounded(object, limit).await
+    }
+
+    /// Reads an object whole, never past `limit` bytes ([`Store::get_bounded`]).
+    pub async fn read_bounded(&self, object: &Object, limit: u64) -> store::Result<Bytes> {
+        self.store.get_bounded(&object.key(), limit).await
     }
 
     pub async fn delete(&self, object: &Object) -> store::Result<()> {
@@ -300,12 +317,17 @@ impl Repository {
         let mut listing = Listing {
             snapshots: Vec::new(),
             refused: Vec::new(),
+            unsigned: Default::default(),
         };
-        for object in self.list(Object::Manifest).await? {
-            let id = object.id().expect("a manifest has an id").to_string();
-            match self.verified(&id).await? {
+        for (id, verdict) in self.verify_all(self.manifest_ids().await?).await? {
+            match verdict {
                 None => {} // forgotten meanwhile
-                Some(Ok(manifest)) => listing.snapshots.push(manifest),
+                Some(Ok((manifest, signed))) => {
+                    if !signed {
+                        listing.unsigned.insert(id);
+                    }
+                    listing.snapshots.push(manifest);
+                }
                 Some(Err(why)) => listing.refused.push(Refused { id, why }),
             }
         }
@@ -313,12 +335,37 @@ impl Repository {
         Ok(listing)
     }
 
+    /// [`Repository::verified`] for each of `ids`, [`PARALLEL_READS`] at a time, sorted by
+    /// id. Each costs two GETs (the manifest and its signature): one after the other, a
+    /// thousand snapshots were two thousand round trips before `run` could serve.
+    async fn verify_all(&self, ids: Vec<String>) -> Result<Vec<(String, Option<Verdict>)>> {
+        let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS));
+        let mut reads = tokio::task::JoinSet::new();
+        for id in ids {
+            let (repo, slots) = (self.clone(), slots.clone());
+            reads.spawn(async move {
+                let _slot = slots.acquire_owned().await?;
+                let verdict = repo.verified(&id).await?;
+                Ok::<_, anyhow::Error>((id, verdict))
+            });
+        }
+        let mut verdicts = Vec::new();
+        while let Some(done) = reads.join_next().await {
+            verdicts.push(done??);
+        }
+        verdicts.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(verdicts)
+    }
+
     /// Snapshot `id`'s manifest if the verify key accepts it under that name: `None` if
     /// there is no such manifest, `Some(Err(why))` if it is refused.
-    async fn verified(&self, id: &str) -> Result<Option<std::result::Result<Manifest, String>>> {
+    async fn verified(&self, id: &str) -> Result<Option<Verdict>> {
         let object = Object::Manifest(id.to_string());
+        // An object over its bound is refused like any other junk, not an error: it
+        // would otherwise stop every listing.
         let bytes = match self.read(&object).await {
             Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(err @ StoreError::TooLarge { .. }) => return Ok(Some(Err(err.to_string()))),
             other => other?,
         };
         let verifier = self.verifier()?;
@@ -327,18 +374,20 @@ impl Repository {
                 verifier.verify(&object.key(), &bytes, &String::from_utf8_lossy(&signature))
             }
             Err(StoreError::NotFound(_)) => Err(Rejected::Unsigned),
+            Err(err @ StoreError::TooLarge { .. }) => return Ok(Some(Err(err.to_string()))),
             Err(err) => return Err(err.into()),
         };
-        match signed {
-            Ok(()) => {}
+        let signed = match signed {
+            Ok(()) => true,
             Err(Rejected::Unsigned) if self.keys.allow_unsigned => {
                 tracing::warn!(
                     snapshot = id,
                     "--allow-unsigned: accepting a snapshot with no signature"
                 );
+                false
             }
             Err(rejected) => return Ok(Some(Err(rejected.to_string()))),
-        }
+        };
         let manifest = match Manifest::from_json(&bytes, &object.key()) {
             Ok(manifest) => manifest,
             Err(err @ ManifestError::NewerFormat { .. }) => return Err(err.into()),
@@ -347,7 +396,7 @@ impl Repository {
         Ok(Some(
             manifest
                 .check_names(id, chrono::Utc::now())
-                .map(|()| manifest),
+                .map(|()| (manifest, signed)),
         ))
     }
 
@@ -375,8 +424,13 @@ impl Repository {
         let Listing {
             snapshots: mut all,
             refused,
+            unsigned,
         } = self.listing().await?;
         refuse_if_newer(&refused, all.last())?;
+        let oldest_signed = all
+            .iter()
+            .find(|m| !unsigned.contains(&m.id))
+            .map(|m| m.id.clone());
         let pick = match selector {
             Selector::Final => match all.iter().rposition(|m| m.r#final) {
                 Some(index) => Some(all.swap_remove(index)),
@@ -387,12 +441,14 @@ impl Repository {
             },
             _ => all.pop(),
         };
-        pick.ok_or_else(|| {
+        let pick = pick.ok_or_else(|| {
             exit::coded(
                 Exit::SnapshotNotFound,
                 format!("the repository {} holds no snapshot yet", self.location),
             )
-        })
+        })?;
+        refuse_unsigned_after_signed(&pick, &unsigned, oldest_signed.as_deref())?;
+        Ok(pick)
     }
 
     /// The id of the one manifest object named `wanted`, or whose id starts with it or
@@ -436,7 +492,7 @@ impl Repository {
     async fn manifest(&self, id: &str) -> Result<Option<Manifest>> {
         match self.verified(id).await? {
             None => Ok(None),
-            Some(Ok(manifest)) => Ok(Some(manifest)),
+            Some(Ok((manifest, _))) => Ok(Some(manifest)),
             Some(Err(why)) => Err(exit::coded(
                 Exit::Untrusted,
                 format!(
@@ -446,6 +502,32 @@ impl Repository {
                 ),
             )),
         }
+    }
+}
+
+/// With `--allow-unsigned`, `latest` and `final` never choose an unsigned snapshot newer
+/// than a signed one: once the backup side signs, an unsigned snapshot after that is not
+/// its (a bucket writer's, most likely). Refused with exit 9, naming it; `--snapshot ID`
+/// is a person's choice.
+fn refuse_unsigned_after_signed(
+    pick: &Manifest,
+    unsigned: &std::collections::BTreeSet<String>,
+    oldest_signed: Option<&str>,
+) -> Result<()> {
+    match oldest_signed {
+        Some(signed) if unsigned.contains(&pick.id) && pick.id.as_str() > signed => {
+            Err(exit::coded(
+                Exit::Untrusted,
+                format!(
+                    "snapshot {} has no signature but is newer than the signed snapshot \
+                     {signed}: once the backup side signs, an unsigned snapshot is not its, \
+                     so --allow-unsigned does not choose it as latest or final. Remove it \
+                     with `ghostwire-backup forget {}` if it is junk, or pass --snapshot ID",
+                    pick.id, pick.id
+                ),
+            ))
+        }
+        _ => Ok(()), // signed, or no signed snapshot yet: a repository still migrating
     }
 }
 

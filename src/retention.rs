@@ -109,7 +109,36 @@ pub fn decide(snapshots: &[Manifest], policy: &Policy) -> Vec<Decision> {
             reasons,
         });
     }
-    // A kept snapshot's chain stays: restore reads those archives.
+    keep_chains(snapshots, &mut decisions);
+    decisions
+}
+
+/// [`decide`] for a repository where the `unsigned` snapshots were accepted only through
+/// `--allow-unsigned` (a migration): signed and unsigned snapshots are each decided among
+/// their own, so no number of unsigned snapshots, planted by a bucket writer or not, pushes
+/// a signed one out of `keep_last` or out of its hour, day, week or month, and the newest
+/// signed snapshot is always kept. Chains across the two are kept as always.
+pub fn decide_apart(
+    snapshots: &[Manifest],
+    unsigned: &std::collections::BTreeSet<String>,
+    policy: &Policy,
+) -> Vec<Decision> {
+    if unsigned.is_empty() {
+        return decide(snapshots, policy);
+    }
+    let (without, with): (Vec<Manifest>, Vec<Manifest>) = snapshots
+        .iter()
+        .cloned()
+        .partition(|m| unsigned.contains(&m.id));
+    let mut decisions = decide(&with, policy);
+    decisions.extend(decide(&without, policy));
+    keep_chains(snapshots, &mut decisions);
+    decisions.sort_by(|a, b| b.id.cmp(&a.id));
+    decisions
+}
+
+/// Keeps every snapshot whose archive a kept snapshot needs: restore reads those archives.
+fn keep_chains(snapshots: &[Manifest], decisions: &mut [Decision]) {
     let by_id: BTreeMap<String, &Manifest> = snapshots.iter().map(|m| (m.id.clone(), m)).collect();
     let mut needed: BTreeMap<String, String> = BTreeMap::new();
     for decision in decisions.iter().filter(|d| d.keep) {
@@ -121,13 +150,15 @@ pub fn decide(snapshots: &[Manifest], policy: &Policy) -> Vec<Decision> {
             }
         }
     }
-    for decision in &mut decisions {
+    for decision in decisions.iter_mut() {
         if let Some(by) = needed.get(&decision.id) {
+            let reason = format!("needed by {by}");
             decision.keep = true;
-            decision.reasons.push(format!("needed by {by}"));
+            if !decision.reasons.contains(&reason) {
+                decision.reasons.push(reason);
+            }
         }
     }
-    decisions
 }
 
 #[cfg(test)]

@@ -40,6 +40,20 @@ pub struct UnpackStats {
     pub bytes: u64,
 }
 
+/// What is `left` of an archive's content budget (its signed manifest's `content.bytes`,
+/// the most a restore writes) after an entry of `len` bytes: an archive is proven genuine
+/// only by its hash at its end, so until then nothing may take more than it declared.
+pub fn spend_budget(left: u64, len: u64, manifest: &crate::manifest::Manifest) -> Result<u64> {
+    left.checked_sub(len).with_context(|| {
+        format!(
+            "the archive of snapshot {} expands to more than the {} bytes of content its \
+             manifest declares: refusing it before reading further (damaged, replaced, or a \
+             decompression bomb)",
+            manifest.id, manifest.content.bytes
+        )
+    })
+}
+
 /// Checks an archive path and returns it as a relative path.
 pub fn safe_relative_path(raw: &[u8]) -> Result<PathBuf> {
     let shown = String::from_utf8_lossy(raw);

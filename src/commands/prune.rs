@@ -29,8 +29,11 @@ pub async fn run(repo: &Repository, options: &PruneOptions) -> Result<()> {
 }
 
 async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {
-    let snapshots = repo.snapshots().await?;
-    let decisions = retention::decide(&snapshots, &options.policy);
+    let listing = repo.listing().await?;
+    for refused in &listing.refused {
+        tracing::warn!(snapshot = %refused.id, problem = %refused.why, "ignoring a snapshot manifest the verify key does not accept");
+    }
+    let decisions = retention::decide_apart(&listing.snapshots, &listing.unsigned, &options.policy);
     for decision in &decisions {
         println!(
             "{:<30} {:<6} {}",
@@ -65,12 +68,31 @@ async fn prune(repo: &Repository, options: &PruneOptions) -> Result<()> {
         .store()
         .remove_interrupted(ORPHAN_AGE.to_std().expect("a positive age"))
         .await?;
+    let uploads = abort_open_uploads(repo).await;
     println!(
-        "forgot {} snapshots ({retained} still under Object Lock retention), removed {orphans} orphaned objects and {interrupted} files of interrupted writes; {} kept",
+        "forgot {} snapshots ({retained} still under Object Lock retention), removed {orphans} orphaned objects and {interrupted} files of interrupted writes, aborted {uploads} interrupted uploads; {} kept",
         forget.len() - retained,
         kept.len()
     );
     Ok(())
+}
+
+/// Aborts the uploads open in the repository and says how many, as a number or "no" when
+/// they could not be listed or aborted (credentials without the right): a warning, not a
+/// failed prune. Alone in the repository, no live backup can own an open upload.
+async fn abort_open_uploads(repo: &Repository) -> String {
+    match repo.store().abort_open_uploads().await {
+        Ok(aborted) => aborted.to_string(),
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(err)),
+                "could not abort the uploads backups killed mid-upload left open; prune's \
+                 credentials need s3:ListBucketMultipartUploads and s3:AbortMultipartUpload \
+                 (docs/kubernetes.md), else a lifecycle rule removes them"
+            );
+            "no".to_string()
+        }
+    }
 }
 
 /// Archives, indexes and signatures whose snapshot has no manifest object at all (an

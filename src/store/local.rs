@@ -13,6 +13,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::{
     ChunkStream, ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, check_key,
+    read_bounded, too_large,
 };
 
 const PARTIAL_MARK: &str = ".partial-";
@@ -31,6 +32,26 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
+    /// Opens `key` for a bounded read: `None` if it does not exist, [`StoreError::TooLarge`]
+    /// if the open file is already larger than `limit` (the read counts too, for a file
+    /// that grows meanwhile).
+    async fn open_bounded(&self, key: &str, limit: u64) -> Result<Option<tokio::fs::File>> {
+        let path = self.path(key)?;
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(anyhow::Error::from(e)
+                    .context(format!("cannot read {}", path.display()))
+                    .into());
+            }
+        };
+        if file.metadata().await?.len() > limit {
+            return Err(too_large(key, limit));
+        }
+        Ok(Some(file))
+    }
+
     /// Writes `key` through a temporary file: `fill` writes the content, then the file is
     /// fsynced and renamed into place. On any error the temporary file is removed. (A
     /// directory has no retention: [`Retention`] is not asked.)
@@ -40,7 +61,7 @@ impl LocalStore {
     {
         let path = self.path(key)?;
         let dir = path.parent().expect("a key always has a parent");
-        tokio::fs::create_dir_all(dir)
+        create_private_dirs(dir)
             .await
             .with_context(|| format!("cannot create repository directory {}", dir.display()))?;
         let name = path.file_name().unwrap().to_string_lossy();
@@ -52,6 +73,7 @@ impl LocalStore {
             let mut file = tokio::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(OBJECT_MODE)
                 .open(&temp)
                 .await
                 .with_context(|| format!("cannot create {}", temp.display()))?;
@@ -68,6 +90,19 @@ impl LocalStore {
         }
         result.map_err(|err| err.context(format!("cannot write {}", path.display())))
     }
+}
+
+/// A local repository is its owner's alone, whatever the umask: anyone who can write to
+/// it is a bucket writer, and its manifests say what was backed up when.
+const OBJECT_MODE: u32 = 0o600;
+const DIRECTORY_MODE: u32 = 0o700;
+
+/// Creates `dir` and the directories above it that are missing, each with
+/// [`DIRECTORY_MODE`].
+async fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.recursive(true).mode(DIRECTORY_MODE);
+    builder.create(dir).await
 }
 
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -127,18 +162,20 @@ impl Store for LocalStore {
         listing.await.map_err(anyhow::Error::from)?
     }
 
-    async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>> {
-        let path = self.path(key)?;
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => {
-                let version = content_version(&bytes);
-                Ok(Some((Bytes::from(bytes), version)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::Error::from(e)
-                .context(format!("cannot read {}", path.display()))
-                .into()),
-        }
+    async fn get_bounded(&self, key: &str, limit: u64) -> Result<Bytes> {
+        let Some(file) = self.open_bounded(key, limit).await? else {
+            return Err(StoreError::NotFound(key.to_string()));
+        };
+        read_bounded(file, key, limit).await
+    }
+
+    async fn get_versioned(&self, key: &str, limit: u64) -> Result<Option<(Bytes, String)>> {
+        let Some(file) = self.open_bounded(key, limit).await? else {
+            return Ok(None);
+        };
+        let bytes = read_bounded(file, key, limit).await?;
+        let version = content_version(&bytes);
+        Ok(Some((bytes, version)))
     }
 
     async fn put_if(&self, key: &str, data: Bytes, expected: Option<&str>) -> Result<String> {
@@ -146,11 +183,16 @@ impl Store for LocalStore {
         // writers on this host (or sharing this filesystem's locks) cannot interleave.
         let lock_path = self.path(&format!("{key}.lock"))?;
         let guard = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            std::fs::create_dir_all(lock_path.parent().unwrap())?;
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIRECTORY_MODE)
+                .create(lock_path.parent().unwrap())?;
             let file = std::fs::File::options()
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(OBJECT_MODE)
                 .open(&lock_path)?;
             rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
             Ok(file)
@@ -159,7 +201,11 @@ impl Store for LocalStore {
             .await
             .map_err(anyhow::Error::from)?
             .with_context(|| format!("cannot lock {key} for a conditional write"))?;
-        let current = self.get_versioned(key).await?.map(|(_, version)| version);
+        let path = self.path(key)?;
+        let current = tokio::task::spawn_blocking(move || file_version(&path))
+            .await
+            .map_err(anyhow::Error::from)?
+            .with_context(|| format!("cannot read {key} for a conditional write"))?;
         if current.as_deref() != expected {
             return Err(StoreError::Conflict(key.to_string()));
         }
@@ -189,6 +235,20 @@ impl Store for LocalStore {
 fn content_version(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The version of the file at `path` (as [`content_version`], read in pieces whatever its
+/// size), or `None` if there is none.
+fn file_version(path: &Path) -> std::io::Result<Option<String>> {
+    use sha2::Digest;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut digest = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut digest)?;
+    Ok(Some(hex::encode(digest.finalize())))
 }
 
 /// Collects the objects below `dir` (whose key so far is `base`) that match `prefix`,

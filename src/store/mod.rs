@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 pub mod local;
@@ -28,6 +28,15 @@ pub enum StoreError {
     /// A delete refused because the object is under S3 Object Lock retention.
     #[error("{key} is under Object Lock retention until {until}")]
     Retained { key: String, until: String },
+    /// An object larger than the most its kind can be: read no further than `limit`
+    /// bytes, so a planted object of any size costs no more memory than a genuine one.
+    #[error(
+        "object {key} is larger than {limit} bytes, the most such an object can be: this tool \
+         never writes one that large (someone with write access to the repository may have \
+         planted or replaced it); nothing past the bound was read. Delete the object if it \
+         is junk"
+    )]
+    TooLarge { key: String, limit: u64 },
     /// A streamed upload whose producer gave up before finishing (the archive could not
     /// be completed): the producer's own error is the one to report.
     #[error("the archive stream was abandoned before it was complete")]
@@ -94,9 +103,17 @@ pub trait Store: Send + Sync {
     /// Objects whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
 
-    /// Reads a small object whole with its version (an opaque tag that changes whenever
-    /// the object does), or `None` if it does not exist.
-    async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>>;
+    /// Reads a small object whole, never more than `limit` bytes of it: fails with
+    /// [`StoreError::TooLarge`] as soon as the object is known to be larger (from its
+    /// stated size, or by counting what arrives), before anything else looks at it.
+    async fn get_bounded(&self, key: &str, limit: u64) -> Result<Bytes> {
+        read_bounded(self.get(key, 0).await?, key, limit).await
+    }
+
+    /// Reads a small object whole (at most `limit` bytes, as [`Store::get_bounded`]) with
+    /// its version (an opaque tag that changes whenever the object does), or `None` if it
+    /// does not exist.
+    async fn get_versioned(&self, key: &str, limit: u64) -> Result<Option<(Bytes, String)>>;
 
     /// Writes a small object only if its version is still `expected` (`None`: only if it
     /// does not exist), and returns the new version; fails with [`StoreError::Conflict`]
@@ -110,9 +127,17 @@ pub trait Store: Send + Sync {
 
     /// Removes what writes that died (SIGKILL, a lost node) left behind, once older than
     /// `older_than` (so no live write loses its file), and says how many. Backends whose
-    /// dead writes leave nothing listable have nothing to do: on S3 an interrupted
-    /// multipart upload is the bucket lifecycle rule's (`AbortIncompleteMultipartUpload`).
+    /// dead writes leave no objects have nothing to do: S3's open multipart uploads are
+    /// [`Store::abort_open_uploads`]'s.
     async fn remove_interrupted(&self, _older_than: std::time::Duration) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// Aborts every upload still open under the repository (S3 multipart uploads), and
+    /// says how many: the parts a backup killed mid-upload left, billed until aborted.
+    /// Only for a caller that holds the repository alone (prune's exclusive lock), when no
+    /// live writer can own one. Backends without such uploads have nothing to do.
+    async fn abort_open_uploads(&self) -> Result<u64> {
         Ok(0)
     }
 }
@@ -159,6 +184,32 @@ impl ChunkStream {
             Some(chunk) => Ok(chunk),
             None => Err(StoreError::Abandoned),
         }
+    }
+}
+
+/// Reads `reader` to its end, failing with [`StoreError::TooLarge`] past `limit` bytes:
+/// at most `limit + 1` bytes are ever held.
+pub(crate) async fn read_bounded(
+    reader: impl AsyncRead + Unpin,
+    key: &str,
+    limit: u64,
+) -> Result<Bytes> {
+    let mut bytes = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(key, limit));
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// The error for an object over its bound, found before reading it (its stated size).
+pub(crate) fn too_large(key: &str, limit: u64) -> StoreError {
+    StoreError::TooLarge {
+        key: key.to_string(),
+        limit,
     }
 }
 

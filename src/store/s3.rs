@@ -26,13 +26,13 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode};
 use aws_smithy_http_client::tls;
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::resume::ResumingReader;
 use super::{
     ChunkStream, ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, check_key,
+    read_bounded, too_large,
 };
 use crate::exit::{self, Exit};
 
@@ -186,12 +186,53 @@ impl S3Store {
                     etag.clone(),
                 );
                 Box::pin(async move {
-                    let (reader, _) =
+                    let opened =
                         open_range(&client, &bucket, &object, &key, at, etag.as_deref()).await?;
-                    Ok(reader)
+                    Ok(opened.reader)
                 })
             },
         ))
+    }
+
+    /// The multipart uploads open under the repository's prefix: (object key, upload id).
+    async fn open_uploads(&self) -> Result<Vec<(String, String)>> {
+        let prefix = match self.prefix.is_empty() {
+            true => String::new(),
+            false => format!("{}/", self.prefix),
+        };
+        let mut found = Vec::new();
+        let (mut key_marker, mut upload_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error(e, "list multipart uploads", &self.bucket))
+                .with_context(|| {
+                    format!(
+                        "cannot list the open uploads under s3://{}/{prefix}",
+                        self.bucket
+                    )
+                })?;
+            for upload in page.uploads() {
+                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+                    found.push((key.to_string(), id.to_string()));
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(found);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            upload_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && upload_marker.is_none() {
+                return Ok(found);
+            }
+        }
     }
 
     fn describe(&self, key: &str) -> String {
@@ -423,6 +464,14 @@ fn advice(code: &str, status: Option<u16>, bucket: &str) -> Option<String> {
     })
 }
 
+/// A download as it starts: the body, the object's version, and how many bytes the
+/// server says follow (Content-Length).
+struct Opened {
+    reader: ObjectReader,
+    etag: Option<String>,
+    length: Option<u64>,
+}
+
 /// Starts a download of `object` from `offset`. Past byte 0 the answer must be the range
 /// asked for, and of the version `if_match` names, so a resumed download never splices
 /// two different objects together.
@@ -433,7 +482,7 @@ async fn open_range(
     key: &str,
     offset: u64,
     if_match: Option<&str>,
-) -> Result<(ObjectReader, Option<String>)> {
+) -> Result<Opened> {
     let mut request = client.get_object().bucket(bucket).key(object);
     if offset > 0 {
         request = request.range(format!("bytes={offset}-"));
@@ -448,7 +497,11 @@ async fn open_range(
         }
         // Asked for the rest of an object we had read to its last byte.
         Err(err) if offset > 0 && err.code() == Some("InvalidRange") => {
-            return Ok((Box::new(tokio::io::empty()), None));
+            return Ok(Opened {
+                reader: Box::new(tokio::io::empty()),
+                etag: None,
+                length: Some(0),
+            });
         }
         Err(err) => {
             return Err(sdk_error(err, "get object", bucket)
@@ -468,8 +521,11 @@ async fn open_range(
         )
         .into());
     }
-    let etag = output.e_tag().map(str::to_string);
-    Ok((Box::new(output.body.into_async_read()), etag))
+    Ok(Opened {
+        etag: output.e_tag().map(str::to_string),
+        length: output.content_length().and_then(|n| u64::try_from(n).ok()),
+        reader: Box::new(output.body.into_async_read()),
+    })
 }
 
 #[async_trait]
@@ -549,9 +605,15 @@ impl Store for S3Store {
 
     async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader> {
         let object = self.object_key(key)?;
-        let (first, etag) =
-            open_range(&self.client, &self.bucket, &object, key, offset, None).await?;
-        Ok(self.resuming(object, key, first, offset, etag))
+        let opened = open_range(&self.client, &self.bucket, &object, key, offset, None).await?;
+        Ok(self.resuming(object, key, opened.reader, offset, opened.etag))
+    }
+
+    async fn get_bounded(&self, key: &str, limit: u64) -> Result<Bytes> {
+        match self.get_versioned(key, limit).await? {
+            Some((bytes, _)) => Ok(bytes),
+            None => Err(StoreError::NotFound(key.to_string())),
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -585,19 +647,22 @@ impl Store for S3Store {
         Ok(found)
     }
 
-    async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>> {
+    async fn get_versioned(&self, key: &str, limit: u64) -> Result<Option<(Bytes, String)>> {
         let object = self.object_key(key)?;
-        let (first, etag) =
-            match open_range(&self.client, &self.bucket, &object, key, 0, None).await {
-                Ok(found) => found,
-                Err(StoreError::NotFound(_)) => return Ok(None),
-                Err(err) => return Err(err),
-            };
-        let mut bytes = Vec::new();
-        self.resuming(object, key, first, 0, etag.clone())
-            .read_to_end(&mut bytes)
-            .await?;
-        Ok(Some((Bytes::from(bytes), etag.unwrap_or_default())))
+        let opened = match open_range(&self.client, &self.bucket, &object, key, 0, None).await {
+            Ok(opened) => opened,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        // The stated size first (the body is then dropped unread), and the bytes as they
+        // come: a server may not state it, or state it wrongly.
+        if opened.length.is_some_and(|length| length > limit) {
+            return Err(too_large(key, limit));
+        }
+        let etag = opened.etag.clone();
+        let body = self.resuming(object, key, opened.reader, 0, opened.etag);
+        let bytes = read_bounded(body, key, limit).await?;
+        Ok(Some((bytes, etag.unwrap_or_default())))
     }
 
     async fn put_if(&self, key: &str, data: Bytes, expected: Option<&str>) -> Result<String> {
@@ -629,21 +694,52 @@ impl Store for S3Store {
                 // the object changed: by that very write. Our bytes there mean ours landed
                 // (a lease carries its owner and times to the nanosecond, so another
                 // writer's are never the same).
-                match self.get_versioned(key).await? {
-                    Some((current, version)) if current == data => {
+                match self.get_versioned(key, data.len() as u64).await {
+                    Ok(Some((current, version))) if current == data => {
                         tracing::debug!(
                             key,
                             "a conditional write's answer was lost; it had landed"
                         );
                         Ok(version)
                     }
-                    _ => Err(StoreError::Conflict(key.to_string())),
+                    Ok(_) | Err(StoreError::TooLarge { .. }) => {
+                        Err(StoreError::Conflict(key.to_string()))
+                    }
+                    Err(err) => Err(err),
                 }
             }
             Err(err) => Err(sdk_error(err, "put object", &self.bucket)
                 .context(format!("cannot write {}", self.describe(&object)))
                 .into()),
         }
+    }
+
+    async fn abort_open_uploads(&self) -> Result<u64> {
+        let mut aborted = 0;
+        for (object, upload_id) in self.open_uploads().await? {
+            let abort = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&object)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            match abort {
+                Ok(_) => aborted += 1,
+                // Completed or aborted since the listing.
+                Err(err) if err.code() == Some("NoSuchUpload") => {}
+                Err(err) => {
+                    return Err(sdk_error(err, "abort multipart upload", &self.bucket)
+                        .context(format!(
+                            "cannot abort the upload of {}",
+                            self.describe(&object)
+                        ))
+                        .into());
+                }
+            }
+        }
+        Ok(aborted)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -44,7 +44,11 @@ async fn s3_conditional_writes_fence_a_second_writer() {
         .unwrap_err();
     assert!(refused.to_string().contains("held by ghostwire-0"));
     // Someone overwrites the lease behind blue's back: blue's next renewal notices.
-    let (bytes, _) = store.get_versioned("lease.json").await.unwrap().unwrap();
+    let (bytes, _) = store
+        .get_versioned("lease.json", 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
     let mut lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     lease["owner"] = "intruder".into();
     store

@@ -16,6 +16,7 @@
 
 mod common;
 
+mod adversaries;
 mod backup_restore;
 mod bluegreen;
 mod crash;

@@ -264,12 +264,15 @@ async fn an_abandoned_stream_leaves_nothing(backend: &Backend) {
 async fn conditional_writes(backend: &Backend) {
     let (name, store) = (backend.name, &*backend.store);
     let key = "cas/lease";
-    assert!(store.get_versioned(key).await.unwrap().is_none(), "{name}");
+    assert!(
+        store.get_versioned(key, 1 << 20).await.unwrap().is_none(),
+        "{name}"
+    );
     let v1 = store
         .put_if(key, Bytes::from_static(b"one"), None)
         .await
         .unwrap_or_else(|e| panic!("{name}: create if absent: {e:#}"));
-    let (data, version) = store.get_versioned(key).await.unwrap().unwrap();
+    let (data, version) = store.get_versioned(key, 1 << 20).await.unwrap().unwrap();
     assert_eq!((&data[..], &version), (&b"one"[..], &v1), "{name}");
     let conflict = store.put_if(key, Bytes::from_static(b"x"), None).await;
     assert!(
@@ -289,7 +292,7 @@ async fn conditional_writes(backend: &Backend) {
     );
     // A plain put in between is a change too.
     put(store, key, b"three").await;
-    let (_, v3) = store.get_versioned(key).await.unwrap().unwrap();
+    let (_, v3) = store.get_versioned(key, 1 << 20).await.unwrap().unwrap();
     assert!(
         matches!(
             store.put_if(key, Bytes::from_static(b"x"), Some(&v2)).await,
@@ -305,7 +308,10 @@ async fn conditional_writes(backend: &Backend) {
         "{name}: a swap of a deleted object must conflict: {:?}",
         gone.map_err(|e| format!("{e:#}"))
     );
-    assert!(store.get_versioned(key).await.unwrap().is_none(), "{name}");
+    assert!(
+        store.get_versioned(key, 1 << 20).await.unwrap().is_none(),
+        "{name}"
+    );
 }
 
 async fn racing_writers_exactly_one_wins(backend: &Backend) {
@@ -339,7 +345,7 @@ async fn racing_writers_exactly_one_wins(backend: &Backend) {
         );
         let (data, version) = winners.pop().unwrap();
         assert_eq!(
-            store.get_versioned(key).await.unwrap(),
+            store.get_versioned(key, 1 << 20).await.unwrap(),
             Some((data, version.clone())),
             "{name}: the winner's write is what is stored"
         );

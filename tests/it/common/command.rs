@@ -76,6 +76,27 @@ impl TestCommand {
         self
     }
 
+    /// The same command started through `sh` with umask 000: what a careless service
+    /// manager or a desktop session may hand the agent.
+    pub fn with_umask_000(&mut self) -> &mut Self {
+        let mut wrapped = Command::new("/bin/sh");
+        wrapped
+            .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+            .arg(self.command.get_program())
+            .args(self.command.get_args());
+        for (name, value) in self.command.get_envs() {
+            match value {
+                Some(value) => wrapped.env(name, value),
+                None => wrapped.env_remove(name),
+            };
+        }
+        if let Some(dir) = self.command.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        self.command = wrapped;
+        self
+    }
+
     /// Runs it to the end with stdin closed, asserting nothing.
     pub fn run(&mut self) -> Ran {
         let output = self
@@ -89,6 +110,43 @@ impl TestCommand {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             command: self.to_string(),
         }
+    }
+
+    /// Runs it to the end like [`TestCommand::run`], and also returns its peak resident
+    /// memory in KiB, as GNU time reports it. Not the test's own `wait4`: a child started
+    /// from the test process inherits that process's high-water mark at `exec`, while
+    /// time's own child starts from time's few hundred KiB.
+    pub fn run_measured(&mut self) -> (Ran, u64) {
+        const TIME: &str = "/usr/bin/time";
+        assert!(
+            Path::new(TIME).exists(),
+            "{TIME} is missing: scripts/install-test-deps.sh installs it (Debian: apt-get install time)"
+        );
+        let report = tempfile::NamedTempFile::new().unwrap();
+        let mut timed = Command::new(TIME);
+        timed
+            .args(["-f", "%M", "-o"])
+            .arg(report.path())
+            .arg(self.command.get_program())
+            .args(self.command.get_args());
+        for (name, value) in self.command.get_envs() {
+            match value {
+                Some(value) => timed.env(name, value),
+                None => timed.env_remove(name),
+            };
+        }
+        if let Some(dir) = self.command.get_current_dir() {
+            timed.current_dir(dir);
+        }
+        let ran = TestCommand { command: timed }.run();
+        // After "Command exited with non-zero status N", when it did.
+        let text = std::fs::read_to_string(report.path()).unwrap();
+        let kib = text
+            .lines()
+            .last()
+            .and_then(|line| line.trim().parse().ok())
+            .unwrap_or_else(|| panic!("time reported no peak memory: {text:?}\n{ran}"));
+        (ran, kib)
     }
 
     /// Runs it, expects success, and returns stdout without its surrounding white space.

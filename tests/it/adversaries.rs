@@ -1,0 +1,357 @@
+//! The three adversaries, round two (issue 22): what someone who can write to the bucket
+//! but holds no key, the desktop user and a kill can still do, each tried and refused.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::common::*;
+
+/// The most memory a command may take with a planted giant object (issue 22): every
+/// container in deploy/ has 256 MiB, and the agent needs about 20 without junk.
+const PEAK_KIB: u64 = 64 * 1024;
+
+/// A manifest id older than every real snapshot: junk dated there stops no `latest`.
+const OLD_ID: &str = "20200101T000000.000Z-0badf00d";
+
+/// Runs `command`, expecting success or failure as `succeeds` says and every one of
+/// `words` in its output, with a peak resident memory of at most [`PEAK_KIB`].
+fn bounded(command: &mut TestCommand, succeeds: bool, words: &[&str]) -> String {
+    let (ran, peak_kib) = command.run_measured();
+    assert_eq!(ran.status.success(), succeeds, "wrong outcome:\n{ran}");
+    // `snapshots` lists a refused manifest in its table; the others warn or fail.
+    let said = format!("{}{}", ran.stdout, ran.stderr);
+    let missing: Vec<_> = words.iter().filter(|w| !said.contains(*w)).collect();
+    assert!(missing.is_empty(), "stderr lacks {missing:?}:\n{ran}");
+    assert!(
+        peak_kib <= PEAK_KIB,
+        "peak RSS {peak_kib} KiB over {PEAK_KIB} KiB: the junk object was read\n{ran}"
+    );
+    eprintln!(
+        "peak RSS {peak_kib} KiB: {}",
+        ran.stderr.lines().last().unwrap_or("")
+    );
+    ran.stderr
+}
+
+/// A sparse file of 1 GiB at `path`: junk as large as any, costing no disk.
+fn plant_gib(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+}
+
+#[test]
+fn giant_objects_planted_in_a_local_repository_are_refused_unread() {
+    let (fx, id) = Fixture::backed_up(&[]);
+    let target = fx.root.join("restored");
+
+    // An old-dated manifest: listed as refused, naming the object and the bound.
+    let manifest = fx.manifest_path(OLD_ID);
+    plant_gib(&manifest);
+    let manifest_words = &[
+        "snapshots/20200101T000000.000Z-0badf00d.json",
+        "larger than 1048576 bytes",
+    ];
+    bounded(fx.agent().arg("snapshots"), true, manifest_words);
+    bounded(
+        fx.agent().args(["prune", "--keep-last", "5"]),
+        true,
+        manifest_words,
+    );
+    bounded(
+        fx.restore(&target).args(["--snapshot", "latest"]),
+        true,
+        &[],
+    );
+    std::fs::remove_dir_all(&target).unwrap();
+
+    // Its signature, beside a small manifest: refused the same way.
+    std::fs::write(&manifest, b"{}").unwrap();
+    plant_gib(&fx.repo.join(format!("snapshots/{OLD_ID}.json.minisig")));
+    bounded(
+        fx.agent().arg("snapshots"),
+        true,
+        &[
+            "snapshots/20200101T000000.000Z-0badf00d.json.minisig",
+            "larger than 16384 bytes",
+        ],
+    );
+    fx.agent().args(["forget", OLD_ID]).ok();
+
+    // A lock: backup and prune stop naming it and `unlock`, which removes it.
+    let lock = fx.repo.join(format!("locks/{OLD_ID}.json"));
+    plant_gib(&lock);
+    let lock_words = &[
+        "locks/20200101T000000.000Z-0badf00d.json",
+        "larger than 65536 bytes",
+        "unlock",
+    ];
+    bounded(&mut fx.backup(), false, lock_words);
+    bounded(
+        fx.agent().args(["prune", "--keep-last", "5"]),
+        false,
+        lock_words,
+    );
+    bounded(fx.agent().arg("unlock"), true, &[]);
+    assert!(!lock.exists(), "unlock left the giant lock");
+
+    // The lease: the init container's `--snapshot handoff` fails naming it, unread.
+    plant_gib(&fx.repo.join("lease.json"));
+    bounded(
+        fx.restore(&target).args(["--snapshot", "handoff"]),
+        false,
+        &["lease.json", "larger than 65536 bytes"],
+    );
+    std::fs::remove_file(fx.repo.join("lease.json")).unwrap();
+
+    // The index of the genuine snapshot: read no further than the size its manifest signs.
+    let index = fx.repo.join(format!("indexes/{id}.json.zst.age"));
+    let signed_size = fx.manifest(&id)["index"]["size"].as_u64().unwrap();
+    plant_gib(&index);
+    let index_words = &[
+        &format!("indexes/{id}.json.zst.age") as &str,
+        &format!("larger than {signed_size} bytes"),
+    ];
+    bounded(&mut fx.restore(&target), false, index_words);
+    bounded(&mut fx.verify_with(fx.agent(), &id), false, index_words);
+    assert!(!target.exists(), "a refused restore wrote its target");
+}
+
+/// A replaced archive, encrypted to the public recipient as anyone can: one file of
+/// `len` zero bytes under `name`, compressed to a few KiB.
+fn zero_archive(recipient: &str, name: &str, len: u64) -> Vec<u8> {
+    let mut tar = tar::Builder::new(zstd::Encoder::new(Vec::new(), 1).unwrap());
+    let mut header = tar_header(tar::EntryType::Regular, len, 0o600);
+    tar.append_data(
+        &mut header,
+        name,
+        std::io::Read::take(std::io::repeat(0), len),
+    )
+    .unwrap();
+    let plain = tar.into_inner().unwrap().finish().unwrap();
+    let recipient: age::x25519::Recipient = recipient.parse().unwrap();
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .unwrap();
+    let mut ciphertext = Vec::new();
+    let mut writer = encryptor.wrap_output(&mut ciphertext).unwrap();
+    writer.write_all(&plain).unwrap();
+    writer.finish().unwrap();
+    ciphertext
+}
+
+#[test]
+fn verify_holds_no_more_of_a_replaced_archive_than_its_manifest_declares() {
+    let (fx, id) = Fixture::backed_up(&[]);
+    // Signal's config.json and then its database as 1 GiB each: before the archive's hash
+    // is checked at its end, verify held the first in memory and the second on disk.
+    let declared = fx.manifest(&id)["content"]["bytes"].as_u64().unwrap();
+    for name in [".config/Signal/config.json", ".config/Signal/sql/db.sqlite"] {
+        std::fs::write(fx.archive(&id), zero_archive(&fx.recipient, name, 1 << 30)).unwrap();
+        bounded(
+            &mut fx.verify_with(fx.agent(), &id),
+            false,
+            &["expands to more than", &format!("the {declared} bytes")],
+        );
+    }
+}
+
+#[test]
+fn giant_objects_planted_on_s3_are_refused_unread() {
+    // 256 MiB rather than 1 GiB: moto holds objects in memory, and four times the bound
+    // proves the bound as well.
+    const JUNK: usize = 256 << 20;
+    let server = S3Server::with_bucket("ghostwire");
+    let repo = "s3://ghostwire/adversaries";
+    let fx = Fixture::new(&[]);
+    fx.backup_with(server.agent(repo)).ok();
+    let junk = "x".repeat(JUNK);
+    let plant = |key: &str| {
+        let (status, body) =
+            server.request("PUT", &format!("/ghostwire/adversaries/{key}"), &[], &junk);
+        assert_eq!(status, 200, "planting {key} failed: {body}");
+    };
+
+    let lock = format!("locks/{OLD_ID}.json");
+    plant(&lock);
+    let lock_words = &[lock.as_str(), "larger than 65536 bytes", "unlock"];
+    bounded(&mut fx.backup_with(server.agent(repo)), false, lock_words);
+    bounded(server.agent(repo).arg("unlock"), true, &[]);
+
+    let manifest = format!("snapshots/{OLD_ID}.json");
+    plant(&manifest);
+    bounded(
+        server.agent(repo).arg("snapshots"),
+        true,
+        &[manifest.as_str(), "larger than 1048576 bytes"],
+    );
+
+    plant("lease.json");
+    let target = fx.root.join("restored");
+    bounded(
+        fx.restore_with(server.agent(repo), &target)
+            .args(["--snapshot", "handoff"]),
+        false,
+        &["lease.json", "larger than 65536 bytes"],
+    );
+}
+
+/// Every path below `dir`, with its mode bits, `dir` included.
+fn modes(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if metadata.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+        if !metadata.is_symlink() {
+            found.insert(path, metadata.permissions().mode() & 0o7777);
+        }
+    }
+    found
+}
+
+/// The paths below `dir` that were not in `before` and that others may write to.
+fn new_and_writable_by_others(
+    dir: &Path,
+    before: &std::collections::BTreeMap<std::path::PathBuf, u32>,
+) -> Vec<String> {
+    modes(dir)
+        .into_iter()
+        .filter(|(path, mode)| !before.contains_key(path) && mode & 0o022 != 0)
+        .map(|(path, mode)| format!("{} {mode:o}", path.display()))
+        .collect()
+}
+
+#[test]
+fn what_the_agent_creates_under_umask_000_is_not_writable_by_others() {
+    let fx = Fixture::new(&[]);
+    let before = modes(&fx.root);
+    let keys = fx.root.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    fx.agent()
+        .with_umask_000()
+        .args(["keygen", "--out"])
+        .arg(keys.join("identity.txt"))
+        .arg("--signing-out")
+        .arg(keys.join("signing.key"))
+        .ok();
+    let id = fx.backup().with_umask_000().ok();
+    let target = fx.root.join("restored");
+    fx.restore(&target).with_umask_000().ok();
+    // Over the restored target: the replaced entries go to an aside directory.
+    std::fs::write(target.join("planted"), b"x").unwrap();
+    let mut again = fx.restore(&target);
+    again
+        .with_umask_000()
+        .args(["--snapshot", &id, "--force"])
+        .ok();
+
+    let created = modes(&fx.root);
+    assert!(
+        created
+            .keys()
+            .any(|p| p.to_string_lossy().contains("-replaced-")),
+        "the second restore moved nothing aside: the test proves less than it says"
+    );
+    let open = new_and_writable_by_others(&fx.root, &before);
+    assert!(
+        open.is_empty(),
+        "writable by others under umask 000: {open:#?}"
+    );
+    for (path, mode) in created.range(fx.repo.clone()..) {
+        if !path.starts_with(&fx.repo) {
+            break;
+        }
+        let wanted = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*mode, wanted, "{} in the local repository", path.display());
+    }
+    for key in ["identity.txt", "signing.key"] {
+        assert_eq!(created[&keys.join(key)], 0o600, "{key}");
+    }
+}
+
+#[test]
+fn prune_aborts_the_uploads_of_backups_killed_mid_upload() {
+    const KILLED: usize = 3;
+    let server = S3Server::with_bucket("ghostwire");
+    let repo = "s3://ghostwire/killed";
+    let fx = Fixture::new(&[]);
+    let mut attempts = 0;
+    while server.open_uploads("ghostwire", "killed/") < KILLED {
+        attempts += 1;
+        assert!(
+            attempts <= 3 * KILLED,
+            "no backup was caught mid-upload in {attempts} tries"
+        );
+        let before = server.open_uploads("ghostwire", "killed/");
+        let mut backup = fx
+            .backup_with(server.agent(repo))
+            .args(["--part-size-mib", "5"])
+            .spawn(std::process::Stdio::null(), std::process::Stdio::null());
+        // The event: its multipart upload is open on the server. A backup that finished
+        // first is simply another try (each killed one leaves no snapshot, so the next is
+        // a full one again).
+        while server.open_uploads("ghostwire", "killed/") == before {
+            if backup.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = backup.kill();
+        backup.wait().unwrap();
+    }
+    let report = server.agent(repo).args(["prune", "--keep-last", "5"]).ok();
+    let open = server.open_uploads("ghostwire", "killed/");
+    assert_eq!(open, 0, "prune left {open} uploads open: {report}");
+    assert!(
+        report.contains(&format!("aborted {KILLED} interrupted uploads")),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_newer_unsigned_snapshot_neither_prunes_signed_history_nor_restores_as_latest() {
+    let (fx, first) = Fixture::backed_up(&[]);
+    let second = fx.backup().ok();
+    // A bucket writer's snapshot: the newest one, genuine-looking but with no signature.
+    let planted = format!(
+        "{}-0badcafe",
+        (chrono::Utc::now() + chrono::Duration::seconds(1)).format("%Y%m%dT%H%M%S%.3fZ")
+    );
+    let text = std::fs::read_to_string(fx.manifest_path(&second)).unwrap();
+    std::fs::write(fx.manifest_path(&planted), text.replace(&second, &planted)).unwrap();
+    std::fs::copy(fx.archive(&second), fx.archive(&planted)).unwrap();
+    let index = |id: &str| fx.repo.join(format!("indexes/{id}.json.zst.age"));
+    if index(&second).exists() {
+        std::fs::copy(index(&second), index(&planted)).unwrap();
+    }
+
+    // The migration prune docs/kubernetes.md prescribes, with the tightest policy.
+    let report = fx
+        .agent()
+        .env("GWB_ALLOW_UNSIGNED", "true")
+        .args(["prune", "--keep-last", "1"])
+        .ok();
+    for signed in [&first, &second] {
+        assert!(
+            fx.manifest_path(signed).exists(),
+            "the migration prune forgot signed snapshot {signed}: {report}"
+        );
+    }
+    let target = fx.root.join("restored");
+    let err = fx.assert_restore_fails(
+        fx.restore(&target).env("GWB_ALLOW_UNSIGNED", "true"),
+        &target,
+    );
+    assert!(
+        err.contains(&planted) && err.contains("no signature"),
+        "{err}"
+    );
+}
