@@ -272,7 +272,8 @@ impl ArchivePass {
     }
 }
 
-fn content_sha256(file: std::fs::File, cancel: &Cancel) -> std::io::Result<String> {
+/// The SHA-256 of a file's content, as its index entry records it.
+pub fn content_sha256(file: std::fs::File, cancel: &Cancel) -> std::io::Result<String> {
     let mut hash = Sha256::new();
     std::io::copy(&mut cancel.reader(file), &mut hash)?;
     Ok(hex::encode(hash.finalize()))

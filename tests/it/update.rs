@@ -226,3 +226,48 @@ fn a_killed_update_leaves_the_old_snapshot_or_is_finished_by_the_next_run() {
         );
     }
 }
+
+/// A second SQLite database in WAL mode, as Signal's Electron profile has (`DIPS`, `Trust
+/// Tokens`, `Cookies`) and Chromium's `History`: its snapshot copy holds the WAL's pages, so
+/// the restored file is not the size of the live one. An update right after a clean
+/// restore must go ahead; one after an application wrote to that database must not.
+#[test]
+fn a_profile_with_a_second_wal_mode_database_is_updated_not_refused() {
+    let fx = Fixture::new(&["--messages", "500"]);
+    let dips = fx.home().join(".config/Signal/DIPS");
+    add_wal_rows(&dips, 300);
+    let first = backup(&fx);
+    let green = fx.root.join("green");
+    fx.restore(&green).args(["--snapshot", id(&first)]).ok();
+    let restored = green.join(".config/Signal/DIPS");
+    let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+    assert_ne!(
+        size(&restored),
+        size(&dips),
+        "the live database must differ in size from its snapshot copy for this test to mean anything"
+    );
+
+    // Signal and the application write; blue backs up; green is brought forward.
+    let ids = fx.root.join("ids.txt");
+    commit_messages(fx.home(), &fx.profile.key, &ids, 20);
+    assert_eq!(add_wal_rows(&dips, 300), 600);
+    let second = backup(&fx);
+    assert_eq!(update(&fx, &green, id(&second)).ok(), id(&second));
+    assert_eq!(marker(&green).as_deref(), Some(id(&second)));
+    assert_eq!(count_rows(&restored, "visits"), 600);
+    let db = check_db(
+        &green.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ids),
+    );
+    assert_eq!(db["missingCount"], 0, "{db}");
+
+    // The application runs on green and writes (into the WAL only): green changed.
+    add_wal_rows(&restored, 5);
+    commit_messages(fx.home(), &fx.profile.key, &ids, 20);
+    let third = backup(&fx);
+    let err =
+        update(&fx, &green, id(&third)).fails_with(&["changed since it was restored", "--force"]);
+    assert!(err.contains(".config/Signal/DIPS"), "{err}");
+    assert_eq!(marker(&green).as_deref(), Some(id(&second)));
+}
