@@ -172,6 +172,7 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
             options.db_key_file.as_deref(),
             &staging,
             options.db_wait,
+            !options.r#final,
             cancel,
         )?
         .map(|copied| {

@@ -190,8 +190,15 @@ impl ArchivePass {
             // Not read here: the plain read says why and counts it.
             _ => return writer.add_file(&entry.path, home, &entry.metadata),
         }
-        let snapshot =
-            sqlite::snapshot(&full, &entry.metadata, copy, None, self.wait, &self.cancel);
+        let snapshot = sqlite::snapshot(
+            &full,
+            &entry.metadata,
+            copy,
+            None,
+            self.wait,
+            true,
+            &self.cancel,
+        );
         // The open is by path: make sure the file SQLite read is still the listed one.
         if !matches!(
             home.open_listed(&entry.path, &entry.metadata)?,

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use crate::cancel::{Cancel, is_cancelled};
 use crate::home::{self, Home, Opened};
 use crate::index::{DbChain, IndexEntry};
-use crate::manifest::{AttachmentCheck, DatabaseInfo, Manifest};
+use crate::manifest::{AttachmentCheck, COPY_CHECKS, DatabaseInfo, Manifest, NOT_CHECKED};
 use crate::pages::{self, Delta, PageList};
 use crate::profile::{self, DbKey};
 use crate::sqlite::{self, DbCheck};
@@ -283,11 +283,18 @@ impl SignalSnapshot {
 /// Snapshots Signal's encrypted database, if the home has a Signal profile. A database
 /// that is a symlink, or is reached through one, is not followed (see [`crate::home`]):
 /// the snapshot goes ahead without it, with a warning.
+///
+/// `check`: run `quick_check` and `cipher_integrity_check` on the copy (each reads the
+/// whole database, about 15 s per GiB together). The final snapshot leaves them out:
+/// Signal is stopped and the desktop is down until it is uploaded, and what they would
+/// prove is checked by the scheduled `verify` instead (docs/format.md, "What a snapshot
+/// proves").
 pub fn snapshot_signal_db(
     home: &Path,
     key_file: Option<&Path>,
     staging: &Staging,
     wait: Duration,
+    check: bool,
     cancel: &Cancel,
 ) -> Result<Option<SignalSnapshot>> {
     let home = Home::open(home)?;
@@ -298,7 +305,7 @@ pub fn snapshot_signal_db(
     };
     let key = read_key(&home, key_file)?;
     let copy = staging.file("signal.sqlite");
-    let check = sqlite::snapshot(&db, &listed, &copy, Some(&key), wait, cancel)
+    let check = sqlite::snapshot(&db, &listed, &copy, Some(&key), wait, check, cancel)
         .context("cannot snapshot Signal's database")?;
     // SQLite opened it by path: it must still be the file found above.
     if !matches!(home.open_listed(relative, &listed)?, Opened::File(..)) {
@@ -306,9 +313,14 @@ pub fn snapshot_signal_db(
         tracing::warn!(path = %db.display(), "Signal's database was replaced while it was snapshotted (by a link, or another file); this snapshot holds no Signal database. If nobody is tampering with the home, run the backup again");
         return Ok(None);
     }
-    if !check.is_ok() {
-        tracing::warn!(check = %check.result, "quick_check found problems in Signal's database; backing it up as it is");
-    }
+    let checks = match check.result.as_str() {
+        "ok" => COPY_CHECKS.iter().map(|c| c.to_string()).collect(),
+        NOT_CHECKED => Vec::new(),
+        problems => {
+            tracing::warn!(check = %problems, "quick_check found problems in Signal's database; backing it up as it is");
+            Vec::new()
+        }
+    };
     cancel.enter("attachment references")?;
     let references = sqlite::attachment_references(&copy, &key, cancel)?;
     cancel.enter("database pages")?;
@@ -327,6 +339,7 @@ pub fn snapshot_signal_db(
     let info = DatabaseInfo {
         user_version: check.user_version,
         check: check.result,
+        checks: Some(checks),
         bytes: std::fs::metadata(&copy)?.len(),
         delta_pages: None,
     };
@@ -402,12 +415,13 @@ pub fn check_signal_db(config_json: &[u8], db: &Path, cancel: &Cancel) -> Result
 ///
 /// `pages_verified`: the restore has read every page of the database back, decrypted with
 /// the restored key (so SQLCipher authenticated each one) and found them to hash to the
-/// page digest in the snapshot's signed index ([`crate::db_rebuild`]). The database is
-/// then, page for page, the one the backup checked (`quick_check` and
-/// `cipher_integrity_check`, recorded in `signal_db.check`); if that check was "ok" the
-/// full `integrity_check` adds nothing a restore can break, and costs about 30 s per GiB,
-/// inside the switch's downtime. `verify` still runs it. Otherwise (an older snapshot
-/// without a page digest, or a backup whose check failed) the gate runs it.
+/// page digest in the snapshot's signed index ([`crate::db_rebuild`]). That is the gate's
+/// promise: the database is, page for page, the copy the backup took of what Signal had
+/// committed, and it opens with the restored key. The full `integrity_check` adds nothing
+/// a restore can break, and costs about 30 s per GiB inside the switch's downtime: it is
+/// left to the backup (`quick_check`, on every scheduled copy) and to `verify`. The gate
+/// runs it only when the pages were not verified (an older snapshot without a page
+/// digest) or when the backup's own check found problems.
 pub fn gate(
     manifest: &Manifest,
     staged: &Path,
@@ -418,10 +432,11 @@ pub fn gate(
         tracing::warn!("this snapshot holds no Signal database; no gate to run");
         return Ok("no Signal database in this snapshot".into());
     };
-    if pages_verified && backed_up.check == "ok" {
+    if pages_verified && !backed_up.check_failed() {
         tracing::info!(
             user_version = backed_up.user_version,
-            "restore gate passed: every page authenticated with the restored key and equal to the checked snapshot"
+            checks_at_backup = backed_up.passed_checks().join(","),
+            "restore gate passed: every page authenticated with the restored key and equal to the snapshot's signed digest"
         );
         return Ok("ok".into());
     }

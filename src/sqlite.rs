@@ -83,7 +83,9 @@ pub(crate) fn open(path: &Path, flags: OpenFlags, key: Option<&DbKey>) -> Result
 }
 
 /// Copies the live database at `source` into the new file `copy` as one consistent
-/// snapshot, then runs `quick_check` on the copy. `wait` bounds how long a locked source
+/// snapshot, then, if `check`, runs `quick_check` (and on an encrypted one
+/// `cipher_integrity_check`) on the copy; without, the result says
+/// [`crate::manifest::NOT_CHECKED`]. `wait` bounds how long a locked source
 /// (a rollback-journal database mid-write) may hold us up.
 ///
 /// `listed` is the stat the walk recorded for `source`: the file SQLite opened must be
@@ -95,6 +97,7 @@ pub fn snapshot(
     copy: &Path,
     key: Option<&DbKey>,
     wait: Duration,
+    check: bool,
     cancel: &Cancel,
 ) -> Result<DbCheck> {
     // Read-only: we never checkpoint, truncate or otherwise touch the live files. No link
@@ -138,7 +141,14 @@ pub fn snapshot(
         }
     }
     drop(live); // ends the read transaction
-    let check = run_check(&mut staged, copy, "quick_check", key, cancel)?;
+    let check = if check {
+        run_check(&mut staged, copy, "quick_check", key, cancel)?
+    } else {
+        DbCheck {
+            user_version: staged.query_row("PRAGMA user_version", [], |row| row.get(0))?,
+            result: crate::manifest::NOT_CHECKED.to_string(),
+        }
+    };
     tracing::debug!(db = %source.display(), elapsed = ?started.elapsed(), "database snapshot taken");
     Ok(check)
 }
@@ -454,6 +464,7 @@ mod tests {
             &copy,
             Some(&key),
             Duration::from_secs(1),
+            true,
             &Cancel::new(),
         )
         .unwrap();
@@ -512,6 +523,7 @@ mod tests {
                 &copy,
                 None,
                 Duration::from_secs(5),
+                true,
                 &Cancel::new(),
             );
             let rows: Option<i64> = Connection::open(&copy)
@@ -560,6 +572,7 @@ mod tests {
             &copy,
             None,
             Duration::from_secs(1),
+            true,
             &Cancel::new(),
         )
         .unwrap_err();
@@ -589,6 +602,7 @@ mod tests {
             &copy,
             None,
             Duration::from_secs(1),
+            true,
             &cancel,
         )
         .unwrap_err();
