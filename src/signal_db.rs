@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use crate::cancel::{Cancel, is_cancelled};
 use crate::home::{self, Home, Opened};
 use crate::index::{DbChain, IndexEntry};
-use crate::manifest::{AttachmentCheck, COPY_CHECKS, DatabaseInfo, Manifest, NOT_CHECKED};
+use crate::manifest::{AttachmentCheck, COPY_CHECKS, DatabaseInfo, Manifest};
 use crate::pages::{self, Delta, PageList};
 use crate::profile::{self, DbKey};
 use crate::sqlite::{self, DbCheck};
@@ -284,17 +284,15 @@ impl SignalSnapshot {
 /// that is a symlink, or is reached through one, is not followed (see [`crate::home`]):
 /// the snapshot goes ahead without it, with a warning.
 ///
-/// `check`: run `quick_check` and `cipher_integrity_check` on the copy (each reads the
-/// whole database, about 15 s per GiB together). The final snapshot leaves them out:
-/// Signal is stopped and the desktop is down until it is uploaded, and what they would
-/// prove is checked by the scheduled `verify` instead (docs/format.md, "What a snapshot
-/// proves").
+/// The copy is not checked here: its `quick_check` and `cipher_integrity_check` read the
+/// whole database (about 15 s per GiB together), and run beside the upload instead
+/// ([`PendingCheck`]), or not at all in the final snapshot; until then its
+/// `info.check` says [`crate::manifest::NOT_CHECKED`].
 pub fn snapshot_signal_db(
     home: &Path,
     key_file: Option<&Path>,
     staging: &Staging,
     wait: Duration,
-    check: bool,
     cancel: &Cancel,
 ) -> Result<Option<SignalSnapshot>> {
     let home = Home::open(home)?;
@@ -305,7 +303,7 @@ pub fn snapshot_signal_db(
     };
     let key = read_key(&home, key_file)?;
     let copy = staging.file("signal.sqlite");
-    let check = sqlite::snapshot(&db, &listed, &copy, Some(&key), wait, check, cancel)
+    let check = sqlite::snapshot(&db, &listed, &copy, Some(&key), wait, false, cancel)
         .context("cannot snapshot Signal's database")?;
     // SQLite opened it by path: it must still be the file found above.
     if !matches!(home.open_listed(relative, &listed)?, Opened::File(..)) {
@@ -313,14 +311,6 @@ pub fn snapshot_signal_db(
         tracing::warn!(path = %db.display(), "Signal's database was replaced while it was snapshotted (by a link, or another file); this snapshot holds no Signal database. If nobody is tampering with the home, run the backup again");
         return Ok(None);
     }
-    let checks = match check.result.as_str() {
-        "ok" => COPY_CHECKS.iter().map(|c| c.to_string()).collect(),
-        NOT_CHECKED => Vec::new(),
-        problems => {
-            tracing::warn!(check = %problems, "quick_check found problems in Signal's database; backing it up as it is");
-            Vec::new()
-        }
-    };
     cancel.enter("attachment references")?;
     let references = sqlite::attachment_references(&copy, &key, cancel)?;
     cancel.enter("database pages")?;
@@ -339,7 +329,7 @@ pub fn snapshot_signal_db(
     let info = DatabaseInfo {
         user_version: check.user_version,
         check: check.result,
-        checks: Some(checks),
+        checks: Some(Vec::new()),
         bytes: std::fs::metadata(&copy)?.len(),
         delta_pages: None,
     };
@@ -350,6 +340,86 @@ pub fn snapshot_signal_db(
         stamp: None,
         pages,
     }))
+}
+
+/// The whole-database checks of a snapshot's copy (`quick_check` and
+/// `cipher_integrity_check`), on a thread of their own beside the archive and upload,
+/// which read the same copy. A backup that fails or is cut stops them (dropping this
+/// stops the checks and waits for them), before the copy is removed.
+pub struct PendingCheck {
+    stop: Cancel,
+    worker: Option<std::thread::JoinHandle<Result<DbCheck>>>,
+}
+
+impl PendingCheck {
+    /// Starts checking `snapshot`'s copy, if it made one now (a reused parent's copy keeps
+    /// the parent's check).
+    pub fn start(snapshot: &SignalSnapshot) -> Option<Self> {
+        let (Origin::Copied { copy, key } | Origin::Delta { copy, key, .. }) = &snapshot.origin
+        else {
+            return None;
+        };
+        let stop = Cancel::new();
+        let (copy, key, token) = (copy.clone(), key.clone(), stop.clone());
+        let worker = std::thread::spawn(move || sqlite::check_copy(&copy, Some(&key), &token));
+        Some(Self {
+            stop,
+            worker: Some(worker),
+        })
+    }
+
+    /// Waits for the checks and records what they found in `info`. A cut of `cancel`
+    /// stops them within about a second.
+    pub fn finish(mut self, info: &mut DatabaseInfo, cancel: &Cancel) -> Result<()> {
+        while self.worker.as_ref().is_some_and(|w| !w.is_finished()) {
+            cancel.check()?; // dropped: stopped and joined
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let worker = self
+            .worker
+            .take()
+            .context("the database check was joined already")?;
+        let check = worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the database check panicked"))?;
+        record_check(info, check)
+    }
+}
+
+impl Drop for PendingCheck {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Notes a check's outcome: problems, or a check that could not run, are warned about and
+/// recorded (the restore gate then runs the full `integrity_check`), and the backup goes
+/// ahead: the damage is Signal's, and the snapshot is the best copy there is.
+fn record_check(info: &mut DatabaseInfo, check: Result<DbCheck>) -> Result<()> {
+    match check {
+        Ok(check) if check.is_ok() => {
+            info.checks = Some(COPY_CHECKS.iter().map(|c| c.to_string()).collect());
+            info.check = check.result;
+        }
+        Ok(check) => {
+            tracing::warn!(check = %check.result, "quick_check found problems in Signal's database; backing it up as it is");
+            info.checks = Some(Vec::new());
+            info.check = check.result;
+        }
+        Err(err) if is_cancelled(&err) => return Err(err),
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "cannot check Signal's database copy; backing it up unchecked"
+            );
+            info.checks = Some(Vec::new());
+            info.check = format!("the check could not run: {err:#}");
+        }
+    }
+    Ok(())
 }
 
 /// The stat of Signal's database if it is a regular file reached without links; `None`,

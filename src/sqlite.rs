@@ -267,6 +267,15 @@ pub fn integrity_check(path: &Path, key: Option<&DbKey>, cancel: &Cancel) -> Res
     run_check(&mut conn, path, "integrity_check", key, cancel)
 }
 
+/// Runs `quick_check` (and on an encrypted database `cipher_integrity_check`) on a copy
+/// [`snapshot`] made without them. Opened read-write (never created), as the gate opens a
+/// restored copy: closing it removes the `-wal`/`-shm` opening it made.
+pub fn check_copy(copy: &Path, key: Option<&DbKey>, cancel: &Cancel) -> Result<DbCheck> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let mut conn = open(copy, flags, key)?;
+    run_check(&mut conn, copy, "quick_check", key, cancel)
+}
+
 /// Runs `quick_check` or `integrity_check` table by table, skipping virtual tables: Signal's
 /// full-text index uses Signal's own tokenizer, which only Signal registers, and a whole-
 /// database check stops at it with "SQL logic error". The FTS shadow tables, which hold
