@@ -271,3 +271,48 @@ fn a_profile_with_a_second_wal_mode_database_is_updated_not_refused() {
     assert!(err.contains(".config/Signal/DIPS"), "{err}");
     assert_eq!(marker(&green).as_deref(), Some(id(&second)));
 }
+
+/// A volume whose database was written behind the update's back, to the same size and with
+/// its modification time set back (no stat shows it): the update checks the pages it
+/// builds on, refuses, and leaves the volume as it was.
+#[test]
+fn a_database_changed_with_its_stat_kept_is_still_caught() {
+    let fx = Fixture::new(&["--messages", "500"]);
+    let (snapshots, _) = three_snapshots(&fx);
+    let green = fx.root.join("green");
+    fx.restore(&green)
+        .args(["--snapshot", id(&snapshots[1])])
+        .ok();
+    let db = green.join(".config/Signal/sql/db.sqlite");
+    let before = std::fs::metadata(&db).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", fx.profile.key))
+            .unwrap();
+        // Same length, other content: the file keeps its size. Closing checkpoints the
+        // WAL into the file and removes it.
+        let changed = conn
+            .execute("UPDATE items SET json = replace(json, '\"', '''')", [])
+            .unwrap();
+        assert!(changed > 0, "the profile has items to change");
+    }
+    let file = std::fs::File::options().write(true).open(&db).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    let after = std::fs::metadata(&db).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap()),
+        "the change must not show in the stat for this test to mean anything"
+    );
+    assert!(!db.with_file_name("db.sqlite-wal").exists());
+    let changed_tree = restored_tree(&green);
+
+    let err = update(&fx, &green, id(&snapshots[2])).fails();
+    assert!(
+        err.contains("not the version its restore left") && err.contains("does not apply"),
+        "{err}"
+    );
+    assert_eq!(marker(&green).as_deref(), Some(id(&snapshots[1])));
+    assert_same_tree(&restored_tree(&green), &changed_tree);
+}
