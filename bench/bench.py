@@ -626,6 +626,9 @@ class Bench:
 
         shutil.rmtree(targets, ignore_errors=True)
         targets.mkdir()
+        # The floor for the database: reading its file once and hashing it (page cache warm,
+        # as for the backups that follow).
+        r["floor_read_hash"] = self.timed(f"{prefix}-floor-sha256sum", [["sha256sum", str(db)]])
         r["gwb_full"] = gwb_backup("full")
         r["restic_full"] = restic_backup("full")
         first = json.loads(subprocess.run([str(self.agent), "snapshots", "--json"], check=True,
@@ -864,6 +867,13 @@ def render_heavy(results, load_before, load_after):
                             "gwb_update", "restic_restore")):
             x, y = r[g], r[t]
             out.append(f"| {name} | {x['wall']:.2f} | — | {y['wall']:.2f} | — | {y['wall'] / x['wall']:.2f} |")
+        out.append(f"| peak RSS, MiB: full backup / restore / final snapshot / catch-up | "
+                   f"{mib(r['gwb_full']['rss'])} / {mib(r['gwb_restore_chain']['rss'])} / "
+                   f"{mib(r['gwb_final']['rss'])} / {mib(r['gwb_catch_up']['rss'])} | — | "
+                   f"{mib(r['restic_full']['rss'])} / {mib(r['restic_restore']['rss'])} | — | — |")
+        if "floor_read_hash" in r:
+            out.append(f"| floor: reading the database file once and hashing it (`sha256sum`) | "
+                       f"{r['floor_read_hash']['wall']:.2f} | — | — | — | — |")
         gwb_switch = r["gwb_final"]["wall"] + r["gwb_catch_up"]["wall"]
         restic_switch = r["restic_final"]["wall"] + r["restic_switch_restore"]["wall"]
         out.append(f"| **switch downtime**: final snapshot {r['gwb_final']['wall']:.2f} s + green's catch-up "

@@ -32,7 +32,7 @@ use crate::layout::Object;
 use crate::manifest::{self, ArchiveInfo, AttachmentCheck, Manifest, ObjectRecord};
 use crate::repo::Selector;
 use crate::reuse::{ArchivePass, Archived};
-use crate::signal_db::{self, Origin, SignalSnapshot};
+use crate::signal_db::{self, Origin, PendingCheck, SignalSnapshot};
 use crate::staging::Staging;
 use crate::store::{StoreError, chunk_channel};
 use crate::{keys, lock, profile, walk};
@@ -180,6 +180,14 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
         }),
     };
     let db_pages = signal.as_ref().and_then(|s| s.pages.clone());
+    // The copy's checks read the whole database: they run beside the archive and upload,
+    // and not at all in the final snapshot, which the desktop waits for (docs/format.md,
+    // "What a snapshot proves").
+    let mut signal = signal;
+    let pending_check = signal
+        .as_ref()
+        .filter(|_| !options.r#final)
+        .and_then(PendingCheck::start);
 
     // 2. Then list the home.
     cancel.enter("walk")?;
@@ -232,9 +240,14 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
         zstd_threads: options.threads,
         chunk_size,
     };
-    let work = move |writer: &mut ArchiveWriter| pass.archive(writer, &listing, &staging);
+    // Borrows the staging directory: it outlives the check reading the copy in it.
+    let work = |writer: &mut ArchiveWriter| pass.archive(writer, &listing, &staging);
     let (sealed, archived, recipients) =
         archive_and_upload(remote, &id, recipients, settings, work)?;
+    if let (Some(pending), Some(signal)) = (pending_check, signal.as_mut()) {
+        cancel.enter("database check")?;
+        pending.finish(&mut signal.info, cancel)?;
+    }
 
     // 4. The index, then the manifest: until the manifest exists the snapshot does not.
     cancel.enter("index upload")?;

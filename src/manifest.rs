@@ -109,19 +109,50 @@ pub struct ContentCounts {
     pub sparse_skipped: u64,
 }
 
+/// `signal_db.check` of a copy no whole-database check ran on.
+pub const NOT_CHECKED: &str = "not checked";
+
+/// The checks `signal_db.check` "ok" stands for.
+pub const COPY_CHECKS: [&str; 2] = ["quick_check", "cipher_integrity_check"];
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DatabaseInfo {
     /// Signal's schema version (`PRAGMA user_version`): restore into the same or a newer
     /// Signal.
     pub user_version: i64,
-    /// Result of `PRAGMA quick_check` on the snapshot: "ok" or the first problem.
+    /// What the backup's checks of its copy found: "ok" when `quick_check` and
+    /// `cipher_integrity_check` passed, the first problems they reported, or
+    /// [`NOT_CHECKED`] for a copy taken without them (the final snapshot, whose downtime
+    /// they would lengthen: the scheduled `verify` runs the full `integrity_check` on
+    /// it). A reader that does not know [`NOT_CHECKED`] takes it as "not ok" and has its
+    /// restore gate run the full check itself.
     pub check: String,
+    /// The whole-database checks the copy passed, by their pragma's name; absent in a
+    /// snapshot written before this field, where `check` "ok" means both passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<String>>,
     pub bytes: u64,
     /// Pages of the database this snapshot archived as a delta on its parent's version
     /// (docs/format.md, "Database deltas"); absent when it archived a full copy (or its
     /// parent's version was unchanged and reused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_pages: Option<u64>,
+}
+
+impl DatabaseInfo {
+    /// Whether a check ran on the copy and found problems (not merely: none ran).
+    pub fn check_failed(&self) -> bool {
+        self.check != "ok" && self.check != NOT_CHECKED
+    }
+
+    /// The whole-database checks the copy passed.
+    pub fn passed_checks(&self) -> Vec<String> {
+        match (&self.checks, self.check.as_str()) {
+            (Some(checks), _) => checks.clone(),
+            (None, "ok") => COPY_CHECKS.iter().map(|c| c.to_string()).collect(),
+            (None, _) => Vec::new(),
+        }
+    }
 }
 
 /// Attachment files the database snapshot references, checked against the archive.

@@ -94,7 +94,7 @@ impl Metrics {
         );
         registry.register(
             "ghostwire_backup_restore_gate_ok",
-            "1 if the last snapshot's Signal database passed its check (the one the restore gate repeats), 0 if not",
+            "0 if the last snapshot's check of its Signal database copy found problems (its restore gate then runs the full integrity_check), 1 if not (a final snapshot, taken without the check, counts as 1)",
             metrics.db_check_ok.clone(),
         );
         registry.register(
@@ -136,7 +136,7 @@ impl Metrics {
             .set(manifest.finished_at.timestamp_millis() as f64 / 1000.0);
         self.last_size.set(manifest.archive.size as i64);
         if let Some(db) = &manifest.signal_db {
-            self.db_check_ok.set((db.check == "ok") as i64);
+            self.db_check_ok.set(!db.check_failed() as i64);
         }
     }
 

@@ -11,7 +11,7 @@ use sha2::Digest;
 
 use crate::archive::{self, Digest as Checksum, HashingReader, PlainReader};
 use crate::blocking::{Remote, RemoteReader};
-use crate::cancel::Cancel;
+use crate::cancel::{Cancel, is_cancelled};
 use crate::db_rebuild::Deltas;
 use crate::index::{self, DbChain, EntryKind, IndexEntry};
 use crate::keys::Identities;
@@ -268,9 +268,9 @@ pub fn unpack_into(
     if missing > 0 {
         bail!("{missing} files of the snapshot's index were not in their archives");
     }
-    let chain = match from_volume.and_then(FromVolume::db_chain) {
-        Some(newer) => Some(newer),
-        None => plan.db_chain(),
+    let (chain, on_volume) = match from_volume.and_then(FromVolume::db_chain) {
+        Some(newer) => (Some(newer), true),
+        None => (plan.db_chain(), false),
     };
     if chain.is_none() {
         return Ok(None);
@@ -283,7 +283,18 @@ pub fn unpack_into(
         "the snapshot's Signal database has deltas but the snapshot has no config.json with its key",
     )?);
     let db = dest.join(profile::SIGNAL_DB);
-    let pages = plan.rebuild_db_with(chain, deltas, &db, &config, remote.cancel())?;
+    let pages = plan
+        .rebuild_db_with(chain, deltas, &db, &config, remote.cancel())
+        .map_err(|err| match on_volume && !is_cancelled(&err) {
+            // Its pages, not its stat, showed that the volume's database changed.
+            true => err.context(
+                "the target's Signal database is not the version its restore left, though its \
+                 size and modification time say so: something wrote to it since (Signal, with \
+                 its times set back?). Nothing was moved into place. Restore over it without \
+                 --update (with --force), or into an empty volume",
+            ),
+            false => err,
+        })?;
     // As its archive entry would have it: a later `restore --update` compares the stat.
     if let Some(entry) = plan.db_entry() {
         let seconds = entry.mtime_ns.div_euclid(1_000_000_000).max(0) as u64;

@@ -190,8 +190,15 @@ impl ArchivePass {
             // Not read here: the plain read says why and counts it.
             _ => return writer.add_file(&entry.path, home, &entry.metadata),
         }
-        let snapshot =
-            sqlite::snapshot(&full, &entry.metadata, copy, None, self.wait, &self.cancel);
+        let snapshot = sqlite::snapshot(
+            &full,
+            &entry.metadata,
+            copy,
+            None,
+            self.wait,
+            true,
+            &self.cancel,
+        );
         // The open is by path: make sure the file SQLite read is still the listed one.
         if !matches!(
             home.open_listed(&entry.path, &entry.metadata)?,
@@ -272,7 +279,8 @@ impl ArchivePass {
     }
 }
 
-fn content_sha256(file: std::fs::File, cancel: &Cancel) -> std::io::Result<String> {
+/// The SHA-256 of a file's content, as its index entry records it.
+pub fn content_sha256(file: std::fs::File, cancel: &Cancel) -> std::io::Result<String> {
     let mut hash = Sha256::new();
     std::io::copy(&mut cancel.reader(file), &mut hash)?;
     Ok(hex::encode(hash.finalize()))

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use crate::cancel::{Cancel, is_cancelled};
 use crate::home::{self, Home, Opened};
 use crate::index::{DbChain, IndexEntry};
-use crate::manifest::{AttachmentCheck, DatabaseInfo, Manifest};
+use crate::manifest::{AttachmentCheck, COPY_CHECKS, DatabaseInfo, Manifest};
 use crate::pages::{self, Delta, PageList};
 use crate::profile::{self, DbKey};
 use crate::sqlite::{self, DbCheck};
@@ -283,6 +283,11 @@ impl SignalSnapshot {
 /// Snapshots Signal's encrypted database, if the home has a Signal profile. A database
 /// that is a symlink, or is reached through one, is not followed (see [`crate::home`]):
 /// the snapshot goes ahead without it, with a warning.
+///
+/// The copy is not checked here: its `quick_check` and `cipher_integrity_check` read the
+/// whole database (about 15 s per GiB together), and run beside the upload instead
+/// ([`PendingCheck`]), or not at all in the final snapshot; until then its
+/// `info.check` says [`crate::manifest::NOT_CHECKED`].
 pub fn snapshot_signal_db(
     home: &Path,
     key_file: Option<&Path>,
@@ -298,16 +303,13 @@ pub fn snapshot_signal_db(
     };
     let key = read_key(&home, key_file)?;
     let copy = staging.file("signal.sqlite");
-    let check = sqlite::snapshot(&db, &listed, &copy, Some(&key), wait, cancel)
+    let check = sqlite::snapshot(&db, &listed, &copy, Some(&key), wait, false, cancel)
         .context("cannot snapshot Signal's database")?;
     // SQLite opened it by path: it must still be the file found above.
     if !matches!(home.open_listed(relative, &listed)?, Opened::File(..)) {
         std::fs::remove_file(&copy).ok();
         tracing::warn!(path = %db.display(), "Signal's database was replaced while it was snapshotted (by a link, or another file); this snapshot holds no Signal database. If nobody is tampering with the home, run the backup again");
         return Ok(None);
-    }
-    if !check.is_ok() {
-        tracing::warn!(check = %check.result, "quick_check found problems in Signal's database; backing it up as it is");
     }
     cancel.enter("attachment references")?;
     let references = sqlite::attachment_references(&copy, &key, cancel)?;
@@ -327,6 +329,7 @@ pub fn snapshot_signal_db(
     let info = DatabaseInfo {
         user_version: check.user_version,
         check: check.result,
+        checks: Some(Vec::new()),
         bytes: std::fs::metadata(&copy)?.len(),
         delta_pages: None,
     };
@@ -337,6 +340,86 @@ pub fn snapshot_signal_db(
         stamp: None,
         pages,
     }))
+}
+
+/// The whole-database checks of a snapshot's copy (`quick_check` and
+/// `cipher_integrity_check`), on a thread of their own beside the archive and upload,
+/// which read the same copy. A backup that fails or is cut stops them (dropping this
+/// stops the checks and waits for them), before the copy is removed.
+pub struct PendingCheck {
+    stop: Cancel,
+    worker: Option<std::thread::JoinHandle<Result<DbCheck>>>,
+}
+
+impl PendingCheck {
+    /// Starts checking `snapshot`'s copy, if it made one now (a reused parent's copy keeps
+    /// the parent's check).
+    pub fn start(snapshot: &SignalSnapshot) -> Option<Self> {
+        let (Origin::Copied { copy, key } | Origin::Delta { copy, key, .. }) = &snapshot.origin
+        else {
+            return None;
+        };
+        let stop = Cancel::new();
+        let (copy, key, token) = (copy.clone(), key.clone(), stop.clone());
+        let worker = std::thread::spawn(move || sqlite::check_copy(&copy, Some(&key), &token));
+        Some(Self {
+            stop,
+            worker: Some(worker),
+        })
+    }
+
+    /// Waits for the checks and records what they found in `info`. A cut of `cancel`
+    /// stops them within about a second.
+    pub fn finish(mut self, info: &mut DatabaseInfo, cancel: &Cancel) -> Result<()> {
+        while self.worker.as_ref().is_some_and(|w| !w.is_finished()) {
+            cancel.check()?; // dropped: stopped and joined
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let worker = self
+            .worker
+            .take()
+            .context("the database check was joined already")?;
+        let check = worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the database check panicked"))?;
+        record_check(info, check)
+    }
+}
+
+impl Drop for PendingCheck {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Notes a check's outcome: problems, or a check that could not run, are warned about and
+/// recorded (the restore gate then runs the full `integrity_check`), and the backup goes
+/// ahead: the damage is Signal's, and the snapshot is the best copy there is.
+fn record_check(info: &mut DatabaseInfo, check: Result<DbCheck>) -> Result<()> {
+    match check {
+        Ok(check) if check.is_ok() => {
+            info.checks = Some(COPY_CHECKS.iter().map(|c| c.to_string()).collect());
+            info.check = check.result;
+        }
+        Ok(check) => {
+            tracing::warn!(check = %check.result, "quick_check found problems in Signal's database; backing it up as it is");
+            info.checks = Some(Vec::new());
+            info.check = check.result;
+        }
+        Err(err) if is_cancelled(&err) => return Err(err),
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "cannot check Signal's database copy; backing it up unchecked"
+            );
+            info.checks = Some(Vec::new());
+            info.check = format!("the check could not run: {err:#}");
+        }
+    }
+    Ok(())
 }
 
 /// The stat of Signal's database if it is a regular file reached without links; `None`,
@@ -402,12 +485,13 @@ pub fn check_signal_db(config_json: &[u8], db: &Path, cancel: &Cancel) -> Result
 ///
 /// `pages_verified`: the restore has read every page of the database back, decrypted with
 /// the restored key (so SQLCipher authenticated each one) and found them to hash to the
-/// page digest in the snapshot's signed index ([`crate::db_rebuild`]). The database is
-/// then, page for page, the one the backup checked (`quick_check` and
-/// `cipher_integrity_check`, recorded in `signal_db.check`); if that check was "ok" the
-/// full `integrity_check` adds nothing a restore can break, and costs about 30 s per GiB,
-/// inside the switch's downtime. `verify` still runs it. Otherwise (an older snapshot
-/// without a page digest, or a backup whose check failed) the gate runs it.
+/// page digest in the snapshot's signed index ([`crate::db_rebuild`]). That is the gate's
+/// promise: the database is, page for page, the copy the backup took of what Signal had
+/// committed, and it opens with the restored key. The full `integrity_check` adds nothing
+/// a restore can break, and costs about 30 s per GiB inside the switch's downtime: it is
+/// left to the backup (`quick_check`, on every scheduled copy) and to `verify`. The gate
+/// runs it only when the pages were not verified (an older snapshot without a page
+/// digest) or when the backup's own check found problems.
 pub fn gate(
     manifest: &Manifest,
     staged: &Path,
@@ -418,10 +502,11 @@ pub fn gate(
         tracing::warn!("this snapshot holds no Signal database; no gate to run");
         return Ok("no Signal database in this snapshot".into());
     };
-    if pages_verified && backed_up.check == "ok" {
+    if pages_verified && !backed_up.check_failed() {
         tracing::info!(
             user_version = backed_up.user_version,
-            "restore gate passed: every page authenticated with the restored key and equal to the checked snapshot"
+            checks_at_backup = backed_up.passed_checks().join(","),
+            "restore gate passed: every page authenticated with the restored key and equal to the snapshot's signed digest"
         );
         return Ok("ok".into());
     }

@@ -83,7 +83,9 @@ pub(crate) fn open(path: &Path, flags: OpenFlags, key: Option<&DbKey>) -> Result
 }
 
 /// Copies the live database at `source` into the new file `copy` as one consistent
-/// snapshot, then runs `quick_check` on the copy. `wait` bounds how long a locked source
+/// snapshot, then, if `check`, runs `quick_check` (and on an encrypted one
+/// `cipher_integrity_check`) on the copy; without, the result says
+/// [`crate::manifest::NOT_CHECKED`]. `wait` bounds how long a locked source
 /// (a rollback-journal database mid-write) may hold us up.
 ///
 /// `listed` is the stat the walk recorded for `source`: the file SQLite opened must be
@@ -95,6 +97,7 @@ pub fn snapshot(
     copy: &Path,
     key: Option<&DbKey>,
     wait: Duration,
+    check: bool,
     cancel: &Cancel,
 ) -> Result<DbCheck> {
     // Read-only: we never checkpoint, truncate or otherwise touch the live files. No link
@@ -138,7 +141,14 @@ pub fn snapshot(
         }
     }
     drop(live); // ends the read transaction
-    let check = run_check(&mut staged, copy, "quick_check", key, cancel)?;
+    let check = if check {
+        run_check(&mut staged, copy, "quick_check", key, cancel)?
+    } else {
+        DbCheck {
+            user_version: staged.query_row("PRAGMA user_version", [], |row| row.get(0))?,
+            result: crate::manifest::NOT_CHECKED.to_string(),
+        }
+    };
     tracing::debug!(db = %source.display(), elapsed = ?started.elapsed(), "database snapshot taken");
     Ok(check)
 }
@@ -255,6 +265,15 @@ pub fn integrity_check(path: &Path, key: Option<&DbKey>, cancel: &Cancel) -> Res
     }
     let mut conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE, key)?;
     run_check(&mut conn, path, "integrity_check", key, cancel)
+}
+
+/// Runs `quick_check` (and on an encrypted database `cipher_integrity_check`) on a copy
+/// [`snapshot`] made without them. Opened read-write (never created), as the gate opens a
+/// restored copy: closing it removes the `-wal`/`-shm` opening it made.
+pub fn check_copy(copy: &Path, key: Option<&DbKey>, cancel: &Cancel) -> Result<DbCheck> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let mut conn = open(copy, flags, key)?;
+    run_check(&mut conn, copy, "quick_check", key, cancel)
 }
 
 /// Runs `quick_check` or `integrity_check` table by table, skipping virtual tables: Signal's
@@ -454,6 +473,7 @@ mod tests {
             &copy,
             Some(&key),
             Duration::from_secs(1),
+            true,
             &Cancel::new(),
         )
         .unwrap();
@@ -512,6 +532,7 @@ mod tests {
                 &copy,
                 None,
                 Duration::from_secs(5),
+                true,
                 &Cancel::new(),
             );
             let rows: Option<i64> = Connection::open(&copy)
@@ -560,6 +581,7 @@ mod tests {
             &copy,
             None,
             Duration::from_secs(1),
+            true,
             &Cancel::new(),
         )
         .unwrap_err();
@@ -589,6 +611,7 @@ mod tests {
             &copy,
             None,
             Duration::from_secs(1),
+            true,
             &cancel,
         )
         .unwrap_err();

@@ -26,6 +26,7 @@ use crate::home::{Home, Opened};
 use crate::index::{DbChain, EntryKind, IndexEntry};
 use crate::profile;
 use crate::readback::Plan;
+use crate::reuse;
 use crate::walk::{self, Kind};
 
 /// What a restore takes from the volume it updates instead of the repository.
@@ -62,7 +63,8 @@ impl FromVolume {
             .map(|e| (e.path.as_path(), e))
             .collect();
         let old: HashMap<&Path, &IndexEntry> = old.iter().map(|e| (e.path.as_path(), e)).collect();
-        let changed = changes(volume, &old, &listed);
+        let home = Home::open(volume)?;
+        let changed = changes(&home, &old, &listed, cancel)?;
         if let Some(example) = changed.iter().next() {
             let what = format!(
                 "{} changed since it was restored from snapshot {old_id}: {} paths differ from \
@@ -213,14 +215,15 @@ fn restores_as(old: &IndexEntry, new: &IndexEntry) -> bool {
 
 /// Paths where the volume differs from the snapshot it was restored from: a file or link
 /// missing, of another kind, size, mode or (whole-second) mtime; a file or link the
-/// snapshot does not have; Signal's database with a WAL or journal holding data. (A
-/// database written with its mtime set back is still caught: the deltas applied to it
-/// check its pages.)
+/// snapshot does not have; a database (Signal's, or a plain SQLite one) with a WAL or
+/// journal holding data. (A database written with its mtime set back is still caught:
+/// the deltas applied to it check its pages.)
 fn changes(
-    volume: &Path,
+    home: &Home,
     old: &HashMap<&Path, &IndexEntry>,
     listed: &HashMap<&Path, &walk::Entry>,
-) -> HashSet<PathBuf> {
+    cancel: &Cancel,
+) -> Result<HashSet<PathBuf>> {
     let mut changed = HashSet::new();
     for (path, entry) in old {
         let same = match (entry.kind, listed.get(path)) {
@@ -228,13 +231,10 @@ fn changes(
             (EntryKind::Directory, Some(now)) => matches!(now.kind, Kind::Directory),
             (EntryKind::Symlink, Some(now)) => matches!(now.kind, Kind::Symlink(_)),
             (EntryKind::File, Some(now)) => {
-                // The database's entry has the live file's size, its restore the copy's
-                // (with the WAL's commits in): its mtime and journals tell instead.
-                let database = *path == Path::new(profile::SIGNAL_DB);
                 matches!(now.kind, Kind::File | Kind::PlainSqlite)
-                    && (database || now.metadata.len() == entry.size)
                     && now.metadata.mode() & 0o7777 == entry.mode
                     && now.metadata.mtime() == entry.mtime_ns.div_euclid(1_000_000_000)
+                    && restored_content(home, entry, now, cancel)?
             }
             _ => false,
         };
@@ -246,14 +246,50 @@ fn changes(
         if !old.contains_key(path) && !matches!(entry.kind, Kind::Directory) {
             changed.insert(path.to_path_buf());
         }
-    }
-    for suffix in ["-wal", "-journal"] {
-        let companion = volume.join(format!("{}{suffix}", profile::SIGNAL_DB));
-        if std::fs::symlink_metadata(&companion).is_ok_and(|m| !m.is_file() || m.len() > 0) {
-            changed.insert(PathBuf::from(profile::SIGNAL_DB));
+        let database =
+            matches!(entry.kind, Kind::PlainSqlite) || *path == Path::new(profile::SIGNAL_DB);
+        if database && journal_holds_data(home, path) {
+            changed.insert(path.to_path_buf());
         }
     }
-    changed
+    Ok(changed)
+}
+
+/// Whether the volume's file `now` still has the content the restore gave it, as far as
+/// its size tells. An entry's size is the live file's at backup; a database's restore is
+/// its snapshot copy, whose size differs when the WAL held pages: Signal's database is
+/// checked by its deltas instead, and a plain SQLite one of another size by its content
+/// hash (the hash of the copy the snapshot archived).
+fn restored_content(
+    home: &Home,
+    entry: &IndexEntry,
+    now: &walk::Entry,
+    cancel: &Cancel,
+) -> Result<bool> {
+    if now.metadata.len() == entry.size || entry.path == Path::new(profile::SIGNAL_DB) {
+        return Ok(true);
+    }
+    let (Kind::PlainSqlite, Some(archived)) = (&now.kind, &entry.sha256) else {
+        return Ok(false);
+    };
+    cancel.check()?;
+    let Opened::File(file, _) = home.open_listed(&entry.path, &now.metadata)? else {
+        return Ok(false);
+    };
+    let sha256 = reuse::content_sha256(file, cancel)
+        .with_context(|| format!("cannot read {}", home.path().join(&entry.path).display()))?;
+    Ok(&sha256 == archived)
+}
+
+/// A database's `-wal` or `-journal` with data in it (or that is not a regular file): an
+/// application wrote to it since the restore, which leaves neither.
+fn journal_holds_data(home: &Home, database: &Path) -> bool {
+    ["-wal", "-journal"].iter().any(|suffix| {
+        let mut companion = database.as_os_str().to_owned();
+        companion.push(suffix);
+        home.lstat(Path::new(&companion))
+            .is_ok_and(|m| !m.is_file() || m.len() > 0)
+    })
 }
 
 fn open_listed(home: &Home, path: &Path, listed: &std::fs::Metadata) -> Result<std::fs::File> {

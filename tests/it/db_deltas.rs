@@ -127,3 +127,48 @@ fn a_page_list_planted_in_the_catalog_makes_a_full_copy_not_a_wrong_delta() {
     );
     fx.restore_and_check(&next, Some(&ids));
 }
+
+/// The final snapshot is taken while the desktop is down: it runs no whole-database check
+/// on its copy, and says so. A restore of it still passes the gate (every page read back
+/// with the restored key and equal to the signed digest), and `verify` runs the full check.
+#[test]
+fn a_final_snapshot_skips_the_whole_database_checks_and_still_passes_the_gate() {
+    let fx = Fixture::new(&["--messages", "3000"]);
+    let home = fx.home().to_path_buf();
+    let full = fx.quiet_backup_of(&home);
+    assert_eq!(full["signal_db"]["check"], "ok", "{full}");
+    assert_eq!(
+        full["signal_db"]["checks"],
+        serde_json::json!(["quick_check", "cipher_integrity_check"]),
+        "{full}"
+    );
+
+    let ids = fx.root.join("ids.txt");
+    commit_messages(&home, &fx.profile.key, &ids, 20);
+    std::thread::sleep(QUIET);
+    let id = fx.backup().arg("--final").ok();
+    let last = fx.manifest(&id);
+    assert_eq!(last["final"], true, "{last}");
+    assert_eq!(last["signal_db"]["check"], "not checked", "{last}");
+    assert_eq!(last["signal_db"]["checks"], serde_json::json!([]), "{last}");
+    assert!(delta_pages(&last).is_some(), "{last}");
+
+    let target = fx.root.join("green");
+    let restored = fx.restore(&target).args(["--snapshot", &id]).run();
+    assert!(restored.status.success(), "{restored}");
+    assert!(
+        restored
+            .stderr
+            .contains("equal to the snapshot's signed digest")
+            && !restored.stderr.contains("integrity_check ok"),
+        "the gate should rest on the read-back pages, not a full integrity_check: {restored}"
+    );
+    let db = check_db(
+        &target.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ids),
+    );
+    assert_eq!(db["integrity"], "ok", "{db}");
+    assert_eq!(db["missingCount"], 0, "{db}");
+    fx.verify_with(fx.agent(), &id).ok();
+}

@@ -226,3 +226,93 @@ fn a_killed_update_leaves_the_old_snapshot_or_is_finished_by_the_next_run() {
         );
     }
 }
+
+/// A second SQLite database in WAL mode, as Signal's Electron profile has (`DIPS`, `Trust
+/// Tokens`, `Cookies`) and Chromium's `History`: its snapshot copy holds the WAL's pages, so
+/// the restored file is not the size of the live one. An update right after a clean
+/// restore must go ahead; one after an application wrote to that database must not.
+#[test]
+fn a_profile_with_a_second_wal_mode_database_is_updated_not_refused() {
+    let fx = Fixture::new(&["--messages", "500"]);
+    let dips = fx.home().join(".config/Signal/DIPS");
+    add_wal_rows(&dips, 300);
+    let first = backup(&fx);
+    let green = fx.root.join("green");
+    fx.restore(&green).args(["--snapshot", id(&first)]).ok();
+    let restored = green.join(".config/Signal/DIPS");
+    let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+    assert_ne!(
+        size(&restored),
+        size(&dips),
+        "the live database must differ in size from its snapshot copy for this test to mean anything"
+    );
+
+    // Signal and the application write; blue backs up; green is brought forward.
+    let ids = fx.root.join("ids.txt");
+    commit_messages(fx.home(), &fx.profile.key, &ids, 20);
+    assert_eq!(add_wal_rows(&dips, 300), 600);
+    let second = backup(&fx);
+    assert_eq!(update(&fx, &green, id(&second)).ok(), id(&second));
+    assert_eq!(marker(&green).as_deref(), Some(id(&second)));
+    assert_eq!(count_rows(&restored, "visits"), 600);
+    let db = check_db(
+        &green.join(".config/Signal/sql/db.sqlite"),
+        &fx.profile.key,
+        Some(&ids),
+    );
+    assert_eq!(db["missingCount"], 0, "{db}");
+
+    // The application runs on green and writes (into the WAL only): green changed.
+    add_wal_rows(&restored, 5);
+    commit_messages(fx.home(), &fx.profile.key, &ids, 20);
+    let third = backup(&fx);
+    let err =
+        update(&fx, &green, id(&third)).fails_with(&["changed since it was restored", "--force"]);
+    assert!(err.contains(".config/Signal/DIPS"), "{err}");
+    assert_eq!(marker(&green).as_deref(), Some(id(&second)));
+}
+
+/// A volume whose database was written behind the update's back, to the same size and with
+/// its modification time set back (no stat shows it): the update checks the pages it
+/// builds on, refuses, and leaves the volume as it was.
+#[test]
+fn a_database_changed_with_its_stat_kept_is_still_caught() {
+    let fx = Fixture::new(&["--messages", "500"]);
+    let (snapshots, _) = three_snapshots(&fx);
+    let green = fx.root.join("green");
+    fx.restore(&green)
+        .args(["--snapshot", id(&snapshots[1])])
+        .ok();
+    let db = green.join(".config/Signal/sql/db.sqlite");
+    let before = std::fs::metadata(&db).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", fx.profile.key))
+            .unwrap();
+        // Same length, other content: the file keeps its size. Closing checkpoints the
+        // WAL into the file and removes it.
+        let changed = conn
+            .execute("UPDATE items SET json = replace(json, '\"', '''')", [])
+            .unwrap();
+        assert!(changed > 0, "the profile has items to change");
+    }
+    let file = std::fs::File::options().write(true).open(&db).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    let after = std::fs::metadata(&db).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap()),
+        "the change must not show in the stat for this test to mean anything"
+    );
+    assert!(!db.with_file_name("db.sqlite-wal").exists());
+    let changed_tree = restored_tree(&green);
+
+    let err = update(&fx, &green, id(&snapshots[2])).fails();
+    assert!(
+        err.contains("not the version its restore left") && err.contains("does not apply"),
+        "{err}"
+    );
+    assert_eq!(marker(&green).as_deref(), Some(id(&snapshots[1])));
+    assert_same_tree(&restored_tree(&green), &changed_tree);
+}

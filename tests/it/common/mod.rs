@@ -297,6 +297,19 @@ pub fn commit_messages(home: &Path, key: &str, ids: &Path, count: usize) -> u64 
     lines(ids) as u64
 }
 
+/// An application writing a plain SQLite database in WAL mode (Chromium's `History`;
+/// `DIPS`, `Trust Tokens`, `Cookies` in Signal's Electron profile): adds `rows` rows of about
+/// 1 KiB, created if need be, and leaves them (and the pages they grow it by) in its
+/// `-wal`, as a running application does. Returns the table's row count.
+pub fn add_wal_rows(db: &Path, rows: usize) -> u64 {
+    let printed = node_script("plain-wal-db.mjs")
+        .arg(db)
+        .arg(rows.to_string())
+        .ok();
+    let summary: Value = serde_json::from_str(&printed).expect("plain-wal-db prints JSON");
+    summary["rows"].as_u64().unwrap()
+}
+
 /// Signal's writer: small transactions through Signal's driver, until stopped.
 pub struct Writer {
     child: Spawned,
