@@ -214,7 +214,9 @@ fn restores_as(old: &IndexEntry, new: &IndexEntry) -> bool {
 }
 
 /// Paths where the volume differs from the snapshot it was restored from: a file or link
-/// missing, of another kind, size, mode or (whole-second) mtime; a file or link the
+/// missing, of another kind, size, mode or (whole-second) mtime, or with a fraction of a
+/// second in its mtime (a restore sets whole seconds, so a write in the very second the
+/// snapshot recorded still shows where file times keep nanoseconds); a file or link the
 /// snapshot does not have; a database (Signal's, or a plain SQLite one) with a WAL or
 /// journal holding data. (A database written with its mtime set back is still caught:
 /// the deltas applied to it check its pages.)
@@ -234,6 +236,7 @@ fn changes(
                 matches!(now.kind, Kind::File | Kind::PlainSqlite)
                     && now.metadata.mode() & 0o7777 == entry.mode
                     && now.metadata.mtime() == entry.mtime_ns.div_euclid(1_000_000_000)
+                    && now.metadata.mtime_nsec() == 0
                     && restored_content(home, entry, now, cancel)?
             }
             _ => false,

@@ -145,7 +145,7 @@ fn a_final_snapshot_skips_the_whole_database_checks_and_still_passes_the_gate() 
 
     let ids = fx.root.join("ids.txt");
     commit_messages(&home, &fx.profile.key, &ids, 20);
-    std::thread::sleep(QUIET);
+    wait_for_quiet_database(&home);
     let id = fx.backup().arg("--final").ok();
     let last = fx.manifest(&id);
     assert_eq!(last["final"], true, "{last}");

@@ -316,3 +316,35 @@ fn a_database_changed_with_its_stat_kept_is_still_caught() {
     assert_eq!(marker(&green).as_deref(), Some(id(&snapshots[1])));
     assert_same_tree(&restored_tree(&green), &changed_tree);
 }
+
+/// Signal's database written within the very second its snapshot recorded (a restore sets
+/// whole-second times, and a fast desktop writes at once): the fraction of a second in its
+/// new mtime shows the write, so a forced update fetches the database instead of applying
+/// newer deltas to pages they do not fit.
+#[test]
+fn a_write_in_the_second_the_snapshot_recorded_is_seen() {
+    let fx = Fixture::new(&["--messages", "500"]);
+    let (snapshots, _) = three_snapshots(&fx);
+    let green = fx.root.join("green");
+    fx.restore(&green)
+        .args(["--snapshot", id(&snapshots[1])])
+        .ok();
+    let db = green.join(".config/Signal/sql/db.sqlite");
+    let restored = std::fs::metadata(&db).unwrap().modified().unwrap();
+    commit_messages(&green, &fx.profile.key, &fx.root.join("green-ids.txt"), 5);
+    check_db(&db, &fx.profile.key, None); // Signal quits: its WAL is checkpointed
+    std::fs::File::options()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_modified(restored + std::time::Duration::from_millis(500))
+        .unwrap();
+
+    update(&fx, &green, id(&snapshots[2])).arg("--force").ok();
+    assert_eq!(marker(&green).as_deref(), Some(id(&snapshots[2])));
+    let fresh = fx.root.join("fresh");
+    fx.restore(&fresh)
+        .args(["--snapshot", id(&snapshots[2])])
+        .ok();
+    assert_same_tree(&restored_tree(&green), &restored_tree(&fresh));
+}
