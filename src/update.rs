@@ -214,9 +214,7 @@ fn restores_as(old: &IndexEntry, new: &IndexEntry) -> bool {
 }
 
 /// Paths where the volume differs from the snapshot it was restored from: a file or link
-/// missing, of another kind, size, mode or (whole-second) mtime, or with a fraction of a
-/// second in its mtime (a restore sets whole seconds, so a write in the very second the
-/// snapshot recorded still shows where file times keep nanoseconds); a file or link the
+/// missing, of another kind, size, mode or mtime (see [`mtime_as_left`]); a file or link the
 /// snapshot does not have; a database (Signal's, or a plain SQLite one) with a WAL or
 /// journal holding data. (A database written with its mtime set back is still caught:
 /// the deltas applied to it check its pages.)
@@ -235,8 +233,7 @@ fn changes(
             (EntryKind::File, Some(now)) => {
                 matches!(now.kind, Kind::File | Kind::PlainSqlite)
                     && now.metadata.mode() & 0o7777 == entry.mode
-                    && now.metadata.mtime() == entry.mtime_ns.div_euclid(1_000_000_000)
-                    && now.metadata.mtime_nsec() == 0
+                    && mtime_as_left(&now.kind, &now.metadata, entry.mtime_ns)
                     && restored_content(home, entry, now, cancel)?
             }
             _ => false,
@@ -256,6 +253,21 @@ fn changes(
         }
     }
     Ok(changed)
+}
+
+/// Whether a file's mtime is the one the snapshot left it with: the snapshot's own, to the
+/// nanosecond (a volume whose final snapshot was taken in place), or its whole second with
+/// no fraction (a restore sets whole seconds). A write in the very second the snapshot
+/// recorded shows by its fraction of a second, where file times keep nanoseconds. A plain
+/// SQLite database is archived as a snapshot copy whose recorded time is not the live
+/// file's to the nanosecond: its whole second is compared (and its size or content).
+fn mtime_as_left(kind: &Kind, now: &std::fs::Metadata, snapshot_mtime_ns: i64) -> bool {
+    let same_second = now.mtime() == snapshot_mtime_ns.div_euclid(1_000_000_000);
+    if matches!(kind, Kind::PlainSqlite) {
+        return same_second;
+    }
+    let now_ns = i128::from(now.mtime()) * 1_000_000_000 + i128::from(now.mtime_nsec());
+    now_ns == i128::from(snapshot_mtime_ns) || (same_second && now.mtime_nsec() == 0)
 }
 
 /// Whether the volume's file `now` still has the content the restore gave it, as far as

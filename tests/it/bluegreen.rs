@@ -291,11 +291,11 @@ fn blues_old_volume_after_green_handed_off_is_brought_to_greens_final_snapshot()
             .env("GWB_LEASE_OWNER", owner);
         command
     };
-    // Blue runs and hands off: Signal quits (the kubelet stops it before the sidecar), the
-    // final snapshot follows, and the volume records that it equals it.
+    // Blue runs and hands off: the desktop quits (the kubelet stops it before the sidecar),
+    // the final snapshot follows, and the volume records that it equals it.
     let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
     blue.wait_started("blue");
-    open_and_quit(&fx.profile.db(), &fx.profile.key);
+    desktop_quits(fx.home(), &fx.profile.key);
     blue.stop();
     let blue_final = snapshots(&fx).pop().unwrap()["id"]
         .as_str()

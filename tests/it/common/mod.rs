@@ -258,6 +258,17 @@ pub fn open_and_quit(db: &Path, key: &str) {
         .ok();
 }
 
+/// The desktop stops cleanly: Signal quits (see [`open_and_quit`]) and so does every other
+/// program that keeps a SQLite database in the home (Kasm's `state.sqlite`), which
+/// checkpoints its WAL and removes it, as SQLite does when its last connection closes.
+pub fn desktop_quits(home: &Path, key: &str) {
+    open_and_quit(&home.join(".config/Signal/sql/db.sqlite"), key);
+    let kasm = rusqlite::Connection::open(home.join(".local/share/kasm/state.sqlite")).unwrap();
+    kasm.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .unwrap();
+    kasm.close().unwrap();
+}
+
 /// Checks a restored Signal database with Signal's driver: it opens, passes its integrity
 /// check, and holds `messages` messages. Returns what check-db reported.
 pub fn assert_signal_db(home: &Path, key: &str, messages: u64) -> Value {
