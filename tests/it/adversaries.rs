@@ -1,7 +1,6 @@
 //! The three adversaries, round two (issue 22): what someone who can write to the bucket
 //! but holds no key, the desktop user and a kill can still do, each tried and refused.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::common::*;
@@ -131,15 +130,7 @@ fn zero_archive(recipient: &str, name: &str, len: u64) -> Vec<u8> {
     )
     .unwrap();
     let plain = tar.into_inner().unwrap().finish().unwrap();
-    let recipient: age::x25519::Recipient = recipient.parse().unwrap();
-    let encryptor =
-        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-            .unwrap();
-    let mut ciphertext = Vec::new();
-    let mut writer = encryptor.wrap_output(&mut ciphertext).unwrap();
-    writer.write_all(&plain).unwrap();
-    writer.finish().unwrap();
-    ciphertext
+    age_encrypt(recipient, &plain)
 }
 
 #[test]

@@ -34,6 +34,13 @@ fn update(fx: &Fixture, volume: &Path, snapshot: &str) -> TestCommand {
     restore
 }
 
+/// Snapshot `manifest` restored into the new volume `green`.
+fn restored_green(fx: &Fixture, manifest: &Value) -> PathBuf {
+    let green = fx.root.join("green");
+    fx.restore(&green).args(["--snapshot", id(manifest)]).ok();
+    green
+}
+
 /// A profile backed up, then changed the way Signal changes it (new messages, a new
 /// attachment, one deleted) and backed up twice more: the three snapshots, the ids of
 /// every message written.
@@ -125,10 +132,7 @@ fn an_update_fetches_only_the_difference_and_equals_a_fresh_restore() {
 fn an_update_of_a_volume_signal_ran_on_is_refused_unless_forced() {
     let fx = Fixture::new(&["--messages", "500"]);
     let (snapshots, _) = three_snapshots(&fx);
-    let green = fx.root.join("green");
-    fx.restore(&green)
-        .args(["--snapshot", id(&snapshots[1])])
-        .ok();
+    let green = restored_green(&fx, &snapshots[1]);
 
     // Signal starts on the restored volume and writes.
     let ran_on_green = fx.root.join("green-ids.txt");
@@ -279,10 +283,7 @@ fn a_profile_with_a_second_wal_mode_database_is_updated_not_refused() {
 fn a_database_changed_with_its_stat_kept_is_still_caught() {
     let fx = Fixture::new(&["--messages", "500"]);
     let (snapshots, _) = three_snapshots(&fx);
-    let green = fx.root.join("green");
-    fx.restore(&green)
-        .args(["--snapshot", id(&snapshots[1])])
-        .ok();
+    let green = restored_green(&fx, &snapshots[1]);
     let db = green.join(".config/Signal/sql/db.sqlite");
     let before = std::fs::metadata(&db).unwrap();
     {
@@ -325,10 +326,7 @@ fn a_database_changed_with_its_stat_kept_is_still_caught() {
 fn a_write_in_the_second_the_snapshot_recorded_is_seen() {
     let fx = Fixture::new(&["--messages", "500"]);
     let (snapshots, _) = three_snapshots(&fx);
-    let green = fx.root.join("green");
-    fx.restore(&green)
-        .args(["--snapshot", id(&snapshots[1])])
-        .ok();
+    let green = restored_green(&fx, &snapshots[1]);
     let db = green.join(".config/Signal/sql/db.sqlite");
     let restored = std::fs::metadata(&db).unwrap().modified().unwrap();
     commit_messages(&green, &fx.profile.key, &fx.root.join("green-ids.txt"), 5);

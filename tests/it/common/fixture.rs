@@ -162,14 +162,7 @@ impl Fixture {
         let mut tar = tar::Builder::new(zstd::Encoder::new(Vec::new(), 3).unwrap());
         build(&mut tar);
         let plain = tar.into_inner().unwrap().finish().unwrap();
-        let recipient: age::x25519::Recipient = self.recipient.parse().unwrap();
-        let encryptor =
-            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-                .unwrap();
-        let mut ciphertext = Vec::new();
-        let mut writer = encryptor.wrap_output(&mut ciphertext).unwrap();
-        writer.write_all(&plain).unwrap();
-        writer.finish().unwrap();
+        let ciphertext = age_encrypt(&self.recipient, &plain);
         std::fs::write(self.archive(id), &ciphertext).unwrap();
         let mut manifest = self.manifest(id);
         for field in ["index", "parent", "chain_full", "depends_on"] {
@@ -230,4 +223,17 @@ pub fn tar_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
     header.set_gid(0);
     header.set_mtime(0);
     header
+}
+
+/// `plain` encrypted to the age `recipient` (public: anyone can do this).
+pub fn age_encrypt(recipient: &str, plain: &[u8]) -> Vec<u8> {
+    let recipient: age::x25519::Recipient = recipient.parse().unwrap();
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .unwrap();
+    let mut ciphertext = Vec::new();
+    let mut writer = encryptor.wrap_output(&mut ciphertext).unwrap();
+    writer.write_all(plain).unwrap();
+    writer.finish().unwrap();
+    ciphertext
 }
