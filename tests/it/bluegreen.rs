@@ -12,17 +12,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// A copy of the fixture's home at `to`: another pod's volume with the same profile.
-fn copy_home(fx: &Fixture, to: &std::path::Path) {
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(fx.home())
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 fn snapshots(fx: &Fixture) -> Vec<Value> {
     let listed: Value =
         serde_json::from_str(&fx.agent().args(["snapshots", "--json"]).ok()).unwrap();

@@ -99,14 +99,6 @@ fn blue_whose_lease_another_owner_took_never_runs_signal_again() {
     // Blue is cut off from the bucket; its lease expires, and green (reaching the bucket,
     // its clock trusted to the second) takes it over.
     proxy.set_faults(1.0, &[Fault::Reset]);
-    let green_home = fx.root.join("green-home");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(fx.home())
-        .arg(&green_home)
-        .status()
-        .unwrap();
-    assert!(copied.success());
     let mut green_agent = server.agent(repo);
     kube.configure(
         &mut green_agent,
@@ -114,13 +106,7 @@ fn blue_whose_lease_another_owner_took_never_runs_signal_again() {
         "ghostwire-green",
         "ghostwire-green-0",
     );
-    let green = Sidecar::start_with(
-        green_agent,
-        &fx,
-        &green_home,
-        &[("GWB_LEASE_CLOCK_SKEW", "0s")],
-    );
-    green.wait_started("green");
+    let green = green_takes_over(&fx, green_agent);
 
     // Blue reaches the bucket again: its renewal finds green's lease. From then on its
     // gates never open, and it deletes its own pod.
@@ -245,23 +231,9 @@ fn without_a_kubernetes_api_blue_moves_signals_database_aside_instead() {
     let db_before = std::fs::read(fx.profile.db()).unwrap();
 
     proxy.set_faults(1.0, &[Fault::Reset]);
-    let green_home = fx.root.join("green-home");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(fx.home())
-        .arg(&green_home)
-        .status()
-        .unwrap();
-    assert!(copied.success());
     let mut green_agent = server.agent(repo);
     green_agent.env("GWB_LEASE_OWNER", "test/ghostwire-green/ghostwire-green-0");
-    let green = Sidecar::start_with(
-        green_agent,
-        &fx,
-        &green_home,
-        &[("GWB_LEASE_CLOCK_SKEW", "0s")],
-    );
-    green.wait_started("green");
+    let green = green_takes_over(&fx, green_agent);
     proxy.set_faults(0.0, &[]);
 
     // No pod to delete: the identity's database leaves the place a restarted Signal looks.
@@ -330,4 +302,19 @@ fn a_stop_during_a_renewal_still_releases_the_lease_with_the_final_snapshot() {
     .unwrap();
     assert_eq!(listed[0]["id"], restored.as_str(), "{listed}");
     assert_eq!(listed[0]["final"], true, "{listed}");
+}
+
+/// Green, on a copy of blue's volume, takes the lease over once it expired (blue is cut off
+/// from the bucket), trusting its clock to the second.
+fn green_takes_over(fx: &Fixture, green_agent: TestCommand) -> Sidecar {
+    let green_home = fx.root.join("green-home");
+    copy_home(fx, &green_home);
+    let green = Sidecar::start_with(
+        green_agent,
+        fx,
+        &green_home,
+        &[("GWB_LEASE_CLOCK_SKEW", "0s")],
+    );
+    green.wait_started("green");
+    green
 }

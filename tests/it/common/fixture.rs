@@ -237,3 +237,14 @@ pub fn age_encrypt(recipient: &str, plain: &[u8]) -> Vec<u8> {
     writer.finish().unwrap();
     ciphertext
 }
+
+/// A copy of the fixture's home at `to`: another pod's volume with the same profile.
+pub fn copy_home(fx: &Fixture, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fx.home())
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

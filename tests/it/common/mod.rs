@@ -12,7 +12,9 @@ pub mod plain;
 pub mod sidecar;
 
 pub use command::{Ran, Spawned, Stderr, TestCommand};
-pub use fixture::{Fixture, Tar, age_encrypt, backup_command, restore_command, tar_header};
+pub use fixture::{
+    Fixture, Tar, age_encrypt, backup_command, copy_home, restore_command, tar_header,
+};
 pub use plain::Plain;
 pub use sidecar::{SIDECAR_WAIT, Sidecar};
 
