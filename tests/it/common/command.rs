@@ -60,39 +60,40 @@ impl TestCommand {
     pub fn user(&mut self, uid: u32, gid: u32) -> &mut Self {
         use std::os::unix::process::CommandExt;
         let program = reachable_by_everyone(Path::new(self.command.get_program()));
-        let mut moved = Command::new(program);
-        moved.args(self.command.get_args());
-        for (name, value) in self.command.get_envs() {
-            match value {
-                Some(value) => moved.env(name, value),
-                None => moved.env_remove(name),
-            };
-        }
-        if let Some(dir) = self.command.get_current_dir() {
-            moved.current_dir(dir);
-        }
+        let mut moved = self.relaunched([program.as_os_str()]);
         moved.uid(uid).gid(gid);
         self.command = moved;
         self
     }
 
-    /// The same command started through `sh` with umask 000: what a careless service
-    /// manager or a desktop session may hand the agent.
-    pub fn with_umask_000(&mut self) -> &mut Self {
-        let mut wrapped = Command::new("/bin/sh");
-        wrapped
-            .args(["-c", "umask 000; exec \"$0\" \"$@\""])
-            .arg(self.command.get_program())
-            .args(self.command.get_args());
+    /// A new command line, `words` then this command's arguments, with this command's
+    /// environment and directory: how it is run as another user, under a umask, or timed.
+    fn relaunched<'a>(&self, words: impl IntoIterator<Item = &'a OsStr>) -> Command {
+        let mut words = words.into_iter();
+        let mut command = Command::new(words.next().expect("a program"));
+        command.args(words).args(self.command.get_args());
         for (name, value) in self.command.get_envs() {
             match value {
-                Some(value) => wrapped.env(name, value),
-                None => wrapped.env_remove(name),
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
             };
         }
         if let Some(dir) = self.command.get_current_dir() {
-            wrapped.current_dir(dir);
+            command.current_dir(dir);
         }
+        command
+    }
+
+    /// The same command started through `sh` with umask 000: what a careless service
+    /// manager or a desktop session may hand the agent.
+    pub fn with_umask_000(&mut self) -> &mut Self {
+        let program = self.command.get_program().to_owned();
+        let wrapped = self.relaunched([
+            OsStr::new("/bin/sh"),
+            OsStr::new("-c"),
+            OsStr::new("umask 000; exec \"$0\" \"$@\""),
+            &program,
+        ]);
         self.command = wrapped;
         self
     }
@@ -123,21 +124,15 @@ impl TestCommand {
             "{TIME} is missing: scripts/install-test-deps.sh installs it (Debian: apt-get install time)"
         );
         let report = tempfile::NamedTempFile::new().unwrap();
-        let mut timed = Command::new(TIME);
-        timed
-            .args(["-f", "%M", "-o"])
-            .arg(report.path())
-            .arg(self.command.get_program())
-            .args(self.command.get_args());
-        for (name, value) in self.command.get_envs() {
-            match value {
-                Some(value) => timed.env(name, value),
-                None => timed.env_remove(name),
-            };
-        }
-        if let Some(dir) = self.command.get_current_dir() {
-            timed.current_dir(dir);
-        }
+        let program = self.command.get_program().to_owned();
+        let timed = self.relaunched([
+            OsStr::new(TIME),
+            OsStr::new("-f"),
+            OsStr::new("%M"),
+            OsStr::new("-o"),
+            report.path().as_os_str(),
+            &program,
+        ]);
         let ran = TestCommand { command: timed }.run();
         // After "Command exited with non-zero status N", when it did.
         let text = std::fs::read_to_string(report.path()).unwrap();
