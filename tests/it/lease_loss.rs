@@ -32,10 +32,8 @@ fn assert_gates_open(sidecar: &Sidecar) {
 #[test]
 fn blue_carries_on_through_a_bucket_outage_longer_than_its_ttl() {
     let fx = Fixture::new(&["--messages", "20"]);
-    let server = S3Server::with_bucket("outage");
-    let proxy = FaultProxy::start(&server, 21);
-    let mut agent = server.agent("s3://outage/ghostwire");
-    proxy.configure(&mut agent);
+    let bucket = Bucket::new("outage", 21);
+    let mut agent = bucket.through_proxy();
     agent.env("GWB_LEASE_OWNER", "test/ghostwire/ghostwire-0");
     let ttl = Duration::from_secs(3);
     let blue = Sidecar::start_with(agent, &fx, fx.home(), &[("GWB_LEASE_TTL", "3s")]);
@@ -43,7 +41,7 @@ fn blue_carries_on_through_a_bucket_outage_longer_than_its_ttl() {
 
     // The network to the bucket goes down for longer than the TTL: the lease expires
     // unrenewed. Blue's Signal keeps running all along.
-    proxy.set_faults(1.0, &[Fault::Reset]);
+    bucket.proxy.set_faults(1.0, &[Fault::Reset]);
     let cut = Instant::now();
     wait_for(
         "the lease to expire during the outage",
@@ -55,10 +53,13 @@ fn blue_carries_on_through_a_bucket_outage_longer_than_its_ttl() {
                 .then_some(())
         },
     );
-    assert!(proxy.stats().count(Fault::Reset) > 0, "no renewal was cut");
+    assert!(
+        bucket.proxy.stats().count(Fault::Reset) > 0,
+        "no renewal was cut"
+    );
 
     // The bucket answers again: the next renewal takes the lease back.
-    proxy.set_faults(0.0, &[]);
+    bucket.proxy.set_faults(0.0, &[]);
     wait_for(
         "blue to renew its lease after the outage",
         Duration::from_secs(60),
@@ -72,13 +73,8 @@ fn blue_carries_on_through_a_bucket_outage_longer_than_its_ttl() {
     assert_eq!(blue.metric("ghostwire_backup_lease_lost"), 0.0);
     // It still owns the lease: its final snapshot releases it cleanly.
     blue.stop();
-    let listed: serde_json::Value = serde_json::from_str(
-        &server
-            .agent("s3://outage/ghostwire")
-            .args(["snapshots", "--json"])
-            .ok(),
-    )
-    .unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&bucket.direct().args(["snapshots", "--json"]).ok()).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["final"], true, "{listed}");
 }
@@ -86,20 +82,17 @@ fn blue_carries_on_through_a_bucket_outage_longer_than_its_ttl() {
 #[test]
 fn blue_whose_lease_another_owner_took_never_runs_signal_again() {
     let fx = Fixture::new(&["--messages", "20"]);
-    let server = S3Server::with_bucket("takeover");
-    let proxy = FaultProxy::start(&server, 22);
+    let bucket = Bucket::new("takeover", 22);
     let kube = KubeApi::start(&fx.root);
-    let repo = "s3://takeover/ghostwire";
-    let mut blue_agent = server.agent(repo);
-    proxy.configure(&mut blue_agent);
+    let mut blue_agent = bucket.through_proxy();
     kube.configure(&mut blue_agent, "test", "ghostwire", "ghostwire-0");
     let blue = Sidecar::start_with(blue_agent, &fx, fx.home(), &[("GWB_LEASE_TTL", "2s")]);
     blue.wait_started("blue");
 
     // Blue is cut off from the bucket; its lease expires, and green (reaching the bucket,
     // its clock trusted to the second) takes it over.
-    proxy.set_faults(1.0, &[Fault::Reset]);
-    let mut green_agent = server.agent(repo);
+    bucket.proxy.set_faults(1.0, &[Fault::Reset]);
+    let mut green_agent = bucket.direct();
     kube.configure(
         &mut green_agent,
         "test",
@@ -110,7 +103,7 @@ fn blue_whose_lease_another_owner_took_never_runs_signal_again() {
 
     // Blue reaches the bucket again: its renewal finds green's lease. From then on its
     // gates never open, and it deletes its own pod.
-    proxy.set_faults(0.0, &[]);
+    bucket.proxy.set_faults(0.0, &[]);
     let deleted = "DELETE /api/v1/namespaces/ghostwire/pods/ghostwire-0 authorized";
     wait_for(
         "blue to delete its own pod",
@@ -141,7 +134,7 @@ fn blue_whose_lease_another_owner_took_never_runs_signal_again() {
     );
     // The StatefulSet makes the pod again: its init container refuses while green holds
     // the lease, so neither its sidecar nor Signal start.
-    let mut init = fx.restore_with(server.agent(repo), fx.home());
+    let mut init = fx.restore_with(bucket.direct(), fx.home());
     kube.configure(&mut init, "test", "ghostwire", "ghostwire-0");
     init.args(["--if-empty", "--snapshot", "handoff"]);
     init.fails_with_code(7, &["held by test/ghostwire-green/ghostwire-green-0"]);
@@ -187,14 +180,11 @@ fn the_same_pod_name_in_another_namespace_cannot_take_a_live_lease() {
 #[test]
 fn an_unreachable_bucket_at_pod_start_keeps_signal_down_with_its_own_exit_code() {
     let fx = Fixture::new(&["--messages", "20"]);
-    let server = S3Server::with_bucket("down");
-    let repo = "s3://down/ghostwire";
-    fx.backup_with(server.agent(repo)).ok();
-    let proxy = FaultProxy::start(&server, 23);
+    let bucket = Bucket::new("down", 23);
+    fx.backup_with(bucket.direct()).ok();
     let volume = fx.root.join("volume");
     let init = || {
-        let mut agent = server.agent(repo);
-        proxy.configure(&mut agent);
+        let mut agent = bucket.through_proxy();
         agent.env("GWB_S3_ATTEMPTS", "2");
         let mut command = fx.restore_with(agent, &volume);
         command
@@ -202,7 +192,7 @@ fn an_unreachable_bucket_at_pod_start_keeps_signal_down_with_its_own_exit_code()
             .env("GWB_LEASE_OWNER", "test/ghostwire/ghostwire-0");
         command
     };
-    proxy.set_faults(1.0, &[Fault::Reset]);
+    bucket.proxy.set_faults(1.0, &[Fault::Reset]);
     init().fails_with_code(
         6,
         &[
@@ -212,7 +202,7 @@ fn an_unreachable_bucket_at_pod_start_keeps_signal_down_with_its_own_exit_code()
     );
     assert!(!volume.join(MARKER_NAME).exists());
     // The bucket answers again: the kubelet's next try restores.
-    proxy.set_faults(0.0, &[]);
+    bucket.proxy.set_faults(0.0, &[]);
     init().ok();
     assert!(volume.join(MARKER_NAME).exists());
 }
@@ -220,21 +210,18 @@ fn an_unreachable_bucket_at_pod_start_keeps_signal_down_with_its_own_exit_code()
 #[test]
 fn without_a_kubernetes_api_blue_moves_signals_database_aside_instead() {
     let fx = Fixture::new(&["--messages", "20"]);
-    let server = S3Server::with_bucket("fenced");
-    let proxy = FaultProxy::start(&server, 24);
-    let repo = "s3://fenced/ghostwire";
-    let mut blue_agent = server.agent(repo);
-    proxy.configure(&mut blue_agent);
+    let bucket = Bucket::new("fenced", 24);
+    let mut blue_agent = bucket.through_proxy();
     blue_agent.env("GWB_LEASE_OWNER", "test/ghostwire/ghostwire-0");
     let blue = Sidecar::start_with(blue_agent, &fx, fx.home(), &[("GWB_LEASE_TTL", "2s")]);
     blue.wait_started("blue");
     let db_before = std::fs::read(fx.profile.db()).unwrap();
 
-    proxy.set_faults(1.0, &[Fault::Reset]);
-    let mut green_agent = server.agent(repo);
+    bucket.proxy.set_faults(1.0, &[Fault::Reset]);
+    let mut green_agent = bucket.direct();
     green_agent.env("GWB_LEASE_OWNER", "test/ghostwire-green/ghostwire-green-0");
     let green = green_takes_over(&fx, green_agent);
-    proxy.set_faults(0.0, &[]);
+    bucket.proxy.set_faults(0.0, &[]);
 
     // No pod to delete: the identity's database leaves the place a restarted Signal looks.
     let moved = wait_for(
@@ -272,34 +259,27 @@ fn without_a_kubernetes_api_blue_moves_signals_database_aside_instead() {
 #[test]
 fn a_stop_during_a_renewal_still_releases_the_lease_with_the_final_snapshot() {
     let fx = Fixture::new(&["--messages", "20"]);
-    let server = S3Server::with_bucket("stop");
-    let proxy = FaultProxy::start(&server, 25);
-    let mut agent = server.agent("s3://stop/ghostwire");
-    proxy.configure(&mut agent);
+    let bucket = Bucket::new("stop", 25);
+    let mut agent = bucket.through_proxy();
     agent.env("GWB_LEASE_OWNER", "test/ghostwire/ghostwire-0");
     let blue = Sidecar::start_with(agent, &fx, fx.home(), &[("GWB_LEASE_TTL", "3s")]);
     blue.wait_started("blue");
     // The next renewal reaches the bucket, which takes it; its answer is held back 3 s.
-    proxy.set_stall(Duration::from_secs(3));
-    proxy.force("PUT", "/lease.json", Fault::Stall);
+    bucket.proxy.set_stall(Duration::from_secs(3));
+    bucket.proxy.force("PUT", "/lease.json", Fault::Stall);
     wait_for(
         "a renewal to be on its way",
         Duration::from_secs(30),
-        || (proxy.stats().count(Fault::Stall) == 1).then_some(()),
+        || (bucket.proxy.stats().count(Fault::Stall) == 1).then_some(()),
     );
     blue.stop(); // exits 0 only if the release went through
-    let mut green = fx.restore_with(server.agent("s3://stop/ghostwire"), &fx.root.join("green"));
+    let mut green = fx.restore_with(bucket.direct(), &fx.root.join("green"));
     green
         .args(["--snapshot", "handoff"])
         .env("GWB_LEASE_OWNER", "test/ghostwire-green/ghostwire-green-0");
     let restored = green.ok();
-    let listed: serde_json::Value = serde_json::from_str(
-        &server
-            .agent("s3://stop/ghostwire")
-            .args(["snapshots", "--json"])
-            .ok(),
-    )
-    .unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&bucket.direct().args(["snapshots", "--json"]).ok()).unwrap();
     assert_eq!(listed[0]["id"], restored.as_str(), "{listed}");
     assert_eq!(listed[0]["final"], true, "{listed}");
 }
@@ -317,4 +297,37 @@ fn green_takes_over(fx: &Fixture, green_agent: TestCommand) -> Sidecar {
     );
     green.wait_started("green");
     green
+}
+
+/// A bucket on a real S3 server (moto), with a fault proxy in front of it that injects
+/// nothing until told to; the repository is `s3://<bucket>/ghostwire`.
+struct Bucket {
+    server: S3Server,
+    proxy: FaultProxy,
+    repo: String,
+}
+
+impl Bucket {
+    fn new(name: &str, seed: u64) -> Self {
+        let server = S3Server::with_bucket(name);
+        let proxy = FaultProxy::start(&server, seed);
+        let repo = format!("s3://{name}/ghostwire");
+        Self {
+            server,
+            proxy,
+            repo,
+        }
+    }
+
+    /// The agent talking to the server directly.
+    fn direct(&self) -> TestCommand {
+        self.server.agent(&self.repo)
+    }
+
+    /// The agent talking to the server through the proxy.
+    fn through_proxy(&self) -> TestCommand {
+        let mut agent = self.direct();
+        self.proxy.configure(&mut agent);
+        agent
+    }
 }
