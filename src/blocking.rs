@@ -190,7 +190,7 @@ where
     let mut interrupt = signal(SignalKind::interrupt())?;
     let cancel = Cancel::new();
     // Dropped when this returns, however it returns: the line never outlives the work.
-    let _display = crate::progress::Display::start(&cancel);
+    let _display = crate::progress::Display::start(cancel.progress());
     let work = spawn(repo, cancel.clone(), body);
     tokio::pin!(work);
     let name = tokio::select! {

@@ -9,7 +9,6 @@
 //! names the same phases.
 
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +25,6 @@ pub struct Cancelled {
 #[derive(Clone, Default)]
 pub struct Cancel {
     token: CancellationToken,
-    phase: Arc<Mutex<&'static str>>,
     progress: Progress,
 }
 
@@ -54,8 +52,7 @@ impl Cancel {
 
     /// Notes the phase the work enters, for the message of a cut, and checks the token.
     pub fn enter(&self, phase: &'static str) -> Result<(), Cancelled> {
-        *self.phase.lock().unwrap() = phase;
-        self.progress.restart();
+        self.progress.enter(phase);
         tracing::debug!(phase, "entering");
         self.check()
     }
@@ -66,7 +63,7 @@ impl Cancel {
     }
 
     pub fn phase(&self) -> &'static str {
-        *self.phase.lock().unwrap()
+        self.progress.phase()
     }
 
     /// The error for the current phase.

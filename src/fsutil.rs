@@ -120,8 +120,8 @@ pub fn check_free_space(target: &Path, needed: u64) -> Result<()> {
         bail!(
             "{} has {} free but the snapshot holds {}: use a larger volume",
             target.display(),
-            human_bytes(available),
-            human_bytes(needed)
+            indicatif::HumanBytes(available),
+            indicatif::HumanBytes(needed)
         );
     }
     Ok(())
@@ -132,32 +132,9 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// `1.5 MiB`, for messages and tables.
-pub fn human_bytes(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < units.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_read_as_people_write_them() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
-    }
 
     #[test]
     fn json_round_trips_atomically() {

@@ -236,8 +236,8 @@ pub fn warn_sparse(path: &Path, sizes: Sparse) {
         "not backed up: a sparse file, {} long but only {} on disk (mostly holes). Such a \
          file costs every backup and restore its full length; if it is real data, write it \
          out in full (cp --sparse=never) or --exclude it",
-        crate::fsutil::human_bytes(sizes.apparent),
-        crate::fsutil::human_bytes(sizes.allocated),
+        indicatif::HumanBytes(sizes.apparent),
+        indicatif::HumanBytes(sizes.allocated),
     );
 }
 

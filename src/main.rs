@@ -51,6 +51,10 @@ struct Global {
     /// Log format; auto is JSON when stderr is not a terminal. GWB_LOG sets the level.
     #[arg(long, env = "GWB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
     log_format: LogFormat,
+    /// Off a terminal (JSON logs, a pipe, a container): how often a long operation logs a
+    /// `progress` event. On a terminal with text logs, a progress line is redrawn instead.
+    #[arg(long, env = "GWB_PROGRESS_EVERY", default_value = "10s", value_parser = parse_seconds, global = true)]
+    progress_every: Duration,
 }
 
 /// Where the repository is and how to reach it: flattened into each command that opens
@@ -570,7 +574,7 @@ fn main() -> ExitCode {
     return_large_buffers_to_the_kernel();
     ghostwire_backup::fsutil::never_create_writable_by_others();
     let cli = Cli::parse();
-    let json_logs = init_logging(cli.global.log_format);
+    let json_logs = init_logging(&cli.global);
     // Before the runtime: its threads, and the ones backups start, inherit the priority.
     let low_priority = match &cli.command {
         Command::Backup(args) => args.low_priority,
@@ -808,15 +812,15 @@ const LOG_FILTER: reference::EnvOnly = reference::EnvOnly {
 };
 
 /// Sets up logging to stderr and says whether it is JSON.
-fn init_logging(format: LogFormat) -> bool {
+fn init_logging(global: &Global) -> bool {
     let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_FILTER.name)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match format {
+    let json = match global.log_format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    progress::init(json);
+    progress::init(json, global.progress_every);
     // Whatever GWB_LOG asks for: the AWS SDK's trace events print each request's headers
     // (x-amz-security-token, the session token, in the clear), the canonical request and
     // credential responses. Only our own code may log at trace.

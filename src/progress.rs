@@ -1,16 +1,16 @@
 //! Progress: one labeled display per operation on a terminal, periodic `progress` events
 //! otherwise.
 //!
-//! The core only bumps atomic counters through a [`Progress`] handle carried by its
-//! [`Cancel`] token; the phase is the one the token's `enter(phase)` names. A [`Display`]
-//! thread reads both on a timer, so the archive and download loops never format, lock or
+//! The core only bumps atomic counters through a [`Progress`] handle (carried by its
+//! cancellation token, whose `enter(phase)` names the phase here too). A [`Display`]
+//! thread reads them on a timer, so the archive and download loops never format, lock or
 //! write anything for it.
 //!
-//! - On a terminal with text logs: one line, redrawn every [`REDRAW`], such as
-//!   `archive and upload · 2/4 files · 383.6 MiB of 800.0 MiB (47%) · ETA 2 seconds`.
-//!   Log lines clear it first (see [`LogWriter`]) and it is drawn again on the next tick.
+//! - On a terminal with text logs: one indicatif line, redrawn every [`REDRAW`], such as
+//!   `archive and upload · 2/4 files · 383.60 MiB of 800.00 MiB (47%) · ETA 2 seconds`.
+//!   Log lines are written around it (see [`LogWriter`]).
 //! - Otherwise (JSON logs, a pipe, a container): a `progress` event every
-//!   `GWB_PROGRESS_EVERY` (10 s), the first only after one interval, so short operations
+//!   `--progress-every` (10 s), the first only after one interval, so short operations
 //!   log none.
 
 use std::io::{self, IsTerminal, Write};
@@ -20,15 +20,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cancel::Cancel;
-use crate::fsutil::human_bytes;
+use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How often the terminal line is redrawn.
 const REDRAW: Duration = Duration::from_millis(200);
-
-/// Hidden: how often `progress` events are logged off a terminal (tests use a few ms).
-const EVERY_ENV: &str = "GWB_PROGRESS_EVERY";
-const DEFAULT_EVERY: Duration = Duration::from_secs(10);
 
 /// An ETA before this much of a phase has passed is a guess from a cold start.
 const ETA_AFTER: Duration = Duration::from_secs(2);
@@ -45,6 +40,7 @@ struct Counters {
     /// 1-based archive of a chain being read, and how many there are.
     archive: AtomicU64,
     archives: AtomicU64,
+    phase: Mutex<&'static str>,
     phase_started: Mutex<Option<Instant>>,
 }
 
@@ -53,9 +49,10 @@ struct Counters {
 pub struct Progress(Arc<Counters>);
 
 impl Progress {
-    /// A new phase starts from nothing: called by [`Cancel::enter`].
-    pub(crate) fn restart(&self) {
+    /// A new phase starts from nothing: called by `Cancel::enter`.
+    pub(crate) fn enter(&self, phase: &'static str) {
         let c = &self.0;
+        *c.phase.lock().unwrap() = phase;
         let counters = [&c.files, &c.files_total, &c.bytes, &c.bytes_total];
         for counter in counters.into_iter().chain([&c.archive, &c.archives]) {
             counter.store(0, Relaxed);
@@ -91,10 +88,15 @@ impl Progress {
         }
     }
 
-    fn sample(&self, phase: &'static str) -> Sample {
+    /// The phase the work is in.
+    pub fn phase(&self) -> &'static str {
+        *self.0.phase.lock().unwrap()
+    }
+
+    fn sample(&self) -> Sample {
         let c = &self.0;
         Sample {
-            phase,
+            phase: self.phase(),
             files: c.files.load(Relaxed),
             files_total: c.files_total.load(Relaxed),
             bytes: c.bytes.load(Relaxed),
@@ -160,18 +162,18 @@ impl Sample {
         }
         match (self.bytes, self.percent()) {
             (0, _) => {}
-            (done, None) => parts.push(human_bytes(done)),
+            (done, None) => parts.push(HumanBytes(done).to_string()),
             (done, Some(percent)) => parts.push(format!(
                 "{} of {} ({percent}%)",
-                human_bytes(done),
-                human_bytes(self.bytes_total)
+                HumanBytes(done),
+                HumanBytes(self.bytes_total)
             )),
         }
         let eta = self
             .elapsed
             .and_then(|elapsed| eta(elapsed, self.bytes, self.bytes_total));
         if let Some(eta) = eta {
-            parts.push(format!("ETA {}", indicatif::HumanDuration(eta)));
+            parts.push(format!("ETA {}", HumanDuration(eta)));
         }
         parts.join(" · ")
     }
@@ -200,20 +202,17 @@ enum Mode {
 
 static MODE: OnceLock<Mode> = OnceLock::new();
 
-/// Whether a progress line is on the terminal now; the lock also keeps a log line and
-/// a redraw from interleaving.
-static LINE_DRAWN: Mutex<bool> = Mutex::new(false);
+/// The bar on the terminal now, if any: log lines are written around it (see
+/// [`LogWriter`]).
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
 /// Decides the mode: a line only for text logs on a terminal (a person is watching);
-/// events for everything else. Call once, when logging is set up.
-pub fn init(json_logs: bool) {
+/// a `progress` event every `every` for everything else. Call once, when logging is set
+/// up.
+pub fn init(json_logs: bool, every: Duration) {
     let mode = if !json_logs && io::stderr().is_terminal() {
         Mode::Terminal
     } else {
-        let every = std::env::var(EVERY_ENV)
-            .ok()
-            .and_then(|value| humantime::parse_duration(&value).ok())
-            .unwrap_or(DEFAULT_EVERY);
         Mode::Events(every)
     };
     let _ = MODE.set(mode);
@@ -226,8 +225,8 @@ pub struct Display {
 }
 
 impl Display {
-    /// Starts showing the progress of the work `cancel` belongs to.
-    pub fn start(cancel: &Cancel) -> Self {
+    /// Starts showing `progress`, the counters of the work it belongs to.
+    pub fn start(progress: &Progress) -> Self {
         let Some(&mode) = MODE.get() else {
             return Self {
                 stop: None,
@@ -235,28 +234,12 @@ impl Display {
             };
         };
         let (stop, stopped) = mpsc::channel::<()>();
-        let cancel = cancel.clone();
+        let progress = progress.clone();
         let thread = std::thread::Builder::new()
             .name("ghostwire-progress".into())
-            .spawn(move || {
-                let tick = match mode {
-                    Mode::Terminal => REDRAW,
-                    Mode::Events(every) => every,
-                };
-                // Nothing before the first tick: a short operation shows nothing.
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
-                    let sample = cancel.progress().sample(cancel.phase());
-                    match mode {
-                        Mode::Terminal => draw(&sample.line()),
-                        // A phase that has done nothing yet may not know its totals
-                        // yet either: its first event waits for its first byte or file.
-                        Mode::Events(_) if sample.bytes == 0 && sample.files == 0 => {}
-                        Mode::Events(_) => sample.log(),
-                    }
-                }
-                if let Mode::Terminal = mode {
-                    clear();
-                }
+            .spawn(move || match mode {
+                Mode::Terminal => show_bar(&progress, &stopped),
+                Mode::Events(every) => log_events(&progress, &stopped, every),
             })
             .ok();
         Self {
@@ -275,61 +258,47 @@ impl Drop for Display {
     }
 }
 
-fn draw(line: &str) {
-    let line = fit(line, terminal_width());
-    let mut drawn = LINE_DRAWN.lock().unwrap();
-    let mut stderr = io::stderr().lock();
-    let _ = write!(stderr, "\r\x1b[2K{line}");
-    let _ = stderr.flush();
-    *drawn = true;
-}
-
-/// The line cut to the terminal's width: a line that wraps cannot be cleared with `\r`,
-/// and every redraw would leave one more behind.
-fn fit(line: &str, width: usize) -> &str {
-    // One column spare: some terminals wrap when the last one is written.
-    match line.char_indices().nth(width.saturating_sub(1)) {
-        Some((end, _)) => &line[..end],
-        None => line,
+/// One line on the terminal, cut to its width by indicatif and redrawn every [`REDRAW`]
+/// until `stopped`; nothing before the first tick, so a short operation shows nothing.
+fn show_bar(progress: &Progress, stopped: &mpsc::Receiver<()>) {
+    let mut bar = None;
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(REDRAW) {
+        let bar = bar.get_or_insert_with(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(ProgressStyle::with_template("{wide_msg}").expect("a valid template"));
+            *BAR.lock().unwrap() = Some(bar.clone());
+            bar
+        });
+        bar.set_message(progress.sample().line());
+    }
+    if let Some(bar) = BAR.lock().unwrap().take() {
+        bar.finish_and_clear();
     }
 }
 
-fn terminal_width() -> usize {
-    let mut size = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ only writes one `winsize` into the struct it is given.
-    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
-    if ok && size.ws_col > 0 {
-        size.ws_col as usize
-    } else {
-        80
+/// A `progress` event every `every` until `stopped`.
+fn log_events(progress: &Progress, stopped: &mpsc::Receiver<()>, every: Duration) {
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+        let sample = progress.sample();
+        // A phase that has done nothing yet may not know its totals yet either: its
+        // first event waits for its first byte or file.
+        if sample.bytes > 0 || sample.files > 0 {
+            sample.log();
+        }
     }
 }
 
-fn clear() {
-    let mut drawn = LINE_DRAWN.lock().unwrap();
-    if *drawn {
-        let _ = write!(io::stderr().lock(), "\r\x1b[2K");
-        *drawn = false;
-    }
-}
-
-/// Text logs' writer: clears the progress line before a log line, so the two never mix.
+/// Text logs' writer: a log line is written with the progress bar out of the way, so the
+/// two never mix.
 pub struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut drawn = LINE_DRAWN.lock().unwrap();
-        let mut stderr = io::stderr().lock();
-        if *drawn {
-            stderr.write_all(b"\r\x1b[2K")?;
-            *drawn = false;
+        let bar = BAR.lock().unwrap().clone();
+        match bar {
+            Some(bar) => bar.suspend(|| io::stderr().write(buf)),
+            None => io::stderr().write(buf),
         }
-        stderr.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -358,20 +327,13 @@ mod tests {
     }
 
     #[test]
-    fn a_line_wider_than_the_terminal_is_cut_to_fit() {
-        let line = "download and unpack · archive 1/2";
-        assert_eq!(fit(line, 80), line);
-        assert_eq!(fit(line, 23), "download and unpack · ");
-    }
-
-    #[test]
     fn the_line_shows_only_what_the_phase_knows() {
         let progress = Progress::default();
-        progress.restart();
-        assert_eq!(progress.sample("walk").line(), "walk");
+        progress.enter("walk");
+        assert_eq!(progress.sample().line(), "walk");
         progress.add_files(3);
-        assert_eq!(progress.sample("walk").line(), "walk · 3 files");
-        progress.restart();
+        assert_eq!(progress.sample().line(), "walk · 3 files");
+        progress.enter("download and unpack");
         progress.set_totals(0, 4 << 20);
         progress.set_archive(1, 2);
         std::io::copy(
@@ -380,8 +342,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            progress.sample("download and unpack").line(),
-            "download and unpack · archive 1/2 · 1.0 MiB of 4.0 MiB (25%)"
+            progress.sample().line(),
+            "download and unpack · archive 1/2 · 1.00 MiB of 4.00 MiB (25%)"
         );
     }
 }

@@ -196,7 +196,7 @@ async fn timed_backup(
     metrics.started();
     let options = options.clone();
     // A sidecar's long backup says how far it is (every 10 s in its JSON logs).
-    let _display = crate::progress::Display::start(cancel);
+    let _display = crate::progress::Display::start(cancel.progress());
     let work = blocking::spawn(repo, cancel.clone(), move |remote| {
         backup::take(remote, &options)
     });

@@ -11,9 +11,9 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::fsutil::human_bytes;
 use crate::manifest::Manifest;
 use crate::repo::Repository;
+use indicatif::HumanBytes;
 
 /// One row: the manifest as before (so `--json` only gains fields), plus its chain.
 #[derive(Serialize)]
@@ -84,9 +84,9 @@ pub async fn run(repo: &Repository, json: bool) -> Result<()> {
             m.id,
             row.taken_at.format("%Y-%m-%d %H:%M:%S"),
             row.kind,
-            human_bytes(m.archive.size),
+            HumanBytes(m.archive.size).to_string(),
             row.restore_size
-                .map_or_else(|| "broken".into(), human_bytes),
+                .map_or_else(|| "broken".into(), |size| HumanBytes(size).to_string()),
             row.restore_archives,
             row.restore_files,
             schema,

@@ -70,7 +70,7 @@ fn a_sparse_gigabyte_is_skipped_with_a_warning_and_the_backup_succeeds_quickly()
         "the sparse file was not named in a warning:\n{backup}"
     );
     assert!(
-        backup.stderr.contains("1.0 GiB"),
+        backup.stderr.contains("1.00 GiB"),
         "the warning must give the sizes:\n{backup}"
     );
     let manifest = fx.manifest(backup.stdout_trimmed());

@@ -747,6 +747,25 @@ fn json_logs_report_progress_periodically_and_only_for_long_operations() {
 }
 
 #[test]
+fn a_progress_interval_that_is_not_a_duration_is_refused_by_name() {
+    let plain = Plain::new();
+    let ran = plain
+        .backup()
+        .arg("--allow-no-signal")
+        .env("GWB_PROGRESS_EVERY", "often")
+        .run();
+    assert_eq!(ran.status.code(), Some(2), "{ran}");
+    assert!(
+        ran.stderr.contains("--progress-every") && ran.stderr.contains("often"),
+        "the error must name the setting and its value: {ran}"
+    );
+    assert!(
+        !plain.repo.exists(),
+        "a refused command made the repository: {ran}"
+    );
+}
+
+#[test]
 fn a_terminal_shows_one_labeled_progress_line() {
     let plain = Plain::new();
     plain.add_incompressible("video.raw", 96 << 20);
