@@ -4,7 +4,7 @@
 //! ends the process before any command starts.
 
 use crate::cancel;
-use crate::store::StoreError;
+use crate::store::{StoreError, Unavailability, Unavailable};
 
 /// How the process ends. The numbers are part of the interface: never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,12 @@ impl Exit {
         for cause in err.chain() {
             if let Some(coded) = cause.downcast_ref::<Coded>() {
                 return coded.exit;
+            }
+            if let Some(unavailable) = cause.downcast_ref::<Unavailable>() {
+                return match unavailable.why {
+                    Unavailability::Unreachable => Exit::S3Unreachable,
+                    Unavailability::NoSuchBucket => Exit::RepositoryMissing,
+                };
             }
             // A store error wraps its cause transparently, which hides it from `chain`.
             if let Some(StoreError::Other(inner)) = cause.downcast_ref::<StoreError>() {

@@ -45,6 +45,23 @@ pub enum StoreError {
     Other(#[from] anyhow::Error),
 }
 
+/// The store cannot be reached, or is not there: typed so that the command line can give
+/// each its own exit code ([`crate::exit`]) without the storage layer knowing about them.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Unavailable {
+    pub why: Unavailability,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailability {
+    /// The endpoint gave no answer after every retry.
+    Unreachable,
+    /// The endpoint answered that the bucket does not exist.
+    NoSuchBucket,
+}
+
 impl StoreError {
     /// Says what was being done, on an untyped error; the typed cases speak for themselves
     /// and stay matchable.

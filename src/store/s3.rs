@@ -31,10 +31,9 @@ use tokio::task::JoinSet;
 
 use super::resume::ResumingReader;
 use super::{
-    ChunkStream, ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, check_key,
-    read_bounded, too_large,
+    ChunkStream, ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, Unavailability,
+    Unavailable, check_key, read_bounded, too_large,
 };
-use crate::exit::{self, Exit};
 
 /// How to reach the bucket; everything else comes from the AWS default chain.
 #[derive(Debug, Clone, Default)]
@@ -391,12 +390,16 @@ where
         (SdkError::DispatchFailure(_), _) if has_cause::<CredentialsError>(&err) => {
             anyhow!(message)
         }
-        (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => {
-            exit::coded(Exit::S3Unreachable, message)
+        (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => Unavailable {
+            why: Unavailability::Unreachable,
+            message,
         }
-        (SdkError::ServiceError(_), Some("NoSuchBucket")) => {
-            exit::coded(Exit::RepositoryMissing, message)
+        .into(),
+        (SdkError::ServiceError(_), Some("NoSuchBucket")) => Unavailable {
+            why: Unavailability::NoSuchBucket,
+            message,
         }
+        .into(),
         _ => anyhow!(message),
     }
 }

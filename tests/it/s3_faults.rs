@@ -215,7 +215,11 @@ fn a_missing_bucket_is_named_with_what_to_check() {
     w.server
         .agent(missing)
         .arg("snapshots")
-        .fails_with(&["the bucket \"no-such-bucket\" does not exist", "--repo"]);
+        // 3: the README's code for a repository that does not exist.
+        .fails_with_code(
+            3,
+            &["the bucket \"no-such-bucket\" does not exist", "--repo"],
+        );
     w.fx.backup_with(w.server.agent(missing))
         .fails_with(&["the bucket \"no-such-bucket\" does not exist"]);
 }
