@@ -91,7 +91,7 @@ impl Identity {
             return Ok(owner.clone());
         }
         let Some(pod) = self.pod.as_ref().filter(|p| !p.is_empty()) else {
-            return Ok(host_name());
+            return Ok(crate::lock::host_name());
         };
         let missing = |what: &str, variable: &str| {
             anyhow::anyhow!(
@@ -112,19 +112,6 @@ impl Identity {
             .ok_or_else(|| missing("the cluster's id", "GWB_CLUSTER_ID"))?;
         Ok(format!("{cluster}/{namespace}/{pod}"))
     }
-}
-
-/// The host name: the pod name (HOSTNAME) in Kubernetes, else the machine's.
-pub fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| {
-            rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned()
-        })
 }
 
 /// The lease object as found: absent, a lease, or something that is not one.

@@ -60,7 +60,7 @@ struct Here {
 impl Here {
     fn current() -> Self {
         Self {
-            host: crate::lease::host_name(),
+            host: host_name(),
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .ok()
                 .map(|id| id.trim().to_string())
@@ -392,6 +392,19 @@ pub async fn unlock(repo: &Repository, all: bool) -> Result<Vec<Unlocked>> {
         done.push(outcome);
     }
     Ok(done)
+}
+
+/// The host name: the pod name (HOSTNAME) in Kubernetes, else the machine's.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        })
 }
 
 #[cfg(test)]
