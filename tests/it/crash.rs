@@ -23,6 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
+use crate::common::faults::Bucket;
 use crate::common::*;
 
 const BUCKET: &str = "ghostwire";
@@ -33,24 +34,24 @@ enum Repo {
     S3,
 }
 
-/// The fixture, and an S3 server beside its local repository.
+/// The fixture, and a bucket on an S3 server beside its local repository.
 struct Lab {
     fx: Fixture,
-    server: S3Server,
+    bucket: Bucket,
 }
 
 impl Lab {
     fn new() -> Self {
         Self {
             fx: Fixture::new(&["--messages", "1500", "--attachments", "24"]),
-            server: S3Server::with_bucket(BUCKET),
+            bucket: Bucket::with_prefix(BUCKET, "crash", 0),
         }
     }
 
     fn agent(&self, repo: Repo) -> TestCommand {
         match repo {
             Repo::Local => self.fx.agent(),
-            Repo::S3 => self.server.agent(&format!("s3://{BUCKET}/crash")),
+            Repo::S3 => self.bucket.direct(),
         }
     }
 
@@ -88,6 +89,7 @@ impl Lab {
                 .unwrap_or_default(),
             Repo::S3 => {
                 let (status, body) = self
+                    .bucket
                     .server
                     .get(&format!("/{BUCKET}?list-type=2&prefix=crash/archives/"));
                 assert_eq!(status, 200, "{body}");
@@ -114,7 +116,7 @@ impl Lab {
                         .contains(".partial-")
                 })
                 .count(),
-            Repo::S3 => self.server.open_uploads(BUCKET, "crash/"),
+            Repo::S3 => self.bucket.server.open_uploads(BUCKET, "crash/"),
         }
     }
 }

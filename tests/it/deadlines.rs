@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 
 use ghostwire_backup::commands::restore::MARKER;
 
-use crate::common::faults::{Fault, FaultProxy};
+use crate::common::faults::{Bucket, Fault, FaultProxy};
 use crate::common::*;
 
 /// Size of the padding added to Signal's database.
 const PADDING_MIB: u32 = 64;
 
 const BUCKET: &str = "ghostwire";
-const REPO: &str = "s3://ghostwire/blue";
 
 /// How long the proxy holds a stalled request: far longer than any bound here.
 const STALL: Duration = Duration::from_secs(60);
@@ -93,13 +92,9 @@ fn deadlines_and_signals_cut_backup_restore_and_verify_within_about_a_second() {
     grow_database(&profile.db(), &profile.key, PADDING_MIB);
     let (identity, recipient) = keygen(root);
     let staging = root.join("staging");
-    let server = S3Server::with_bucket(BUCKET);
-    let proxy = FaultProxy::start(&server, 1);
-    let agent = || {
-        let mut command = server.agent(REPO);
-        proxy.configure(&mut command);
-        command
-    };
+    let bucket = Bucket::with_prefix(BUCKET, "blue", 1);
+    let proxy = &bucket.proxy;
+    let agent = || bucket.through_proxy();
 
     // The final snapshot of a sidecar whose deadline is shorter than the snapshot takes.
     let port = free_port();
@@ -120,7 +115,7 @@ fn deadlines_and_signals_cut_backup_restore_and_verify_within_about_a_second() {
         Duration::from_secs(60),
         || http_get(port, "/startupz").filter(|answer| answer.starts_with("HTTP/1.1 200")),
     );
-    stall(&proxy, "PUT", "partNumber=", Fault::Stall);
+    stall(proxy, "PUT", "partNumber=", Fault::Stall);
     let (status, elapsed, log) = stop_with_sigterm(daemon, stderr);
     assert!(
         !status.success(),
@@ -145,7 +140,7 @@ fn deadlines_and_signals_cut_backup_restore_and_verify_within_about_a_second() {
     // SIGTERM in the middle of a restore: it stops, and the volume is as it was.
     let volume = root.join("volume");
     std::fs::create_dir_all(volume.join("lost+found")).unwrap();
-    stall(&proxy, "GET", "/archives/", Fault::StallBody);
+    stall(proxy, "GET", "/archives/", Fault::StallBody);
     let (restore, stderr) = start_logging_phases(
         agent()
             .args(["restore", "--snapshot", &id, "--target"])

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::faults::{Fault, FaultProxy};
+use crate::common::faults::{Bucket, Fault};
 use crate::common::kube::KubeApi;
 use crate::common::*;
 use ghostwire_backup::commands::restore::MARKER as MARKER_NAME;
@@ -297,37 +297,4 @@ fn green_takes_over(fx: &Fixture, green_agent: TestCommand) -> Sidecar {
     );
     green.wait_started("green");
     green
-}
-
-/// A bucket on a real S3 server (moto), with a fault proxy in front of it that injects
-/// nothing until told to; the repository is `s3://<bucket>/ghostwire`.
-struct Bucket {
-    server: S3Server,
-    proxy: FaultProxy,
-    repo: String,
-}
-
-impl Bucket {
-    fn new(name: &str, seed: u64) -> Self {
-        let server = S3Server::with_bucket(name);
-        let proxy = FaultProxy::start(&server, seed);
-        let repo = format!("s3://{name}/ghostwire");
-        Self {
-            server,
-            proxy,
-            repo,
-        }
-    }
-
-    /// The agent talking to the server directly.
-    fn direct(&self) -> TestCommand {
-        self.server.agent(&self.repo)
-    }
-
-    /// The agent talking to the server through the proxy.
-    fn through_proxy(&self) -> TestCommand {
-        let mut agent = self.direct();
-        self.proxy.configure(&mut agent);
-        agent
-    }
 }

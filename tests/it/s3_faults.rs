@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ghostwire_backup::commands::restore::MARKER;
 
-use crate::common::faults::{ALL_FAULTS, Fault, FaultProxy};
+use crate::common::faults::{ALL_FAULTS, Bucket, Fault};
 use crate::common::*;
 
 const BUCKET: &str = "ghostwire";
@@ -17,25 +17,22 @@ const REPO: &str = "s3://ghostwire/blue";
 
 struct World {
     fx: Fixture,
-    server: S3Server,
-    proxy: FaultProxy,
+    bucket: Bucket,
 }
 
 /// A default-sized profile (about 25 MB of archive: five 5 MiB parts), an S3 server with a
 /// bucket, and a proxy in front of it that injects nothing yet.
 fn world(seed: u64) -> World {
-    let fx = Fixture::new(&[]);
-    let server = S3Server::with_bucket(BUCKET);
-    let proxy = FaultProxy::start(&server, seed);
-    World { fx, server, proxy }
+    World {
+        fx: Fixture::new(&[]),
+        bucket: Bucket::with_prefix(BUCKET, "blue", seed),
+    }
 }
 
 impl World {
     /// The agent, talking to S3 through the proxy.
     fn agent(&self) -> TestCommand {
-        let mut command = self.server.agent(REPO);
-        self.proxy.configure(&mut command);
-        command
+        self.bucket.through_proxy()
     }
 
     fn backup(&self) -> Ran {
@@ -51,7 +48,7 @@ impl World {
 
     /// The snapshots listed, asking S3 directly: the repository as it really is.
     fn listed(&self) -> Vec<String> {
-        snapshot_ids(&mut self.server.agent(REPO))
+        snapshot_ids(&mut self.bucket.direct())
     }
 
     /// The restored home holds every kept byte and a database with every row.
@@ -68,38 +65,46 @@ impl World {
 #[test]
 fn backup_and_restore_come_out_right_with_a_tenth_of_requests_failing() {
     let w = world(10);
-    w.proxy.set_faults(0.10, ALL_FAULTS);
+    w.bucket.proxy.set_faults(0.10, ALL_FAULTS);
     // Whatever the dice say, each kind of fault meets the request it matters most for.
     // Targets: `?uploads` starts a multipart upload, `partNumber=` is a part,
     // `uploadId=` without a part number completes it, `/snapshots/` is the manifest.
-    w.proxy.force("POST", "?uploads", Fault::LostResponse);
-    w.proxy.force("PUT", "partNumber=", Fault::SlowDown);
-    w.proxy.force("PUT", "partNumber=", Fault::Reset);
-    w.proxy.force("PUT", "partNumber=", Fault::LostResponse);
-    w.proxy.force("POST", "?uploadId=", Fault::LostResponse);
-    w.proxy.force("PUT", "/snapshots/", Fault::ServerError);
+    w.bucket
+        .proxy
+        .force("POST", "?uploads", Fault::LostResponse);
+    w.bucket.proxy.force("PUT", "partNumber=", Fault::SlowDown);
+    w.bucket.proxy.force("PUT", "partNumber=", Fault::Reset);
+    w.bucket
+        .proxy
+        .force("PUT", "partNumber=", Fault::LostResponse);
+    w.bucket
+        .proxy
+        .force("POST", "?uploadId=", Fault::LostResponse);
+    w.bucket
+        .proxy
+        .force("PUT", "/snapshots/", Fault::ServerError);
     let started = Instant::now();
     let backup = w.backup();
     assert!(
         backup.status.success(),
         "backup failed under faults: {backup}\nfaults: {:?}",
-        w.proxy.stats().log
+        w.bucket.proxy.stats().log
     );
     let id = backup.stdout_trimmed().to_string();
     let backup_time = started.elapsed();
 
     // Cut the archive download twice and a manifest once: the restore must resume them.
-    w.proxy.force("GET", "/archives/", Fault::CutBody);
-    w.proxy.force("GET", "/archives/", Fault::StallBody);
-    w.proxy.force("GET", "/snapshots/", Fault::CutBody);
-    w.proxy.force("GET", "list-type=2", Fault::CutBody);
+    w.bucket.proxy.force("GET", "/archives/", Fault::CutBody);
+    w.bucket.proxy.force("GET", "/archives/", Fault::StallBody);
+    w.bucket.proxy.force("GET", "/snapshots/", Fault::CutBody);
+    w.bucket.proxy.force("GET", "list-type=2", Fault::CutBody);
     let target = w.fx.root.join("restored");
     let started = Instant::now();
     let restore = w.restore(&target);
     assert!(
         restore.status.success(),
         "restore failed under faults: {restore}\nfaults: {:?}",
-        w.proxy.stats().log
+        w.bucket.proxy.stats().log
     );
     let restore_time = started.elapsed();
     assert_eq!(restore.stdout_trimmed(), id);
@@ -109,7 +114,7 @@ fn backup_and_restore_come_out_right_with_a_tenth_of_requests_failing() {
         "the cut downloads were not resumed: {restore}"
     );
 
-    let stats = w.proxy.stats();
+    let stats = w.bucket.proxy.stats();
     eprintln!(
         "10% faults: {} requests, {} faults {:?}; backup {:.1}s, restore {:.1}s\n{}",
         stats.requests,
@@ -119,14 +124,18 @@ fn backup_and_restore_come_out_right_with_a_tenth_of_requests_failing() {
         restore_time.as_secs_f64(),
         stats.log.join("\n")
     );
-    assert_eq!(w.proxy.pending_forced(), 0, "a forced fault never happened");
+    assert_eq!(
+        w.bucket.proxy.pending_forced(),
+        0,
+        "a forced fault never happened"
+    );
     assert_eq!(w.listed(), vec![id]);
 }
 
 #[test]
 fn when_every_request_fails_backup_and_restore_stop_in_bounded_time_and_leave_nothing() {
     let w = world(100);
-    w.proxy.set_stall(Duration::from_millis(500));
+    w.bucket.proxy.set_stall(Duration::from_millis(500));
     let backup = w.backup();
     assert!(backup.status.success(), "{backup}");
     let id = backup.stdout_trimmed().to_string();
@@ -137,7 +146,7 @@ fn when_every_request_fails_backup_and_restore_stop_in_bounded_time_and_leave_no
         .copied()
         .filter(|f| *f != Fault::Stall)
         .collect();
-    w.proxy.set_faults(1.0, &failing);
+    w.bucket.proxy.set_faults(1.0, &failing);
     let started = Instant::now();
     let backup = w.backup();
     let took = started.elapsed();
@@ -174,15 +183,15 @@ fn when_every_request_fails_backup_and_restore_stop_in_bounded_time_and_leave_no
     );
     assert!(!target.join(MARKER).exists());
 
-    w.proxy.set_faults(0.0, &[]);
+    w.bucket.proxy.set_faults(0.0, &[]);
     assert_eq!(w.listed(), vec![id], "the failed backup left a snapshot");
     eprintln!(
         "100% faults: backup gave up after {:.1}s, restore after {:.1}s; {} requests; \
          multipart uploads left open on the server: {}",
         took.as_secs_f64(),
         restore_took.as_secs_f64(),
-        w.proxy.stats().requests,
-        w.server.open_uploads(BUCKET, "blue/")
+        w.bucket.proxy.stats().requests,
+        w.bucket.server.open_uploads(BUCKET, "blue/")
     );
 }
 
@@ -192,14 +201,14 @@ fn a_download_that_stalls_mid_body_is_abandoned_and_resumed() {
     let backup = w.backup();
     assert!(backup.status.success(), "{backup}");
     // The body stops flowing and the connection stays open: only a timeout can notice.
-    w.proxy.set_stall(Duration::from_secs(600));
-    w.proxy.force("GET", "/archives/", Fault::StallBody);
+    w.bucket.proxy.set_stall(Duration::from_secs(600));
+    w.bucket.proxy.force("GET", "/archives/", Fault::StallBody);
     let target = w.fx.root.join("restored");
     let started = Instant::now();
     let restore = w.restore(&target);
     let took = started.elapsed();
     assert!(restore.status.success(), "{restore}");
-    assert_eq!(w.proxy.pending_forced(), 0);
+    assert_eq!(w.bucket.proxy.pending_forced(), 0);
     w.assert_restored(&target);
     eprintln!(
         "a stalled download was resumed; restore took {:.1}s",
@@ -212,7 +221,8 @@ fn a_download_that_stalls_mid_body_is_abandoned_and_resumed() {
 fn a_missing_bucket_is_named_with_what_to_check() {
     let w = world(1);
     let missing = "s3://no-such-bucket/x";
-    w.server
+    w.bucket
+        .server
         .agent(missing)
         .arg("snapshots")
         // 3: the README's code for a repository that does not exist.
@@ -220,7 +230,7 @@ fn a_missing_bucket_is_named_with_what_to_check() {
             3,
             &["the bucket \"no-such-bucket\" does not exist", "--repo"],
         );
-    w.fx.backup_with(w.server.agent(missing))
+    w.fx.backup_with(w.bucket.server.agent(missing))
         .fails_with(&["the bucket \"no-such-bucket\" does not exist"]);
 }
 
@@ -362,8 +372,8 @@ fn fault_soak() {
     let seed = rand::random();
     eprintln!("fault soak: seed {seed}, {rounds} rounds at {rate}");
     let w = world(seed);
-    w.proxy.set_stall(Duration::from_secs(1));
-    w.proxy.set_faults(rate, ALL_FAULTS);
+    w.bucket.proxy.set_stall(Duration::from_secs(1));
+    w.bucket.proxy.set_faults(rate, ALL_FAULTS);
     let mut failures = Vec::new();
     let started = Instant::now();
     for round in 0..rounds {
@@ -381,7 +391,7 @@ fn fault_soak() {
         w.assert_restored(&target);
         std::fs::remove_dir_all(&target).unwrap();
     }
-    let stats = w.proxy.stats();
+    let stats = w.bucket.proxy.stats();
     eprintln!(
         "fault soak: {rounds} rounds in {:.0}s, {} requests, {} faults {:?}, {} failed rounds",
         started.elapsed().as_secs_f64(),

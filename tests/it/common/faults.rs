@@ -20,7 +20,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::S3Server;
+use super::{S3Server, TestCommand};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
@@ -413,4 +413,42 @@ fn reset(client: TcpStream) {
         );
     }
     drop(client);
+}
+
+/// A bucket on a real S3 server (moto), with a fault proxy in front of it that injects
+/// nothing until told to; the repository is `s3://<bucket>/<prefix>`.
+pub struct Bucket {
+    pub server: S3Server,
+    pub proxy: FaultProxy,
+    pub repo: String,
+}
+
+impl Bucket {
+    /// The repository `s3://<name>/ghostwire`; `seed` drives the proxy's random faults.
+    pub fn new(name: &str, seed: u64) -> Self {
+        Self::with_prefix(name, "ghostwire", seed)
+    }
+
+    pub fn with_prefix(name: &str, prefix: &str, seed: u64) -> Self {
+        let server = S3Server::with_bucket(name);
+        let proxy = FaultProxy::start(&server, seed);
+        let repo = format!("s3://{name}/{prefix}");
+        Self {
+            server,
+            proxy,
+            repo,
+        }
+    }
+
+    /// The agent talking to the server directly.
+    pub fn direct(&self) -> TestCommand {
+        self.server.agent(&self.repo)
+    }
+
+    /// The agent talking to the server through the proxy.
+    pub fn through_proxy(&self) -> TestCommand {
+        let mut agent = self.direct();
+        self.proxy.configure(&mut agent);
+        agent
+    }
 }
