@@ -675,7 +675,7 @@ async fn run(cli: Cli) -> Result<()> {
             trust,
         } => commands::check::run(&repository.open_to_read(&trust).await?, max_age).await,
         Command::Reference { json, section } => {
-            let reference = reference::Reference::new(&Cli::command(), &[LOG_FILTER]);
+            let reference = reference::Reference::new(&Cli::command(), ENV_ONLY);
             let text = match (json, section.as_deref()) {
                 (true, _) => reference.json()?,
                 (false, Some("flags")) => reference.flags_markdown(),
@@ -804,12 +804,43 @@ impl RepoArgs {
     }
 }
 
-/// The one environment variable without a flag.
+/// The level or filter of the logs: the one setting of ours without a flag.
 const LOG_FILTER: reference::EnvOnly = reference::EnvOnly {
     name: "GWB_LOG",
     default: "info",
     help: "What to log: a level (debug, trace…) or a tracing filter such as ghostwire_backup=debug; other libraries log at most debug (the AWS SDK's trace holds the session token)",
 };
+
+/// Every variable the binary reads outside clap, for the reference: ours, and the
+/// standard ones it honours.
+const ENV_ONLY: &[reference::EnvOnly] = &[
+    LOG_FILTER,
+    reference::EnvOnly {
+        name: "NO_COLOR",
+        default: "unset",
+        help: "Set and not empty: text logs on a terminal without colours (https://no-color.org)",
+    },
+    reference::EnvOnly {
+        name: "HOSTNAME",
+        default: "the machine's node name",
+        help: "Who holds a lock or the lease, in their records (Kubernetes sets it to the pod's name)",
+    },
+    reference::EnvOnly {
+        name: "KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT",
+        default: "set by Kubernetes",
+        help: "The API server `run` asks to delete its own pod when another instance takes the lease (with the token under --kube-serviceaccount-dir)",
+    },
+    reference::EnvOnly {
+        name: "AWS_REGION, AWS_DEFAULT_REGION",
+        default: "us-east-1",
+        help: "The S3 region when --s3-region is not given",
+    },
+    reference::EnvOnly {
+        name: "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_PROFILE…",
+        default: "the AWS default chain",
+        help: "S3 credentials, read by the AWS SDK's default chain (environment, web identity/IRSA, profile files, container and instance metadata)",
+    },
+];
 
 /// Sets up logging to stderr and says whether it is JSON.
 fn init_logging(global: &Global) -> bool {

@@ -484,6 +484,41 @@ fn the_readme_documents_every_exit_code() {
     );
 }
 
+#[test]
+fn the_reference_names_every_environment_variable_the_binary_reads() {
+    let reference = agent().args(["reference", "--json"]).ok();
+    let mut read = std::collections::BTreeSet::new();
+    let sources = walkdir(&repo_root().join("src"));
+    for file in sources
+        .iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+    {
+        let source = std::fs::read_to_string(&file).unwrap();
+        // std::env reads, and clap's `env = "GWB_…"` attributes (other `env = ` are cfgs
+        // and the reference module's own test flags).
+        for call in ["env::var(\"", "env::var_os(\"", "env = \"GWB_"] {
+            let prefix = call.strip_prefix("env = \"").unwrap_or("");
+            for rest in source.split(call).skip(1) {
+                read.insert(format!("{prefix}{}", rest.split('"').next().unwrap()));
+            }
+        }
+    }
+    assert!(
+        read.contains("GWB_REPO") && read.contains("HOSTNAME"),
+        "{read:?}"
+    );
+    let missing: Vec<_> = read
+        .iter()
+        .filter(|name| {
+            !reference.contains(&format!("\"{name}")) && !reference.contains(&format!(" {name}"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "read but not in the reference: {missing:?}"
+    );
+}
+
 /// Every command but keygen opens a repository.
 const REPOSITORY_COMMANDS: [&str; 9] = [
     "backup",
