@@ -493,7 +493,7 @@ fn the_reference_names_every_environment_variable_the_binary_reads() {
         .iter()
         .filter(|path| path.extension().is_some_and(|e| e == "rs"))
     {
-        let source = std::fs::read_to_string(&file).unwrap();
+        let source = std::fs::read_to_string(file).unwrap();
         // std::env reads, and clap's `env = "GWB_…"` attributes (other `env = ` are cfgs
         // and the reference module's own test flags).
         for call in ["env::var(\"", "env::var_os(\"", "env = \"GWB_"] {
