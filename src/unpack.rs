@@ -126,7 +126,7 @@ pub fn unpack<R: Read>(
         let header = entry.header();
         let mode = header.mode()? & 0o777;
         let mtime = header.mtime()?;
-        let owner = (header.uid()? as u32, header.gid()? as u32);
+        let owner = archived_owner(header, &relative)?;
         match header.entry_type() {
             tar::EntryType::Directory => {
                 match fs::symlink_metadata(&target) {
@@ -301,6 +301,21 @@ fn remove_non_directory(target: &Path, relative: &Path) -> Result<()> {
         Ok(_) => fs::remove_file(target).map_err(Into::into),
         Err(_) => Ok(()),
     }
+}
+
+/// The entry's owner as archived. A tar header holds ids up to 2^63; one past `u32` is
+/// not one this tool wrote, and truncating it could make it another (0, root).
+fn archived_owner(header: &tar::Header, relative: &Path) -> Result<(u32, u32)> {
+    let id = |value: u64, which: &str| {
+        u32::try_from(value).map_err(|_| {
+            anyhow::anyhow!(
+                "archive entry {} has {which} {value}, larger than any on Linux: the archive \
+                 was not written by this tool",
+                relative.display()
+            )
+        })
+    };
+    Ok((id(header.uid()?, "uid")?, id(header.gid()?, "gid")?))
 }
 
 fn set_owner(path: &Path, archived: (u32, u32), options: &UnpackOptions) -> Result<()> {

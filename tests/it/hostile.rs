@@ -217,6 +217,28 @@ fn setuid_setgid_and_sticky_bits_are_never_restored() {
 }
 
 #[test]
+fn an_owner_id_past_32_bits_is_refused_not_truncated_to_root() {
+    let (fx, id) = backed_up();
+    fx.plant(
+        &id,
+        |tar| {
+            // 2^32 truncates to uid 0: root would own the file in the volume.
+            let mut h = tar_header(tar::EntryType::Regular, 2, 0o644);
+            h.set_uid(1 << 32);
+            h.set_cksum();
+            tar.append_data(&mut h, "tool", &b"#!"[..]).unwrap();
+        },
+        |m| m["signal_db"] = serde_json::Value::Null,
+    );
+    let target = fx.root.join("target");
+    let err = fx.assert_restore_fails(fx.restore(&target).args(["--snapshot", &id]), &target);
+    assert!(
+        err.contains("tool") && err.contains("uid 4294967296"),
+        "the error must name the entry and its owner: {err}"
+    );
+}
+
+#[test]
 fn a_manifest_from_the_future_or_a_broken_one_is_refused_clearly() {
     let (fx, id) = backed_up();
     let good = fx.manifest(&id);
