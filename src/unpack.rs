@@ -100,10 +100,12 @@ pub fn unpack<R: Read>(
     keep: &dyn Fn(&Path) -> bool,
     db_delta: &mut dyn FnMut(&mut dyn Read, u64) -> Result<()>,
 ) -> Result<UnpackStats> {
-    let mut stats = UnpackStats::default();
-    // Directory permissions and times are applied last: a read-only directory would stop
-    // its own children from being written, and writing children changes its mtime.
-    let mut directories: Vec<(PathBuf, u32, u64)> = Vec::new();
+    let mut unpacker = Unpacker {
+        dest,
+        options,
+        stats: UnpackStats::default(),
+        directories: Vec::new(),
+    };
     for entry in archive.entries().context("cannot read the archive")? {
         let mut entry = entry.map_err(crate::archive::explain_read_error)?;
         let raw = entry.path_bytes().into_owned();
@@ -118,86 +120,48 @@ pub fn unpack<R: Read>(
             continue;
         }
         let relative = safe_relative_path(&raw)?;
-        if !keep(&relative) {
-            continue;
+        if keep(&relative) {
+            unpacker.entry(&mut entry, &relative)?;
         }
-        let target = dest.join(&relative);
-        prepare_parents(dest, &relative)?;
+    }
+    unpacker.finish()
+}
+
+/// One archive's extraction in progress.
+struct Unpacker<'a> {
+    dest: &'a Path,
+    options: &'a UnpackOptions,
+    stats: UnpackStats,
+    /// Directory permissions and times are applied last: a read-only directory would stop
+    /// its own children from being written, and writing children changes its mtime.
+    directories: Vec<(PathBuf, u32, u64)>,
+}
+
+/// What an entry's header says about the file it makes, checked.
+struct Attributes {
+    mode: u32,
+    mtime: u64,
+    owner: (u32, u32),
+}
+
+impl Unpacker<'_> {
+    /// One entry into place, by its kind; special files refused.
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>, relative: &Path) -> Result<()> {
+        let target = self.dest.join(relative);
+        prepare_parents(self.dest, relative)?;
         let header = entry.header();
-        let mode = header.mode()? & 0o777;
-        let mtime = header.mtime()?;
-        let owner = archived_owner(header, &relative)?;
+        let attributes = Attributes {
+            mode: header.mode()? & 0o777,
+            mtime: header.mtime()?,
+            owner: archived_owner(header, relative)?,
+        };
         match header.entry_type() {
-            tar::EntryType::Directory => {
-                match fs::symlink_metadata(&target) {
-                    Ok(existing) if existing.is_dir() => {}
-                    Ok(_) => bail!(
-                        "archive entry {} is a directory over a non-directory",
-                        relative.display()
-                    ),
-                    Err(_) => fs::DirBuilder::new().mode(0o700).create(&target)?,
-                }
-                set_owner(&target, owner, options)?;
-                directories.push((target, mode, mtime));
-                stats.directories += 1;
-            }
+            tar::EntryType::Directory => self.directory(target, relative, attributes),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                remove_non_directory(&target, &relative)?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&target)
-                    .with_context(|| format!("cannot create {}", target.display()))?;
-                let budget = options.max_content_bytes.saturating_sub(stats.bytes);
-                let written = copy_with_holes(&mut entry, &mut file, budget.saturating_add(1))
-                    .with_context(|| format!("cannot restore {}", target.display()))?;
-                if written > budget {
-                    bail!(
-                        "the archive expands to more than the {} bytes of content its manifest \
-                         declares: refusing it (damaged, or a decompression bomb)",
-                        options.max_content_bytes
-                    );
-                }
-                stats.bytes += written;
-                file.set_permissions(fs::Permissions::from_mode(mode))?;
-                set_owner(&target, owner, options)?;
-                file.set_modified(to_time(mtime))?;
-                stats.files += 1;
-                options.progress.add_files(1);
+                self.file(entry, &target, relative, attributes)
             }
-            tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name_bytes()
-                    .with_context(|| format!("symlink {} has no target", relative.display()))?;
-                remove_non_directory(&target, &relative)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target)
-                    .with_context(|| format!("cannot create symlink {}", target.display()))?;
-                set_owner(&target, owner, options)?;
-                stats.symlinks += 1;
-            }
-            tar::EntryType::Link => {
-                let link = entry
-                    .link_name_bytes()
-                    .with_context(|| format!("hard link {} has no target", relative.display()))?;
-                let source = safe_relative_path(&link).with_context(|| {
-                    format!("hard link {} points outside the target", relative.display())
-                })?;
-                prepare_parents(dest, &source)?;
-                let source = dest.join(source);
-                if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
-                    bail!(
-                        "hard link {} points at {:?}, which is not a file restored earlier: refusing it",
-                        relative.display(),
-                        String::from_utf8_lossy(&link)
-                    );
-                }
-                remove_non_directory(&target, &relative)?;
-                fs::hard_link(&source, &target)?;
-                stats.files += 1;
-                options.progress.add_files(1);
-            }
+            tar::EntryType::Symlink => self.symlink(entry, &target, relative, attributes),
+            tar::EntryType::Link => self.hard_link(entry, &target, relative),
             other => bail!(
                 "archive entry {} is a {:?} (device node, FIFO or other special file): refusing it",
                 relative.display(),
@@ -205,11 +169,119 @@ pub fn unpack<R: Read>(
             ),
         }
     }
-    for (path, mode, mtime) in directories.into_iter().rev() {
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-        File::open(&path)?.set_modified(to_time(mtime))?;
+
+    fn directory(
+        &mut self,
+        target: PathBuf,
+        relative: &Path,
+        attributes: Attributes,
+    ) -> Result<()> {
+        match fs::symlink_metadata(&target) {
+            Ok(existing) if existing.is_dir() => {}
+            Ok(_) => bail!(
+                "archive entry {} is a directory over a non-directory",
+                relative.display()
+            ),
+            Err(_) => fs::DirBuilder::new().mode(0o700).create(&target)?,
+        }
+        set_owner(&target, attributes.owner, self.options)?;
+        self.directories
+            .push((target, attributes.mode, attributes.mtime));
+        self.stats.directories += 1;
+        Ok(())
     }
-    Ok(stats)
+
+    /// A regular file, created new (never through a link), within the content budget.
+    fn file(
+        &mut self,
+        entry: &mut impl Read,
+        target: &Path,
+        relative: &Path,
+        attributes: Attributes,
+    ) -> Result<()> {
+        remove_non_directory(target, relative)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(target)
+            .with_context(|| format!("cannot create {}", target.display()))?;
+        let max = self.options.max_content_bytes;
+        let budget = max.saturating_sub(self.stats.bytes);
+        let written = copy_with_holes(entry, &mut file, budget.saturating_add(1))
+            .with_context(|| format!("cannot restore {}", target.display()))?;
+        if written > budget {
+            bail!(
+                "the archive expands to more than the {max} bytes of content its manifest \
+                 declares: refusing it (damaged, or a decompression bomb)"
+            );
+        }
+        self.stats.bytes += written;
+        file.set_permissions(fs::Permissions::from_mode(attributes.mode))?;
+        set_owner(target, attributes.owner, self.options)?;
+        file.set_modified(to_time(attributes.mtime))?;
+        self.stats.files += 1;
+        self.options.progress.add_files(1);
+        Ok(())
+    }
+
+    /// An inert link: restored as it was, never followed.
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<R>,
+        target: &Path,
+        relative: &Path,
+        attributes: Attributes,
+    ) -> Result<()> {
+        let link = entry
+            .link_name_bytes()
+            .with_context(|| format!("symlink {} has no target", relative.display()))?;
+        remove_non_directory(target, relative)?;
+        std::os::unix::fs::symlink(OsStr::from_bytes(&link), target)
+            .with_context(|| format!("cannot create symlink {}", target.display()))?;
+        set_owner(target, attributes.owner, self.options)?;
+        self.stats.symlinks += 1;
+        Ok(())
+    }
+
+    /// A hard link, only to a file this restore already wrote inside the tree.
+    fn hard_link<R: Read>(
+        &mut self,
+        entry: &tar::Entry<R>,
+        target: &Path,
+        relative: &Path,
+    ) -> Result<()> {
+        let link = entry
+            .link_name_bytes()
+            .with_context(|| format!("hard link {} has no target", relative.display()))?;
+        let source = safe_relative_path(&link).with_context(|| {
+            format!("hard link {} points outside the target", relative.display())
+        })?;
+        prepare_parents(self.dest, &source)?;
+        let source = self.dest.join(source);
+        if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
+            bail!(
+                "hard link {} points at {:?}, which is not a file restored earlier: refusing it",
+                relative.display(),
+                String::from_utf8_lossy(&link)
+            );
+        }
+        remove_non_directory(target, relative)?;
+        fs::hard_link(&source, target)?;
+        self.stats.files += 1;
+        self.options.progress.add_files(1);
+        Ok(())
+    }
+
+    /// The directories' own permissions and times, deepest first.
+    fn finish(self) -> Result<UnpackStats> {
+        for (path, mode, mtime) in self.directories.into_iter().rev() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+            File::open(&path)?.set_modified(to_time(mtime))?;
+        }
+        Ok(self.stats)
+    }
 }
 
 /// Blocks of zeros restored as holes: the size of a block is a multiple of every common
