@@ -123,54 +123,25 @@ fn list_dir(
             continue;
         }
         let full = home.join(&path);
-        // Linux refuses a path over PATH_MAX to every path-based call, so such an entry can
-        // be neither read here nor restored anywhere: skip it loudly rather than fail every
-        // backup over it.
-        if full.as_os_str().len() >= libc::PATH_MAX as usize {
-            let bytes = path.as_os_str().as_bytes();
-            tracing::warn!(
-                path = %format!("{}…", String::from_utf8_lossy(&bytes[..bytes.len().min(120)])),
-                bytes = bytes.len(),
-                "skipping a path too long to open (over PATH_MAX, 4096 bytes): it is not in this snapshot"
-            );
+        if beyond_path_max(&path, &full) {
             listing.too_long_skipped += 1;
             continue;
         }
-        let metadata = match home::lstat_at(dir_fd, &name) {
-            Ok(metadata) => metadata,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted meanwhile
-            Err(e) => return Err(e).with_context(|| unreadable(&full)),
+        let Some(metadata) = lstat_unless_gone(dir_fd, &name).with_context(|| unreadable(&full))?
+        else {
+            continue; // deleted meanwhile
         };
-        let file_type = metadata.file_type();
-        let kind = if file_type.is_dir() {
-            Kind::Directory
-        } else if file_type.is_symlink() {
-            Kind::Symlink(home::read_link_at(dir_fd, &name).with_context(|| unreadable(&full))?)
-        } else if file_type.is_file() {
-            cancel.progress().add_files(1);
-            match has_sqlite_header(handle, &path, &metadata) {
-                Ok(Some(true)) => Kind::PlainSqlite,
-                Ok(Some(false)) => Kind::File,
-                Ok(None) => continue, // deleted or replaced meanwhile
-                Err(e) => return Err(e).with_context(|| unreadable(&full)),
+        let kind = match classify(handle, dir_fd, &name, &path, &metadata, cancel)
+            .with_context(|| unreadable(&full))?
+        {
+            Found::Kind(kind) => kind,
+            Found::Special => {
+                listing.special_skipped += 1;
+                continue;
             }
-        } else {
-            debug_assert!(
-                file_type.is_socket()
-                    || file_type.is_fifo()
-                    || file_type.is_block_device()
-                    || file_type.is_char_device()
-            );
-            listing.special_skipped += 1;
-            continue;
+            Found::Gone => continue, // deleted or replaced meanwhile
         };
-        // The walk holds a handle per level: a tree nested deeper than any real one could
-        // otherwise run the process out of file descriptors and fail every backup.
-        if matches!(kind, Kind::Directory) && path.components().count() > MAX_DEPTH {
-            tracing::warn!(
-                path = %format!("{}…", String::from_utf8_lossy(&path.as_os_str().as_bytes()[..120.min(path.as_os_str().len())])),
-                "skipping a directory nested over {MAX_DEPTH} levels deep: it is not in this snapshot"
-            );
+        if matches!(kind, Kind::Directory) && too_deep(&path) {
             listing.too_long_skipped += 1;
             continue;
         }
@@ -192,6 +163,90 @@ fn list_dir(
         }
     }
     Ok(())
+}
+
+/// Linux refuses a path over PATH_MAX to every path-based call, so such an entry can be
+/// neither read here nor restored anywhere: skipped loudly rather than failing every
+/// backup over it.
+fn beyond_path_max(path: &Path, full: &Path) -> bool {
+    if full.as_os_str().len() < libc::PATH_MAX as usize {
+        return false;
+    }
+    let bytes = path.as_os_str().as_bytes();
+    tracing::warn!(
+        path = %format!("{}…", String::from_utf8_lossy(&bytes[..bytes.len().min(120)])),
+        bytes = bytes.len(),
+        "skipping a path too long to open (over PATH_MAX, 4096 bytes): it is not in this snapshot"
+    );
+    true
+}
+
+/// The walk holds a handle per level: a tree nested deeper than any real one could
+/// otherwise run the process out of file descriptors and fail every backup.
+fn too_deep(path: &Path) -> bool {
+    if path.components().count() <= MAX_DEPTH {
+        return false;
+    }
+    let bytes = path.as_os_str().as_bytes();
+    tracing::warn!(
+        path = %format!("{}…", String::from_utf8_lossy(&bytes[..bytes.len().min(120)])),
+        "skipping a directory nested over {MAX_DEPTH} levels deep: it is not in this snapshot"
+    );
+    true
+}
+
+/// The entry's `lstat`, or `None` if it is no longer there.
+fn lstat_unless_gone(
+    dir_fd: BorrowedFd,
+    name: &std::ffi::OsStr,
+) -> std::io::Result<Option<Metadata>> {
+    match home::lstat_at(dir_fd, name) {
+        Ok(metadata) => Ok(Some(metadata)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What an entry of a directory turned out to be.
+enum Found {
+    Kind(Kind),
+    /// A socket, FIFO or device: counted, never archived.
+    Special,
+    /// Deleted or replaced since its `lstat`.
+    Gone,
+}
+
+/// What the entry `name` of `dir_fd` is.
+fn classify(
+    handle: &Home,
+    dir_fd: BorrowedFd,
+    name: &std::ffi::OsStr,
+    path: &Path,
+    metadata: &Metadata,
+    cancel: &Cancel,
+) -> Result<Found> {
+    let file_type = metadata.file_type();
+    let kind = if file_type.is_dir() {
+        Kind::Directory
+    } else if file_type.is_symlink() {
+        Kind::Symlink(home::read_link_at(dir_fd, name)?)
+    } else if file_type.is_file() {
+        cancel.progress().add_files(1);
+        match has_sqlite_header(handle, path, metadata)? {
+            Some(true) => Kind::PlainSqlite,
+            Some(false) => Kind::File,
+            None => return Ok(Found::Gone),
+        }
+    } else {
+        debug_assert!(
+            file_type.is_socket()
+                || file_type.is_fifo()
+                || file_type.is_block_device()
+                || file_type.is_char_device()
+        );
+        return Ok(Found::Special);
+    };
+    Ok(Found::Kind(kind))
 }
 
 fn unreadable(path: &Path) -> String {
