@@ -26,7 +26,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode};
 use aws_smithy_http_client::tls;
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::resume::ResumingReader;
@@ -270,28 +270,7 @@ impl S3Store {
             while let Some(done) = in_flight.try_join_next() {
                 parts.push(done.map_err(anyhow::Error::from)??);
             }
-            let request = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .set_content_md5(self.object_lock.is_some().then(|| content_md5(&chunk)))
-                .body(ByteStream::from(chunk));
-            let bucket = self.bucket.clone();
-            let part_slot = slot;
-            in_flight.spawn(async move {
-                let output = request.send().await;
-                drop(part_slot);
-                let output = output.map_err(|e| sdk_error(e, "upload part", &bucket))?;
-                Ok::<_, anyhow::Error>(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(output.e_tag)
-                        .build(),
-                )
-            });
+            in_flight.spawn(self.upload_part(key, upload_id, number, chunk, slot));
             // Take the next part's slot before the part itself: while every slot is busy the
             // producer waits holding its chunk, instead of this loop holding one more.
             slot = slots
@@ -304,6 +283,47 @@ impl S3Store {
         while let Some(done) = in_flight.join_next().await {
             parts.push(done.map_err(anyhow::Error::from)??);
         }
+        self.complete_upload(key, upload_id, parts).await?;
+        Ok(size)
+    }
+
+    /// Part `number` of an upload, sent on its own task; `slot` is released when it ends.
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        chunk: Bytes,
+        slot: OwnedSemaphorePermit,
+    ) -> impl std::future::Future<Output = anyhow::Result<CompletedPart>> + Send + 'static {
+        let request = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .set_content_md5(self.object_lock.is_some().then(|| content_md5(&chunk)))
+            .body(ByteStream::from(chunk));
+        let bucket = self.bucket.clone();
+        async move {
+            let output = request.send().await;
+            drop(slot);
+            let output = output.map_err(|e| sdk_error(e, "upload part", &bucket))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(output.e_tag)
+                .build())
+        }
+    }
+
+    /// Completes an upload with its parts, in order.
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        mut parts: Vec<CompletedPart>,
+    ) -> Result<()> {
         parts.sort_by_key(|part| part.part_number);
         self.client
             .complete_multipart_upload()
@@ -318,7 +338,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| sdk_error(e, "complete multipart upload", &self.bucket))?;
-        Ok(size)
+        Ok(())
     }
 }
 
