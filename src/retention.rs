@@ -48,36 +48,56 @@ impl Policy {
     }
 }
 
+/// A calendar rule of the policy: keep the newest snapshot of each of the `remaining`
+/// newest periods (hours, days…) that hold one.
+struct Period {
+    name: &'static str,
+    remaining: u32,
+    /// The period a time falls in, as a string that differs between periods.
+    of: fn(&DateTime<Utc>) -> String,
+    /// The period of the snapshot kept last by this rule.
+    last: Option<String>,
+}
+
+impl Period {
+    fn new(name: &'static str, keep: u32, of: fn(&DateTime<Utc>) -> String) -> Self {
+        Self {
+            name,
+            remaining: keep,
+            of,
+            last: None,
+        }
+    }
+
+    /// Whether this rule keeps a snapshot finished at `time` (snapshots come newest first).
+    fn keeps(&mut self, time: &DateTime<Utc>) -> bool {
+        let period = (self.of)(time);
+        if self.remaining == 0 || self.last.as_ref() == Some(&period) {
+            return false;
+        }
+        self.remaining -= 1;
+        self.last = Some(period);
+        true
+    }
+}
+
 /// Decides for every snapshot, newest first.
 pub fn decide(snapshots: &[Manifest], policy: &Policy) -> Vec<Decision> {
     let mut newest_first: Vec<&Manifest> = snapshots.iter().collect();
     newest_first.sort_by(|a, b| b.id.cmp(&a.id));
-    type Bucket = fn(&DateTime<Utc>) -> String;
-    let mut rules: Vec<(&str, u32, Bucket, Option<String>)> = vec![
-        (
-            "hourly",
-            policy.keep_hourly,
-            |t| t.format("%Y-%m-%d %H").to_string(),
-            None,
-        ),
-        (
-            "daily",
-            policy.keep_daily,
-            |t| t.format("%Y-%m-%d").to_string(),
-            None,
-        ),
-        (
-            "weekly",
-            policy.keep_weekly,
-            |t| t.format("%G-W%V").to_string(),
-            None,
-        ),
-        (
-            "monthly",
-            policy.keep_monthly,
-            |t| t.format("%Y-%m").to_string(),
-            None,
-        ),
+    let mut periods = [
+        Period::new("hourly", policy.keep_hourly, |t| {
+            t.format("%Y-%m-%d %H").to_string()
+        }),
+        Period::new("daily", policy.keep_daily, |t| {
+            t.format("%Y-%m-%d").to_string()
+        }),
+        Period::new("weekly", policy.keep_weekly, |t| {
+            t.format("%G-W%V").to_string()
+        }),
+        Period::new("monthly", policy.keep_monthly, |t| {
+            t.format("%Y-%m").to_string()
+        }),
     ];
     let newest_final = newest_first
         .iter()
@@ -92,12 +112,9 @@ pub fn decide(snapshots: &[Manifest], policy: &Policy) -> Vec<Decision> {
         if (position as u32) < policy.keep_last {
             reasons.push("last".to_string());
         }
-        for (name, remaining, bucket, last) in rules.iter_mut() {
-            let value = bucket(&manifest.finished_at);
-            if *remaining > 0 && last.as_ref() != Some(&value) {
-                reasons.push(name.to_string());
-                *remaining -= 1;
-                *last = Some(value);
+        for period in periods.iter_mut() {
+            if period.keeps(&manifest.finished_at) {
+                reasons.push(period.name.to_string());
             }
         }
         if newest_final.as_ref() == Some(&manifest.id) {
