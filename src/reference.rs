@@ -101,7 +101,7 @@ impl Reference {
     /// of flags several commands share (a --help heading such as `Repository options`) once,
     /// then each command's own flags. A command that takes all of an earlier one's flags
     /// (`run` takes `backup`'s) says so instead of repeating them.
-    pub fn flags_markdown<'a>(&'a self) -> String {
+    pub fn flags_markdown(&self) -> String {
         let mut out = String::from("| flag | env | default | |\n|---|---|---|---|\n");
         for flag in &self.global {
             out += &flag_row(flag);
@@ -116,56 +116,60 @@ impl Reference {
         }
         let groups = self.shared_groups();
         for (heading, flags) in &groups {
-            let takers: Vec<String> = self
-                .commands
-                .iter()
-                .filter(|c| c.args.iter().any(|a| a.heading.as_ref() == Some(heading)))
-                .map(|c| format!("**{}**", c.name))
-                .collect();
-            out += &format!(
-                "| **{}** — taken by {} | | | |\n",
-                cell(heading),
-                takers.join(", ")
-            );
-            for flag in flags {
-                out += &flag_row(flag);
-            }
+            out += &self.group_rows(heading, flags);
         }
         let shared: Vec<&String> = groups.iter().map(|(heading, _)| heading).collect();
-        let own = |command: &'a CommandRef| -> Vec<&'a Flag> {
-            (command.args.iter())
-                .filter(|f| !f.heading.as_ref().is_some_and(|h| shared.contains(&h)))
-                .collect()
-        };
-        for (i, command) in self.commands.iter().enumerate() {
-            let args = own(command);
-            if args.is_empty() {
-                continue;
-            }
-            let includes = self.commands[..i]
-                .iter()
-                .map(|earlier| (earlier, own(earlier)))
-                .filter(|(_, earlier)| {
-                    !earlier.is_empty() && earlier.iter().all(|a| args.contains(a))
-                })
-                .max_by_key(|(_, earlier)| earlier.len());
-            let also = includes
-                .as_ref()
-                .map(|(earlier, _)| format!("; takes every **{}** flag too", earlier.name))
-                .unwrap_or_default();
-            out += &format!(
-                "| **{}** — {}{also} | | | |\n",
-                command.name,
-                cell(&command.about)
-            );
-            for flag in args {
-                if !includes
-                    .as_ref()
-                    .is_some_and(|(_, earlier)| earlier.contains(&flag))
-                {
-                    out += &flag_row(flag);
-                }
-            }
+        for i in 0..self.commands.len() {
+            out += &self.command_rows(i, &shared);
+        }
+        out
+    }
+
+    /// A shared group's heading, the commands that take it, and its flags.
+    fn group_rows(&self, heading: &String, flags: &[&Flag]) -> String {
+        let takers: Vec<String> = self
+            .commands
+            .iter()
+            .filter(|c| c.args.iter().any(|a| a.heading.as_ref() == Some(heading)))
+            .map(|c| format!("**{}**", c.name))
+            .collect();
+        let mut out = format!(
+            "| **{}** — taken by {} | | | |\n",
+            cell(heading),
+            takers.join(", ")
+        );
+        for flag in flags {
+            out += &flag_row(flag);
+        }
+        out
+    }
+
+    /// Command `i`'s own flags under its name, less those of the largest earlier command
+    /// whose own flags it all takes (`run` takes `backup`'s): it says so instead.
+    fn command_rows(&self, i: usize, shared: &[&String]) -> String {
+        let command = &self.commands[i];
+        let args = own_flags(command, shared);
+        if args.is_empty() {
+            return String::new();
+        }
+        let includes = self.commands[..i]
+            .iter()
+            .map(|earlier| (earlier, own_flags(earlier, shared)))
+            .filter(|(_, earlier)| !earlier.is_empty() && earlier.iter().all(|a| args.contains(a)))
+            .max_by_key(|(_, earlier)| earlier.len());
+        let also = includes
+            .as_ref()
+            .map(|(earlier, _)| format!("; takes every **{}** flag too", earlier.name))
+            .unwrap_or_default();
+        let mut out = format!(
+            "| **{}** — {}{also} | | | |\n",
+            command.name,
+            cell(&command.about)
+        );
+        let included =
+            |flag: &Flag| (includes.as_ref()).is_some_and(|(_, earlier)| earlier.contains(&flag));
+        for flag in args.into_iter().filter(|flag| !included(flag)) {
+            out += &flag_row(flag);
         }
         out
     }
@@ -269,6 +273,13 @@ fn flag(arg: &Arg) -> Flag {
         help,
         heading: arg.get_help_heading().map(str::to_owned),
     }
+}
+
+/// A command's flags outside the `shared` groups.
+fn own_flags<'a>(command: &'a CommandRef, shared: &[&String]) -> Vec<&'a Flag> {
+    (command.args.iter())
+        .filter(|f| !f.heading.as_ref().is_some_and(|h| shared.contains(&h)))
+        .collect()
 }
 
 fn flag_row(flag: &Flag) -> String {
