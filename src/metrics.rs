@@ -65,64 +65,75 @@ impl Default for LeaseState {
 impl Metrics {
     pub fn new() -> Self {
         let mut metrics = Self::default();
-        let registry = &mut metrics.registry;
+        let mut registry = std::mem::take(&mut metrics.registry);
+        metrics.register_backup(&mut registry);
+        metrics.register_lease(&mut registry);
+        metrics.registry = registry;
+        metrics
+    }
+
+    /// What the backups do: their success, size, duration, failures.
+    fn register_backup(&self, registry: &mut Registry) {
         registry.register(
             "ghostwire_backup_last_success_timestamp_seconds",
             "Unix time the last successful snapshot was committed",
-            metrics.last_success.clone(),
+            self.last_success.clone(),
         );
         registry.register(
             "ghostwire_backup_last_duration_seconds",
             "Duration of the last backup attempt",
-            metrics.last_duration.clone(),
+            self.last_duration.clone(),
         );
         // Counters get their `_total` suffix from the library.
         registry.register(
             "ghostwire_backup_uploaded_bytes",
             "Archive bytes uploaded by committed snapshots",
-            metrics.uploaded.clone(),
+            self.uploaded.clone(),
         );
         registry.register(
             "ghostwire_backup_last_snapshot_size_bytes",
             "Archive size of the last committed snapshot",
-            metrics.last_size.clone(),
+            self.last_size.clone(),
         );
         registry.register(
             "ghostwire_backup_failures",
             "Backup attempts that failed",
-            metrics.failures.clone(),
+            self.failures.clone(),
         );
         registry.register(
             "ghostwire_backup_restore_gate_ok",
             "0 if the last snapshot's check of its Signal database copy found problems (its restore gate then runs the full integrity_check), 1 if not (a final snapshot, taken without the check, counts as 1)",
-            metrics.db_check_ok.clone(),
+            self.db_check_ok.clone(),
         );
         registry.register(
             "ghostwire_backup_running",
             "1 while a backup runs",
-            metrics.running.clone(),
+            self.running.clone(),
         );
+    }
+
+    /// Whether this instance holds the lease, and what became of it.
+    fn register_lease(&self, registry: &mut Registry) {
         registry.register(
             "ghostwire_backup_lease_held",
             "1 while this instance holds the repository's lease (it backs up and Signal may run), 0 while it waits for it or after losing it",
-            metrics.lease_held.clone(),
+            self.lease_held.clone(),
         );
         registry.register(
             "ghostwire_backup_handoff_missing",
             "1 if the lease this instance took over was not released with a final snapshot (the previous owner stopped uncleanly: its last changes are lost)",
-            metrics.handoff_missing.clone(),
+            self.handoff_missing.clone(),
         );
         registry.register(
             "ghostwire_backup_lease_expires_timestamp_seconds",
             "Unix time the lease, as this instance last wrote it, expires; below time() while a bucket outage keeps it from renewing (it is taken back once the bucket answers, unless another instance took it over)",
-            metrics.lease_expires.clone(),
+            self.lease_expires.clone(),
         );
         registry.register(
             "ghostwire_backup_lease_lost",
             "1 once another instance took this instance's lease over: /leasez and /startupz answer 503 for good and the sidecar deletes its own pod; 0 otherwise",
-            metrics.lease_lost.clone(),
+            self.lease_lost.clone(),
         );
-        metrics
     }
 
     /// Shows the repository's newest snapshot before this process has taken one, so that
