@@ -7,7 +7,7 @@
 #   ...
 #   <!-- END GENERATED flags -->
 #
-# To change a row, change the flag's doc comment in src/main.rs (or the metric in
+# To change a row, change the flag's doc comment in src/cli/flags.rs (or the metric in
 # src/metrics.rs) and run this script. It then checks that every GWB_* variable and
 # ghostwire_backup_* metric that README.md and docs/kubernetes.md mention exists.
 #

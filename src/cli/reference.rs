@@ -93,6 +93,20 @@ impl Reference {
         }
     }
 
+    /// What `reference` prints: the JSON, one table (`flags`, `metrics`, `exits`), or
+    /// all three tables.
+    pub fn text(&self, json: bool, section: Option<&str>) -> Result<String> {
+        Ok(match (json, section) {
+            (true, _) => self.json()?,
+            (false, Some("flags")) => self.flags_markdown(),
+            (false, Some("exits")) => exits_markdown(),
+            (false, Some(_)) => self.metrics_markdown(),
+            (false, None) => {
+                self.flags_markdown() + "\n" + &self.metrics_markdown() + "\n" + &exits_markdown()
+            }
+        })
+    }
+
     pub fn json(&self) -> Result<String> {
         Ok(serde_json::to_string_pretty(self)? + "\n")
     }
