@@ -555,3 +555,54 @@ fn aside_directory_names_planted_as_links_are_never_followed() {
         "the planted links were changed"
     );
 }
+
+#[test]
+fn a_file_rewritten_with_its_stat_kept_is_fetched_not_kept() {
+    let (fx, first) = Fixture::backed_up(&[]);
+    let second = fx.backup().ok();
+    let volume = desktop_volume(&fx, &first);
+    let bashrc = volume.join(".bashrc");
+    let snapshot_bashrc = std::fs::read(fx.home().join(".bashrc")).unwrap();
+    let before = std::fs::metadata(&bashrc).unwrap();
+    // The attack, as the desktop user: same size and mode, the old mtime set back.
+    as_desktop_user(
+        &volume,
+        "m=$(stat -c %Y .bashrc) && sed -i 's/alias ll=/alias l2=/' .bashrc && touch -d @$m .bashrc",
+    );
+    let rewritten = std::fs::read(&bashrc).unwrap();
+    let after = std::fs::metadata(&bashrc).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(
+            rewritten, snapshot_bashrc,
+            "the desktop user's rewrite did nothing"
+        );
+        assert_eq!(
+            (after.len(), after.mode(), after.mtime(), after.mtime_nsec()),
+            (
+                before.len(),
+                before.mode(),
+                before.mtime(),
+                before.mtime_nsec()
+            ),
+            "the rewrite must keep the stat for this test to mean anything"
+        );
+    }
+
+    // Refused as a changed volume, naming the file; nothing changed.
+    fx.restore(&volume)
+        .args(["--update", "--snapshot", &second])
+        .fails_with(&["changed since it was restored", ".bashrc", "--force"]);
+    assert_eq!(std::fs::read(&bashrc).unwrap(), rewritten);
+    // Forced: fetched from the repository, the rewritten one kept aside.
+    fx.restore(&volume)
+        .args(["--update", "--force", "--snapshot", &second])
+        .ok();
+    assert_eq!(std::fs::read(&bashrc).unwrap(), snapshot_bashrc);
+    let aside = std::fs::read_dir(&volume)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("-replaced-"))
+        .expect("an aside directory");
+    assert_eq!(std::fs::read(aside.join(".bashrc")).unwrap(), rewritten);
+}
