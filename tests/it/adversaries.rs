@@ -606,3 +606,43 @@ fn a_file_rewritten_with_its_stat_kept_is_fetched_not_kept() {
         .expect("an aside directory");
     assert_eq!(std::fs::read(aside.join(".bashrc")).unwrap(), rewritten);
 }
+
+#[test]
+fn a_verify_cut_during_the_cipher_check_exits_cleanly() {
+    let fx = Fixture::new(&[]);
+    // 64 MiB more: the check of every page's HMAC takes a while.
+    crate::deadlines::grow_database(&fx.profile.db(), &fx.profile.key, 64);
+    let id = fx.backup().ok();
+    let mut verify = fx
+        .verify_with(fx.agent(), &id)
+        .env("GWB_LOG", "ghostwire_backup=debug,info")
+        .spawn(std::process::Stdio::null(), std::process::Stdio::piped());
+    let stderr = verify.watch_stderr();
+    // The event: the check has begun reading the pages.
+    stderr.wait_for(
+        &["cipher_integrity_check: verifying every page"],
+        std::time::Duration::from_secs(120),
+    );
+    // SAFETY: kill only sends a signal to a process this test started.
+    assert_eq!(unsafe { libc::kill(verify.id() as i32, libc::SIGTERM) }, 0);
+    let status = wait_for(
+        "verify to exit after SIGTERM",
+        std::time::Duration::from_secs(30),
+        || verify.try_wait().unwrap(),
+    );
+    let log = stderr.all();
+    eprintln!(
+        "verify exited {status} after SIGTERM: {}",
+        log.lines().last().unwrap_or("")
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        None,
+        "verify died of a signal: {status}\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    if !status.success() {
+        assert!(log.contains("stopped by SIGTERM"), "{status}\n{log}");
+    }
+}
