@@ -185,7 +185,12 @@ pub fn open_own_dir(path: &Path) -> Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let dir = match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(dir) => dir,
-        Err(rustix::io::Errno::LOOP) => bail!(planted(path, "a symbolic link")),
+        // O_DIRECTORY on a link fails with ENOTDIR before O_NOFOLLOW's ELOOP.
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR)
+            if fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) =>
+        {
+            bail!(planted(path, "a symbolic link"))
+        }
         Err(rustix::io::Errno::NOTDIR) => bail!(planted(path, "not a directory")),
         Err(e) => {
             return Err(std::io::Error::from(e))
@@ -200,6 +205,29 @@ pub fn open_own_dir(path: &Path) -> Result<OwnedFd> {
         ));
     }
     Ok(dir)
+}
+
+/// A path that reaches the directory `dir` is a handle on, wherever it is moved and
+/// whatever is put under its old name: `/proc/self/fd/<n>`. Valid while `dir` is open.
+pub fn path_of(dir: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(dir)
+    ))
+}
+
+/// Fails naming `path` unless it still is the directory `dir` is a handle on (see
+/// [`open_own_dir`]): before its name is handed to something that opens by path.
+pub fn check_still_own_dir(path: &Path, dir: &OwnedFd) -> Result<()> {
+    let now = rustix::fs::fstat(open_own_dir(path)?)?;
+    let made = rustix::fs::fstat(dir)?;
+    if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino) {
+        bail!(planted(
+            path,
+            "not the directory the agent made (it was swapped)"
+        ));
+    }
+    Ok(())
 }
 
 /// Makes a directory's entries (new names, renames) durable.

@@ -276,7 +276,10 @@ fn mtime_as_left(kind: &Kind, now: &std::fs::Metadata, snapshot_mtime_ns: i64) -
 /// SQLite database). Content, not stat: the volume's owner can rewrite a file and set its
 /// size, mode and mtime back (`touch -d`), and only its ctime would show it, which nothing
 /// the owner cannot also write records. Signal's database is checked by its deltas and the
-/// restore gate instead. A file without a recorded hash is compared by size.
+/// restore gate instead. A plain SQLite database is archived as a snapshot copy, which is
+/// the live file byte for byte only where a restore wrote it (not where the final snapshot
+/// was taken in place): one of the same size keeps the stat rule, one of another size is
+/// compared by the copy's hash. A file without a recorded hash is compared by size.
 fn restored_content(
     home: &Home,
     entry: &IndexEntry,
@@ -290,8 +293,11 @@ fn restored_content(
     let Some(archived) = &entry.sha256 else {
         return Ok(same_size);
     };
-    if !same_size && !matches!(now.kind, Kind::PlainSqlite) {
-        return Ok(false);
+    match (&now.kind, same_size) {
+        (Kind::PlainSqlite, true) => return Ok(true),
+        (Kind::PlainSqlite, false) => {}
+        (_, false) => return Ok(false),
+        (_, true) => {}
     }
     cancel.check()?;
     let Opened::File(file, _) = home.open_listed(&entry.path, &now.metadata)? else {

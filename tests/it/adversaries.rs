@@ -646,3 +646,49 @@ fn a_verify_cut_during_the_cipher_check_exits_cleanly() {
         assert!(log.contains("stopped by SIGTERM"), "{status}\n{log}");
     }
 }
+
+#[test]
+fn a_staging_directory_swapped_for_a_link_mid_unpack_redirects_nothing() {
+    let fx = Fixture::new(&["--attachments", "200"]);
+    let id = fx.backup().ok();
+    let root_only = RootOnly::new(&fx);
+    let before = root_only.state();
+    let volume = fx.root.join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::os::unix::fs::chown(&volume, Some(DESKTOP), Some(DESKTOP)).unwrap();
+    let mut restore = fx
+        .restore(&volume)
+        .args(["--snapshot", &id, "--chown", "1000:1000"])
+        .env("GWB_LOG", "ghostwire_backup=debug,info")
+        .spawn(std::process::Stdio::null(), std::process::Stdio::piped());
+    let stderr = restore.watch_stderr();
+    // The event: the unpack has begun; the desktop user swaps the directory for a link to
+    // root's directory (which holds a `.bashrc` the snapshot has too).
+    stderr.wait_for(
+        &["entering", "download and unpack"],
+        std::time::Duration::from_secs(60),
+    );
+    as_desktop_user(
+        &volume,
+        &format!(
+            "mv .ghostwire-backup-restore.tmp moved-away && ln -s {} .ghostwire-backup-restore.tmp",
+            root_only.dir.join("dir").display()
+        ),
+    );
+    let status = restore.wait().unwrap();
+    let log = stderr.all();
+    assert_eq!(
+        root_only.state(),
+        before,
+        "the restore wrote through the link\n{log}"
+    );
+    assert!(
+        !status.success(),
+        "the restore went on past the swap:\n{log}"
+    );
+    assert!(
+        log.contains(".ghostwire-backup-restore.tmp is a symbolic link"),
+        "{log}"
+    );
+    assert!(!volume.join(".ghostwire-backup-restore.json").exists());
+}
