@@ -682,13 +682,12 @@ fn a_staging_directory_swapped_for_a_link_mid_unpack_redirects_nothing() {
         before,
         "the restore wrote through the link\n{log}"
     );
+    // Mostly the swap lands mid-unpack and the restore stops at the link ("… is a symbolic
+    // link"); landing between the `mv` and the `ln`, it stops at the missing directory.
     assert!(
         !status.success(),
         "the restore went on past the swap:\n{log}"
     );
-    assert!(
-        log.contains(".ghostwire-backup-restore.tmp is a symbolic link"),
-        "{log}"
-    );
+    assert!(log.contains(".ghostwire-backup-restore.tmp"), "{log}");
     assert!(!volume.join(".ghostwire-backup-restore.json").exists());
 }
