@@ -177,9 +177,10 @@ pub fn create_fresh_dir(parent: &Path, stem: &str) -> Result<(PathBuf, OwnedFd)>
 }
 
 /// Opens `path`, a directory this process made, without following a link: it must be a
-/// directory of this process's user that nobody else may write to, which the owner of the
+/// directory of this process's user that others may not write to, which the owner of the
 /// directory around it cannot forge (they can swap it for a link or a directory of their
-/// own, not for one of ours).
+/// own, not for one of ours). Group write is let through: Kubernetes adds it for the pod's
+/// `fsGroup` when it takes a volume over.
 pub fn open_own_dir(path: &Path) -> Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags};
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -198,7 +199,7 @@ pub fn open_own_dir(path: &Path) -> Result<OwnedFd> {
         }
     };
     let stat = rustix::fs::fstat(&dir)?;
-    if stat.st_uid != rustix::process::geteuid().as_raw() || stat.st_mode & 0o022 != 0 {
+    if stat.st_uid != rustix::process::geteuid().as_raw() || stat.st_mode & 0o002 != 0 {
         bail!(planted(
             path,
             "not a directory the agent made (another owner's, or writable by others)"
