@@ -2,7 +2,8 @@
 //! syncs, free space, and sizes for people.
 
 use std::fs;
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -11,15 +12,50 @@ use serde::de::DeserializeOwned;
 
 use crate::cancel::Cancel;
 
-/// Reads a small JSON file; `None` if it does not exist.
+/// The largest bookkeeping JSON file (a marker, a `ready` note) read: a few hundred bytes
+/// are written, and a planted giant one must not be read whole.
+const JSON_LIMIT: u64 = 1 << 20;
+
+/// Reads a small JSON file of ours; `None` if it does not exist. Never through a link or a
+/// FIFO (the directory's owner may plant either under our name): opened with `O_NOFOLLOW`
+/// and `O_NONBLOCK`, and it must be a regular file of at most [`JSON_LIMIT`] bytes.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-            format!("{} is damaged; remove it to restore again", path.display())
-        })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => bail!(planted(path, "a symbolic link")),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        bail!(planted(path, "not a regular file"));
     }
+    if metadata.len() > JSON_LIMIT {
+        bail!(planted(path, &format!("larger than {JSON_LIMIT} bytes")));
+    }
+    let mut bytes = Vec::new();
+    file.take(JSON_LIMIT)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+        format!("{} is damaged; remove it to restore again", path.display())
+    })?))
+}
+
+/// The error for a bookkeeping file of ours that is something else (`what`).
+fn planted(path: &Path, what: &str) -> String {
+    format!(
+        "{} is {what}, which the agent never reads or writes through (someone who can write \
+         to {} put it there): nothing was changed; remove it and run again",
+        path.display(),
+        path.parent().unwrap_or(Path::new("/")).display()
+    )
 }
 
 /// Adds group and other write to the process's umask (keeping whatever else the caller
@@ -36,24 +72,163 @@ pub fn never_create_writable_by_others() {
 }
 
 /// Writes a small JSON file atomically: temporary file (mode 0644 whatever the umask),
-/// fsync, rename, fsync the directory.
+/// fsync, rename, fsync the directory. See [`write_json_in`].
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let parent = path.parent().expect("a file in a directory");
+    let dir =
+        fs::File::open(parent).with_context(|| format!("cannot open {}", parent.display()))?;
+    write_json_in(&dir, path, value)
+}
+
+/// [`write_json`] with every name looked up in `dir`, the handle on `path`'s directory. The
+/// directory's owner may plant links or FIFOs under either name: the temporary file is
+/// created new (`O_EXCL|O_NOFOLLOW`, a leftover under its name unlinked first: a link
+/// itself, never its target), the rename replaces whatever the name held without following
+/// it, and the name must then be the file written, else the write fails naming it.
+pub fn write_json_in<T: Serialize>(dir: &fs::File, path: &Path, value: &T) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = path.file_name().expect("a file name");
     let temp = path.with_extension("partial");
+    let temp_name = temp.file_name().expect("a file name");
     let mut bytes = serde_json::to_vec_pretty(value)?;
     bytes.push(b'\n');
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&temp)?;
-    file.set_permissions(fs::Permissions::from_mode(0o644))?;
+    let mut file = create_new_file_at(dir, temp_name, &temp)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
-    fs::rename(&temp, path)?;
-    sync_dir(path.parent().expect("a file in a directory"))
+    rustix::fs::renameat(dir, temp_name, dir, name)
+        .with_context(|| format!("cannot rename {} to {}", temp.display(), path.display()))?;
+    let now = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    let written = rustix::fs::fstat(&file)?;
+    if (now.st_dev, now.st_ino) != (written.st_dev, written.st_ino) {
+        bail!(planted(
+            path,
+            "not the file just written (it was swapped while written)"
+        ));
+    }
+    dir.sync_all()
+        .with_context(|| format!("cannot sync {}", temp.parent().unwrap_or(path).display()))
+}
+
+/// Creates `name` in `dir` (`shown` in messages) as a new regular file, mode 0644 whatever
+/// the umask, never through a link and never into an existing file: one left under the
+/// name (a killed write's, or planted) is unlinked first, once.
+fn create_new_file_at(dir: &fs::File, name: &std::ffi::OsStr, shown: &Path) -> Result<fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let create = || rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644));
+    let file = match create() {
+        Err(rustix::io::Errno::EXIST) => {
+            remove_leftover_at(dir, name, shown)?;
+            create()
+        }
+        created => created,
+    }
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("cannot create {}", shown.display()))?;
+    rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644))?;
+    Ok(fs::File::from(file))
+}
+
+/// Unlinks what is left under `name` in `dir`: a link is removed, never followed; a
+/// directory is refused (it is not ours to empty).
+fn remove_leftover_at(dir: &fs::File, name: &std::ffi::OsStr, shown: &Path) -> Result<()> {
+    let stat = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+    if kind == rustix::fs::FileType::Directory {
+        bail!(planted(shown, "a directory"));
+    }
+    if kind != rustix::fs::FileType::RegularFile {
+        tracing::warn!(path = %shown.display(), "removing a link or special file planted under a name of ours (not following it)");
+    }
+    rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("cannot remove {}", shown.display()))
+}
+
+/// Whether two stats are of one file.
+pub fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// A directory made by this call in `parent`, mode 0700: `stem`, or `stem-2`, `stem-3`, …
+/// when the name is taken (by a directory or a link the parent's owner planted: never
+/// reused), opened as [`open_own_dir`] opens it. Renames relative to the handle land in
+/// this directory wherever it is moved, never in one put under its name instead.
+pub fn create_fresh_dir(parent: &Path, stem: &str) -> Result<(PathBuf, OwnedFd)> {
+    for attempt in 1..=100 {
+        let path = match attempt {
+            1 => parent.join(stem),
+            n => parent.join(format!("{stem}-{n}")),
+        };
+        match rustix::fs::mkdir(&path, rustix::fs::Mode::from_raw_mode(0o700)) {
+            Ok(()) => return Ok((path.clone(), open_own_dir(&path)?)),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("cannot create {}", path.display()));
+            }
+        }
+    }
+    bail!(
+        "{} holds 100 entries named {stem}[-<n>]: remove them (or move them away) and run again",
+        parent.display()
+    )
+}
+
+/// Opens `path`, a directory this process made, without following a link: it must be a
+/// directory of this process's user that others may not write to, which the owner of the
+/// directory around it cannot forge (they can swap it for a link or a directory of their
+/// own, not for one of ours). Group write is let through: Kubernetes adds it for the pod's
+/// `fsGroup` when it takes a volume over.
+pub fn open_own_dir(path: &Path) -> Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dir = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(dir) => dir,
+        // O_DIRECTORY on a link fails with ENOTDIR before O_NOFOLLOW's ELOOP.
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR)
+            if fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) =>
+        {
+            bail!(planted(path, "a symbolic link"))
+        }
+        Err(rustix::io::Errno::NOTDIR) => bail!(planted(path, "not a directory")),
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("cannot open {}", path.display()));
+        }
+    };
+    let stat = rustix::fs::fstat(&dir)?;
+    if stat.st_uid != rustix::process::geteuid().as_raw() || stat.st_mode & 0o002 != 0 {
+        bail!(planted(
+            path,
+            "not a directory the agent made (another owner's, or writable by others)"
+        ));
+    }
+    Ok(dir)
+}
+
+/// A path that reaches the directory `dir` is a handle on, wherever it is moved and
+/// whatever is put under its old name: `/proc/self/fd/<n>`. Valid while `dir` is open.
+pub fn path_of(dir: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(dir)
+    ))
+}
+
+/// Fails naming `path` unless it still is the directory `dir` is a handle on (see
+/// [`open_own_dir`]): before its name is handed to something that opens by path.
+pub fn check_still_own_dir(path: &Path, dir: &OwnedFd) -> Result<()> {
+    let now = rustix::fs::fstat(open_own_dir(path)?)?;
+    let made = rustix::fs::fstat(dir)?;
+    if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino) {
+        bail!(planted(
+            path,
+            "not the directory the agent made (it was swapped)"
+        ));
+    }
+    Ok(())
 }
 
 /// Makes a directory's entries (new names, renames) durable.

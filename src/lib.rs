@@ -22,6 +22,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod chain;
 pub mod commands;
+pub mod cut_vfs;
 pub mod db_rebuild;
 pub mod exit;
 pub mod fsutil;

@@ -233,11 +233,17 @@ pub fn unpack_into(
     chown: Option<(u32, u32)>,
     from_volume: Option<&FromVolume>,
 ) -> Result<Option<PageList>> {
+    // `dest` is in the target, whose owner can rename it and plant a link under its name
+    // while this runs: files are written through a handle on the directory made for this
+    // restore instead. (SQLite refuses such a path: it opens the database by `dest`, with
+    // no link followed.)
+    let handle = crate::fsutil::open_own_dir(dest)?;
+    let pinned = &crate::fsutil::path_of(&handle);
     if let Some(volume) = from_volume {
-        volume.stage(dest, remote.cancel())?;
+        volume.stage(pinned, remote.cancel())?;
     }
     let progress = plan.start_progress(remote);
-    let mut deltas = Deltas::new(dest);
+    let mut deltas = Deltas::new(pinned);
     for (k, step) in plan.steps.iter().enumerate() {
         progress.set_archive(k + 1, plan.steps.len());
         let options = UnpackOptions {
@@ -253,7 +259,7 @@ pub fn unpack_into(
             };
             unpack::unpack(
                 archive,
-                dest,
+                pinned,
                 &options,
                 &|path| step.wants(path),
                 &mut set_aside,
@@ -263,7 +269,7 @@ pub fn unpack_into(
     }
     let missing = plan
         .files()
-        .filter(|e| !std::fs::symlink_metadata(dest.join(&e.path)).is_ok_and(|m| m.is_file()))
+        .filter(|e| !std::fs::symlink_metadata(pinned.join(&e.path)).is_ok_and(|m| m.is_file()))
         .count();
     if missing > 0 {
         bail!("{missing} files of the snapshot's index were not in their archives");
@@ -275,11 +281,13 @@ pub fn unpack_into(
     if chain.is_none() {
         return Ok(None);
     }
-    // SQLite opens by path: nothing on the way may be a link the archive made.
+    // SQLite opens by path: nothing on the way may be a link the archive made, and `dest`
+    // must still be the directory made for this restore.
     for path in [profile::SIGNAL_CONFIG, profile::SIGNAL_DB] {
-        crate::signal_db::plain_tree(dest, Path::new(path))?;
+        crate::signal_db::plain_tree(pinned, Path::new(path))?;
     }
-    let config = zeroize::Zeroizing::new(std::fs::read(dest.join(profile::SIGNAL_CONFIG)).context(
+    crate::fsutil::check_still_own_dir(dest, &handle)?;
+    let config = zeroize::Zeroizing::new(std::fs::read(pinned.join(profile::SIGNAL_CONFIG)).context(
         "the snapshot's Signal database has deltas but the snapshot has no config.json with its key",
     )?);
     let db = dest.join(profile::SIGNAL_DB);

@@ -257,7 +257,9 @@ pub fn pass_gate(target: &Path, ready: &Marker, cancel: &Cancel) -> Result<()> {
     cancel.enter("sync of the restored files")?;
     fsutil::sync_filesystem(&staging, cancel)?;
     cancel.check()?;
-    write_json(&staging.join(READY), ready)
+    // Into the staging directory made here, whatever its owner put under its name since.
+    let dir = std::fs::File::from(fsutil::open_own_dir(&staging)?);
+    fsutil::write_json_in(&dir, &staging.join(READY), ready)
 }
 
 /// Gated → Moved → Marked: the end of every restore, also of one interrupted after its gate.
@@ -284,31 +286,74 @@ pub fn completed(target: &Path) -> Result<Option<Marker>> {
 }
 
 /// Gated → Moved: renames every staged entry into the target, moving whatever it replaces
-/// aside first; returns where, if anything was.
+/// aside first; returns where, if anything was. The target's owner may plant links while
+/// this runs: every rename is made relative to directory handles (the staging directory
+/// and the aside directory must be ones this process made, [`fsutil::open_own_dir`]), and
+/// the aside directory is always a new one, so nothing is moved into or out of a directory
+/// a link leads to.
 pub fn move_into_place(target: &Path) -> Result<Option<PathBuf>> {
-    let staging = target.join(STAGING);
-    let aside = target.join(format!(
-        "{}-replaced-{}",
-        profile::OWN_FILES_PREFIX,
-        Utc::now().format("%Y%m%dT%H%M%SZ")
-    ));
-    let old_marker = target.join(MARKER);
-    if old_marker.exists() {
-        fs::create_dir_all(&aside)?;
-        fs::rename(&old_marker, aside.join(MARKER))?;
+    let staging = fsutil::open_own_dir(&target.join(STAGING))?;
+    let target_dir = open_target(target)?;
+    let mut aside = Aside::new(target);
+    if exists_at(&target_dir, MARKER.as_ref()) {
+        aside.move_in(&target_dir, MARKER.as_ref())?;
     }
-    for name in staged_entries(&staging)? {
-        let destination = target.join(&name);
-        if fs::symlink_metadata(&destination).is_ok() {
-            fs::create_dir_all(&aside)?;
-            tracing::warn!(entry = ?name, moved_to = %aside.display(), "moving an existing entry aside");
-            fs::rename(&destination, aside.join(&name))?;
+    let mut names = crate::home::read_names(std::os::fd::AsFd::as_fd(&staging))?;
+    names.retain(|n| n != READY);
+    names.sort();
+    for name in names {
+        if exists_at(&target_dir, &name) {
+            let moved_to = aside.move_in(&target_dir, &name)?;
+            tracing::warn!(entry = ?name, moved_to = %moved_to.display(), "moved an existing entry aside");
         }
-        fs::rename(staging.join(&name), &destination)
+        rustix::fs::renameat(&staging, &name, &target_dir, &name)
             .with_context(|| format!("cannot move {name:?} into place"))?;
     }
     fsutil::sync_dir(target)?;
-    Ok(aside.exists().then_some(aside))
+    Ok(aside.made.map(|(path, _)| path))
+}
+
+/// The directory replaced entries are moved into, made on the first one.
+struct Aside<'a> {
+    target: &'a Path,
+    stem: String,
+    made: Option<(PathBuf, std::os::fd::OwnedFd)>,
+}
+
+impl<'a> Aside<'a> {
+    fn new(target: &'a Path) -> Self {
+        let stem = format!(
+            "{}-replaced-{}",
+            profile::OWN_FILES_PREFIX,
+            Utc::now().format("%Y%m%dT%H%M%SZ")
+        );
+        Self {
+            target,
+            stem,
+            made: None,
+        }
+    }
+
+    /// Renames `name` of the target into the aside directory; returns where that is.
+    fn move_in(&mut self, target_dir: &std::fs::File, name: &std::ffi::OsStr) -> Result<&Path> {
+        if self.made.is_none() {
+            self.made = Some(fsutil::create_fresh_dir(self.target, &self.stem)?);
+        }
+        let (path, dir) = self.made.as_ref().expect("made above");
+        rustix::fs::renameat(target_dir, name, dir, name)
+            .with_context(|| format!("cannot move {name:?} aside into {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// The target directory, to rename relative to.
+fn open_target(target: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(target).with_context(|| format!("cannot open {}", target.display()))
+}
+
+/// Whether `name` exists in `dir` (a link counts as itself).
+fn exists_at(dir: &std::fs::File, name: &std::ffi::OsStr) -> bool {
+    rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok()
 }
 
 /// Moved → Marked: writes the marker (the commit point), then removes the staging directory.

@@ -25,6 +25,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::cancel::Cancel;
+use crate::cut_vfs::CutVfs;
 use crate::profile::DbKey;
 
 /// Pages copied per backup step: about 4 MiB, a few milliseconds between two looks at the
@@ -290,7 +291,7 @@ fn run_check(
 ) -> Result<DbCheck> {
     cancel.check()?;
     // Both read every page: side by side they take about as long as the longer one.
-    let cipher = key.map(|key| CipherCheck::start(path, key));
+    let cipher = key.map(|key| CipherCheck::start(path, key)).transpose()?;
     interruptible(conn, cancel)?;
     let checked = check_tables(conn, pragma).map_err(|err| cut_or(cancel, err));
     conn.progress_handler(0, None::<fn() -> bool>)?;
@@ -310,46 +311,77 @@ fn run_check(
 
 /// `cipher_integrity_check` verifies every page's HMAC in one C loop that neither the
 /// progress handler nor `sqlite3_interrupt` can stop: it runs on a connection and a thread
-/// of its own, beside the table checks, and a cut leaves it to finish there unheard.
-///
-/// Once it has answered, the thread is joined: a thread still tearing down its SQLCipher
-/// and OpenSSL state while the process exits would race OpenSSL's exit-time cleanup. (A
-/// `verify` once died of SIGABRT in the test suite; 160 stressed runs did not repeat it,
-/// so this is the likeliest cause, not a proven one.)
+/// of its own, beside the table checks, reading through a [`CutVfs`]. A cut makes every
+/// read of that VFS fail, so the loop ends within moments, and the thread is joined before
+/// the check returns or is dropped, on every path. (A thread left running after a cut,
+/// tearing down its SQLCipher and OpenSSL state while the process exited, raced OpenSSL's
+/// exit-time cleanup: the likeliest cause of a `verify` that once died of SIGABRT.)
 struct CipherCheck {
-    worker: std::thread::JoinHandle<()>,
+    worker: Option<std::thread::JoinHandle<()>>,
     outcome: std::sync::mpsc::Receiver<Result<Vec<String>>>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Reads through the check's VFS so far: how a test sees it at work.
+    reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CipherCheck {
-    fn start(path: &Path, key: &DbKey) -> Self {
+    fn start(path: &Path, key: &DbKey) -> Result<Self> {
+        let vfs = CutVfs::register()?;
+        let (cut, reads) = (vfs.cut(), vfs.reads());
         let (done, outcome) = std::sync::mpsc::channel();
         let (path, key) = (path.to_path_buf(), key.clone());
         let worker = std::thread::spawn(move || {
-            let problems = (|| -> Result<Vec<String>> {
-                let conn = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY, Some(&key))?;
-                let mut statement = conn.prepare("PRAGMA cipher_integrity_check")?;
-                let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
-                Ok(rows.collect::<rusqlite::Result<_>>()?)
-            })();
+            let problems = Self::run(&vfs, &path, &key);
             let _ = done.send(problems);
+            drop(vfs); // after the connection `run` closed
         });
-        Self { worker, outcome }
+        Ok(Self {
+            worker: Some(worker),
+            outcome,
+            cut,
+            reads,
+        })
     }
 
-    /// The problems it found; a cut returns at once.
+    fn run(vfs: &CutVfs, path: &Path, key: &DbKey) -> Result<Vec<String>> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let conn = Connection::open_with_flags_and_vfs(path, flags, vfs.name())
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        // The statement holds the key: keep rusqlite's error (which may quote it) out.
+        conn.execute_batch(&key.pragma())
+            .map_err(|_| anyhow::anyhow!("cannot apply the key to {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        tracing::debug!(path = %path.display(), "cipher_integrity_check: verifying every page's HMAC");
+        let mut statement = conn.prepare("PRAGMA cipher_integrity_check")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The problems it found. A cut stops the check and joins its thread (in `drop`).
     fn wait(self, cancel: &Cancel) -> Result<Vec<String>> {
         loop {
             match self.outcome.recv_timeout(Duration::from_millis(50)) {
-                Ok(problems) => {
-                    let _ = self.worker.join();
-                    return problems;
+                Ok(problems) => return problems,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
+                    let reads = self.reads.load(std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(reads, "cut: stopping cipher_integrity_check");
+                    return Err(cancel.cancelled().into());
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => cancel.check()?,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     bail!("cipher_integrity_check stopped without an answer")
                 }
             }
+        }
+    }
+}
+
+impl Drop for CipherCheck {
+    fn drop(&mut self) {
+        // Harmless once it answered; otherwise what ends it.
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
         }
     }
 }
@@ -443,6 +475,66 @@ pub fn is_attachment_path(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The descriptors this process holds open on `path`.
+    fn descriptors_of(path: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    /// A cut while `cipher_integrity_check` reads the pages (an uninterruptible C loop)
+    /// stops it and joins its thread before the check returns: afterwards nothing holds
+    /// the database open, and only part of its pages were read. (Before, the cut returned at
+    /// once and left the thread reading the rest.)
+    #[test]
+    fn a_cut_stops_the_cipher_check_and_joins_its_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("large.sqlite");
+        let key = DbKey::from_hex(&"5a".repeat(32)).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&key.pragma()).unwrap();
+        // One 3,900-byte row a page: 64 MiB.
+        conn.execute_batch(
+            "CREATE TABLE t(x);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 16384)
+             INSERT INTO t SELECT randomblob(3900) FROM n;",
+        )
+        .unwrap();
+        drop(conn);
+        let pages = std::fs::metadata(&path).unwrap().len() / 4096;
+        let cancel = Cancel::new();
+        let check = CipherCheck::start(&path, &key).unwrap();
+        let reads = check.reads.clone();
+        let started = Instant::now();
+        // The event: the check reads the pages.
+        while reads.load(std::sync::atomic::Ordering::Relaxed) < 100 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the check never read"
+            );
+            std::thread::yield_now();
+        }
+        cancel.cancel();
+        let err = check.wait(&cancel).unwrap_err();
+        assert!(
+            err.downcast_ref::<crate::cancel::Cancelled>().is_some(),
+            "{err:#}"
+        );
+        assert_eq!(
+            descriptors_of(&path),
+            0,
+            "the check still holds the database open"
+        );
+        let read = reads.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("{read} of {pages} pages read before the cut stopped the check");
+        assert!(
+            read < pages,
+            "the check read all {pages} pages despite the cut"
+        );
+    }
 
     #[test]
     fn attachment_path_shape() {

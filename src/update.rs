@@ -1,9 +1,9 @@
 //! `restore --update`: bring a volume that an earlier restore of this repository produced
 //! (its marker names the snapshot) to a later snapshot by fetching only the difference.
 //!
-//! Files the volume already holds as the newer snapshot restores them (same content hash,
-//! and untouched since the restore) are hard-linked into the staging directory instead of
-//! downloaded; Signal's database is copied from the volume and brought forward with the
+//! Files the volume already holds as the newer snapshot restores them (their content, read
+//! and hashed now, is the snapshot's; mode and mtime as the restore left them) are
+//! hard-linked into the staging directory instead of downloaded; Signal's database is copied from the volume and brought forward with the
 //! deltas the newer snapshot added to its chain. Archives nothing is needed from are not
 //! read at all. The rest is an ordinary restore — unpack, gate, `ready` note, moves, marker
 //! (see [`crate::restoration`]) — so an update is as all-or-nothing as a restore: killed
@@ -214,7 +214,8 @@ fn restores_as(old: &IndexEntry, new: &IndexEntry) -> bool {
 }
 
 /// Paths where the volume differs from the snapshot it was restored from: a file or link
-/// missing, of another kind, size, mode or mtime (see [`mtime_as_left`]); a file or link the
+/// missing, of another kind, mode or mtime (see [`mtime_as_left`]) or content (see
+/// [`restored_content`]: every file is read and hashed); a file or link the
 /// snapshot does not have; a database (Signal's, or a plain SQLite one) with a WAL or
 /// journal holding data. (A database written with its mtime set back is still caught:
 /// the deltas applied to it check its pages.)
@@ -270,23 +271,34 @@ fn mtime_as_left(kind: &Kind, now: &std::fs::Metadata, snapshot_mtime_ns: i64) -
     now_ns == i128::from(snapshot_mtime_ns) || (same_second && now.mtime_nsec() == 0)
 }
 
-/// Whether the volume's file `now` still has the content the restore gave it, as far as
-/// its size tells. An entry's size is the live file's at backup; a database's restore is
-/// its snapshot copy, whose size differs when the WAL held pages: Signal's database is
-/// checked by its deltas instead, and a plain SQLite one of another size by its content
-/// hash (the hash of the copy the snapshot archived).
+/// Whether the volume's file `now` still has the content the restore gave it: its content
+/// hash is the one the snapshot recorded (the hash of the copy it archived, for a plain
+/// SQLite database). Content, not stat: the volume's owner can rewrite a file and set its
+/// size, mode and mtime back (`touch -d`), and only its ctime would show it, which nothing
+/// the owner cannot also write records. Signal's database is checked by its deltas and the
+/// restore gate instead. A plain SQLite database is archived as a snapshot copy, which is
+/// the live file byte for byte only where a restore wrote it (not where the final snapshot
+/// was taken in place): one of the same size keeps the stat rule, one of another size is
+/// compared by the copy's hash. A file without a recorded hash is compared by size.
 fn restored_content(
     home: &Home,
     entry: &IndexEntry,
     now: &walk::Entry,
     cancel: &Cancel,
 ) -> Result<bool> {
-    if now.metadata.len() == entry.size || entry.path == Path::new(profile::SIGNAL_DB) {
+    if entry.path == Path::new(profile::SIGNAL_DB) {
         return Ok(true);
     }
-    let (Kind::PlainSqlite, Some(archived)) = (&now.kind, &entry.sha256) else {
-        return Ok(false);
+    let same_size = now.metadata.len() == entry.size;
+    let Some(archived) = &entry.sha256 else {
+        return Ok(same_size);
     };
+    match (&now.kind, same_size) {
+        (Kind::PlainSqlite, true) => return Ok(true),
+        (Kind::PlainSqlite, false) => {}
+        (_, false) => return Ok(false),
+        (_, true) => {}
+    }
     cancel.check()?;
     let Opened::File(file, _) = home.open_listed(&entry.path, &now.metadata)? else {
         return Ok(false);

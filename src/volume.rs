@@ -191,14 +191,14 @@ pub fn fence_signal(volume: &Path) -> Result<Option<PathBuf>> {
     if std::fs::symlink_metadata(&sql).is_err() {
         return Ok(None);
     }
-    let fenced = volume.join(format!(
+    // A new directory of ours, never one planted under the name (a link to elsewhere).
+    let stem = format!(
         "{FENCED_PREFIX}{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    ));
-    std::fs::create_dir_all(&fenced)
-        .with_context(|| format!("cannot create {}", fenced.display()))?;
+    );
+    let (fenced, fenced_dir) = crate::fsutil::create_fresh_dir(volume, &stem)?;
     let moved = fenced.join("sql");
-    std::fs::rename(&sql, &moved)
+    rustix::fs::renameat(rustix::fs::CWD, &sql, &fenced_dir, "sql")
         .with_context(|| format!("cannot move {} aside", sql.display()))?;
     crate::fsutil::sync_dir(volume)?;
     Ok(Some(moved))

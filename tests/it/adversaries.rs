@@ -346,3 +346,348 @@ fn a_newer_unsigned_snapshot_neither_prunes_signed_history_nor_restores_as_lates
         "{err}"
     );
 }
+
+/// The desktop user, who owns the home that root restores and updates on a host install.
+const DESKTOP: u32 = 1000;
+
+/// The marker's temporary name, which `write_json` creates and renames.
+const MARKER_TEMP: &str = ".ghostwire-backup-restore.partial";
+
+/// What only root may write: a file and a directory, each holding something to keep.
+struct RootOnly {
+    dir: std::path::PathBuf,
+}
+
+impl RootOnly {
+    fn new(fx: &Fixture) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        // The desktop user must reach the volume inside the fixture's directory.
+        std::fs::set_permissions(&fx.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = fx.root.join("root-only");
+        std::fs::create_dir_all(dir.join("dir")).unwrap();
+        std::fs::write(dir.join("file"), b"root's own file\n").unwrap();
+        std::fs::write(dir.join("dir/.bashrc"), b"# root's .bashrc\n").unwrap();
+        for (path, mode) in [(dir.join("dir"), 0o700), (dir.clone(), 0o700)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn file(&self) -> std::path::PathBuf {
+        self.dir.join("file")
+    }
+
+    /// Every path below, with its content and mode: compared byte for byte.
+    fn state(&self) -> std::collections::BTreeMap<String, String> {
+        tree(&self.dir, &|_| false)
+    }
+}
+
+/// Runs `script` with `sh` as the desktop user in `dir`.
+fn as_desktop_user(dir: &Path, script: &str) {
+    use std::os::unix::process::CommandExt;
+    let ran = std::process::Command::new("/bin/sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .uid(DESKTOP)
+        .gid(DESKTOP)
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "the desktop user's `{script}` failed: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+}
+
+/// Snapshot `id` restored into a new volume the desktop user owns, as root restores it.
+fn desktop_volume(fx: &Fixture, id: &str) -> std::path::PathBuf {
+    let volume = fx.root.join("volume");
+    fx.restore(&volume)
+        .args(["--snapshot", id, "--chown", "1000:1000"])
+        .ok();
+    std::os::unix::fs::chown(&volume, Some(DESKTOP), Some(DESKTOP)).unwrap();
+    volume
+}
+
+fn is_regular_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+}
+
+#[test]
+fn a_marker_name_planted_as_a_link_or_fifo_is_never_opened() {
+    let (fx, first) = Fixture::backed_up(&[]);
+    let second = fx.backup().ok();
+    let root_only = RootOnly::new(&fx);
+    let before = root_only.state();
+    let volume = desktop_volume(&fx, &first);
+    let marker = volume.join(".ghostwire-backup-restore.json");
+    let plant_temp = || {
+        let link = format!("ln -sfn {} {MARKER_TEMP}", root_only.file().display());
+        as_desktop_user(&volume, &link);
+    };
+
+    // The marker's temporary name as a link to root's file: removed, never followed.
+    plant_temp();
+    fx.restore(&volume)
+        .args(["--update", "--snapshot", &second])
+        .ok();
+    plant_temp();
+    fx.restore(&volume)
+        .args(["--force", "--snapshot", &first])
+        .ok();
+    // A marker the desktop user wrote, `prestaged` and naming an older snapshot, with the
+    // link beside it: the start catches the volume up (checking every file) and follows
+    // nothing.
+    let forged = serde_json::json!({
+        "snapshot": first, "restored_at": "2099-01-01T00:00:00Z", "agent_version": "0",
+        "gate": "ok", "prestaged": true
+    });
+    as_desktop_user(
+        &volume,
+        &format!(
+            "rm -f .ghostwire-backup-restore.json && echo '{forged}' > .ghostwire-backup-restore.json"
+        ),
+    );
+    plant_temp();
+    crate::signed::release_lease(&fx.repo, Some(&signing_keys().signing_key), &second);
+    fx.restore(&volume)
+        .args([
+            "--if-empty",
+            "--snapshot",
+            &second,
+            "--lease-owner",
+            "other/ns/pod",
+        ])
+        .ok();
+    assert_eq!(
+        root_only.state(),
+        before,
+        "root's file was written through the link"
+    );
+    assert!(
+        is_regular_file(&marker),
+        "the marker is not a file of its own"
+    );
+    assert!(
+        !volume.join(MARKER_TEMP).exists(),
+        "the planted link was left"
+    );
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(written["snapshot"], second.as_str());
+
+    // The marker itself as a link, then as a FIFO: refused naming it, nothing followed.
+    for plant in [
+        format!(
+            "rm -f .ghostwire-backup-restore.json && ln -s {} .ghostwire-backup-restore.json",
+            root_only.file().display()
+        ),
+        "rm -f .ghostwire-backup-restore.json && mkfifo .ghostwire-backup-restore.json".to_string(),
+    ] {
+        as_desktop_user(&volume, &plant);
+        for args in [
+            ["--update", "--snapshot", &second],
+            ["--force", "--snapshot", &first],
+        ] {
+            fx.restore(&volume).args(args).fails_with(&[
+                ".ghostwire-backup-restore.json is",
+                "never reads or writes through",
+                "remove it",
+            ]);
+        }
+    }
+    assert_eq!(root_only.state(), before, "root's file changed");
+}
+
+#[test]
+fn aside_directory_names_planted_as_links_are_never_followed() {
+    let (fx, first) = Fixture::backed_up(&[]);
+    let second = fx.backup().ok();
+    let root_only = RootOnly::new(&fx);
+    let before = root_only.state();
+    let volume = desktop_volume(&fx, &first);
+    // One link a second for the next three minutes (and the last few), each to root's
+    // directory, as the desktop user plants them.
+    let now = chrono::Utc::now().timestamp();
+    let script: String = (now - 5..now + 180)
+        .map(|second| {
+            let time = chrono::DateTime::from_timestamp(second, 0).unwrap();
+            format!(
+                "ln -s {} .ghostwire-backup-replaced-{}\n",
+                root_only.dir.join("dir").display(),
+                time.format("%Y%m%dT%H%M%SZ")
+            )
+        })
+        .collect();
+    as_desktop_user(&volume, &script);
+    let planted = std::fs::read_dir(&volume).unwrap().count();
+
+    fx.restore(&volume)
+        .args(["--update", "--snapshot", &second])
+        .ok();
+    fx.restore(&volume)
+        .args(["--force", "--snapshot", &first])
+        .ok();
+    assert_eq!(
+        root_only.state(),
+        before,
+        "something was moved into root's directory"
+    );
+    // The forced restore's entries went into a directory of its own, beside the links.
+    let made: Vec<_> = std::fs::read_dir(&volume)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("-replaced-") && !p.is_symlink())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(
+        made[0].join(".bashrc").is_file(),
+        "{} lacks .bashrc",
+        made[0].display()
+    );
+    let links = std::fs::read_dir(&volume)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_symlink())
+        .count();
+    assert!(
+        links > 180 && planted > links,
+        "the planted links were changed"
+    );
+}
+
+#[test]
+fn a_file_rewritten_with_its_stat_kept_is_fetched_not_kept() {
+    let (fx, first) = Fixture::backed_up(&[]);
+    let second = fx.backup().ok();
+    let volume = desktop_volume(&fx, &first);
+    let bashrc = volume.join(".bashrc");
+    let snapshot_bashrc = std::fs::read(fx.home().join(".bashrc")).unwrap();
+    let before = std::fs::metadata(&bashrc).unwrap();
+    // The issue's attack, as the desktop user: same size and mode, the old mtime set back.
+    as_desktop_user(
+        &volume,
+        "m=$(stat -c %Y .bashrc) && sed -i 's/alias ll=/alias l2=/' .bashrc && touch -d @$m .bashrc",
+    );
+    let rewritten = std::fs::read(&bashrc).unwrap();
+    let after = std::fs::metadata(&bashrc).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(
+            rewritten, snapshot_bashrc,
+            "the desktop user's rewrite did nothing"
+        );
+        assert_eq!(
+            (after.len(), after.mode(), after.mtime(), after.mtime_nsec()),
+            (
+                before.len(),
+                before.mode(),
+                before.mtime(),
+                before.mtime_nsec()
+            ),
+            "the rewrite must keep the stat for this test to mean anything"
+        );
+    }
+
+    // Refused as a changed volume, naming the file; nothing changed.
+    fx.restore(&volume)
+        .args(["--update", "--snapshot", &second])
+        .fails_with(&["changed since it was restored", ".bashrc", "--force"]);
+    assert_eq!(std::fs::read(&bashrc).unwrap(), rewritten);
+    // Forced: fetched from the repository, the rewritten one kept aside.
+    fx.restore(&volume)
+        .args(["--update", "--force", "--snapshot", &second])
+        .ok();
+    assert_eq!(std::fs::read(&bashrc).unwrap(), snapshot_bashrc);
+    let aside = std::fs::read_dir(&volume)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("-replaced-"))
+        .expect("an aside directory");
+    assert_eq!(std::fs::read(aside.join(".bashrc")).unwrap(), rewritten);
+}
+
+#[test]
+fn a_verify_cut_during_the_cipher_check_exits_cleanly() {
+    let fx = Fixture::new(&[]);
+    // 64 MiB more: the check of every page's HMAC takes a while.
+    crate::deadlines::grow_database(&fx.profile.db(), &fx.profile.key, 64);
+    let id = fx.backup().ok();
+    let mut verify = fx
+        .verify_with(fx.agent(), &id)
+        .env("GWB_LOG", "ghostwire_backup=debug,info")
+        .spawn(std::process::Stdio::null(), std::process::Stdio::piped());
+    let stderr = verify.watch_stderr();
+    // The event: the check has begun reading the pages.
+    stderr.wait_for(
+        &["cipher_integrity_check: verifying every page"],
+        std::time::Duration::from_secs(120),
+    );
+    // SAFETY: kill only sends a signal to a process this test started.
+    assert_eq!(unsafe { libc::kill(verify.id() as i32, libc::SIGTERM) }, 0);
+    let status = wait_for(
+        "verify to exit after SIGTERM",
+        std::time::Duration::from_secs(30),
+        || verify.try_wait().unwrap(),
+    );
+    let log = stderr.all();
+    eprintln!(
+        "verify exited {status} after SIGTERM: {}",
+        log.lines().last().unwrap_or("")
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        None,
+        "verify died of a signal: {status}\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    if !status.success() {
+        assert!(log.contains("stopped by SIGTERM"), "{status}\n{log}");
+    }
+}
+
+#[test]
+fn a_staging_directory_swapped_for_a_link_mid_unpack_redirects_nothing() {
+    let fx = Fixture::new(&["--attachments", "200"]);
+    let id = fx.backup().ok();
+    let root_only = RootOnly::new(&fx);
+    let before = root_only.state();
+    let volume = fx.root.join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::os::unix::fs::chown(&volume, Some(DESKTOP), Some(DESKTOP)).unwrap();
+    let mut restore = fx
+        .restore(&volume)
+        .args(["--snapshot", &id, "--chown", "1000:1000"])
+        .env("GWB_LOG", "ghostwire_backup=debug,info")
+        .spawn(std::process::Stdio::null(), std::process::Stdio::piped());
+    let stderr = restore.watch_stderr();
+    // The event: the unpack has begun; the desktop user swaps the directory for a link to
+    // root's directory (which holds a `.bashrc` the snapshot has too).
+    stderr.wait_for(
+        &["entering", "download and unpack"],
+        std::time::Duration::from_secs(60),
+    );
+    as_desktop_user(
+        &volume,
+        &format!(
+            "mv .ghostwire-backup-restore.tmp moved-away && ln -s {} .ghostwire-backup-restore.tmp",
+            root_only.dir.join("dir").display()
+        ),
+    );
+    let status = restore.wait().unwrap();
+    let log = stderr.all();
+    assert_eq!(
+        root_only.state(),
+        before,
+        "the restore wrote through the link\n{log}"
+    );
+    // Mostly the swap lands mid-unpack and the restore stops at the link ("… is a symbolic
+    // link"); landing between the `mv` and the `ln`, it stops at the missing directory.
+    assert!(
+        !status.success(),
+        "the restore went on past the swap:\n{log}"
+    );
+    assert!(log.contains(".ghostwire-backup-restore.tmp"), "{log}");
+    assert!(!volume.join(".ghostwire-backup-restore.json").exists());
+}

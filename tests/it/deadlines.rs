@@ -29,7 +29,7 @@ const BUCKET: &str = "ghostwire";
 const STALL: Duration = Duration::from_secs(60);
 
 /// Adds `mib` MiB of incompressible rows to a Signal database, through SQLCipher with its key.
-fn grow_database(db: &Path, key: &str, mib: u32) {
+pub fn grow_database(db: &Path, key: &str, mib: u32) {
     let conn = rusqlite::Connection::open(db).unwrap();
     let key = ghostwire_backup::profile::DbKey::from_hex(key).unwrap();
     conn.execute_batch(&key.pragma()).unwrap();

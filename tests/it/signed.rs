@@ -193,7 +193,7 @@ fn a_junk_manifest_of_a_newer_format_stops_nothing() {
 
 /// A lease released with `final_snapshot`, written as the sidecar does: signed with
 /// `signer`, or unsigned without one.
-fn release_lease(repo: &Path, signer: Option<&Path>, final_snapshot: &str) {
+pub fn release_lease(repo: &Path, signer: Option<&Path>, final_snapshot: &str) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let keys = Keys {
