@@ -34,6 +34,7 @@ pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;
+pub mod page_journal;
 pub mod pages;
 pub mod priority;
 pub mod profile;
