@@ -70,7 +70,8 @@ impl Deltas {
         Ok(())
     }
 
-    fn open(&self, id: &str) -> Result<(impl Read + use<>, u64)> {
+    /// Snapshot `id`'s delta, unsealed as it is read, and its length.
+    pub fn open(&self, id: &str) -> Result<(impl Read + use<>, u64)> {
         let (file, len) = self.sealed.get(id).with_context(|| {
             format!("the database delta of snapshot {id} was not in its archive")
         })?;

@@ -20,6 +20,7 @@ pub mod backup;
 pub mod blocking;
 pub mod cancel;
 pub mod catalog;
+pub mod catch_up;
 pub mod chain;
 pub mod commands;
 pub mod db_rebuild;

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -165,11 +166,14 @@ impl Plan {
             return Ok(None);
         };
         let key = DbKey::from_config_json(config, Path::new(profile::SIGNAL_CONFIG))?;
-        let bytes = |id: &str| {
-            let step = self.steps.iter().find(|s| s.manifest.id == id)?;
-            Some(step.manifest.signal_db.as_ref()?.bytes)
-        };
+        let bytes = |id: &str| self.db_bytes(id);
         deltas.rebuild(db, &key, chain, bytes, cancel).map(Some)
+    }
+
+    /// The size of Signal's database that snapshot `id` of the plan recorded.
+    pub fn db_bytes(&self, id: &str) -> Option<u64> {
+        let step = self.steps.iter().find(|s| s.manifest.id == id)?;
+        Some(step.manifest.signal_db.as_ref()?.bytes)
     }
 
     /// Progress of reading the plan: the bytes to download (every archive's stored
@@ -279,10 +283,15 @@ pub fn unpack_into(
     for path in [profile::SIGNAL_CONFIG, profile::SIGNAL_DB] {
         crate::signal_db::plain_tree(dest, Path::new(path))?;
     }
-    let config = zeroize::Zeroizing::new(std::fs::read(dest.join(profile::SIGNAL_CONFIG)).context(
-        "the snapshot's Signal database has deltas but the snapshot has no config.json with its key",
-    )?);
+    let config = read_config(dest)?;
     let db = dest.join(profile::SIGNAL_DB);
+    if let Some(volume) = from_volume.filter(|v| v.db_in_place().is_some()) {
+        let bytes = |id: &str| plan.db_bytes(id);
+        let pages =
+            volume.catch_up_in_place(&deltas, &bytes, &config, &own_id(plan), remote.cancel())?;
+        set_db_mtime(plan, &db)?;
+        return Ok(Some(pages));
+    }
     let pages = plan
         .rebuild_db_with(chain, deltas, &db, &config, remote.cancel())
         .map_err(|err| match on_volume && !is_cancelled(&err) {
@@ -295,16 +304,37 @@ pub fn unpack_into(
             ),
             false => err,
         })?;
-    // As its archive entry would have it: a later `restore --update` compares the stat.
+    set_db_mtime(plan, &db)?;
+    Ok(pages)
+}
+
+fn read_config(dest: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let config = std::fs::read(dest.join(profile::SIGNAL_CONFIG)).context(
+        "the snapshot's Signal database has deltas but the snapshot has no config.json with its key",
+    )?;
+    Ok(zeroize::Zeroizing::new(config))
+}
+
+/// The id of the snapshot the plan restores (its own archive is read last).
+fn own_id(plan: &Plan) -> String {
+    plan.steps
+        .last()
+        .map(|s| s.manifest.id.clone())
+        .unwrap_or_default()
+}
+
+/// As its archive entry would have it: a later `restore --update` compares the stat.
+fn set_db_mtime(plan: &Plan, db: &Path) -> Result<()> {
     if let Some(entry) = plan.db_entry() {
         let seconds = entry.mtime_ns.div_euclid(1_000_000_000).max(0) as u64;
         let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
         std::fs::File::options()
             .write(true)
-            .open(&db)?
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(db)?
             .set_modified(mtime)?;
     }
-    Ok(pages)
+    Ok(())
 }
 
 /// What a full read of a snapshot found, without writing it anywhere but Signal's

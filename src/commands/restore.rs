@@ -105,6 +105,8 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     if !options.prestage {
         check_lease(remote, options)?;
     }
+    // An in-place catch-up interrupted before its commit point is undone first.
+    restoration::settle_db_journal(target)?;
     // An update starts from a completed restore: one asked for, or a pre-staged volume
     // that is to be brought to a newer snapshot.
     let mut restored = restoration::completed(target)?
@@ -205,6 +207,12 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
             tracing::warn!(error = %err, path = %replaced.display(), "cannot remove the old snapshot's entries; remove them by hand");
         }
     }
+    if let Err(err) = restoration::record_db_file(target, &ready) {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            "cannot record the restored database's stat; the next update copies it"
+        );
+    }
     seed_catalog(remote, options, &manifest, plan, db_pages);
     Ok(Outcome::Restored(ready))
 }
@@ -235,6 +243,7 @@ fn update_from(
         &old_entries,
         plan,
         options.force,
+        marker.db_file.as_ref(),
         remote.cancel(),
     )
 }

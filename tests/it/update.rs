@@ -3,7 +3,7 @@
 //! it, and killed at any moment is left at its old snapshot or finished by the next run.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -345,4 +345,117 @@ fn a_write_in_the_second_the_snapshot_recorded_is_seen() {
         .args(["--snapshot", id(&snapshots[2])])
         .ok();
     assert_same_tree(&restored_tree(&green), &restored_tree(&fresh));
+}
+
+/// Where a trial kills the in-place catch-up: after a line of its log, or as soon as a
+/// file appears (polled every millisecond).
+enum KillAt {
+    Line(&'static str),
+    File(&'static str),
+}
+
+const KILL_POINTS: [KillAt; 8] = [
+    KillAt::Line("updating: files the volume already holds"),
+    KillAt::Line("archive unpacked and authenticated"),
+    KillAt::File(".config/Signal/sql/db.sqlite.ghostwire-backup-journal"),
+    KillAt::Line("page journal written"),
+    KillAt::Line("deltas written into Signal's database in place"),
+    KillAt::Line("pages written in place authenticated"),
+    KillAt::Line("restore gate passed"),
+    KillAt::File(".ghostwire-backup-restore.tmp/.ghostwire-backup-ready.json"),
+];
+
+/// Signal's database of `volume`, as Signal's driver reads it (from a copy: the driver
+/// leaves its `-wal` and `-shm` beside what it opens): its message count, and how many of
+/// the ids written between the snapshots it lacks.
+fn messages_in(fx: &Fixture, volume: &Path, ids: &Path) -> (u64, u64) {
+    let copy = fx.root.join("db-check.sqlite");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", copy.display()));
+    }
+    std::fs::copy(volume.join(".config/Signal/sql/db.sqlite"), &copy).unwrap();
+    let db = check_db(&copy, &fx.profile.key, Some(ids));
+    assert_eq!(db["integrity"], "ok", "{db}");
+    (
+        db["messages"].as_u64().unwrap(),
+        db["missingCount"].as_u64().unwrap(),
+    )
+}
+
+/// A chain of two deltas written into a restored volume's database in place, the agent
+/// SIGKILLed at eight points of it: the database is left at the old snapshot or the new
+/// one (once the next run settled the page journal, as it does before anything reads the
+/// database), opening with Signal's key; never a mix; and the next update finishes.
+#[test]
+fn a_killed_in_place_catch_up_leaves_the_old_or_the_new_database() {
+    let fx = Fixture::new(&["--messages", "3000"]);
+    let (snapshots, ids) = three_snapshots(&fx);
+    let (first, last) = (id(&snapshots[0]), id(&snapshots[2]));
+    let fresh = fx.root.join("fresh");
+    fx.restore(&fresh).args(["--snapshot", last]).ok();
+    let new_tree = restored_tree(&fresh);
+    let new_db = messages_in(&fx, &fresh, &ids);
+    let old = restored_green(&fx, &snapshots[0]);
+    let old_db = messages_in(&fx, &old, &ids);
+    assert!(
+        new_db.1 == 0 && old_db.1 > 0 && new_db.0 > old_db.0,
+        "the snapshots must differ by the messages written: {old_db:?} {new_db:?}"
+    );
+
+    for (trial, point) in KILL_POINTS.iter().enumerate() {
+        let volume = fx.root.join(format!("trial-{trial}"));
+        fx.restore(&volume).args(["--snapshot", first]).ok();
+        let mut child = update(&fx, &volume, last)
+            .env("GWB_LOG", "info")
+            .spawn(std::process::Stdio::null(), std::process::Stdio::piped());
+        let stderr = child.watch_stderr();
+        match point {
+            KillAt::Line(words) => {
+                stderr.wait_for(&[words], Duration::from_secs(120));
+            }
+            KillAt::File(path) => {
+                let file = volume.join(path);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !file.exists() {
+                    assert!(Instant::now() < deadline, "trial {trial}: no {path}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        // SAFETY: kill on a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let log = stderr.all();
+        assert!(
+            log.contains("brought forward in place"),
+            "trial {trial}: the update did not write in place:\n{log}"
+        );
+        let journal = volume.join(".config/Signal/sql/db.sqlite.ghostwire-backup-journal");
+        let journaled = journal.exists();
+        ghostwire_backup::restoration::settle_db_journal(&volume).unwrap();
+        assert!(!journal.exists(), "trial {trial}: the journal was left");
+        let gated = volume
+            .join(".ghostwire-backup-restore.tmp/.ghostwire-backup-ready.json")
+            .exists();
+        let committed = gated || marker(&volume).as_deref() == Some(last);
+        let db = messages_in(&fx, &volume, &ids);
+        eprintln!(
+            "trial {trial}: journal left: {journaled}, gate passed: {gated}, marker {:?}, \
+             database {db:?} (old {old_db:?}, new {new_db:?})",
+            marker(&volume)
+        );
+        let want = if committed { new_db } else { old_db };
+        assert_eq!(
+            db, want,
+            "trial {trial}: the database is neither the old nor the new"
+        );
+        if !committed {
+            assert_same_tree(&restored_tree(&volume), &restored_tree(&old));
+        }
+
+        update(&fx, &volume, last).ok();
+        assert_eq!(marker(&volume).as_deref(), Some(last));
+        assert_same_tree(&restored_tree(&volume), &new_tree);
+        assert_eq!(messages_in(&fx, &volume, &ids), new_db, "trial {trial}");
+    }
 }
