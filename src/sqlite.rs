@@ -154,7 +154,7 @@ pub fn snapshot(
 }
 
 /// Fails unless the main database file `conn` holds open is the file `listed` describes.
-fn check_opened(conn: &Connection, source: &Path, listed: &Metadata) -> Result<()> {
+pub(crate) fn check_opened(conn: &Connection, source: &Path, listed: &Metadata) -> Result<()> {
     let opened = main_file_descriptor(conn)
         .and_then(|fd| {
             // SAFETY: SQLite keeps this descriptor open while `conn` lives; we only fstat it.
@@ -177,11 +177,22 @@ fn check_opened(conn: &Connection, source: &Path, listed: &Metadata) -> Result<(
     Ok(())
 }
 
-/// The descriptor of `conn`'s main database file. SQLite has no call that returns it: its
-/// file object (`struct unixFile` in sqlite3.c, the default VFS on Linux) starts with three
-/// pointers and then the descriptor. `main_file_descriptor_is_the_database_file` checks
-/// this against the bundled SQLite, so an upgrade that moves it fails that test.
-fn main_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
+/// The descriptor of `conn`'s main database file.
+pub(crate) fn main_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
+    file_descriptor(conn, rusqlite::ffi::SQLITE_FCNTL_FILE_POINTER)
+}
+
+/// The descriptor of the WAL file `conn` has open (in WAL mode, once it has read), or
+/// `None` if it has none open.
+pub(crate) fn wal_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
+    file_descriptor(conn, rusqlite::ffi::SQLITE_FCNTL_JOURNAL_POINTER)
+}
+
+/// The descriptor of the file `opcode` asks SQLite for. SQLite has no call that returns
+/// it: its file object (`struct unixFile` in sqlite3.c, the default VFS on Linux) starts
+/// with three pointers and then the descriptor. `main_file_descriptor_is_the_database_file`
+/// checks this against the bundled SQLite, so an upgrade that moves it fails that test.
+fn file_descriptor(conn: &Connection, opcode: std::ffi::c_int) -> Option<std::os::fd::RawFd> {
     #[repr(C)]
     struct UnixFileHead {
         methods: *const std::ffi::c_void,
@@ -196,13 +207,18 @@ fn main_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
         let rc = rusqlite::ffi::sqlite3_file_control(
             conn.handle(),
             c"main".as_ptr(),
-            rusqlite::ffi::SQLITE_FCNTL_FILE_POINTER,
+            opcode,
             (&raw mut file).cast(),
         );
         let vfs = rusqlite::ffi::sqlite3_vfs_find(std::ptr::null());
         (rc, vfs)
     };
-    if rc != rusqlite::ffi::SQLITE_OK || file.is_null() || vfs.is_null() {
+    // SAFETY: a file object SQLite returned; a closed one has no methods.
+    if rc != rusqlite::ffi::SQLITE_OK
+        || file.is_null()
+        || vfs.is_null()
+        || unsafe { (*file).pMethods.is_null() }
+    {
         return None;
     }
     // SAFETY: the default VFS's name is a C string owned by SQLite.
@@ -216,7 +232,12 @@ fn main_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
 
 /// Opens the read transaction the whole copy is made in, waiting up to `wait` for a
 /// writer's lock on a rollback-journal database.
-fn begin_read(live: &Connection, source: &Path, wait: Duration, cancel: &Cancel) -> Result<()> {
+pub(crate) fn begin_read(
+    live: &Connection,
+    source: &Path,
+    wait: Duration,
+    cancel: &Cancel,
+) -> Result<()> {
     let started = Instant::now();
     loop {
         cancel.check()?;
