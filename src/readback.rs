@@ -12,11 +12,10 @@ use sha2::Digest;
 use crate::archive::{self, Digest as Checksum, HashingReader, PlainReader};
 use crate::blocking::{Remote, RemoteReader};
 use crate::cancel::{Cancel, is_cancelled};
-use crate::db_rebuild::Deltas;
+use crate::db_rebuild::{Deltas, Rebuilt};
 use crate::index::{self, DbChain, EntryKind, IndexEntry};
 use crate::keys::Identities;
 use crate::manifest::Manifest;
-use crate::pages::PageList;
 use crate::profile::{self, DbKey};
 use crate::progress::{Counted, Progress};
 use crate::repo::Selector;
@@ -149,7 +148,7 @@ impl Plan {
         db: &Path,
         config: &[u8],
         cancel: &Cancel,
-    ) -> Result<Option<PageList>> {
+    ) -> Result<Option<Rebuilt>> {
         self.rebuild_db_with(self.db_chain(), deltas, db, config, cancel)
     }
 
@@ -160,7 +159,7 @@ impl Plan {
         db: &Path,
         config: &[u8],
         cancel: &Cancel,
-    ) -> Result<Option<PageList>> {
+    ) -> Result<Option<Rebuilt>> {
         let Some(chain) = chain else {
             return Ok(None);
         };
@@ -232,7 +231,7 @@ pub fn unpack_into(
     dest: &Path,
     chown: Option<(u32, u32)>,
     from_volume: Option<&FromVolume>,
-) -> Result<Option<PageList>> {
+) -> Result<Option<Rebuilt>> {
     if let Some(volume) = from_volume {
         volume.stage(dest, remote.cancel())?;
     }

@@ -11,8 +11,9 @@
 //! (measured, SIGNAL.md); holding the transaction pins one snapshot (WAL readers never block
 //! the writer), and the steps let a deadline cut the copy between two of them. The checks
 //! run with a progress handler that interrupts them at a cut.
-//! For Signal's SQLCipher database the copy is keyed with the same key, so the staging file
-//! is as encrypted as the original.
+//! This copies the home's other SQLite databases; Signal's is read as a raw image instead
+//! ([`crate::wal`]), still encrypted, at the cost of reading the file once. A keyed copy
+//! made here is keyed with the same key, so the staging file is as encrypted as the original.
 
 use std::collections::HashSet;
 use std::fs::Metadata;
@@ -404,6 +405,24 @@ fn check_tables(conn: &Connection, pragma: &str) -> Result<DbCheck> {
         user_version,
         result,
     })
+}
+
+/// The `user_version` of the database copy at `path` (Signal's schema version).
+pub fn user_version(path: &Path, key: &DbKey) -> Result<i64> {
+    let conn = open(path, OpenFlags::SQLITE_OPEN_READ_ONLY, Some(key))?;
+    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+}
+
+/// Runs `cipher_integrity_check` on the database copy at `path`: every page's HMAC with
+/// `key`. Returns the problems it found (none: every page authenticates). Opened
+/// read-write (never created) as the last connection, so closing it removes the
+/// `-wal`/`-shm` opening it made, leaving exactly the file.
+pub fn cipher_check(path: &Path, key: &DbKey, cancel: &Cancel) -> Result<Vec<String>> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = open(path, flags, Some(key))?;
+    let problems = CipherCheck::start(path, key).wait(cancel)?;
+    conn.close().map_err(|(_, err)| err)?;
+    Ok(problems)
 }
 
 /// Attachment files a Signal database references, as `xx/<64 hex>` paths relative to a

@@ -69,6 +69,10 @@ fn a_chain_of_deltas_restores_every_snapshot_and_a_restored_volume_continues_it(
         }
         let snapshot = fx.quiet_backup_of(&home);
         assert!(delta_pages(&snapshot).is_some(), "{snapshot}");
+        assert_eq!(
+            snapshot["format"], 3,
+            "raw page deltas are format 3: {snapshot}"
+        );
         assert!(uploaded(&snapshot) < db_bytes(&full) / 4, "{snapshot}");
         let delta_ids: Vec<&Value> = snapshot["depends_on"].as_array().unwrap().iter().collect();
         assert!(
