@@ -1,24 +1,24 @@
-//! `restore --update` of Signal's database in place: the deltas a newer snapshot added to
-//! the chain are written into the volume's own `db.sqlite` behind a page journal
-//! ([`crate::page_journal`]), instead of into a copy of the whole file.
+//! `restore --update` of Signal's database in place: the raw (format 3) deltas a newer
+//! snapshot added to the chain are written into the volume's own `db.sqlite` behind a page
+//! journal ([`crate::page_journal`]), instead of into a copy of the whole file.
 //!
-//! Format 1 and 2 deltas hold decrypted pages, which SQLCipher must encrypt: they are
-//! applied through `sqlite_dbpage`, one transaction per delta as a restore applies them,
-//! then checkpointed into the file. Before the first write, the journal saves the old
-//! bytes of every page the chain writes (read from the deltas' page numbers), of page 1
-//! (SQLite may rewrite it at a commit) and of every page a shrink cuts off. So the file
-//! only ever holds the old version, the new one, or a mix the journal undoes.
+//! Before the first write, the journal saves the old bytes of every page the chain writes
+//! (read from the deltas' page numbers) and of every page a shrink cuts off, with the old
+//! length and time. Then each delta's pages are written at their offsets, still encrypted,
+//! exactly as a restore writes them into its copy ([`raw_pages::apply_raw_delta`]). So the
+//! file only ever holds the old version, the new one, or a mix the journal undoes.
 //!
-//! What is checked, without reading the pages nothing wrote: the page list of the old
+//! What is checked, without reading the pages nothing wrote: the raw page list of the old
 //! version (from the volume's catalog, and hashing to the old snapshot's signed digest),
 //! with the hashes of the pages each delta writes laid over it, must hash to each delta's
-//! result and at the end to the newer snapshot's signed digest ([`pages::apply_delta`]);
-//! then every page written is read back through SQLCipher (its HMAC authenticates it with
-//! the restored key) and must hash as the list says. The unchanged pages are the ones
-//! the earlier restore checked: [`crate::update`] writes in place only when the file's
-//! inode and change time are still the ones that restore recorded.
+//! result and at the end to the newer snapshot's signed digest; then every page written,
+//! and page 1, is read through SQLCipher, which checks its HMAC with the restored key. The
+//! unchanged pages are the ones the earlier restore checked: [`crate::update`] writes in
+//! place only while the file's inode and change time are those that restore recorded.
+//! Decrypted (format 1 and 2) chains are copied and rebuilt whole, as before.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -27,8 +27,9 @@ use crate::cancel::Cancel;
 use crate::db_rebuild::Deltas;
 use crate::index::DbChain;
 use crate::page_journal::PageJournal;
-use crate::pages::{self, PageList};
+use crate::pages;
 use crate::profile::DbKey;
+use crate::raw_pages::{self, RawDeltaHeader, RawPageList};
 
 /// What a catch-up needs besides the database: the deltas set aside, which of them to
 /// apply, and each delta snapshot's recorded database size.
@@ -45,14 +46,13 @@ pub struct Chain<'a> {
 pub fn catch_up(
     db: &Path,
     key: &DbKey,
-    base: PageList,
+    base: RawPageList,
     chain: &Chain,
     to: &str,
     cancel: &Cancel,
-) -> Result<PageList> {
+) -> Result<RawPageList> {
     let (written, shortest) = pages_written(chain, base.page_count(), cancel)?;
-    let journaled = written.iter().copied().chain([1]);
-    let journal = PageJournal::begin(db, to, base.page_size, journaled, shortest)?;
+    let journal = PageJournal::begin(db, to, base.page_size, written.iter().copied(), shortest)?;
     tracing::info!(
         pages = written.len(),
         of = base.page_count(),
@@ -81,7 +81,7 @@ fn pages_written(chain: &Chain, old_pages: u32, cancel: &Cancel) -> Result<(BTre
     for id in &chain.chain.deltas {
         cancel.check()?;
         let (mut delta, len) = chain.deltas.open(id)?;
-        let (header, numbers) = pages::delta_page_numbers(&mut delta, len)
+        let (header, numbers) = delta_page_numbers(&mut delta, len)
             .with_context(|| format!("cannot read the database delta of snapshot {id}"))?;
         shortest = shortest.min(header.page_count);
         written.extend(numbers);
@@ -89,30 +89,41 @@ fn pages_written(chain: &Chain, old_pages: u32, cancel: &Cancel) -> Result<(BTre
     Ok((written, shortest))
 }
 
+/// A raw delta's header and the numbers of the pages it writes, read through without
+/// keeping the pages.
+fn delta_page_numbers(delta: &mut impl Read, len: u64) -> Result<(RawDeltaHeader, Vec<u32>)> {
+    let header = RawDeltaHeader::read(delta, len)?;
+    let mut numbers = Vec::with_capacity(header.pages as usize);
+    for _ in 0..header.pages {
+        let mut number = [0u8; 4];
+        delta.read_exact(&mut number)?;
+        numbers.push(u32::from_be_bytes(number));
+        let page = u64::from(header.page_size);
+        if std::io::copy(&mut delta.take(page), &mut std::io::sink())? != page {
+            bail!("the database delta ended inside a page: damaged");
+        }
+    }
+    Ok((header, numbers))
+}
+
 fn write_and_check(
     db: &Path,
     key: &DbKey,
-    list: &mut PageList,
+    list: &mut RawPageList,
     chain: &Chain,
     written: &BTreeSet<u32>,
     journal: &PageJournal,
     cancel: &Cancel,
 ) -> Result<()> {
-    let mut conn = pages::open(db, key, true)?;
     for id in &chain.chain.deltas {
         cancel.check()?;
         let (mut delta, len) = chain.deltas.open(id)?;
         let bytes = (chain.expected_bytes)(id).with_context(|| {
             format!("snapshot {id}, which holds a database delta, records no database")
         })?;
-        pages::apply_delta(&mut conn, list, &mut delta, len, bytes, cancel)
+        raw_pages::apply_raw_delta(journal.file(), list, &mut delta, len, bytes, cancel)
             .with_context(|| format!("cannot apply the database delta of snapshot {id}"))?;
     }
-    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
-    if busy != 0 {
-        bail!("the deltas written into Signal's database could not be checkpointed (busy)");
-    }
-    conn.close().map_err(|(_, err)| err)?;
     journal.sync()?;
     tracing::info!(
         deltas = chain.chain.deltas.len(),
@@ -121,10 +132,10 @@ fn write_and_check(
     if list.digest_hex() != chain.chain.pages {
         bail!(
             "Signal's database brought forward is not the version the snapshot's index names \
-             (its pages hash differently): an archive of the chain is damaged or was swapped"
+             (its raw pages hash differently): an archive of the chain is damaged or was swapped"
         );
     }
-    read_back(db, key, list, written, cancel)?;
+    authenticate(db, key, list.page_count(), written, cancel)?;
     tracing::info!(
         pages = written.len(),
         "pages written in place authenticated with the restored key"
@@ -132,12 +143,12 @@ fn write_and_check(
     Ok(())
 }
 
-/// Reads every page written (that the database still has) and page 1 through SQLCipher,
-/// which authenticates each, and compares its hash with `list`; and the page count.
-fn read_back(
+/// Reads page 1 and every page written that the database still has through SQLCipher,
+/// which checks each one's HMAC with `key`; and checks the page count.
+fn authenticate(
     db: &Path,
     key: &DbKey,
-    list: &PageList,
+    page_count: u32,
     written: &BTreeSet<u32>,
     cancel: &Cancel,
 ) -> Result<()> {
@@ -145,27 +156,24 @@ fn read_back(
     let conn = pages::open(db, key, true)?;
     let tx = conn.unchecked_transaction()?;
     let count: u32 = tx.query_row("PRAGMA page_count", [], |row| row.get(0))?;
-    if count != list.page_count() {
+    if count != page_count {
         bail!(
-            "Signal's database brought forward has {count} pages, not the {} of its snapshot",
-            list.page_count()
+            "Signal's database brought forward has {count} pages, not the {page_count} of its snapshot"
         );
     }
-    let pending = pages::pending_byte_page(list.page_size);
+    let mut page_size = 0;
     let mut read = tx.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
     for (n, &pgno) in std::iter::once(&1).chain(written).enumerate() {
-        if pgno > count || pgno == pending {
-            continue;
-        }
         if n.is_multiple_of(1024) {
             cancel.check()?;
         }
-        let data: Vec<u8> = read
-            .query_row([pgno], |row| row.get(0))
-            .with_context(|| format!("page {pgno} written in place does not authenticate"))?;
-        if pages::page_hash(&data, pgno, list.reserve) != list.hashes[pgno as usize - 1] {
-            bail!("page {pgno} written in place does not read back as the snapshot's");
+        if pgno > count || (page_size > 0 && pgno == pages::pending_byte_page(page_size)) {
+            continue;
         }
+        let data: Vec<u8> = read.query_row([pgno], |row| row.get(0)).with_context(|| {
+            format!("page {pgno} written in place does not authenticate with the restored key")
+        })?;
+        page_size = data.len() as u32;
     }
     drop(read);
     drop(tx);

@@ -337,29 +337,6 @@ impl Read for DeltaReader {
     }
 }
 
-/// A delta's header and the numbers of the pages it writes, in order, read through
-/// without keeping the pages: what an in-place catch-up journals before writing.
-pub fn delta_page_numbers(
-    delta: &mut impl Read,
-    entry_len: u64,
-) -> Result<(DeltaHeader, Vec<u32>)> {
-    let header = DeltaHeader::read(delta, entry_len)?;
-    let mut numbers = Vec::with_capacity(header.pages as usize);
-    for _ in 0..header.pages {
-        let mut number = [0u8; 4];
-        delta.read_exact(&mut number)?;
-        numbers.push(u32::from_be_bytes(number));
-        let skipped = io::copy(
-            &mut delta.take(u64::from(header.page_size)),
-            &mut io::sink(),
-        )?;
-        if skipped != u64::from(header.page_size) {
-            bail!("the database delta ended inside a page: damaged");
-        }
-    }
-    Ok((header, numbers))
-}
-
 /// Applies one delta (an archive entry of `entry_len` bytes) to the database `conn` holds
 /// open, whose pages `list` describes; `expected_bytes` is the database's size after it,
 /// from the snapshot that wrote the delta. All or nothing: one transaction, committed only

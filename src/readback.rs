@@ -13,11 +13,10 @@ use sha2::Digest;
 use crate::archive::{self, Digest as Checksum, HashingReader, PlainReader};
 use crate::blocking::{Remote, RemoteReader};
 use crate::cancel::{Cancel, is_cancelled};
-use crate::db_rebuild::Deltas;
+use crate::db_rebuild::{Deltas, Rebuilt};
 use crate::index::{self, DbChain, EntryKind, IndexEntry};
 use crate::keys::Identities;
 use crate::manifest::Manifest;
-use crate::pages::PageList;
 use crate::profile::{self, DbKey};
 use crate::progress::{Counted, Progress};
 use crate::repo::Selector;
@@ -150,7 +149,7 @@ impl Plan {
         db: &Path,
         config: &[u8],
         cancel: &Cancel,
-    ) -> Result<Option<PageList>> {
+    ) -> Result<Option<Rebuilt>> {
         self.rebuild_db_with(self.db_chain(), deltas, db, config, cancel)
     }
 
@@ -161,7 +160,7 @@ impl Plan {
         db: &Path,
         config: &[u8],
         cancel: &Cancel,
-    ) -> Result<Option<PageList>> {
+    ) -> Result<Option<Rebuilt>> {
         let Some(chain) = chain else {
             return Ok(None);
         };
@@ -236,7 +235,7 @@ pub fn unpack_into(
     dest: &Path,
     chown: Option<(u32, u32)>,
     from_volume: Option<&FromVolume>,
-) -> Result<Option<PageList>> {
+) -> Result<Option<Rebuilt>> {
     if let Some(volume) = from_volume {
         volume.stage(dest, remote.cancel())?;
     }
@@ -290,7 +289,7 @@ pub fn unpack_into(
         let pages =
             volume.catch_up_in_place(&deltas, &bytes, &config, &own_id(plan), remote.cancel())?;
         set_db_mtime(plan, &db)?;
-        return Ok(Some(pages));
+        return Ok(Some(Rebuilt::Raw(pages)));
     }
     let pages = plan
         .rebuild_db_with(chain, deltas, &db, &config, remote.cancel())

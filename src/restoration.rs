@@ -30,8 +30,8 @@ use crate::exit::{self, Exit};
 use crate::fsutil::{self, read_json, write_json};
 use crate::index::IndexEntry;
 use crate::manifest::Manifest;
-use crate::pages::PageList;
 use crate::profile;
+use crate::raw_pages::RawPageList;
 
 /// Written last: a target with this file holds a complete, checked snapshot.
 pub const MARKER: &str = ".ghostwire-backup-restore.json";
@@ -404,7 +404,7 @@ pub fn seed_catalog(
     manifest: &Manifest,
     chain_full: Option<&Manifest>,
     entries: Vec<IndexEntry>,
-    db_pages: Option<&PageList>,
+    db_pages: Option<&RawPageList>,
     chown: Option<(u32, u32)>,
 ) -> Result<()> {
     let path = target.join(crate::catalog::DEFAULT_NAME);

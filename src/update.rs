@@ -26,8 +26,8 @@ use crate::db_rebuild::Deltas;
 use crate::exit::{self, Exit};
 use crate::home::{Home, Opened};
 use crate::index::{DbChain, EntryKind, IndexEntry};
-use crate::pages::PageList;
 use crate::profile::{self, DbKey};
+use crate::raw_pages::RawPageList;
 use crate::readback::Plan;
 use crate::restoration::DbFile;
 use crate::reuse;
@@ -46,7 +46,7 @@ pub struct FromVolume {
     db_chain: Option<DbChain>,
     /// The page list of the volume's database, when the deltas are written into it in
     /// place ([`crate::catch_up`]) rather than into a copy: it is then linked.
-    db_in_place: Option<PageList>,
+    db_in_place: Option<RawPageList>,
 }
 
 impl FromVolume {
@@ -133,7 +133,8 @@ impl FromVolume {
                     ..after.clone()
                 });
                 if before != after {
-                    taken.db_in_place = in_place_base(volume, db_file, &entry.metadata, before);
+                    taken.db_in_place =
+                        in_place_base(volume, db_file, &entry.metadata, before, after);
                     if taken.db_in_place.is_none() {
                         not_needed
                             .entry(archive)
@@ -178,7 +179,7 @@ impl FromVolume {
     /// The page list of the volume's database when the deltas are written into it in
     /// place: the database is then the volume's own file, linked into the staging
     /// directory.
-    pub fn db_in_place(&self) -> Option<&PageList> {
+    pub fn db_in_place(&self) -> Option<&RawPageList> {
         self.db_in_place.as_ref()
     }
 
@@ -192,7 +193,7 @@ impl FromVolume {
         config: &[u8],
         to: &str,
         cancel: &Cancel,
-    ) -> Result<PageList> {
+    ) -> Result<RawPageList> {
         let (Some(base), Some(chain)) = (&self.db_in_place, &self.db_chain) else {
             bail!("Signal's database is not written in place by this update");
         };
@@ -267,8 +268,12 @@ fn in_place_base(
     recorded: Option<&DbFile>,
     listed: &std::fs::Metadata,
     before: &DbChain,
-) -> Option<PageList> {
+    after: &DbChain,
+) -> Option<RawPageList> {
     let why_not = match recorded {
+        _ if !(before.is_raw() && after.raw_page_size == before.raw_page_size) => {
+            "its chain is not raw pages (a snapshot of format 1 or 2): its deltas are decrypted pages"
+        }
         None => {
             "the marker records no database file (restored by an older agent, or finished after a kill)"
         }
@@ -290,7 +295,7 @@ fn in_place_base(
     None
 }
 
-fn catalog_page_list(volume: &Path, digest: &str) -> Option<PageList> {
+fn catalog_page_list(volume: &Path, digest: &str) -> Option<RawPageList> {
     let path = volume.join(crate::catalog::DEFAULT_NAME);
     if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
         return None;

@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 
 use crate::blocking::{self, Remote};
+use crate::db_rebuild::Rebuilt;
 use crate::exit::{self, Exit};
 use crate::fsutil;
 use crate::keys::Identities;
 use crate::manifest::Manifest;
-use crate::pages::PageList;
 use crate::readback::{self, Plan};
 use crate::repo::{Repository, Selector};
 use crate::restoration::{self, Next};
@@ -306,7 +306,7 @@ fn stage_and_gate(
     manifest: &Manifest,
     identities: &Identities,
     from_volume: Option<&FromVolume>,
-) -> Result<(Marker, Option<PageList>)> {
+) -> Result<(Marker, Option<Rebuilt>)> {
     let cancel = remote.cancel();
     let staging = restoration::begin(&options.target)?;
     cancel.enter("download and unpack")?;
@@ -334,7 +334,7 @@ fn seed_catalog(
     options: &RestoreOptions,
     manifest: &Manifest,
     plan: Plan,
-    db_pages: Option<PageList>,
+    db_pages: Option<Rebuilt>,
 ) {
     if plan.entries.is_empty() {
         return;
@@ -350,7 +350,7 @@ fn seed_catalog(
         manifest,
         chain_full.as_ref(),
         plan.entries,
-        db_pages.as_ref(),
+        db_pages.as_ref().and_then(Rebuilt::raw),
         options.chown,
     ) {
         tracing::warn!(

@@ -69,6 +69,10 @@ fn a_chain_of_deltas_restores_every_snapshot_and_a_restored_volume_continues_it(
         }
         let snapshot = fx.quiet_backup_of(&home);
         assert!(delta_pages(&snapshot).is_some(), "{snapshot}");
+        assert_eq!(
+            snapshot["format"], 3,
+            "raw page deltas are format 3: {snapshot}"
+        );
         assert!(uploaded(&snapshot) < db_bytes(&full) / 4, "{snapshot}");
         let delta_ids: Vec<&Value> = snapshot["depends_on"].as_array().unwrap().iter().collect();
         assert!(
@@ -171,4 +175,48 @@ fn a_final_snapshot_skips_the_whole_database_checks_and_still_passes_the_gate() 
     assert_eq!(db["integrity"], "ok", "{db}");
     assert_eq!(db["missingCount"], 0, "{db}");
     fx.verify_with(fx.agent(), &id).ok();
+}
+
+/// The raw image of Signal's database (its pages as stored, still encrypted; format 3),
+/// taken again and again while Signal's driver commits and checkpoints (TRUNCATE, as
+/// Signal does, here every 20 ms so that the WAL restarts during the reads): each image
+/// holds every message committed before it began, opens with Signal's key, and passes
+/// `cipher_integrity_check` and `quick_check`.
+#[test]
+fn a_raw_image_taken_while_signal_writes_holds_every_committed_row() {
+    let fx = Fixture::new(&["--messages", "20000"]);
+    let db = fx.profile.db();
+    let key = ghostwire_backup::profile::DbKey::from_hex(&fx.profile.key).unwrap();
+    let ids = fx.root.join("ids.txt");
+    let writer = Writer::start_with(&db, &fx.profile.key, &ids, &["--checkpoint-ms", "20"]);
+    let mut committed_before = 0;
+    for round in 0..6 {
+        writer.wait_for(committed_before + 30);
+        let before = fx.root.join(format!("ids-{round}.txt"));
+        std::fs::copy(&ids, &before).unwrap();
+        committed_before = std::fs::read_to_string(&before).unwrap().lines().count();
+        let image = fx.root.join(format!("image-{round}.sqlite"));
+        let list = ghostwire_backup::wal::raw_image(
+            &db,
+            &std::fs::metadata(&db).unwrap(),
+            &image,
+            Some(&key),
+            std::time::Duration::from_secs(5),
+            &ghostwire_backup::cancel::Cancel::new(),
+        )
+        .unwrap();
+        assert_eq!(list.bytes(), std::fs::metadata(&image).unwrap().len());
+        let check =
+            ghostwire_backup::sqlite::check_copy(&image, Some(&key), &Default::default()).unwrap();
+        assert!(check.is_ok(), "round {round}: {check:?}");
+        let found = check_db(&image, &fx.profile.key, Some(&before));
+        assert_eq!(found["integrity"], "ok", "round {round}: {found}");
+        assert_eq!(found["missingCount"], 0, "round {round}: {found}");
+        assert!(
+            found["messages"].as_u64().unwrap() >= fx.profile.messages + committed_before as u64,
+            "round {round}: {found}"
+        );
+    }
+    let report = writer.stop();
+    eprintln!("writer: {report}");
 }
