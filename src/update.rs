@@ -3,11 +3,15 @@
 //!
 //! Files the volume already holds as the newer snapshot restores them (same content hash,
 //! and untouched since the restore) are hard-linked into the staging directory instead of
-//! downloaded; Signal's database is copied from the volume and brought forward with the
-//! deltas the newer snapshot added to its chain. Archives nothing is needed from are not
+//! downloaded; Signal's database is brought forward with the deltas the newer snapshot
+//! added to its chain: written into the volume's own file behind a page journal when it is
+//! provably the file the restore left and the chain is raw pages ([`crate::catch_up`]),
+//! else into a copy of it. Archives nothing is needed from are not
 //! read at all. The rest is an ordinary restore — unpack, gate, `ready` note, moves, marker
 //! (see [`crate::restoration`]) — so an update is as all-or-nothing as a restore: killed
-//! before its gate, the volume is still at its old snapshot; after, the next run finishes.
+//! before its gate, the volume is still at its old snapshot (a database written in place
+//! once the next run rolled its journal back, the first thing any restore does); after,
+//! the next run finishes.
 //!
 //! A volume that changed since its restore (Signal ran on it) is refused unless `--force`:
 //! then whatever changed is fetched from the repository and moved aside, not deleted.
@@ -217,8 +221,9 @@ impl FromVolume {
         })
     }
 
-    /// Puts what is taken from the volume into `staging`: hard links of the files, a copy
-    /// of Signal's database (it will be written). Every file is opened without following a
+    /// Puts what is taken from the volume into `staging`: hard links of the files (Signal's
+    /// database among them when it is written in place), or a copy of the database (it
+    /// will be written). Every file is opened without following a
     /// link and must still be the one listed.
     pub fn stage(&self, staging: &Path, cancel: &Cancel) -> Result<()> {
         let home = Home::open(&self.volume)?;
