@@ -19,16 +19,19 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use rustix::fs::{Mode, OFlags};
 
 use crate::cancel::Cancel;
 use crate::db_rebuild::Deltas;
+use crate::home::Home;
 use crate::index::DbChain;
 use crate::page_journal::PageJournal;
 use crate::pages;
-use crate::profile::DbKey;
+use crate::profile::{self, DbKey};
 use crate::raw_pages::{self, RawDeltaHeader, RawPageList};
 
 /// What a catch-up needs besides the database: the deltas set aside, which of them to
@@ -39,12 +42,16 @@ pub struct Chain<'a> {
     pub expected_bytes: &'a dyn Fn(&str) -> Option<u64>,
 }
 
-/// Brings the database at `db`, whose pages `base` lists, to the version `chain` names,
-/// in place; `to` is the snapshot that version belongs to (the journal's tag). On an
-/// error the old version is put back. The journal is left for the restore's commit point
-/// ([`crate::restoration::settle_db_journal`]). Returns the new page list.
+/// Brings the database at `db` (an [`AnchoredDb`] path), whose pages `base` lists, to the
+/// version `chain` names, in place; `to` is the snapshot that version belongs to (the
+/// journal's tag). SQLite reads the written pages back through `staged`, a link to the
+/// same file in the restore's own staging directory (the `-wal` and `-shm` it makes stay
+/// there). On an error the old version is put back. The journal is left for the
+/// restore's commit point ([`crate::restoration::settle_db_journal`]). Returns the new
+/// page list.
 pub fn catch_up(
     db: &Path,
+    staged: &Path,
     key: &DbKey,
     base: RawPageList,
     chain: &Chain,
@@ -59,7 +66,7 @@ pub fn catch_up(
         "page journal written: catching up Signal's database in place"
     );
     let mut list = base;
-    match write_and_check(db, key, &mut list, chain, &written, &journal, cancel) {
+    match write_and_check(staged, key, &mut list, chain, &written, &journal, cancel) {
         Ok(()) => Ok(list),
         Err(err) => {
             if let Err(undo) = journal.roll_back() {
@@ -107,7 +114,7 @@ fn delta_page_numbers(delta: &mut impl Read, len: u64) -> Result<(RawDeltaHeader
 }
 
 fn write_and_check(
-    db: &Path,
+    staged: &Path,
     key: &DbKey,
     list: &mut RawPageList,
     chain: &Chain,
@@ -135,7 +142,7 @@ fn write_and_check(
              (its raw pages hash differently): an archive of the chain is damaged or was swapped"
         );
     }
-    authenticate(db, key, list.page_count(), written, cancel)?;
+    authenticate(staged, key, list.page_count(), written, cancel)?;
     tracing::info!(
         pages = written.len(),
         "pages written in place authenticated with the restored key"
@@ -179,4 +186,44 @@ fn authenticate(
     drop(tx);
     conn.close().map_err(|(_, err)| err)?;
     Ok(())
+}
+
+/// Signal's database of a volume reached through a handle on its directory, opened
+/// without following a link at any level: `/proc/self/fd/N/db.sqlite` stays in that
+/// directory whatever the desktop user renames or links meanwhile, so the journal, the
+/// page writes and a rollback (run as root in an init container) never land outside the
+/// volume.
+pub struct AnchoredDb {
+    _dir: OwnedFd,
+    path: PathBuf,
+}
+
+impl AnchoredDb {
+    pub fn open(volume: &Path) -> Result<Self> {
+        let relative = Path::new(profile::SIGNAL_DB);
+        let home = Home::open(volume)?;
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut dir: Option<OwnedFd> = None;
+        for name in relative.parent().into_iter().flat_map(Path::components) {
+            let at = dir.as_ref().map_or(home.root(), |d| d.as_fd());
+            let opened = rustix::fs::openat(at, name.as_os_str(), flags, Mode::empty())
+                .with_context(|| {
+                    format!(
+                        "cannot open the directory of {} without following a link",
+                        volume.join(relative).display()
+                    )
+                })?;
+            dir = Some(opened);
+        }
+        let dir = dir.context("Signal's database has no directory")?;
+        let name = relative
+            .file_name()
+            .context("Signal's database has no name")?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+        Ok(Self { _dir: dir, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }

@@ -286,8 +286,14 @@ pub fn unpack_into(
     let db = dest.join(profile::SIGNAL_DB);
     if let Some(volume) = from_volume.filter(|v| v.db_in_place().is_some()) {
         let bytes = |id: &str| plan.db_bytes(id);
-        let pages =
-            volume.catch_up_in_place(&deltas, &bytes, &config, &own_id(plan), remote.cancel())?;
+        let pages = volume.catch_up_in_place(
+            &db,
+            &deltas,
+            &bytes,
+            &config,
+            &own_id(plan),
+            remote.cancel(),
+        )?;
         set_db_mtime(plan, &db)?;
         return Ok(Some(Rebuilt::Raw(pages)));
     }

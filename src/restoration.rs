@@ -378,12 +378,16 @@ pub fn settle_db_journal(target: &Path) -> Result<()> {
     if !target.is_dir() || crate::signal_db::plain_tree(target, relative).is_err() {
         return Ok(()); // no journal of ours: one is only made in a plain tree
     }
+    let journal = crate::page_journal::path_of(&target.join(relative));
+    if fs::symlink_metadata(&journal).is_err() {
+        return Ok(()); // none (reached again below without following a link)
+    }
     let committed_to = match detect(target)? {
         State::Gated(ready) | State::Moved(ready) | State::Marked(ready) => Some(ready.snapshot),
         _ => None,
     };
-    let db = target.join(relative);
-    let found = crate::page_journal::recover(&db, |tag| committed_to.as_deref() == Some(tag))
+    let db = crate::catch_up::AnchoredDb::open(target)?;
+    let found = crate::page_journal::recover(db.path(), |tag| committed_to.as_deref() == Some(tag))
         .context("cannot settle the page journal of an interrupted in-place catch-up")?;
     if found != crate::page_journal::Recovered::Nothing {
         tracing::info!(outcome = ?found, "settled the page journal of an interrupted in-place catch-up");

@@ -189,9 +189,11 @@ impl FromVolume {
 
     /// Writes the newer deltas into the volume's database in place ([`crate::catch_up`]),
     /// keyed from `config` (the snapshot's `config.json`); `to` is the snapshot they bring
-    /// it to. Returns its new page list.
+    /// it to; `staged` is the database's link in the staging directory. Returns its new
+    /// page list.
     pub fn catch_up_in_place(
         &self,
+        staged: &Path,
         deltas: &Deltas,
         expected_bytes: &dyn Fn(&str) -> Option<u64>,
         config: &[u8],
@@ -207,8 +209,9 @@ impl FromVolume {
             chain,
             expected_bytes,
         };
-        let db = self.volume.join(profile::SIGNAL_DB);
-        catch_up::catch_up(&db, &key, base.clone(), &chain, to, cancel).map_err(|err| {
+        let db = catch_up::AnchoredDb::open(&self.volume)?;
+        let base = base.clone();
+        catch_up::catch_up(db.path(), staged, &key, base, &chain, to, cancel).map_err(|err| {
             if crate::cancel::is_cancelled(&err) {
                 return err;
             }
