@@ -11,9 +11,8 @@
 //!
 //! Whoever finds a journal ([`recover`]) either removes it, when the caller's commit point
 //! says the writes were committed, or puts the old pages back, sets the old length and
-//! time, removes what SQLite left beside the file while the writes went through it (its
-//! `-wal` and `-shm`: the writer made them; the database had none before), and then
-//! removes the journal. A journal shorter than its header says or failing its checksum is
+//! time, syncs, and then removes the journal. (Nothing beside the file is touched: the
+//! writes are plain `pwrite`s, never through SQLite.) A journal shorter than its header says or failing its checksum is
 //! torn: it was being written, so the file's writes had not begun; it is removed.
 //! Rolling back is idempotent: killed while rolling back, the next run rolls back again.
 
@@ -33,8 +32,6 @@ pub const SUFFIX: &str = ".ghostwire-backup-journal";
 const MAGIC: &[u8; 8] = b"GWBPJRN1";
 /// The longest tag (the snapshot the writes bring the file to) a journal holds.
 const MAX_TAG: usize = 255;
-/// SQLite's companion files, which a writer going through SQLite leaves when it is killed.
-const SQLITE_COMPANIONS: [&str; 2] = ["-wal", "-shm"];
 
 /// The journal's path beside `db`.
 pub fn path_of(db: &Path) -> PathBuf {
@@ -319,8 +316,7 @@ fn intact_header(journal: &File) -> Result<Option<Header>> {
     Ok((stored == hash.finalize().as_slice()).then_some(header))
 }
 
-/// Writes the journal's pages back into `db`, then its old length and time, durably, and
-/// removes SQLite's companions the interrupted writer left.
+/// Writes the journal's pages back into `db`, then its old length and time, durably.
 fn put_back(db: &Path, journal: &File, header: &Header) -> Result<()> {
     let file = open_database(db)?;
     let mut input = BufReader::new(journal);
@@ -340,17 +336,6 @@ fn put_back(db: &Path, journal: &File, header: &Header) -> Result<()> {
     file.set_len(header.old_len)?;
     file.set_modified(header.old_mtime)?;
     file.sync_all()?;
-    for suffix in SQLITE_COMPANIONS {
-        let mut companion = db.as_os_str().to_owned();
-        companion.push(suffix);
-        match std::fs::remove_file(&companion) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                return Err(err)
-                    .with_context(|| format!("cannot remove {}", Path::new(&companion).display()));
-            }
-            _ => {}
-        }
-    }
     Ok(())
 }
 
@@ -480,7 +465,6 @@ mod tests {
                 let (db, old) = old_file(dir.path(), 6);
                 let old_mtime = std::fs::metadata(&db).unwrap().modified().unwrap();
                 write_until(&db, stop, new_pages);
-                std::fs::write(dir.path().join("db.sqlite-wal"), b"frames").unwrap();
                 assert_eq!(
                     recover(&db, |_| false).unwrap(),
                     Recovered::RolledBack { tag: "M".into() },
@@ -490,7 +474,6 @@ mod tests {
                 let metadata = std::fs::metadata(&db).unwrap();
                 assert_eq!(metadata.modified().unwrap(), old_mtime);
                 assert!(!path_of(&db).exists());
-                assert!(!dir.path().join("db.sqlite-wal").exists());
                 // Nothing left to do.
                 assert_eq!(recover(&db, |_| false).unwrap(), Recovered::Nothing);
             }
