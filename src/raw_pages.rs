@@ -177,8 +177,9 @@ impl RawDeltaHeader {
 }
 
 impl RawDeltaHeader {
-    /// Reads and checks a header from an archive entry of `entry_len` bytes.
-    fn read(input: &mut impl Read, entry_len: u64) -> Result<Self> {
+    /// Reads and checks a header from an archive entry of `entry_len` bytes: page size a
+    /// power of two SQLite uses, page count possible, length exactly as it says.
+    pub fn read(input: &mut impl Read, entry_len: u64) -> Result<Self> {
         let mut bytes = [0u8; RAW_DELTA_HEADER_LEN as usize];
         input
             .read_exact(&mut bytes)

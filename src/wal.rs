@@ -374,6 +374,35 @@ mod tests {
         );
     }
 
+    /// Signal quit: the database was checkpointed and its `-wal` removed.
+    #[test]
+    fn a_database_whose_wal_was_removed_is_imaged_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live.sqlite");
+        let live = Connection::open(&live_path).unwrap();
+        live.execute_batch(&key().pragma()).unwrap();
+        live.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(x);
+             INSERT INTO t VALUES (1), (2);",
+        )
+        .unwrap();
+        drop(live);
+        assert!(!dir.path().join("live.sqlite-wal").exists());
+        let image = dir.path().join("image.sqlite");
+        let listed = std::fs::metadata(&live_path).unwrap();
+        raw_image(
+            &live_path,
+            &listed,
+            &image,
+            Some(&key()),
+            Duration::from_secs(1),
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert_eq!(count(&image), 2);
+        assert!(std::fs::read(&live_path).unwrap() == std::fs::read(&image).unwrap());
+    }
+
     #[test]
     fn a_frame_with_a_broken_checksum_ends_the_committed_frames() {
         let dir = tempfile::tempdir().unwrap();
