@@ -118,7 +118,6 @@ pub fn raw_image(
         let list = image.write(page_size, page_count, &mut out, cancel)?;
         if wal.as_deref().map(read_header).transpose()?.flatten() == header {
             drop(live); // ends the read transaction: Signal's checkpoints may go on
-            out.sync_data()?;
             tracing::debug!(db = %source.display(), pages = page_count, elapsed = ?started.elapsed(), "raw database image taken");
             return Ok(list);
         }

@@ -320,7 +320,8 @@ fn format_1_and_2_snapshots_still_restore_and_verify_and_a_backup_starts_a_raw_c
 
 /// docs/format.md's few lines of Python rebuild a raw delta chain with stock tools: each
 /// archive of the chain through `age -d | zstd -d | tar -x`, each delta set aside, then the
-/// recipe writes their pages at their offsets. The result holds every committed row.
+/// recipe writes their pages at their offsets, skipping a delta that does not fit. The
+/// result holds every committed row.
 #[test]
 fn the_documented_python_recipe_rebuilds_a_raw_delta_chain() {
     let fx = Fixture::new(&["--messages", "3000"]);
@@ -361,11 +362,18 @@ fn the_documented_python_recipe_rebuilds_a_raw_delta_chain() {
     let script = fx.root.join("apply.py");
     std::fs::write(&script, recipe).unwrap();
     let db = target.join(".config/Signal/sql/db.sqlite");
-    TestCommand::new("python3")
+    // The first delta twice: the second time it fits no more, and is skipped.
+    let applied = TestCommand::new("python3")
         .arg(&script)
         .arg(&db)
+        .arg(&delta_files[0])
         .args(&delta_files)
-        .ok();
+        .run();
+    assert!(applied.status.success(), "{applied}");
+    assert!(
+        applied.stderr.contains("made for an older copy"),
+        "{applied}"
+    );
     let found = check_db(&db, &fx.profile.key, Some(&ids));
     assert_eq!(found["integrity"], "ok", "{found}");
     assert_eq!(found["missingCount"], 0, "{found}");
