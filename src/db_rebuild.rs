@@ -141,9 +141,10 @@ impl Deltas {
         expected_bytes: impl Fn(&str) -> Option<u64>,
         cancel: &Cancel,
     ) -> Result<RawPageList> {
+        // Written only to apply deltas: without, it may be a volume's file linked in.
         let file = std::fs::File::options()
             .read(true)
-            .write(true)
+            .write(!chain.deltas.is_empty())
             .custom_flags(libc::O_NOFOLLOW)
             .open(db)
             .with_context(|| format!("cannot open {}", db.display()))?;
@@ -157,7 +158,9 @@ impl Deltas {
             raw_pages::apply_raw_delta(&file, &mut list, &mut delta, len, bytes, cancel)
                 .with_context(|| format!("cannot apply the database delta of snapshot {id}"))?;
         }
-        file.sync_all()?;
+        if !chain.deltas.is_empty() {
+            file.sync_all()?;
+        }
         drop(file);
         if list.digest_hex() != chain.pages {
             bail!(

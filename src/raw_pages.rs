@@ -177,7 +177,8 @@ impl RawDeltaHeader {
 }
 
 impl RawDeltaHeader {
-    /// Reads and checks a header from an archive entry of `entry_len` bytes.
+    /// Reads and checks a header from an archive entry of `entry_len` bytes: page size a
+    /// power of two SQLite uses, page count possible, length exactly as it says.
     pub fn read(input: &mut impl Read, entry_len: u64) -> Result<Self> {
         let mut bytes = [0u8; RAW_DELTA_HEADER_LEN as usize];
         input
@@ -437,6 +438,47 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let expected = std::fs::read(file_of(dir.path(), "x", now)).unwrap();
             assert!(rebuild(base, now).unwrap() == expected);
+        }
+    }
+
+    #[test]
+    fn a_forged_raw_delta_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            file_of(dir.path(), "old", &[1, 2, 3]),
+            file_of(dir.path(), "new", &[1, 9, 3, 4]),
+        );
+        let cancel = Cancel::new();
+        let base = RawPageList::of_file(&File::open(&old).unwrap(), 4096, &cancel).unwrap();
+        let target = RawPageList::of_file(&File::open(&new).unwrap(), 4096, &cancel).unwrap();
+        let delta = RawDelta::between(&base, &target).unwrap();
+        let mut good = Vec::new();
+        RawDeltaReader::new(&new, &delta)
+            .unwrap()
+            .read_to_end(&mut good)
+            .unwrap();
+        let first = RAW_DELTA_HEADER_LEN as usize;
+        let mut cases: Vec<(&str, Vec<u8>, u64)> =
+            vec![("a size not recorded", good.clone(), 8192)];
+        let mut other_base = good.clone();
+        other_base[20] ^= 1;
+        cases.push(("another base", other_base, target.bytes()));
+        let mut far = good.clone();
+        far[first..first + 4].copy_from_slice(&9u32.to_be_bytes());
+        cases.push(("a page past the end", far, target.bytes()));
+        let mut changed = good.clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        cases.push(("a changed page", changed, target.bytes()));
+        let mut short = good.clone();
+        short.truncate(good.len() - 10);
+        cases.push(("a cut delta", short, target.bytes()));
+        for (what, bytes, expected) in cases {
+            let db = File::options().read(true).write(true).open(&old).unwrap();
+            let mut list = base.clone();
+            let len = bytes.len() as u64;
+            let err = apply_raw_delta(&db, &mut list, &mut &bytes[..], len, expected, &cancel);
+            assert!(err.is_err(), "{what} was applied");
         }
     }
 }

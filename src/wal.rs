@@ -118,7 +118,6 @@ pub fn raw_image(
         let list = image.write(page_size, page_count, &mut out, cancel)?;
         if wal.as_deref().map(read_header).transpose()?.flatten() == header {
             drop(live); // ends the read transaction: Signal's checkpoints may go on
-            out.sync_data()?;
             tracing::debug!(db = %source.display(), pages = page_count, elapsed = ?started.elapsed(), "raw database image taken");
             return Ok(list);
         }
@@ -372,6 +371,35 @@ mod tests {
             checkpointed == imaged,
             "raw pages differ from the checkpointed file"
         );
+    }
+
+    /// Signal quit: the database was checkpointed and its `-wal` removed.
+    #[test]
+    fn a_database_whose_wal_was_removed_is_imaged_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live.sqlite");
+        let live = Connection::open(&live_path).unwrap();
+        live.execute_batch(&key().pragma()).unwrap();
+        live.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(x);
+             INSERT INTO t VALUES (1), (2);",
+        )
+        .unwrap();
+        drop(live);
+        assert!(!dir.path().join("live.sqlite-wal").exists());
+        let image = dir.path().join("image.sqlite");
+        let listed = std::fs::metadata(&live_path).unwrap();
+        raw_image(
+            &live_path,
+            &listed,
+            &image,
+            Some(&key()),
+            Duration::from_secs(1),
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert_eq!(count(&image), 2);
+        assert!(std::fs::read(&live_path).unwrap() == std::fs::read(&image).unwrap());
     }
 
     #[test]
