@@ -513,3 +513,45 @@ fn catch_up_time_in_place_and_through_a_copy() {
         through_copy.as_secs_f64()
     );
 }
+
+/// The catch-up writes into the volume's own database file, and only the pages the newer
+/// snapshots' deltas hold: the file keeps its inode, every other page keeps its bytes.
+#[test]
+fn an_in_place_update_writes_only_the_pages_the_deltas_hold() {
+    let fx = Fixture::new(&["--messages", "3000"]);
+    let (snapshots, ids) = three_snapshots(&fx);
+    let green = restored_green(&fx, &snapshots[0]);
+    let db = green.join(".config/Signal/sql/db.sqlite");
+    let before = std::fs::read(&db).unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&db).unwrap());
+
+    let ran = update(&fx, &green, id(&snapshots[2]))
+        .env("GWB_LOG", "info")
+        .run();
+    assert!(ran.status.success(), "{ran}");
+    assert!(ran.stderr.contains("brought forward in place"), "{ran}");
+    assert_eq!(marker(&green).as_deref(), Some(id(&snapshots[2])));
+    let after = std::fs::read(&db).unwrap();
+    let metadata = std::fs::metadata(&db).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&metadata), inode);
+
+    let page = 4096;
+    let changed = (0..before.len().max(after.len()).div_ceil(page))
+        .filter(|n| before.get(n * page..(n + 1) * page) != after.get(n * page..(n + 1) * page))
+        .count() as u64;
+    let delta_pages: u64 = snapshots[1..]
+        .iter()
+        .map(|s| s["signal_db"]["delta_pages"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "{changed} of {} pages differ; the deltas held {delta_pages}",
+        after.len() / page
+    );
+    assert!(
+        changed > 0 && changed <= delta_pages,
+        "{changed} > {delta_pages}"
+    );
+    let db = check_db(&db, &fx.profile.key, Some(&ids));
+    assert_eq!(db["integrity"], "ok", "{db}");
+    assert_eq!(db["missingCount"], 0, "{db}");
+}
