@@ -26,7 +26,7 @@ use crate::blocking::Remote;
 use crate::cancel::is_cancelled;
 use crate::catalog::{Catalog, Latest};
 use crate::chain::{self, Policy};
-use crate::index::{self, IndexEntry};
+use crate::index::{self, DbChain, IndexEntry};
 use crate::keys::Recipients;
 use crate::layout::Object;
 use crate::manifest::{self, ArchiveInfo, AttachmentCheck, Manifest, ObjectRecord};
@@ -452,17 +452,16 @@ fn describe(
         })
         .chain([id.to_string()])
         .collect();
-    let needs_deltas = archived.entries.iter().any(|e| {
-        e.db_chain
-            .as_ref()
-            .is_some_and(|chain| !chain.deltas.is_empty())
-    });
+    let chains = || archived.entries.iter().filter_map(|e| e.db_chain.as_ref());
+    let format = if chains().any(DbChain::is_raw) {
+        manifest::FORMAT_VERSION
+    } else if chains().any(|chain| !chain.deltas.is_empty()) {
+        manifest::FORMAT_DECRYPTED_DELTAS // a reused parent's chain
+    } else {
+        manifest::FORMAT_WITHOUT_DELTAS
+    };
     Manifest {
-        format: if needs_deltas {
-            manifest::FORMAT_VERSION
-        } else {
-            manifest::FORMAT_WITHOUT_DELTAS
-        },
+        format,
         id: id.to_string(),
         started_at,
         finished_at: Utc::now(),

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::index::{DbChain, EntryKind, IndexEntry};
 use crate::manifest::Manifest;
-use crate::pages::PageList;
+use crate::raw_pages::RawPageList;
 
 pub const DEFAULT_NAME: &str = ".ghostwire-backup-catalog.sqlite";
 
@@ -232,7 +232,8 @@ impl Catalog {
 
     /// The page list of Signal's database whose digest is `digest`, if the catalog holds
     /// it and it still hashes so (the catalog is on the user's volume).
-    pub fn page_list(&self, digest: &str) -> Option<PageList> {
+    /// A decrypted list (formats 1 and 2) never hashes as a raw one: it is not found.
+    pub fn page_list(&self, digest: &str) -> Option<RawPageList> {
         let bytes: Vec<u8> = self
             .conn
             .query_row(
@@ -241,7 +242,7 @@ impl Catalog {
                 |row| row.get(0),
             )
             .ok()?;
-        PageList::from_bytes(&bytes).filter(|list| list.digest_hex() == digest)
+        RawPageList::from_bytes(&bytes).filter(|list| list.digest_hex() == digest)
     }
 
     /// Records a committed snapshot and makes `entries` the latest index, and `pages` the
@@ -251,7 +252,7 @@ impl Catalog {
         repository: &str,
         manifest: &Manifest,
         entries: &[IndexEntry],
-        pages: Option<&PageList>,
+        pages: Option<&RawPageList>,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
         insert_snapshot(&tx, manifest)?;

@@ -1,13 +1,21 @@
-//! Restore and verify of a snapshot whose Signal database is a full copy plus page deltas
-//! ([`crate::pages`]): the deltas are set aside while the archives are read, then applied
+//! Restore and verify of a snapshot whose Signal database is a full copy plus page deltas:
+//! raw pages ([`crate::raw_pages`], format 3) or, in formats 1 and 2, decrypted pages
+//! ([`crate::pages`]). The deltas are set aside while the archives are read, then applied
 //! in order to the full copy once everything is in, since the key that opens the database
 //! (`config.json`) may come from any archive of the chain, the last included.
 //!
 //! Set aside, a delta is sealed with age to a key made for this run and held only in
-//! memory: its pages are decrypted database content and never touch a disk in plain text.
+//! memory: a decrypted delta's pages are database content in plain text, and never touch
+//! a disk so (a raw delta's are still encrypted; it is sealed the same way).
+//!
+//! A raw chain is checked without decrypting what it does not need to: each page is
+//! written at its offset, the result's raw pages must hash to the signed digest, and
+//! `cipher_integrity_check` must find every page's HMAC good with the restored key. A
+//! decrypted chain is read back through SQLCipher, page for page.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +24,26 @@ use crate::cancel::Cancel;
 use crate::index::DbChain;
 use crate::pages::{self, PageList};
 use crate::profile::{self, DbKey};
+use crate::raw_pages::{self, RawPageList};
+
+/// Signal's database as a restore rebuilt it, equal to the snapshot's signed page digest
+/// and authenticated with the restored key, page by page.
+#[derive(Debug, Clone)]
+pub enum Rebuilt {
+    Decrypted(PageList),
+    Raw(RawPageList),
+}
+
+impl Rebuilt {
+    /// The raw page list, for the restored volume's catalog (a decrypted list cannot be a
+    /// later backup's base: its next copy is full).
+    pub fn raw(&self) -> Option<&RawPageList> {
+        match self {
+            Self::Raw(list) => Some(list),
+            Self::Decrypted(_) => None,
+        }
+    }
+}
 
 /// The deltas read so far, by the snapshot whose archive held each.
 pub struct Deltas {
@@ -70,7 +98,8 @@ impl Deltas {
         Ok(())
     }
 
-    fn open(&self, id: &str) -> Result<(impl Read + use<>, u64)> {
+    /// Snapshot `id`'s delta, unsealed as it is read, and its length.
+    pub fn open(&self, id: &str) -> Result<(impl Read + use<>, u64)> {
         let (file, len) = self.sealed.get(id).with_context(|| {
             format!("the database delta of snapshot {id} was not in its archive")
         })?;
@@ -84,6 +113,81 @@ impl Deltas {
     /// page. `expected_bytes` gives each delta snapshot's database size. Returns the
     /// result's page list, for the restored volume's catalog.
     pub fn rebuild(
+        self,
+        db: &Path,
+        key: &DbKey,
+        chain: &DbChain,
+        expected_bytes: impl Fn(&str) -> Option<u64>,
+        cancel: &Cancel,
+    ) -> Result<Rebuilt> {
+        match chain.raw_page_size {
+            Some(page_size) => self
+                .rebuild_raw(db, key, chain, page_size, expected_bytes, cancel)
+                .map(Rebuilt::Raw),
+            None => self
+                .rebuild_decrypted(db, key, chain, expected_bytes, cancel)
+                .map(Rebuilt::Decrypted),
+        }
+    }
+
+    /// The raw chain: each delta's pages written at their offsets, the raw digest
+    /// compared, then every page's HMAC checked with `key`.
+    fn rebuild_raw(
+        self,
+        db: &Path,
+        key: &DbKey,
+        chain: &DbChain,
+        page_size: u32,
+        expected_bytes: impl Fn(&str) -> Option<u64>,
+        cancel: &Cancel,
+    ) -> Result<RawPageList> {
+        // Written only to apply deltas: without, it may be a volume's file linked in.
+        let file = std::fs::File::options()
+            .read(true)
+            .write(!chain.deltas.is_empty())
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(db)
+            .with_context(|| format!("cannot open {}", db.display()))?;
+        let mut list = RawPageList::of_file(&file, page_size, cancel)?;
+        for id in &chain.deltas {
+            cancel.check()?;
+            let (mut delta, len) = self.open(id)?;
+            let bytes = expected_bytes(id).with_context(|| {
+                format!("snapshot {id}, which holds a database delta, records no database")
+            })?;
+            raw_pages::apply_raw_delta(&file, &mut list, &mut delta, len, bytes, cancel)
+                .with_context(|| format!("cannot apply the database delta of snapshot {id}"))?;
+        }
+        if !chain.deltas.is_empty() {
+            file.sync_all()?;
+        }
+        drop(file);
+        if list.digest_hex() != chain.pages {
+            bail!(
+                "Signal's database rebuilt from this snapshot's archives is not the version its \
+                 index names (its raw pages hash differently): an archive of the chain is \
+                 damaged or was swapped. Restore another snapshot"
+            );
+        }
+        let problems = crate::sqlite::cipher_check(db, key, cancel)?;
+        if !problems.is_empty() {
+            bail!(
+                "Signal's database rebuilt from this snapshot fails cipher_integrity_check with \
+                 the restored key ({}): the key in the snapshot's config.json is not the \
+                 database's, or a page was damaged before the backup read it. Restore another \
+                 snapshot",
+                problems.join("; ")
+            );
+        }
+        tracing::info!(
+            deltas = chain.deltas.len(),
+            pages = list.page_count(),
+            "Signal's database rebuilt from raw pages: equal to the signed digest, every page authenticated"
+        );
+        Ok(list)
+    }
+
+    fn rebuild_decrypted(
         self,
         db: &Path,
         key: &DbKey,

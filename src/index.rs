@@ -57,7 +57,8 @@ pub struct IndexEntry {
     pub db_chain: Option<DbChain>,
 }
 
-/// Signal's database as a full copy plus page deltas ([`crate::pages`]).
+/// Signal's database as a full copy plus page deltas ([`crate::raw_pages`], or in formats 1
+/// and 2 [`crate::pages`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DbChain {
     /// Snapshots whose archives hold a delta of the database, applied in this order to the
@@ -70,6 +71,17 @@ pub struct DbChain {
     /// Bytes of all those deltas: past a share of the database, the next copy is full.
     #[serde(default)]
     pub delta_bytes: u64,
+    /// Present when the chain is raw pages (format 3, [`crate::raw_pages`]): the page size,
+    /// and `pages` is then a [`crate::raw_pages::RawPageList::digest`]. Absent: decrypted
+    /// pages (formats 1 and 2, [`crate::pages`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_page_size: Option<u32>,
+}
+
+impl DbChain {
+    pub fn is_raw(&self) -> bool {
+        self.raw_page_size.is_some()
+    }
 }
 
 impl IndexEntry {

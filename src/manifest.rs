@@ -9,8 +9,15 @@ use serde::{Deserialize, Serialize};
 /// The newest format this version reads. Bump when a reader of the previous version could
 /// misread a new snapshot. Format 2: Signal's database may be a full copy plus page deltas
 /// (docs/format.md, "Database deltas"), which a format-1 reader would restore as the stale
-/// full copy; a snapshot without deltas is still written as format 1.
-pub const FORMAT_VERSION: u32 = 2;
+/// full copy; a snapshot without deltas is still written as format 1. Format 3: Signal's
+/// database is raw pages (a raw full copy, plus raw deltas), named by a raw page digest
+/// that a format-2 reader would take for a damaged archive; every snapshot with a copy of
+/// Signal's database made by this version is format 3.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The format of a snapshot whose Signal database is a decrypted-page chain with deltas,
+/// written by older versions only.
+pub const FORMAT_DECRYPTED_DELTAS: u32 = 2;
 
 /// The format of a snapshot whose Signal database needs no delta: every reader takes it.
 pub const FORMAT_WITHOUT_DELTAS: u32 = 1;

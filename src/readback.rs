@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -12,11 +13,10 @@ use sha2::Digest;
 use crate::archive::{self, Digest as Checksum, HashingReader, PlainReader};
 use crate::blocking::{Remote, RemoteReader};
 use crate::cancel::{Cancel, is_cancelled};
-use crate::db_rebuild::Deltas;
+use crate::db_rebuild::{Deltas, Rebuilt};
 use crate::index::{self, DbChain, EntryKind, IndexEntry};
 use crate::keys::Identities;
 use crate::manifest::Manifest;
-use crate::pages::PageList;
 use crate::profile::{self, DbKey};
 use crate::progress::{Counted, Progress};
 use crate::repo::Selector;
@@ -149,7 +149,7 @@ impl Plan {
         db: &Path,
         config: &[u8],
         cancel: &Cancel,
-    ) -> Result<Option<PageList>> {
+    ) -> Result<Option<Rebuilt>> {
         self.rebuild_db_with(self.db_chain(), deltas, db, config, cancel)
     }
 
@@ -160,16 +160,19 @@ impl Plan {
         db: &Path,
         config: &[u8],
         cancel: &Cancel,
-    ) -> Result<Option<PageList>> {
+    ) -> Result<Option<Rebuilt>> {
         let Some(chain) = chain else {
             return Ok(None);
         };
         let key = DbKey::from_config_json(config, Path::new(profile::SIGNAL_CONFIG))?;
-        let bytes = |id: &str| {
-            let step = self.steps.iter().find(|s| s.manifest.id == id)?;
-            Some(step.manifest.signal_db.as_ref()?.bytes)
-        };
+        let bytes = |id: &str| self.db_bytes(id);
         deltas.rebuild(db, &key, chain, bytes, cancel).map(Some)
+    }
+
+    /// The size of Signal's database that snapshot `id` of the plan recorded.
+    pub fn db_bytes(&self, id: &str) -> Option<u64> {
+        let step = self.steps.iter().find(|s| s.manifest.id == id)?;
+        Some(step.manifest.signal_db.as_ref()?.bytes)
     }
 
     /// Progress of reading the plan: the bytes to download (every archive's stored
@@ -232,7 +235,7 @@ pub fn unpack_into(
     dest: &Path,
     chown: Option<(u32, u32)>,
     from_volume: Option<&FromVolume>,
-) -> Result<Option<PageList>> {
+) -> Result<Option<Rebuilt>> {
     // `dest` is in the target, whose owner can rename it and plant a link under its name
     // while this runs: files are written through a handle on the directory made for this
     // restore instead. (SQLite refuses such a path: it opens the database by `dest`, with
@@ -287,10 +290,21 @@ pub fn unpack_into(
         crate::signal_db::plain_tree(pinned, Path::new(path))?;
     }
     crate::fsutil::check_still_own_dir(dest, &handle)?;
-    let config = zeroize::Zeroizing::new(std::fs::read(pinned.join(profile::SIGNAL_CONFIG)).context(
-        "the snapshot's Signal database has deltas but the snapshot has no config.json with its key",
-    )?);
+    let config = read_config(pinned)?;
     let db = dest.join(profile::SIGNAL_DB);
+    if let Some(volume) = from_volume.filter(|v| v.db_in_place().is_some()) {
+        let bytes = |id: &str| plan.db_bytes(id);
+        let pages = volume.catch_up_in_place(
+            &db,
+            &deltas,
+            &bytes,
+            &config,
+            &own_id(plan),
+            remote.cancel(),
+        )?;
+        set_db_mtime(plan, &db)?;
+        return Ok(Some(Rebuilt::Raw(pages)));
+    }
     let pages = plan
         .rebuild_db_with(chain, deltas, &db, &config, remote.cancel())
         .map_err(|err| match on_volume && !is_cancelled(&err) {
@@ -303,16 +317,37 @@ pub fn unpack_into(
             ),
             false => err,
         })?;
-    // As its archive entry would have it: a later `restore --update` compares the stat.
+    set_db_mtime(plan, &db)?;
+    Ok(pages)
+}
+
+fn read_config(dest: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let config = std::fs::read(dest.join(profile::SIGNAL_CONFIG)).context(
+        "the snapshot's Signal database has deltas but the snapshot has no config.json with its key",
+    )?;
+    Ok(zeroize::Zeroizing::new(config))
+}
+
+/// The id of the snapshot the plan restores (its own archive is read last).
+fn own_id(plan: &Plan) -> String {
+    plan.steps
+        .last()
+        .map(|s| s.manifest.id.clone())
+        .unwrap_or_default()
+}
+
+/// As its archive entry would have it: a later `restore --update` compares the stat.
+fn set_db_mtime(plan: &Plan, db: &Path) -> Result<()> {
     if let Some(entry) = plan.db_entry() {
         let seconds = entry.mtime_ns.div_euclid(1_000_000_000).max(0) as u64;
         let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
         std::fs::File::options()
             .write(true)
-            .open(&db)?
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(db)?
             .set_modified(mtime)?;
     }
-    Ok(pages)
+    Ok(())
 }
 
 /// What a full read of a snapshot found, without writing it anywhere but Signal's

@@ -30,8 +30,8 @@ use crate::exit::{self, Exit};
 use crate::fsutil::{self, read_json, write_json};
 use crate::index::IndexEntry;
 use crate::manifest::Manifest;
-use crate::pages::PageList;
 use crate::profile;
+use crate::raw_pages::RawPageList;
 
 /// Written last: a target with this file holds a complete, checked snapshot.
 pub const MARKER: &str = ".ghostwire-backup-restore.json";
@@ -57,6 +57,32 @@ pub struct Marker {
     /// taken once Signal stopped, writes a new marker naming it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal_started: Option<SignalStarted>,
+    /// Signal's database file as the finished restore left it: while its inode and
+    /// change time are these (a write, a link, a chmod or a time set back all move the
+    /// change time, which no user can set), the file is the one the snapshot restored,
+    /// and a later `restore --update` may write the newer pages into it in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_file: Option<DbFile>,
+}
+
+/// The stat of the database file a restore left ([`Marker::db_file`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbFile {
+    pub ino: u64,
+    pub size: u64,
+    pub ctime_ns: i128,
+}
+
+impl DbFile {
+    pub fn of(metadata: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            ino: metadata.ino(),
+            size: metadata.len(),
+            ctime_ns: i128::from(metadata.ctime()) * 1_000_000_000
+                + i128::from(metadata.ctime_nsec()),
+        }
+    }
 }
 
 /// Who started Signal on a volume, and when.
@@ -79,6 +105,7 @@ impl Marker {
             gate,
             prestaged: false,
             signal_started: None,
+            db_file: None,
         }
     }
 }
@@ -235,7 +262,9 @@ pub fn next(target: &Path, state: &State, force: bool, if_empty: bool) -> Result
 pub fn discard(target: &Path) -> Result<()> {
     let staging = target.join(STAGING);
     tracing::info!("discarding the staging directory of an interrupted restore");
-    fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))
+    fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+    // A database written in place for that restore goes back to what the marker says.
+    settle_db_journal(target)
 }
 
 /// Empty (or Dirty/Marked with --force) → Staged: the directory to unpack into.
@@ -259,7 +288,9 @@ pub fn pass_gate(target: &Path, ready: &Marker, cancel: &Cancel) -> Result<()> {
     cancel.check()?;
     // Into the staging directory made here, whatever its owner put under its name since.
     let dir = std::fs::File::from(fsutil::open_own_dir(&staging)?);
-    fsutil::write_json_in(&dir, &staging.join(READY), ready)
+    fsutil::write_json_in(&dir, &staging.join(READY), ready)?;
+    // The commit point of a database written in place, too: its journal goes.
+    settle_db_journal(target)
 }
 
 /// Gated → Moved → Marked: the end of every restore, also of one interrupted after its gate.
@@ -364,6 +395,51 @@ pub fn mark(target: &Path, marker: &Marker) -> Result<()> {
     fsutil::sync_filesystem(target, &Cancel::new())
 }
 
+/// Rewrites the marker of a finished restore with the stat of the Signal database it
+/// left ([`Marker::db_file`]), once nothing of the restore touches that file any more.
+/// Not recorded (a kill first, no database, a link in its place): the next update copies
+/// the database instead of writing into it.
+pub fn record_db_file(target: &Path, marker: &Marker) -> Result<()> {
+    let db = target.join(profile::SIGNAL_DB);
+    if crate::signal_db::plain_tree(target, Path::new(profile::SIGNAL_DB)).is_err() {
+        return Ok(());
+    }
+    let Ok(metadata) = fs::symlink_metadata(&db) else {
+        return Ok(());
+    };
+    let marker = Marker {
+        db_file: Some(DbFile::of(&metadata)),
+        ..marker.clone()
+    };
+    write_json(&target.join(MARKER), &marker)
+}
+
+/// Settles a page journal ([`crate::page_journal`]) that an in-place catch-up of the
+/// target's Signal database left: its writes count as committed once the `ready` note
+/// (or the marker) names the snapshot they bring the database to, and are undone
+/// otherwise. Runs before anything reads the database.
+pub fn settle_db_journal(target: &Path) -> Result<()> {
+    let relative = Path::new(profile::SIGNAL_DB);
+    if !target.is_dir() || crate::signal_db::plain_tree(target, relative).is_err() {
+        return Ok(()); // no journal of ours: one is only made in a plain tree
+    }
+    let journal = crate::page_journal::path_of(&target.join(relative));
+    if fs::symlink_metadata(&journal).is_err() {
+        return Ok(()); // none (reached again below without following a link)
+    }
+    let committed_to = match detect(target)? {
+        State::Gated(ready) | State::Moved(ready) | State::Marked(ready) => Some(ready.snapshot),
+        _ => None,
+    };
+    let db = crate::catch_up::AnchoredDb::open(target)?;
+    let found = crate::page_journal::recover(db.path(), |tag| committed_to.as_deref() == Some(tag))
+        .context("cannot settle the page journal of an interrupted in-place catch-up")?;
+    if found != crate::page_journal::Recovered::Nothing {
+        tracing::info!(outcome = ?found, "settled the page journal of an interrupted in-place catch-up");
+    }
+    Ok(())
+}
+
 /// Writes the catalog of the restored volume: the snapshot's index as it is, so its rows
 /// hash to the manifest's `catalog_digest` and the next backup there continues the chain
 /// instead of starting a full one, with the page list of the restored database, so its
@@ -377,7 +453,7 @@ pub fn seed_catalog(
     manifest: &Manifest,
     chain_full: Option<&Manifest>,
     entries: Vec<IndexEntry>,
-    db_pages: Option<&PageList>,
+    db_pages: Option<&RawPageList>,
     chown: Option<(u32, u32)>,
 ) -> Result<()> {
     let path = target.join(crate::catalog::DEFAULT_NAME);

@@ -20,8 +20,8 @@ use crate::cancel::{Cancel, is_cancelled};
 use crate::home::{Home, Opened};
 use crate::index::{DbChain, EntryKind, IndexEntry};
 use crate::manifest::ContentCounts;
-use crate::pages::DeltaReader;
 use crate::profile;
+use crate::raw_pages::RawDeltaReader;
 use crate::signal_db::{Origin, Stamp};
 use crate::sqlite;
 use crate::staging::Staging;
@@ -107,11 +107,11 @@ impl ArchivePass {
                         }
                         Some(Origin::Delta {
                             copy,
-                            key,
                             delta,
                             parent,
+                            ..
                         }) => {
-                            let pages = DeltaReader::new(copy, key, delta)?;
+                            let pages = RawDeltaReader::new(copy, delta)?;
                             writer.add_generated(archive::DB_DELTA, delta.header.bytes(), pages)?;
                             // Archived, as the pages that changed.
                             counts.files += 1;

@@ -9,9 +9,10 @@
 //! A database nothing wrote to since the parent snapshot is not copied again: its
 //! [`Stamp`] (the stat of the database and its journal files, taken before the copy) still
 //! matches the one the parent recorded, so the parent's copy is reused. One that changed
-//! is copied, and the copy's decrypted pages are compared with the parent's: the archive
-//! then holds only the pages that changed ([`crate::pages`]), as long as the deltas since
-//! the last full copy stay small ([`DELTA_SHARE`]).
+//! is imaged raw ([`crate::wal`]: still encrypted, no decryption), and the image's raw page
+//! hashes are compared with the parent's: the archive then holds only the raw pages that
+//! changed ([`crate::raw_pages`]), as long as the deltas since the last full copy stay
+//! small ([`DELTA_SHARE`]).
 
 use std::collections::HashSet;
 use std::fs::Metadata;
@@ -26,10 +27,11 @@ use crate::cancel::{Cancel, is_cancelled};
 use crate::home::{self, Home, Opened};
 use crate::index::{DbChain, IndexEntry};
 use crate::manifest::{AttachmentCheck, COPY_CHECKS, DatabaseInfo, Manifest};
-use crate::pages::{self, Delta, PageList};
 use crate::profile::{self, DbKey};
+use crate::raw_pages::{RawDelta, RawPageList};
 use crate::sqlite::{self, DbCheck};
 use crate::staging::Staging;
+use crate::wal;
 
 /// A snapshot of Signal's database: a copy in the staging directory, or the parent
 /// snapshot's copy when nothing wrote to the database since.
@@ -42,9 +44,10 @@ pub struct SignalSnapshot {
     /// The database's files just before the copy, if they were quiet long enough to tell a
     /// later write apart ([`stamp`]).
     pub stamp: Option<Stamp>,
-    /// The hash of every page of this version, for the next backup's delta; `None` if the
-    /// pages could not be read (the next copy is then full).
-    pub pages: Option<PageList>,
+    /// The hash of every raw page of this version, for the next backup's delta; `None`
+    /// when unknown (a reused parent's copy whose list the catalog lost: the next copy is
+    /// then full).
+    pub pages: Option<RawPageList>,
 }
 
 /// Where a snapshot's copy of Signal's database is.
@@ -53,12 +56,12 @@ pub enum Origin {
     /// Copied now into the staging directory (still encrypted with `key`), to be archived
     /// in place of the live file.
     Copied { copy: PathBuf, key: DbKey },
-    /// Copied now, and archived as the pages that changed since the parent's version,
+    /// Copied now, and archived as the raw pages that changed since the parent's version,
     /// whose index entry (naming the full copy and the deltas since) is extended.
     Delta {
         copy: PathBuf,
         key: DbKey,
-        delta: Delta,
+        delta: RawDelta,
         parent: IndexEntry,
     },
     /// Unchanged since the parent snapshot: the parent's index entry (naming the archive
@@ -165,12 +168,15 @@ fn changed(metadata: &Metadata) -> SystemTime {
 pub fn unchanged_since(
     parent: &Manifest,
     parent_entry: Option<&IndexEntry>,
-    parent_pages: Option<PageList>,
+    parent_pages: Option<RawPageList>,
     stamp: Option<&Stamp>,
 ) -> Option<SignalSnapshot> {
     let stamp = stamp?;
     let entry = parent_entry?;
     entry.archive.as_ref()?;
+    // A decrypted-page chain (formats 1 and 2) is not continued: a raw full copy starts
+    // a new one.
+    entry.db_chain.as_ref().filter(|chain| chain.is_raw())?;
     if entry.db_stamp.as_deref() != Some(stamp.0.as_str()) {
         return None;
     }
@@ -201,7 +207,7 @@ const CHAIN_SHARE: (u64, u64) = (1, 2);
 pub fn as_delta(
     copied: SignalSnapshot,
     parent_entry: Option<&IndexEntry>,
-    base: Option<&PageList>,
+    base: Option<&RawPageList>,
 ) -> SignalSnapshot {
     let (Origin::Copied { copy, key }, Some(now), Some(base), Some(parent)) =
         (&copied.origin, &copied.pages, base, parent_entry)
@@ -211,11 +217,11 @@ pub fn as_delta(
     let Some(chain) = parent
         .db_chain
         .as_ref()
-        .filter(|_| parent.archive.is_some())
+        .filter(|chain| parent.archive.is_some() && chain.is_raw())
     else {
         return copied;
     };
-    let Some(delta) = Delta::between(base, now) else {
+    let Some(delta) = RawDelta::between(base, now) else {
         tracing::info!("Signal's database changed its page size: copying it in full");
         return copied;
     };
@@ -258,14 +264,20 @@ impl SignalSnapshot {
     /// How the snapshot's index entry rebuilds this version of the database, `id` being
     /// the snapshot's.
     pub fn chain(&self, id: &str) -> Option<DbChain> {
-        let pages = self.pages.as_ref()?.digest_hex();
+        // A reused copy keeps its chain, whether or not the catalog still has its list.
+        if let Origin::Parent { entry, .. } = &self.origin {
+            return entry.db_chain.clone();
+        }
+        let list = self.pages.as_ref()?;
+        let pages = list.digest_hex();
         match &self.origin {
             Origin::Copied { .. } => Some(DbChain {
                 deltas: Vec::new(),
                 pages,
                 delta_bytes: 0,
+                raw_page_size: Some(list.page_size),
             }),
-            Origin::Parent { entry, .. } => entry.db_chain.clone(),
+            Origin::Parent { .. } => None, // returned above
             Origin::Delta { delta, parent, .. } => {
                 let before = parent.db_chain.as_ref()?;
                 let mut deltas = before.deltas.clone();
@@ -274,6 +286,7 @@ impl SignalSnapshot {
                     deltas,
                     pages,
                     delta_bytes: before.delta_bytes + delta.header.bytes(),
+                    raw_page_size: Some(list.page_size),
                 })
             }
         }
@@ -303,7 +316,7 @@ pub fn snapshot_signal_db(
     };
     let key = read_key(&home, key_file)?;
     let copy = staging.file("signal.sqlite");
-    let check = sqlite::snapshot(&db, &listed, &copy, Some(&key), wait, false, cancel)
+    let pages = wal::raw_image(&db, &listed, &copy, Some(&key), wait, cancel)
         .context("cannot snapshot Signal's database")?;
     // SQLite opened it by path: it must still be the file found above.
     if !matches!(home.open_listed(relative, &listed)?, Opened::File(..)) {
@@ -313,24 +326,11 @@ pub fn snapshot_signal_db(
     }
     cancel.enter("attachment references")?;
     let references = sqlite::attachment_references(&copy, &key, cancel)?;
-    cancel.enter("database pages")?;
-    let pages = match pages::open(&copy, &key, false).and_then(|conn| PageList::read(&conn, cancel))
-    {
-        Ok(pages) => Some(pages),
-        Err(err) if is_cancelled(&err) => return Err(err),
-        Err(err) => {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "cannot read the pages of Signal's database copy; the next backup copies it in full"
-            );
-            None
-        }
-    };
     let info = DatabaseInfo {
-        user_version: check.user_version,
-        check: check.result,
+        user_version: sqlite::user_version(&copy, &key)?,
+        check: crate::manifest::NOT_CHECKED.to_string(),
         checks: Some(Vec::new()),
-        bytes: std::fs::metadata(&copy)?.len(),
+        bytes: pages.bytes(),
         delta_pages: None,
     };
     Ok(Some(SignalSnapshot {
@@ -338,7 +338,7 @@ pub fn snapshot_signal_db(
         info,
         references,
         stamp: None,
-        pages,
+        pages: Some(pages),
     }))
 }
 

@@ -11,8 +11,9 @@
 //! (measured, SIGNAL.md); holding the transaction pins one snapshot (WAL readers never block
 //! the writer), and the steps let a deadline cut the copy between two of them. The checks
 //! run with a progress handler that interrupts them at a cut.
-//! For Signal's SQLCipher database the copy is keyed with the same key, so the staging file
-//! is as encrypted as the original.
+//! This copies the home's other SQLite databases; Signal's is read as a raw image instead
+//! ([`crate::wal`]), still encrypted, at the cost of reading the file once. A keyed copy
+//! made here is keyed with the same key, so the staging file is as encrypted as the original.
 
 use std::collections::HashSet;
 use std::fs::Metadata;
@@ -155,7 +156,7 @@ pub fn snapshot(
 }
 
 /// Fails unless the main database file `conn` holds open is the file `listed` describes.
-fn check_opened(conn: &Connection, source: &Path, listed: &Metadata) -> Result<()> {
+pub(crate) fn check_opened(conn: &Connection, source: &Path, listed: &Metadata) -> Result<()> {
     let opened = main_file_descriptor(conn)
         .and_then(|fd| {
             // SAFETY: SQLite keeps this descriptor open while `conn` lives; we only fstat it.
@@ -178,11 +179,22 @@ fn check_opened(conn: &Connection, source: &Path, listed: &Metadata) -> Result<(
     Ok(())
 }
 
-/// The descriptor of `conn`'s main database file. SQLite has no call that returns it: its
-/// file object (`struct unixFile` in sqlite3.c, the default VFS on Linux) starts with three
-/// pointers and then the descriptor. `main_file_descriptor_is_the_database_file` checks
-/// this against the bundled SQLite, so an upgrade that moves it fails that test.
-fn main_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
+/// The descriptor of `conn`'s main database file.
+pub(crate) fn main_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
+    file_descriptor(conn, rusqlite::ffi::SQLITE_FCNTL_FILE_POINTER)
+}
+
+/// The descriptor of the WAL file `conn` has open (in WAL mode, once it has read), or
+/// `None` if it has none open.
+pub(crate) fn wal_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
+    file_descriptor(conn, rusqlite::ffi::SQLITE_FCNTL_JOURNAL_POINTER)
+}
+
+/// The descriptor of the file `opcode` asks SQLite for. SQLite has no call that returns
+/// it: its file object (`struct unixFile` in sqlite3.c, the default VFS on Linux) starts
+/// with three pointers and then the descriptor. `main_file_descriptor_is_the_database_file`
+/// checks this against the bundled SQLite, so an upgrade that moves it fails that test.
+fn file_descriptor(conn: &Connection, opcode: std::ffi::c_int) -> Option<std::os::fd::RawFd> {
     #[repr(C)]
     struct UnixFileHead {
         methods: *const std::ffi::c_void,
@@ -197,13 +209,18 @@ fn main_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
         let rc = rusqlite::ffi::sqlite3_file_control(
             conn.handle(),
             c"main".as_ptr(),
-            rusqlite::ffi::SQLITE_FCNTL_FILE_POINTER,
+            opcode,
             (&raw mut file).cast(),
         );
         let vfs = rusqlite::ffi::sqlite3_vfs_find(std::ptr::null());
         (rc, vfs)
     };
-    if rc != rusqlite::ffi::SQLITE_OK || file.is_null() || vfs.is_null() {
+    // SAFETY: a file object SQLite returned; a closed one has no methods.
+    if rc != rusqlite::ffi::SQLITE_OK
+        || file.is_null()
+        || vfs.is_null()
+        || unsafe { (*file).pMethods.is_null() }
+    {
         return None;
     }
     // SAFETY: the default VFS's name is a C string owned by SQLite.
@@ -217,7 +234,12 @@ fn main_file_descriptor(conn: &Connection) -> Option<std::os::fd::RawFd> {
 
 /// Opens the read transaction the whole copy is made in, waiting up to `wait` for a
 /// writer's lock on a rollback-journal database.
-fn begin_read(live: &Connection, source: &Path, wait: Duration, cancel: &Cancel) -> Result<()> {
+pub(crate) fn begin_read(
+    live: &Connection,
+    source: &Path,
+    wait: Duration,
+    cancel: &Cancel,
+) -> Result<()> {
     let started = Instant::now();
     loop {
         cancel.check()?;
@@ -415,6 +437,24 @@ fn check_tables(conn: &Connection, pragma: &str) -> Result<DbCheck> {
         user_version,
         result,
     })
+}
+
+/// The `user_version` of the database copy at `path` (Signal's schema version).
+pub fn user_version(path: &Path, key: &DbKey) -> Result<i64> {
+    let conn = open(path, OpenFlags::SQLITE_OPEN_READ_ONLY, Some(key))?;
+    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+}
+
+/// Runs `cipher_integrity_check` on the database copy at `path`: every page's HMAC with
+/// `key`. Returns the problems it found (none: every page authenticates). Opened
+/// read-write (never created) as the last connection, so closing it removes the
+/// `-wal`/`-shm` opening it made, leaving exactly the file.
+pub fn cipher_check(path: &Path, key: &DbKey, cancel: &Cancel) -> Result<Vec<String>> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = open(path, flags, Some(key))?;
+    let problems = CipherCheck::start(path, key)?.wait(cancel)?;
+    conn.close().map_err(|(_, err)| err)?;
+    Ok(problems)
 }
 
 /// Attachment files a Signal database references, as `xx/<64 hex>` paths relative to a

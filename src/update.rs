@@ -3,11 +3,16 @@
 //!
 //! Files the volume already holds as the newer snapshot restores them (their content, read
 //! and hashed now, is the snapshot's; mode and mtime as the restore left them) are
-//! hard-linked into the staging directory instead of downloaded; Signal's database is copied from the volume and brought forward with the
-//! deltas the newer snapshot added to its chain. Archives nothing is needed from are not
+//! hard-linked into the staging directory instead of downloaded; Signal's database is
+//! brought forward with the deltas the newer snapshot added to its chain: written into the
+//! volume's own file behind a page journal when it is provably the file the restore left
+//! and the chain is raw pages ([`crate::catch_up`]), else into a copy of it. Archives
+//! nothing is needed from are not
 //! read at all. The rest is an ordinary restore — unpack, gate, `ready` note, moves, marker
 //! (see [`crate::restoration`]) — so an update is as all-or-nothing as a restore: killed
-//! before its gate, the volume is still at its old snapshot; after, the next run finishes.
+//! before its gate, the volume is still at its old snapshot (a database written in place
+//! once the next run rolled its journal back, the first thing any restore does); after,
+//! the next run finishes.
 //!
 //! A volume that changed since its restore (Signal ran on it) is refused unless `--force`:
 //! then whatever changed is fetched from the repository and moved aside, not deleted.
@@ -21,11 +26,15 @@ use anyhow::{Context, Result, bail};
 
 use crate::archive;
 use crate::cancel::Cancel;
+use crate::catch_up;
+use crate::db_rebuild::Deltas;
 use crate::exit::{self, Exit};
 use crate::home::{Home, Opened};
 use crate::index::{DbChain, EntryKind, IndexEntry};
-use crate::profile;
+use crate::profile::{self, DbKey};
+use crate::raw_pages::RawPageList;
 use crate::readback::Plan;
+use crate::restoration::DbFile;
 use crate::reuse;
 use crate::walk::{self, Kind};
 
@@ -40,6 +49,9 @@ pub struct FromVolume {
     db_copy: Option<std::fs::Metadata>,
     /// What rebuilding the database then takes: only the deltas newer than the volume's.
     db_chain: Option<DbChain>,
+    /// The page list of the volume's database, when the deltas are written into it in
+    /// place ([`crate::catch_up`]) rather than into a copy: it is then linked.
+    db_in_place: Option<RawPageList>,
 }
 
 impl FromVolume {
@@ -53,6 +65,7 @@ impl FromVolume {
         old: &[IndexEntry],
         plan: &mut Plan,
         force: bool,
+        db_file: Option<&DbFile>,
         cancel: &Cancel,
     ) -> Result<Self> {
         let excludes = profile::excludes(&[])?;
@@ -92,6 +105,7 @@ impl FromVolume {
             linked: Vec::new(),
             db_copy: None,
             db_chain: None,
+            db_in_place: None,
         };
         let mut not_needed: HashMap<String, Vec<PathBuf>> = HashMap::new();
         for new in plan.files() {
@@ -124,12 +138,16 @@ impl FromVolume {
                     ..after.clone()
                 });
                 if before != after {
-                    not_needed
-                        .entry(archive)
-                        .or_default()
-                        .push(new.path.clone());
-                    taken.db_copy = Some(entry.metadata.clone());
-                    continue;
+                    taken.db_in_place =
+                        in_place_base(volume, db_file, &entry.metadata, before, after);
+                    if taken.db_in_place.is_none() {
+                        not_needed
+                            .entry(archive)
+                            .or_default()
+                            .push(new.path.clone());
+                        taken.db_copy = Some(entry.metadata.clone());
+                        continue;
+                    }
                 }
             } else if !restores_as(previous, new) {
                 continue;
@@ -145,10 +163,11 @@ impl FromVolume {
         plan.leave_out(&not_needed);
         tracing::info!(
             linked = taken.linked.len(),
-            database = match (&taken.db_chain, &taken.db_copy) {
-                (Some(_), Some(_)) => "brought forward with the newer deltas",
-                (Some(_), None) => "unchanged",
-                (None, _) => "fetched",
+            database = match (&taken.db_chain, &taken.db_copy, &taken.db_in_place) {
+                (Some(_), _, Some(_)) => "brought forward in place with the newer deltas",
+                (Some(_), Some(_), None) => "copied, brought forward with the newer deltas",
+                (Some(_), None, None) => "unchanged",
+                (None, _, _) => "fetched",
             },
             archives = plan.steps.len(),
             "updating: files the volume already holds are not fetched again"
@@ -162,8 +181,53 @@ impl FromVolume {
         self.db_chain.as_ref()
     }
 
-    /// Puts what is taken from the volume into `staging`: hard links of the files, a copy
-    /// of Signal's database (it will be written). Every file is opened without following a
+    /// The page list of the volume's database when the deltas are written into it in
+    /// place: the database is then the volume's own file, linked into the staging
+    /// directory.
+    pub fn db_in_place(&self) -> Option<&RawPageList> {
+        self.db_in_place.as_ref()
+    }
+
+    /// Writes the newer deltas into the volume's database in place ([`crate::catch_up`]),
+    /// keyed from `config` (the snapshot's `config.json`); `to` is the snapshot they bring
+    /// it to; `staged` is the database's link in the staging directory. Returns its new
+    /// page list.
+    pub fn catch_up_in_place(
+        &self,
+        staged: &Path,
+        deltas: &Deltas,
+        expected_bytes: &dyn Fn(&str) -> Option<u64>,
+        config: &[u8],
+        to: &str,
+        cancel: &Cancel,
+    ) -> Result<RawPageList> {
+        let (Some(base), Some(chain)) = (&self.db_in_place, &self.db_chain) else {
+            bail!("Signal's database is not written in place by this update");
+        };
+        let key = DbKey::from_config_json(config, Path::new(profile::SIGNAL_CONFIG))?;
+        let chain = catch_up::Chain {
+            deltas,
+            chain,
+            expected_bytes,
+        };
+        let db = catch_up::AnchoredDb::open(&self.volume)?;
+        let base = base.clone();
+        catch_up::catch_up(db.path(), staged, &key, base, &chain, to, cancel).map_err(|err| {
+            if crate::cancel::is_cancelled(&err) {
+                return err;
+            }
+            err.context(
+                "the target's Signal database is not the version its restore left, or could \
+                 not be brought forward in place; it was put back as it was and nothing was \
+                 moved into place. Run the update again (it copies the database then), or \
+                 restore over it without --update (with --force)",
+            )
+        })
+    }
+
+    /// Puts what is taken from the volume into `staging`: hard links of the files (Signal's
+    /// database among them when it is written in place), or a copy of the database (it
+    /// will be written). Every file is opened without following a
     /// link and must still be the one listed.
     pub fn stage(&self, staging: &Path, cancel: &Cancel) -> Result<()> {
         let home = Home::open(&self.volume)?;
@@ -201,6 +265,51 @@ impl FromVolume {
         }
         Ok(())
     }
+}
+
+/// The page list of the volume's database, to write the newer deltas into it in place:
+/// only while the file is provably the one its restore left (the inode and change time
+/// that restore recorded in the marker) and the volume's catalog still holds the page
+/// list of the version `before` names (it is on the user's volume: it must hash to that
+/// signed digest). Otherwise `None`: the database is copied and checked whole.
+fn in_place_base(
+    volume: &Path,
+    recorded: Option<&DbFile>,
+    listed: &std::fs::Metadata,
+    before: &DbChain,
+    after: &DbChain,
+) -> Option<RawPageList> {
+    let why_not = match recorded {
+        _ if !(before.is_raw() && after.raw_page_size == before.raw_page_size) => {
+            "its chain is not raw pages (a snapshot of format 1 or 2): its deltas are decrypted pages"
+        }
+        None => {
+            "the marker records no database file (restored by an older agent, or finished after a kill)"
+        }
+        Some(file) if *file != DbFile::of(listed) => {
+            "the database file's inode or change time is not the one its restore recorded"
+        }
+        Some(_) => match crate::signal_db::plain_tree(volume, Path::new(profile::SIGNAL_DB)) {
+            Err(_) => "the database's path is not a plain directory tree",
+            Ok(()) => match catalog_page_list(volume, &before.pages) {
+                Some(list) => return Some(list),
+                None => "the volume's catalog holds no page list of the restored version",
+            },
+        },
+    };
+    tracing::info!(
+        why = why_not,
+        "Signal's database is copied and brought forward, not written in place"
+    );
+    None
+}
+
+fn catalog_page_list(volume: &Path, digest: &str) -> Option<RawPageList> {
+    let path = volume.join(crate::catalog::DEFAULT_NAME);
+    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    crate::catalog::Catalog::open(&path).ok()?.page_list(digest)
 }
 
 /// Whether the file `old` restored is the file `new` restores: same content, and the

@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 
 use crate::blocking::{self, Remote};
+use crate::db_rebuild::Rebuilt;
 use crate::exit::{self, Exit};
 use crate::fsutil;
 use crate::keys::Identities;
 use crate::manifest::Manifest;
-use crate::pages::PageList;
 use crate::readback::{self, Plan};
 use crate::repo::{Repository, Selector};
 use crate::restoration::{self, Next};
@@ -105,6 +105,8 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     if !options.prestage {
         check_lease(remote, options)?;
     }
+    // An in-place catch-up interrupted before its commit point is undone first.
+    restoration::settle_db_journal(target)?;
     // An update starts from a completed restore: one asked for, or a pre-staged volume
     // that is to be brought to a newer snapshot.
     let mut restored = restoration::completed(target)?
@@ -205,6 +207,12 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
             tracing::warn!(error = %err, path = %replaced.display(), "cannot remove the old snapshot's entries; remove them by hand");
         }
     }
+    if let Err(err) = restoration::record_db_file(target, &ready) {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            "cannot record the restored database's stat; the next update copies it"
+        );
+    }
     seed_catalog(remote, options, &manifest, plan, db_pages);
     Ok(Outcome::Restored(ready))
 }
@@ -235,6 +243,7 @@ fn update_from(
         &old_entries,
         plan,
         options.force,
+        marker.db_file.as_ref(),
         remote.cancel(),
     )
 }
@@ -297,7 +306,7 @@ fn stage_and_gate(
     manifest: &Manifest,
     identities: &Identities,
     from_volume: Option<&FromVolume>,
-) -> Result<(Marker, Option<PageList>)> {
+) -> Result<(Marker, Option<Rebuilt>)> {
     let cancel = remote.cancel();
     let staging = restoration::begin(&options.target)?;
     cancel.enter("download and unpack")?;
@@ -325,7 +334,7 @@ fn seed_catalog(
     options: &RestoreOptions,
     manifest: &Manifest,
     plan: Plan,
-    db_pages: Option<PageList>,
+    db_pages: Option<Rebuilt>,
 ) {
     if plan.entries.is_empty() {
         return;
@@ -341,7 +350,7 @@ fn seed_catalog(
         manifest,
         chain_full.as_ref(),
         plan.entries,
-        db_pages.as_ref(),
+        db_pages.as_ref().and_then(Rebuilt::raw),
         options.chown,
     ) {
         tracing::warn!(

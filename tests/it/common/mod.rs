@@ -331,10 +331,16 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(db: &Path, key: &str, ids: &Path) -> Self {
+        Self::start_with(db, key, ids, &[])
+    }
+
+    /// With writer.mjs's `options` (`--checkpoint-ms 20`, …).
+    pub fn start_with(db: &Path, key: &str, ids: &Path, options: &[&str]) -> Self {
         let child = node_script("writer.mjs")
             .arg(db)
             .arg(key)
             .arg(ids)
+            .args(options)
             .spawn(Stdio::piped(), Stdio::inherit());
         Self {
             child,

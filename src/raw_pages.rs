@@ -1,0 +1,484 @@
+//! Signal's database as raw pages: the bytes of each page as SQLCipher wrote them, still
+//! encrypted, hashed and copied without the key (format 3, docs/format.md "Database
+//! deltas").
+//!
+//! A checkpoint copies WAL frames into `db.sqlite` as they are, so a page's raw bytes
+//! change only when a transaction rewrote it (SIGNAL.md, "Raw (still encrypted) page
+//! bytes"), and an encrypted page is valid at its own page number under the same key and
+//! salt. So a [`RawPageList`] compares two versions of the database without decrypting
+//! either, and a [`RawDelta`] rebuilds the newer one from the older by writing pages at
+//! their offsets. The key is only needed to check the result (`cipher_integrity_check`
+//! verifies every page's HMAC).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::cancel::Cancel;
+
+/// A raw page's hash: the first 16 bytes of SHA-256 over the whole page as stored.
+pub type RawPageHash = [u8; 16];
+
+/// Smallest and largest page size SQLite uses.
+pub const PAGE_SIZES: std::ops::RangeInclusive<u32> = 512..=65536;
+
+/// The hash of every raw page of one database version, in page order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPageList {
+    pub page_size: u32,
+    pub hashes: Vec<RawPageHash>,
+}
+
+/// The hash of one raw page.
+pub fn raw_page_hash(page: &[u8]) -> RawPageHash {
+    Sha256::digest(page)[..16].try_into().expect("16 bytes")
+}
+
+impl RawPageList {
+    pub fn new(page_size: u32) -> Self {
+        Self {
+            page_size,
+            hashes: Vec::new(),
+        }
+    }
+
+    pub fn page_count(&self) -> u32 {
+        self.hashes.len() as u32
+    }
+
+    /// Bytes of the database file this list describes.
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.page_count()) * u64::from(self.page_size)
+    }
+
+    /// SHA-256 over `"ghostwire-backup raw pages 3\n"`, the page size, the page count
+    /// (u32, big-endian) and every page's hash: what index entries and raw deltas name a
+    /// database version by. Another domain than the decrypted lists' digest, so the two
+    /// never match by accident.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(b"ghostwire-backup raw pages 3\n");
+        hash.update(self.page_size.to_be_bytes());
+        hash.update(self.page_count().to_be_bytes());
+        for page in &self.hashes {
+            hash.update(page);
+        }
+        hash.finalize().into()
+    }
+
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest())
+    }
+
+    /// Hashes every page of the file `file` (a raw full copy, unpacked), `page_size` bytes
+    /// each; a file that is not a whole number of pages is refused.
+    pub fn of_file(file: &File, page_size: u32, cancel: &Cancel) -> Result<Self> {
+        let len = file.metadata()?.len();
+        if !PAGE_SIZES.contains(&page_size) || !len.is_multiple_of(u64::from(page_size)) {
+            bail!(
+                "Signal's database copy is {len} bytes, not a whole number of {page_size}-byte \
+                 pages: damaged"
+            );
+        }
+        let mut list = Self::new(page_size);
+        let mut buffer = vec![0u8; (4 << 20) / page_size as usize * page_size as usize];
+        let mut offset = 0;
+        while offset < len {
+            cancel.check()?;
+            let take = (len - offset).min(buffer.len() as u64) as usize;
+            let chunk = &mut buffer[..take];
+            file.read_exact_at(chunk, offset)?;
+            list.hashes
+                .extend(chunk.chunks_exact(page_size as usize).map(raw_page_hash));
+            offset += chunk.len() as u64;
+        }
+        Ok(list)
+    }
+
+    /// The catalog's form: the page size, then the hashes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(4 + self.hashes.len() * 16);
+        bytes.extend_from_slice(&self.page_size.to_be_bytes());
+        for page in &self.hashes {
+            bytes.extend_from_slice(page);
+        }
+        bytes
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < 4 || !(bytes.len() - 4).is_multiple_of(16) {
+            return None;
+        }
+        Some(Self {
+            page_size: u32::from_be_bytes(bytes[..4].try_into().ok()?),
+            hashes: bytes[4..]
+                .chunks_exact(16)
+                .map(|c| c.try_into().expect("16 bytes"))
+                .collect(),
+        })
+    }
+
+    /// Pages of `self` whose raw bytes differ from `base`'s (every page past its end
+    /// included), or `None` when the page sizes differ.
+    pub fn changed_since(&self, base: &RawPageList) -> Option<Vec<u32>> {
+        if self.page_size != base.page_size {
+            return None;
+        }
+        let changed = self
+            .hashes
+            .iter()
+            .enumerate()
+            .filter(|(n, hash)| base.hashes.get(*n) != Some(hash))
+            .map(|(n, _)| n as u32 + 1)
+            .collect();
+        Some(changed)
+    }
+}
+
+/// The pages that turn one raw database version into the next: the page size, the page
+/// count after it (the file is cut or grown to it), and each changed page's number and
+/// raw bytes, ascending. Streamed, never held whole: see docs/format.md for its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDeltaHeader {
+    pub page_size: u32,
+    pub page_count: u32,
+    /// Pages the delta holds.
+    pub pages: u32,
+    /// [`RawPageList::digest`] of the version it applies to, and of the result.
+    pub base: [u8; 32],
+    pub result: [u8; 32],
+}
+
+/// The first bytes of a raw delta.
+pub const RAW_DELTA_MAGIC: &[u8; 8] = b"GWBRAWD3";
+
+/// Magic, page size, page count, pages in the delta, base and result digests.
+pub const RAW_DELTA_HEADER_LEN: u64 = 8 + 4 + 4 + 4 + 32 + 32;
+
+impl RawDeltaHeader {
+    /// Bytes of the whole delta: header, then each page as its number and its bytes.
+    pub fn bytes(&self) -> u64 {
+        RAW_DELTA_HEADER_LEN + u64::from(self.pages) * (4 + u64::from(self.page_size))
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RAW_DELTA_HEADER_LEN as usize);
+        out.extend_from_slice(RAW_DELTA_MAGIC);
+        out.extend_from_slice(&self.page_size.to_be_bytes());
+        out.extend_from_slice(&self.page_count.to_be_bytes());
+        out.extend_from_slice(&self.pages.to_be_bytes());
+        out.extend_from_slice(&self.base);
+        out.extend_from_slice(&self.result);
+        out
+    }
+}
+
+impl RawDeltaHeader {
+    /// Reads and checks a header from an archive entry of `entry_len` bytes: page size a
+    /// power of two SQLite uses, page count possible, length exactly as it says.
+    pub fn read(input: &mut impl Read, entry_len: u64) -> Result<Self> {
+        let mut bytes = [0u8; RAW_DELTA_HEADER_LEN as usize];
+        input
+            .read_exact(&mut bytes)
+            .context("the database delta is shorter than its header")?;
+        if &bytes[..8] != RAW_DELTA_MAGIC {
+            bail!(
+                "the database delta does not start with {RAW_DELTA_MAGIC:?}: not a raw delta \
+                 this agent wrote"
+            );
+        }
+        let number = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+        let header = Self {
+            page_size: number(8),
+            page_count: number(12),
+            pages: number(16),
+            base: bytes[20..52].try_into().unwrap(),
+            result: bytes[52..84].try_into().unwrap(),
+        };
+        if !PAGE_SIZES.contains(&header.page_size) || !header.page_size.is_power_of_two() {
+            bail!(
+                "the database delta names a page size of {} bytes, which SQLite never uses",
+                header.page_size
+            );
+        }
+        if header.page_count == 0 || header.page_count == u32::MAX {
+            bail!(
+                "the database delta names {} pages, which SQLite never has",
+                header.page_count
+            );
+        }
+        if header.pages > header.page_count || header.bytes() != entry_len {
+            bail!(
+                "the database delta is {entry_len} bytes but its header describes {} pages \
+                 of {} bytes: damaged",
+                header.pages,
+                header.page_size
+            );
+        }
+        Ok(header)
+    }
+}
+
+/// A raw delta to archive: the header and which pages of the image changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDelta {
+    pub header: RawDeltaHeader,
+    pub changed: Vec<u32>,
+}
+
+impl RawDelta {
+    /// The delta from `base` to `now`, or `None` when the page sizes differ.
+    pub fn between(base: &RawPageList, now: &RawPageList) -> Option<Self> {
+        let changed = now.changed_since(base)?;
+        Some(Self {
+            header: RawDeltaHeader {
+                page_size: now.page_size,
+                page_count: now.page_count(),
+                pages: changed.len() as u32,
+                base: base.digest(),
+                result: now.digest(),
+            },
+            changed,
+        })
+    }
+}
+
+/// Reads a whole raw delta, header then pages, the pages from the raw image `image` as it
+/// goes (still encrypted: nothing is decrypted).
+pub struct RawDeltaReader {
+    image: File,
+    changed: std::vec::IntoIter<u32>,
+    page_size: usize,
+    buffer: Vec<u8>,
+    position: usize,
+}
+
+impl RawDeltaReader {
+    pub fn new(image: &std::path::Path, delta: &RawDelta) -> Result<Self> {
+        let image = File::open(image)
+            .with_context(|| format!("cannot open the database image {}", image.display()))?;
+        Ok(Self {
+            image,
+            changed: delta.changed.clone().into_iter(),
+            page_size: delta.header.page_size as usize,
+            buffer: delta.header.to_bytes(),
+            position: 0,
+        })
+    }
+
+    fn next_page(&mut self) -> io::Result<bool> {
+        let Some(pgno) = self.changed.next() else {
+            return Ok(false);
+        };
+        self.buffer.clear();
+        self.buffer.extend_from_slice(&pgno.to_be_bytes());
+        self.buffer.resize(4 + self.page_size, 0);
+        let offset = u64::from(pgno - 1) * self.page_size as u64;
+        self.image.read_exact_at(&mut self.buffer[4..], offset)?;
+        self.position = 0;
+        Ok(true)
+    }
+}
+
+impl Read for RawDeltaReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.position == self.buffer.len() && !self.next_page()? {
+            return Ok(0);
+        }
+        let n = out.len().min(self.buffer.len() - self.position);
+        out[..n].copy_from_slice(&self.buffer[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+/// Applies one raw delta (an archive entry of `entry_len` bytes) to the database file `db`
+/// (a copy we unpacked, never the user's live file), whose raw pages `list` describes:
+/// each page is written at `(pgno - 1) × page_size`, then the file is cut or grown to the
+/// delta's page count. `expected_bytes` is the database's size after it, from the snapshot
+/// that wrote the delta. The delta is refused before anything is written unless its header
+/// is sound and its base is `list`; a page out of order or past the end stops it, and the
+/// result must hash to the delta's result digest: a caller that gets an error throws the
+/// file away. `list` then describes the result.
+pub fn apply_raw_delta(
+    db: &File,
+    list: &mut RawPageList,
+    delta: &mut impl Read,
+    entry_len: u64,
+    expected_bytes: u64,
+    cancel: &Cancel,
+) -> Result<()> {
+    let header = RawDeltaHeader::read(delta, entry_len)?;
+    if header.page_size != list.page_size {
+        bail!(
+            "the database delta has pages of {} bytes but the database it applies to has {}: \
+             it belongs to another database",
+            header.page_size,
+            list.page_size
+        );
+    }
+    if header.base != list.digest() {
+        bail!(
+            "the database delta does not apply to the database rebuilt so far (its base \
+             digest differs): it belongs to another chain, or an archive was swapped"
+        );
+    }
+    if u64::from(header.page_count) * u64::from(header.page_size) != expected_bytes {
+        bail!(
+            "the database delta makes a database of {} pages of {} bytes, but its snapshot \
+             records {expected_bytes} bytes",
+            header.page_count,
+            header.page_size
+        );
+    }
+    let mut page = vec![0u8; header.page_size as usize];
+    let mut previous = 0u32;
+    for n in 0..header.pages {
+        if n.is_multiple_of(1024) {
+            cancel.check()?;
+        }
+        let mut number = [0u8; 4];
+        delta.read_exact(&mut number)?;
+        let pgno = u32::from_be_bytes(number);
+        if pgno <= previous || pgno > header.page_count || pgno > list.page_count() + 1 {
+            bail!(
+                "the database delta names page {pgno} after page {previous}, in a database \
+                 of {} pages growing to {}: damaged or forged",
+                list.page_count(),
+                header.page_count
+            );
+        }
+        delta.read_exact(&mut page)?;
+        db.write_all_at(&page, u64::from(pgno - 1) * u64::from(header.page_size))?;
+        let hash = raw_page_hash(&page);
+        match list.hashes.get_mut(pgno as usize - 1) {
+            Some(slot) => *slot = hash,
+            None => list.hashes.push(hash),
+        }
+        previous = pgno;
+    }
+    if list.page_count() < header.page_count {
+        bail!("the database delta does not hold the pages the database grew by");
+    }
+    list.hashes.truncate(header.page_count as usize);
+    db.set_len(expected_bytes)?;
+    if list.digest() != header.result {
+        bail!("the database rebuilt with the delta does not hash to the delta's result: damaged");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(pages: &[u8]) -> RawPageList {
+        RawPageList {
+            page_size: 4096,
+            hashes: pages.iter().map(|&b| raw_page_hash(&[b; 4096])).collect(),
+        }
+    }
+
+    #[test]
+    fn a_delta_names_the_pages_that_differ_and_every_page_past_the_old_end() {
+        let delta = RawDelta::between(&list(&[1, 2, 3]), &list(&[1, 9, 3, 4, 5])).unwrap();
+        assert_eq!(delta.changed, vec![2, 4, 5]);
+        assert_eq!(delta.header.page_count, 5);
+        assert_eq!(delta.header.bytes(), RAW_DELTA_HEADER_LEN + 3 * 4100);
+        assert_ne!(list(&[1, 2]).digest(), list(&[1, 2, 2]).digest());
+        let other_size = RawPageList {
+            page_size: 1024,
+            ..list(&[1])
+        };
+        assert_eq!(RawDelta::between(&other_size, &list(&[1])), None);
+    }
+
+    fn file_of(dir: &std::path::Path, name: &str, pages: &[u8]) -> std::path::PathBuf {
+        let path = dir.join(name);
+        let bytes: Vec<u8> = pages.iter().flat_map(|&b| [b; 4096]).collect();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn rebuild(base: &[u8], now: &[u8]) -> Result<Vec<u8>> {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            file_of(dir.path(), "old", base),
+            file_of(dir.path(), "new", now),
+        );
+        let cancel = Cancel::new();
+        let mut list = RawPageList::of_file(&File::open(&old)?, 4096, &cancel)?;
+        let target = RawPageList::of_file(&File::open(&new)?, 4096, &cancel)?;
+        let delta = RawDelta::between(&list, &target).unwrap();
+        let mut bytes = Vec::new();
+        RawDeltaReader::new(&new, &delta)?.read_to_end(&mut bytes)?;
+        assert_eq!(bytes.len() as u64, delta.header.bytes());
+        let db = File::options().read(true).write(true).open(&old)?;
+        apply_raw_delta(
+            &db,
+            &mut list,
+            &mut &bytes[..],
+            bytes.len() as u64,
+            target.bytes(),
+            &cancel,
+        )?;
+        assert_eq!(list, target);
+        Ok(std::fs::read(&old)?)
+    }
+
+    #[test]
+    fn a_raw_delta_rebuilds_the_newer_file_growing_and_shrinking() {
+        for (base, now) in [
+            (&[1u8, 2, 3][..], &[1u8, 9, 3, 4, 5][..]),
+            (&[1, 2, 3, 4], &[1, 7]),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let expected = std::fs::read(file_of(dir.path(), "x", now)).unwrap();
+            assert!(rebuild(base, now).unwrap() == expected);
+        }
+    }
+
+    #[test]
+    fn a_forged_raw_delta_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            file_of(dir.path(), "old", &[1, 2, 3]),
+            file_of(dir.path(), "new", &[1, 9, 3, 4]),
+        );
+        let cancel = Cancel::new();
+        let base = RawPageList::of_file(&File::open(&old).unwrap(), 4096, &cancel).unwrap();
+        let target = RawPageList::of_file(&File::open(&new).unwrap(), 4096, &cancel).unwrap();
+        let delta = RawDelta::between(&base, &target).unwrap();
+        let mut good = Vec::new();
+        RawDeltaReader::new(&new, &delta)
+            .unwrap()
+            .read_to_end(&mut good)
+            .unwrap();
+        let first = RAW_DELTA_HEADER_LEN as usize;
+        let mut cases: Vec<(&str, Vec<u8>, u64)> =
+            vec![("a size not recorded", good.clone(), 8192)];
+        let mut other_base = good.clone();
+        other_base[20] ^= 1;
+        cases.push(("another base", other_base, target.bytes()));
+        let mut far = good.clone();
+        far[first..first + 4].copy_from_slice(&9u32.to_be_bytes());
+        cases.push(("a page past the end", far, target.bytes()));
+        let mut changed = good.clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        cases.push(("a changed page", changed, target.bytes()));
+        let mut short = good.clone();
+        short.truncate(good.len() - 10);
+        cases.push(("a cut delta", short, target.bytes()));
+        for (what, bytes, expected) in cases {
+            let db = File::options().read(true).write(true).open(&old).unwrap();
+            let mut list = base.clone();
+            let len = bytes.len() as u64;
+            let err = apply_raw_delta(&db, &mut list, &mut &bytes[..], len, expected, &cancel);
+            assert!(err.is_err(), "{what} was applied");
+        }
+    }
+}
