@@ -447,6 +447,82 @@ mod tests {
         );
     }
 
+    /// The final snapshot's changes: the same hashes as a whole image, and the pages
+    /// that differ from the base, byte for byte; the others are not written.
+    #[test]
+    fn the_changes_hold_the_pages_that_differ_from_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live.sqlite");
+        let live = Connection::open(&live_path).unwrap();
+        live.execute_batch(&key().pragma()).unwrap();
+        live.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(x, path);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO t SELECT randomblob(300), NULL FROM n;",
+        )
+        .unwrap();
+        let take_whole = |name: &str| {
+            let path = dir.path().join(name);
+            let listed = std::fs::metadata(&live_path).unwrap();
+            let list = raw_image(
+                &live_path,
+                &listed,
+                &path,
+                Some(&key()),
+                Duration::from_secs(1),
+                &Cancel::new(),
+            )
+            .unwrap();
+            (list, std::fs::read(&path).unwrap())
+        };
+        let (base, _) = take_whole("base.sqlite");
+        let name = format!("ab/ab{}", "0".repeat(62));
+        live.execute("INSERT INTO t VALUES (randomblob(5000), ?1)", [&name])
+            .unwrap();
+        let (whole, whole_bytes) = take_whole("whole.sqlite");
+        let changes_path = dir.path().join("changes.sqlite");
+        let listed = std::fs::metadata(&live_path).unwrap();
+        let changes = raw_changes(
+            &live_path,
+            &listed,
+            &changes_path,
+            &key(),
+            &base,
+            Duration::from_secs(1),
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert_eq!(changes.pages, whole);
+        assert!(
+            changes.references.contains(&name),
+            "{:?}",
+            changes.references
+        );
+        let sparse = std::fs::read(&changes_path).unwrap();
+        assert_eq!(sparse.len(), whole_bytes.len());
+        let changed = whole.changed_since(&base).unwrap();
+        assert!(!changed.is_empty() && changed.len() < whole.hashes.len() / 4);
+        for (n, (page, expected)) in sparse
+            .chunks(4096)
+            .zip(whole_bytes.chunks(4096))
+            .enumerate()
+        {
+            if changed.contains(&(n as u32 + 1)) {
+                assert!(
+                    page == expected,
+                    "page {} differs from the whole image",
+                    n + 1
+                );
+            } else {
+                assert!(
+                    page.iter().all(|&b| b == 0),
+                    "page {} written though unchanged",
+                    n + 1
+                );
+            }
+        }
+    }
+
     /// Signal quit: the database was checkpointed and its `-wal` removed.
     #[test]
     fn a_database_whose_wal_was_removed_is_imaged_from_its_file() {
