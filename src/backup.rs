@@ -167,17 +167,38 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
             );
             Some(reused)
         }
-        None => signal_db::snapshot_signal_db(
-            &options.source,
-            options.db_key_file.as_deref(),
-            &staging,
-            options.db_wait,
-            cancel,
-        )?
-        .map(|copied| {
-            let copied = SignalSnapshot { stamp, ..copied };
-            signal_db::as_delta(copied, parent_db, parent_pages.as_ref())
-        }),
+        None => {
+            // The final snapshot, which the desktop waits for, writes only the changed pages.
+            let changes = match (options.r#final, parent_pages.as_ref()) {
+                (true, Some(base)) => signal_db::snapshot_changes(
+                    &options.source,
+                    options.db_key_file.as_deref(),
+                    &staging,
+                    options.db_wait,
+                    parent_db,
+                    base,
+                    cancel,
+                )?,
+                _ => None,
+            };
+            match changes {
+                Some(changes) => Some(SignalSnapshot {
+                    stamp: stamp.clone(),
+                    ..changes
+                }),
+                None => signal_db::snapshot_signal_db(
+                    &options.source,
+                    options.db_key_file.as_deref(),
+                    &staging,
+                    options.db_wait,
+                    cancel,
+                )?
+                .map(|copied| {
+                    let copied = SignalSnapshot { stamp, ..copied };
+                    signal_db::as_delta(copied, parent_db, parent_pages.as_ref())
+                }),
+            }
+        }
     };
     let db_pages = signal.as_ref().and_then(|s| s.pages.clone());
     // The copy's checks read the whole database: they run beside the archive and upload,

@@ -342,6 +342,65 @@ pub fn snapshot_signal_db(
     }))
 }
 
+/// The final snapshot's fast path: Signal's database as a delta against the parent's
+/// version (`base`, its raw page list, from the catalog), writing only the changed pages
+/// ([`wal::raw_changes`]) instead of a whole image. `None` when it does not apply (no
+/// database, no raw chain to extend, a delta too large): then [`snapshot_signal_db`]
+/// takes a full image, as for any backup.
+pub fn snapshot_changes(
+    home: &Path,
+    key_file: Option<&Path>,
+    staging: &Staging,
+    wait: Duration,
+    parent_entry: Option<&IndexEntry>,
+    base: &RawPageList,
+    cancel: &Cancel,
+) -> Result<Option<SignalSnapshot>> {
+    let home = Home::open(home)?;
+    let relative = Path::new(profile::SIGNAL_DB);
+    let db = home.path().join(relative);
+    let Ok(listed) = home.lstat(relative) else {
+        return Ok(None);
+    };
+    if !listed.is_file() {
+        return Ok(None);
+    }
+    let key = read_key(&home, key_file)?;
+    let copy = staging.file("signal-changes.sqlite");
+    let changes = wal::raw_changes(&db, &listed, &copy, &key, base, wait, cancel)
+        .context("cannot snapshot Signal's database")?;
+    if !matches!(home.open_listed(relative, &listed)?, Opened::File(..)) {
+        std::fs::remove_file(&copy).ok();
+        return Ok(None); // the full path says why
+    }
+    let changed = SignalSnapshot {
+        info: DatabaseInfo {
+            user_version: changes.user_version,
+            check: crate::manifest::NOT_CHECKED.to_string(),
+            checks: Some(Vec::new()),
+            bytes: changes.pages.bytes(),
+            delta_pages: None,
+        },
+        references: changes.references,
+        stamp: None,
+        pages: Some(changes.pages),
+        origin: Origin::Copied {
+            copy: copy.clone(),
+            key,
+        },
+    };
+    let snapshot = as_delta(changed, parent_entry, Some(base));
+    if !matches!(snapshot.origin, Origin::Delta { .. }) {
+        // Only the changed pages are in the file: never archived as a copy.
+        std::fs::remove_file(&copy).ok();
+        return Ok(None);
+    }
+    tracing::info!(
+        "final snapshot: Signal's database read once, only the pages that changed written to staging"
+    );
+    Ok(Some(snapshot))
+}
+
 /// The whole-database checks of a snapshot's copy (`quick_check` and
 /// `cipher_integrity_check`), on a thread of their own beside the archive and upload,
 /// which read the same copy. A backup that fails or is cut stops them (dropping this

@@ -467,6 +467,14 @@ pub fn attachment_references(db: &Path, key: &DbKey, cancel: &Cancel) -> Result<
     references(&conn).map_err(|err| cut_or(cancel, err))
 }
 
+/// [`attachment_references`] of the database `conn` has open (in its transaction, if any).
+pub(crate) fn references_of(conn: &mut Connection, cancel: &Cancel) -> Result<HashSet<String>> {
+    interruptible(conn, cancel)?;
+    let found = references(conn).map_err(|err| cut_or(cancel, err));
+    conn.progress_handler(0, None::<fn() -> bool>)?;
+    found
+}
+
 fn references(conn: &Connection) -> Result<HashSet<String>> {
     let mut columns = Vec::new();
     let mut tables = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;

@@ -20,9 +20,8 @@
 //! descriptors are never closed here: closing any descriptor of a file drops every POSIX
 //! lock the process holds on it, SQLite's included.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, Metadata};
-use std::io::{Seek, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::FileExt;
@@ -82,12 +81,74 @@ pub fn raw_image(
     wait: Duration,
     cancel: &Cancel,
 ) -> Result<RawPageList> {
+    let taken = take(source, listed, copy, key, wait, None, cancel, |_| Ok(()))?;
+    Ok(taken.0)
+}
+
+/// What [`raw_changes`] read: the image's page list, the attachment references and the
+/// `user_version` of the database.
+pub struct Changes {
+    pub pages: RawPageList,
+    pub references: HashSet<String>,
+    pub user_version: i64,
+}
+
+/// Like [`raw_image`], but writes only the pages whose raw hash differs from `base`'s, at
+/// their offsets, into a sparse `copy` (the rest are holes): not a database, only the
+/// source of a delta against `base`. Writing a GiB-sized image costs seconds on a slow
+/// disk; the final snapshot, which the desktop waits for, needs only the changes. The
+/// attachment references are read in the same read transaction, from the live database
+/// (at the transaction's snapshot, which with Signal down is the image's).
+pub fn raw_changes(
+    source: &Path,
+    listed: &Metadata,
+    copy: &Path,
+    key: &DbKey,
+    base: &RawPageList,
+    wait: Duration,
+    cancel: &Cancel,
+) -> Result<Changes> {
+    let read = |live: &mut Connection| -> Result<(HashSet<String>, i64)> {
+        let references = sqlite::references_of(live, cancel)?;
+        let user_version = live.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        Ok((references, user_version))
+    };
+    let (pages, (references, user_version)) = take(
+        source,
+        listed,
+        copy,
+        Some(key),
+        wait,
+        Some(base),
+        cancel,
+        read,
+    )?;
+    Ok(Changes {
+        pages,
+        references,
+        user_version,
+    })
+}
+
+/// The image, with the pages equal to `unchanged`'s left out if given, and what `inside`
+/// reads from the live database inside the same read transaction.
+#[allow(clippy::too_many_arguments)]
+fn take<T>(
+    source: &Path,
+    listed: &Metadata,
+    copy: &Path,
+    key: Option<&DbKey>,
+    wait: Duration,
+    unchanged: Option<&RawPageList>,
+    cancel: &Cancel,
+    inside: impl FnOnce(&mut Connection) -> Result<T>,
+) -> Result<(RawPageList, T)> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    let live = sqlite::open(source, flags, key)?;
+    let mut live = sqlite::open(source, flags, key)?;
     sqlite::check_opened(&live, source, listed)?;
     let page_size = page_size(&live, source)?;
     let wal_mode = journal_mode(&live)? == "wal";
-    let mut out = File::options()
+    let out = File::options()
         .write(true)
         .create_new(true)
         .open(copy)
@@ -108,18 +169,19 @@ pub fn raw_image(
         };
         let page_count = frames.db_pages.unwrap_or(snapshot_pages);
         out.set_len(0)?;
-        out.rewind()?;
         let image = Image {
             db: &db,
             wal: wal.as_deref(),
             frames: &frames,
             source,
+            unchanged,
         };
-        let list = image.write(page_size, page_count, &mut out, cancel)?;
+        let list = image.write(page_size, page_count, &out, cancel)?;
         if wal.as_deref().map(read_header).transpose()?.flatten() == header {
+            let read = inside(&mut live)?;
             drop(live); // ends the read transaction: Signal's checkpoints may go on
             tracing::debug!(db = %source.display(), pages = page_count, elapsed = ?started.elapsed(), "raw database image taken");
-            return Ok(list);
+            return Ok((list, read));
         }
         tracing::debug!(db = %source.display(), "the WAL was restarted while it was read: reading it again");
     }
@@ -136,16 +198,18 @@ struct Image<'a> {
     wal: Option<&'a File>,
     frames: &'a Frames,
     source: &'a Path,
+    /// Pages whose hash is this list's are not written (a sparse image of the changes).
+    unchanged: Option<&'a RawPageList>,
 }
 
 impl Image<'_> {
-    /// Writes pages 1 to `page_count` into `out`, each from the WAL if a committed frame
-    /// holds it, else from the database file, and returns their hashes.
+    /// Writes pages 1 to `page_count` into `out` at their offsets, each from the WAL if a
+    /// committed frame holds it, else from the database file, and returns their hashes.
     fn write(
         &self,
         page_size: u32,
         page_count: u32,
-        out: &mut impl Write,
+        out: &File,
         cancel: &Cancel,
     ) -> Result<RawPageList> {
         let size = page_size as usize;
@@ -171,11 +235,21 @@ impl Image<'_> {
                         self.source.display()
                     ),
                 }
-                list.hashes.push(raw_pages::raw_page_hash(page));
+                let hash = raw_pages::raw_page_hash(page);
+                let base = self
+                    .unchanged
+                    .and_then(|base| base.hashes.get(pgno as usize - 1));
+                if self.unchanged.is_some() && base != Some(&hash) {
+                    out.write_all_at(page, u64::from(pgno - 1) * u64::from(page_size))?;
+                }
+                list.hashes.push(hash);
             }
-            out.write_all(chunk)?;
+            if self.unchanged.is_none() {
+                out.write_all_at(chunk, offset)?;
+            }
             first += count;
         }
+        out.set_len(u64::from(page_count) * u64::from(page_size))?;
         Ok(list)
     }
 }
@@ -371,6 +445,82 @@ mod tests {
             checkpointed == imaged,
             "raw pages differ from the checkpointed file"
         );
+    }
+
+    /// The final snapshot's changes: the same hashes as a whole image, and the pages
+    /// that differ from the base, byte for byte; the others are not written.
+    #[test]
+    fn the_changes_hold_the_pages_that_differ_from_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live.sqlite");
+        let live = Connection::open(&live_path).unwrap();
+        live.execute_batch(&key().pragma()).unwrap();
+        live.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(x, path);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO t SELECT randomblob(300), NULL FROM n;",
+        )
+        .unwrap();
+        let take_whole = |name: &str| {
+            let path = dir.path().join(name);
+            let listed = std::fs::metadata(&live_path).unwrap();
+            let list = raw_image(
+                &live_path,
+                &listed,
+                &path,
+                Some(&key()),
+                Duration::from_secs(1),
+                &Cancel::new(),
+            )
+            .unwrap();
+            (list, std::fs::read(&path).unwrap())
+        };
+        let (base, _) = take_whole("base.sqlite");
+        let name = format!("ab/ab{}", "0".repeat(62));
+        live.execute("INSERT INTO t VALUES (randomblob(5000), ?1)", [&name])
+            .unwrap();
+        let (whole, whole_bytes) = take_whole("whole.sqlite");
+        let changes_path = dir.path().join("changes.sqlite");
+        let listed = std::fs::metadata(&live_path).unwrap();
+        let changes = raw_changes(
+            &live_path,
+            &listed,
+            &changes_path,
+            &key(),
+            &base,
+            Duration::from_secs(1),
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert_eq!(changes.pages, whole);
+        assert!(
+            changes.references.contains(&name),
+            "{:?}",
+            changes.references
+        );
+        let sparse = std::fs::read(&changes_path).unwrap();
+        assert_eq!(sparse.len(), whole_bytes.len());
+        let changed = whole.changed_since(&base).unwrap();
+        assert!(!changed.is_empty() && changed.len() < whole.hashes.len() / 4);
+        for (n, (page, expected)) in sparse
+            .chunks(4096)
+            .zip(whole_bytes.chunks(4096))
+            .enumerate()
+        {
+            if changed.contains(&(n as u32 + 1)) {
+                assert!(
+                    page == expected,
+                    "page {} differs from the whole image",
+                    n + 1
+                );
+            } else {
+                assert!(
+                    page.iter().all(|&b| b == 0),
+                    "page {} written though unchanged",
+                    n + 1
+                );
+            }
+        }
     }
 
     /// Signal quit: the database was checkpointed and its `-wal` removed.

@@ -150,7 +150,13 @@ fn a_final_snapshot_skips_the_whole_database_checks_and_still_passes_the_gate() 
     let ids = fx.root.join("ids.txt");
     commit_messages(&home, &fx.profile.key, &ids, 20);
     wait_for_quiet_database(&home);
-    let id = fx.backup().arg("--final").ok();
+    let taken = fx.backup().arg("--final").run();
+    assert!(taken.status.success(), "{taken}");
+    assert!(
+        taken.stderr.contains("only the pages that changed"),
+        "the final snapshot should write only the changed pages, not a whole image: {taken}"
+    );
+    let id = taken.stdout.trim().to_string();
     let last = fx.manifest(&id);
     assert_eq!(last["final"], true, "{last}");
     assert_eq!(last["signal_db"]["check"], "not checked", "{last}");
