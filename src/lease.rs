@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::exit::{self, Exit};
 use crate::layout::Object;
 use crate::manifest::Manifest;
-use crate::repo::Repository;
+use crate::repo::{Listing, Repository};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -413,18 +413,22 @@ async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Resu
 /// holder released the lease with. Without one (no lease yet, a crash, a final snapshot that
 /// failed or was cut, or one still running) there is no handoff, and restoring the newest
 /// snapshot instead could silently roll Signal's sessions back: that is an error naming the
-/// newest snapshot and its age, for a person to choose.
-pub async fn handoff(repo: &Repository) -> Result<String> {
+/// newest snapshot and its age, for a person to choose. `listing` is the repository's, read
+/// before the lease; the caller also refuses a handoff older than an unverifiable manifest.
+pub async fn handoff(repo: &Repository, listing: &Listing) -> Result<String> {
     let found = read(repo).await?;
     if let (Some(id), Found::Lease(lease, _)) = (handed_over(&found), &found) {
-        trust_handoff(repo, lease, id).await?;
+        trust_handoff(repo, listing, lease, id)?;
         return Ok(id.to_string());
     }
-    let now = Utc::now();
-    let newest = repo.snapshots().await?.pop();
     bail!(
         "{}",
-        no_handoff(&found, newest.as_ref(), repo.location(), now)
+        no_handoff(
+            &found,
+            listing.snapshots.last(),
+            repo.location(),
+            Utc::now()
+        )
     )
 }
 
@@ -432,7 +436,7 @@ pub async fn handoff(repo: &Repository) -> Result<String> {
 /// sidecar took a snapshot after it: after its final snapshot the holder takes no other, so
 /// a newer one taken under the lease means this lease is an old genuine one put back (a
 /// replay), and restoring it would roll Signal back.
-async fn trust_handoff(repo: &Repository, lease: &Lease, id: &str) -> Result<()> {
+fn trust_handoff(repo: &Repository, listing: &Listing, lease: &Lease, id: &str) -> Result<()> {
     let verifier = repo.verifier()?;
     let checked = match &lease.signature {
         None => Err(crate::signing::Rejected::Unsigned),
@@ -452,10 +456,9 @@ async fn trust_handoff(repo: &Repository, lease: &Lease, id: &str) -> Result<()>
     }
     // Backups run by hand or by a CronJob may follow a handoff; a sidecar's only follow
     // a newer acquisition of the lease.
-    let newer = repo
-        .snapshots()
-        .await?
-        .into_iter()
+    let newer = listing
+        .snapshots
+        .iter()
         .rfind(|snapshot| snapshot.lease_owner.is_some() && snapshot.id.as_str() > id);
     if let Some(newer) = newer {
         return Err(exit::coded(

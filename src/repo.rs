@@ -400,18 +400,11 @@ impl Repository {
         ))
     }
 
+    /// The snapshot `selector` chooses. Whichever way it is chosen but by an explicit id
+    /// (`latest`, `final`, `handoff`), a manifest newer than the choice that does not verify
+    /// refuses it (exit 9): a bucket writer who garbles the newest snapshots' signatures
+    /// must not roll Signal back through any of them (issue 22, item 1).
     pub async fn find(&self, selector: &Selector) -> Result<Manifest> {
-        if let Selector::Handoff = selector {
-            let id = crate::lease::handoff(self).await?;
-            return self.manifest(&id).await?.with_context(|| {
-                format!(
-                    "the lease names snapshot {id} as the final snapshot its last holder \
-                     released it with, but {} no longer holds it (pruned or deleted?). \
-                     Choose a snapshot with `ghostwire-backup snapshots` and pass its id",
-                    self.location
-                )
-            });
-        }
         if let Selector::Id(wanted) = selector {
             let id = self.resolve(wanted).await?;
             return self.manifest(&id).await?.ok_or_else(|| {
@@ -421,34 +414,64 @@ impl Repository {
                 )
             });
         }
-        let Listing {
-            snapshots: mut all,
-            refused,
-            unsigned,
-        } = self.listing().await?;
-        refuse_if_newer(&refused, all.last())?;
-        let oldest_signed = all
-            .iter()
-            .find(|m| !unsigned.contains(&m.id))
-            .map(|m| m.id.clone());
+        let listing = self.listing().await?;
         let pick = match selector {
-            Selector::Final => match all.iter().rposition(|m| m.r#final) {
-                Some(index) => Some(all.swap_remove(index)),
-                None => {
-                    tracing::warn!("no final snapshot in the repository; using the latest");
-                    all.pop()
-                }
-            },
-            _ => all.pop(),
+            Selector::Handoff => Some(self.handed_over(&listing).await?),
+            _ => self.newest(&listing, selector),
         };
+        refuse_if_newer(&listing.refused, pick.as_ref(), selector)?;
         let pick = pick.ok_or_else(|| {
             exit::coded(
                 Exit::SnapshotNotFound,
                 format!("the repository {} holds no snapshot yet", self.location),
             )
         })?;
-        refuse_unsigned_after_signed(&pick, &unsigned, oldest_signed.as_deref())?;
+        if *selector != Selector::Handoff {
+            let oldest_signed = listing
+                .snapshots
+                .iter()
+                .find(|m| !listing.unsigned.contains(&m.id));
+            refuse_unsigned_after_signed(
+                &pick,
+                &listing.unsigned,
+                oldest_signed.map(|m| m.id.as_str()),
+            )?;
+        }
         Ok(pick)
+    }
+
+    /// The snapshot the lease hands over, from `listing`: the lease must be signed and not
+    /// put back behind a newer snapshot taken under a lease ([`crate::lease::handoff`]).
+    async fn handed_over(&self, listing: &Listing) -> Result<Manifest> {
+        let id = crate::lease::handoff(self, listing).await?;
+        if let Some(manifest) = listing.snapshots.iter().find(|m| m.id == id) {
+            return Ok(manifest.clone());
+        }
+        if let Some(refused) = listing.refused.iter().find(|r| r.id == id) {
+            return Err(untrusted(&id, &refused.why, &self.location));
+        }
+        bail!(
+            "the lease names snapshot {id} as the final snapshot its last holder released it \
+             with, but {} no longer holds it (pruned or deleted?). Choose a snapshot with \
+             `ghostwire-backup snapshots` and pass its id",
+            self.location
+        )
+    }
+
+    /// The newest snapshot, or for `final` the newest final one (else the newest).
+    fn newest(&self, listing: &Listing, selector: &Selector) -> Option<Manifest> {
+        let all = &listing.snapshots;
+        let pick = match selector {
+            Selector::Final => match all.iter().rfind(|m| m.r#final) {
+                Some(last_final) => Some(last_final),
+                None => {
+                    tracing::warn!("no final snapshot in the repository; using the latest");
+                    all.last()
+                }
+            },
+            _ => all.last(),
+        };
+        pick.cloned()
     }
 
     /// The id of the one manifest object named `wanted`, or whose id starts with it or
@@ -493,16 +516,20 @@ impl Repository {
         match self.verified(id).await? {
             None => Ok(None),
             Some(Ok((manifest, _))) => Ok(Some(manifest)),
-            Some(Err(why)) => Err(exit::coded(
-                Exit::Untrusted,
-                format!(
-                    "snapshot {id} in {} is not trustworthy: {why}. It was not written by \
-                     the backup side whose verify key this is; choose another snapshot",
-                    self.location
-                ),
-            )),
+            Some(Err(why)) => Err(untrusted(id, &why, &self.location)),
         }
     }
+}
+
+/// Snapshot `id` was asked for but its manifest does not verify (exit 9).
+fn untrusted(id: &str, why: &str, location: &str) -> anyhow::Error {
+    exit::coded(
+        Exit::Untrusted,
+        format!(
+            "snapshot {id} in {location} is not trustworthy: {why}. It was not written by the \
+             backup side whose verify key this is; choose another snapshot"
+        ),
+    )
 }
 
 /// With `--allow-unsigned`, `latest` and `final` never choose an unsigned snapshot newer
@@ -531,30 +558,59 @@ fn refuse_unsigned_after_signed(
     }
 }
 
-/// `latest` and `final` never fall back silently past a newer manifest that does not
-/// verify: deleting or garbling the newest snapshot's manifest would otherwise roll Signal
-/// back without a word. Refused manifests dated in the future (or not named like
+/// `latest`, `final` and `handoff` never choose past a newer manifest that does not
+/// verify: deleting or garbling the newest snapshots' manifests or signatures would
+/// otherwise roll Signal back without a word, to the snapshot before them or to an older
+/// final one or handoff. Refused manifests dated in the future (or not named like
 /// snapshots) are no snapshot at all, and stop nothing.
-fn refuse_if_newer(refused: &[Refused], newest: Option<&Manifest>) -> Result<()> {
+fn refuse_if_newer(
+    refused: &[Refused],
+    pick: Option<&Manifest>,
+    selector: &Selector,
+) -> Result<()> {
     let now = chrono::Utc::now();
-    let newer = refused.iter().rfind(|refused| {
-        crate::manifest::id_time(&refused.id)
-            .is_some_and(|taken| taken <= now + crate::manifest::FUTURE_SKEW)
-            && newest.is_none_or(|newest| refused.id > newest.id)
-    });
-    match newer {
-        None => Ok(()),
-        Some(Refused { id, why }) => Err(exit::coded(
-            Exit::Untrusted,
+    let newer: Vec<&Refused> = refused
+        .iter()
+        .filter(|refused| {
+            crate::manifest::id_time(&refused.id)
+                .is_some_and(|taken| taken <= now + crate::manifest::FUTURE_SKEW)
+                && pick.is_none_or(|pick| refused.id > pick.id)
+        })
+        .collect();
+    let Some(newest) = newer.last() else {
+        return Ok(());
+    };
+    let chosen = match (pick, selector) {
+        (None, _) => "no trustworthy snapshot is older, so nothing".to_string(),
+        (Some(pick), Selector::Handoff) => {
             format!(
-                "the newest snapshot manifest, {id}, is not trustworthy ({why}), so the \
-                 newest trustworthy snapshot ({}) may not be the latest state: not choosing \
-                 it silently. Someone with write access to the bucket may have damaged or \
-                 replaced it. Pass an explicit --snapshot ID after checking \
-                 `ghostwire-backup snapshots`, or remove the object with `ghostwire-backup \
-                 forget {id}` if it is junk",
-                newest.map_or("none", |m| m.id.as_str())
-            ),
-        )),
-    }
+                "newer than {}, the snapshot the lease hands over, so it",
+                pick.id
+            )
+        }
+        (Some(pick), Selector::Final) => format!(
+            "newer than {}, the newest trustworthy final snapshot, so {}",
+            pick.id, pick.id
+        ),
+        (Some(pick), _) => format!(
+            "newer than {}, the newest trustworthy one, so {}",
+            pick.id, pick.id
+        ),
+    };
+    let ids: Vec<&str> = newer.iter().map(|refused| refused.id.as_str()).collect();
+    let (these, are) = match ids.len() {
+        1 => ("the snapshot manifest", "is"),
+        _ => ("the snapshot manifests", "are"),
+    };
+    Err(exit::coded(
+        Exit::Untrusted,
+        format!(
+            "{these} {} {are} not trustworthy ({}), and {chosen} may not be the latest \
+             state: not choosing it silently. Someone with write access to the bucket may \
+             have damaged or replaced {these}. Check `ghostwire-backup snapshots`, then pass \
+             an explicit --snapshot ID, or remove junk with `ghostwire-backup forget ID`",
+            ids.join(", "),
+            newest.why,
+        ),
+    ))
 }

@@ -346,3 +346,91 @@ fn a_newer_unsigned_snapshot_neither_prunes_signed_history_nor_restores_as_lates
         "{err}"
     );
 }
+
+/// Exit code of a command that refused something untrustworthy.
+const UNTRUSTED: i32 = 9;
+
+/// What a bucket writer leaves where a snapshot's signature was: a write, not a delete.
+fn junk_signature(fx: &Fixture, id: &str) {
+    std::fs::write(
+        fx.repo.join(format!("snapshots/{id}.json.minisig")),
+        "untrusted comment: junk\nnot a signature\n",
+    )
+    .unwrap();
+}
+
+/// The snapshot a sidecar's lease hands over, once it stopped with its final snapshot.
+fn handed_over(fx: &Fixture) -> String {
+    let lease: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.repo.join("lease.json")).unwrap()).unwrap();
+    lease["final_snapshot"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_rollback_through_handoff_with_junk_on_the_newer_signatures_is_refused() {
+    let fx = Fixture::new(&["--messages", "5"]);
+    let target = fx.root.join("green");
+    let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
+    blue.wait_started("blue");
+    blue.stop();
+    let blue_final = handed_over(&fx);
+    let blues_lease = std::fs::read(fx.repo.join("lease.json")).unwrap();
+    let green = Sidecar::start(&fx, "ghostwire-green-0", fx.home(), &[]);
+    green.wait_started("green");
+    green.stop();
+    let green_final = handed_over(&fx);
+    assert!(green_final > blue_final);
+
+    // Blue's older, genuinely signed lease put back, and junk over the signature of the
+    // snapshot green took after it: the one thing that showed the lease was old.
+    std::fs::write(fx.repo.join("lease.json"), &blues_lease).unwrap();
+    junk_signature(&fx, &green_final);
+    let err = fx
+        .restore(&target)
+        .args(["--snapshot", "handoff"])
+        .fails_with_code(UNTRUSTED, &[&green_final, "not trustworthy", &blue_final]);
+    assert!(err.contains("--snapshot ID"), "names no way out:\n{err}");
+    assert!(!target.exists(), "a refused handoff wrote its target");
+
+    // With the signatures intact, the older lease is refused as put back (a lease
+    // rollback), and an explicit id is a person's choice.
+    fx.agent().args(["forget", &green_final]).ok();
+    let green = Sidecar::start(&fx, "ghostwire-green-1", fx.home(), &[]);
+    green.wait_started("green");
+    green.stop();
+    std::fs::write(fx.repo.join("lease.json"), &blues_lease).unwrap();
+    fx.restore(&target)
+        .args(["--snapshot", "handoff"])
+        .fails_with_code(UNTRUSTED, &["put back", "ghostwire-green-1"]);
+    assert!(!target.exists(), "a refused handoff wrote its target");
+    let restored = fx.restore(&target).args(["--snapshot", &blue_final]).ok();
+    assert_eq!(restored, blue_final);
+}
+
+#[test]
+fn a_rollback_through_final_with_junk_on_the_newest_final_signature_is_refused() {
+    let fx = Fixture::new(&["--messages", "5"]);
+    let target = fx.root.join("restored");
+    // Two final snapshots (as sidecars take them at shutdown), then a scheduled one.
+    let older_final = fx.backup().arg("--final").ok();
+    let newest_final = fx.backup().arg("--final").ok();
+    let scheduled = fx.backup().ok();
+    assert!(older_final < newest_final && newest_final < scheduled);
+
+    junk_signature(&fx, &newest_final);
+    fx.restore(&target)
+        .args(["--snapshot", "final"])
+        .fails_with_code(UNTRUSTED, &[&newest_final, "not trustworthy", &older_final]);
+    assert!(!target.exists(), "a refused restore wrote its target");
+    // `latest` is still the scheduled snapshot, newer than the junk; an explicit id is
+    // a person's choice.
+    assert_eq!(
+        fx.restore(&target).args(["--snapshot", "latest"]).ok(),
+        scheduled
+    );
+    std::fs::remove_dir_all(&target).unwrap();
+    assert_eq!(
+        fx.restore(&target).args(["--snapshot", &older_final]).ok(),
+        older_final
+    );
+}
