@@ -391,10 +391,12 @@ pub async fn check_conditional_writes(repo: &Repository) -> Result<()> {
 
 /// Writes the lease, signed when this side holds the signing key.
 async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Result<String> {
+    let signature = match repo.signer() {
+        Some(signer) => Some(sign(repo, signer, lease).await),
+        None => None,
+    };
     let signed = Lease {
-        signature: repo
-            .signer()
-            .map(|signer| signer.sign(&Object::Lease.key(), &lease.signed_bytes())),
+        signature,
         ..lease.clone()
     };
     let json = serde_json::to_vec_pretty(&signed).expect("a lease serializes");
@@ -409,6 +411,27 @@ async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Resu
     }
 }
 
+/// The lease's signature, naming the repository. Without a trustworthy repository id (a
+/// damaged `repository.json`) it names none, as before ids existed: a bucket writer must
+/// not be able to keep every sidecar from taking the lease, and so Signal from starting.
+async fn sign(repo: &Repository, signer: &crate::signing::Signer, lease: &Lease) -> String {
+    let repository = match repo.id_for_signing(signer).await {
+        Ok(id) => Some(id),
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "signing the lease without the repository's id"
+            );
+            None
+        }
+    };
+    signer.sign(
+        &Object::Lease.key(),
+        repository.as_deref(),
+        &lease.signed_bytes(),
+    )
+}
+
 /// The snapshot to restore for `--snapshot handoff`: exactly the final snapshot the last
 /// holder released the lease with. Without one (no lease yet, a crash, a final snapshot that
 /// failed or was cut, or one still running) there is no handoff, and restoring the newest
@@ -418,7 +441,7 @@ async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Resu
 pub async fn handoff(repo: &Repository, listing: &Listing) -> Result<String> {
     let found = read(repo).await?;
     if let (Some(id), Found::Lease(lease, _)) = (handed_over(&found), &found) {
-        trust_handoff(repo, listing, lease, id)?;
+        trust_handoff(repo, listing, lease, id).await?;
         return Ok(id.to_string());
     }
     bail!(
@@ -436,11 +459,22 @@ pub async fn handoff(repo: &Repository, listing: &Listing) -> Result<String> {
 /// sidecar took a snapshot after it: after its final snapshot the holder takes no other, so
 /// a newer one taken under the lease means this lease is an old genuine one put back (a
 /// replay), and restoring it would roll Signal back.
-fn trust_handoff(repo: &Repository, listing: &Listing, lease: &Lease, id: &str) -> Result<()> {
+async fn trust_handoff(
+    repo: &Repository,
+    listing: &Listing,
+    lease: &Lease,
+    id: &str,
+) -> Result<()> {
     let verifier = repo.verifier()?;
+    let known = repo.known_id().await?;
     let checked = match &lease.signature {
         None => Err(crate::signing::Rejected::Unsigned),
-        Some(signature) => verifier.verify(&Object::Lease.key(), &lease.signed_bytes(), signature),
+        Some(signature) => verifier.verify(
+            &Object::Lease.key(),
+            known.id(),
+            &lease.signed_bytes(),
+            signature,
+        ),
     };
     if let Err(why) = checked {
         return Err(exit::coded(

@@ -41,6 +41,7 @@ pub mod progress;
 pub mod readback;
 pub mod renewal;
 pub mod repo;
+pub mod repo_id;
 pub mod restoration;
 pub mod retention;
 pub mod reuse;

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use crate::exit::{self, Exit};
 use crate::layout::Object;
 use crate::manifest::{Manifest, ManifestError};
-use crate::signing::{Rejected, Signer, Verifier};
+use crate::repo_id::Known;
+use crate::signing::{Named, Rejected, Signer, Verifier};
 use crate::store::local::LocalStore;
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{self, ChunkStream, ObjectReader, Store, StoreError};
@@ -27,6 +28,9 @@ pub struct Repository {
     store: Arc<dyn Store>,
     location: String,
     keys: Keys,
+    /// The repository's id once `repository.json` verified ([`crate::repo_id`]): it
+    /// never changes under a running process that trusts it.
+    id: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// What a repository signs with and trusts.
@@ -48,11 +52,25 @@ pub struct Keys {
 pub struct Refused {
     pub id: String,
     pub why: String,
+    /// Signed with the verify key but in another repository: proof that signed objects
+    /// were copied between repositories (or `repository.json` replaced), whatever its date.
+    pub foreign: bool,
 }
 
-/// A manifest object checked: the snapshot and whether it is signed (`false`: accepted
-/// only through `--allow-unsigned`), or why the verify key does not accept it.
-type Verdict = std::result::Result<(Manifest, bool), String>;
+/// How an accepted manifest is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signature {
+    /// Naming this repository.
+    Named,
+    /// Before signatures named the repository.
+    Legacy,
+    /// Not at all: accepted only through `--allow-unsigned`.
+    Unsigned,
+}
+
+/// A manifest object checked: the snapshot and how it is signed, or why the verify key
+/// does not accept it.
+type Verdict = std::result::Result<(Manifest, Signature), Refused>;
 
 /// Manifests (each with its signature) read at once by a listing: enough to hide S3's
 /// round trips, few enough for a small bucket server.
@@ -136,6 +154,7 @@ impl Repository {
             store,
             location: location.to_string(),
             keys: Keys::default(),
+            id: Default::default(),
         })
     }
 
@@ -161,6 +180,28 @@ impl Repository {
     /// The signing key, for what the backup side writes.
     pub fn signer(&self) -> Option<&Signer> {
         self.keys.signer.as_deref()
+    }
+
+    /// The repository's id as the verify key finds it in `repository.json`.
+    pub async fn known_id(&self) -> Result<Known> {
+        if let Some(id) = self.id.lock().expect("id lock").clone() {
+            return Ok(Known::Id(id));
+        }
+        let known = crate::repo_id::read(self.store.as_ref(), self.verifier()?).await?;
+        if let Known::Id(id) = &known {
+            *self.id.lock().expect("id lock") = Some(id.clone());
+        }
+        Ok(known)
+    }
+
+    /// The id the backup side's signatures name, made at its first signed write.
+    pub async fn id_for_signing(&self, signer: &Signer) -> Result<String> {
+        if let Some(id) = self.id.lock().expect("id lock").clone() {
+            return Ok(id);
+        }
+        let id = crate::repo_id::for_signing(self.store.as_ref(), &self.location, signer).await?;
+        *self.id.lock().expect("id lock") = Some(id.clone());
+        Ok(id)
     }
 
     /// Opens a repository that must exist already, for the commands that only read it (or
@@ -282,7 +323,8 @@ impl Repository {
         };
         let object = Object::Manifest(manifest.id.clone());
         let json = manifest.to_json();
-        let signature = signer.sign(&object.key(), &json);
+        let repository = self.id_for_signing(signer).await?;
+        let signature = signer.sign(&object.key(), Some(&repository), &json);
         self.put(
             &Object::Signature(manifest.id.clone()),
             Bytes::from(signature),
@@ -319,16 +361,29 @@ impl Repository {
             refused: Vec::new(),
             unsigned: Default::default(),
         };
-        for (id, verdict) in self.verify_all(self.manifest_ids().await?).await? {
+        let known = self.known_id().await?;
+        let verdicts = self.verify_all(self.manifest_ids().await?, &known).await?;
+        let first_named = verdicts
+            .iter()
+            .find(|(_, verdict)| matches!(verdict, Some(Ok((_, Signature::Named)))))
+            .map(|(id, _)| id.clone());
+        for (id, verdict) in verdicts {
             match verdict {
                 None => {} // forgotten meanwhile
-                Some(Ok((manifest, signed))) => {
-                    if !signed {
+                Some(Ok((_, Signature::Legacy)))
+                    if first_named.as_ref().is_some_and(|named| id > *named) =>
+                {
+                    listing
+                        .refused
+                        .push(legacy_after_named(id, first_named.as_deref()));
+                }
+                Some(Ok((manifest, signature))) => {
+                    if signature == Signature::Unsigned {
                         listing.unsigned.insert(id);
                     }
                     listing.snapshots.push(manifest);
                 }
-                Some(Err(why)) => listing.refused.push(Refused { id, why }),
+                Some(Err(refused)) => listing.refused.push(refused),
             }
         }
         listing.snapshots.sort_by(|a, b| a.id.cmp(&b.id));
@@ -338,14 +393,18 @@ impl Repository {
     /// [`Repository::verified`] for each of `ids`, [`PARALLEL_READS`] at a time, sorted by
     /// id. Each costs two GETs (the manifest and its signature): one after the other, a
     /// thousand snapshots were two thousand round trips before `run` could serve.
-    async fn verify_all(&self, ids: Vec<String>) -> Result<Vec<(String, Option<Verdict>)>> {
+    async fn verify_all(
+        &self,
+        ids: Vec<String>,
+        known: &Known,
+    ) -> Result<Vec<(String, Option<Verdict>)>> {
         let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS));
         let mut reads = tokio::task::JoinSet::new();
         for id in ids {
-            let (repo, slots) = (self.clone(), slots.clone());
+            let (repo, slots, known) = (self.clone(), slots.clone(), known.clone());
             reads.spawn(async move {
                 let _slot = slots.acquire_owned().await?;
-                let verdict = repo.verified(&id).await?;
+                let verdict = repo.verified(&id, &known).await?;
                 Ok::<_, anyhow::Error>((id, verdict))
             });
         }
@@ -357,46 +416,59 @@ impl Repository {
         Ok(verdicts)
     }
 
-    /// Snapshot `id`'s manifest if the verify key accepts it under that name: `None` if
-    /// there is no such manifest, `Some(Err(why))` if it is refused.
-    async fn verified(&self, id: &str) -> Result<Option<Verdict>> {
+    /// Snapshot `id`'s manifest if the verify key accepts it under that name, in the
+    /// repository `known` names: `None` if there is no such manifest, `Some(Err(_))` if it
+    /// is refused.
+    async fn verified(&self, id: &str, known: &Known) -> Result<Option<Verdict>> {
         let object = Object::Manifest(id.to_string());
+        let refused = |why: String| Ok(Some(Err(Refused::new(id, why))));
         // An object over its bound is refused like any other junk, not an error: it
         // would otherwise stop every listing.
         let bytes = match self.read(&object).await {
             Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(err @ StoreError::TooLarge { .. }) => return Ok(Some(Err(err.to_string()))),
+            Err(err @ StoreError::TooLarge { .. }) => return refused(err.to_string()),
             other => other?,
         };
         let verifier = self.verifier()?;
-        let signed = match self.read(&Object::Signature(id.to_string())).await {
-            Ok(signature) => {
-                verifier.verify(&object.key(), &bytes, &String::from_utf8_lossy(&signature))
-            }
+        let checked = match self.read(&Object::Signature(id.to_string())).await {
+            Ok(signature) => verifier.verify(
+                &object.key(),
+                known.id(),
+                &bytes,
+                &String::from_utf8_lossy(&signature),
+            ),
             Err(StoreError::NotFound(_)) => Err(Rejected::Unsigned),
-            Err(err @ StoreError::TooLarge { .. }) => return Ok(Some(Err(err.to_string()))),
+            Err(err @ StoreError::TooLarge { .. }) => return refused(err.to_string()),
             Err(err) => return Err(err.into()),
         };
-        let signed = match signed {
-            Ok(()) => true,
+        let signature = match checked {
+            Ok(Named::This) => Signature::Named,
+            Ok(Named::Nothing) => Signature::Legacy,
             Err(Rejected::Unsigned) if self.keys.allow_unsigned => {
                 tracing::warn!(
                     snapshot = id,
                     "--allow-unsigned: accepting a snapshot with no signature"
                 );
-                false
+                Signature::Unsigned
             }
-            Err(rejected) => return Ok(Some(Err(rejected.to_string()))),
+            Err(rejected @ Rejected::OtherRepository { .. }) => {
+                return Ok(Some(Err(Refused {
+                    foreign: true,
+                    ..Refused::new(id, foreign_why(&rejected, known))
+                })));
+            }
+            Err(rejected) => return refused(rejected.to_string()),
         };
         let manifest = match Manifest::from_json(&bytes, &object.key()) {
             Ok(manifest) => manifest,
             Err(err @ ManifestError::NewerFormat { .. }) => return Err(err.into()),
-            Err(err) => return Ok(Some(Err(format!("{:#}", anyhow::Error::from(err))))),
+            Err(err) => return refused(format!("{:#}", anyhow::Error::from(err))),
         };
         Ok(Some(
             manifest
                 .check_names(id, chrono::Utc::now())
-                .map(|()| (manifest, signed)),
+                .map(|()| (manifest, signature))
+                .map_err(|why| Refused::new(id, why)),
         ))
     }
 
@@ -419,6 +491,7 @@ impl Repository {
             Selector::Handoff => Some(self.handed_over(&listing).await?),
             _ => self.newest(&listing, selector),
         };
+        refuse_if_foreign(&listing.refused, &self.location)?;
         refuse_if_newer(&listing.refused, pick.as_ref(), selector)?;
         let pick = pick.ok_or_else(|| {
             exit::coded(
@@ -513,12 +586,45 @@ impl Repository {
     /// One snapshot's manifest by id; `None` if there is no such snapshot, an error if the
     /// verify key does not accept it.
     async fn manifest(&self, id: &str) -> Result<Option<Manifest>> {
-        match self.verified(id).await? {
+        match self.verified(id, &self.known_id().await?).await? {
             None => Ok(None),
             Some(Ok((manifest, _))) => Ok(Some(manifest)),
-            Some(Err(why)) => Err(untrusted(id, &why, &self.location)),
+            Some(Err(refused)) => Err(untrusted(id, &refused.why, &self.location)),
         }
     }
+}
+
+impl Refused {
+    fn new(id: &str, why: String) -> Self {
+        Self {
+            id: id.to_string(),
+            why,
+            foreign: false,
+        }
+    }
+}
+
+/// Why a manifest signed in another repository is refused; with no trustworthy
+/// `repository.json` here, why that is too.
+fn foreign_why(rejected: &Rejected, known: &Known) -> String {
+    match known {
+        Known::Untrusted(why) => format!("{rejected} (repository.json: {why})"),
+        Known::Absent => format!("{rejected} (repository.json is missing)"),
+        Known::Id(_) => rejected.to_string(),
+    }
+}
+
+/// A manifest whose signature names no repository, dated after the first that names
+/// this one: the backup side named the repository by then, so it is not its.
+fn legacy_after_named(id: String, first_named: Option<&str>) -> Refused {
+    let why = format!(
+        "its signature names no repository, yet it is newer than {}, the first snapshot \
+         signed naming this repository: made by a ghostwire-backup from before signatures \
+         named repositories (upgrade every backup writer), or copied from another \
+         repository that shares the signing key",
+        first_named.unwrap_or_default()
+    );
+    Refused::new(&id, why)
 }
 
 /// Snapshot `id` was asked for but its manifest does not verify (exit 9).
@@ -611,6 +717,32 @@ fn refuse_if_newer(
              an explicit --snapshot ID, or remove junk with `ghostwire-backup forget ID`",
             ids.join(", "),
             newest.why,
+        ),
+    ))
+}
+
+/// `latest`, `final` and `handoff` choose nothing while a manifest signed with the verify
+/// key names another repository, whatever its date: either it was copied here, or this
+/// repository's `repository.json` was replaced so that its own snapshots look foreign and
+/// copied ones do not. From the bucket alone nobody can tell which, so a person must.
+fn refuse_if_foreign(refused: &[Refused], location: &str) -> Result<()> {
+    let foreign: Vec<&Refused> = refused.iter().filter(|refused| refused.foreign).collect();
+    let Some(first) = foreign.first() else {
+        return Ok(());
+    };
+    let ids: Vec<&str> = foreign.iter().map(|refused| refused.id.as_str()).collect();
+    Err(exit::coded(
+        Exit::Untrusted,
+        format!(
+            "{location} holds {} snapshot manifest(s) signed with this verify key in another \
+             repository ({}): {}. Signed objects were copied between repositories that share \
+             a signing key, or this repository's repository.json was replaced. Not choosing \
+             a snapshot automatically: check `ghostwire-backup snapshots`, remove the copies \
+             with `ghostwire-backup forget ID` (or put the original repository.json back), or \
+             pass an explicit --snapshot ID",
+            ids.len(),
+            ids.join(", "),
+            first.why
         ),
     ))
 }

@@ -434,3 +434,79 @@ fn a_rollback_through_final_with_junk_on_the_newest_final_signature_is_refused()
         older_final
     );
 }
+
+/// Copies the objects of the S3 repository `from` whose keys start with one of
+/// `prefixes` into the local repository `to`, byte for byte: what a bucket writer with
+/// access to both does.
+fn copy_from_s3(server: &S3Server, from: &str, to: &Path, prefixes: &[&str]) -> usize {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let repo = open_in_process(from, &server.endpoint, 3).await;
+        let mut copied = 0;
+        for object in repo.store().list("").await.unwrap() {
+            if !prefixes.iter().any(|prefix| object.key.starts_with(prefix)) {
+                continue;
+            }
+            let bytes = repo
+                .store()
+                .get_bounded(&object.key, 1 << 30)
+                .await
+                .unwrap();
+            let path = to.join(&object.key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+            copied += 1;
+        }
+        copied
+    })
+}
+
+#[test]
+fn signed_objects_copied_from_another_repository_with_the_same_key_are_refused() {
+    // One key pair, two repositories: X a local directory, Y on the S3 server, Y's
+    // snapshot newer and holding a file X's does not.
+    let (fx, x_snapshot) = Fixture::backed_up(&["--messages", "5"]);
+    let server = S3Server::with_bucket("other");
+    std::fs::write(fx.home().join("planted.txt"), "from repository Y").unwrap();
+    let y_snapshot = fx.backup_with(server.agent("s3://other/y")).ok();
+    assert!(y_snapshot > x_snapshot);
+    let target = fx.root.join("restored");
+
+    // Y's signed snapshot copied into X: refused, naming the repository mismatch.
+    let snapshot_objects = ["snapshots/", "archives/", "indexes/"];
+    assert_eq!(
+        copy_from_s3(&server, "s3://other/y", &fx.repo, &snapshot_objects),
+        4
+    );
+    let mismatch = ["in repository", "not in this one", &y_snapshot];
+    fx.restore(&target).fails_with_code(UNTRUSTED, &mismatch);
+    fx.restore(&target)
+        .args(["--snapshot", &y_snapshot])
+        .fails_with_code(UNTRUSTED, &mismatch);
+    let listed = fx.agent().arg("snapshots").ok();
+    assert!(
+        listed.lines().any(|line| line.starts_with(&y_snapshot)
+            && line.contains("NOT TRUSTWORTHY")
+            && line.contains("not in this one")),
+        "{listed}"
+    );
+    assert!(!target.exists(), "a refused restore wrote its target");
+
+    // Y's repository.json as well, so that Y's snapshot names "this" repository and X's
+    // own look foreign: nothing is chosen automatically either.
+    let x_record = std::fs::read(fx.repo.join("repository.json")).unwrap();
+    copy_from_s3(&server, "s3://other/y", &fx.repo, &["repository.json"]);
+    assert_ne!(
+        std::fs::read(fx.repo.join("repository.json")).unwrap(),
+        x_record
+    );
+    fx.restore(&target)
+        .fails_with_code(UNTRUSTED, &["in another repository", &x_snapshot]);
+    assert!(!target.exists(), "a refused restore wrote its target");
+
+    // The way out the errors name: the original repository.json back, the copy forgotten.
+    std::fs::write(fx.repo.join("repository.json"), &x_record).unwrap();
+    fx.agent().args(["forget", &y_snapshot]).ok();
+    assert_eq!(fx.restore(&target).ok(), x_snapshot);
+    assert!(!target.join("planted.txt").exists());
+}
