@@ -390,6 +390,30 @@ impl Repository {
         Ok(listing)
     }
 
+    /// The newest snapshot the verify key accepts, reading manifests newest first, a batch
+    /// of [`PARALLEL_READS`] at a time, until one verifies: a LIST and a few GETs however
+    /// many snapshots the repository holds. For display (what `run` shows before it
+    /// serves); choosing a snapshot ([`Repository::find`]) reads every manifest, for its
+    /// fail-closed rules.
+    pub async fn newest_trustworthy(&self) -> Result<Option<Manifest>> {
+        let known = self.known_id().await?;
+        let ids = self.manifest_ids().await?;
+        for batch in ids.rchunks(PARALLEL_READS) {
+            let verdicts = self.verify_all(batch.to_vec(), &known).await?;
+            let newest = verdicts
+                .into_iter()
+                .rev()
+                .find_map(|(_, verdict)| match verdict {
+                    Some(Ok((manifest, _))) => Some(manifest),
+                    _ => None,
+                });
+            if newest.is_some() {
+                return Ok(newest);
+            }
+        }
+        Ok(None)
+    }
+
     /// [`Repository::verified`] for each of `ids`, [`PARALLEL_READS`] at a time, sorted by
     /// id. Each costs two GETs (the manifest and its signature): one after the other, a
     /// thousand snapshots were two thousand round trips before `run` could serve.
