@@ -510,3 +510,40 @@ fn signed_objects_copied_from_another_repository_with_the_same_key_are_refused()
     assert_eq!(fx.restore(&target).ok(), x_snapshot);
     assert!(!target.join("planted.txt").exists());
 }
+
+/// Snapshot `from`'s manifest planted as snapshot `id`, signed with the real signing key
+/// the way signatures were made before they named a repository: what a manifest copied
+/// from another repository's old history looks like.
+fn plant_legacy_signed(fx: &Fixture, from: &str, id: &str) {
+    let manifest = std::fs::read_to_string(fx.manifest_path(from))
+        .unwrap()
+        .replace(from, id);
+    let signer = ghostwire_backup::signing::Signer::load(&signing_keys().signing_key).unwrap();
+    let key = format!("snapshots/{id}.json");
+    std::fs::write(fx.manifest_path(id), &manifest).unwrap();
+    std::fs::write(
+        fx.repo.join(format!("{key}.minisig")),
+        signer.sign(&key, None, manifest.as_bytes()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_manifest_signed_before_repositories_had_ids_cannot_become_latest() {
+    let (fx, named) = Fixture::backed_up(&["--messages", "5"]);
+    let target = fx.root.join("restored");
+    // Old history, signed before ids, still verifies: an old snapshot stays listed.
+    let old = "20250101T000000.000Z-0000a0a0";
+    plant_legacy_signed(&fx, &named, old);
+    assert_eq!(snapshot_ids(&mut fx.agent()), [old, named.as_str()]);
+    // One newer than the first snapshot that names the repository cannot be this
+    // repository's: refused, and latest does not pass over it.
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let copied = format!("{now}-0000b0b0");
+    plant_legacy_signed(&fx, &named, &copied);
+    fx.restore(&target)
+        .fails_with_code(UNTRUSTED, &[&copied, "names no repository", &named]);
+    assert!(!target.exists(), "a refused restore wrote its target");
+    fx.agent().args(["forget", &copied]).ok();
+    assert_eq!(fx.restore(&target).ok(), named);
+}
