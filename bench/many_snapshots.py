@@ -5,10 +5,12 @@ daemon (`run`) takes to answer /startupz 200, with N signed snapshots on a real 
     .venv-s3/bin/python bench/many_snapshots.py --agent target/debug/ghostwire-backup --count 1000
 
 One real backup of a small home (no Signal profile, --allow-no-signal) makes the first
-snapshot and the repository's id; the other N-1 are its manifest under older ids, each
-signed with the same signing key by the stock `minisign` tool, naming the repository as the
-agent does (docs/format.md), and uploaded with boto3. Their archives are not copied: listing
-reads manifests and signatures only. Prints the figures; asserts nothing.
+snapshot, the repository's id and manifests.json; the other N-1 are its manifest under
+older ids, each signed with the same signing key by the stock `minisign` tool, naming the
+repository as the agent does (docs/format.md), uploaded with boto3, and added to a
+manifests.json signed the same way (--no-list: left out of it, as in a repository from
+before the list). Their archives are not copied: listing reads manifests and signatures
+only. Prints the figures; asserts only that every snapshot is listed.
 """
 
 import argparse
@@ -97,27 +99,60 @@ def first_snapshot(agent, env, work, recipient):
     ).stdout.strip()
 
 
-def plant(s3, work, signing_key, base_id, count):
+def get_json(s3, key):
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{key}")["Body"].read())
+
+
+def sign(work, signing_key, data, comment):
+    path = f"{work}/signed"
+    with open(path, "wb") as f:
+        f.write(data)
+    subprocess.run(
+        ["minisign", "-S", "-s", signing_key, "-m", path, "-t", comment, "-x", f"{path}.minisig"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, input=b"",
+    )
+    with open(f"{path}.minisig") as f:
+        return f.read()
+
+
+def list_manifests(s3, work, signing_key, planted):
+    """manifests.json as the backup side writes it: the real backup's list plus every
+    planted manifest, signed over its compact JSON (serde's field order) naming the
+    repository."""
+    repository = get_json(s3, "repository.json")["id"]
+    record = get_json(s3, "manifests.json")
+    entries = dict(record["entries"])
+    for new_id, text, signature in planted:
+        entries[new_id] = {
+            "manifest": text,
+            "manifest_size": len(text.encode()),
+            "signature_size": len(signature.encode()),
+        }
+    unsigned = {"written_at": record["written_at"], "entries": dict(sorted(entries.items()))}
+    data = json.dumps(unsigned, separators=(",", ":"), ensure_ascii=False).encode()
+    unsigned["signature"] = sign(work, signing_key, data,
+                                 f"ghostwire-backup manifests.json in repository {repository}")
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/manifests.json", Body=json.dumps(unsigned).encode())
+
+
+def plant(s3, work, signing_key, base_id, count, with_list):
     """count-1 copies of the base manifest under older ids, each signed for its name."""
-    base = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/snapshots/{base_id}.json")["Body"].read())
-    repository = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/repository.json")["Body"].read())["id"]
+    base = get_json(s3, f"snapshots/{base_id}.json")
+    repository = get_json(s3, "repository.json")["id"]
     taken = datetime.datetime.strptime(base_id.split("-")[0], "%Y%m%dT%H%M%S.%fZ")
     text = json.dumps(base)
+    planted = []
     for n in range(1, count):
         at = taken - datetime.timedelta(minutes=n)
         new_id = at.strftime("%Y%m%dT%H%M%S.") + f"{at.microsecond // 1000:03d}Z-{n:08x}"
-        manifest = json.loads(text.replace(base_id, new_id))
-        path = f"{work}/m.json"
-        with open(path, "w") as f:
-            json.dump(manifest, f, indent=2)
+        manifest = json.dumps(json.loads(text.replace(base_id, new_id)), indent=2) + "\n"
         comment = f"ghostwire-backup snapshots/{new_id}.json in repository {repository}"
-        subprocess.run(
-            ["minisign", "-S", "-s", signing_key, "-m", path, "-t", comment, "-x", f"{path}.minisig"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, input=b"",
-        )
-        for ending, file in (("json.minisig", f"{path}.minisig"), ("json", path)):
-            with open(file, "rb") as f:
-                s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/snapshots/{new_id}.{ending}", Body=f.read())
+        signature = sign(work, signing_key, manifest.encode(), comment)
+        for ending, body in (("json.minisig", signature), ("json", manifest)):
+            s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/snapshots/{new_id}.{ending}", Body=body.encode())
+        planted.append((new_id, manifest, signature))
+    if with_list:
+        list_manifests(s3, work, signing_key, planted)
 
 
 def time_snapshots(agent, env):
@@ -154,6 +189,8 @@ def main():
     parser.add_argument("--agent", required=True)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-list", action="store_true",
+                        help="leave the planted manifests out of manifests.json (as before it existed)")
     args = parser.parse_args()
     agent = os.path.abspath(args.agent)
     venv_bin = os.path.dirname(sys.executable)
@@ -168,7 +205,10 @@ def main():
             env["BENCH_RECIPIENT"] = keys["recipient"]
             base_id = first_snapshot(agent, env, work, keys["recipient"])
             started = time.monotonic()
-            plant(s3, work, keys["signing"], base_id, args.count)
+            plant(s3, work, keys["signing"], base_id, args.count, not args.no_list)
+            debug = subprocess.run([agent, "snapshots", "--json"], capture_output=True, text=True,
+                                   env=dict(env, GWB_LOG="debug")).stderr
+            print("manifests.json:", "NOT USED" if "not using manifests.json" in debug else "used")
             print(f"planted {args.count - 1} signed manifests in {time.monotonic() - started:.1f} s")
             for run in range(args.repeat):
                 seconds, listed = time_snapshots(agent, env)

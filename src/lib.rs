@@ -33,6 +33,7 @@ pub mod layout;
 pub mod lease;
 pub mod lock;
 pub mod manifest;
+pub mod manifest_list;
 pub mod metrics;
 pub mod pages;
 pub mod priority;

@@ -327,13 +327,16 @@ impl Repository {
         let signature = signer.sign(&object.key(), Some(&repository), &json);
         self.put(
             &Object::Signature(manifest.id.clone()),
-            Bytes::from(signature),
+            Bytes::from(signature.clone()),
         )
         .await
         .context("cannot write the snapshot manifest's signature")?;
-        self.put(&object, Bytes::from(json))
+        self.put(&object, Bytes::from(json.clone()))
             .await
-            .context("cannot write the snapshot manifest")
+            .context("cannot write the snapshot manifest")?;
+        self.list_committed(signer, manifest, &json, &signature)
+            .await;
+        Ok(())
     }
 
     /// Every snapshot the verify key accepts, oldest first. Each refused manifest is
@@ -362,7 +365,7 @@ impl Repository {
             unsigned: Default::default(),
         };
         let known = self.known_id().await?;
-        let verdicts = self.verify_all(self.manifest_ids().await?, &known).await?;
+        let verdicts = self.verdicts(&known).await?;
         let first_named = verdicts
             .iter()
             .find(|(_, verdict)| matches!(verdict, Some(Ok((_, Signature::Named)))))
@@ -388,6 +391,73 @@ impl Repository {
         }
         listing.snapshots.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(listing)
+    }
+
+    /// The verdict on every manifest object, sorted by id: from `manifests.json` for those
+    /// it holds with their objects' sizes unchanged, read one by one for the rest.
+    async fn verdicts(&self, known: &Known) -> Result<Vec<(String, Option<Verdict>)>> {
+        let mut sizes = std::collections::HashMap::new();
+        let mut ids = Vec::new();
+        for info in self.store.list(Object::prefix_of(Object::Manifest)).await? {
+            match Object::parse(&info.key) {
+                Some(Object::Manifest(id)) => ids.push(id),
+                Some(Object::Signature(_)) => {}
+                _ => continue,
+            }
+            sizes.insert(info.key, info.size);
+        }
+        let listed = crate::manifest_list::read(self.store.as_ref(), self.verifier()?, known.id())
+            .await?
+            .entries
+            .unwrap_or_default();
+        let (mut verdicts, mut unlisted) = (Vec::new(), Vec::new());
+        for id in ids {
+            let entry = listed.get(&id).filter(|entry| {
+                sizes.get(&Object::Manifest(id.clone()).key()) == Some(&entry.manifest_size)
+                    && sizes.get(&Object::Signature(id.clone()).key())
+                        == Some(&entry.signature_size)
+            });
+            match entry.and_then(|entry| listed_manifest(&id, entry)) {
+                Some(manifest) => verdicts.push((id, Some(Ok((manifest, Signature::Named))))),
+                None => unlisted.push(id),
+            }
+        }
+        verdicts.extend(self.verify_all(unlisted, known).await?);
+        verdicts.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(verdicts)
+    }
+
+    /// Adds a committed manifest to `manifests.json`; a failure only costs readers time.
+    async fn list_committed(
+        &self,
+        signer: &Signer,
+        manifest: &Manifest,
+        json: &[u8],
+        signature: &str,
+    ) {
+        let listed = async {
+            let repository = self.id_for_signing(signer).await?;
+            let existing = self.manifest_ids().await?.into_iter().collect();
+            let entry = crate::manifest_list::Entry {
+                manifest: String::from_utf8(json.to_vec())?,
+                manifest_size: json.len() as u64,
+                signature_size: signature.len() as u64,
+            };
+            crate::manifest_list::add(
+                self.store.as_ref(),
+                signer,
+                &repository,
+                (&manifest.id, entry),
+                &existing,
+            )
+            .await
+        };
+        if let Err(err) = listed.await {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "the snapshot is committed, but manifests.json does not list it: listings read its manifest one by one"
+            );
+        }
     }
 
     /// The newest snapshot the verify key accepts, reading manifests newest first, a batch
@@ -626,6 +696,14 @@ impl Refused {
             foreign: false,
         }
     }
+}
+
+/// A manifest as `manifests.json` holds it, if it still names what its id says.
+fn listed_manifest(id: &str, entry: &crate::manifest_list::Entry) -> Option<Manifest> {
+    let key = Object::Manifest(id.to_string()).key();
+    let manifest = Manifest::from_json(entry.manifest.as_bytes(), &key).ok()?;
+    manifest.check_names(id, chrono::Utc::now()).ok()?;
+    Some(manifest)
 }
 
 /// Why a manifest signed in another repository is refused; with no trustworthy

@@ -96,6 +96,13 @@ fn giant_objects_planted_in_a_local_repository_are_refused_unread() {
     bounded(fx.agent().arg("unlock"), true, &[]);
     assert!(!lock.exists(), "unlock left the giant lock");
 
+    // The signed list of manifests: ignored unread, every manifest read one by one.
+    let list = fx.repo.join("manifests.json");
+    plant_gib(&list);
+    bounded(fx.agent().args(["snapshots", "--json"]), true, &[]);
+    assert_eq!(snapshot_ids(&mut fx.agent()), [id.as_str()]);
+    std::fs::remove_file(&list).unwrap();
+
     // The lease: the init container's `--snapshot handoff` fails naming it, unread.
     plant_gib(&fx.repo.join("lease.json"));
     bounded(
@@ -546,4 +553,41 @@ fn a_manifest_signed_before_repositories_had_ids_cannot_become_latest() {
     assert!(!target.exists(), "a refused restore wrote its target");
     fx.agent().args(["forget", &copied]).ok();
     assert_eq!(fx.restore(&target).ok(), named);
+}
+
+#[test]
+fn the_signed_list_of_manifests_is_a_cache_that_junk_only_bypasses() {
+    let (fx, first) = Fixture::backed_up(&["--messages", "5"]);
+    std::fs::write(fx.home().join("notes.txt"), "a change").unwrap();
+    let second = fx.backup().ok();
+    let list = fx.repo.join("manifests.json");
+    let listed: serde_json::Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    assert!(listed["entries"][&first].is_object() && listed["entries"][&second].is_object());
+    let both = [first.as_str(), second.as_str()];
+
+    // The newest manifest replaced with junk of its own size: the signed list's copy, the
+    // genuine manifest, is what counts (this is the list being read, not the object).
+    let manifest = fx.manifest_path(&second);
+    let size = std::fs::metadata(&manifest).unwrap().len() as usize;
+    std::fs::write(&manifest, "x".repeat(size)).unwrap();
+    assert_eq!(snapshot_ids(&mut fx.agent()), both);
+    // Junk of another size is read and refused like any junk: latest does not pass it.
+    std::fs::write(&manifest, "junk").unwrap();
+    let target = fx.root.join("restored");
+    fx.restore(&target)
+        .fails_with_code(UNTRUSTED, &[&second, "not trustworthy"]);
+    fx.agent().args(["forget", &second]).ok();
+
+    // The list itself replaced with junk: every manifest is read one by one, and the next
+    // backup writes a good list over it.
+    std::fs::write(&list, "junk").unwrap();
+    assert_eq!(snapshot_ids(&mut fx.agent()), [first.as_str()]);
+    let third = fx.backup().ok();
+    let listed: serde_json::Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    assert!(listed["entries"][&third].is_object(), "{listed}");
+    assert!(
+        listed["entries"][&second].is_null(),
+        "a forgotten snapshot stays listed"
+    );
+    assert_eq!(fx.restore(&target).ok(), third);
 }
