@@ -206,9 +206,6 @@ def main():
             base_id = first_snapshot(agent, env, work, keys["recipient"])
             started = time.monotonic()
             plant(s3, work, keys["signing"], base_id, args.count, not args.no_list)
-            debug = subprocess.run([agent, "snapshots", "--json"], capture_output=True, text=True,
-                                   env=dict(env, GWB_LOG="debug")).stderr
-            print("manifests.json:", "NOT USED" if "not using manifests.json" in debug else "used")
             print(f"planted {args.count - 1} signed manifests in {time.monotonic() - started:.1f} s")
             for run in range(args.repeat):
                 seconds, listed = time_snapshots(agent, env)
