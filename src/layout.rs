@@ -9,6 +9,7 @@
 //! snapshots/<id>.json         the manifest, uploaded last: the commit point
 //! locks/<id>.json             a repository lock (backups share, prune is alone)
 //! lease.json                  which instance may run (single-writer fencing)
+//! repository.json             the repository's id, which new signatures name
 //! ```
 
 use crate::store::Retention;
@@ -32,6 +33,9 @@ const MANIFESTS: (&str, &str) = ("snapshots/", ".json");
 const SIGNATURES: (&str, &str) = ("snapshots/", ".json.minisig");
 const LOCKS: (&str, &str) = ("locks/", ".json");
 const LEASE: &str = "lease.json";
+/// The repository's id ([`crate::repo_id`]): no [`Object`], since nothing lists, prunes
+/// or forgets it.
+pub const REPOSITORY_ID: &str = "repository.json";
 
 /// Bounds of [`Object::max_size`], each far above what this tool writes (a manifest's
 /// chain list grows with `--full-every`, a few dozen bytes a snapshot).

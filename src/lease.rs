@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::exit::{self, Exit};
 use crate::layout::Object;
 use crate::manifest::Manifest;
-use crate::repo::Repository;
+use crate::repo::{Listing, Repository};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -378,10 +378,12 @@ pub async fn check_conditional_writes(repo: &Repository) -> Result<()> {
 
 /// Writes the lease, signed when this side holds the signing key.
 async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Result<String> {
+    let signature = match repo.signer() {
+        Some(signer) => Some(sign(repo, signer, lease).await),
+        None => None,
+    };
     let signed = Lease {
-        signature: repo
-            .signer()
-            .map(|signer| signer.sign(&Object::Lease.key(), &lease.signed_bytes())),
+        signature,
         ..lease.clone()
     };
     let json = serde_json::to_vec_pretty(&signed).expect("a lease serializes");
@@ -396,22 +398,47 @@ async fn write(repo: &Repository, lease: &Lease, expected: Option<&str>) -> Resu
     }
 }
 
+/// The lease's signature, naming the repository. Without a trustworthy repository id (a
+/// damaged `repository.json`) it names none, as before ids existed: a bucket writer must
+/// not be able to keep every sidecar from taking the lease, and so Signal from starting.
+async fn sign(repo: &Repository, signer: &crate::signing::Signer, lease: &Lease) -> String {
+    let repository = match repo.id_for_signing(signer).await {
+        Ok(id) => Some(id),
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "signing the lease without the repository's id"
+            );
+            None
+        }
+    };
+    signer.sign(
+        &Object::Lease.key(),
+        repository.as_deref(),
+        &lease.signed_bytes(),
+    )
+}
+
 /// The snapshot to restore for `--snapshot handoff`: exactly the final snapshot the last
 /// holder released the lease with. Without one (no lease yet, a crash, a final snapshot that
 /// failed or was cut, or one still running) there is no handoff, and restoring the newest
 /// snapshot instead could silently roll Signal's sessions back: that is an error naming the
-/// newest snapshot and its age, for a person to choose.
-pub async fn handoff(repo: &Repository) -> Result<String> {
+/// newest snapshot and its age, for a person to choose. `listing` is the repository's, read
+/// before the lease; the caller also refuses a handoff older than an unverifiable manifest.
+pub async fn handoff(repo: &Repository, listing: &Listing) -> Result<String> {
     let found = read(repo).await?;
     if let (Some(id), Found::Lease(lease, _)) = (handed_over(&found), &found) {
-        trust_handoff(repo, lease, id).await?;
+        trust_handoff(repo, listing, lease, id).await?;
         return Ok(id.to_string());
     }
-    let now = Utc::now();
-    let newest = repo.snapshots().await?.pop();
     bail!(
         "{}",
-        no_handoff(&found, newest.as_ref(), repo.location(), now)
+        no_handoff(
+            &found,
+            listing.snapshots.last(),
+            repo.location(),
+            Utc::now()
+        )
     )
 }
 
@@ -419,11 +446,22 @@ pub async fn handoff(repo: &Repository) -> Result<String> {
 /// sidecar took a snapshot after it: after its final snapshot the holder takes no other, so
 /// a newer one taken under the lease means this lease is an old genuine one put back (a
 /// replay), and restoring it would roll Signal back.
-async fn trust_handoff(repo: &Repository, lease: &Lease, id: &str) -> Result<()> {
+async fn trust_handoff(
+    repo: &Repository,
+    listing: &Listing,
+    lease: &Lease,
+    id: &str,
+) -> Result<()> {
     let verifier = repo.verifier()?;
+    let known = repo.known_id().await?;
     let checked = match &lease.signature {
         None => Err(crate::signing::Rejected::Unsigned),
-        Some(signature) => verifier.verify(&Object::Lease.key(), &lease.signed_bytes(), signature),
+        Some(signature) => verifier.verify(
+            &Object::Lease.key(),
+            known.id(),
+            &lease.signed_bytes(),
+            signature,
+        ),
     };
     if let Err(why) = checked {
         return Err(exit::coded(
@@ -439,10 +477,9 @@ async fn trust_handoff(repo: &Repository, lease: &Lease, id: &str) -> Result<()>
     }
     // Backups run by hand or by a CronJob may follow a handoff; a sidecar's only follow
     // a newer acquisition of the lease.
-    let newer = repo
-        .snapshots()
-        .await?
-        .into_iter()
+    let newer = listing
+        .snapshots
+        .iter()
         .rfind(|snapshot| snapshot.lease_owner.is_some() && snapshot.id.as_str() > id);
     if let Some(newer) = newer {
         return Err(exit::coded(

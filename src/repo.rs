@@ -17,7 +17,8 @@ use bytes::Bytes;
 use crate::exit::{self, Exit};
 use crate::layout::Object;
 use crate::manifest::{Manifest, ManifestError};
-use crate::signing::{Rejected, Signer, Verifier};
+use crate::repo_id::Known;
+use crate::signing::{Named, Rejected, Signer, Verifier};
 use crate::store::local::LocalStore;
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{self, ChunkStream, ObjectReader, Store, StoreError};
@@ -27,6 +28,9 @@ pub struct Repository {
     store: Arc<dyn Store>,
     location: String,
     keys: Keys,
+    /// The repository's id once `repository.json` verified ([`crate::repo_id`]): it
+    /// never changes under a running process that trusts it.
+    id: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// What a repository signs with and trusts.
@@ -48,11 +52,25 @@ pub struct Keys {
 pub struct Refused {
     pub id: String,
     pub why: String,
+    /// Signed with the verify key but in another repository: proof that signed objects
+    /// were copied between repositories (or `repository.json` replaced), whatever its date.
+    pub foreign: bool,
 }
 
-/// A manifest object checked: the snapshot and whether it is signed (`false`: accepted
-/// only through `--allow-unsigned`), or why the verify key does not accept it.
-type Verdict = std::result::Result<(Manifest, bool), String>;
+/// How an accepted manifest is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signature {
+    /// Naming this repository.
+    Named,
+    /// Before signatures named the repository.
+    Legacy,
+    /// Not at all: accepted only through `--allow-unsigned`.
+    Unsigned,
+}
+
+/// A manifest object checked: the snapshot and how it is signed, or why the verify key
+/// does not accept it.
+type Verdict = std::result::Result<(Manifest, Signature), Refused>;
 
 /// Manifests (each with its signature) read at once by a listing: enough to hide S3's
 /// round trips, few enough for a small bucket server.
@@ -136,6 +154,7 @@ impl Repository {
             store,
             location: location.to_string(),
             keys: Keys::default(),
+            id: Default::default(),
         })
     }
 
@@ -161,6 +180,28 @@ impl Repository {
     /// The signing key, for what the backup side writes.
     pub fn signer(&self) -> Option<&Signer> {
         self.keys.signer.as_deref()
+    }
+
+    /// The repository's id as the verify key finds it in `repository.json`.
+    pub async fn known_id(&self) -> Result<Known> {
+        if let Some(id) = self.id.lock().expect("id lock").clone() {
+            return Ok(Known::Id(id));
+        }
+        let known = crate::repo_id::read(self.store.as_ref(), self.verifier()?).await?;
+        if let Known::Id(id) = &known {
+            *self.id.lock().expect("id lock") = Some(id.clone());
+        }
+        Ok(known)
+    }
+
+    /// The id the backup side's signatures name, made at its first signed write.
+    pub async fn id_for_signing(&self, signer: &Signer) -> Result<String> {
+        if let Some(id) = self.id.lock().expect("id lock").clone() {
+            return Ok(id);
+        }
+        let id = crate::repo_id::for_signing(self.store.as_ref(), &self.location, signer).await?;
+        *self.id.lock().expect("id lock") = Some(id.clone());
+        Ok(id)
     }
 
     /// Opens a repository that must exist already, for the commands that only read it (or
@@ -282,16 +323,20 @@ impl Repository {
         };
         let object = Object::Manifest(manifest.id.clone());
         let json = manifest.to_json();
-        let signature = signer.sign(&object.key(), &json);
+        let repository = self.id_for_signing(signer).await?;
+        let signature = signer.sign(&object.key(), Some(&repository), &json);
         self.put(
             &Object::Signature(manifest.id.clone()),
-            Bytes::from(signature),
+            Bytes::from(signature.clone()),
         )
         .await
         .context("cannot write the snapshot manifest's signature")?;
-        self.put(&object, Bytes::from(json))
+        self.put(&object, Bytes::from(json.clone()))
             .await
-            .context("cannot write the snapshot manifest")
+            .context("cannot write the snapshot manifest")?;
+        self.list_committed(signer, manifest, &json, &signature)
+            .await;
+        Ok(())
     }
 
     /// Every snapshot the verify key accepts, oldest first. Each refused manifest is
@@ -319,33 +364,141 @@ impl Repository {
             refused: Vec::new(),
             unsigned: Default::default(),
         };
-        for (id, verdict) in self.verify_all(self.manifest_ids().await?).await? {
+        let known = self.known_id().await?;
+        let verdicts = self.verdicts(&known).await?;
+        let first_named = verdicts
+            .iter()
+            .find(|(_, verdict)| matches!(verdict, Some(Ok((_, Signature::Named)))))
+            .map(|(id, _)| id.clone());
+        for (id, verdict) in verdicts {
             match verdict {
                 None => {} // forgotten meanwhile
-                Some(Ok((manifest, signed))) => {
-                    if !signed {
+                Some(Ok((_, Signature::Legacy)))
+                    if first_named.as_ref().is_some_and(|named| id > *named) =>
+                {
+                    listing
+                        .refused
+                        .push(legacy_after_named(id, first_named.as_deref()));
+                }
+                Some(Ok((manifest, signature))) => {
+                    if signature == Signature::Unsigned {
                         listing.unsigned.insert(id);
                     }
                     listing.snapshots.push(manifest);
                 }
-                Some(Err(why)) => listing.refused.push(Refused { id, why }),
+                Some(Err(refused)) => listing.refused.push(refused),
             }
         }
         listing.snapshots.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(listing)
     }
 
+    /// The verdict on every manifest object, sorted by id: from `manifests.json` for those
+    /// it holds with their objects' sizes unchanged, read one by one for the rest.
+    async fn verdicts(&self, known: &Known) -> Result<Vec<(String, Option<Verdict>)>> {
+        let mut sizes = std::collections::HashMap::new();
+        let mut ids = Vec::new();
+        for info in self.store.list(Object::prefix_of(Object::Manifest)).await? {
+            match Object::parse(&info.key) {
+                Some(Object::Manifest(id)) => ids.push(id),
+                Some(Object::Signature(_)) => {}
+                _ => continue,
+            }
+            sizes.insert(info.key, info.size);
+        }
+        let listed = crate::manifest_list::read(self.store.as_ref(), self.verifier()?, known.id())
+            .await?
+            .entries
+            .unwrap_or_default();
+        let (mut verdicts, mut unlisted) = (Vec::new(), Vec::new());
+        for id in ids {
+            let entry = listed.get(&id).filter(|entry| {
+                sizes.get(&Object::Manifest(id.clone()).key()) == Some(&entry.manifest_size)
+                    && sizes.get(&Object::Signature(id.clone()).key())
+                        == Some(&entry.signature_size)
+            });
+            match entry.and_then(|entry| listed_manifest(&id, entry)) {
+                Some(manifest) => verdicts.push((id, Some(Ok((manifest, Signature::Named))))),
+                None => unlisted.push(id),
+            }
+        }
+        verdicts.extend(self.verify_all(unlisted, known).await?);
+        verdicts.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(verdicts)
+    }
+
+    /// Adds a committed manifest to `manifests.json`; a failure only costs readers time.
+    async fn list_committed(
+        &self,
+        signer: &Signer,
+        manifest: &Manifest,
+        json: &[u8],
+        signature: &str,
+    ) {
+        let listed = async {
+            let repository = self.id_for_signing(signer).await?;
+            let existing = self.manifest_ids().await?.into_iter().collect();
+            let entry = crate::manifest_list::Entry {
+                manifest: String::from_utf8(json.to_vec())?,
+                manifest_size: json.len() as u64,
+                signature_size: signature.len() as u64,
+            };
+            crate::manifest_list::add(
+                self.store.as_ref(),
+                signer,
+                &repository,
+                (&manifest.id, entry),
+                &existing,
+            )
+            .await
+        };
+        if let Err(err) = listed.await {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "the snapshot is committed, but manifests.json does not list it: listings read its manifest one by one"
+            );
+        }
+    }
+
+    /// The newest snapshot the verify key accepts, reading manifests newest first, a batch
+    /// of [`PARALLEL_READS`] at a time, until one verifies: a LIST and a few GETs however
+    /// many snapshots the repository holds. For display (what `run` shows before it
+    /// serves); choosing a snapshot ([`Repository::find`]) reads every manifest, for its
+    /// fail-closed rules.
+    pub async fn newest_trustworthy(&self) -> Result<Option<Manifest>> {
+        let known = self.known_id().await?;
+        let ids = self.manifest_ids().await?;
+        for batch in ids.rchunks(PARALLEL_READS) {
+            let verdicts = self.verify_all(batch.to_vec(), &known).await?;
+            let newest = verdicts
+                .into_iter()
+                .rev()
+                .find_map(|(_, verdict)| match verdict {
+                    Some(Ok((manifest, _))) => Some(manifest),
+                    _ => None,
+                });
+            if newest.is_some() {
+                return Ok(newest);
+            }
+        }
+        Ok(None)
+    }
+
     /// [`Repository::verified`] for each of `ids`, [`PARALLEL_READS`] at a time, sorted by
     /// id. Each costs two GETs (the manifest and its signature): one after the other, a
     /// thousand snapshots were two thousand round trips before `run` could serve.
-    async fn verify_all(&self, ids: Vec<String>) -> Result<Vec<(String, Option<Verdict>)>> {
+    async fn verify_all(
+        &self,
+        ids: Vec<String>,
+        known: &Known,
+    ) -> Result<Vec<(String, Option<Verdict>)>> {
         let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS));
         let mut reads = tokio::task::JoinSet::new();
         for id in ids {
-            let (repo, slots) = (self.clone(), slots.clone());
+            let (repo, slots, known) = (self.clone(), slots.clone(), known.clone());
             reads.spawn(async move {
                 let _slot = slots.acquire_owned().await?;
-                let verdict = repo.verified(&id).await?;
+                let verdict = repo.verified(&id, &known).await?;
                 Ok::<_, anyhow::Error>((id, verdict))
             });
         }
@@ -357,61 +510,67 @@ impl Repository {
         Ok(verdicts)
     }
 
-    /// Snapshot `id`'s manifest if the verify key accepts it under that name: `None` if
-    /// there is no such manifest, `Some(Err(why))` if it is refused.
-    async fn verified(&self, id: &str) -> Result<Option<Verdict>> {
+    /// Snapshot `id`'s manifest if the verify key accepts it under that name, in the
+    /// repository `known` names: `None` if there is no such manifest, `Some(Err(_))` if it
+    /// is refused.
+    async fn verified(&self, id: &str, known: &Known) -> Result<Option<Verdict>> {
         let object = Object::Manifest(id.to_string());
+        let refused = |why: String| Ok(Some(Err(Refused::new(id, why))));
         // An object over its bound is refused like any other junk, not an error: it
         // would otherwise stop every listing.
         let bytes = match self.read(&object).await {
             Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(err @ StoreError::TooLarge { .. }) => return Ok(Some(Err(err.to_string()))),
+            Err(err @ StoreError::TooLarge { .. }) => return refused(err.to_string()),
             other => other?,
         };
         let verifier = self.verifier()?;
-        let signed = match self.read(&Object::Signature(id.to_string())).await {
-            Ok(signature) => {
-                verifier.verify(&object.key(), &bytes, &String::from_utf8_lossy(&signature))
-            }
+        let checked = match self.read(&Object::Signature(id.to_string())).await {
+            Ok(signature) => verifier.verify(
+                &object.key(),
+                known.id(),
+                &bytes,
+                &String::from_utf8_lossy(&signature),
+            ),
             Err(StoreError::NotFound(_)) => Err(Rejected::Unsigned),
-            Err(err @ StoreError::TooLarge { .. }) => return Ok(Some(Err(err.to_string()))),
+            Err(err @ StoreError::TooLarge { .. }) => return refused(err.to_string()),
             Err(err) => return Err(err.into()),
         };
-        let signed = match signed {
-            Ok(()) => true,
+        let signature = match checked {
+            Ok(Named::This) => Signature::Named,
+            Ok(Named::Nothing) => Signature::Legacy,
             Err(Rejected::Unsigned) if self.keys.allow_unsigned => {
                 tracing::warn!(
                     snapshot = id,
                     "--allow-unsigned: accepting a snapshot with no signature"
                 );
-                false
+                Signature::Unsigned
             }
-            Err(rejected) => return Ok(Some(Err(rejected.to_string()))),
+            Err(rejected @ Rejected::OtherRepository { .. }) => {
+                return Ok(Some(Err(Refused {
+                    foreign: true,
+                    ..Refused::new(id, foreign_why(&rejected, known))
+                })));
+            }
+            Err(rejected) => return refused(rejected.to_string()),
         };
         let manifest = match Manifest::from_json(&bytes, &object.key()) {
             Ok(manifest) => manifest,
             Err(err @ ManifestError::NewerFormat { .. }) => return Err(err.into()),
-            Err(err) => return Ok(Some(Err(format!("{:#}", anyhow::Error::from(err))))),
+            Err(err) => return refused(format!("{:#}", anyhow::Error::from(err))),
         };
         Ok(Some(
             manifest
                 .check_names(id, chrono::Utc::now())
-                .map(|()| (manifest, signed)),
+                .map(|()| (manifest, signature))
+                .map_err(|why| Refused::new(id, why)),
         ))
     }
 
+    /// The snapshot `selector` chooses. Whichever way it is chosen but by an explicit id
+    /// (`latest`, `final`, `handoff`), a manifest newer than the choice that does not verify
+    /// refuses it (exit 9): a bucket writer who garbles the newest snapshots' signatures
+    /// must not roll Signal back through any of them (issue 22, item 1).
     pub async fn find(&self, selector: &Selector) -> Result<Manifest> {
-        if let Selector::Handoff = selector {
-            let id = crate::lease::handoff(self).await?;
-            return self.manifest(&id).await?.with_context(|| {
-                format!(
-                    "the lease names snapshot {id} as the final snapshot its last holder \
-                     released it with, but {} no longer holds it (pruned or deleted?). \
-                     Choose a snapshot with `ghostwire-backup snapshots` and pass its id",
-                    self.location
-                )
-            });
-        }
         if let Selector::Id(wanted) = selector {
             let id = self.resolve(wanted).await?;
             return self.manifest(&id).await?.ok_or_else(|| {
@@ -421,34 +580,65 @@ impl Repository {
                 )
             });
         }
-        let Listing {
-            snapshots: mut all,
-            refused,
-            unsigned,
-        } = self.listing().await?;
-        refuse_if_newer(&refused, all.last())?;
-        let oldest_signed = all
-            .iter()
-            .find(|m| !unsigned.contains(&m.id))
-            .map(|m| m.id.clone());
+        let listing = self.listing().await?;
         let pick = match selector {
-            Selector::Final => match all.iter().rposition(|m| m.r#final) {
-                Some(index) => Some(all.swap_remove(index)),
-                None => {
-                    tracing::warn!("no final snapshot in the repository; using the latest");
-                    all.pop()
-                }
-            },
-            _ => all.pop(),
+            Selector::Handoff => Some(self.handed_over(&listing).await?),
+            _ => self.newest(&listing, selector),
         };
+        refuse_if_foreign(&listing.refused, &self.location)?;
+        refuse_if_newer(&listing.refused, pick.as_ref(), selector)?;
         let pick = pick.ok_or_else(|| {
             exit::coded(
                 Exit::SnapshotNotFound,
                 format!("the repository {} holds no snapshot yet", self.location),
             )
         })?;
-        refuse_unsigned_after_signed(&pick, &unsigned, oldest_signed.as_deref())?;
+        if *selector != Selector::Handoff {
+            let oldest_signed = listing
+                .snapshots
+                .iter()
+                .find(|m| !listing.unsigned.contains(&m.id));
+            refuse_unsigned_after_signed(
+                &pick,
+                &listing.unsigned,
+                oldest_signed.map(|m| m.id.as_str()),
+            )?;
+        }
         Ok(pick)
+    }
+
+    /// The snapshot the lease hands over, from `listing`: the lease must be signed and not
+    /// put back behind a newer snapshot taken under a lease ([`crate::lease::handoff`]).
+    async fn handed_over(&self, listing: &Listing) -> Result<Manifest> {
+        let id = crate::lease::handoff(self, listing).await?;
+        if let Some(manifest) = listing.snapshots.iter().find(|m| m.id == id) {
+            return Ok(manifest.clone());
+        }
+        if let Some(refused) = listing.refused.iter().find(|r| r.id == id) {
+            return Err(untrusted(&id, &refused.why, &self.location));
+        }
+        bail!(
+            "the lease names snapshot {id} as the final snapshot its last holder released it \
+             with, but {} no longer holds it (pruned or deleted?). Choose a snapshot with \
+             `ghostwire-backup snapshots` and pass its id",
+            self.location
+        )
+    }
+
+    /// The newest snapshot, or for `final` the newest final one (else the newest).
+    fn newest(&self, listing: &Listing, selector: &Selector) -> Option<Manifest> {
+        let all = &listing.snapshots;
+        let pick = match selector {
+            Selector::Final => match all.iter().rfind(|m| m.r#final) {
+                Some(last_final) => Some(last_final),
+                None => {
+                    tracing::warn!("no final snapshot in the repository; using the latest");
+                    all.last()
+                }
+            },
+            _ => all.last(),
+        };
+        pick.cloned()
     }
 
     /// The id of the one manifest object named `wanted`, or whose id starts with it or
@@ -490,19 +680,64 @@ impl Repository {
     /// One snapshot's manifest by id; `None` if there is no such snapshot, an error if the
     /// verify key does not accept it.
     async fn manifest(&self, id: &str) -> Result<Option<Manifest>> {
-        match self.verified(id).await? {
+        match self.verified(id, &self.known_id().await?).await? {
             None => Ok(None),
             Some(Ok((manifest, _))) => Ok(Some(manifest)),
-            Some(Err(why)) => Err(exit::coded(
-                Exit::Untrusted,
-                format!(
-                    "snapshot {id} in {} is not trustworthy: {why}. It was not written by \
-                     the backup side whose verify key this is; choose another snapshot",
-                    self.location
-                ),
-            )),
+            Some(Err(refused)) => Err(untrusted(id, &refused.why, &self.location)),
         }
     }
+}
+
+impl Refused {
+    fn new(id: &str, why: String) -> Self {
+        Self {
+            id: id.to_string(),
+            why,
+            foreign: false,
+        }
+    }
+}
+
+/// A manifest as `manifests.json` holds it, if it still names what its id says.
+fn listed_manifest(id: &str, entry: &crate::manifest_list::Entry) -> Option<Manifest> {
+    let key = Object::Manifest(id.to_string()).key();
+    let manifest = Manifest::from_json(entry.manifest.as_bytes(), &key).ok()?;
+    manifest.check_names(id, chrono::Utc::now()).ok()?;
+    Some(manifest)
+}
+
+/// Why a manifest signed in another repository is refused; with no trustworthy
+/// `repository.json` here, why that is too.
+fn foreign_why(rejected: &Rejected, known: &Known) -> String {
+    match known {
+        Known::Untrusted(why) => format!("{rejected} (repository.json: {why})"),
+        Known::Absent => format!("{rejected} (repository.json is missing)"),
+        Known::Id(_) => rejected.to_string(),
+    }
+}
+
+/// A manifest whose signature names no repository, dated after the first that names
+/// this one: the backup side named the repository by then, so it is not its.
+fn legacy_after_named(id: String, first_named: Option<&str>) -> Refused {
+    let why = format!(
+        "its signature names no repository, yet it is newer than {}, the first snapshot \
+         signed naming this repository: made by a ghostwire-backup from before signatures \
+         named repositories (upgrade every backup writer), or copied from another \
+         repository that shares the signing key",
+        first_named.unwrap_or_default()
+    );
+    Refused::new(&id, why)
+}
+
+/// Snapshot `id` was asked for but its manifest does not verify (exit 9).
+fn untrusted(id: &str, why: &str, location: &str) -> anyhow::Error {
+    exit::coded(
+        Exit::Untrusted,
+        format!(
+            "snapshot {id} in {location} is not trustworthy: {why}. It was not written by the \
+             backup side whose verify key this is; choose another snapshot"
+        ),
+    )
 }
 
 /// With `--allow-unsigned`, `latest` and `final` never choose an unsigned snapshot newer
@@ -531,30 +766,85 @@ fn refuse_unsigned_after_signed(
     }
 }
 
-/// `latest` and `final` never fall back silently past a newer manifest that does not
-/// verify: deleting or garbling the newest snapshot's manifest would otherwise roll Signal
-/// back without a word. Refused manifests dated in the future (or not named like
+/// `latest`, `final` and `handoff` never choose past a newer manifest that does not
+/// verify: deleting or garbling the newest snapshots' manifests or signatures would
+/// otherwise roll Signal back without a word, to the snapshot before them or to an older
+/// final one or handoff. Refused manifests dated in the future (or not named like
 /// snapshots) are no snapshot at all, and stop nothing.
-fn refuse_if_newer(refused: &[Refused], newest: Option<&Manifest>) -> Result<()> {
+fn refuse_if_newer(
+    refused: &[Refused],
+    pick: Option<&Manifest>,
+    selector: &Selector,
+) -> Result<()> {
     let now = chrono::Utc::now();
-    let newer = refused.iter().rfind(|refused| {
-        crate::manifest::id_time(&refused.id)
-            .is_some_and(|taken| taken <= now + crate::manifest::FUTURE_SKEW)
-            && newest.is_none_or(|newest| refused.id > newest.id)
-    });
-    match newer {
-        None => Ok(()),
-        Some(Refused { id, why }) => Err(exit::coded(
-            Exit::Untrusted,
+    let newer: Vec<&Refused> = refused
+        .iter()
+        .filter(|refused| {
+            crate::manifest::id_time(&refused.id)
+                .is_some_and(|taken| taken <= now + crate::manifest::FUTURE_SKEW)
+                && pick.is_none_or(|pick| refused.id > pick.id)
+        })
+        .collect();
+    let Some(newest) = newer.last() else {
+        return Ok(());
+    };
+    let chosen = match (pick, selector) {
+        (None, _) => "no trustworthy snapshot is older, so nothing".to_string(),
+        (Some(pick), Selector::Handoff) => {
             format!(
-                "the newest snapshot manifest, {id}, is not trustworthy ({why}), so the \
-                 newest trustworthy snapshot ({}) may not be the latest state: not choosing \
-                 it silently. Someone with write access to the bucket may have damaged or \
-                 replaced it. Pass an explicit --snapshot ID after checking \
-                 `ghostwire-backup snapshots`, or remove the object with `ghostwire-backup \
-                 forget {id}` if it is junk",
-                newest.map_or("none", |m| m.id.as_str())
-            ),
-        )),
-    }
+                "newer than {}, the snapshot the lease hands over, so it",
+                pick.id
+            )
+        }
+        (Some(pick), Selector::Final) => format!(
+            "newer than {}, the newest trustworthy final snapshot, so {}",
+            pick.id, pick.id
+        ),
+        (Some(pick), _) => format!(
+            "newer than {}, the newest trustworthy one, so {}",
+            pick.id, pick.id
+        ),
+    };
+    let ids: Vec<&str> = newer.iter().map(|refused| refused.id.as_str()).collect();
+    let (these, are) = match ids.len() {
+        1 => ("the snapshot manifest", "is"),
+        _ => ("the snapshot manifests", "are"),
+    };
+    Err(exit::coded(
+        Exit::Untrusted,
+        format!(
+            "{these} {} {are} not trustworthy ({}), and {chosen} may not be the latest \
+             state: not choosing it silently. Someone with write access to the bucket may \
+             have damaged or replaced {these}. Check `ghostwire-backup snapshots`, then pass \
+             an explicit --snapshot ID, or remove junk with `ghostwire-backup forget ID`",
+            ids.join(", "),
+            newest.why,
+        ),
+    ))
+}
+
+/// `latest`, `final` and `handoff` choose nothing while a manifest signed with the verify
+/// key names another repository, whatever its date: either it was copied here, or this
+/// repository's `repository.json` was replaced so that its own snapshots look foreign and
+/// copied ones do not. From the bucket alone nobody can tell which, so a person must.
+fn refuse_if_foreign(refused: &[Refused], location: &str) -> Result<()> {
+    let foreign: Vec<&Refused> = refused.iter().filter(|refused| refused.foreign).collect();
+    let Some(first) = foreign.first() else {
+        return Ok(());
+    };
+    let ids: Vec<&str> = foreign.iter().map(|refused| refused.id.as_str()).collect();
+    Err(exit::coded(
+        Exit::Untrusted,
+        format!(
+            "{location} holds {} snapshot manifest(s) signed with this verify key in another \
+             repository ({}): {}. Signed objects were copied between repositories that share \
+             a signing key, or this repository's repository.json was replaced. Not choosing \
+             a snapshot automatically: check `ghostwire-backup snapshots`, remove the copies \
+             with `ghostwire-backup forget ID` (or put the original repository.json back), or \
+             pass an explicit --snapshot ID",
+            ids.len(),
+            ids.join(", "),
+            first.why
+        ),
+    ))
 }

@@ -40,10 +40,10 @@ pub async fn show_newest_snapshot(
     repo: &Repository,
     metrics: &Metrics,
 ) -> Option<chrono::DateTime<chrono::Utc>> {
-    match repo.snapshots().await {
-        Ok(snapshots) => {
-            let newest = snapshots.iter().max_by_key(|m| m.finished_at)?;
-            metrics.newest_snapshot(newest);
+    match repo.newest_trustworthy().await {
+        Ok(newest) => {
+            let newest = newest?;
+            metrics.newest_snapshot(&newest);
             tracing::info!(snapshot = %newest.id, finished = %newest.finished_at.to_rfc3339(), "the repository's newest snapshot");
             Some(newest.finished_at)
         }

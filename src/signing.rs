@@ -6,16 +6,33 @@
 //!
 //! The format is minisign's (Ed25519): `minisign -Vm snapshots/<id>.json -P <verify key>`
 //! checks a manifest with the stock tool (docs/format.md). The signature's trusted comment
-//! names the object's key, so a genuine manifest copied under another name does not verify.
+//! names the object's key, so a genuine manifest copied under another name does not verify,
+//! and the repository's id ([`crate::repo_id`]), so one copied from another repository
+//! signed with the same key does not either. Signatures made before they named the
+//! repository (`ghostwire-backup <key>` alone) still verify, as [`Named::Nothing`].
 
 use std::io::{Cursor, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-/// What a signature's trusted comment says: the object it was made for.
-fn trusted_comment(object_key: &str) -> String {
-    format!("ghostwire-backup {object_key}")
+/// What a signature's trusted comment says: the object it was made for, and the
+/// repository it was made in when the signer named one.
+fn trusted_comment(object_key: &str, repository: Option<&str>) -> String {
+    match repository {
+        Some(repository) => format!("ghostwire-backup {object_key} in repository {repository}"),
+        None => format!("ghostwire-backup {object_key}"),
+    }
+}
+
+/// Which repository a verified signature names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// The repository it was checked for.
+    This,
+    /// None: made before signatures named the repository (or an object, like the
+    /// repository's id itself, that names none).
+    Nothing,
 }
 
 /// The backup side's secret signing key.
@@ -55,13 +72,13 @@ impl Signer {
     }
 
     /// A minisign signature (the text of a `.minisig` file) over `data`, made for the
-    /// object `object_key`.
-    pub fn sign(&self, object_key: &str, data: &[u8]) -> String {
+    /// object `object_key` in the repository whose id is `repository`.
+    pub fn sign(&self, object_key: &str, repository: Option<&str>, data: &[u8]) -> String {
         minisign::sign(
             Some(&self.verifier.public),
             &self.secret,
             Cursor::new(data),
-            Some(&trusted_comment(object_key)),
+            Some(&trusted_comment(object_key, repository)),
             Some("signed by ghostwire-backup"),
         )
         .expect("signing bytes in memory with a loaded key cannot fail")
@@ -93,6 +110,17 @@ pub enum Rejected {
     Invalid,
     #[error("its signature was made for {0:?}, not for this object (copied from elsewhere)")]
     WrongObject(String),
+    /// Signed with the verify key, in another repository: a genuine object copied over.
+    #[error(
+        "its signature was made in repository {named}, not in this one ({}): copied from \
+         another repository that shares the signing key, or this repository's \
+         repository.json was replaced",
+        expected.as_deref().unwrap_or("which has no trustworthy repository.json")
+    )]
+    OtherRepository {
+        named: String,
+        expected: Option<String>,
+    },
 }
 
 impl Verifier {
@@ -119,13 +147,15 @@ impl Verifier {
         self.public.to_base64()
     }
 
-    /// Checks `signature` (a `.minisig` file's text) over `data` for the object `object_key`.
+    /// Checks `signature` (a `.minisig` file's text) over `data` for the object `object_key`
+    /// in the repository whose id is `repository` (`None`: its id is not known).
     pub fn verify(
         &self,
         object_key: &str,
+        repository: Option<&str>,
         data: &[u8],
         signature: &str,
-    ) -> std::result::Result<(), Rejected> {
+    ) -> std::result::Result<Named, Rejected> {
         let signature =
             minisign::SignatureBox::from_string(signature).map_err(|_| Rejected::Malformed)?;
         if signature.keynum() != self.public.keynum() {
@@ -143,10 +173,18 @@ impl Verifier {
         let comment = signature
             .trusted_comment()
             .map_err(|_| Rejected::Malformed)?;
-        if comment != trusted_comment(object_key) {
-            return Err(Rejected::WrongObject(comment));
+        if comment == trusted_comment(object_key, None) {
+            return Ok(Named::Nothing);
         }
-        Ok(())
+        let prefix = format!("{} in repository ", trusted_comment(object_key, None));
+        match comment.strip_prefix(&prefix) {
+            Some(named) if Some(named) == repository => Ok(Named::This),
+            Some(named) => Err(Rejected::OtherRepository {
+                named: named.to_string(),
+                expected: repository.map(str::to_string),
+            }),
+            None => Err(Rejected::WrongObject(comment)),
+        }
     }
 }
 
@@ -179,31 +217,50 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_verifies_for_its_object_and_data_only() {
+    fn a_signature_verifies_for_its_object_repository_and_data_only() {
         let (_dir, signer) = new_signer();
         let verifier = Verifier::parse(&signer.verifier().to_base64()).unwrap();
-        let signature = signer.sign("snapshots/a.json", b"manifest");
-        verifier
-            .verify("snapshots/a.json", b"manifest", &signature)
-            .unwrap();
+        let signature = signer.sign("snapshots/a.json", Some("x"), b"manifest");
+        let verify = |key, repository, data: &[u8], signature: &str| {
+            verifier.verify(key, repository, data, signature)
+        };
+        assert_eq!(
+            verify("snapshots/a.json", Some("x"), b"manifest", &signature).unwrap(),
+            Named::This
+        );
         assert!(matches!(
-            verifier.verify("snapshots/b.json", b"manifest", &signature),
+            verify("snapshots/a.json", Some("y"), b"manifest", &signature),
+            Err(Rejected::OtherRepository { named, .. }) if named == "x"
+        ));
+        assert!(matches!(
+            verify("snapshots/a.json", None, b"manifest", &signature),
+            Err(Rejected::OtherRepository { .. })
+        ));
+        assert!(matches!(
+            verify("snapshots/b.json", Some("x"), b"manifest", &signature),
             Err(Rejected::WrongObject(_))
         ));
         assert!(matches!(
-            verifier.verify("snapshots/a.json", b"manifesT", &signature),
+            verify("snapshots/a.json", Some("x"), b"manifesT", &signature),
             Err(Rejected::Invalid)
         ));
         assert!(matches!(
-            verifier.verify("snapshots/a.json", b"manifest", "junk"),
+            verify("snapshots/a.json", Some("x"), b"manifest", "junk"),
             Err(Rejected::Malformed)
         ));
+        // Made before signatures named the repository: still verifies, naming nothing.
+        let legacy = signer.sign("snapshots/a.json", None, b"manifest");
+        assert_eq!(
+            verify("snapshots/a.json", Some("x"), b"manifest", &legacy).unwrap(),
+            Named::Nothing
+        );
         let (_other_dir, other) = new_signer();
         assert!(matches!(
-            verifier.verify(
+            verify(
                 "snapshots/a.json",
+                Some("x"),
                 b"manifest",
-                &other.sign("snapshots/a.json", b"manifest")
+                &other.sign("snapshots/a.json", Some("x"), b"manifest")
             ),
             Err(Rejected::OtherKey)
         ));

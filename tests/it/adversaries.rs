@@ -96,6 +96,13 @@ fn giant_objects_planted_in_a_local_repository_are_refused_unread() {
     bounded(fx.agent().arg("unlock"), true, &[]);
     assert!(!lock.exists(), "unlock left the giant lock");
 
+    // The signed list of manifests: ignored unread, every manifest read one by one.
+    let list = fx.repo.join("manifests.json");
+    plant_gib(&list);
+    bounded(fx.agent().args(["snapshots", "--json"]), true, &[]);
+    assert_eq!(snapshot_ids(&mut fx.agent()), [id.as_str()]);
+    std::fs::remove_file(&list).unwrap();
+
     // The lease: the init container's `--snapshot handoff` fails naming it, unread.
     plant_gib(&fx.repo.join("lease.json"));
     bounded(
@@ -690,4 +697,242 @@ fn a_staging_directory_swapped_for_a_link_mid_unpack_redirects_nothing() {
     );
     assert!(log.contains(".ghostwire-backup-restore.tmp"), "{log}");
     assert!(!volume.join(".ghostwire-backup-restore.json").exists());
+}
+
+/// Exit code of a command that refused something untrustworthy.
+const UNTRUSTED: i32 = 9;
+
+/// What a bucket writer leaves where a snapshot's signature was: a write, not a delete.
+fn junk_signature(fx: &Fixture, id: &str) {
+    std::fs::write(
+        fx.repo.join(format!("snapshots/{id}.json.minisig")),
+        "untrusted comment: junk\nnot a signature\n",
+    )
+    .unwrap();
+}
+
+/// The snapshot a sidecar's lease hands over, once it stopped with its final snapshot.
+fn handed_over(fx: &Fixture) -> String {
+    let lease: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.repo.join("lease.json")).unwrap()).unwrap();
+    lease["final_snapshot"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_rollback_through_handoff_with_junk_on_the_newer_signatures_is_refused() {
+    let fx = Fixture::new(&["--messages", "5"]);
+    let target = fx.root.join("green");
+    let blue = Sidecar::start(&fx, "ghostwire-0", fx.home(), &[]);
+    blue.wait_started("blue");
+    blue.stop();
+    let blue_final = handed_over(&fx);
+    let blues_lease = std::fs::read(fx.repo.join("lease.json")).unwrap();
+    let green = Sidecar::start(&fx, "ghostwire-green-0", fx.home(), &[]);
+    green.wait_started("green");
+    green.stop();
+    let green_final = handed_over(&fx);
+    assert!(green_final > blue_final);
+
+    // Blue's older, genuinely signed lease put back, and junk over the signature of the
+    // snapshot green took after it: the one thing that showed the lease was old.
+    std::fs::write(fx.repo.join("lease.json"), &blues_lease).unwrap();
+    junk_signature(&fx, &green_final);
+    let err = fx
+        .restore(&target)
+        .args(["--snapshot", "handoff"])
+        .fails_with_code(UNTRUSTED, &[&green_final, "not trustworthy", &blue_final]);
+    assert!(err.contains("--snapshot ID"), "names no way out:\n{err}");
+    assert!(!target.exists(), "a refused handoff wrote its target");
+
+    // With the signatures intact, the older lease is refused as put back (a lease
+    // rollback), and an explicit id is a person's choice.
+    fx.agent().args(["forget", &green_final]).ok();
+    let green = Sidecar::start(&fx, "ghostwire-green-1", fx.home(), &[]);
+    green.wait_started("green");
+    green.stop();
+    std::fs::write(fx.repo.join("lease.json"), &blues_lease).unwrap();
+    fx.restore(&target)
+        .args(["--snapshot", "handoff"])
+        .fails_with_code(UNTRUSTED, &["put back", "ghostwire-green-1"]);
+    assert!(!target.exists(), "a refused handoff wrote its target");
+    let restored = fx.restore(&target).args(["--snapshot", &blue_final]).ok();
+    assert_eq!(restored, blue_final);
+}
+
+#[test]
+fn a_rollback_through_final_with_junk_on_the_newest_final_signature_is_refused() {
+    let fx = Fixture::new(&["--messages", "5"]);
+    let target = fx.root.join("restored");
+    // Two final snapshots (as sidecars take them at shutdown), then a scheduled one.
+    let older_final = fx.backup().arg("--final").ok();
+    let newest_final = fx.backup().arg("--final").ok();
+    let scheduled = fx.backup().ok();
+    assert!(older_final < newest_final && newest_final < scheduled);
+
+    junk_signature(&fx, &newest_final);
+    fx.restore(&target)
+        .args(["--snapshot", "final"])
+        .fails_with_code(UNTRUSTED, &[&newest_final, "not trustworthy", &older_final]);
+    assert!(!target.exists(), "a refused restore wrote its target");
+    // `latest` is still the scheduled snapshot, newer than the junk; an explicit id is
+    // a person's choice.
+    assert_eq!(
+        fx.restore(&target).args(["--snapshot", "latest"]).ok(),
+        scheduled
+    );
+    std::fs::remove_dir_all(&target).unwrap();
+    assert_eq!(
+        fx.restore(&target).args(["--snapshot", &older_final]).ok(),
+        older_final
+    );
+}
+
+/// Copies the objects of the S3 repository `from` whose keys start with one of
+/// `prefixes` into the local repository `to`, byte for byte: what a bucket writer with
+/// access to both does.
+fn copy_from_s3(server: &S3Server, from: &str, to: &Path, prefixes: &[&str]) -> usize {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let repo = open_in_process(from, &server.endpoint, 3).await;
+        let mut copied = 0;
+        for object in repo.store().list("").await.unwrap() {
+            if !prefixes.iter().any(|prefix| object.key.starts_with(prefix)) {
+                continue;
+            }
+            let bytes = repo
+                .store()
+                .get_bounded(&object.key, 1 << 30)
+                .await
+                .unwrap();
+            let path = to.join(&object.key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+            copied += 1;
+        }
+        copied
+    })
+}
+
+#[test]
+fn signed_objects_copied_from_another_repository_with_the_same_key_are_refused() {
+    // One key pair, two repositories: X a local directory, Y on the S3 server, Y's
+    // snapshot newer and holding a file X's does not.
+    let (fx, x_snapshot) = Fixture::backed_up(&["--messages", "5"]);
+    let server = S3Server::with_bucket("other");
+    std::fs::write(fx.home().join("planted.txt"), "from repository Y").unwrap();
+    let y_snapshot = fx.backup_with(server.agent("s3://other/y")).ok();
+    assert!(y_snapshot > x_snapshot);
+    let target = fx.root.join("restored");
+
+    // Y's signed snapshot copied into X: refused, naming the repository mismatch.
+    let snapshot_objects = ["snapshots/", "archives/", "indexes/"];
+    assert_eq!(
+        copy_from_s3(&server, "s3://other/y", &fx.repo, &snapshot_objects),
+        4
+    );
+    let mismatch = ["in repository", "not in this one", &y_snapshot];
+    fx.restore(&target).fails_with_code(UNTRUSTED, &mismatch);
+    fx.restore(&target)
+        .args(["--snapshot", &y_snapshot])
+        .fails_with_code(UNTRUSTED, &mismatch);
+    let listed = fx.agent().arg("snapshots").ok();
+    assert!(
+        listed.lines().any(|line| line.starts_with(&y_snapshot)
+            && line.contains("NOT TRUSTWORTHY")
+            && line.contains("not in this one")),
+        "{listed}"
+    );
+    assert!(!target.exists(), "a refused restore wrote its target");
+
+    // Y's repository.json as well, so that Y's snapshot names "this" repository and X's
+    // own look foreign: nothing is chosen automatically either.
+    let x_record = std::fs::read(fx.repo.join("repository.json")).unwrap();
+    copy_from_s3(&server, "s3://other/y", &fx.repo, &["repository.json"]);
+    assert_ne!(
+        std::fs::read(fx.repo.join("repository.json")).unwrap(),
+        x_record
+    );
+    fx.restore(&target)
+        .fails_with_code(UNTRUSTED, &["in another repository", &x_snapshot]);
+    assert!(!target.exists(), "a refused restore wrote its target");
+
+    // The way out the errors name: the original repository.json back, the copy forgotten.
+    std::fs::write(fx.repo.join("repository.json"), &x_record).unwrap();
+    fx.agent().args(["forget", &y_snapshot]).ok();
+    assert_eq!(fx.restore(&target).ok(), x_snapshot);
+    assert!(!target.join("planted.txt").exists());
+}
+
+/// Snapshot `from`'s manifest planted as snapshot `id`, signed with the real signing key
+/// the way signatures were made before they named a repository: what a manifest copied
+/// from another repository's old history looks like.
+fn plant_legacy_signed(fx: &Fixture, from: &str, id: &str) {
+    let manifest = std::fs::read_to_string(fx.manifest_path(from))
+        .unwrap()
+        .replace(from, id);
+    let signer = ghostwire_backup::signing::Signer::load(&signing_keys().signing_key).unwrap();
+    let key = format!("snapshots/{id}.json");
+    std::fs::write(fx.manifest_path(id), &manifest).unwrap();
+    std::fs::write(
+        fx.repo.join(format!("{key}.minisig")),
+        signer.sign(&key, None, manifest.as_bytes()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_manifest_signed_before_repositories_had_ids_cannot_become_latest() {
+    let (fx, named) = Fixture::backed_up(&["--messages", "5"]);
+    let target = fx.root.join("restored");
+    // Old history, signed before ids, still verifies: an old snapshot stays listed.
+    let old = "20250101T000000.000Z-0000a0a0";
+    plant_legacy_signed(&fx, &named, old);
+    assert_eq!(snapshot_ids(&mut fx.agent()), [old, named.as_str()]);
+    // One newer than the first snapshot that names the repository cannot be this
+    // repository's: refused, and latest does not pass over it.
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let copied = format!("{now}-0000b0b0");
+    plant_legacy_signed(&fx, &named, &copied);
+    fx.restore(&target)
+        .fails_with_code(UNTRUSTED, &[&copied, "names no repository", &named]);
+    assert!(!target.exists(), "a refused restore wrote its target");
+    fx.agent().args(["forget", &copied]).ok();
+    assert_eq!(fx.restore(&target).ok(), named);
+}
+
+#[test]
+fn the_signed_list_of_manifests_is_a_cache_that_junk_only_bypasses() {
+    let (fx, first) = Fixture::backed_up(&["--messages", "5"]);
+    std::fs::write(fx.home().join("notes.txt"), "a change").unwrap();
+    let second = fx.backup().ok();
+    let list = fx.repo.join("manifests.json");
+    let listed: serde_json::Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    assert!(listed["entries"][&first].is_object() && listed["entries"][&second].is_object());
+    let both = [first.as_str(), second.as_str()];
+
+    // The newest manifest replaced with junk of its own size: the signed list's copy, the
+    // genuine manifest, is what counts (this is the list being read, not the object).
+    let manifest = fx.manifest_path(&second);
+    let size = std::fs::metadata(&manifest).unwrap().len() as usize;
+    std::fs::write(&manifest, "x".repeat(size)).unwrap();
+    assert_eq!(snapshot_ids(&mut fx.agent()), both);
+    // Junk of another size is read and refused like any junk: latest does not pass it.
+    std::fs::write(&manifest, "junk").unwrap();
+    let target = fx.root.join("restored");
+    fx.restore(&target)
+        .fails_with_code(UNTRUSTED, &[&second, "not trustworthy"]);
+    fx.agent().args(["forget", &second]).ok();
+
+    // The list itself replaced with junk: every manifest is read one by one, and the next
+    // backup writes a good list over it.
+    std::fs::write(&list, "junk").unwrap();
+    assert_eq!(snapshot_ids(&mut fx.agent()), [first.as_str()]);
+    let third = fx.backup().ok();
+    let listed: serde_json::Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    assert!(listed["entries"][&third].is_object(), "{listed}");
+    assert!(
+        listed["entries"][&second].is_null(),
+        "a forgotten snapshot stays listed"
+    );
+    assert_eq!(fx.restore(&target).ok(), third);
 }

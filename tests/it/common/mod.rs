@@ -146,7 +146,17 @@ pub fn sign_manifest(path: &Path) {
     let signer = ghostwire_backup::signing::Signer::load(&signing_keys().signing_key).unwrap();
     let id = path.file_stem().unwrap().to_str().unwrap();
     let key = format!("snapshots/{id}.json");
-    let signature = signer.sign(&key, &std::fs::read(path).unwrap());
+    let repository = path
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("repository.json");
+    let repository: Option<String> = std::fs::read(repository)
+        .ok()
+        .map(|record| serde_json::from_slice::<Value>(&record).unwrap()["id"].to_string())
+        .map(|id| id.trim_matches('"').to_string());
+    let signature = signer.sign(&key, repository.as_deref(), &std::fs::read(path).unwrap());
     std::fs::write(format!("{}.minisig", path.display()), signature).unwrap();
 }
 
