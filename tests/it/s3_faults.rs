@@ -98,7 +98,9 @@ fn backup_and_restore_come_out_right_with_a_tenth_of_requests_failing() {
     // them.
     w.bucket.proxy.force("GET", "/archives/", Fault::CutBody);
     w.bucket.proxy.force("GET", "/archives/", Fault::StallBody);
-    w.bucket.proxy.force("GET", "/manifests.json", Fault::CutBody);
+    w.bucket
+        .proxy
+        .force("GET", "/manifests.json", Fault::CutBody);
     w.bucket.proxy.force("GET", "list-type=2", Fault::CutBody);
     let target = w.fx.root.join("restored");
     let started = Instant::now();
