@@ -763,10 +763,11 @@ fn a_rollback_through_handoff_with_junk_on_the_newer_signatures_is_refused() {
 fn a_rollback_through_final_with_junk_on_the_newest_final_signature_is_refused() {
     let fx = Fixture::new(&["--messages", "5"]);
     let target = fx.root.join("restored");
-    // Two final snapshots (as sidecars take them at shutdown), then a scheduled one.
+    // Two final snapshots (as sidecars take them at shutdown), then a scheduled one: a
+    // full snapshot, since an incremental one on the junked final could not restore either.
     let older_final = fx.backup().arg("--final").ok();
     let newest_final = fx.backup().arg("--final").ok();
-    let scheduled = fx.backup().ok();
+    let scheduled = fx.backup().args(["--full-every", "0"]).ok();
     assert!(older_final < newest_final && newest_final < scheduled);
 
     junk_signature(&fx, &newest_final);
