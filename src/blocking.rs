@@ -75,7 +75,7 @@ impl Remote {
     }
 
     pub fn find(&self, selector: &Selector) -> Result<Manifest> {
-        self.wait(self.repo.find(selector))
+        self.wait(crate::selection::find(&self.repo, selector))
     }
 
     pub fn snapshots(&self) -> Result<Vec<Manifest>> {

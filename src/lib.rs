@@ -52,6 +52,7 @@ pub mod retention;
 pub mod reuse;
 pub mod schedule;
 pub mod scheduled;
+pub mod selection;
 pub mod signal_db;
 pub mod signing;
 pub mod sqlite;

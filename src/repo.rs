@@ -463,7 +463,7 @@ impl Repository {
     /// The newest snapshot the verify key accepts, reading manifests newest first, a batch
     /// of [`PARALLEL_READS`] at a time, until one verifies: a LIST and a few GETs however
     /// many snapshots the repository holds. For display (what `run` shows before it
-    /// serves); choosing a snapshot ([`Repository::find`]) reads every manifest, for its
+    /// serves); choosing a snapshot ([`crate::selection::find`]) reads every manifest, for its
     /// fail-closed rules.
     pub async fn newest_trustworthy(&self) -> Result<Option<Manifest>> {
         let known = self.known_id().await?;
@@ -566,81 +566,6 @@ impl Repository {
         ))
     }
 
-    /// The snapshot `selector` chooses. Whichever way it is chosen but by an explicit id
-    /// (`latest`, `final`, `handoff`), a manifest newer than the choice that does not verify
-    /// refuses it (exit 9): a bucket writer who garbles the newest snapshots' signatures
-    /// must not roll Signal back through any of them (issue 22, item 1).
-    pub async fn find(&self, selector: &Selector) -> Result<Manifest> {
-        if let Selector::Id(wanted) = selector {
-            let id = self.resolve(wanted).await?;
-            return self.manifest(&id).await?.ok_or_else(|| {
-                exit::coded(
-                    Exit::SnapshotNotFound,
-                    format!("snapshot {id} was forgotten while being looked up"),
-                )
-            });
-        }
-        let listing = self.listing().await?;
-        let pick = match selector {
-            Selector::Handoff => Some(self.handed_over(&listing).await?),
-            _ => self.newest(&listing, selector),
-        };
-        refuse_if_foreign(&listing.refused, &self.location)?;
-        refuse_if_newer(&listing.refused, pick.as_ref(), selector)?;
-        let pick = pick.ok_or_else(|| {
-            exit::coded(
-                Exit::SnapshotNotFound,
-                format!("the repository {} holds no snapshot yet", self.location),
-            )
-        })?;
-        if *selector != Selector::Handoff {
-            let oldest_signed = listing
-                .snapshots
-                .iter()
-                .find(|m| !listing.unsigned.contains(&m.id));
-            refuse_unsigned_after_signed(
-                &pick,
-                &listing.unsigned,
-                oldest_signed.map(|m| m.id.as_str()),
-            )?;
-        }
-        Ok(pick)
-    }
-
-    /// The snapshot the lease hands over, from `listing`: the lease must be signed and not
-    /// put back behind a newer snapshot taken under a lease ([`crate::lease::handoff`]).
-    async fn handed_over(&self, listing: &Listing) -> Result<Manifest> {
-        let id = crate::lease::handoff(self, listing).await?;
-        if let Some(manifest) = listing.snapshots.iter().find(|m| m.id == id) {
-            return Ok(manifest.clone());
-        }
-        if let Some(refused) = listing.refused.iter().find(|r| r.id == id) {
-            return Err(untrusted(&id, &refused.why, &self.location));
-        }
-        bail!(
-            "the lease names snapshot {id} as the final snapshot its last holder released it \
-             with, but {} no longer holds it (pruned or deleted?). Choose a snapshot with \
-             `ghostwire-backup snapshots` and pass its id",
-            self.location
-        )
-    }
-
-    /// The newest snapshot, or for `final` the newest final one (else the newest).
-    fn newest(&self, listing: &Listing, selector: &Selector) -> Option<Manifest> {
-        let all = &listing.snapshots;
-        let pick = match selector {
-            Selector::Final => match all.iter().rfind(|m| m.r#final) {
-                Some(last_final) => Some(last_final),
-                None => {
-                    tracing::warn!("no final snapshot in the repository; using the latest");
-                    all.last()
-                }
-            },
-            _ => all.last(),
-        };
-        pick.cloned()
-    }
-
     /// The id of the one manifest object named `wanted`, or whose id starts with it or
     /// ends with it as the id's random tail (`-9f3a1c2b`): ids are long to type, and their
     /// time part is shared by neighbours while the tail is not. Lists keys only; whether
@@ -679,7 +604,7 @@ impl Repository {
 
     /// One snapshot's manifest by id; `None` if there is no such snapshot, an error if the
     /// verify key does not accept it.
-    async fn manifest(&self, id: &str) -> Result<Option<Manifest>> {
+    pub async fn manifest(&self, id: &str) -> Result<Option<Manifest>> {
         match self.verified(id, &self.known_id().await?).await? {
             None => Ok(None),
             Some(Ok((manifest, _))) => Ok(Some(manifest)),
@@ -730,7 +655,7 @@ fn legacy_after_named(id: String, first_named: Option<&str>) -> Refused {
 }
 
 /// Snapshot `id` was asked for but its manifest does not verify (exit 9).
-fn untrusted(id: &str, why: &str, location: &str) -> anyhow::Error {
+pub(crate) fn untrusted(id: &str, why: &str, location: &str) -> anyhow::Error {
     exit::coded(
         Exit::Untrusted,
         format!(
@@ -738,113 +663,4 @@ fn untrusted(id: &str, why: &str, location: &str) -> anyhow::Error {
              backup side whose verify key this is; choose another snapshot"
         ),
     )
-}
-
-/// With `--allow-unsigned`, `latest` and `final` never choose an unsigned snapshot newer
-/// than a signed one: once the backup side signs, an unsigned snapshot after that is not
-/// its (a bucket writer's, most likely). Refused with exit 9, naming it; `--snapshot ID`
-/// is a person's choice.
-fn refuse_unsigned_after_signed(
-    pick: &Manifest,
-    unsigned: &std::collections::BTreeSet<String>,
-    oldest_signed: Option<&str>,
-) -> Result<()> {
-    match oldest_signed {
-        Some(signed) if unsigned.contains(&pick.id) && pick.id.as_str() > signed => {
-            Err(exit::coded(
-                Exit::Untrusted,
-                format!(
-                    "snapshot {} has no signature but is newer than the signed snapshot \
-                     {signed}: once the backup side signs, an unsigned snapshot is not its, \
-                     so --allow-unsigned does not choose it as latest or final. Remove it \
-                     with `ghostwire-backup forget {}` if it is junk, or pass --snapshot ID",
-                    pick.id, pick.id
-                ),
-            ))
-        }
-        _ => Ok(()), // signed, or no signed snapshot yet: a repository still migrating
-    }
-}
-
-/// `latest`, `final` and `handoff` never choose past a newer manifest that does not
-/// verify: deleting or garbling the newest snapshots' manifests or signatures would
-/// otherwise roll Signal back without a word, to the snapshot before them or to an older
-/// final one or handoff. Refused manifests dated in the future (or not named like
-/// snapshots) are no snapshot at all, and stop nothing.
-fn refuse_if_newer(
-    refused: &[Refused],
-    pick: Option<&Manifest>,
-    selector: &Selector,
-) -> Result<()> {
-    let now = chrono::Utc::now();
-    let newer: Vec<&Refused> = refused
-        .iter()
-        .filter(|refused| {
-            crate::manifest::id_time(&refused.id)
-                .is_some_and(|taken| taken <= now + crate::manifest::FUTURE_SKEW)
-                && pick.is_none_or(|pick| refused.id > pick.id)
-        })
-        .collect();
-    let Some(newest) = newer.last() else {
-        return Ok(());
-    };
-    let chosen = match (pick, selector) {
-        (None, _) => "no trustworthy snapshot is older, so nothing".to_string(),
-        (Some(pick), Selector::Handoff) => {
-            format!(
-                "newer than {}, the snapshot the lease hands over, so it",
-                pick.id
-            )
-        }
-        (Some(pick), Selector::Final) => format!(
-            "newer than {}, the newest trustworthy final snapshot, so {}",
-            pick.id, pick.id
-        ),
-        (Some(pick), _) => format!(
-            "newer than {}, the newest trustworthy one, so {}",
-            pick.id, pick.id
-        ),
-    };
-    let ids: Vec<&str> = newer.iter().map(|refused| refused.id.as_str()).collect();
-    let (these, are) = match ids.len() {
-        1 => ("the snapshot manifest", "is"),
-        _ => ("the snapshot manifests", "are"),
-    };
-    Err(exit::coded(
-        Exit::Untrusted,
-        format!(
-            "{these} {} {are} not trustworthy ({}), and {chosen} may not be the latest \
-             state: not choosing it silently. Someone with write access to the bucket may \
-             have damaged or replaced {these}. Check `ghostwire-backup snapshots`, then pass \
-             an explicit --snapshot ID, or remove junk with `ghostwire-backup forget ID`",
-            ids.join(", "),
-            newest.why,
-        ),
-    ))
-}
-
-/// `latest`, `final` and `handoff` choose nothing while a manifest signed with the verify
-/// key names another repository, whatever its date: either it was copied here, or this
-/// repository's `repository.json` was replaced so that its own snapshots look foreign and
-/// copied ones do not. From the bucket alone nobody can tell which, so a person must.
-fn refuse_if_foreign(refused: &[Refused], location: &str) -> Result<()> {
-    let foreign: Vec<&Refused> = refused.iter().filter(|refused| refused.foreign).collect();
-    let Some(first) = foreign.first() else {
-        return Ok(());
-    };
-    let ids: Vec<&str> = foreign.iter().map(|refused| refused.id.as_str()).collect();
-    Err(exit::coded(
-        Exit::Untrusted,
-        format!(
-            "{location} holds {} snapshot manifest(s) signed with this verify key in another \
-             repository ({}): {}. Signed objects were copied between repositories that share \
-             a signing key, or this repository's repository.json was replaced. Not choosing \
-             a snapshot automatically: check `ghostwire-backup snapshots`, remove the copies \
-             with `ghostwire-backup forget ID` (or put the original repository.json back), or \
-             pass an explicit --snapshot ID",
-            ids.len(),
-            ids.join(", "),
-            first.why
-        ),
-    ))
 }

@@ -10,7 +10,7 @@ use crate::exit::{self, Exit};
 use crate::repo::{Repository, Selector};
 
 pub async fn run(repo: &Repository, max_age: Duration) -> Result<()> {
-    let newest = repo.find(&Selector::Latest).await?;
+    let newest = crate::selection::find(repo, &Selector::Latest).await?;
     let age = (chrono::Utc::now() - newest.finished_at)
         .to_std()
         .unwrap_or_default();
