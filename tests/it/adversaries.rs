@@ -49,10 +49,8 @@ fn giant_objects_planted_in_a_local_repository_are_refused_unread() {
     // An old-dated manifest: listed as refused, naming the object and the bound.
     let manifest = fx.manifest_path(OLD_ID);
     plant_gib(&manifest);
-    let manifest_words = &[
-        "snapshots/20200101T000000.000Z-0badf00d.json",
-        "larger than 1048576 bytes",
-    ];
+    let manifest_key = Object::Manifest(OLD_ID.to_string()).key();
+    let manifest_words = &[manifest_key.as_str(), "larger than 1048576 bytes"];
     bounded(fx.agent().arg("snapshots"), true, manifest_words);
     bounded(
         fx.agent().args(["prune", "--keep-last", "5"]),
@@ -68,25 +66,20 @@ fn giant_objects_planted_in_a_local_repository_are_refused_unread() {
 
     // Its signature, beside a small manifest: refused the same way.
     std::fs::write(&manifest, b"{}").unwrap();
-    plant_gib(&fx.repo.join(format!("snapshots/{OLD_ID}.json.minisig")));
+    let signature = Object::Signature(OLD_ID.to_string()).key();
+    plant_gib(&fx.repo.join(&signature));
     bounded(
         fx.agent().arg("snapshots"),
         true,
-        &[
-            "snapshots/20200101T000000.000Z-0badf00d.json.minisig",
-            "larger than 16384 bytes",
-        ],
+        &[signature.as_str(), "larger than 16384 bytes"],
     );
     fx.agent().args(["forget", OLD_ID]).ok();
 
     // A lock: backup and prune stop naming it and `unlock`, which removes it.
-    let lock = fx.repo.join(format!("locks/{OLD_ID}.json"));
+    let lock_key = Object::Lock(OLD_ID.to_string()).key();
+    let lock = fx.repo.join(&lock_key);
     plant_gib(&lock);
-    let lock_words = &[
-        "locks/20200101T000000.000Z-0badf00d.json",
-        "larger than 65536 bytes",
-        "unlock",
-    ];
+    let lock_words = &[lock_key.as_str(), "larger than 65536 bytes", "unlock"];
     bounded(&mut fx.backup(), false, lock_words);
     bounded(
         fx.agent().args(["prune", "--keep-last", "5"]),
@@ -97,27 +90,27 @@ fn giant_objects_planted_in_a_local_repository_are_refused_unread() {
     assert!(!lock.exists(), "unlock left the giant lock");
 
     // The signed list of manifests: ignored unread, every manifest read one by one.
-    let list = fx.repo.join("manifests.json");
+    let list = fx.repo.join(MANIFEST_LIST);
     plant_gib(&list);
     bounded(fx.agent().args(["snapshots", "--json"]), true, &[]);
     assert_eq!(snapshot_ids(&mut fx.agent()), [id.as_str()]);
     std::fs::remove_file(&list).unwrap();
 
     // The lease: the init container's `--snapshot handoff` fails naming it, unread.
-    plant_gib(&fx.repo.join("lease.json"));
+    plant_gib(&fx.repo.join(Object::Lease.key()));
     bounded(
         fx.restore(&target).args(["--snapshot", "handoff"]),
         false,
         &["lease.json", "larger than 65536 bytes"],
     );
-    std::fs::remove_file(fx.repo.join("lease.json")).unwrap();
+    std::fs::remove_file(fx.repo.join(Object::Lease.key())).unwrap();
 
     // The index of the genuine snapshot: read no further than the size its manifest signs.
-    let index = fx.repo.join(format!("indexes/{id}.json.zst.age"));
+    let index = fx.repo.join(Object::Index(id.to_string()).key());
     let signed_size = fx.manifest(&id)["index"]["size"].as_u64().unwrap();
     plant_gib(&index);
     let index_words = &[
-        &format!("indexes/{id}.json.zst.age") as &str,
+        &Object::Index(id.to_string()).key() as &str,
         &format!("larger than {signed_size} bytes"),
     ];
     bounded(&mut fx.restore(&target), false, index_words);
@@ -172,13 +165,13 @@ fn giant_objects_planted_on_s3_are_refused_unread() {
         assert_eq!(status, 200, "planting {key} failed: {body}");
     };
 
-    let lock = format!("locks/{OLD_ID}.json");
+    let lock = Object::Lock(OLD_ID.to_string()).key();
     plant(&lock);
     let lock_words = &[lock.as_str(), "larger than 65536 bytes", "unlock"];
     bounded(&mut fx.backup_with(server.agent(repo)), false, lock_words);
     bounded(server.agent(repo).arg("unlock"), true, &[]);
 
-    let manifest = format!("snapshots/{OLD_ID}.json");
+    let manifest = Object::Manifest(OLD_ID.to_string()).key();
     plant(&manifest);
     bounded(
         server.agent(repo).arg("snapshots"),
@@ -186,7 +179,7 @@ fn giant_objects_planted_on_s3_are_refused_unread() {
         &[manifest.as_str(), "larger than 1048576 bytes"],
     );
 
-    plant("lease.json");
+    plant(&Object::Lease.key());
     let target = fx.root.join("restored");
     bounded(
         fx.restore_with(server.agent(repo), &target)
@@ -326,7 +319,7 @@ fn a_newer_unsigned_snapshot_neither_prunes_signed_history_nor_restores_as_lates
     let text = std::fs::read_to_string(fx.manifest_path(&second)).unwrap();
     std::fs::write(fx.manifest_path(&planted), text.replace(&second, &planted)).unwrap();
     std::fs::copy(fx.archive(&second), fx.archive(&planted)).unwrap();
-    let index = |id: &str| fx.repo.join(format!("indexes/{id}.json.zst.age"));
+    let index = |id: &str| fx.repo.join(Object::Index(id.to_string()).key());
     if index(&second).exists() {
         std::fs::copy(index(&second), index(&planted)).unwrap();
     }
@@ -705,7 +698,7 @@ const UNTRUSTED: i32 = 9;
 /// What a bucket writer leaves where a snapshot's signature was: a write, not a delete.
 fn junk_signature(fx: &Fixture, id: &str) {
     std::fs::write(
-        fx.repo.join(format!("snapshots/{id}.json.minisig")),
+        fx.repo.join(Object::Signature(id.to_string()).key()),
         "untrusted comment: junk\nnot a signature\n",
     )
     .unwrap();
@@ -714,7 +707,7 @@ fn junk_signature(fx: &Fixture, id: &str) {
 /// The snapshot a sidecar's lease hands over, once it stopped with its final snapshot.
 fn handed_over(fx: &Fixture) -> String {
     let lease: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fx.repo.join("lease.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(fx.repo.join(Object::Lease.key())).unwrap()).unwrap();
     lease["final_snapshot"].as_str().unwrap().to_string()
 }
 
@@ -726,7 +719,7 @@ fn a_rollback_through_handoff_with_junk_on_the_newer_signatures_is_refused() {
     blue.wait_started("blue");
     blue.stop();
     let blue_final = handed_over(&fx);
-    let blues_lease = std::fs::read(fx.repo.join("lease.json")).unwrap();
+    let blues_lease = std::fs::read(fx.repo.join(Object::Lease.key())).unwrap();
     let green = Sidecar::start(&fx, "ghostwire-green-0", fx.home(), &[]);
     green.wait_started("green");
     green.stop();
@@ -735,7 +728,7 @@ fn a_rollback_through_handoff_with_junk_on_the_newer_signatures_is_refused() {
 
     // Blue's older, genuinely signed lease put back, and junk over the signature of the
     // snapshot green took after it: the one thing that showed the lease was old.
-    std::fs::write(fx.repo.join("lease.json"), &blues_lease).unwrap();
+    std::fs::write(fx.repo.join(Object::Lease.key()), &blues_lease).unwrap();
     junk_signature(&fx, &green_final);
     let err = fx
         .restore(&target)
@@ -750,7 +743,7 @@ fn a_rollback_through_handoff_with_junk_on_the_newer_signatures_is_refused() {
     let green = Sidecar::start(&fx, "ghostwire-green-1", fx.home(), &[]);
     green.wait_started("green");
     green.stop();
-    std::fs::write(fx.repo.join("lease.json"), &blues_lease).unwrap();
+    std::fs::write(fx.repo.join(Object::Lease.key()), &blues_lease).unwrap();
     fx.restore(&target)
         .args(["--snapshot", "handoff"])
         .fails_with_code(UNTRUSTED, &["put back", "ghostwire-green-1"]);
@@ -826,7 +819,8 @@ fn signed_objects_copied_from_another_repository_with_the_same_key_are_refused()
     let target = fx.root.join("restored");
 
     // Y's signed snapshot copied into X: refused, naming the repository mismatch.
-    let snapshot_objects = ["snapshots/", "archives/", "indexes/"];
+    let snapshot_objects =
+        [Object::Manifest, Object::Archive, Object::Index].map(Object::prefix_of);
     assert_eq!(
         copy_from_s3(&server, "s3://other/y", &fx.repo, &snapshot_objects),
         4
@@ -847,10 +841,10 @@ fn signed_objects_copied_from_another_repository_with_the_same_key_are_refused()
 
     // Y's repository.json as well, so that Y's snapshot names "this" repository and X's
     // own look foreign: nothing is chosen automatically either.
-    let x_record = std::fs::read(fx.repo.join("repository.json")).unwrap();
-    copy_from_s3(&server, "s3://other/y", &fx.repo, &["repository.json"]);
+    let x_record = std::fs::read(fx.repo.join(REPOSITORY_ID)).unwrap();
+    copy_from_s3(&server, "s3://other/y", &fx.repo, &[REPOSITORY_ID]);
     assert_ne!(
-        std::fs::read(fx.repo.join("repository.json")).unwrap(),
+        std::fs::read(fx.repo.join(REPOSITORY_ID)).unwrap(),
         x_record
     );
     fx.restore(&target)
@@ -858,7 +852,7 @@ fn signed_objects_copied_from_another_repository_with_the_same_key_are_refused()
     assert!(!target.exists(), "a refused restore wrote its target");
 
     // The way out the errors name: the original repository.json back, the copy forgotten.
-    std::fs::write(fx.repo.join("repository.json"), &x_record).unwrap();
+    std::fs::write(fx.repo.join(REPOSITORY_ID), &x_record).unwrap();
     fx.agent().args(["forget", &y_snapshot]).ok();
     assert_eq!(fx.restore(&target).ok(), x_snapshot);
     assert!(!target.join("planted.txt").exists());
@@ -872,7 +866,7 @@ fn plant_legacy_signed(fx: &Fixture, from: &str, id: &str) {
         .unwrap()
         .replace(from, id);
     let signer = ghostwire_backup::signing::Signer::load(&signing_keys().signing_key).unwrap();
-    let key = format!("snapshots/{id}.json");
+    let key = Object::Manifest(id.to_string()).key();
     std::fs::write(fx.manifest_path(id), &manifest).unwrap();
     std::fs::write(
         fx.repo.join(format!("{key}.minisig")),
@@ -906,7 +900,7 @@ fn the_signed_list_of_manifests_is_a_cache_that_junk_only_bypasses() {
     let (fx, first) = Fixture::backed_up(&["--messages", "5"]);
     std::fs::write(fx.home().join("notes.txt"), "a change").unwrap();
     let second = fx.backup().ok();
-    let list = fx.repo.join("manifests.json");
+    let list = fx.repo.join(MANIFEST_LIST);
     let listed: serde_json::Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
     assert!(listed["entries"][&first].is_object() && listed["entries"][&second].is_object());
     let both = [first.as_str(), second.as_str()];

@@ -79,7 +79,7 @@ impl Lab {
     /// open S3 upload is not an object).
     fn archives(&self, repo: Repo) -> BTreeSet<String> {
         match repo {
-            Repo::Local => std::fs::read_dir(self.fx.repo.join("archives"))
+            Repo::Local => std::fs::read_dir(self.fx.repo.join(Object::prefix_of(Object::Archive)))
                 .map(|entries| {
                     entries
                         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

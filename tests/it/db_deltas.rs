@@ -265,7 +265,7 @@ fn format_1_and_2_snapshots_still_restore_and_verify_and_a_backup_starts_a_raw_c
     {
         let id = &snapshots[n];
         let manifest: Value = serde_json::from_slice(
-            &std::fs::read(repo.join(format!("snapshots/{id}.json"))).unwrap(),
+            &std::fs::read(repo.join(Object::Manifest(id.to_string()).key())).unwrap(),
         )
         .unwrap();
         assert_eq!(manifest["format"], format, "{manifest}");
@@ -301,9 +301,10 @@ fn format_1_and_2_snapshots_still_restore_and_verify_and_a_backup_starts_a_raw_c
     let id = backup_command(agent(), &restored, &recipient, &dir.path().join("staging"))
         .args(["--full-max-age", "36500d"])
         .ok();
-    let next: Value =
-        serde_json::from_slice(&std::fs::read(repo.join(format!("snapshots/{id}.json"))).unwrap())
-            .unwrap();
+    let next: Value = serde_json::from_slice(
+        &std::fs::read(repo.join(Object::Manifest(id.to_string()).key())).unwrap(),
+    )
+    .unwrap();
     assert_eq!(next["format"], 3, "{next}");
     assert_eq!(next["parent"], snapshots[1].as_str(), "{next}");
     assert_eq!(

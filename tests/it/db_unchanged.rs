@@ -118,7 +118,7 @@ fn a_database_written_with_its_times_set_back_is_copied_again() {
 
 /// Snapshot ids in the local repository, oldest first.
 fn snapshot_ids(fx: &Fixture) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(fx.repo.join("snapshots"))
+    let mut ids: Vec<String> = std::fs::read_dir(fx.repo.join(Object::prefix_of(Object::Manifest)))
         .map(|dir| {
             dir.filter_map(|e| e.unwrap().file_name().into_string().ok())
                 .filter_map(|name| name.strip_suffix(".json").map(str::to_string))

@@ -230,7 +230,7 @@ fn a_profile_with_only_an_encrypted_key_is_refused_with_the_way_out() {
     .unwrap();
     fx.backup().fails_with(&["--password-store=basic"]);
     assert!(
-        !fx.repo.join("snapshots").exists(),
+        !fx.repo.join(Object::prefix_of(Object::Manifest)).exists(),
         "a failed backup must not leave a snapshot"
     );
     // And with the key given explicitly, it works.
@@ -255,7 +255,7 @@ fn a_wrong_database_key_fails_the_backup_without_showing_the_key() {
         !err.contains(&wrong) && !err.contains(&fx.profile.key),
         "the key leaked into the output"
     );
-    assert!(!fx.repo.join("snapshots").exists());
+    assert!(!fx.repo.join(Object::prefix_of(Object::Manifest)).exists());
 }
 
 #[test]

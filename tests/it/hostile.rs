@@ -265,7 +265,7 @@ fn a_manifest_from_the_future_or_a_broken_one_is_refused_clearly() {
     write_signed(&text[..text.len() / 2]);
     let err = restore_fails(&fx, &target);
     assert!(
-        err.contains(&format!("snapshots/{}.json", id)) && err.contains("not valid JSON"),
+        err.contains(&Object::Manifest(id.to_string()).key()) && err.contains("not valid JSON"),
         "{err}"
     );
 

@@ -256,7 +256,7 @@ fn prune_forgets_by_policy_but_keeps_what_restores_need() {
         .ok();
     assert!(dry.contains("would forget 2 of 4"), "{dry}");
     assert_eq!(
-        std::fs::read_dir(fx.repo.join("snapshots"))
+        std::fs::read_dir(fx.repo.join(Object::prefix_of(Object::Manifest)))
             .unwrap()
             .count(),
         8,

@@ -7,7 +7,7 @@ use ghostwire_backup::lease::{Held, NoConditionalWrites, check_conditional_write
 use ghostwire_backup::store::{Retention, StoreError};
 
 use crate::common::faults::FaultProxy;
-use crate::common::{S3Server, open_in_process};
+use crate::common::{Object, S3Server, open_in_process};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_conditional_writes_fence_a_second_writer() {
@@ -45,7 +45,7 @@ async fn s3_conditional_writes_fence_a_second_writer() {
     assert!(refused.to_string().contains("held by ghostwire-0"));
     // Someone overwrites the lease behind blue's back: blue's next renewal notices.
     let (bytes, _) = store
-        .get_versioned("lease.json", 1 << 20)
+        .get_versioned(&Object::Lease.key(), 1 << 20)
         .await
         .unwrap()
         .unwrap();
@@ -53,7 +53,7 @@ async fn s3_conditional_writes_fence_a_second_writer() {
     lease["owner"] = "intruder".into();
     store
         .put(
-            "lease.json",
+            &Object::Lease.key(),
             Bytes::from(lease.to_string()),
             Retention::Replaceable,
         )
@@ -80,6 +80,10 @@ async fn a_store_that_ignores_conditional_writes_is_refused_before_the_lease() {
     assert!(err.is::<NoConditionalWrites>(), "{err:#}");
     assert!(err.to_string().contains("ignores If-None-Match"), "{err:#}");
     // The probe leaves nothing behind (its object is deleted; it is never a lock).
-    let keys = direct.store().list("locks/").await.unwrap();
+    let keys = direct
+        .store()
+        .list(Object::prefix_of(Object::Lock))
+        .await
+        .unwrap();
     assert!(keys.is_empty(), "{keys:?}");
 }

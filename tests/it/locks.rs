@@ -7,7 +7,7 @@ use std::process::Command;
 
 use chrono::{Duration, Utc};
 
-use crate::common::{TestCommand, agent};
+use crate::common::{Object, TestCommand, agent};
 
 /// The host name the agent runs as in these tests (it reads HOSTNAME, as in a pod).
 const HOST: &str = "lock-test-host";
@@ -39,13 +39,13 @@ fn place_lock(repo: &Path, id: &str, pid: u32, host: &str, expires_in: Duration)
 }
 
 fn write_lock(repo: &Path, id: &str, content: &[u8]) {
-    let locks = repo.join("locks");
+    let locks = repo.join(Object::prefix_of(Object::Lock));
     std::fs::create_dir_all(&locks).unwrap();
     std::fs::write(locks.join(format!("{id}.json")), content).unwrap();
 }
 
 fn locks_left(repo: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(repo.join("locks"))
+    let mut names: Vec<String> = std::fs::read_dir(repo.join(Object::prefix_of(Object::Lock)))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -160,7 +160,11 @@ fn a_live_process_of_another_user_holds_its_lock() {
     place_lock(&repo, "live", holder, HOST, Duration::hours(1));
     // The same checker does see a gone process as gone: the same-host shortcut applies.
     place_lock(&repo, "crashed", dead_pid(), HOST, Duration::hours(1));
-    for path in [dir.path(), &repo, &repo.join("locks")] {
+    for path in [
+        dir.path(),
+        &repo,
+        &repo.join(Object::prefix_of(Object::Lock)),
+    ] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
 

@@ -18,7 +18,10 @@ fn a_backup_of_a_home_without_signal_fails_and_names_the_flag_that_allows_it() {
         ],
     );
     assert!(
-        !plain.repo.join("snapshots").exists(),
+        !plain
+            .repo
+            .join(Object::prefix_of(Object::Manifest))
+            .exists(),
         "a refused backup wrote a snapshot"
     );
     let missing = plain.root.join("no-such-home");
@@ -351,9 +354,9 @@ fn forget_removes_the_snapshots_named_and_their_objects() {
     let (first, second, third) = (full(&plain), full(&plain), full(&plain));
     let objects = |id: &str| {
         [
-            format!("snapshots/{id}.json"),
-            format!("archives/{id}.tar.zst.age"),
-            format!("indexes/{id}.json.zst.age"),
+            Object::Manifest(id.to_string()).key(),
+            Object::Archive(id.to_string()).key(),
+            Object::Index(id.to_string()).key(),
         ]
         .map(|key| plain.repo.join(key))
     };
@@ -413,7 +416,7 @@ fn forget_refuses_what_a_remaining_snapshot_needs_and_the_handoff() {
         "owner": "blue", "acquired_at": now, "renewed_at": now, "expires_at": now,
         "released_at": now, "final_snapshot": incremental,
     });
-    std::fs::write(plain.repo.join("lease.json"), lease.to_string()).unwrap();
+    std::fs::write(plain.repo.join(Object::Lease.key()), lease.to_string()).unwrap();
     plain
         .agent()
         .args(["forget", &base, &incremental])
@@ -424,7 +427,7 @@ fn forget_refuses_what_a_remaining_snapshot_needs_and_the_handoff() {
     assert!(plain.manifest_path(&incremental).exists());
     assert!(plain.manifest_path(&base).exists());
     // Forgotten together once nothing names them, the chain goes as a whole.
-    std::fs::remove_file(plain.repo.join("lease.json")).unwrap();
+    std::fs::remove_file(plain.repo.join(Object::Lease.key())).unwrap();
     plain.agent().args(["forget", &base, &incremental]).ok();
     assert!(snapshot_ids(&mut plain.agent()).is_empty());
 }
@@ -741,7 +744,7 @@ fn json_logs_report_progress_periodically_and_only_for_long_operations() {
         .env("GWB_PROGRESS_EVERY", "5ms")
         .run();
     assert!(ran.status.success(), "{ran}");
-    let stored = std::fs::metadata(plain.repo.join(format!("archives/{id}.tar.zst.age")))
+    let stored = std::fs::metadata(plain.repo.join(Object::Archive(id.to_string()).key()))
         .unwrap()
         .len();
     let unpacking = growing(&ran.stderr, "download and unpack");
@@ -841,7 +844,7 @@ fn prune_removes_what_a_killed_backup_left_in_a_local_repository_once_it_is_old(
     let plain = Plain::new();
     let id = plain.backed_up();
     // What `backup` killed by SIGKILL before its rename leaves: a `*.partial-*` file.
-    let archives = plain.repo.join("archives");
+    let archives = plain.repo.join(Object::prefix_of(Object::Archive));
     let dead = archives.join("20261101T000000.000Z-0badf00d.tar.zst.age.partial-4242");
     let live = archives.join("20261202T000000.000Z-1badf00d.tar.zst.age.partial-4343");
     for partial in [&dead, &live] {
@@ -884,7 +887,7 @@ fn ctrl_c_during_a_backup_leaves_no_partial_file_and_no_snapshot() {
     let mut log = String::new();
     // The archive streams into archives/ (the layout README documents).
     let partials = || {
-        std::fs::read_dir(plain.repo.join("archives"))
+        std::fs::read_dir(plain.repo.join(Object::prefix_of(Object::Archive)))
             .into_iter()
             .flatten()
             .flatten()

@@ -29,10 +29,10 @@ fn id_at(at: chrono::DateTime<Utc>, tail: &str) -> String {
 
 /// Copies snapshot `from`'s manifest and signature, unchanged, to the names of `to`.
 fn copy_manifest(fx: &Fixture, from: &str, to: &str) {
-    for ending in ["json", "json.minisig"] {
+    for kind in [Object::Manifest, Object::Signature] {
         std::fs::copy(
-            fx.repo.join(format!("snapshots/{from}.{ending}")),
-            fx.repo.join(format!("snapshots/{to}.{ending}")),
+            fx.repo.join(kind(from.to_string()).key()),
+            fx.repo.join(kind(to.to_string()).key()),
         )
         .unwrap();
     }
@@ -74,10 +74,10 @@ fn a_snapshot_made_with_the_public_recipient_and_another_signing_key_is_never_ch
         .ok();
     assert!(forged > genuine);
     for key in [
-        format!("archives/{forged}.tar.zst.age"),
-        format!("indexes/{forged}.json.zst.age"),
-        format!("snapshots/{forged}.json.minisig"),
-        format!("snapshots/{forged}.json"),
+        Object::Archive(forged.to_string()).key(),
+        Object::Index(forged.to_string()).key(),
+        Object::Signature(forged.to_string()).key(),
+        Object::Manifest(forged.to_string()).key(),
     ] {
         std::fs::copy(attacker.repo.join(&key), fx.repo.join(&key)).unwrap();
     }
@@ -102,7 +102,7 @@ fn a_snapshot_made_with_the_public_recipient_and_another_signing_key_is_never_ch
 #[test]
 fn a_manifest_without_a_signature_is_refused_and_allow_unsigned_is_explicit() {
     let (fx, genuine) = backed_up();
-    std::fs::remove_file(fx.repo.join(format!("snapshots/{genuine}.json.minisig"))).unwrap();
+    std::fs::remove_file(fx.repo.join(Object::Signature(genuine.to_string()).key())).unwrap();
     let target = fx.root.join("target");
     fx.restore(&target)
         .fails_with_code(UNTRUSTED, &["has no signature"]);
@@ -173,7 +173,7 @@ fn prune_deletes_by_verified_id_never_what_a_manifest_names() {
     std::fs::write(&path, manifest.to_string()).unwrap();
     let (attacker_key, _) = signing_keygen(&fx.root);
     let signature = Signer::load(&attacker_key).unwrap().sign(
-        &format!("snapshots/{junk}.json"),
+        &Object::Manifest(junk.to_string()).key(),
         None,
         &std::fs::read(&path).unwrap(),
     );
@@ -328,7 +328,10 @@ fn each_side_is_told_which_key_it_lacks() {
         .backup()
         .env_remove("GWB_SIGNING_KEY_FILE")
         .fails_with_code(2, &["no signing key", "keygen --signing-out"]);
-    assert!(!fx.repo.join("snapshots").exists(), "{err}");
+    assert!(
+        !fx.repo.join(Object::prefix_of(Object::Manifest)).exists(),
+        "{err}"
+    );
     fx.backup().ok();
     let target = fx.root.join("target");
     fx.restore(&target)

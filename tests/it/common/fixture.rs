@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use ghostwire_backup::commands::restore::{MARKER, STAGING};
 use serde_json::Value;
 
-use super::{Profile, TestCommand, agent_for, assert_same_tree, keygen, make_profile, tree};
+use super::{
+    Object, Profile, TestCommand, agent_for, assert_same_tree, keygen, make_profile, tree,
+};
 
 pub struct Fixture {
     _dir: tempfile::TempDir,
@@ -120,12 +122,12 @@ impl Fixture {
 
     /// Where the local repository keeps a snapshot's archive (the layout README documents).
     pub fn archive(&self, id: &str) -> PathBuf {
-        self.repo.join(format!("archives/{id}.tar.zst.age"))
+        self.repo.join(Object::Archive(id.to_string()).key())
     }
 
     /// Where the local repository keeps a snapshot's manifest.
     pub fn manifest_path(&self, id: &str) -> PathBuf {
-        self.repo.join(format!("snapshots/{id}.json"))
+        self.repo.join(Object::Manifest(id.to_string()).key())
     }
 
     pub fn manifest(&self, id: &str) -> Value {

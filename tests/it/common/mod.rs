@@ -18,6 +18,10 @@ pub use fixture::{
 pub use plain::Plain;
 pub use sidecar::{SIDECAR_WAIT, Sidecar};
 
+/// The typed repository layout: tests name objects as the agent does, never by hand.
+pub use ghostwire_backup::layout::{Object, REPOSITORY_ID};
+pub use ghostwire_backup::manifest_list::KEY as MANIFEST_LIST;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -145,13 +149,8 @@ pub fn signing_keygen(dir: &Path) -> (PathBuf, String) {
 pub fn sign_manifest(path: &Path) {
     let signer = ghostwire_backup::signing::Signer::load(&signing_keys().signing_key).unwrap();
     let id = path.file_stem().unwrap().to_str().unwrap();
-    let key = format!("snapshots/{id}.json");
-    let repository = path
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("repository.json");
+    let key = Object::Manifest(id.to_string()).key();
+    let repository = path.parent().unwrap().parent().unwrap().join(REPOSITORY_ID);
     let repository: Option<String> = std::fs::read(repository)
         .ok()
         .map(|record| serde_json::from_slice::<Value>(&record).unwrap()["id"].to_string())

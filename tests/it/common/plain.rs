@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{TestCommand, agent_for, keygen, restore_command};
+use super::{Object, TestCommand, agent_for, keygen, restore_command};
 
 /// A temporary directory with a key pair, a home that is not a Signal profile (one file),
 /// and the path of a local repository that does not exist yet.
@@ -70,7 +70,7 @@ impl Plain {
     }
 
     pub fn manifest_path(&self, id: &str) -> PathBuf {
-        self.repo.join(format!("snapshots/{id}.json"))
+        self.repo.join(Object::Manifest(id.to_string()).key())
     }
 }
 
