@@ -2,9 +2,15 @@
 //! verify must pass (the gate).
 //!
 //! The key comes from Signal's `config.json` (or `--db-key-file`); the snapshot stays
-//! encrypted with it. A backup of a database that fails `quick_check` goes ahead, with a
-//! warning (the damage is Signal's, and the snapshot is the best copy there is); a restore
-//! whose database fails the full `integrity_check` stops before anything is moved into place.
+//! encrypted with it. A scheduled backup runs `quick_check` beside its upload and records
+//! the result (a database that fails goes ahead with a warning: the damage is Signal's, and
+//! the snapshot is the best copy there is); a final snapshot runs none, to keep the switch
+//! short. A restore stops before anything is moved into place unless its gate passes
+//! ([`gate`]): every page of the rebuilt database equal to the snapshot's signed page
+//! digest and authenticated with the restored key (`cipher_integrity_check` for raw
+//! chains, decrypted reads for formats 1 and 2); the full `integrity_check` only for a
+//! snapshot without a page digest, or whose backup check found problems. `verify` (the
+//! scheduled drill) runs the full check on every snapshot it reads.
 //!
 //! A database nothing wrote to since the parent snapshot is not copied again: its
 //! [`Stamp`] (the stat of the database and its journal files, taken before the copy) still
