@@ -19,20 +19,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use chrono::Utc;
+use globset::GlobSet;
 use sha2::{Digest, Sha256};
 
 use crate::archive::{ArchiveSettings, ArchiveWriter, Sealed};
 use crate::blocking::Remote;
-use crate::cancel::is_cancelled;
+use crate::cancel::{Cancel, is_cancelled};
 use crate::catalog::{Catalog, Latest};
 use crate::chain::{self, Policy};
 use crate::index::{self, DbChain, IndexEntry};
 use crate::keys::Recipients;
 use crate::layout::Object;
 use crate::manifest::{self, ArchiveInfo, AttachmentCheck, Manifest, ObjectRecord};
+use crate::raw_pages::RawPageList;
 use crate::repo::Selector;
 use crate::reuse::{ArchivePass, Archived};
-use crate::signal_db::{self, Origin, PendingCheck, SignalSnapshot};
+use crate::signal_db::{self, Origin, PendingCheck, SignalSnapshot, Stamp};
 use crate::staging::Staging;
 use crate::store::{StoreError, chunk_channel};
 use crate::{keys, lock, profile, walk};
@@ -136,135 +138,40 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     let excludes = profile::excludes(&options.excludes)?;
     cancel.enter("staging")?;
     let staging = Staging::acquire(&options.staging_dir, STAGING_WAIT, cancel)?;
-    let id = manifest::new_snapshot_id(started_at);
+    let backup = Backup {
+        remote,
+        options,
+        id: manifest::new_snapshot_id(started_at),
+        staging,
+    };
     cancel.enter("chain choice")?;
     let mut catalog = Catalog::open_cache(&catalog_path(options))?;
     let (parent, previous) = choose_parent(remote, &catalog, options)?;
 
-    // 1. Signal's database first (see the module docs for why), unless nothing wrote to it
-    //    since the parent snapshot copied it. Its stamp is taken before the copy, so a
-    //    write during the copy shows at the next backup.
-    cancel.enter("database snapshot")?;
-    let stamp = signal_db::stamp(&options.source)?;
-    let parent_db = parent
-        .as_ref()
-        .and_then(|_| previous.get(Path::new(profile::SIGNAL_DB)));
-    let parent_pages = parent_db
-        .and_then(|entry| entry.db_chain.as_ref())
-        .and_then(|chain| catalog.page_list(&chain.pages));
-    let unchanged = parent.as_ref().and_then(|parent| {
-        signal_db::unchanged_since(
-            &parent.manifest,
-            parent_db,
-            parent_pages.clone(),
-            stamp.as_ref(),
-        )
-    });
-    let signal = match unchanged {
-        Some(reused) => {
-            tracing::info!(
-                "Signal's database is unchanged since the parent snapshot: not copied again"
-            );
-            Some(reused)
-        }
-        None => {
-            // The final snapshot, which the desktop waits for, writes only the changed pages.
-            let changes = match (options.r#final, parent_pages.as_ref()) {
-                (true, Some(base)) => signal_db::snapshot_changes(
-                    &options.source,
-                    options.db_key_file.as_deref(),
-                    &staging,
-                    options.db_wait,
-                    parent_db,
-                    base,
-                    cancel,
-                )?,
-                _ => None,
-            };
-            match changes {
-                Some(changes) => Some(SignalSnapshot {
-                    stamp: stamp.clone(),
-                    ..changes
-                }),
-                None => signal_db::snapshot_signal_db(
-                    &options.source,
-                    options.db_key_file.as_deref(),
-                    &staging,
-                    options.db_wait,
-                    cancel,
-                )?
-                .map(|copied| {
-                    let copied = SignalSnapshot { stamp, ..copied };
-                    signal_db::as_delta(copied, parent_db, parent_pages.as_ref())
-                }),
-            }
-        }
-    };
+    // 1. Signal's database first (see the module docs for why).
+    let mut signal = backup.snapshot_database(&catalog, parent.as_ref(), &previous)?;
     let db_pages = signal.as_ref().and_then(|s| s.pages.clone());
     // The copy's checks read the whole database: they run beside the archive and upload,
     // and not at all in the final snapshot, which the desktop waits for (docs/format.md,
     // "What a snapshot proves").
-    let mut signal = signal;
     let pending_check = signal
         .as_ref()
         .filter(|_| !options.r#final)
         .and_then(PendingCheck::start);
 
     // 2. Then list the home.
-    cancel.enter("walk")?;
-    let listing = walk::list(
-        &options.source,
-        &excludes,
-        &[Path::new(profile::SIGNAL_DB)],
-        cancel,
-    )?;
-    let deleted = chain::deleted_paths(&previous, &listing);
-    let files = listing
-        .entries
-        .iter()
-        .filter(|e| matches!(e.kind, walk::Kind::File | walk::Kind::PlainSqlite))
-        .count() as u64;
-    tracing::info!(
-        snapshot = %id,
-        parent = parent.as_ref().map(|p| p.manifest.id.as_str()),
-        entries = listing.entries.len(),
-        bytes = listing.file_bytes,
-        repository = %remote.repo().location(),
-        "backing up"
-    );
+    let (listing, deleted) = backup.list_home(&excludes, parent.as_ref(), &previous)?;
 
     // 3. Stream tar → zstd → age into the store.
     cancel.enter("archive and upload")?;
+    let files = files_listed(&listing);
     cancel.progress().set_totals(files, listing.file_bytes);
-    let pass = ArchivePass {
-        id: id.clone(),
-        source: options.source.clone(),
-        wait: options.db_wait,
-        previous,
-        deleted,
-        references: signal
-            .as_ref()
-            .map(|s| s.references.clone())
-            .unwrap_or_default(),
-        signal_db: signal.as_ref().map(|s| s.origin.clone()),
-        db_stamp: signal.as_ref().and_then(|s| s.stamp.clone()),
-        db_chain: signal.as_ref().and_then(|s| s.chain(&id)),
-        cancel: cancel.clone(),
-    };
-    // Size the upload parts so the archive fits S3's limit.
-    let chunk_size = options
-        .part_size
-        .max((listing.file_bytes * 11 / 10 / MAX_PARTS) as usize);
-    let settings = ArchiveSettings {
-        cancel: cancel.clone(),
-        zstd_level: options.zstd_level,
-        zstd_threads: options.threads,
-        chunk_size,
-    };
+    let pass = backup.archive_pass(previous, deleted, signal.as_ref());
+    let settings = backup.archive_settings(listing.file_bytes);
     // Borrows the staging directory: it outlives the check reading the copy in it.
-    let work = |writer: &mut ArchiveWriter| pass.archive(writer, &listing, &staging);
+    let work = |writer: &mut ArchiveWriter| pass.archive(writer, &listing, &backup.staging);
     let (sealed, archived, recipients) =
-        archive_and_upload(remote, &id, recipients, settings, work)?;
+        archive_and_upload(remote, &backup.id, recipients, settings, work)?;
     if let (Some(pending), Some(signal)) = (pending_check, signal.as_mut()) {
         cancel.enter("database check")?;
         pending.finish(&mut signal.info, cancel)?;
@@ -272,26 +179,183 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
 
     // 4. The index, then the manifest: until the manifest exists the snapshot does not.
     cancel.enter("index upload")?;
-    let index = upload_index(remote, &id, &archived.entries, &recipients)?;
+    let id = &backup.id;
+    let index = upload_index(remote, id, &archived.entries, &recipients)?;
     let manifest = describe(
-        &id, started_at, options, parent, sealed, index, &archived, signal,
+        id, started_at, options, parent, sealed, index, &archived, signal,
     );
     cancel.enter("commit")?;
     remote.commit(&manifest)?;
-    // The catalog is a cache: if it cannot be updated, the next backup is larger, not wrong.
-    if let Err(err) = catalog.record(
-        remote.repo().location(),
-        &manifest,
-        &archived.entries,
-        db_pages.as_ref(),
-    ) {
-        tracing::warn!(
-            error = format!("{err:#}"),
-            "could not update the local catalog"
-        );
-    }
+    backup.record_in_catalog(&mut catalog, &manifest, &archived, db_pages.as_ref());
     log_committed(&manifest, started);
     Ok(manifest)
+}
+
+/// One snapshot being taken: what its steps share.
+struct Backup<'a> {
+    remote: &'a Remote,
+    options: &'a BackupOptions,
+    /// The new snapshot's id.
+    id: String,
+    /// Held until the snapshot is committed: the database copies in it are read until then.
+    staging: Staging,
+}
+
+impl Backup<'_> {
+    fn cancel(&self) -> &Cancel {
+        self.remote.cancel()
+    }
+
+    /// Snapshots Signal's database, unless nothing wrote to it since the parent snapshot
+    /// copied it. Its stamp is taken before the copy, so a write during the copy shows at
+    /// the next backup.
+    fn snapshot_database(
+        &self,
+        catalog: &Catalog,
+        parent: Option<&Parent>,
+        previous: &HashMap<PathBuf, IndexEntry>,
+    ) -> Result<Option<SignalSnapshot>> {
+        self.cancel().enter("database snapshot")?;
+        let stamp = signal_db::stamp(&self.options.source)?;
+        let parent_db = parent.and_then(|_| previous.get(Path::new(profile::SIGNAL_DB)));
+        let parent_pages = parent_db
+            .and_then(|entry| entry.db_chain.as_ref())
+            .and_then(|chain| catalog.page_list(&chain.pages));
+        let unchanged = parent.and_then(|parent| {
+            signal_db::unchanged_since(
+                &parent.manifest,
+                parent_db,
+                parent_pages.clone(),
+                stamp.as_ref(),
+            )
+        });
+        if let Some(reused) = unchanged {
+            tracing::info!(
+                "Signal's database is unchanged since the parent snapshot: not copied again"
+            );
+            return Ok(Some(reused));
+        }
+        self.copy_database(stamp, parent_db, parent_pages.as_ref())
+    }
+
+    /// Copies Signal's database. The final snapshot, which the desktop waits for, writes
+    /// only the pages changed since the parent's copy (`parent_pages`) where it can;
+    /// otherwise the whole database is copied, and kept as a delta against the parent's
+    /// version if that is small enough.
+    fn copy_database(
+        &self,
+        stamp: Option<Stamp>,
+        parent_db: Option<&IndexEntry>,
+        parent_pages: Option<&RawPageList>,
+    ) -> Result<Option<SignalSnapshot>> {
+        let options = self.options;
+        let (source, key_file) = (&options.source, options.db_key_file.as_deref());
+        let (staging, wait, cancel) = (&self.staging, options.db_wait, self.cancel());
+        let changes = match (options.r#final, parent_pages) {
+            (true, Some(base)) => signal_db::snapshot_changes(
+                source, key_file, staging, wait, parent_db, base, cancel,
+            )?,
+            _ => None,
+        };
+        if let Some(changes) = changes {
+            return Ok(Some(SignalSnapshot { stamp, ..changes }));
+        }
+        let copied = signal_db::snapshot_signal_db(source, key_file, staging, wait, cancel)?;
+        Ok(copied.map(|copied| {
+            let copied = SignalSnapshot { stamp, ..copied };
+            signal_db::as_delta(copied, parent_db, parent_pages)
+        }))
+    }
+
+    /// Lists the home, and what was deleted from it since the parent snapshot.
+    fn list_home(
+        &self,
+        excludes: &GlobSet,
+        parent: Option<&Parent>,
+        previous: &HashMap<PathBuf, IndexEntry>,
+    ) -> Result<(walk::Listing, Vec<PathBuf>)> {
+        self.cancel().enter("walk")?;
+        let listing = walk::list(
+            &self.options.source,
+            excludes,
+            &[Path::new(profile::SIGNAL_DB)],
+            self.cancel(),
+        )?;
+        let deleted = chain::deleted_paths(previous, &listing);
+        tracing::info!(
+            snapshot = %self.id,
+            parent = parent.map(|p| p.manifest.id.as_str()),
+            entries = listing.entries.len(),
+            bytes = listing.file_bytes,
+            repository = %self.remote.repo().location(),
+            "backing up"
+        );
+        Ok((listing, deleted))
+    }
+
+    /// The archive pass: the parent's index, the paths deleted since, and what it needs of
+    /// Signal's database snapshot.
+    fn archive_pass(
+        &self,
+        previous: HashMap<PathBuf, IndexEntry>,
+        deleted: Vec<PathBuf>,
+        signal: Option<&SignalSnapshot>,
+    ) -> ArchivePass {
+        ArchivePass {
+            id: self.id.clone(),
+            source: self.options.source.clone(),
+            wait: self.options.db_wait,
+            previous,
+            deleted,
+            references: signal.map(|s| s.references.clone()).unwrap_or_default(),
+            signal_db: signal.map(|s| s.origin.clone()),
+            db_stamp: signal.and_then(|s| s.stamp.clone()),
+            db_chain: signal.and_then(|s| s.chain(&self.id)),
+            cancel: self.cancel().clone(),
+        }
+    }
+
+    /// How the archive is written, its upload parts sized so that a home of `file_bytes`
+    /// fits S3's limit.
+    fn archive_settings(&self, file_bytes: u64) -> ArchiveSettings {
+        let chunk_size = self
+            .options
+            .part_size
+            .max((file_bytes * 11 / 10 / MAX_PARTS) as usize);
+        ArchiveSettings {
+            cancel: self.cancel().clone(),
+            zstd_level: self.options.zstd_level,
+            zstd_threads: self.options.threads,
+            chunk_size,
+        }
+    }
+
+    /// Records the committed snapshot in the local catalog. The catalog is a cache: if it
+    /// cannot be updated, the next backup is larger, not wrong.
+    fn record_in_catalog(
+        &self,
+        catalog: &mut Catalog,
+        manifest: &Manifest,
+        archived: &Archived,
+        db_pages: Option<&RawPageList>,
+    ) {
+        let repository = self.remote.repo().location();
+        if let Err(err) = catalog.record(repository, manifest, &archived.entries, db_pages) {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "could not update the local catalog"
+            );
+        }
+    }
+}
+
+/// The regular files (and plain SQLite databases) listed: what the progress counts.
+fn files_listed(listing: &walk::Listing) -> u64 {
+    listing
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, walk::Kind::File | walk::Kind::PlainSqlite))
+        .count() as u64
 }
 
 fn catalog_path(options: &BackupOptions) -> PathBuf {
@@ -464,25 +528,8 @@ fn describe(
     archived: &Archived,
     signal: Option<SignalSnapshot>,
 ) -> Manifest {
-    let depends_on: BTreeSet<String> = archived
-        .entries
-        .iter()
-        .flat_map(|e| {
-            let deltas = e.db_chain.iter().flat_map(|chain| chain.deltas.iter());
-            e.archive.iter().chain(deltas).cloned()
-        })
-        .chain([id.to_string()])
-        .collect();
-    let chains = || archived.entries.iter().filter_map(|e| e.db_chain.as_ref());
-    let format = if chains().any(DbChain::is_raw) {
-        manifest::FORMAT_VERSION
-    } else if chains().any(|chain| !chain.deltas.is_empty()) {
-        manifest::FORMAT_DECRYPTED_DELTAS // a reused parent's chain
-    } else {
-        manifest::FORMAT_WITHOUT_DELTAS
-    };
     Manifest {
-        format,
+        format: format_needed(archived),
         id: id.to_string(),
         started_at,
         finished_at: Utc::now(),
@@ -499,29 +546,62 @@ fn describe(
         parent: parent.as_ref().map(|p| p.chain.id.clone()),
         chain_length: parent.as_ref().map_or(0, |p| p.chain.chain_length + 1),
         chain_full: parent.as_ref().map(|p| p.chain.full_id.clone()),
-        depends_on: depends_on.into_iter().collect(),
+        depends_on: depends_on(id, archived),
         content: archived.counts.clone(),
-        attachments: match signal.as_ref() {
-            // Signal deletes a file only after its row, which changes the database: a
-            // file deleted while it stayed unchanged may be one it references.
-            Some(SignalSnapshot {
-                origin:
-                    Origin::Parent {
-                        attachments: parent,
-                        ..
-                    },
-                ..
-            }) => AttachmentCheck {
-                referenced: parent.referenced,
-                missing: parent.missing + archived.attachments_deleted,
-            },
-            _ => AttachmentCheck {
-                referenced: signal.as_ref().map_or(0, |s| s.references.len() as u64),
-                missing: archived.missing_attachments,
-            },
-        },
+        attachments: attachment_check(signal.as_ref(), archived),
         signal_db: signal.map(|s| s.info),
         catalog_digest: Some(crate::catalog::digest(&archived.entries)),
+    }
+}
+
+/// Every archive the snapshot's index points into, its own (`id`) included.
+fn depends_on(id: &str, archived: &Archived) -> Vec<String> {
+    let depends_on: BTreeSet<String> = archived
+        .entries
+        .iter()
+        .flat_map(|e| {
+            let deltas = e.db_chain.iter().flat_map(|chain| chain.deltas.iter());
+            e.archive.iter().chain(deltas).cloned()
+        })
+        .chain([id.to_string()])
+        .collect();
+    depends_on.into_iter().collect()
+}
+
+/// The oldest repository format that can describe the snapshot's database chains, so that
+/// older agents can still restore snapshots that need nothing newer.
+fn format_needed(archived: &Archived) -> u32 {
+    let chains = || archived.entries.iter().filter_map(|e| e.db_chain.as_ref());
+    if chains().any(DbChain::is_raw) {
+        manifest::FORMAT_VERSION
+    } else if chains().any(|chain| !chain.deltas.is_empty()) {
+        manifest::FORMAT_DECRYPTED_DELTAS // a reused parent's chain
+    } else {
+        manifest::FORMAT_WITHOUT_DELTAS
+    }
+}
+
+/// The attachments Signal's database snapshot references, and how many of them were
+/// missing from the home.
+fn attachment_check(signal: Option<&SignalSnapshot>, archived: &Archived) -> AttachmentCheck {
+    match signal {
+        // Signal deletes a file only after its row, which changes the database: a file
+        // deleted while it stayed unchanged may be one it references.
+        Some(SignalSnapshot {
+            origin:
+                Origin::Parent {
+                    attachments: parent,
+                    ..
+                },
+            ..
+        }) => AttachmentCheck {
+            referenced: parent.referenced,
+            missing: parent.missing + archived.attachments_deleted,
+        },
+        _ => AttachmentCheck {
+            referenced: signal.map_or(0, |s| s.references.len() as u64),
+            missing: archived.missing_attachments,
+        },
     }
 }
 

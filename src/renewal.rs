@@ -164,6 +164,16 @@ async fn keep_renewing(
     }
 }
 
+/// Warns at start when this sidecar could not delete its pod after losing the lease (no
+/// Kubernetes API), so that the fallback [`after_loss`] takes then is known beforehand.
+pub fn warn_if_no_pod(pod: Option<&OwnPod>) {
+    if pod.is_none() {
+        tracing::warn!(
+            "no Kubernetes API configured (KUBERNETES_SERVICE_HOST, GWB_POD_NAME and GWB_POD_NAMESPACE): if another instance ever takes the lease over, this sidecar cannot delete its pod, and moves Signal's database aside on the volume instead to keep Signal down"
+        );
+    }
+}
+
 /// After the lease was lost: `/leasez` and `/startupz` answer 503 for good, and the pod is
 /// deleted, retried until it is or SIGTERM comes (`stopped`). Where it cannot be (no
 /// Kubernetes API: not in a cluster, or the pod's name and namespace unknown; or the first

@@ -81,66 +81,11 @@ impl ArchivePass {
                 Kind::Symlink(_) => EntryKind::Symlink,
                 Kind::File | Kind::PlainSqlite => EntryKind::File,
             };
-            let mut indexed = IndexEntry::new(&entry.path, kind, &entry.metadata);
-            match &entry.kind {
-                Kind::Directory => {
-                    writer.add_directory(&entry.path, &entry.metadata)?;
-                    counts.directories += 1;
-                }
-                Kind::Symlink(target) => {
-                    writer.add_symlink(&entry.path, target, &entry.metadata)?;
-                    counts.symlinks += 1;
-                }
-                Kind::File if entry.path == Path::new(profile::SIGNAL_DB) => {
-                    match &self.signal_db {
-                        None => continue,
-                        Some(Origin::Copied { copy, .. }) => {
-                            let outcome =
-                                writer.add_snapshot(&entry.path, copy, &entry.metadata)?;
-                            counts.sqlite_snapshots += 1;
-                            self.record(&mut indexed, outcome, &mut counts);
-                        }
-                        Some(Origin::Parent { entry: parent, .. }) => {
-                            indexed.sha256 = parent.sha256.clone();
-                            indexed.archive = parent.archive.clone();
-                            counts.reused_files += 1;
-                        }
-                        Some(Origin::Delta {
-                            copy,
-                            delta,
-                            parent,
-                            ..
-                        }) => {
-                            let pages = RawDeltaReader::new(copy, delta)?;
-                            writer.add_generated(archive::DB_DELTA, delta.header.bytes(), pages)?;
-                            // Archived, as the pages that changed.
-                            counts.files += 1;
-                            counts.sqlite_snapshots += 1;
-                            indexed.sha256 = parent.sha256.clone();
-                            indexed.archive = parent.archive.clone();
-                        }
-                    }
-                    indexed.db_stamp = self.db_stamp.as_ref().map(|s| s.0.clone());
-                    indexed.db_chain = self.db_chain.clone();
-                }
-                Kind::PlainSqlite => {
-                    let copy = staging.file("plain.sqlite");
-                    let outcome = self.add_plain_sqlite(writer, &home, entry, &copy, &mut counts);
-                    std::fs::remove_file(&copy).ok();
-                    self.record(&mut indexed, outcome?, &mut counts);
-                }
-                Kind::File => {
-                    if let Some(reused) = self.reusable(&indexed, &home, &entry.metadata)? {
-                        indexed = reused;
-                        counts.reused_files += 1;
-                        // Not read, but done: the total counts every file's bytes.
-                        self.cancel.progress().add_bytes(entry.metadata.len());
-                    } else {
-                        let outcome = writer.add_file(&entry.path, &home, &entry.metadata)?;
-                        self.record(&mut indexed, outcome, &mut counts);
-                    }
-                }
-            }
+            let indexed = IndexEntry::new(&entry.path, kind, &entry.metadata);
+            let added = self.add_entry(writer, &home, staging, entry, indexed, &mut counts)?;
+            let Some(indexed) = added else {
+                continue; // no Signal database to archive
+            };
             if kind == EntryKind::File {
                 self.cancel.progress().add_files(1); // done: archived, reused or vanished
             }
@@ -154,8 +99,103 @@ impl ArchivePass {
         }
         entries.extend(self.deleted.iter().map(|path| IndexEntry::tombstone(path)));
         counts.bytes = writer.content_bytes;
-        let attachments_deleted = self
-            .deleted
+        Ok(Archived {
+            entries,
+            counts,
+            missing_attachments: self.references.len() as u64,
+            attachments_deleted: self.attachments_deleted(),
+        })
+    }
+
+    /// Puts one listed entry into the archive (or points `indexed` at the archive that
+    /// already holds it) and returns its index entry; `None` for Signal's database when
+    /// this snapshot has none.
+    fn add_entry(
+        &self,
+        writer: &mut ArchiveWriter,
+        home: &Home,
+        staging: &Staging,
+        entry: &Entry,
+        mut indexed: IndexEntry,
+        counts: &mut ContentCounts,
+    ) -> Result<Option<IndexEntry>> {
+        match &entry.kind {
+            Kind::Directory => {
+                writer.add_directory(&entry.path, &entry.metadata)?;
+                counts.directories += 1;
+            }
+            Kind::Symlink(target) => {
+                writer.add_symlink(&entry.path, target, &entry.metadata)?;
+                counts.symlinks += 1;
+            }
+            Kind::File if entry.path == Path::new(profile::SIGNAL_DB) => {
+                return self.add_signal_db(writer, entry, indexed, counts);
+            }
+            Kind::PlainSqlite => {
+                let copy = staging.file("plain.sqlite");
+                let outcome = self.add_plain_sqlite(writer, home, entry, &copy, counts);
+                std::fs::remove_file(&copy).ok();
+                self.record(&mut indexed, outcome?, counts);
+            }
+            Kind::File => {
+                if let Some(reused) = self.reusable(&indexed, home, &entry.metadata)? {
+                    indexed = reused;
+                    counts.reused_files += 1;
+                    // Not read, but done: the total counts every file's bytes.
+                    self.cancel.progress().add_bytes(entry.metadata.len());
+                } else {
+                    let outcome = writer.add_file(&entry.path, home, &entry.metadata)?;
+                    self.record(&mut indexed, outcome, counts);
+                }
+            }
+        }
+        Ok(Some(indexed))
+    }
+
+    /// Signal's database, from its snapshot: a full copy, the parent's copy reused, or the
+    /// pages that changed since the parent's. `None` if this snapshot has none.
+    fn add_signal_db(
+        &self,
+        writer: &mut ArchiveWriter,
+        entry: &Entry,
+        mut indexed: IndexEntry,
+        counts: &mut ContentCounts,
+    ) -> Result<Option<IndexEntry>> {
+        match &self.signal_db {
+            None => return Ok(None),
+            Some(Origin::Copied { copy, .. }) => {
+                let outcome = writer.add_snapshot(&entry.path, copy, &entry.metadata)?;
+                counts.sqlite_snapshots += 1;
+                self.record(&mut indexed, outcome, counts);
+            }
+            Some(Origin::Parent { entry: parent, .. }) => {
+                indexed.sha256 = parent.sha256.clone();
+                indexed.archive = parent.archive.clone();
+                counts.reused_files += 1;
+            }
+            Some(Origin::Delta {
+                copy,
+                delta,
+                parent,
+                ..
+            }) => {
+                let pages = RawDeltaReader::new(copy, delta)?;
+                writer.add_generated(archive::DB_DELTA, delta.header.bytes(), pages)?;
+                // Archived, as the pages that changed.
+                counts.files += 1;
+                counts.sqlite_snapshots += 1;
+                indexed.sha256 = parent.sha256.clone();
+                indexed.archive = parent.archive.clone();
+            }
+        }
+        indexed.db_stamp = self.db_stamp.as_ref().map(|s| s.0.clone());
+        indexed.db_chain = self.db_chain.clone();
+        Ok(Some(indexed))
+    }
+
+    /// Attachment files the parent snapshot held that were deleted since.
+    fn attachments_deleted(&self) -> u64 {
+        self.deleted
             .iter()
             .filter(|path| {
                 attachment_name(path).is_some()
@@ -164,13 +204,7 @@ impl ArchivePass {
                         .get(*path)
                         .is_some_and(|e| e.kind == EntryKind::File)
             })
-            .count() as u64;
-        Ok(Archived {
-            entries,
-            counts,
-            missing_attachments: self.references.len() as u64,
-            attachments_deleted,
-        })
+            .count() as u64
     }
 
     /// A plain SQLite database as a consistent snapshot, or as it is if it is not really

@@ -67,6 +67,19 @@ pub fn is_stale(finished: chrono::DateTime<chrono::Utc>, schedule: &schedule::Sc
     chrono::Utc::now() - finished > second - first
 }
 
+/// Whether the sidecar backs up at once rather than at the first scheduled time: when the
+/// newest snapshot (committed at `newest`) is older than the schedule's interval.
+pub fn back_up_at_start(
+    newest: Option<chrono::DateTime<chrono::Utc>>,
+    schedule: &schedule::Schedule,
+) -> bool {
+    let now = newest.is_some_and(|finished| is_stale(finished, schedule));
+    if now {
+        tracing::info!("the newest snapshot is older than the schedule's interval: backing up now");
+    }
+    now
+}
+
 /// Why the scheduled backups ended.
 pub enum Ended {
     /// SIGTERM or SIGINT: take the final snapshot.

@@ -119,29 +119,7 @@ pub fn snapshot(
     )?;
     let started = Instant::now();
     begin_read(&live, source, wait, cancel)?;
-    {
-        let backup = Backup::new(&live, &mut staged)
-            .with_context(|| format!("cannot start snapshot of {}", source.display()))?;
-        loop {
-            cancel.check()?;
-            match backup.step(PAGES_PER_STEP) {
-                Ok(StepResult::Done) => break,
-                Ok(StepResult::More) => continue,
-                Ok(StepResult::Busy | StepResult::Locked) if started.elapsed() < wait => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Ok(_) => bail!(
-                    "{} stayed locked for {:?}; another process holds a write lock on it",
-                    source.display(),
-                    wait
-                ),
-                Err(err) => {
-                    return Err(err)
-                        .with_context(|| format!("cannot snapshot {}", source.display()));
-                }
-            }
-        }
-    }
+    copy_pages(&live, &mut staged, source, wait, started, cancel)?;
     drop(live); // ends the read transaction
     let check = if check {
         run_check(&mut staged, copy, "quick_check", key, cancel)?
@@ -153,6 +131,39 @@ pub fn snapshot(
     };
     tracing::debug!(db = %source.display(), elapsed = ?started.elapsed(), "database snapshot taken");
     Ok(check)
+}
+
+/// Copies every page of `live` into `staged` with the online backup API, a step at a time
+/// so that `cancel` is looked at between two; a locked source is waited for until `wait`
+/// after `started`.
+fn copy_pages(
+    live: &Connection,
+    staged: &mut Connection,
+    source: &Path,
+    wait: Duration,
+    started: Instant,
+    cancel: &Cancel,
+) -> Result<()> {
+    let backup = Backup::new(live, staged)
+        .with_context(|| format!("cannot start snapshot of {}", source.display()))?;
+    loop {
+        cancel.check()?;
+        match backup.step(PAGES_PER_STEP) {
+            Ok(StepResult::Done) => return Ok(()),
+            Ok(StepResult::More) => continue,
+            Ok(StepResult::Busy | StepResult::Locked) if started.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(_) => bail!(
+                "{} stayed locked for {:?}; another process holds a write lock on it",
+                source.display(),
+                wait
+            ),
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot snapshot {}", source.display()));
+            }
+        }
+    }
 }
 
 /// Fails unless the main database file `conn` holds open is the file `listed` describes.

@@ -28,6 +28,7 @@ use anyhow::Result;
 
 use crate::backup::BackupOptions;
 use crate::kube::OwnPod;
+use crate::lease::Held;
 use crate::metrics::{self, LeaseState, Metrics};
 use crate::renewal::{self, Terms};
 use crate::repo::Repository;
@@ -56,11 +57,7 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     // (Probes wait too: the kubelet runs no liveness probe before the startupProbe passed.)
     let newest = scheduled::show_newest_snapshot(repo, &metrics).await;
     metrics::serve(options.listen, metrics.clone()).await?;
-    if options.own_pod.is_none() {
-        tracing::warn!(
-            "no Kubernetes API configured (KUBERNETES_SERVICE_HOST, GWB_POD_NAME and GWB_POD_NAMESPACE): if another instance ever takes the lease over, this sidecar cannot delete its pod, and moves Signal's database aside on the volume instead to keep Signal down"
-        );
-    }
+    renewal::warn_if_no_pod(options.own_pod.as_ref());
     let Some(lease) = renewal::wait_for_lease(repo, &options.lease, &metrics, stop.recv()).await?
     else {
         tracing::info!("stopped before this instance held the lease: nothing to back up");
@@ -70,11 +67,7 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
     restoration::record_signal_start(&backup.source, &options.lease.owner)?;
     metrics.lease(LeaseState::Held);
     let (lease, mut lease_lost) = renewal::start(repo.clone(), lease, metrics.clone());
-    let back_up_now =
-        newest.is_some_and(|finished| scheduled::is_stale(finished, &options.timing.schedule));
-    if back_up_now {
-        tracing::info!("the newest snapshot is older than the schedule's interval: backing up now");
-    }
+    let back_up_now = scheduled::back_up_at_start(newest, &options.timing.schedule);
     let ended = {
         let mut end = EndWatch {
             stop: &mut stop,
@@ -104,11 +97,23 @@ pub async fn run(repo: &Repository, backup: &BackupOptions, options: &RunOptions
         return Err(err.context("the lease was lost while running, so no final snapshot was taken"));
     }
     let lease = lease.stop().await;
+    stop_with_final_snapshot(repo, backup, options, &metrics, lease).await
+}
+
+/// Stopped by SIGTERM with the lease still held: takes the final snapshot (unless it is
+/// disabled), then releases the lease.
+async fn stop_with_final_snapshot(
+    repo: &Repository,
+    backup: &BackupOptions,
+    options: &RunOptions,
+    metrics: &Metrics,
+    lease: Held,
+) -> Result<()> {
     if !options.final_snapshot {
         tracing::info!("stopping; final snapshot disabled");
         return lease.release(repo, None).await;
     }
-    let manifest = scheduled::final_snapshot(repo, backup, &options.timing, &metrics).await?;
+    let manifest = scheduled::final_snapshot(repo, backup, &options.timing, metrics).await?;
     // Signal has stopped: the volume equals the final snapshot, which its next start (this
     // pod's or another's, after a handoff) compares with the snapshot it is to run from.
     if let Err(err) = restoration::record_final_snapshot(&backup.source, &manifest.id) {
