@@ -218,9 +218,17 @@ impl Backup<'_> {
         self.cancel().enter("database snapshot")?;
         let stamp = signal_db::stamp(&self.options.source)?;
         let parent_db = parent.and_then(|_| previous.get(Path::new(profile::SIGNAL_DB)));
-        let parent_pages = parent_db
-            .and_then(|entry| entry.db_chain.as_ref())
-            .and_then(|chain| catalog.page_list(&chain.pages));
+        let parent_pages = match parent_db.and_then(|entry| entry.db_chain.as_ref()) {
+            // The catalog is a cache: unreadable, it costs a full copy, not the backup.
+            Some(chain) => catalog.page_list(&chain.pages).unwrap_or_else(|err| {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "cannot read the parent's page list from the catalog; copying Signal's database in full"
+                );
+                None
+            }),
+            None => None,
+        };
         let unchanged = parent.and_then(|parent| {
             signal_db::unchanged_since(
                 &parent.manifest,

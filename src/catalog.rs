@@ -217,9 +217,18 @@ impl Catalog {
                 sha256: row.get(9)?,
                 archive: row.get(10)?,
                 db_stamp: row.get(11)?,
-                db_chain: row
-                    .get::<_, Option<String>>(12)?
-                    .and_then(|json| serde_json::from_str(&json).ok()),
+                db_chain: match row.get::<_, Option<String>>(12)? {
+                    // A row that does not parse is an error, not a database without
+                    // deltas: the backup then distrusts the catalog and starts a full one.
+                    Some(json) => Some(serde_json::from_str(&json).map_err(|err| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            12,
+                            rusqlite::types::Type::Text,
+                            Box::new(err),
+                        )
+                    })?),
+                    None => None,
+                },
             })
         })?;
         let mut index = HashMap::new();
@@ -233,16 +242,19 @@ impl Catalog {
     /// The page list of Signal's database whose digest is `digest`, if the catalog holds
     /// it and it still hashes so (the catalog is on the user's volume).
     /// A decrypted list (formats 1 and 2) never hashes as a raw one: it is not found.
-    pub fn page_list(&self, digest: &str) -> Option<RawPageList> {
-        let bytes: Vec<u8> = self
+    /// An error only if the catalog cannot be read.
+    pub fn page_list(&self, digest: &str) -> Result<Option<RawPageList>> {
+        let bytes: Option<Vec<u8>> = self
             .conn
             .query_row(
                 "SELECT list FROM page_lists WHERE digest = ?1",
                 [digest],
                 |row| row.get(0),
             )
-            .ok()?;
-        RawPageList::from_bytes(&bytes).filter(|list| list.digest_hex() == digest)
+            .optional()?;
+        Ok(bytes
+            .and_then(|bytes| RawPageList::from_bytes(&bytes))
+            .filter(|list| list.digest_hex() == digest))
     }
 
     /// Records a committed snapshot and makes `entries` the latest index, and `pages` the

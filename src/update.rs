@@ -309,7 +309,15 @@ fn catalog_page_list(volume: &Path, digest: &str) -> Option<RawPageList> {
     if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
         return None;
     }
-    crate::catalog::Catalog::open(&path).ok()?.page_list(digest)
+    // Unreadable, it is only a reason to copy instead of writing in place: said, not fatal.
+    let list = crate::catalog::Catalog::open(&path).and_then(|catalog| catalog.page_list(digest));
+    list.unwrap_or_else(|err| {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            "cannot read the volume's catalog"
+        );
+        None
+    })
 }
 
 /// Whether the file `old` restored is the file `new` restores: same content, and the
