@@ -151,9 +151,10 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     // 1. Signal's database first (see the module docs for why).
     let mut signal = backup.snapshot_database(&catalog, parent.as_ref(), &previous)?;
     let db_pages = signal.as_ref().and_then(|s| s.pages.clone());
-    // The copy's checks read the whole database: they run beside the archive and upload,
-    // and not at all in the final snapshot, which the desktop waits for (docs/format.md,
-    // "What a snapshot proves").
+    // The copy's checks read the whole database: they run beside the archive and upload of
+    // a full copy, and not for a delta (whose staging file holds only the changed pages)
+    // nor in the final snapshot, which the desktop waits for; the scheduled `verify` checks
+    // every snapshot whole (docs/format.md, "What a snapshot proves").
     let pending_check = signal
         .as_ref()
         .filter(|_| !options.r#final)
@@ -246,10 +247,10 @@ impl Backup<'_> {
         self.copy_database(stamp, parent_db, parent_pages.as_ref())
     }
 
-    /// Copies Signal's database. The final snapshot, which the desktop waits for, writes
-    /// only the pages changed since the parent's copy (`parent_pages`) where it can;
-    /// otherwise the whole database is copied, and kept as a delta against the parent's
-    /// version if that is small enough.
+    /// Copies Signal's database: only the pages changed since the parent's copy
+    /// (`parent_pages`) where a delta applies, so a backup after a few messages costs one
+    /// read of the file and the changed pages; otherwise the whole database is imaged, and
+    /// kept as a delta against the parent's version if that is small enough.
     fn copy_database(
         &self,
         stamp: Option<Stamp>,
@@ -259,11 +260,11 @@ impl Backup<'_> {
         let options = self.options;
         let (source, key_file) = (&options.source, options.db_key_file.as_deref());
         let (staging, wait, cancel) = (&self.staging, options.db_wait, self.cancel());
-        let changes = match (options.r#final, parent_pages) {
-            (true, Some(base)) => signal_db::snapshot_changes(
+        let changes = match parent_pages {
+            Some(base) => signal_db::snapshot_changes(
                 source, key_file, staging, wait, parent_db, base, cancel,
             )?,
-            _ => None,
+            None => None,
         };
         if let Some(changes) = changes {
             return Ok(Some(SignalSnapshot { stamp, ..changes }));

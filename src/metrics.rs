@@ -102,7 +102,7 @@ impl Metrics {
         );
         registry.register(
             "ghostwire_backup_restore_gate_ok",
-            "0 if the last snapshot's check of its Signal database copy found problems (its restore gate then runs the full integrity_check), 1 if not (a final snapshot, taken without the check, counts as 1)",
+            "0 if the last snapshot's check of its Signal database copy found problems (its restore gate then runs the full integrity_check), 1 if not (a delta or a final snapshot, taken without the check, counts as 1)",
             self.db_check_ok.clone(),
         );
         registry.register(

@@ -2,10 +2,10 @@
 //! verify must pass (the gate).
 //!
 //! The key comes from Signal's `config.json` (or `--db-key-file`); the snapshot stays
-//! encrypted with it. A scheduled backup runs `quick_check` beside its upload and records
-//! the result (a database that fails goes ahead with a warning: the damage is Signal's, and
-//! the snapshot is the best copy there is); a final snapshot runs none, to keep the switch
-//! short. A restore stops before anything is moved into place unless its gate passes
+//! encrypted with it. A backup that images the whole database (a full copy) runs
+//! `quick_check` beside its upload and records the result (a database that fails goes ahead
+//! with a warning: the damage is Signal's, and the snapshot is the best copy there is); a
+//! delta, which writes only the changed pages, and the final snapshot run none. A restore stops before anything is moved into place unless its gate passes
 //! ([`gate`]): every page of the rebuilt database equal to the snapshot's signed page
 //! digest and authenticated with the restored key (`cipher_integrity_check` for raw
 //! chains, decrypted reads for formats 1 and 2); the full `integrity_check` only for a
@@ -305,7 +305,7 @@ impl SignalSnapshot {
 ///
 /// The copy is not checked here: its `quick_check` and `cipher_integrity_check` read the
 /// whole database (about 15 s per GiB together), and run beside the upload instead
-/// ([`PendingCheck`]), or not at all in the final snapshot; until then its
+/// ([`PendingCheck`]), or not at all for a delta or the final snapshot; until then its
 /// `info.check` says [`crate::manifest::NOT_CHECKED`].
 pub fn snapshot_signal_db(
     home: &Path,
@@ -348,11 +348,11 @@ pub fn snapshot_signal_db(
     }))
 }
 
-/// The final snapshot's fast path: Signal's database as a delta against the parent's
-/// version (`base`, its raw page list, from the catalog), writing only the changed pages
-/// ([`wal::raw_changes`]) instead of a whole image. `None` when it does not apply (no
-/// database, no raw chain to extend, a delta too large): then [`snapshot_signal_db`]
-/// takes a full image, as for any backup.
+/// Signal's database as a delta against the parent's version (`base`, its raw page list,
+/// from the catalog), writing only the changed pages ([`wal::raw_changes`]) instead of a
+/// whole image: what every backup after a few messages takes, the final snapshot too.
+/// `None` when it does not apply (no database, no raw chain to extend, a delta too
+/// large): then [`snapshot_signal_db`] takes a full image.
 pub fn snapshot_changes(
     home: &Path,
     key_file: Option<&Path>,
@@ -401,9 +401,7 @@ pub fn snapshot_changes(
         std::fs::remove_file(&copy).ok();
         return Ok(None);
     }
-    tracing::info!(
-        "final snapshot: Signal's database read once, only the pages that changed written to staging"
-    );
+    tracing::info!("Signal's database read once, only the pages that changed written to staging");
     Ok(Some(snapshot))
 }
 
@@ -420,8 +418,8 @@ impl PendingCheck {
     /// Starts checking `snapshot`'s copy, if it made one now (a reused parent's copy keeps
     /// the parent's check).
     pub fn start(snapshot: &SignalSnapshot) -> Option<Self> {
-        let (Origin::Copied { copy, key } | Origin::Delta { copy, key, .. }) = &snapshot.origin
-        else {
+        // A full copy only: a delta's staging file may hold nothing but the changed pages.
+        let Origin::Copied { copy, key } = &snapshot.origin else {
             return None;
         };
         let stop = Cancel::new();

@@ -21,6 +21,10 @@ fn a_few_hundred_new_messages_upload_a_small_share_of_a_300_mib_database() {
     let full = fx.quiet_backup_of(&home);
     let bytes = db_bytes(&full);
     assert!(bytes >= 300 << 20, "the database is {bytes} bytes: {full}");
+    assert_eq!(
+        full["signal_db"]["check"], "ok",
+        "a full copy is checked: {full}"
+    );
 
     let ids = fx.root.join("ids.txt");
     commit_messages(&home, &fx.profile.key, &ids, 300);
@@ -36,6 +40,9 @@ fn a_few_hundred_new_messages_upload_a_small_share_of_a_300_mib_database() {
             100.0 * uploaded(delta) as f64 / bytes as f64
         );
         assert!(delta_pages(delta).is_some(), "not a delta: {delta}");
+        // Taken as the final snapshot is: only the changed pages written, no whole-database
+        // check (that is the full copy's, and the scheduled verify's), and it says so.
+        assert_eq!(delta["signal_db"]["check"], "not checked", "{delta}");
         assert!(
             uploaded(delta) * 20 <= bytes,
             "300 new messages uploaded {} bytes, over 5% of the {bytes}-byte database",
