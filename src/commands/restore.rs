@@ -18,7 +18,7 @@ use crate::exit::{self, Exit};
 use crate::fsutil;
 use crate::keys::Identities;
 use crate::manifest::Manifest;
-use crate::readback::{self, Plan};
+use crate::readback::{self, Plan, TakenFromVolume};
 use crate::repo::{Repository, Selector};
 use crate::restoration::{self, Next};
 pub use crate::restoration::{MARKER, Marker, READY, STAGING};
@@ -190,7 +190,7 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
         &plan,
         &manifest,
         &identities,
-        from_volume.as_ref(),
+        from_volume.as_ref().map(|v| v as &dyn TakenFromVolume),
     );
     let (ready, db_pages) = match staged {
         Ok(staged) => staged,
@@ -305,7 +305,7 @@ fn stage_and_gate(
     plan: &Plan,
     manifest: &Manifest,
     identities: &Identities,
-    from_volume: Option<&FromVolume>,
+    from_volume: Option<&dyn TakenFromVolume>,
 ) -> Result<(Marker, Option<Rebuilt>)> {
     let cancel = remote.cancel();
     let staging = restoration::begin(&options.target)?;
