@@ -19,7 +19,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, Statement, Transaction, params};
 use sha2::{Digest, Sha256};
 
 use crate::cancel::Cancel;
@@ -351,92 +351,156 @@ pub fn apply_delta(
     cancel: &Cancel,
 ) -> Result<()> {
     let header = DeltaHeader::read(delta, entry_len)?;
-    if header.page_size != list.page_size {
-        bail!(
-            "the database delta has pages of {} bytes but the database it applies to has {}: \
-             it belongs to another database",
-            header.page_size,
-            list.page_size
-        );
-    }
-    if header.base != list.digest() {
-        bail!(
-            "the database delta does not apply to the database rebuilt so far (its base \
-             digest differs): it belongs to another chain, or an archive was swapped"
-        );
-    }
-    if u64::from(header.page_count) * u64::from(header.page_size) != expected_bytes {
-        bail!(
-            "the database delta makes a database of {} pages of {} bytes, but its snapshot \
-             records {expected_bytes} bytes",
-            header.page_count,
-            header.page_size
-        );
-    }
-    let old_count = list.page_count();
-    let pending = pending_byte_page(header.page_size);
-    // The lock-byte page, as `sqlite_dbpage` reads it, once the database reaches it.
-    let pending_hash = page_hash(&vec![0u8; header.page_size as usize], pending, list.reserve);
+    header.check_applies_to(list, expected_bytes)?;
     let tx = conn.transaction()?;
-    {
-        let mut write = tx.prepare("INSERT INTO sqlite_dbpage (pgno, data) VALUES (?1, ?2)")?;
-        let mut page = vec![0u8; header.page_size as usize];
-        let mut previous = 0u32;
-        let grow_to = |list: &mut PageList, end: u32| {
-            if list.page_count() + 1 == pending && end >= pending {
-                list.hashes.push(pending_hash);
-            }
-        };
-        for n in 0..header.pages {
-            if n.is_multiple_of(1024) {
-                cancel.check()?;
-            }
-            let mut number = [0u8; 4];
-            delta.read_exact(&mut number)?;
-            let pgno = u32::from_be_bytes(number);
-            if pgno <= previous || pgno > header.page_count || pgno == pending {
-                bail!(
-                    "the database delta names page {pgno} after page {previous}, in a database \
-                     of {} pages: damaged or forged",
-                    header.page_count
-                );
-            }
-            // SQLite grows a database one page at a time, at its end (past the lock-byte
-            // page, which it never writes).
-            let mut next = old_count.max(previous) + 1;
-            if next == pending {
-                next += 1;
-            }
-            if pgno > next {
-                bail!(
-                    "the database delta skips page {} of the database's new end",
-                    previous + 1
-                );
-            }
-            delta.read_exact(&mut page)?;
-            write.execute(params![pgno, page])?;
-            let hash = page_hash(&page, pgno, list.reserve);
-            grow_to(list, pgno);
-            match list.hashes.get_mut(pgno as usize - 1) {
-                Some(slot) => *slot = hash,
-                None => list.hashes.push(hash),
-            }
-            previous = pgno;
-        }
-        grow_to(list, header.page_count);
-        if list.page_count() < header.page_count {
-            bail!("the database delta does not hold the pages the database grew by");
-        }
-        if list.page_count() > header.page_count {
-            // A NULL page truncates the database there (SQLite 3.48+).
-            write.execute(params![header.page_count + 1, Option::<Vec<u8>>::None])?;
-            list.hashes.truncate(header.page_count as usize);
-        }
-    }
+    write_pages(&tx, list, &header, delta, cancel)?;
     if list.digest() != header.result {
         bail!("the database rebuilt with the delta does not hash to the delta's result: damaged");
     }
     tx.commit()?;
+    Ok(())
+}
+
+impl DeltaHeader {
+    /// Refuses a delta that is not the next one for the database `list` describes: other
+    /// pages, another base, or a result of another size than its snapshot recorded.
+    fn check_applies_to(&self, list: &PageList, expected_bytes: u64) -> Result<()> {
+        if self.page_size != list.page_size {
+            bail!(
+                "the database delta has pages of {} bytes but the database it applies to has {}: \
+                 it belongs to another database",
+                self.page_size,
+                list.page_size
+            );
+        }
+        if self.base != list.digest() {
+            bail!(
+                "the database delta does not apply to the database rebuilt so far (its base \
+                 digest differs): it belongs to another chain, or an archive was swapped"
+            );
+        }
+        if u64::from(self.page_count) * u64::from(self.page_size) != expected_bytes {
+            bail!(
+                "the database delta makes a database of {} pages of {} bytes, but its snapshot \
+                 records {expected_bytes} bytes",
+                self.page_count,
+                self.page_size
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Writes the delta's pages through `sqlite_dbpage` inside `tx`, hashing each into `list`,
+/// then cuts the database to the delta's page count (it only checks that it grew to it).
+fn write_pages(
+    tx: &Transaction,
+    list: &mut PageList,
+    header: &DeltaHeader,
+    delta: &mut impl Read,
+    cancel: &Cancel,
+) -> Result<()> {
+    let mut write = tx.prepare("INSERT INTO sqlite_dbpage (pgno, data) VALUES (?1, ?2)")?;
+    let lock_byte = LockBytePage::new(header.page_size, list.reserve);
+    let mut order = PageOrder {
+        old_count: list.page_count(),
+        page_count: header.page_count,
+        lock_byte: lock_byte.pgno,
+        previous: 0,
+    };
+    let mut page = vec![0u8; header.page_size as usize];
+    for n in 0..header.pages {
+        if n.is_multiple_of(1024) {
+            cancel.check()?;
+        }
+        let pgno = order.next(delta)?;
+        delta.read_exact(&mut page)?;
+        write.execute(params![pgno, page])?;
+        let hash = page_hash(&page, pgno, list.reserve);
+        lock_byte.grow_to(list, pgno);
+        match list.hashes.get_mut(pgno as usize - 1) {
+            Some(slot) => *slot = hash,
+            None => list.hashes.push(hash),
+        }
+    }
+    lock_byte.grow_to(list, header.page_count);
+    end_at(&mut write, list, header.page_count)
+}
+
+/// Where each page of a delta may go: after the page before it, within the database's new
+/// page count, never on the lock-byte page, and at most one page past the database's end.
+struct PageOrder {
+    /// Pages of the database before the delta.
+    old_count: u32,
+    /// Pages of the database after it.
+    page_count: u32,
+    lock_byte: u32,
+    previous: u32,
+}
+
+impl PageOrder {
+    /// Reads the next page's number from `delta` and checks that it may go there.
+    fn next(&mut self, delta: &mut impl Read) -> Result<u32> {
+        let mut number = [0u8; 4];
+        delta.read_exact(&mut number)?;
+        let pgno = u32::from_be_bytes(number);
+        let previous = self.previous;
+        if pgno <= previous || pgno > self.page_count || pgno == self.lock_byte {
+            bail!(
+                "the database delta names page {pgno} after page {previous}, in a database \
+                 of {} pages: damaged or forged",
+                self.page_count
+            );
+        }
+        // SQLite grows a database one page at a time, at its end (past the lock-byte
+        // page, which it never writes).
+        let mut next = self.old_count.max(previous) + 1;
+        if next == self.lock_byte {
+            next += 1;
+        }
+        if pgno > next {
+            bail!(
+                "the database delta skips page {} of the database's new end",
+                previous + 1
+            );
+        }
+        self.previous = pgno;
+        Ok(pgno)
+    }
+}
+
+/// The lock-byte page ([`pending_byte_page`]) in a page list: no delta writes it, and
+/// `sqlite_dbpage` reads it as zeros once the database reaches it.
+struct LockBytePage {
+    pgno: u32,
+    hash: PageHash,
+}
+
+impl LockBytePage {
+    fn new(page_size: u32, reserve: u32) -> Self {
+        let pgno = pending_byte_page(page_size);
+        let hash = page_hash(&vec![0u8; page_size as usize], pgno, reserve);
+        Self { pgno, hash }
+    }
+
+    /// Adds the page's hash to `list` when the database, growing to `end` pages, passes it.
+    fn grow_to(&self, list: &mut PageList, end: u32) {
+        if list.page_count() + 1 == self.pgno && end >= self.pgno {
+            list.hashes.push(self.hash);
+        }
+    }
+}
+
+/// Checks that the database grew to `page_count` pages; cuts it there if it was longer.
+fn end_at(write: &mut Statement, list: &mut PageList, page_count: u32) -> Result<()> {
+    if list.page_count() < page_count {
+        bail!("the database delta does not hold the pages the database grew by");
+    }
+    if list.page_count() > page_count {
+        // A NULL page truncates the database there (SQLite 3.48+).
+        write.execute(params![page_count + 1, Option::<Vec<u8>>::None])?;
+        list.hashes.truncate(page_count as usize);
+    }
     Ok(())
 }
 

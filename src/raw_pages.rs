@@ -312,28 +312,58 @@ pub fn apply_raw_delta(
     cancel: &Cancel,
 ) -> Result<()> {
     let header = RawDeltaHeader::read(delta, entry_len)?;
-    if header.page_size != list.page_size {
-        bail!(
-            "the database delta has pages of {} bytes but the database it applies to has {}: \
-             it belongs to another database",
-            header.page_size,
-            list.page_size
-        );
+    header.check_applies_to(list, expected_bytes)?;
+    write_raw_pages(db, list, &header, delta, cancel)?;
+    if list.page_count() < header.page_count {
+        bail!("the database delta does not hold the pages the database grew by");
     }
-    if header.base != list.digest() {
-        bail!(
-            "the database delta does not apply to the database rebuilt so far (its base \
-             digest differs): it belongs to another chain, or an archive was swapped"
-        );
+    list.hashes.truncate(header.page_count as usize);
+    db.set_len(expected_bytes)?;
+    if list.digest() != header.result {
+        bail!("the database rebuilt with the delta does not hash to the delta's result: damaged");
     }
-    if u64::from(header.page_count) * u64::from(header.page_size) != expected_bytes {
-        bail!(
-            "the database delta makes a database of {} pages of {} bytes, but its snapshot \
-             records {expected_bytes} bytes",
-            header.page_count,
-            header.page_size
-        );
+    Ok(())
+}
+
+impl RawDeltaHeader {
+    /// Refuses a delta that is not the next one for the database `list` describes: other
+    /// pages, another base, or a result of another size than its snapshot recorded.
+    fn check_applies_to(&self, list: &RawPageList, expected_bytes: u64) -> Result<()> {
+        if self.page_size != list.page_size {
+            bail!(
+                "the database delta has pages of {} bytes but the database it applies to has {}: \
+                 it belongs to another database",
+                self.page_size,
+                list.page_size
+            );
+        }
+        if self.base != list.digest() {
+            bail!(
+                "the database delta does not apply to the database rebuilt so far (its base \
+                 digest differs): it belongs to another chain, or an archive was swapped"
+            );
+        }
+        if u64::from(self.page_count) * u64::from(self.page_size) != expected_bytes {
+            bail!(
+                "the database delta makes a database of {} pages of {} bytes, but its snapshot \
+                 records {expected_bytes} bytes",
+                self.page_count,
+                self.page_size
+            );
+        }
+        Ok(())
     }
+}
+
+/// Writes each page of the delta at its place in `db` and its hash into `list`; a page
+/// out of order, or past the end it grows from or to, stops it.
+fn write_raw_pages(
+    db: &File,
+    list: &mut RawPageList,
+    header: &RawDeltaHeader,
+    delta: &mut impl Read,
+    cancel: &Cancel,
+) -> Result<()> {
     let mut page = vec![0u8; header.page_size as usize];
     let mut previous = 0u32;
     for n in 0..header.pages {
@@ -359,14 +389,6 @@ pub fn apply_raw_delta(
             None => list.hashes.push(hash),
         }
         previous = pgno;
-    }
-    if list.page_count() < header.page_count {
-        bail!("the database delta does not hold the pages the database grew by");
-    }
-    list.hashes.truncate(header.page_count as usize);
-    db.set_len(expected_bytes)?;
-    if list.digest() != header.result {
-        bail!("the database rebuilt with the delta does not hash to the delta's result: damaged");
     }
     Ok(())
 }

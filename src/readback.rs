@@ -16,12 +16,12 @@ use crate::cancel::{Cancel, is_cancelled};
 use crate::db_rebuild::{Deltas, Rebuilt};
 use crate::index::{self, DbChain, EntryKind, IndexEntry};
 use crate::keys::Identities;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ObjectRecord};
 use crate::profile::{self, DbKey};
 use crate::progress::{Counted, Progress};
+use crate::raw_pages::RawPageList;
 use crate::repo::Selector;
 use crate::unpack::{self, UnpackOptions, safe_relative_path};
-use crate::update::FromVolume;
 
 /// What a restore of one snapshot reads: each archive it needs once, with the entries to
 /// take from it; the snapshot's own archive last (it holds every directory, so their
@@ -56,51 +56,20 @@ impl Plan {
                 entries: Vec::new(),
             });
         };
-        let sealed = remote
-            .read_bounded(&record.key, record.size)
-            .with_context(|| {
-                format!(
-                    "snapshot {} has a manifest but its index cannot be read",
-                    manifest.id
-                )
-            })?;
-        if sealed.len() as u64 != record.size
-            || hex::encode(sha2::Sha256::digest(&sealed)) != record.sha256
-        {
-            bail!(
-                "the index of snapshot {} does not match its manifest: it was damaged or replaced",
-                manifest.id
-            );
-        }
-        let entries = index::open(&sealed, identities)?;
-        let mut steps = Vec::new();
+        let entries = read_index(remote, manifest, record, identities)?;
         let db_deltas = entries
             .iter()
             .filter_map(|e| e.db_chain.as_ref())
             .flat_map(|chain| chain.deltas.iter())
             .collect::<HashSet<_>>();
+        let mut steps = Vec::new();
         for id in manifest.archives_needed() {
-            let own = id == manifest.id;
-            let mut wanted: HashSet<PathBuf> = entries
-                .iter()
-                .filter(|e| {
-                    e.archive.as_deref() == Some(id.as_str())
-                        || (own && matches!(e.kind, EntryKind::Directory | EntryKind::Symlink))
-                })
-                .map(|e| e.path.clone())
-                .collect();
+            let mut wanted = wanted_from(&entries, &id, id == manifest.id);
             if db_deltas.contains(&id) {
                 wanted.insert(PathBuf::from(archive::DB_DELTA));
             }
-            let step_manifest = if own {
-                manifest.clone()
-            } else {
-                remote.find(&Selector::Id(id.clone())).with_context(|| {
-                    format!("snapshot {} needs files from snapshot {id}, which is missing from the repository", manifest.id)
-                })?
-            };
             steps.push(Step {
-                manifest: step_manifest,
+                manifest: step_manifest(remote, manifest, &id)?,
                 wanted: Some(wanted),
             });
         }
@@ -190,6 +159,59 @@ impl Plan {
     }
 }
 
+/// The snapshot's index, checked against the size and digest its manifest records.
+fn read_index(
+    remote: &Remote,
+    manifest: &Manifest,
+    record: &ObjectRecord,
+    identities: &Identities,
+) -> Result<Vec<IndexEntry>> {
+    let sealed = remote
+        .read_bounded(&record.key, record.size)
+        .with_context(|| {
+            format!(
+                "snapshot {} has a manifest but its index cannot be read",
+                manifest.id
+            )
+        })?;
+    if sealed.len() as u64 != record.size
+        || hex::encode(sha2::Sha256::digest(&sealed)) != record.sha256
+    {
+        bail!(
+            "the index of snapshot {} does not match its manifest: it was damaged or replaced",
+            manifest.id
+        );
+    }
+    index::open(&sealed, identities)
+}
+
+/// The paths of `entries` that archive `id` provides; the snapshot's `own` archive also
+/// provides every directory and link.
+fn wanted_from(entries: &[IndexEntry], id: &str, own: bool) -> HashSet<PathBuf> {
+    entries
+        .iter()
+        .filter(|e| {
+            e.archive.as_deref() == Some(id)
+                || (own && matches!(e.kind, EntryKind::Directory | EntryKind::Symlink))
+        })
+        .map(|e| e.path.clone())
+        .collect()
+}
+
+/// The manifest of archive `id` that `manifest`'s snapshot needs: its own, or an older
+/// snapshot's, which must be in the repository.
+fn step_manifest(remote: &Remote, manifest: &Manifest, id: &str) -> Result<Manifest> {
+    if id == manifest.id {
+        return Ok(manifest.clone());
+    }
+    remote.find(&Selector::Id(id.to_owned())).with_context(|| {
+        format!(
+            "snapshot {} needs files from snapshot {id}, which is missing from the repository",
+            manifest.id
+        )
+    })
+}
+
 pub type Download = HashingReader<Counted<RemoteReader>>;
 
 /// Downloads a snapshot's archive and hands its tar stream to `consume`; then reads the
@@ -225,6 +247,34 @@ pub fn read_archive<T>(
     Ok(result)
 }
 
+/// What a restore takes from the volume it updates instead of the repository. The update
+/// ([`crate::update`]) decides what; reading the snapshot back only has it stage its files
+/// and bring Signal's database forward, and does not depend on the update built over it.
+pub trait TakenFromVolume {
+    /// Puts what is taken from the volume into `staging`, before any archive is unpacked.
+    fn stage(&self, staging: &Path, cancel: &Cancel) -> Result<()>;
+
+    /// The deltas Signal's database needs on top of the volume's, if it is taken from the
+    /// volume (none when it is unchanged).
+    fn db_chain(&self) -> Option<&DbChain>;
+
+    /// Whether those deltas are written into the volume's own database file, in place.
+    fn db_written_in_place(&self) -> bool;
+
+    /// Writes the newer deltas into the volume's database in place, keyed from `config`
+    /// (the snapshot's `config.json`); `to` is the snapshot they bring it to; `staged` is
+    /// the database's link in the staging directory. Returns its new page list.
+    fn catch_up_in_place(
+        &self,
+        staged: &Path,
+        deltas: &Deltas,
+        expected_bytes: &dyn Fn(&str) -> Option<u64>,
+        config: &[u8],
+        to: &str,
+        cancel: &Cancel,
+    ) -> Result<RawPageList>;
+}
+
 /// Unpacks every archive of `plan` into `dest` (a directory we created), after what an
 /// update takes from the volume, checks that every file of the index arrived, and
 /// rebuilds Signal's database from its deltas; its page list, if the index names one.
@@ -234,7 +284,7 @@ pub fn unpack_into(
     identities: &Identities,
     dest: &Path,
     chown: Option<(u32, u32)>,
-    from_volume: Option<&FromVolume>,
+    from_volume: Option<&dyn TakenFromVolume>,
 ) -> Result<Option<Rebuilt>> {
     // `dest` is in the target, whose owner can rename it and plant a link under its name
     // while this runs: files are written through a handle on the directory made for this
@@ -245,6 +295,46 @@ pub fn unpack_into(
     if let Some(volume) = from_volume {
         volume.stage(pinned, remote.cancel())?;
     }
+    let deltas = unpack_archives(remote, plan, identities, pinned, chown)?;
+    check_files_arrived(plan, pinned)?;
+    let (chain, on_volume) = match from_volume.and_then(TakenFromVolume::db_chain) {
+        Some(newer) => (Some(newer), true),
+        None => (plan.db_chain(), false),
+    };
+    if chain.is_none() {
+        return Ok(None);
+    }
+    // SQLite opens by path: nothing on the way may be a link the archive made, and `dest`
+    // must still be the directory made for this restore.
+    for path in [profile::SIGNAL_CONFIG, profile::SIGNAL_DB] {
+        crate::signal_db::plain_tree(pinned, Path::new(path))?;
+    }
+    crate::fsutil::check_still_own_dir(dest, &handle)?;
+    let config = read_config(pinned)?;
+    let db = dest.join(profile::SIGNAL_DB);
+    let pages = match from_volume.filter(|v| v.db_written_in_place()) {
+        Some(volume) => {
+            let bytes = |id: &str| plan.db_bytes(id);
+            let to = own_id(plan);
+            let cancel = remote.cancel();
+            let pages = volume.catch_up_in_place(&db, &deltas, &bytes, &config, &to, cancel)?;
+            Some(Rebuilt::Raw(pages))
+        }
+        None => rebuild_db(remote, plan, chain, deltas, &db, &config, on_volume)?,
+    };
+    set_db_mtime(plan, &db)?;
+    Ok(pages)
+}
+
+/// Unpacks each archive of `plan` into `pinned` (the staging directory, by its handle),
+/// the entries its step wants; the database deltas are set aside, to apply once all are in.
+fn unpack_archives(
+    remote: &Remote,
+    plan: &Plan,
+    identities: &Identities,
+    pinned: &Path,
+    chown: Option<(u32, u32)>,
+) -> Result<Deltas> {
     let progress = plan.start_progress(remote);
     let mut deltas = Deltas::new(pinned);
     for (k, step) in plan.steps.iter().enumerate() {
@@ -270,6 +360,11 @@ pub fn unpack_into(
         })?;
         tracing::info!(archive = %step.manifest.id, files = stats.files, bytes = stats.bytes, "archive unpacked and authenticated");
     }
+    Ok(deltas)
+}
+
+/// Every file of the snapshot's index is in `pinned`, as a regular file.
+fn check_files_arrived(plan: &Plan, pinned: &Path) -> Result<()> {
     let missing = plan
         .files()
         .filter(|e| !std::fs::symlink_metadata(pinned.join(&e.path)).is_ok_and(|m| m.is_file()))
@@ -277,36 +372,21 @@ pub fn unpack_into(
     if missing > 0 {
         bail!("{missing} files of the snapshot's index were not in their archives");
     }
-    let (chain, on_volume) = match from_volume.and_then(FromVolume::db_chain) {
-        Some(newer) => (Some(newer), true),
-        None => (plan.db_chain(), false),
-    };
-    if chain.is_none() {
-        return Ok(None);
-    }
-    // SQLite opens by path: nothing on the way may be a link the archive made, and `dest`
-    // must still be the directory made for this restore.
-    for path in [profile::SIGNAL_CONFIG, profile::SIGNAL_DB] {
-        crate::signal_db::plain_tree(pinned, Path::new(path))?;
-    }
-    crate::fsutil::check_still_own_dir(dest, &handle)?;
-    let config = read_config(pinned)?;
-    let db = dest.join(profile::SIGNAL_DB);
-    if let Some(volume) = from_volume.filter(|v| v.db_in_place().is_some()) {
-        let bytes = |id: &str| plan.db_bytes(id);
-        let pages = volume.catch_up_in_place(
-            &db,
-            &deltas,
-            &bytes,
-            &config,
-            &own_id(plan),
-            remote.cancel(),
-        )?;
-        set_db_mtime(plan, &db)?;
-        return Ok(Some(Rebuilt::Raw(pages)));
-    }
-    let pages = plan
-        .rebuild_db_with(chain, deltas, &db, &config, remote.cancel())
+    Ok(())
+}
+
+/// Rebuilds Signal's database at `db` with `chain`'s deltas; `on_volume`: its base is the
+/// volume's database (an update), not the snapshot's full copy.
+fn rebuild_db(
+    remote: &Remote,
+    plan: &Plan,
+    chain: Option<&DbChain>,
+    deltas: Deltas,
+    db: &Path,
+    config: &[u8],
+    on_volume: bool,
+) -> Result<Option<Rebuilt>> {
+    plan.rebuild_db_with(chain, deltas, db, config, remote.cancel())
         .map_err(|err| match on_volume && !is_cancelled(&err) {
             // Its pages, not its stat, showed that the volume's database changed.
             true => err.context(
@@ -316,9 +396,7 @@ pub fn unpack_into(
                  --update (with --force), or into an empty volume",
             ),
             false => err,
-        })?;
-    set_db_mtime(plan, &db)?;
-    Ok(pages)
+        })
 }
 
 fn read_config(dest: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {

@@ -33,7 +33,7 @@ use crate::home::{Home, Opened};
 use crate::index::{DbChain, EntryKind, IndexEntry};
 use crate::profile::{self, DbKey};
 use crate::raw_pages::RawPageList;
-use crate::readback::Plan;
+use crate::readback::{Plan, TakenFromVolume};
 use crate::restoration::DbFile;
 use crate::reuse;
 use crate::walk::{self, Kind};
@@ -78,27 +78,7 @@ impl FromVolume {
         let old: HashMap<&Path, &IndexEntry> = old.iter().map(|e| (e.path.as_path(), e)).collect();
         let home = Home::open(volume)?;
         let changed = changes(&home, &old, &listed, cancel)?;
-        if let Some(example) = changed.iter().next() {
-            let what = format!(
-                "{} changed since it was restored from snapshot {old_id}: {} paths differ from \
-                 that snapshot, e.g. {} (Signal, or someone, ran on it)",
-                volume.display(),
-                changed.len(),
-                example.display()
-            );
-            if !force {
-                return Err(exit::coded(
-                    Exit::RestoreRefused,
-                    format!(
-                        "{what}. Nothing was changed. Pass --force to update it anyway (what \
-                         changed is moved aside into .ghostwire-backup-replaced-<time>/), or \
-                         restore into an empty volume"
-                    ),
-                ));
-            }
-            tracing::warn!("{what}; --force: fetching those from the repository");
-        }
-        let unchanged = |path: &Path| !changed.contains(path) && old.contains_key(path);
+        refuse_changed(volume, old_id, &changed, force)?;
 
         let mut taken = Self {
             volume: volume.to_path_buf(),
@@ -107,92 +87,159 @@ impl FromVolume {
             db_chain: None,
             db_in_place: None,
         };
-        let mut not_needed: HashMap<String, Vec<PathBuf>> = HashMap::new();
+        let mut not_needed = NotNeeded::new();
         for new in plan.files() {
             let (Some(previous), Some(entry)) =
                 (old.get(new.path.as_path()), listed.get(new.path.as_path()))
             else {
                 continue;
             };
-            if !unchanged(&new.path) {
-                continue;
-            }
-            let Some(archive) = new.archive.clone() else {
+            let Some(archive) = &new.archive else {
                 continue;
             };
-            if new.path == Path::new(profile::SIGNAL_DB) {
-                let (Some(before), Some(after)) = (&previous.db_chain, &new.db_chain) else {
-                    continue;
-                };
-                if previous.archive != new.archive || !after.deltas.starts_with(&before.deltas) {
-                    continue; // another full copy: fetched
-                }
-                for id in &before.deltas {
-                    not_needed
-                        .entry(id.clone())
-                        .or_default()
-                        .push(PathBuf::from(archive::DB_DELTA));
-                }
-                taken.db_chain = Some(DbChain {
-                    deltas: after.deltas[before.deltas.len()..].to_vec(),
-                    ..after.clone()
-                });
-                if before != after {
-                    taken.db_in_place =
-                        in_place_base(volume, db_file, &entry.metadata, before, after);
-                    if taken.db_in_place.is_none() {
-                        not_needed
-                            .entry(archive)
-                            .or_default()
-                            .push(new.path.clone());
-                        taken.db_copy = Some(entry.metadata.clone());
-                        continue;
-                    }
-                }
-            } else if !restores_as(previous, new) {
+            if changed.contains(&new.path) {
                 continue;
             }
-            not_needed
-                .entry(archive)
-                .or_default()
-                .push(new.path.clone());
-            taken
-                .linked
-                .push((new.path.clone(), entry.metadata.clone()));
+            if new.path == Path::new(profile::SIGNAL_DB) {
+                taken.take_db(
+                    previous,
+                    new,
+                    archive,
+                    &entry.metadata,
+                    db_file,
+                    &mut not_needed,
+                );
+            } else if restores_as(previous, new) {
+                taken.link(new, archive, &entry.metadata, &mut not_needed);
+            }
         }
         plan.leave_out(&not_needed);
+        taken.log(plan.steps.len());
+        Ok(taken)
+    }
+
+    /// Takes Signal's database from the volume when the newer snapshot's chain continues
+    /// the one it was restored from (the same full copy): only the newer deltas are then
+    /// read, into the volume's file in place or into a copy of it; an unchanged one is
+    /// linked as it is. Otherwise it is fetched.
+    fn take_db(
+        &mut self,
+        previous: &IndexEntry,
+        new: &IndexEntry,
+        archive: &str,
+        listed: &std::fs::Metadata,
+        db_file: Option<&DbFile>,
+        not_needed: &mut NotNeeded,
+    ) {
+        let (Some(before), Some(after)) = (&previous.db_chain, &new.db_chain) else {
+            return;
+        };
+        if previous.archive != new.archive || !after.deltas.starts_with(&before.deltas) {
+            return; // another full copy: fetched
+        }
+        for id in &before.deltas {
+            leave_out(not_needed, id, Path::new(archive::DB_DELTA));
+        }
+        self.db_chain = Some(DbChain {
+            deltas: after.deltas[before.deltas.len()..].to_vec(),
+            ..after.clone()
+        });
+        if before != after {
+            self.db_in_place = in_place_base(&self.volume, db_file, listed, before, after);
+            if self.db_in_place.is_none() {
+                leave_out(not_needed, archive, &new.path);
+                self.db_copy = Some(listed.clone());
+                return;
+            }
+        }
+        self.link(new, archive, listed, not_needed);
+    }
+
+    /// Takes the file `new` from the volume, as listed, instead of from `archive`.
+    fn link(
+        &mut self,
+        new: &IndexEntry,
+        archive: &str,
+        listed: &std::fs::Metadata,
+        not_needed: &mut NotNeeded,
+    ) {
+        leave_out(not_needed, archive, &new.path);
+        self.linked.push((new.path.clone(), listed.clone()));
+    }
+
+    fn log(&self, archives: usize) {
         tracing::info!(
-            linked = taken.linked.len(),
-            database = match (&taken.db_chain, &taken.db_copy, &taken.db_in_place) {
+            linked = self.linked.len(),
+            database = match (&self.db_chain, &self.db_copy, &self.db_in_place) {
                 (Some(_), _, Some(_)) => "brought forward in place with the newer deltas",
                 (Some(_), Some(_), None) => "copied, brought forward with the newer deltas",
                 (Some(_), None, None) => "unchanged",
                 (None, _, _) => "fetched",
             },
-            archives = plan.steps.len(),
+            archives,
             "updating: files the volume already holds are not fetched again"
         );
-        Ok(taken)
     }
+}
 
-    /// The deltas Signal's database needs on top of the volume's, if it is taken from the
-    /// volume (none when it is unchanged).
-    pub fn db_chain(&self) -> Option<&DbChain> {
+/// Paths the plan's archives (by snapshot id) need not provide: taken from the volume.
+type NotNeeded = HashMap<String, Vec<PathBuf>>;
+
+fn leave_out(not_needed: &mut NotNeeded, archive: &str, path: &Path) {
+    not_needed
+        .entry(archive.to_owned())
+        .or_default()
+        .push(path.to_path_buf());
+}
+
+/// Refuses a volume that changed since its restore (`changed` are the paths that differ
+/// from snapshot `old_id`), unless `force`: then what changed is fetched.
+fn refuse_changed(
+    volume: &Path,
+    old_id: &str,
+    changed: &HashSet<PathBuf>,
+    force: bool,
+) -> Result<()> {
+    let Some(example) = changed.iter().next() else {
+        return Ok(());
+    };
+    let what = format!(
+        "{} changed since it was restored from snapshot {old_id}: {} paths differ from \
+         that snapshot, e.g. {} (Signal, or someone, ran on it)",
+        volume.display(),
+        changed.len(),
+        example.display()
+    );
+    if !force {
+        return Err(exit::coded(
+            Exit::RestoreRefused,
+            format!(
+                "{what}. Nothing was changed. Pass --force to update it anyway (what \
+                 changed is moved aside into .ghostwire-backup-replaced-<time>/), or \
+                 restore into an empty volume"
+            ),
+        ));
+    }
+    tracing::warn!("{what}; --force: fetching those from the repository");
+    Ok(())
+}
+
+impl TakenFromVolume for FromVolume {
+    fn db_chain(&self) -> Option<&DbChain> {
         self.db_chain.as_ref()
     }
 
-    /// The page list of the volume's database when the deltas are written into it in
-    /// place: the database is then the volume's own file, linked into the staging
-    /// directory.
-    pub fn db_in_place(&self) -> Option<&RawPageList> {
-        self.db_in_place.as_ref()
+    /// When the deltas are written into the volume's database in place, the database is
+    /// the volume's own file, linked into the staging directory.
+    fn db_written_in_place(&self) -> bool {
+        self.db_in_place.is_some()
     }
 
     /// Writes the newer deltas into the volume's database in place ([`crate::catch_up`]),
     /// keyed from `config` (the snapshot's `config.json`); `to` is the snapshot they bring
     /// it to; `staged` is the database's link in the staging directory. Returns its new
     /// page list.
-    pub fn catch_up_in_place(
+    fn catch_up_in_place(
         &self,
         staged: &Path,
         deltas: &Deltas,
@@ -229,7 +276,7 @@ impl FromVolume {
     /// database among them when it is written in place), or a copy of the database (it
     /// will be written). Every file is opened without following a
     /// link and must still be the one listed.
-    pub fn stage(&self, staging: &Path, cancel: &Cancel) -> Result<()> {
+    fn stage(&self, staging: &Path, cancel: &Cancel) -> Result<()> {
         let home = Home::open(&self.volume)?;
         for (path, listed) in &self.linked {
             cancel.check()?;

@@ -8,6 +8,7 @@
 //! second, before its gate has passed: the staging directory is removed and the target is
 //! left as it was, without a marker.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +19,7 @@ use crate::exit::{self, Exit};
 use crate::fsutil;
 use crate::keys::Identities;
 use crate::manifest::Manifest;
-use crate::readback::{self, Plan};
+use crate::readback::{self, Plan, TakenFromVolume};
 use crate::repo::{Repository, Selector};
 use crate::restoration::{self, Next};
 pub use crate::restoration::{MARKER, Marker, READY, STAGING};
@@ -107,6 +108,64 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
     }
     // An in-place catch-up interrupted before its commit point is undone first.
     restoration::settle_db_journal(target)?;
+    let restored = match settle_target(remote, options)? {
+        ControlFlow::Break(outcome) => return Ok(outcome),
+        ControlFlow::Continue(restored) => restored,
+    };
+    if volume::first_start(
+        remote,
+        &options.snapshot,
+        options.if_empty,
+        options.require_snapshot,
+    )? {
+        return Ok(Outcome::LeftAlone(
+            "the repository holds no snapshot yet".into(),
+        ));
+    }
+    let identities = keys::identities(&options.identity)?;
+    let manifest = remote.find(&options.snapshot)?;
+    refuse_without_signal(&manifest, &options.snapshot)?;
+    let mut plan = Plan::new(remote, &manifest, &identities).with_context(|| failure(&manifest))?;
+    let from_volume = match &restored {
+        Some(marker) if marker.snapshot == manifest.id => return already_holds(options, marker),
+        Some(marker) => Some(update_from(
+            remote,
+            options,
+            marker,
+            &mut plan,
+            &identities,
+        )?),
+        None => None,
+    };
+    fsutil::check_free_space(target, plan.content_bytes())?;
+    tracing::info!(snapshot = %manifest.id, archives = plan.steps.len(), target_dir = %target.display(), "restoring");
+    let from_volume = from_volume.as_ref().map(|v| v as &dyn TakenFromVolume);
+    let staged = stage_and_gate(remote, options, &plan, &manifest, &identities, from_volume);
+    let (ready, db_pages) = staged.map_err(|err| {
+        discard_failed(target);
+        err.context(failure(&manifest))
+    })?;
+    move_into_place(options, &ready, from_volume.is_some())?;
+    seed_catalog(remote, options, &manifest, plan, db_pages);
+    Ok(Outcome::Restored(ready))
+}
+
+/// The context of an error once the snapshot is known: the target has no marker.
+fn failure(manifest: &Manifest) -> String {
+    format!(
+        "restore of snapshot {} failed; the target was left without a restore marker",
+        manifest.id
+    )
+}
+
+/// What the target holds decides what this restore does: `Break` with the outcome when
+/// nothing is to be fetched, else `Continue` with the completed restore an update starts
+/// from, if any.
+fn settle_target(
+    remote: &Remote,
+    options: &RestoreOptions,
+) -> Result<ControlFlow<Outcome, Option<Marker>>> {
+    let target = &options.target;
     // An update starts from a completed restore: one asked for, or a pre-staged volume
     // that is to be brought to a newer snapshot.
     let mut restored = restoration::completed(target)?
@@ -121,10 +180,10 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
             options.force,
         )? {
             None => {}
-            Some(Start::LeftAlone(why)) => return Ok(Outcome::LeftAlone(why)),
+            Some(Start::LeftAlone(why)) => return Ok(ControlFlow::Break(Outcome::LeftAlone(why))),
             Some(Start::Equal(marker)) => {
                 tracing::info!(snapshot = %marker.snapshot, "the volume already equals the snapshot: nothing to do");
-                return Ok(Outcome::UpToDate(marker));
+                return Ok(ControlFlow::Break(Outcome::UpToDate(marker)));
             }
             Some(Start::CatchUp(marker)) => {
                 tracing::info!(from = %marker.snapshot, "the volume equals an older snapshot: catching up");
@@ -134,87 +193,63 @@ fn restore_into(remote: &Remote, options: &RestoreOptions) -> Result<Outcome> {
             Some(Start::Replace) => (force, if_empty) = (true, false),
         }
     }
-    match restoration::prepare(target, force || restored.is_some(), if_empty)? {
-        Next::LeftAlone(why) => return Ok(Outcome::LeftAlone(why)),
-        Next::Finish(ready) => {
-            tracing::warn!(snapshot = %ready.snapshot, "finishing a restore that was interrupted after its gate passed");
-            restoration::finish(target, &ready)?;
-            return Ok(Outcome::Completed(ready));
-        }
-        Next::Restore => {}
+    Ok(
+        match restoration::prepare(target, force || restored.is_some(), if_empty)? {
+            Next::LeftAlone(why) => ControlFlow::Break(Outcome::LeftAlone(why)),
+            Next::Finish(ready) => {
+                tracing::warn!(snapshot = %ready.snapshot, "finishing a restore that was interrupted after its gate passed");
+                restoration::finish(target, &ready)?;
+                ControlFlow::Break(Outcome::Completed(ready))
+            }
+            Next::Restore => ControlFlow::Continue(restored),
+        },
+    )
+}
+
+/// An update of a target that already holds the snapshot: only its marker is written
+/// again, pre-staged or not as this restore is.
+fn already_holds(options: &RestoreOptions, marker: &Marker) -> Result<Outcome> {
+    tracing::info!(snapshot = %marker.snapshot, "the target already holds this snapshot: nothing to update");
+    let marker = Marker {
+        prestaged: options.prestage,
+        ..marker.clone()
+    };
+    restoration::mark(&options.target, &marker)?;
+    Ok(Outcome::UpToDate(marker))
+}
+
+/// Removes the staging directory of a restore that failed before its gate, leaving the
+/// target as it was. Left behind, it is harmless: this restore fails anyway, and the next
+/// one discards it first.
+fn discard_failed(target: &std::path::Path) {
+    if let Err(err) = restoration::discard(target) {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            staging = %target.join(STAGING).display(),
+            "cannot discard the failed restore's staging directory; the target's own files \
+             are untouched, and the next restore discards it before it starts"
+        );
     }
-    if volume::first_start(
-        remote,
-        &options.snapshot,
-        options.if_empty,
-        options.require_snapshot,
-    )? {
-        return Ok(Outcome::LeftAlone(
-            "the repository holds no snapshot yet".into(),
-        ));
-    }
-    let identities = keys::identities(&options.identity)?;
-    let manifest = remote.find(&options.snapshot)?;
-    refuse_without_signal(&manifest, &options.snapshot)?;
-    let failed = || {
-        format!(
-            "restore of snapshot {} failed; the target was left without a restore marker",
-            manifest.id
-        )
-    };
-    let mut plan = Plan::new(remote, &manifest, &identities).with_context(failed)?;
-    let from_volume = match &restored {
-        Some(marker) if marker.snapshot == manifest.id => {
-            tracing::info!(snapshot = %manifest.id, "the target already holds this snapshot: nothing to update");
-            let marker = Marker {
-                prestaged: options.prestage,
-                ..marker.clone()
-            };
-            restoration::mark(target, &marker)?;
-            return Ok(Outcome::UpToDate(marker));
-        }
-        Some(marker) => Some(update_from(
-            remote,
-            options,
-            marker,
-            &mut plan,
-            &identities,
-        )?),
-        None => None,
-    };
-    fsutil::check_free_space(target, plan.content_bytes())?;
-    tracing::info!(snapshot = %manifest.id, archives = plan.steps.len(), target_dir = %target.display(), "restoring");
-    let staged = stage_and_gate(
-        remote,
-        options,
-        &plan,
-        &manifest,
-        &identities,
-        from_volume.as_ref(),
-    );
-    let (ready, db_pages) = match staged {
-        Ok(staged) => staged,
-        Err(err) => {
-            // Leave the target as it was; a later run would discard this anyway.
-            let _ = restoration::discard(target);
-            return Err(err.context(failed()));
-        }
-    };
-    let replaced = restoration::finish(target, &ready)?;
-    if let (Some(replaced), Some(_), false) = (replaced, &from_volume, options.force) {
+}
+
+/// Gated → Restored: moves the staged snapshot into place and records the database's
+/// stat; an update (`updated`) then removes the old snapshot's entries it replaced.
+fn move_into_place(options: &RestoreOptions, ready: &Marker, updated: bool) -> Result<()> {
+    let target = &options.target;
+    let replaced = restoration::finish(target, ready)?;
+    if let (Some(replaced), true, false) = (replaced, updated, options.force) {
         // Exactly the old snapshot (the update checked), which the repository keeps.
         if let Err(err) = std::fs::remove_dir_all(&replaced) {
             tracing::warn!(error = %err, path = %replaced.display(), "cannot remove the old snapshot's entries; remove them by hand");
         }
     }
-    if let Err(err) = restoration::record_db_file(target, &ready) {
+    if let Err(err) = restoration::record_db_file(target, ready) {
         tracing::warn!(
             error = format!("{err:#}"),
             "cannot record the restored database's stat; the next update copies it"
         );
     }
-    seed_catalog(remote, options, &manifest, plan, db_pages);
-    Ok(Outcome::Restored(ready))
+    Ok(())
 }
 
 /// What an update takes from the target instead of the repository: the target holds
@@ -305,7 +340,7 @@ fn stage_and_gate(
     plan: &Plan,
     manifest: &Manifest,
     identities: &Identities,
-    from_volume: Option<&FromVolume>,
+    from_volume: Option<&dyn TakenFromVolume>,
 ) -> Result<(Marker, Option<Rebuilt>)> {
     let cancel = remote.cancel();
     let staging = restoration::begin(&options.target)?;
@@ -340,10 +375,19 @@ fn seed_catalog(
         return;
     }
     let location = remote.repo().location();
-    let chain_full = match &manifest.chain_full {
-        Some(id) => remote.find(&Selector::Id(id.clone())).ok(),
-        None => None,
-    };
+    let chain_full = manifest.chain_full.as_ref().and_then(|id| {
+        remote
+            .find(&Selector::Id(id.clone()))
+            .inspect_err(|err| {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    chain_full = %id,
+                    "cannot read the manifest of the chain's full snapshot: the catalog is \
+                     written without it, so the next backup is a full one"
+                );
+            })
+            .ok()
+    });
     if let Err(err) = restoration::seed_catalog(
         location,
         &options.target,
