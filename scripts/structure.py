@@ -4,8 +4,8 @@
   cycles     the module graph (one arrow per `crate::module` a file names) has no cycle
   functions  no function outside tests is longer than the limit (default 60 lines)
 
-`scripts/structure.py` runs both and prints what breaks them; exit 1 if anything does.
-`--report` prints the same and exits 0 (for a rule not yet met everywhere).
+`scripts/structure.py` runs both and prints what breaks them; exit 1 if anything does
+(CI runs it). `--report` prints the same and exits 0.
 
 rustfmt's layout is relied on: a function's body ends at the first `}` at its `fn`'s
 indentation, and `#[cfg(test)]` modules end the same way.

@@ -151,10 +151,9 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     // 1. Signal's database first (see the module docs for why).
     let mut signal = backup.snapshot_database(&catalog, parent.as_ref(), &previous)?;
     let db_pages = signal.as_ref().and_then(|s| s.pages.clone());
-    // The copy's checks read the whole database: they run beside the archive and upload of
-    // a full copy, and not for a delta (whose staging file holds only the changed pages)
-    // nor in the final snapshot, which the desktop waits for; the scheduled `verify` checks
-    // every snapshot whole (docs/format.md, "What a snapshot proves").
+    // Whole-database checks: beside the upload of a full copy only, not for a delta (its
+    // staging file holds only the changed pages) nor the final snapshot; the scheduled
+    // `verify` checks every snapshot whole (docs/format.md, "What a snapshot proves").
     let pending_check = signal
         .as_ref()
         .filter(|_| !options.r#final)
