@@ -362,32 +362,12 @@ pub fn apply_delta(
 }
 
 impl DeltaHeader {
-    /// Refuses a delta that is not the next one for the database `list` describes: other
-    /// pages, another base, or a result of another size than its snapshot recorded.
     fn check_applies_to(&self, list: &PageList, expected_bytes: u64) -> Result<()> {
-        if self.page_size != list.page_size {
-            bail!(
-                "the database delta has pages of {} bytes but the database it applies to has {}: \
-                 it belongs to another database",
-                self.page_size,
-                list.page_size
-            );
-        }
-        if self.base != list.digest() {
-            bail!(
-                "the database delta does not apply to the database rebuilt so far (its base \
-                 digest differs): it belongs to another chain, or an archive was swapped"
-            );
-        }
-        if u64::from(self.page_count) * u64::from(self.page_size) != expected_bytes {
-            bail!(
-                "the database delta makes a database of {} pages of {} bytes, but its snapshot \
-                 records {expected_bytes} bytes",
-                self.page_count,
-                self.page_size
-            );
-        }
-        Ok(())
+        crate::raw_pages::check_delta_applies(
+            (self.page_size, self.page_count, &self.base),
+            (list.page_size, &list.digest()),
+            expected_bytes,
+        )
     }
 }
 

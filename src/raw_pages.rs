@@ -326,33 +326,43 @@ pub fn apply_raw_delta(
 }
 
 impl RawDeltaHeader {
-    /// Refuses a delta that is not the next one for the database `list` describes: other
-    /// pages, another base, or a result of another size than its snapshot recorded.
     fn check_applies_to(&self, list: &RawPageList, expected_bytes: u64) -> Result<()> {
-        if self.page_size != list.page_size {
-            bail!(
-                "the database delta has pages of {} bytes but the database it applies to has {}: \
-                 it belongs to another database",
-                self.page_size,
-                list.page_size
-            );
-        }
-        if self.base != list.digest() {
-            bail!(
-                "the database delta does not apply to the database rebuilt so far (its base \
-                 digest differs): it belongs to another chain, or an archive was swapped"
-            );
-        }
-        if u64::from(self.page_count) * u64::from(self.page_size) != expected_bytes {
-            bail!(
-                "the database delta makes a database of {} pages of {} bytes, but its snapshot \
-                 records {expected_bytes} bytes",
-                self.page_count,
-                self.page_size
-            );
-        }
-        Ok(())
+        check_delta_applies(
+            (self.page_size, self.page_count, &self.base),
+            (list.page_size, &list.digest()),
+            expected_bytes,
+        )
     }
+}
+
+/// Refuses a delta (its page size, page count and base digest) that is not the next one
+/// for the database whose page size and digest are `database`: other pages, another base,
+/// or a result of another size than its snapshot recorded (`expected_bytes`). The same
+/// rule for raw deltas and the decrypted ones of formats 1 and 2 ([`crate::pages`]).
+pub fn check_delta_applies(
+    (page_size, page_count, base): (u32, u32, &[u8; 32]),
+    (database_page_size, database_digest): (u32, &[u8; 32]),
+    expected_bytes: u64,
+) -> Result<()> {
+    if page_size != database_page_size {
+        bail!(
+            "the database delta has pages of {page_size} bytes but the database it applies to \
+             has {database_page_size}: it belongs to another database"
+        );
+    }
+    if base != database_digest {
+        bail!(
+            "the database delta does not apply to the database rebuilt so far (its base \
+             digest differs): it belongs to another chain, or an archive was swapped"
+        );
+    }
+    if u64::from(page_count) * u64::from(page_size) != expected_bytes {
+        bail!(
+            "the database delta makes a database of {page_count} pages of {page_size} bytes, but \
+             its snapshot records {expected_bytes} bytes"
+        );
+    }
+    Ok(())
 }
 
 /// Writes each page of the delta at its place in `db` and its hash into `list`; a page
