@@ -150,7 +150,6 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
 
     // 1. Signal's database first (see the module docs for why).
     let mut signal = backup.snapshot_database(&catalog, parent.as_ref(), &previous)?;
-    let db_pages = signal.as_ref().and_then(|s| s.pages.clone());
     // Whole-database checks: beside the upload of a full copy only, not for a delta (its
     // staging file holds only the changed pages) nor the final snapshot; the scheduled
     // `verify` checks every snapshot whole (docs/format.md, "What a snapshot proves").
@@ -176,6 +175,7 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
         cancel.enter("database check")?;
         pending.finish(&mut signal.info, cancel)?;
     }
+    let db_pages = signal.as_mut().and_then(|s| s.pages.take()); // moved, not cloned
 
     // 4. The index, then the manifest: until the manifest exists the snapshot does not.
     cancel.enter("index upload")?;
@@ -233,7 +233,7 @@ impl Backup<'_> {
             signal_db::unchanged_since(
                 &parent.manifest,
                 parent_db,
-                parent_pages.clone(),
+                parent_pages.as_ref(),
                 stamp.as_ref(),
             )
         });

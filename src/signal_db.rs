@@ -174,7 +174,7 @@ fn changed(metadata: &Metadata) -> SystemTime {
 pub fn unchanged_since(
     parent: &Manifest,
     parent_entry: Option<&IndexEntry>,
-    parent_pages: Option<RawPageList>,
+    parent_pages: Option<&RawPageList>,
     stamp: Option<&Stamp>,
 ) -> Option<SignalSnapshot> {
     let stamp = stamp?;
@@ -197,7 +197,7 @@ pub fn unchanged_since(
         },
         references: HashSet::new(),
         stamp: Some(stamp.clone()),
-        pages: parent_pages,
+        pages: parent_pages.cloned(),
     })
 }
 
