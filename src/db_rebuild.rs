@@ -8,10 +8,13 @@
 //! memory: a decrypted delta's pages are database content in plain text, and never touch
 //! a disk so (a raw delta's are still encrypted; it is sealed the same way).
 //!
-//! A raw chain is checked without decrypting what it does not need to: each page is
-//! written at its offset, the result's raw pages must hash to the signed digest, and
-//! `cipher_integrity_check` must find every page's HMAC good with the restored key. A
-//! decrypted chain is read back through SQLCipher, page for page.
+//! A raw chain is checked without decrypting what it does not need to: the full copy is
+//! read once, on every core, hashing each page and checking its HMAC with the restored key
+//! as SQLCipher does ([`crate::page_auth`]); each delta's pages are written at their
+//! offsets, then read again, hashed and checked; the result's raw pages must hash to the
+//! signed digest, and SQLCipher opens it with the key. Where our check finds a page bad,
+//! SQLCipher's `cipher_integrity_check` decides. A decrypted chain is read back through
+//! SQLCipher, page for page.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -22,6 +25,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cancel::Cancel;
 use crate::index::DbChain;
+use crate::page_auth::{self, Failures};
 use crate::pages::{self, PageList};
 use crate::profile::{self, DbKey};
 use crate::raw_pages::{self, RawPageList};
@@ -130,8 +134,10 @@ impl Deltas {
         }
     }
 
-    /// The raw chain: each delta's pages written at their offsets, the raw digest
-    /// compared, then every page's HMAC checked with `key`.
+    /// The raw chain in one read of the full copy, which hashes every page and checks its
+    /// HMAC with `key` ([`page_auth`]); then each delta's pages written at their offsets
+    /// and read again, hashed and checked; then the digest compared, and SQLCipher asked
+    /// ([`confirm_with_sqlcipher`]).
     fn rebuild_raw(
         self,
         db: &Path,
@@ -148,18 +154,15 @@ impl Deltas {
             .custom_flags(libc::O_NOFOLLOW)
             .open(db)
             .with_context(|| format!("cannot open {}", db.display()))?;
-        let mut list = RawPageList::of_file(&file, page_size, cancel)?;
-        for id in &chain.deltas {
-            cancel.check()?;
-            let (mut delta, len) = self.open(id)?;
-            let bytes = expected_bytes(id).with_context(|| {
-                format!("snapshot {id}, which holds a database delta, records no database")
-            })?;
-            raw_pages::apply_raw_delta(&file, &mut list, &mut delta, len, bytes, cancel)
-                .with_context(|| format!("cannot apply the database delta of snapshot {id}"))?;
-        }
+        let pass = page_auth::hash_and_authenticate(&file, page_size, key, cancel)?;
+        let (mut list, mut failed) = (pass.list, pass.failed);
         if !chain.deltas.is_empty() {
+            let base = list.clone();
+            self.apply_raw_deltas(&file, &mut list, chain, &expected_bytes, cancel)?;
             file.sync_all()?;
+            let written = list.changed_since(&base).unwrap_or_default();
+            let recheck = page_auth::recheck_pages(&file, &list, &written, pass.salt, key, cancel);
+            failed.merge(recheck?);
         }
         drop(file);
         if list.digest_hex() != chain.pages {
@@ -169,22 +172,34 @@ impl Deltas {
                  damaged or was swapped. Restore another snapshot"
             );
         }
-        let problems = crate::sqlite::cipher_check(db, key, cancel)?;
-        if !problems.is_empty() {
-            bail!(
-                "Signal's database rebuilt from this snapshot fails cipher_integrity_check with \
-                 the restored key ({}): the key in the snapshot's config.json is not the \
-                 database's, or a page was damaged before the backup read it. Restore another \
-                 snapshot",
-                problems.join("; ")
-            );
-        }
+        confirm_with_sqlcipher(db, key, &failed, cancel)?;
         tracing::info!(
             deltas = chain.deltas.len(),
             pages = list.page_count(),
             "Signal's database rebuilt from raw pages: equal to the signed digest, every page authenticated"
         );
         Ok(list)
+    }
+
+    /// Writes each delta of `chain`, in order, into `file`, whose raw pages `list` describes.
+    fn apply_raw_deltas(
+        &self,
+        file: &std::fs::File,
+        list: &mut RawPageList,
+        chain: &DbChain,
+        expected_bytes: &impl Fn(&str) -> Option<u64>,
+        cancel: &Cancel,
+    ) -> Result<()> {
+        for id in &chain.deltas {
+            cancel.check()?;
+            let (mut delta, len) = self.open(id)?;
+            let bytes = expected_bytes(id).with_context(|| {
+                format!("snapshot {id}, which holds a database delta, records no database")
+            })?;
+            raw_pages::apply_raw_delta(file, list, &mut delta, len, bytes, cancel)
+                .with_context(|| format!("cannot apply the database delta of snapshot {id}"))?;
+        }
+        Ok(())
     }
 
     fn rebuild_decrypted(
@@ -227,4 +242,44 @@ impl Deltas {
         }
         Ok(rebuilt)
     }
+}
+
+/// SQLCipher has the last word on the pages our check ([`page_auth`]) judged. All good:
+/// SQLCipher opens the file with `key` and reads its schema, proving the key and the cipher
+/// settings are ones it reads. Some failed (damage, a wrong key, or cipher settings other
+/// than Signal's, which our check does not know): SQLCipher's `cipher_integrity_check`
+/// decides, reading every page again.
+fn confirm_with_sqlcipher(
+    db: &Path,
+    key: &DbKey,
+    failed: &Failures,
+    cancel: &Cancel,
+) -> Result<()> {
+    if failed.is_empty() {
+        return crate::sqlite::opens_with_key(db, key).context(
+            "Signal's database rebuilt from this snapshot has every page's HMAC right for the \
+             restored key, but SQLCipher cannot open it with that key: its cipher settings \
+             are not Signal's. Restore another snapshot",
+        );
+    }
+    tracing::warn!(
+        failed = failed.describe(),
+        "pages did not authenticate with the restored key under Signal's cipher settings; \
+         asking SQLCipher (cipher_integrity_check)"
+    );
+    let problems = crate::sqlite::cipher_check(db, key, cancel)?;
+    if !problems.is_empty() {
+        bail!(
+            "Signal's database rebuilt from this snapshot fails cipher_integrity_check with \
+             the restored key ({}): the key in the snapshot's config.json is not the \
+             database's, or a page was damaged before the backup read it. Restore another \
+             snapshot",
+            problems.join("; ")
+        );
+    }
+    tracing::warn!(
+        "cipher_integrity_check finds every page of Signal's database good: it uses other \
+         cipher settings than Signal's, and is accepted on SQLCipher's word"
+    );
+    Ok(())
 }

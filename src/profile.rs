@@ -111,6 +111,15 @@ impl DbKey {
         Self::from_hex(&text).with_context(|| format!("in {}", path.display()))
     }
 
+    /// The 32 bytes the hex digits spell: the raw key SQLCipher keys the database with
+    /// (for [`crate::page_auth`]).
+    pub fn raw(&self) -> Zeroizing<[u8; 32]> {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(self.0.as_bytes(), raw.as_mut_slice())
+            .expect("64 hex digits, checked when the key was made");
+        raw
+    }
+
     /// The SQLCipher statement that applies this key: a raw key, no KDF, as Signal does.
     pub fn pragma(&self) -> Zeroizing<String> {
         Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", self.0.as_str()))
