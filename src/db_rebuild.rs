@@ -29,6 +29,7 @@ use crate::page_auth::{self, Failures};
 use crate::pages::{self, PageList};
 use crate::profile::{self, DbKey};
 use crate::raw_pages::{self, RawPageList};
+use crate::unpack;
 
 /// Signal's database as a restore rebuilt it, equal to the snapshot's signed page digest
 /// and authenticated with the restored key, page by page.
@@ -54,6 +55,8 @@ pub struct Deltas {
     identity: age::x25519::Identity,
     dir: PathBuf,
     sealed: HashMap<String, (tempfile::NamedTempFile, u64)>,
+    /// The full copy's pages, hashed and checked as the unpack wrote it.
+    streamed: Option<Streamed>,
 }
 
 impl Deltas {
@@ -63,6 +66,7 @@ impl Deltas {
             identity: age::x25519::Identity::generate(),
             dir: dir.to_path_buf(),
             sealed: HashMap::new(),
+            streamed: None,
         }
     }
 
@@ -102,6 +106,12 @@ impl Deltas {
         Ok(())
     }
 
+    /// What `watch` saw of the full copy as it was unpacked, for the gate to use instead of
+    /// reading the file again.
+    pub fn streamed(&mut self, watch: FullCopyWatch) {
+        self.streamed = watch.done;
+    }
+
     /// Snapshot `id`'s delta, unsealed as it is read, and its length.
     pub fn open(&self, id: &str) -> Result<(impl Read + use<>, u64)> {
         let (file, len) = self.sealed.get(id).with_context(|| {
@@ -139,7 +149,7 @@ impl Deltas {
     /// and read again, hashed and checked; then the digest compared, and SQLCipher asked
     /// ([`confirm_with_sqlcipher`]).
     fn rebuild_raw(
-        self,
+        mut self,
         db: &Path,
         key: &DbKey,
         chain: &DbChain,
@@ -154,7 +164,15 @@ impl Deltas {
             .custom_flags(libc::O_NOFOLLOW)
             .open(db)
             .with_context(|| format!("cannot open {}", db.display()))?;
-        let pass = page_auth::hash_and_authenticate(&file, page_size, key, cancel)?;
+        let (pass, checked) = match self.streamed.take() {
+            Some(streamed) if streamed.fits(key, page_size, file.metadata()?.len()) => {
+                (streamed.pass, "as it was unpacked")
+            }
+            _ => (
+                page_auth::hash_and_authenticate(&file, page_size, key, cancel)?,
+                "in one read of the file",
+            ),
+        };
         let (mut list, mut failed) = (pass.list, pass.failed);
         if !chain.deltas.is_empty() {
             let base = list.clone();
@@ -176,6 +194,7 @@ impl Deltas {
         tracing::info!(
             deltas = chain.deltas.len(),
             pages = list.page_count(),
+            checked,
             "Signal's database rebuilt from raw pages: equal to the signed digest, every page authenticated"
         );
         Ok(list)
@@ -241,6 +260,85 @@ impl Deltas {
             );
         }
         Ok(rebuilt)
+    }
+}
+
+/// The pass over the full copy as it was unpacked, and the key it checked with.
+struct Streamed {
+    pass: page_auth::Pass,
+    key: DbKey,
+}
+
+impl Streamed {
+    /// Whether it holds for the file of `len` bytes the gate checks with `key`: the same
+    /// key (a later archive's `config.json` may have brought another), page size and length.
+    fn fits(&self, key: &DbKey, page_size: u32, len: u64) -> bool {
+        self.key == *key && self.pass.list.page_size == page_size && self.pass.list.bytes() == len
+    }
+}
+
+/// Watches the unpack of Signal's database ([`unpack::Watch`]): a raw chain's full copy is
+/// hashed and checked as it is written ([`page_auth::StreamPass`]), with the key of the
+/// `config.json` unpacked before it. Without one (none yet, or not a raw chain) nothing is
+/// watched, and the gate reads the file.
+pub struct FullCopyWatch {
+    dir: PathBuf,
+    page_size: Option<u32>,
+    current: Option<page_auth::StreamPass>,
+    done: Option<Streamed>,
+}
+
+impl FullCopyWatch {
+    /// For the unpack into `dir` (the staging directory, by its handle) of a snapshot whose
+    /// raw chain has pages of `page_size` bytes (`None`: not a raw chain).
+    pub fn new(dir: &Path, page_size: Option<u32>) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            page_size,
+            current: None,
+            done: None,
+        }
+    }
+
+    /// The key in the `config.json` unpacked so far, read only through real directories.
+    fn key(&self) -> Option<DbKey> {
+        let config = Path::new(profile::SIGNAL_CONFIG);
+        crate::signal_db::plain_tree(&self.dir, config).ok()?;
+        let bytes = zeroize::Zeroizing::new(std::fs::read(self.dir.join(config)).ok()?);
+        DbKey::from_config_json(&bytes, config).ok()
+    }
+}
+
+impl unpack::Watch for FullCopyWatch {
+    fn begin(&mut self, relative: &Path, file: bool) -> bool {
+        if relative != Path::new(profile::SIGNAL_DB) {
+            return false;
+        }
+        (self.current, self.done) = (None, None);
+        let (Some(page_size), true) = (self.page_size, file) else {
+            return false;
+        };
+        self.current = self
+            .key()
+            .map(|key| page_auth::StreamPass::new(&key, page_size));
+        self.current.is_some()
+    }
+
+    fn bytes(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(pass) = &mut self.current
+            && pass.write(data).is_err()
+        {
+            self.current = None; // the gate reads the file instead
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        if let Some(pass) = self.current.take() {
+            let key = pass.key().clone();
+            self.done = pass.finish().ok().map(|pass| Streamed { pass, key });
+        }
+        Ok(())
     }
 }
 

@@ -18,6 +18,9 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use anyhow::{Result, bail};
 use hmac::{Hmac, Mac};
@@ -218,16 +221,28 @@ fn read_part(
         let take = ((range.end - index) as usize).min(buffer.len() / size);
         let chunk = &mut buffer[..take * size];
         file.read_exact_at(chunk, u64::from(index) * u64::from(page_size))?;
-        for (n, page) in chunk.chunks_exact(size).enumerate() {
-            let pgno = index + n as u32 + 1;
-            hashes.push(raw_pages::raw_page_hash(page));
-            if !auth.is_some_and(|auth| auth.authenticates(pgno, page)) {
-                failed.add(pgno);
-            }
-        }
+        check_pages(chunk, size, index, auth, &mut hashes, &mut failed);
         index += take as u32;
     }
     Ok((hashes, failed))
+}
+
+/// Hashes and checks the whole pages of `chunk`, the first being page `index + 1`.
+fn check_pages(
+    chunk: &[u8],
+    page_size: usize,
+    index: u32,
+    auth: Option<&PageAuth>,
+    hashes: &mut Vec<RawPageHash>,
+    failed: &mut Failures,
+) {
+    for (n, page) in chunk.chunks_exact(page_size).enumerate() {
+        let pgno = index + n as u32 + 1;
+        hashes.push(raw_pages::raw_page_hash(page));
+        if !auth.is_some_and(|auth| auth.authenticates(pgno, page)) {
+            failed.add(pgno);
+        }
+    }
 }
 
 /// Reads again the pages `pgnos` of `file` (those a delta wrote): each must hash as `list`
@@ -268,4 +283,159 @@ pub fn recheck_pages(
         }
     }
     Ok(failed)
+}
+
+/// Bytes a [`StreamPass`] hands a worker at a time.
+const STREAM_CHUNK: usize = 1 << 20;
+/// Chunks in flight to the workers: the writer waits beyond that, so the pass keeps in
+/// step with it in a few MiB.
+const STREAM_CHUNKS_QUEUED: usize = 4;
+
+/// Hashes and checked pages of one chunk: its first page index, its hashes, its failures.
+type Piece = (u32, Vec<RawPageHash>, Failures);
+
+/// [`hash_and_authenticate`] fed with the file's bytes as they are written (the unpack of
+/// Signal's database), on worker threads beside the writer: the gate then reads nothing
+/// again. The key is the one known when the file began; the gate uses the result only if
+/// the restored key is the same.
+pub struct StreamPass {
+    key: DbKey,
+    page_size: usize,
+    pending: Vec<u8>,
+    /// Page index of `pending`'s first byte.
+    next_index: u32,
+    salt: Option<[u8; SALT_LEN]>,
+    sender: Option<SyncSender<(u32, Vec<u8>)>>,
+    workers: Vec<JoinHandle<Vec<Piece>>>,
+}
+
+impl StreamPass {
+    /// A pass over a file of `page_size`-byte pages, checked with `key`.
+    pub fn new(key: &DbKey, page_size: u32) -> Self {
+        Self {
+            key: key.clone(),
+            page_size: page_size as usize,
+            pending: Vec::with_capacity(STREAM_CHUNK),
+            next_index: 0,
+            salt: None,
+            sender: None,
+            workers: Vec::new(),
+        }
+    }
+
+    /// The key the pass checks with.
+    pub fn key(&self) -> &DbKey {
+        &self.key
+    }
+
+    /// The next bytes of the file.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let take = data.len().min(STREAM_CHUNK - self.pending.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() == STREAM_CHUNK {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the pending whole pages to the workers, started with the first chunk (whose
+    /// first 16 bytes are the salt that keys the check).
+    fn send(&mut self) -> Result<()> {
+        if self.sender.is_none() {
+            self.start_workers();
+        }
+        let whole = self.pending.len() / self.page_size * self.page_size;
+        let rest = self.pending.split_off(whole);
+        let chunk = std::mem::replace(&mut self.pending, rest);
+        let pages = (chunk.len() / self.page_size) as u32;
+        let sender = self.sender.as_ref().expect("started above");
+        if sender.send((self.next_index, chunk)).is_err() {
+            bail!("the page check beside the unpack stopped");
+        }
+        self.next_index += pages;
+        Ok(())
+    }
+
+    fn start_workers(&mut self) {
+        self.salt = self.pending.get(..SALT_LEN).map(|s| s.try_into().unwrap());
+        let auth = self
+            .salt
+            .and_then(|salt| PageAuth::new(&self.key, &salt, self.page_size as u32));
+        let (sender, receiver) = std::sync::mpsc::sync_channel(STREAM_CHUNKS_QUEUED);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let threads = crate::priority::default_threads().clamp(1, 8);
+        self.workers = (0..threads)
+            .map(|_| {
+                let (receiver, auth, size) = (receiver.clone(), auth.clone(), self.page_size);
+                std::thread::spawn(move || check_chunks(&receiver, auth.as_ref(), size))
+            })
+            .collect();
+        self.sender = Some(sender);
+    }
+
+    /// What the pass found once the file ended; an error if it is not a whole number of
+    /// pages (the gate then reads the file, and says so).
+    pub fn finish(mut self) -> Result<Pass> {
+        if !self.pending.len().is_multiple_of(self.page_size) {
+            bail!("Signal's database copy is not a whole number of pages");
+        }
+        if !self.pending.is_empty() {
+            self.send()?;
+        }
+        self.sender = None;
+        let mut pieces = Vec::new();
+        for worker in std::mem::take(&mut self.workers) {
+            let done = worker.join();
+            pieces.extend(done.map_err(|_| anyhow::anyhow!("a page check panicked"))?);
+        }
+        pieces.sort_by_key(|(index, _, _)| *index);
+        let mut list = RawPageList::new(self.page_size as u32);
+        let mut failed = Failures::default();
+        for (index, hashes, failures) in pieces {
+            if index != list.page_count() {
+                bail!("the page check beside the unpack lost a chunk");
+            }
+            list.hashes.extend(hashes);
+            failed.merge(failures);
+        }
+        Ok(Pass {
+            list,
+            salt: self.salt,
+            failed,
+        })
+    }
+}
+
+impl Drop for StreamPass {
+    fn drop(&mut self) {
+        self.sender = None; // the workers finish what is queued, then end
+        for worker in std::mem::take(&mut self.workers) {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// A worker: hashes and checks chunks until the writer is done.
+fn check_chunks(
+    receiver: &Mutex<Receiver<(u32, Vec<u8>)>>,
+    auth: Option<&PageAuth>,
+    page_size: usize,
+) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    loop {
+        let next = receiver
+            .lock()
+            .map_err(|_| ())
+            .and_then(|r| r.recv().map_err(|_| ()));
+        let Ok((index, chunk)) = next else {
+            return pieces;
+        };
+        let mut hashes = Vec::with_capacity(chunk.len() / page_size);
+        let mut failed = Failures::default();
+        check_pages(&chunk, page_size, index, auth, &mut hashes, &mut failed);
+        pieces.push((index, hashes, failed));
+    }
 }

@@ -60,7 +60,7 @@ pub fn excludes(extra: &[String]) -> Result<GlobSet> {
 }
 
 /// Signal's SQLCipher key: 32 raw bytes as 64 hex digits. Never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct DbKey(Zeroizing<String>);
 
 impl std::fmt::Debug for DbKey {

@@ -186,3 +186,18 @@ fn page_nothing_reads_at_backup(db: &Path, key: &str) -> u64 {
     conn.close().unwrap();
     page as u64
 }
+
+/// A restore of a full copy hashes and checks Signal's database as the unpack writes it
+/// (the key from the `config.json` unpacked before it): the gate reads it no more.
+#[test]
+fn a_full_restore_checks_the_database_as_it_is_unpacked() {
+    let (fx, id) = Fixture::backed_up(&["--messages", "2000"]);
+    let target = fx.root.join("restored");
+    let restored = fx.restore(&target).args(["--snapshot", &id]).run();
+    assert!(restored.status.success(), "{restored}");
+    assert!(
+        restored.stderr.contains("as it was unpacked"),
+        "the gate read the database again: {restored}"
+    );
+    assert_signal_db(&target, &fx.profile.key, fx.profile.messages);
+}
