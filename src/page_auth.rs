@@ -306,6 +306,8 @@ pub struct StreamPass {
     next_index: u32,
     salt: Option<[u8; SALT_LEN]>,
     sender: Option<SyncSender<(u32, Vec<u8>)>>,
+    /// Chunk buffers the workers are done with, to fill again.
+    returned: Option<Receiver<Vec<u8>>>,
     workers: Vec<JoinHandle<Vec<Piece>>>,
 }
 
@@ -319,6 +321,7 @@ impl StreamPass {
             next_index: 0,
             salt: None,
             sender: None,
+            returned: None,
             workers: Vec::new(),
         }
     }
@@ -348,8 +351,13 @@ impl StreamPass {
             self.start_workers();
         }
         let whole = self.pending.len() / self.page_size * self.page_size;
-        let rest = self.pending.split_off(whole);
-        let chunk = std::mem::replace(&mut self.pending, rest);
+        let mut next = (self.returned.as_ref())
+            .and_then(|returned| returned.try_recv().ok())
+            .unwrap_or_else(|| Vec::with_capacity(STREAM_CHUNK));
+        next.clear();
+        next.extend_from_slice(&self.pending[whole..]);
+        self.pending.truncate(whole);
+        let chunk = std::mem::replace(&mut self.pending, next);
         let pages = (chunk.len() / self.page_size) as u32;
         let sender = self.sender.as_ref().expect("started above");
         if sender.send((self.next_index, chunk)).is_err() {
@@ -366,14 +374,17 @@ impl StreamPass {
             .and_then(|salt| PageAuth::new(&self.key, &salt, self.page_size as u32));
         let (sender, receiver) = std::sync::mpsc::sync_channel(STREAM_CHUNKS_QUEUED);
         let receiver = Arc::new(Mutex::new(receiver));
+        let (give_back, returned) = std::sync::mpsc::channel();
         let threads = crate::priority::default_threads().clamp(1, 8);
         self.workers = (0..threads)
             .map(|_| {
                 let (receiver, auth, size) = (receiver.clone(), auth.clone(), self.page_size);
-                std::thread::spawn(move || check_chunks(&receiver, auth.as_ref(), size))
+                let give_back = give_back.clone();
+                std::thread::spawn(move || check_chunks(&receiver, &give_back, auth.as_ref(), size))
             })
             .collect();
         self.sender = Some(sender);
+        self.returned = Some(returned);
     }
 
     /// What the pass found once the file ended; an error if it is not a whole number of
@@ -418,9 +429,10 @@ impl Drop for StreamPass {
     }
 }
 
-/// A worker: hashes and checks chunks until the writer is done.
+/// A worker: hashes and checks chunks until the writer is done, giving each buffer back.
 fn check_chunks(
     receiver: &Mutex<Receiver<(u32, Vec<u8>)>>,
+    give_back: &std::sync::mpsc::Sender<Vec<u8>>,
     auth: Option<&PageAuth>,
     page_size: usize,
 ) -> Vec<Piece> {
@@ -437,5 +449,6 @@ fn check_chunks(
         let mut failed = Failures::default();
         check_pages(&chunk, page_size, index, auth, &mut hashes, &mut failed);
         pieces.push((index, hashes, failed));
+        let _ = give_back.send(chunk); // gone once the writer finished: dropped
     }
 }
