@@ -381,3 +381,63 @@ fn confirm_with_sqlcipher(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unpack::Watch;
+
+    const KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+    fn watch_with_config(dir: &Path) -> FullCopyWatch {
+        let config = dir.join(profile::SIGNAL_CONFIG);
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, format!("{{\"key\":\"{KEY}\"}}")).unwrap();
+        FullCopyWatch::new(dir, Some(4096))
+    }
+
+    fn write_file(watch: &mut FullCopyWatch, pages: usize) {
+        assert!(watch.begin(Path::new(profile::SIGNAL_DB), true));
+        for n in 0..pages {
+            watch.bytes(&[n as u8; 4096]).unwrap();
+        }
+        watch.end().unwrap();
+    }
+
+    /// The pass beside the unpack holds only for the file it saw, with the key it used:
+    /// another key, another length, or a later entry of the database's name that is not
+    /// a file (a link) leaves the gate to read the file itself.
+    #[test]
+    fn the_pass_beside_the_unpack_holds_only_for_the_file_and_key_it_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = watch_with_config(dir.path());
+        assert!(!watch.begin(Path::new(profile::SIGNAL_CONFIG), true));
+        write_file(&mut watch, 3);
+        let key = DbKey::from_hex(KEY).unwrap();
+        let done = watch.done.as_ref().expect("a pass");
+        assert_eq!(done.pass.list.page_count(), 3);
+        assert_eq!(done.pass.failed.count, 3, "pages of no database");
+        assert!(done.fits(&key, 4096, 3 * 4096));
+        assert!(!done.fits(&DbKey::from_hex(&"11".repeat(32)).unwrap(), 4096, 3 * 4096));
+        assert!(!done.fits(&key, 4096, 4 * 4096));
+        assert!(!done.fits(&key, 8192, 3 * 4096));
+
+        // A later entry of that name that is not a file: nothing holds.
+        assert!(!watch.begin(Path::new(profile::SIGNAL_DB), false));
+        assert!(watch.done.is_none());
+
+        // No config.json unpacked yet, or not a raw chain: nothing is watched.
+        let empty = tempfile::tempdir().unwrap();
+        let mut unkeyed = FullCopyWatch::new(empty.path(), Some(4096));
+        assert!(!unkeyed.begin(Path::new(profile::SIGNAL_DB), true));
+        let mut decrypted = FullCopyWatch::new(dir.path(), None);
+        assert!(!decrypted.begin(Path::new(profile::SIGNAL_DB), true));
+
+        // A file that is not a whole number of pages leaves no pass.
+        let mut torn = watch_with_config(dir.path());
+        assert!(torn.begin(Path::new(profile::SIGNAL_DB), true));
+        torn.bytes(&[1u8; 5000]).unwrap();
+        torn.end().unwrap();
+        assert!(torn.done.is_none());
+    }
+}

@@ -452,3 +452,49 @@ fn check_chunks(
         let _ = give_back.send(chunk); // gone once the writer finished: dropped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database SQLCipher wrote with a raw key, 4096-byte pages, about 2.5 MiB.
+    fn sqlcipher_database(dir: &std::path::Path, key: &DbKey) -> std::path::PathBuf {
+        let path = dir.join("db.sqlite");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&key.pragma()).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(x);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+             INSERT INTO t SELECT randomblob(3900) FROM n;",
+        )
+        .unwrap();
+        drop(conn);
+        path
+    }
+
+    /// Fed in pieces of any size, as the unpack writes, the pass beside it finds what one
+    /// read of the file finds.
+    #[test]
+    fn the_stream_pass_equals_the_pass_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DbKey::from_hex(&"3c".repeat(32)).unwrap();
+        let path = sqlcipher_database(dir.path(), &key);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3 * 4096 + 77] ^= 1; // page 4 damaged
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let read = hash_and_authenticate(&file, 4096, &key, &Cancel::new()).unwrap();
+        assert_eq!(read.failed.first, vec![4]);
+        assert_eq!(read.list.bytes(), bytes.len() as u64);
+        for piece in [1, 4095, 65536, 1 << 20, 3 << 20] {
+            let mut stream = StreamPass::new(&key, 4096);
+            for part in bytes.chunks(piece) {
+                stream.write(part).unwrap();
+            }
+            let streamed = stream.finish().unwrap();
+            assert_eq!(streamed.list, read.list, "pieces of {piece}");
+            assert_eq!(streamed.failed, read.failed, "pieces of {piece}");
+            assert_eq!(streamed.salt, read.salt, "pieces of {piece}");
+        }
+    }
+}
