@@ -8,10 +8,13 @@
 //! memory: a decrypted delta's pages are database content in plain text, and never touch
 //! a disk so (a raw delta's are still encrypted; it is sealed the same way).
 //!
-//! A raw chain is checked without decrypting what it does not need to: each page is
-//! written at its offset, the result's raw pages must hash to the signed digest, and
-//! `cipher_integrity_check` must find every page's HMAC good with the restored key. A
-//! decrypted chain is read back through SQLCipher, page for page.
+//! A raw chain is checked without decrypting what it does not need to: the full copy is
+//! read once, on every core, hashing each page and checking its HMAC with the restored key
+//! as SQLCipher does ([`crate::page_auth`]); each delta's pages are written at their
+//! offsets, then read again, hashed and checked; the result's raw pages must hash to the
+//! signed digest, and SQLCipher opens it with the key. Where our check finds a page bad,
+//! SQLCipher's `cipher_integrity_check` decides. A decrypted chain is read back through
+//! SQLCipher, page for page.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -22,9 +25,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::cancel::Cancel;
 use crate::index::DbChain;
+use crate::page_auth::{self, Failures};
 use crate::pages::{self, PageList};
 use crate::profile::{self, DbKey};
 use crate::raw_pages::{self, RawPageList};
+use crate::unpack;
 
 /// Signal's database as a restore rebuilt it, equal to the snapshot's signed page digest
 /// and authenticated with the restored key, page by page.
@@ -50,6 +55,8 @@ pub struct Deltas {
     identity: age::x25519::Identity,
     dir: PathBuf,
     sealed: HashMap<String, (tempfile::NamedTempFile, u64)>,
+    /// The full copy's pages, hashed and checked as the unpack wrote it.
+    streamed: Option<Streamed>,
 }
 
 impl Deltas {
@@ -59,6 +66,7 @@ impl Deltas {
             identity: age::x25519::Identity::generate(),
             dir: dir.to_path_buf(),
             sealed: HashMap::new(),
+            streamed: None,
         }
     }
 
@@ -98,6 +106,12 @@ impl Deltas {
         Ok(())
     }
 
+    /// What `watch` saw of the full copy as it was unpacked, for the gate to use instead of
+    /// reading the file again.
+    pub fn streamed(&mut self, watch: FullCopyWatch) {
+        self.streamed = watch.done;
+    }
+
     /// Snapshot `id`'s delta, unsealed as it is read, and its length.
     pub fn open(&self, id: &str) -> Result<(impl Read + use<>, u64)> {
         let (file, len) = self.sealed.get(id).with_context(|| {
@@ -130,10 +144,12 @@ impl Deltas {
         }
     }
 
-    /// The raw chain: each delta's pages written at their offsets, the raw digest
-    /// compared, then every page's HMAC checked with `key`.
+    /// The raw chain in one read of the full copy, which hashes every page and checks its
+    /// HMAC with `key` ([`page_auth`]); then each delta's pages written at their offsets
+    /// and read again, hashed and checked; then the digest compared, and SQLCipher asked
+    /// ([`confirm_with_sqlcipher`]).
     fn rebuild_raw(
-        self,
+        mut self,
         db: &Path,
         key: &DbKey,
         chain: &DbChain,
@@ -148,18 +164,23 @@ impl Deltas {
             .custom_flags(libc::O_NOFOLLOW)
             .open(db)
             .with_context(|| format!("cannot open {}", db.display()))?;
-        let mut list = RawPageList::of_file(&file, page_size, cancel)?;
-        for id in &chain.deltas {
-            cancel.check()?;
-            let (mut delta, len) = self.open(id)?;
-            let bytes = expected_bytes(id).with_context(|| {
-                format!("snapshot {id}, which holds a database delta, records no database")
-            })?;
-            raw_pages::apply_raw_delta(&file, &mut list, &mut delta, len, bytes, cancel)
-                .with_context(|| format!("cannot apply the database delta of snapshot {id}"))?;
-        }
+        let (pass, checked) = match self.streamed.take() {
+            Some(streamed) if streamed.fits(key, page_size, file.metadata()?.len()) => {
+                (streamed.pass, "as it was unpacked")
+            }
+            _ => (
+                page_auth::hash_and_authenticate(&file, page_size, key, cancel)?,
+                "in one read of the file",
+            ),
+        };
+        let (mut list, mut failed) = (pass.list, pass.failed);
         if !chain.deltas.is_empty() {
+            let base = list.clone();
+            self.apply_raw_deltas(&file, &mut list, chain, &expected_bytes, cancel)?;
             file.sync_all()?;
+            let written = list.changed_since(&base).unwrap_or_default();
+            let recheck = page_auth::recheck_pages(&file, &list, &written, pass.salt, key, cancel);
+            failed.merge(recheck?);
         }
         drop(file);
         if list.digest_hex() != chain.pages {
@@ -169,22 +190,35 @@ impl Deltas {
                  damaged or was swapped. Restore another snapshot"
             );
         }
-        let problems = crate::sqlite::cipher_check(db, key, cancel)?;
-        if !problems.is_empty() {
-            bail!(
-                "Signal's database rebuilt from this snapshot fails cipher_integrity_check with \
-                 the restored key ({}): the key in the snapshot's config.json is not the \
-                 database's, or a page was damaged before the backup read it. Restore another \
-                 snapshot",
-                problems.join("; ")
-            );
-        }
+        confirm_with_sqlcipher(db, key, &failed, cancel)?;
         tracing::info!(
             deltas = chain.deltas.len(),
             pages = list.page_count(),
+            checked,
             "Signal's database rebuilt from raw pages: equal to the signed digest, every page authenticated"
         );
         Ok(list)
+    }
+
+    /// Writes each delta of `chain`, in order, into `file`, whose raw pages `list` describes.
+    fn apply_raw_deltas(
+        &self,
+        file: &std::fs::File,
+        list: &mut RawPageList,
+        chain: &DbChain,
+        expected_bytes: &impl Fn(&str) -> Option<u64>,
+        cancel: &Cancel,
+    ) -> Result<()> {
+        for id in &chain.deltas {
+            cancel.check()?;
+            let (mut delta, len) = self.open(id)?;
+            let bytes = expected_bytes(id).with_context(|| {
+                format!("snapshot {id}, which holds a database delta, records no database")
+            })?;
+            raw_pages::apply_raw_delta(file, list, &mut delta, len, bytes, cancel)
+                .with_context(|| format!("cannot apply the database delta of snapshot {id}"))?;
+        }
+        Ok(())
     }
 
     fn rebuild_decrypted(
@@ -226,5 +260,184 @@ impl Deltas {
             );
         }
         Ok(rebuilt)
+    }
+}
+
+/// The pass over the full copy as it was unpacked, and the key it checked with.
+struct Streamed {
+    pass: page_auth::Pass,
+    key: DbKey,
+}
+
+impl Streamed {
+    /// Whether it holds for the file of `len` bytes the gate checks with `key`: the same
+    /// key (a later archive's `config.json` may have brought another), page size and length.
+    fn fits(&self, key: &DbKey, page_size: u32, len: u64) -> bool {
+        self.key == *key && self.pass.list.page_size == page_size && self.pass.list.bytes() == len
+    }
+}
+
+/// Watches the unpack of Signal's database ([`unpack::Watch`]): a raw chain's full copy is
+/// hashed and checked as it is written ([`page_auth::StreamPass`]), with the key of the
+/// `config.json` unpacked before it. Without one (none yet, or not a raw chain) nothing is
+/// watched, and the gate reads the file.
+pub struct FullCopyWatch {
+    dir: PathBuf,
+    page_size: Option<u32>,
+    current: Option<page_auth::StreamPass>,
+    done: Option<Streamed>,
+}
+
+impl FullCopyWatch {
+    /// For the unpack into `dir` (the staging directory, by its handle) of a snapshot whose
+    /// raw chain has pages of `page_size` bytes (`None`: not a raw chain).
+    pub fn new(dir: &Path, page_size: Option<u32>) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            page_size,
+            current: None,
+            done: None,
+        }
+    }
+
+    /// The key in the `config.json` unpacked so far, read only through real directories.
+    fn key(&self) -> Option<DbKey> {
+        let config = Path::new(profile::SIGNAL_CONFIG);
+        crate::signal_db::plain_tree(&self.dir, config).ok()?;
+        let bytes = zeroize::Zeroizing::new(std::fs::read(self.dir.join(config)).ok()?);
+        DbKey::from_config_json(&bytes, config).ok()
+    }
+}
+
+impl unpack::Watch for FullCopyWatch {
+    fn begin(&mut self, relative: &Path, file: bool) -> bool {
+        if relative != Path::new(profile::SIGNAL_DB) {
+            return false;
+        }
+        (self.current, self.done) = (None, None);
+        let (Some(page_size), true) = (self.page_size, file) else {
+            return false;
+        };
+        self.current = self
+            .key()
+            .map(|key| page_auth::StreamPass::new(&key, page_size));
+        self.current.is_some()
+    }
+
+    fn bytes(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(pass) = &mut self.current
+            && pass.write(data).is_err()
+        {
+            self.current = None; // the gate reads the file instead
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        if let Some(pass) = self.current.take() {
+            let key = pass.key().clone();
+            self.done = pass.finish().ok().map(|pass| Streamed { pass, key });
+        }
+        Ok(())
+    }
+}
+
+/// SQLCipher has the last word on the pages our check ([`page_auth`]) judged. All good:
+/// SQLCipher opens the file with `key` and reads its schema, proving the key and the cipher
+/// settings are ones it reads. Some failed (damage, a wrong key, or cipher settings other
+/// than Signal's, which our check does not know): SQLCipher's `cipher_integrity_check`
+/// decides, reading every page again.
+fn confirm_with_sqlcipher(
+    db: &Path,
+    key: &DbKey,
+    failed: &Failures,
+    cancel: &Cancel,
+) -> Result<()> {
+    if failed.is_empty() {
+        return crate::sqlite::opens_with_key(db, key).context(
+            "Signal's database rebuilt from this snapshot has every page's HMAC right for the \
+             restored key, but SQLCipher cannot open it with that key: its cipher settings \
+             are not Signal's. Restore another snapshot",
+        );
+    }
+    tracing::warn!(
+        failed = failed.describe(),
+        "pages did not authenticate with the restored key under Signal's cipher settings; \
+         asking SQLCipher (cipher_integrity_check)"
+    );
+    let problems = crate::sqlite::cipher_check(db, key, cancel)?;
+    if !problems.is_empty() {
+        bail!(
+            "Signal's database rebuilt from this snapshot fails cipher_integrity_check with \
+             the restored key ({}): the key in the snapshot's config.json is not the \
+             database's, or a page was damaged before the backup read it. Restore another \
+             snapshot",
+            problems.join("; ")
+        );
+    }
+    tracing::warn!(
+        "cipher_integrity_check finds every page of Signal's database good: it uses other \
+         cipher settings than Signal's, and is accepted on SQLCipher's word"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unpack::Watch;
+
+    const KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+    fn watch_with_config(dir: &Path) -> FullCopyWatch {
+        let config = dir.join(profile::SIGNAL_CONFIG);
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, format!("{{\"key\":\"{KEY}\"}}")).unwrap();
+        FullCopyWatch::new(dir, Some(4096))
+    }
+
+    fn write_file(watch: &mut FullCopyWatch, pages: usize) {
+        assert!(watch.begin(Path::new(profile::SIGNAL_DB), true));
+        for n in 0..pages {
+            watch.bytes(&[n as u8; 4096]).unwrap();
+        }
+        watch.end().unwrap();
+    }
+
+    /// The pass beside the unpack holds only for the file it saw, with the key it used:
+    /// another key, another length, or a later entry of the database's name that is not
+    /// a file (a link) leaves the gate to read the file itself.
+    #[test]
+    fn the_pass_beside_the_unpack_holds_only_for_the_file_and_key_it_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = watch_with_config(dir.path());
+        assert!(!watch.begin(Path::new(profile::SIGNAL_CONFIG), true));
+        write_file(&mut watch, 3);
+        let key = DbKey::from_hex(KEY).unwrap();
+        let done = watch.done.as_ref().expect("a pass");
+        assert_eq!(done.pass.list.page_count(), 3);
+        assert_eq!(done.pass.failed.count, 3, "pages of no database");
+        assert!(done.fits(&key, 4096, 3 * 4096));
+        assert!(!done.fits(&DbKey::from_hex(&"11".repeat(32)).unwrap(), 4096, 3 * 4096));
+        assert!(!done.fits(&key, 4096, 4 * 4096));
+        assert!(!done.fits(&key, 8192, 3 * 4096));
+
+        // A later entry of that name that is not a file: nothing holds.
+        assert!(!watch.begin(Path::new(profile::SIGNAL_DB), false));
+        assert!(watch.done.is_none());
+
+        // No config.json unpacked yet, or not a raw chain: nothing is watched.
+        let empty = tempfile::tempdir().unwrap();
+        let mut unkeyed = FullCopyWatch::new(empty.path(), Some(4096));
+        assert!(!unkeyed.begin(Path::new(profile::SIGNAL_DB), true));
+        let mut decrypted = FullCopyWatch::new(dir.path(), None);
+        assert!(!decrypted.begin(Path::new(profile::SIGNAL_DB), true));
+
+        // A file that is not a whole number of pages leaves no pass.
+        let mut torn = watch_with_config(dir.path());
+        assert!(torn.begin(Path::new(profile::SIGNAL_DB), true));
+        torn.bytes(&[1u8; 5000]).unwrap();
+        torn.end().unwrap();
+        assert!(torn.done.is_none());
     }
 }

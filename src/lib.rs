@@ -37,6 +37,7 @@ pub mod lock;
 pub mod manifest;
 pub mod manifest_list;
 pub mod metrics;
+pub mod page_auth;
 pub mod page_journal;
 pub mod pages;
 pub mod priority;

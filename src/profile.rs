@@ -60,7 +60,7 @@ pub fn excludes(extra: &[String]) -> Result<GlobSet> {
 }
 
 /// Signal's SQLCipher key: 32 raw bytes as 64 hex digits. Never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct DbKey(Zeroizing<String>);
 
 impl std::fmt::Debug for DbKey {
@@ -109,6 +109,15 @@ impl DbKey {
                 .with_context(|| format!("cannot read database key file {}", path.display()))?,
         );
         Self::from_hex(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// The 32 bytes the hex digits spell: the raw key SQLCipher keys the database with
+    /// (for [`crate::page_auth`]).
+    pub fn raw(&self) -> Zeroizing<[u8; 32]> {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(self.0.as_bytes(), raw.as_mut_slice())
+            .expect("64 hex digits, checked when the key was made");
+        raw
     }
 
     /// The SQLCipher statement that applies this key: a raw key, no KDF, as Signal does.

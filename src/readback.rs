@@ -13,7 +13,7 @@ use sha2::Digest;
 use crate::archive::{self, Digest as Checksum, HashingReader, PlainReader};
 use crate::blocking::{Remote, RemoteReader};
 use crate::cancel::{Cancel, is_cancelled};
-use crate::db_rebuild::{Deltas, Rebuilt};
+use crate::db_rebuild::{Deltas, FullCopyWatch, Rebuilt};
 use crate::index::{self, DbChain, EntryKind, IndexEntry};
 use crate::keys::Identities;
 use crate::manifest::{Manifest, ObjectRecord};
@@ -337,6 +337,8 @@ fn unpack_archives(
 ) -> Result<Deltas> {
     let progress = plan.start_progress(remote);
     let mut deltas = Deltas::new(pinned);
+    let page_size = plan.db_chain().and_then(|chain| chain.raw_page_size);
+    let mut watch = FullCopyWatch::new(pinned, page_size);
     for (k, step) in plan.steps.iter().enumerate() {
         progress.set_archive(k + 1, plan.steps.len());
         let options = UnpackOptions {
@@ -356,10 +358,12 @@ fn unpack_archives(
                 &options,
                 &|path| step.wants(path),
                 &mut set_aside,
+                &mut watch,
             )
         })?;
         tracing::info!(archive = %step.manifest.id, files = stats.files, bytes = stats.bytes, "archive unpacked and authenticated");
     }
+    deltas.streamed(watch);
     Ok(deltas)
 }
 

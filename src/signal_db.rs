@@ -546,9 +546,11 @@ pub fn check_signal_db(config_json: &[u8], db: &Path, cancel: &Cancel) -> Result
 /// The restore gate on a profile unpacked at `staged`: the restored Signal database opens
 /// with the restored key and is sound. Returns the gate's result for the restore marker.
 ///
-/// `pages_verified`: the restore has read every page of the database back, decrypted with
-/// the restored key (so SQLCipher authenticated each one) and found them to hash to the
-/// page digest in the snapshot's signed index ([`crate::db_rebuild`]). That is the gate's
+/// `pages_verified`: the restore has authenticated every page of the database with the
+/// restored key (raw pages: each page's HMAC checked as SQLCipher checks it, SQLCipher
+/// deciding wherever that check finds one bad, [`crate::page_auth`]; decrypted pages:
+/// read back through SQLCipher) and found them to hash to the page digest in the
+/// snapshot's signed index ([`crate::db_rebuild`]). That is the gate's
 /// promise: the database is, page for page, the copy the backup took of what Signal had
 /// committed, and it opens with the restored key. The full `integrity_check` adds nothing
 /// a restore can break, and costs about 30 s per GiB inside the switch's downtime: it is

@@ -468,6 +468,17 @@ pub fn cipher_check(path: &Path, key: &DbKey, cancel: &Cancel) -> Result<Vec<Str
     Ok(problems)
 }
 
+/// Opens the database copy at `path` with `key` and reads its schema: SQLCipher itself
+/// decrypts page 1 and the schema's pages, so the key and the cipher settings are ones it
+/// reads. Read-write (never created) as the last connection, so closing it removes the
+/// `-wal`/`-shm` opening it made, leaving exactly the file.
+pub fn opens_with_key(path: &Path, key: &DbKey) -> Result<()> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = open(path, flags, Some(key))?;
+    conn.close().map_err(|(_, err)| err)?;
+    Ok(())
+}
+
 /// Attachment files a Signal database references, as `xx/<64 hex>` paths relative to a
 /// `*.noindex` directory. Schema-agnostic: every text column whose name ends in "path"
 /// (Signal's `message_attachments.path`, `thumbnailPath`, stickers' `path`, …) is read,

@@ -89,22 +89,54 @@ pub fn safe_relative_path(raw: &[u8]) -> Result<PathBuf> {
     Ok(clean)
 }
 
+/// Sees the bytes of a restored file as they are written: how the restore gate hashes and
+/// authenticates Signal's database in the same pass as the unpack
+/// ([`crate::db_rebuild::FullCopyWatch`]).
+pub trait Watch {
+    /// An entry kept for `relative` starts, a regular file if `file`: whether to see its
+    /// bytes. Any entry of a watched name ends what was seen of it before (the last entry
+    /// of a name wins).
+    fn begin(&mut self, relative: &Path, file: bool) -> bool;
+    /// The next bytes of the file begun.
+    fn bytes(&mut self, data: &[u8]) -> Result<()>;
+    /// The file begun is written whole.
+    fn end(&mut self) -> Result<()>;
+}
+
+/// Watches nothing.
+pub struct NoWatch;
+
+impl Watch for NoWatch {
+    fn begin(&mut self, _: &Path, _: bool) -> bool {
+        false
+    }
+    fn bytes(&mut self, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn end(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Unpacks the entries of `archive` for which `keep` says yes below `dest`, which must
 /// be a directory we created. An incremental archive's list of deleted paths is skipped:
 /// a restore takes exactly the entries its snapshot's index names. A delta of Signal's
-/// database, if kept, goes to `db_delta` with its length, never to a file.
+/// database, if kept, goes to `db_delta` with its length, never to a file. `watch` sees
+/// the bytes of the files it asks for as they are written.
 pub fn unpack<R: Read>(
     archive: &mut tar::Archive<R>,
     dest: &Path,
     options: &UnpackOptions,
     keep: &dyn Fn(&Path) -> bool,
     db_delta: &mut dyn FnMut(&mut dyn Read, u64) -> Result<()>,
+    watch: &mut dyn Watch,
 ) -> Result<UnpackStats> {
     let mut unpacker = Unpacker {
         dest,
         options,
         stats: UnpackStats::default(),
         directories: Vec::new(),
+        watch: Some(watch),
     };
     for entry in archive.entries().context("cannot read the archive")? {
         let mut entry = entry.map_err(crate::archive::explain_read_error)?;
@@ -135,6 +167,8 @@ struct Unpacker<'a> {
     /// Directory permissions and times are applied last: a read-only directory would stop
     /// its own children from being written, and writing children changes its mtime.
     directories: Vec<(PathBuf, u32, u64)>,
+    /// Taken out while a watched file is written through it.
+    watch: Option<&'a mut dyn Watch>,
 }
 
 /// What an entry's header says about the file it makes, checked.
@@ -150,6 +184,13 @@ impl Unpacker<'_> {
         let target = self.dest.join(relative);
         prepare_parents(self.dest, relative)?;
         let header = entry.header();
+        if !matches!(
+            header.entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) && let Some(watch) = self.watch.as_deref_mut()
+        {
+            watch.begin(relative, false);
+        }
         let attributes = Attributes {
             mode: header.mode()? & 0o777,
             mtime: header.mtime()?,
@@ -158,7 +199,7 @@ impl Unpacker<'_> {
         match header.entry_type() {
             tar::EntryType::Directory => self.directory(target, relative, attributes),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                self.file(entry, &target, relative, attributes)
+                self.regular(entry, &target, relative, attributes)
             }
             tar::EntryType::Symlink => self.symlink(entry, &target, relative, attributes),
             tar::EntryType::Link => self.hard_link(entry, &target, relative),
@@ -226,6 +267,29 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// A regular file, through the watch if it asks to see it.
+    fn regular(
+        &mut self,
+        entry: &mut impl Read,
+        target: &Path,
+        relative: &Path,
+        attributes: Attributes,
+    ) -> Result<()> {
+        let Some(watch) = self.watch.take() else {
+            return self.file(entry, target, relative, attributes);
+        };
+        if !watch.begin(relative, true) {
+            self.watch = Some(watch);
+            return self.file(entry, target, relative, attributes);
+        }
+        let mut tee = Tee { entry, watch };
+        let written = self.file(&mut tee, target, relative, attributes);
+        let watch = tee.watch;
+        let ended = written.and_then(|()| watch.end());
+        self.watch = Some(watch);
+        ended
+    }
+
     /// An inert link: restored as it was, never followed.
     fn symlink<R: Read>(
         &mut self,
@@ -281,6 +345,20 @@ impl Unpacker<'_> {
             File::open(&path)?.set_modified(to_time(mtime))?;
         }
         Ok(self.stats)
+    }
+}
+
+/// An entry's bytes, shown to a watch as they are read.
+struct Tee<'e, 'w, R: Read> {
+    entry: &'e mut R,
+    watch: &'w mut dyn Watch,
+}
+
+impl<R: Read> Read for Tee<'_, '_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.entry.read(out)?;
+        self.watch.bytes(&out[..n]).map_err(io::Error::other)?;
+        Ok(n)
     }
 }
 
@@ -465,6 +543,7 @@ mod tests {
             &options(),
             &|_| true,
             &mut no_delta,
+            &mut NoWatch,
         )
     }
 
@@ -590,6 +669,7 @@ mod tests {
             &options,
             &|_| true,
             &mut no_delta,
+            &mut NoWatch,
         )
         .unwrap();
         assert_eq!(stats.bytes, content.len() as u64);
@@ -618,6 +698,7 @@ mod tests {
             &options,
             &|_| true,
             &mut no_delta,
+            &mut NoWatch,
         )
         .unwrap_err();
         assert!(err.to_string().contains("decompression bomb"), "{err:#}");

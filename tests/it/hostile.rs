@@ -528,7 +528,7 @@ mod unpack_property {
                 std::io::copy(delta, &mut std::io::sink())?;
                 Ok(())
             };
-            let result = unpack(&mut tar::Archive::new(&bytes[..]), &dest, &options, &|_| true, &mut read_delta);
+            let result = unpack(&mut tar::Archive::new(&bytes[..]), &dest, &options, &|_| true, &mut read_delta, &mut ghostwire_backup::unpack::NoWatch);
             prop_assert_eq!(snapshot(&outside), before);
             let top: Vec<_> = fs::read_dir(root.path()).unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

@@ -34,6 +34,7 @@ mod lease_loss;
 mod lease_s3;
 mod locks;
 mod newcomer;
+mod page_auth;
 mod s3_faults;
 mod security;
 mod signed;
