@@ -49,6 +49,13 @@ MARK_BEGIN = "<!-- bench/run.sh results: begin -->"
 MARK_END = "<!-- bench/run.sh results: end -->"
 HEAVY_BEGIN = "<!-- bench/run.sh --heavy results: begin -->"
 HEAVY_END = "<!-- bench/run.sh --heavy results: end -->"
+# The heavy run against s3s-fs goes into a section of its own, beside moto's.
+HEAVY_S3S_BEGIN = "<!-- bench/run.sh --heavy --server s3s-fs results: begin -->"
+HEAVY_S3S_END = "<!-- bench/run.sh --heavy --server s3s-fs results: end -->"
+
+
+# The s3s-fs release bench/run.sh installs (the newest needs a newer rustc than 1.95).
+S3S_FS_VERSION = "0.14.1"
 
 
 def log(*args):
@@ -105,24 +112,31 @@ class Bench:
 
     def start_s3(self):
         port = free_port()
-        # moto keeps each object in a temporary file. On this disk its writes would compete
-        # with the writer's fsyncs, which a remote S3 server's never do: use memory if it
-        # has room for the objects the run keeps at once (about four archives).
-        largest = max(SIZES.get(s) or parse_size(s) for s in self.args.sizes)
+        # Both servers keep objects in files (moto: a temporary file each; s3s-fs: a tree).
+        # On this disk their writes would compete with the writer's fsyncs, which a remote
+        # S3 server's never do: use memory if it has room for the objects the run keeps at
+        # once (about four archives).
+        sizes = [SIZES.get(s) or parse_size(s) for s in self.args.sizes + self.args.heavy]
         shm = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
-        base = Path("/dev/shm") if shm > 5 * largest else self.work
-        tmp = base / f"ghostwire-bench-moto-{os.getpid()}"
+        base = Path("/dev/shm") if shm > 5 * max(sizes) else self.work
+        server = self.args.server
+        tmp = base / f"ghostwire-bench-{server}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         self.moto_tmp = tmp
-        log(f"moto keeps its objects in {tmp}")
-        env = dict(self.env, TMPDIR=str(tmp))
+        log(f"{server} keeps its objects in {tmp}")
+        if server == "moto":
+            argv, env = [self.args.moto, "-H", "127.0.0.1", "-p", str(port)], dict(self.env, TMPDIR=str(tmp))
+        else:
+            argv = [self.args.s3s_fs, "--host", "127.0.0.1", "--port", str(port), "--access-key", "bench",
+                    "--secret-key", "bench-secret", str(tmp)]
+            env = self.env
         # At lower CPU priority: it stands in for a remote server, whose CPU is not the one
-        # Signal's writer runs on (unniced, it alone doubles the writer's p99 latency here).
+        # Signal's writer runs on (unniced, moto alone doubles the writer's p99 latency here).
         moto = subprocess.Popen(
-            ["nice", "-n", "10", self.args.moto, "-H", "127.0.0.1", "-p", str(port)],
+            ["nice", "-n", "10", *argv],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.work / "moto.log", "w"),
+            stderr=open(self.work / f"{server}.log", "w"),
             env=env,
         )
         self.procs.append(moto)
@@ -135,7 +149,7 @@ class Bench:
                 break
             except OSError:
                 if time.time() > deadline or moto.poll() is not None:
-                    sys.exit("moto_server did not start; see moto.log")
+                    sys.exit(f"{server} did not start; see {self.work / (server + '.log')}")
                 time.sleep(0.2)
         self.env.update(GWB_S3_ENDPOINT=self.endpoint, S3_ENDPOINT=self.endpoint)
         self.s3 = boto3.client(
@@ -154,7 +168,7 @@ class Bench:
         subprocess.run([*s3pipe, "put", "physical", "warm-up"], input=warm, env=self.env, check=True)
         subprocess.run([*s3pipe, "get", "physical", "warm-up"], stdout=subprocess.DEVNULL, env=self.env, check=True)
         self.s3.delete_object(Bucket="physical", Key="warm-up")
-        log(f"moto S3 server on {self.endpoint}")
+        log(f"{server} S3 server on {self.endpoint}")
 
     def stop(self):
         for p in self.procs:
@@ -678,10 +692,11 @@ class Bench:
         finally:
             self.stop()
         (self.work / "heavy.json").write_text(json.dumps(results, indent=2))
-        text = render_heavy(results, load_before, load_after)
+        text = render_heavy(results, load_before, load_after, server_name(self.args))
         print(text)
         if self.args.docs:
-            update_docs(ROOT / "docs/benchmarks.md", text, HEAVY_BEGIN, HEAVY_END)
+            begin, end = (HEAVY_BEGIN, HEAVY_END) if self.args.server == "moto" else (HEAVY_S3S_BEGIN, HEAVY_S3S_END)
+            update_docs(ROOT / "docs/benchmarks.md", text, begin, end)
             log("updated docs/benchmarks.md (heavy users)")
 
     def main_contention(self):
@@ -759,9 +774,15 @@ def machine(args):
         "age": version(["age", "--version"]),
         "tar": version(["tar", "--version"]),
         "node": version(["node", "--version"]),
-        "moto": "moto " + version([str(Path(args.moto).with_name("python")), "-c",
-                                   "import moto; print(moto.__version__)"]),
+        "moto": server_name(args),
     }
+
+
+def server_name(args):
+    """The S3 server and its version, as the reports name it."""
+    if args.server == "s3s-fs":
+        return "s3s-fs " + S3S_FS_VERSION
+    return "moto " + version([str(Path(args.moto).with_name("python")), "-c", "import moto; print(moto.__version__)"])
 
 
 # ---------------------------------------------------------------------- report --
@@ -854,8 +875,9 @@ def update_docs(path, text, begin=MARK_BEGIN, end=MARK_END):
     path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
-def render_heavy(results, load_before, load_after):
-    out = [f"Heavy users (`bench/run.sh --heavy {','.join(r['label'] for r in results)}`), run of "
+def render_heavy(results, load_before, load_after, server):
+    flag = "" if server.startswith("moto") else " --server s3s-fs"
+    out = [f"Heavy users (`bench/run.sh --heavy {','.join(r['label'] for r in results)}{flag}`), {server}, run of "
            f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, load average "
            f"{load_before[0]:.2f} before, {load_after[0]:.2f} after. Ratios: restic's time ÷ ghostwire-backup's "
            f"(> 1: ghostwire-backup is faster).", ""]
@@ -956,6 +978,10 @@ def main():
                         help="only the heavy-user run: comma-separated database sizes, e.g. 512M,1G")
     parser.add_argument("--agent", default=str(ROOT / "target/release/ghostwire-backup"))
     parser.add_argument("--moto", default=str(ROOT / ".venv-s3/bin/moto_server"))
+    parser.add_argument("--server", choices=["moto", "s3s-fs"], default="moto",
+                        help="the S3 server every tool uses (s3s-fs: a lighter one, in Rust; bench/run.sh installs it)")
+    parser.add_argument("--s3s-fs", default=str(Path(os.environ.get("GWB_BENCH_TOOLS", "/var/tmp/ghostwire-bench/tools"))
+                                                / "bin/s3s-fs"))
     args = parser.parse_args()
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     args.heavy = [s.strip() for s in args.heavy.split(",") if s.strip()]

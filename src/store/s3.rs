@@ -3,7 +3,10 @@
 //! web identity (IRSA on EKS), profile files, instance metadata.
 //!
 //! Large objects go up as a multipart upload with a bounded number of parts in flight, and
-//! a failed upload is aborted so no orphaned parts are left to bill. Throttling, 5xx and
+//! a failed upload is aborted so no orphaned parts are left to bill. Every part carries its
+//! CRC32 (the upload is created with that algorithm, COMPOSITE), so S3 checks each part's
+//! bytes as it receives them: a part damaged on the way is refused and sent again, not
+//! found at the next restore. Throttling, 5xx and
 //! timeouts are retried by the SDK's standard retry strategy with exponential backoff; a
 //! download whose connection drops mid-body resumes from where it stopped
 //! ([`super::resume`]). Errors S3 answers with (no such bucket, access denied, a wrong
@@ -23,7 +26,9 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
+};
 use aws_smithy_http_client::tls;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -76,6 +81,12 @@ fn content_md5(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
 }
 
+/// A part's CRC32 as S3 expects it in `x-amz-checksum-crc32`: base64 of the big-endian value.
+fn part_crc32(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(data).to_be_bytes())
+}
+
 /// The region when neither --s3-region nor AWS_REGION says (README: "else us-east-1").
 const DEFAULT_REGION: &str = "us-east-1";
 
@@ -105,8 +116,9 @@ impl S3Store {
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(options.path_style)
             // The SDK's default CRC trailers use aws-chunked uploads, which many S3-compatible
-            // servers store or reject wrongly; integrity is ours end to end anyway (the
-            // manifest's SHA-256 and age's authentication).
+            // servers store or reject wrongly. Upload parts carry a CRC32 we compute ourselves
+            // (`part_crc32`), sent as a plain header; end to end, integrity is ours anyway
+            // (the manifest's SHA-256 and age's authentication).
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .retry_config(
@@ -304,15 +316,20 @@ impl S3Store {
             .upload_id(upload_id)
             .part_number(number)
             .set_content_md5(self.object_lock.is_some().then(|| content_md5(&chunk)))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .checksum_crc32(part_crc32(&chunk))
             .body(ByteStream::from(chunk));
         let bucket = self.bucket.clone();
         async move {
             let output = request.send().await;
             drop(slot);
             let output = output.map_err(|e| sdk_error(e, "upload part", &bucket))?;
+            // The checksum S3 computed for the part it stored (the one we sent, or it
+            // would have refused the part), listed again at completion.
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(output.e_tag)
+                .set_checksum_crc32(output.checksum_crc32)
                 .build())
         }
     }
@@ -588,6 +605,8 @@ impl Store for S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&object)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .checksum_type(ChecksumType::Composite)
             .set_object_lock_mode(mode)
             .set_object_lock_retain_until_date(until)
             .send()

@@ -69,6 +69,8 @@ struct Config {
     /// Request headers (lower case) removed before a request reaches the server: a server
     /// that ignores them.
     dropped_headers: Vec<String>,
+    /// Requests to keep a copy of, as sent (see [`FaultProxy::record`]).
+    recording: Vec<Match>,
 }
 
 /// What the proxy saw and did.
@@ -78,6 +80,27 @@ pub struct Stats {
     pub injected: BTreeMap<String, u64>,
     /// Faults injected, with the request each hit.
     pub log: Vec<String>,
+    /// The requests that matched [`FaultProxy::record`], in the order they arrived.
+    pub recorded: Vec<Recorded>,
+}
+
+/// A request as the client sent it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    /// Header lines, names in lower case, values trimmed.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Stats {
@@ -121,6 +144,7 @@ impl FaultProxy {
                 rng: StdRng::seed_from_u64(seed),
                 forced: VecDeque::new(),
                 dropped_headers: Vec::new(),
+                recording: Vec::new(),
             }),
             stats: Mutex::new(Stats::default()),
         });
@@ -162,6 +186,17 @@ impl FaultProxy {
     pub fn drop_request_headers(&self, names: &[&str]) {
         self.shared.config.lock().unwrap().dropped_headers =
             names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    }
+
+    /// Keeps a copy of every request from now on whose method is `method` and whose target
+    /// contains `target` (`Stats::recorded`): what the client really sent.
+    pub fn record(&self, method: &'static str, target: &'static str) {
+        self.shared
+            .config
+            .lock()
+            .unwrap()
+            .recording
+            .push(Match { method, target });
     }
 
     /// How long `Stall` holds an answer and `StallBody` holds a body.
@@ -224,6 +259,7 @@ fn serve(client: TcpStream, shared: &Shared) {
     let Some(mut request) = read_request(&mut reader) else {
         return;
     };
+    record_if_asked(shared, &request);
     let dropped = shared.config.lock().unwrap().dropped_headers.clone();
     if !dropped.is_empty() {
         request.raw = without_headers(&request.raw, &dropped);
@@ -266,6 +302,33 @@ fn serve(client: TcpStream, shared: &Shared) {
             reset(client);
         }
     }
+}
+
+fn record_if_asked(shared: &Shared, request: &Request) {
+    let wanted = shared
+        .config
+        .lock()
+        .unwrap()
+        .recording
+        .iter()
+        .any(|m| m.method == request.method && request.target.contains(m.target));
+    if !wanted {
+        return;
+    }
+    let end = head_length(&request.raw);
+    let head = String::from_utf8_lossy(&request.raw[..end]);
+    let headers = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    shared.stats.lock().unwrap().recorded.push(Recorded {
+        method: request.method.clone(),
+        target: request.target.clone(),
+        headers,
+        body: request.raw[end..].to_vec(),
+    });
 }
 
 /// The request without the header lines named in `dropped` (lower case).
