@@ -3,9 +3,10 @@
 //!
 //! The key comes from Signal's `config.json` (or `--db-key-file`); the snapshot stays
 //! encrypted with it. A backup that images the whole database (a full copy) runs
-//! `quick_check` beside its upload and records the result (a database that fails goes ahead
-//! with a warning: the damage is Signal's, and the snapshot is the best copy there is); a
-//! delta, which writes only the changed pages, and the final snapshot run none. A restore stops before anything is moved into place unless its gate passes
+//! `cipher_integrity_check` beside its upload and records the result (a database that fails
+//! goes ahead with a warning: the damage is Signal's, and the snapshot is the best copy
+//! there is); a delta, which writes only the changed pages, and the final snapshot run
+//! none. The structural checks are `verify`'s ([`COPY_CHECKS`] says why). A restore stops before anything is moved into place unless its gate passes
 //! ([`gate`]): every page of the rebuilt database equal to the snapshot's signed page
 //! digest and authenticated with the restored key (`cipher_integrity_check` for raw
 //! chains, decrypted reads for formats 1 and 2); the full `integrity_check` only for a
@@ -405,13 +406,13 @@ pub fn snapshot_changes(
     Ok(Some(snapshot))
 }
 
-/// The whole-database checks of a snapshot's copy (`quick_check` and
-/// `cipher_integrity_check`), on a thread of their own beside the archive and upload,
+/// The whole-database check of a snapshot's copy ([`COPY_CHECKS`]: every page's HMAC), on
+/// a thread of its own beside the archive and upload,
 /// which read the same copy. A backup that fails or is cut stops them (dropping this
 /// stops the checks and waits for them), before the copy is removed.
 pub struct PendingCheck {
     stop: Cancel,
-    worker: Option<std::thread::JoinHandle<Result<DbCheck>>>,
+    worker: Option<std::thread::JoinHandle<Result<Vec<String>>>>,
 }
 
 impl PendingCheck {
@@ -424,7 +425,7 @@ impl PendingCheck {
         };
         let stop = Cancel::new();
         let (copy, key, token) = (copy.clone(), key.clone(), stop.clone());
-        let worker = std::thread::spawn(move || sqlite::check_copy(&copy, Some(&key), &token));
+        let worker = std::thread::spawn(move || sqlite::cipher_check(&copy, &key, &token));
         Some(Self {
             stop,
             worker: Some(worker),
@@ -461,16 +462,17 @@ impl Drop for PendingCheck {
 /// Notes a check's outcome: problems, or a check that could not run, are warned about and
 /// recorded (the restore gate then runs the full `integrity_check`), and the backup goes
 /// ahead: the damage is Signal's, and the snapshot is the best copy there is.
-fn record_check(info: &mut DatabaseInfo, check: Result<DbCheck>) -> Result<()> {
-    match check {
-        Ok(check) if check.is_ok() => {
+fn record_check(info: &mut DatabaseInfo, problems: Result<Vec<String>>) -> Result<()> {
+    match problems {
+        Ok(problems) if problems.is_empty() => {
             info.checks = Some(COPY_CHECKS.iter().map(|c| c.to_string()).collect());
-            info.check = check.result;
+            info.check = "ok".into();
         }
-        Ok(check) => {
-            tracing::warn!(check = %check.result, "quick_check found problems in Signal's database; backing it up as it is");
+        Ok(problems) => {
+            let found = problems.join("; ");
+            tracing::warn!(check = %found, "cipher_integrity_check found pages that do not authenticate in Signal's database; backing it up as it is");
             info.checks = Some(Vec::new());
-            info.check = check.result;
+            info.check = found;
         }
         Err(err) if is_cancelled(&err) => return Err(err),
         Err(err) => {
@@ -554,7 +556,7 @@ pub fn check_signal_db(config_json: &[u8], db: &Path, cancel: &Cancel) -> Result
 /// promise: the database is, page for page, the copy the backup took of what Signal had
 /// committed, and it opens with the restored key. The full `integrity_check` adds nothing
 /// a restore can break, and costs about 30 s per GiB inside the switch's downtime: it is
-/// left to the backup (`quick_check`, on every scheduled copy) and to `verify`. The gate
+/// left to `verify`, which runs it on every snapshot. The gate
 /// runs it only when the pages were not verified (an older snapshot without a page
 /// digest) or when the backup's own check found problems.
 pub fn gate(
