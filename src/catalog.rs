@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::index::{DbChain, EntryKind, IndexEntry};
 use crate::manifest::Manifest;
-use crate::raw_pages::RawPageList;
+use crate::raw_pages::{RawPageHash, RawPageList};
 
 pub const DEFAULT_NAME: &str = ".ghostwire-backup-catalog.sqlite";
 
@@ -244,17 +245,20 @@ impl Catalog {
     /// A decrypted list (formats 1 and 2) never hashes as a raw one: it is not found.
     /// An error only if the catalog cannot be read.
     pub fn page_list(&self, digest: &str) -> Result<Option<RawPageList>> {
-        let bytes: Option<Vec<u8>> = self
+        let row: Option<(i64, Option<i64>)> = self
             .conn
             .query_row(
-                "SELECT list FROM page_lists WHERE digest = ?1",
+                "SELECT rowid, length(list) FROM page_lists
+                 WHERE digest = ?1 AND typeof(list) = 'blob'",
                 [digest],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
-        Ok(bytes
-            .and_then(|bytes| RawPageList::from_bytes(&bytes))
-            .filter(|list| list.digest_hex() == digest))
+        let Some((rowid, Some(len))) = row else {
+            return Ok(None);
+        };
+        let list = read_page_list(&self.conn, rowid, len)?;
+        Ok(list.filter(|list| list.digest_hex() == digest))
     }
 
     /// Records a committed snapshot and makes `entries` the latest index, and `pages` the
@@ -271,10 +275,7 @@ impl Catalog {
         tx.execute("DELETE FROM files", [])?;
         tx.execute("DELETE FROM page_lists", [])?;
         if let Some(list) = pages {
-            tx.execute(
-                "INSERT INTO page_lists (digest, list) VALUES (?1, ?2)",
-                params![list.digest_hex(), list.to_bytes()],
-            )?;
+            write_page_list(&tx, list)?;
         }
         {
             let mut insert = tx.prepare(
@@ -334,6 +335,43 @@ fn insert_snapshot(conn: &Connection, manifest: &Manifest) -> Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// A page list's row: the page size (u32, big-endian), then the hashes. It is written and
+/// read in place through SQLite's incremental blob I/O, never built or bound whole: a
+/// list is 16 bytes a page (8 MiB at 2 GiB), and a bound blob is copied by SQLite and
+/// again into its record.
+fn write_page_list(conn: &Connection, list: &RawPageList) -> Result<()> {
+    let len = 4 + std::mem::size_of_val(list.hashes.as_slice());
+    conn.execute(
+        "INSERT INTO page_lists (digest, list) VALUES (?1, zeroblob(?2))",
+        params![list.digest_hex(), len as i64],
+    )?;
+    let rowid = conn.last_insert_rowid();
+    let mut blob = conn.blob_open(rusqlite::MAIN_DB, c"page_lists", c"list", rowid, false)?;
+    blob.write_all(&list.page_size.to_be_bytes())?;
+    blob.write_all(list.hashes.as_flattened())?;
+    blob.close()?;
+    Ok(())
+}
+
+/// The page list in row `rowid`, `len` bytes long; `None` if it is not one.
+fn read_page_list(conn: &Connection, rowid: i64, len: i64) -> Result<Option<RawPageList>> {
+    let Some(hashes_len) = usize::try_from(len).ok().and_then(|len| len.checked_sub(4)) else {
+        return Ok(None);
+    };
+    if !hashes_len.is_multiple_of(16) {
+        return Ok(None);
+    }
+    let mut blob = conn.blob_open(rusqlite::MAIN_DB, c"page_lists", c"list", rowid, true)?;
+    let mut page_size = [0u8; 4];
+    blob.read_exact(&mut page_size)?;
+    let mut hashes = vec![RawPageHash::default(); hashes_len / 16];
+    blob.read_exact(hashes.as_flattened_mut())?;
+    Ok(Some(RawPageList {
+        page_size: u32::from_be_bytes(page_size),
+        hashes,
+    }))
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -512,6 +550,42 @@ mod tests {
             "signal_db": null
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_page_list_recorded_is_read_back_whole_and_a_changed_one_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::open(&dir.path().join("c.sqlite")).unwrap();
+        let list = RawPageList {
+            page_size: 4096,
+            hashes: (0..1001u32)
+                .map(|n| crate::raw_pages::raw_page_hash(&n.to_le_bytes()))
+                .collect(),
+        };
+        let digest = list.digest_hex();
+        catalog
+            .record("r", &manifest("s1"), &entries(), Some(&list))
+            .unwrap();
+        assert_eq!(catalog.page_list(&digest).unwrap(), Some(list.clone()));
+        assert_eq!(catalog.page_list(&"0".repeat(64)).unwrap(), None);
+        let mut changed = list.clone();
+        changed.hashes[500][3] ^= 1;
+        catalog.conn.execute("DELETE FROM page_lists", []).unwrap();
+        write_page_list(&catalog.conn, &changed).unwrap();
+        catalog
+            .conn
+            .execute("UPDATE page_lists SET digest = ?1", [&digest])
+            .unwrap();
+        assert_eq!(catalog.page_list(&digest).unwrap(), None, "a changed hash");
+        for tamper in [
+            "UPDATE page_lists SET list = zeroblob(16020)",
+            "UPDATE page_lists SET list = substr(list, 1, 16007)",
+            "UPDATE page_lists SET list = x'0000'",
+            "UPDATE page_lists SET list = 'text'",
+        ] {
+            catalog.conn.execute(tamper, []).unwrap();
+            assert_eq!(catalog.page_list(&digest).unwrap(), None, "{tamper}");
+        }
     }
 
     #[test]

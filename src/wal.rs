@@ -33,7 +33,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::cancel::Cancel;
 use crate::profile::DbKey;
-use crate::raw_pages::{self, RawPageList};
+use crate::raw_pages::{self, RawPageHash, RawPageList};
 use crate::sqlite;
 
 const WAL_HEADER_LEN: u64 = 32;
@@ -205,6 +205,9 @@ struct Image<'a> {
 impl Image<'_> {
     /// Writes pages 1 to `page_count` into `out` at their offsets, each from the WAL if a
     /// committed frame holds it, else from the database file, and returns their hashes.
+    /// Chunks of pages are read, hashed and written on several threads at once
+    /// ([`raw_pages::for_each_chunk`]): this runs inside the read transaction, which
+    /// Signal's checkpoints wait for.
     fn write(
         &self,
         page_size: u32,
@@ -212,45 +215,50 @@ impl Image<'_> {
         out: &File,
         cancel: &Cancel,
     ) -> Result<RawPageList> {
-        let size = page_size as usize;
-        let per_chunk = (CHUNK_BYTES / size).max(1) as u32;
-        let mut buffer = vec![0u8; per_chunk as usize * size];
-        let mut list = RawPageList::new(page_size);
-        list.hashes.reserve(page_count as usize);
-        let mut first = 1u32;
-        while first <= page_count {
-            cancel.check()?;
-            let count = per_chunk.min(page_count - first + 1);
-            let chunk = &mut buffer[..count as usize * size];
-            let offset = u64::from(first - 1) * u64::from(page_size);
-            let in_file = read_at_most(self.db, chunk, offset)?;
-            for (n, page) in chunk.chunks_exact_mut(size).enumerate() {
-                let pgno = first + n as u32;
-                match (self.frames.newest.get(&pgno), self.wal) {
-                    (Some(&at), Some(wal)) => wal.read_exact_at(page, at)?,
-                    _ if (n + 1) * size <= in_file => {}
-                    _ => bail!(
-                        "page {pgno} of {} is in neither the file nor its WAL: the database \
-                         is damaged or was cut while we read it. Not snapshotted",
-                        self.source.display()
-                    ),
-                }
-                let hash = raw_pages::raw_page_hash(page);
-                let base = self
-                    .unchanged
-                    .and_then(|base| base.hashes.get(pgno as usize - 1));
-                if self.unchanged.is_some() && base != Some(&hash) {
-                    out.write_all_at(page, u64::from(pgno - 1) * u64::from(page_size))?;
-                }
-                list.hashes.push(hash);
-            }
-            if self.unchanged.is_none() {
-                out.write_all_at(chunk, offset)?;
-            }
-            first += count;
-        }
+        let mut hashes = vec![RawPageHash::default(); page_count as usize];
+        raw_pages::for_each_chunk(&mut hashes, page_size, cancel, |first, chunk, hashes| {
+            self.write_chunk(page_size, first + 1, chunk, hashes, out)
+        })?;
         out.set_len(u64::from(page_count) * u64::from(page_size))?;
-        Ok(list)
+        Ok(RawPageList { page_size, hashes })
+    }
+
+    /// Reads the pages from number `first` on into `chunk` (one per hash of `hashes`),
+    /// hashes them, and writes them into `out` (only those that differ from `unchanged`'s,
+    /// when it is given).
+    fn write_chunk(
+        &self,
+        page_size: u32,
+        first: u32,
+        chunk: &mut [u8],
+        hashes: &mut [RawPageHash],
+        out: &File,
+    ) -> Result<()> {
+        let size = page_size as usize;
+        let offset = u64::from(first - 1) * u64::from(page_size);
+        let in_file = read_at_most(self.db, chunk, offset)?;
+        for (n, (page, slot)) in chunk.chunks_exact_mut(size).zip(hashes).enumerate() {
+            let pgno = first + n as u32;
+            match (self.frames.newest.get(&pgno), self.wal) {
+                (Some(&at), Some(wal)) => wal.read_exact_at(page, at)?,
+                _ if (n + 1) * size <= in_file => {}
+                _ => bail!(
+                    "page {pgno} of {} is in neither the file nor its WAL: the database \
+                     is damaged or was cut while we read it. Not snapshotted",
+                    self.source.display()
+                ),
+            }
+            *slot = raw_pages::raw_page_hash(page);
+            if let Some(base) = self.unchanged
+                && base.hashes.get(pgno as usize - 1) != Some(slot)
+            {
+                out.write_all_at(page, u64::from(pgno - 1) * u64::from(page_size))?;
+            }
+        }
+        if self.unchanged.is_none() {
+            out.write_all_at(chunk, offset)?;
+        }
+        Ok(())
     }
 }
 
@@ -404,7 +412,8 @@ mod tests {
 
     /// Commits sit in the WAL, some pages of the file are stale: the image holds every
     /// commit, opens with the key and passes `cipher_integrity_check`; its bytes are the
-    /// checkpointed file's, page for page.
+    /// checkpointed file's, page for page. (Some 1600 pages: several chunks, imaged on
+    /// several threads.)
     #[test]
     fn the_image_holds_the_wal_commits_and_equals_the_checkpointed_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -414,7 +423,7 @@ mod tests {
         live.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
              CREATE TABLE t(x);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
              INSERT INTO t SELECT randomblob(300) FROM n;
              PRAGMA wal_checkpoint(TRUNCATE);
              INSERT INTO t VALUES (1), (2), (3);
@@ -432,7 +441,7 @@ mod tests {
             &Cancel::new(),
         )
         .unwrap();
-        assert_eq!(count(&image), 2003);
+        assert_eq!(count(&image), 20003);
         let check = sqlite::check_copy(&image, Some(&key()), &Cancel::new()).unwrap();
         assert!(check.is_ok(), "{check:?}");
         assert_eq!(list.bytes(), std::fs::metadata(&image).unwrap().len());
