@@ -101,7 +101,7 @@ impl PageAuth {
     }
 }
 
-/// Pages that did not authenticate: the first few by number, and how many in all.
+/// Pages that did not authenticate: a few of them by number, and how many in all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Failures {
     pub first: Vec<u32>,
@@ -166,29 +166,25 @@ pub fn hash_and_authenticate(
     let pages = (len / u64::from(page_size)) as u32;
     let salt = read_salt(file, len)?;
     let auth = salt.and_then(|salt| PageAuth::new(key, &salt, page_size));
-    let threads = crate::priority::default_threads().clamp(1, 8);
-    let share = pages.div_ceil(threads).max(1);
-    let parts: Vec<Result<(Vec<RawPageHash>, Failures)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..pages)
-            .step_by(share as usize)
-            .map(|first| {
-                let (auth, end) = (auth.as_ref(), first.saturating_add(share).min(pages));
-                scope.spawn(move || read_part(file, page_size, first..end, auth, cancel))
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| bail!("a page check panicked")))
-            .collect()
-    });
     let mut list = RawPageList::new(page_size);
-    list.hashes.reserve(pages as usize);
-    let mut failed = Failures::default();
-    for part in parts {
-        let (hashes, failures) = part?;
-        list.hashes.extend(hashes);
-        failed.merge(failures);
-    }
+    list.hashes = vec![RawPageHash::default(); pages as usize];
+    let failed = Mutex::new(Failures::default());
+    raw_pages::for_each_chunk(
+        &mut list.hashes,
+        page_size,
+        cancel,
+        |first, buffer, hashes| {
+            file.read_exact_at(buffer, u64::from(first) * u64::from(page_size))?;
+            let found = check_pages(buffer, page_size as usize, first, auth.as_ref(), hashes);
+            failed
+                .lock()
+                .expect("no thread panics holding it")
+                .merge(found);
+            Ok(())
+        },
+    )?;
+    let mut failed = failed.into_inner().expect("no thread panicked holding it");
+    failed.first.sort_unstable();
     Ok(Pass { list, salt, failed })
 }
 
@@ -202,47 +198,24 @@ fn read_salt(file: &File, len: u64) -> Result<Option<[u8; SALT_LEN]>> {
     Ok(Some(salt))
 }
 
-/// Hashes and checks the pages of `range` (0-based indexes), about 4 MiB a read; without
-/// `auth`, every page fails.
-fn read_part(
-    file: &File,
-    page_size: u32,
-    range: std::ops::Range<u32>,
-    auth: Option<&PageAuth>,
-    cancel: &Cancel,
-) -> Result<(Vec<RawPageHash>, Failures)> {
-    let size = page_size as usize;
-    let mut hashes = Vec::with_capacity(range.len());
-    let mut failed = Failures::default();
-    let mut buffer = vec![0u8; ((4 << 20) / size).max(1) * size];
-    let mut index = range.start;
-    while index < range.end {
-        cancel.check()?;
-        let take = ((range.end - index) as usize).min(buffer.len() / size);
-        let chunk = &mut buffer[..take * size];
-        file.read_exact_at(chunk, u64::from(index) * u64::from(page_size))?;
-        check_pages(chunk, size, index, auth, &mut hashes, &mut failed);
-        index += take as u32;
-    }
-    Ok((hashes, failed))
-}
-
 /// Hashes and checks the whole pages of `chunk`, the first being page `index + 1`.
+/// Each page's hash goes to the same place of `hashes`; returns the pages that fail.
 fn check_pages(
     chunk: &[u8],
     page_size: usize,
     index: u32,
     auth: Option<&PageAuth>,
-    hashes: &mut Vec<RawPageHash>,
-    failed: &mut Failures,
-) {
-    for (n, page) in chunk.chunks_exact(page_size).enumerate() {
+    hashes: &mut [RawPageHash],
+) -> Failures {
+    let mut failed = Failures::default();
+    for (n, (page, slot)) in chunk.chunks_exact(page_size).zip(hashes).enumerate() {
         let pgno = index + n as u32 + 1;
-        hashes.push(raw_pages::raw_page_hash(page));
+        *slot = raw_pages::raw_page_hash(page);
         if !auth.is_some_and(|auth| auth.authenticates(pgno, page)) {
             failed.add(pgno);
         }
     }
+    failed
 }
 
 /// Reads again the pages `pgnos` of `file` (those a delta wrote): each must hash as `list`
@@ -445,9 +418,8 @@ fn check_chunks(
         let Ok((index, chunk)) = next else {
             return pieces;
         };
-        let mut hashes = Vec::with_capacity(chunk.len() / page_size);
-        let mut failed = Failures::default();
-        check_pages(&chunk, page_size, index, auth, &mut hashes, &mut failed);
+        let mut hashes = vec![RawPageHash::default(); chunk.len() / page_size];
+        let failed = check_pages(&chunk, page_size, index, auth, &mut hashes);
         pieces.push((index, hashes, failed));
         let _ = give_back.send(chunk); // gone once the writer finished: dropped
     }
