@@ -176,7 +176,9 @@ impl Deltas {
         let (mut list, mut failed) = (pass.list, pass.failed);
         if !chain.deltas.is_empty() {
             let base = list.clone();
-            self.apply_raw_deltas(&file, &mut list, chain, &expected_bytes, cancel)?;
+            self.each_delta(chain, &expected_bytes, cancel, |mut delta, len, bytes| {
+                raw_pages::apply_raw_delta(&file, &mut list, &mut delta, len, bytes, cancel)
+            })?;
             file.sync_all()?;
             let written = list.changed_since(&base).unwrap_or_default();
             let recheck = page_auth::recheck_pages(&file, &list, &written, pass.salt, key, cancel);
@@ -200,14 +202,14 @@ impl Deltas {
         Ok(list)
     }
 
-    /// Writes each delta of `chain`, in order, into `file`, whose raw pages `list` describes.
-    fn apply_raw_deltas(
+    /// Hands each delta of `chain`, in order, to `apply` with its length and the size of
+    /// the database its snapshot records.
+    fn each_delta(
         &self,
-        file: &std::fs::File,
-        list: &mut RawPageList,
         chain: &DbChain,
         expected_bytes: &impl Fn(&str) -> Option<u64>,
         cancel: &Cancel,
+        mut apply: impl FnMut(&mut dyn Read, u64, u64) -> Result<()>,
     ) -> Result<()> {
         for id in &chain.deltas {
             cancel.check()?;
@@ -215,7 +217,7 @@ impl Deltas {
             let bytes = expected_bytes(id).with_context(|| {
                 format!("snapshot {id}, which holds a database delta, records no database")
             })?;
-            raw_pages::apply_raw_delta(file, list, &mut delta, len, bytes, cancel)
+            apply(&mut delta, len, bytes)
                 .with_context(|| format!("cannot apply the database delta of snapshot {id}"))?;
         }
         Ok(())
@@ -232,15 +234,9 @@ impl Deltas {
         if !chain.deltas.is_empty() {
             let mut conn = pages::open(db, key, true)?;
             let mut list = PageList::read(&conn, cancel)?;
-            for id in &chain.deltas {
-                cancel.check()?;
-                let (mut delta, len) = self.open(id)?;
-                let bytes = expected_bytes(id).with_context(|| {
-                    format!("snapshot {id}, which holds a database delta, records no database")
-                })?;
+            self.each_delta(chain, &expected_bytes, cancel, |mut delta, len, bytes| {
                 pages::apply_delta(&mut conn, &mut list, &mut delta, len, bytes, cancel)
-                    .with_context(|| format!("cannot apply the database delta of snapshot {id}"))?;
-            }
+            })?;
             conn.close().map_err(|(_, err)| err)?;
             tracing::info!(
                 deltas = chain.deltas.len(),

@@ -474,18 +474,7 @@ async fn the_s3_store_keeps_the_contract() {
     let server = Arc::new(S3Server::start_serial());
     server.create_bucket("contract");
     let proxy = Arc::new(FaultProxy::start(&server, 7));
-    crate::common::in_process_s3_credentials();
-    let options = S3Options {
-        endpoint: Some(proxy.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        path_style: true,
-        max_attempts: 3,
-        parallel_parts: 2,
-        object_lock: None,
-    };
-    let store = S3Store::connect("contract", "repo", &options)
-        .await
-        .unwrap();
+    let store = s3_store_through(&proxy, "contract").await;
     let uploads = server.clone();
     let cutter = proxy.clone();
     contract(&Backend {
@@ -502,6 +491,21 @@ async fn the_s3_store_keeps_the_contract() {
     .await;
     assert_eq!(proxy.pending_forced(), 0, "every forced cut hit a download");
     assert_eq!(proxy.stats().count(Fault::CutBody), 2);
+}
+
+/// The repository `repo` in `bucket`, reached through `proxy`: 3 attempts a request, 2
+/// parts in flight.
+async fn s3_store_through(proxy: &FaultProxy, bucket: &str) -> S3Store {
+    crate::common::in_process_s3_credentials();
+    let options = S3Options {
+        endpoint: Some(proxy.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        max_attempts: 3,
+        parallel_parts: 2,
+        object_lock: None,
+    };
+    S3Store::connect(bucket, "repo", &options).await.unwrap()
 }
 
 /// A part's CRC32 as S3 writes it: base64 of the big-endian value.
@@ -521,18 +525,7 @@ async fn every_uploaded_part_carries_its_checksum_and_the_object_is_whole() {
     ] {
         proxy.record(method, target);
     }
-    crate::common::in_process_s3_credentials();
-    let options = S3Options {
-        endpoint: Some(proxy.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        path_style: true,
-        max_attempts: 3,
-        parallel_parts: 2,
-        object_lock: None,
-    };
-    let store = S3Store::connect("checksums", "repo", &options)
-        .await
-        .unwrap();
+    let store = s3_store_through(&proxy, "checksums").await;
     let chunks = stream_content(3);
     let expected: Vec<u8> = chunks.concat();
     let (tx, rx) = chunk_channel(1);
