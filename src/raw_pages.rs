@@ -581,12 +581,39 @@ mod tests {
     #[test]
     fn an_error_or_a_cancel_on_any_thread_stops_the_hashing() {
         let mut hashes = vec![RawPageHash::default(); 4000];
-        let failing = |first: u32, _: &mut [u8], _: &mut [RawPageHash]| match first {
-            0 => Ok(()),
-            _ => bail!("chunk at page {} unreadable", first + 1),
+        let taken = std::sync::atomic::AtomicUsize::new(0);
+        let all_but_the_first_fail = |first: u32, _: &mut [u8], _: &mut [RawPageHash]| {
+            taken.fetch_add(1, Ordering::Relaxed);
+            match first {
+                0 => Ok(()),
+                _ => bail!("chunk at page {} unreadable", first + 1),
+            }
         };
-        let err = for_each_chunk_on(2, &mut hashes, 4096, &Cancel::new(), failing).unwrap_err();
-        assert!(err.to_string().starts_with("chunk at page 513"), "{err}");
+        // One thread: chunks of 1024 pages, and none taken after the one that failed.
+        let err = for_each_chunk_on(
+            1,
+            &mut hashes,
+            4096,
+            &Cancel::new(),
+            &all_but_the_first_fail,
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("chunk at page 1025"), "{err}");
+        assert_eq!(
+            taken.load(Ordering::Relaxed),
+            2,
+            "a chunk was taken after a failure"
+        );
+        // Two threads: whichever chunk failed first, its error is the answer.
+        let err = for_each_chunk_on(
+            2,
+            &mut hashes,
+            4096,
+            &Cancel::new(),
+            &all_but_the_first_fail,
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("chunk at page "), "{err}");
         let cancel = Cancel::new();
         cancel.cancel();
         let err = for_each_chunk_on(2, &mut hashes, 4096, &cancel, |_, _, _| Ok(())).unwrap_err();
