@@ -590,14 +590,8 @@ mod tests {
             }
         };
         // One thread: chunks of 1024 pages, and none taken after the one that failed.
-        let err = for_each_chunk_on(
-            1,
-            &mut hashes,
-            4096,
-            &Cancel::new(),
-            &all_but_the_first_fail,
-        )
-        .unwrap_err();
+        let err = for_each_chunk_on(1, &mut hashes, 4096, &Cancel::new(), all_but_the_first_fail)
+            .unwrap_err();
         assert!(err.to_string().starts_with("chunk at page 1025"), "{err}");
         assert_eq!(
             taken.load(Ordering::Relaxed),
@@ -605,14 +599,8 @@ mod tests {
             "a chunk was taken after a failure"
         );
         // Two threads: whichever chunk failed first, its error is the answer.
-        let err = for_each_chunk_on(
-            2,
-            &mut hashes,
-            4096,
-            &Cancel::new(),
-            &all_but_the_first_fail,
-        )
-        .unwrap_err();
+        let err = for_each_chunk_on(2, &mut hashes, 4096, &Cancel::new(), all_but_the_first_fail)
+            .unwrap_err();
         assert!(err.to_string().starts_with("chunk at page "), "{err}");
         let cancel = Cancel::new();
         cancel.cancel();
