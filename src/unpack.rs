@@ -11,9 +11,9 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -173,6 +173,8 @@ struct Unpacker<'a> {
 
 /// What an entry's header says about the file it makes, checked.
 struct Attributes {
+    /// Bytes of content the header declares.
+    size: u64,
     mode: u32,
     mtime: u64,
     owner: (u32, u32),
@@ -192,6 +194,7 @@ impl Unpacker<'_> {
             watch.begin(relative, false);
         }
         let attributes = Attributes {
+            size: header.size()?,
             mode: header.mode()? & 0o777,
             mtime: header.mtime()?,
             owner: archived_owner(header, relative)?,
@@ -241,13 +244,27 @@ impl Unpacker<'_> {
         attributes: Attributes,
     ) -> Result<()> {
         remove_non_directory(target, relative)?;
+        let direct = attributes.size >= DIRECT_MIN;
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(target)
-            .with_context(|| format!("cannot create {}", target.display()))?;
+            .custom_flags(libc::O_NOFOLLOW | if direct { libc::O_DIRECT } else { 0 })
+            .open(target);
+        if direct
+            && file
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+        {
+            // A filesystem without O_DIRECT (older tmpfs) refuses it at open.
+            file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(target);
+        }
+        let mut file = file.with_context(|| format!("cannot create {}", target.display()))?;
         let max = self.options.max_content_bytes;
         let budget = max.saturating_sub(self.stats.bytes);
         let written = copy_with_holes(entry, &mut file, budget.saturating_add(1))
@@ -366,23 +383,53 @@ impl<R: Read> Read for Tee<'_, '_, R> {
 /// filesystem block, and a block starts at a multiple of it.
 const HOLE_BLOCK: usize = 64 << 10;
 
-/// Copies at most `limit` bytes of `entry` into the new, empty `file`, and skips (seeks
-/// over) every block of all zeros instead of writing it, so a file with long runs of
-/// zeros takes no more disk than its data: a restore does not cost the space a sparse
-/// file never took, whatever is in the archive. The content is the same byte for byte
-/// (a hole reads as zeros); the length is set at the end for a trailing hole.
+/// Bytes read and written at a time: whole hole blocks, and large enough that a file
+/// written around the page cache keeps the disk busy.
+const COPY_BLOCK: usize = 16 * HOLE_BLOCK;
+
+/// Files at least this large (Signal's database, a video) are written with `O_DIRECT`,
+/// around the page cache. Measured here at 2 GiB: a buffered write spent 5.4 s of kernel
+/// time finding page-cache pages (plus 0.7 s to flush them at the restore's sync) where a
+/// direct one took 1.9 s, nearly all of it waiting on the disk while the other stages
+/// run. A restored file is not read again before the desktop starts, so caching it buys
+/// nothing.
+const DIRECT_MIN: u64 = 8 << 20;
+
+/// What `O_DIRECT` asks of a buffer's address, a write's offset and its length: the
+/// logical block size, 4096 bytes at most on the disks this runs on.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Copies at most `limit` bytes of `entry` into the new, empty `file`, and skips every
+/// block of all zeros instead of writing it, so a file with long runs of zeros takes no
+/// more disk than its data: a restore does not cost the space a sparse file never took,
+/// whatever is in the archive. The content is the same byte for byte (a hole reads as
+/// zeros); the length is set at the end for a trailing hole. A `file` opened with
+/// `O_DIRECT` is written in aligned blocks; a write the filesystem refuses that way, and
+/// the unaligned tail, are written through the page cache instead.
 fn copy_with_holes(entry: &mut impl Read, file: &mut File, limit: u64) -> Result<u64> {
     let mut entry = entry.take(limit);
-    let mut block = vec![0u8; HOLE_BLOCK];
+    let mut buffer = vec![0u8; COPY_BLOCK + DIRECT_ALIGN];
+    let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
+    let block = &mut buffer[start..start + COPY_BLOCK];
+    let mut out = Positioned::new(file)?;
     let mut copied = 0u64;
     loop {
-        let filled =
-            fill_block(&mut entry, &mut block).map_err(crate::archive::explain_read_error)?;
-        let data = &block[..filled];
-        if data.iter().all(|&byte| byte == 0) {
-            file.seek(SeekFrom::Current(filled as i64))?;
-        } else {
-            file.write_all(data)?;
+        let filled = fill_block(&mut entry, block).map_err(crate::archive::explain_read_error)?;
+        // Each run of hole blocks that are not all zeros, in one write.
+        let mut run: Option<usize> = None;
+        for (k, data) in block[..filled].chunks(HOLE_BLOCK).enumerate() {
+            let zeros = data.iter().all(|&byte| byte == 0);
+            match (zeros, run) {
+                (false, None) => run = Some(k * HOLE_BLOCK),
+                (true, Some(from)) => {
+                    out.write_at(&block[from..k * HOLE_BLOCK], copied + from as u64)?;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = run {
+            out.write_at(&block[from..filled], copied + from as u64)?;
         }
         copied += filled as u64;
         if filled < block.len() {
@@ -391,6 +438,45 @@ fn copy_with_holes(entry: &mut impl Read, file: &mut File, limit: u64) -> Result
     }
     file.set_len(copied)?;
     Ok(copied)
+}
+
+/// Writes at given offsets, with `O_DIRECT` while the file has it.
+struct Positioned<'f> {
+    file: &'f File,
+    direct: bool,
+}
+
+impl<'f> Positioned<'f> {
+    fn new(file: &'f File) -> io::Result<Self> {
+        let flags = rustix::fs::fcntl_getfl(file)?;
+        Ok(Self {
+            file,
+            direct: flags.contains(rustix::fs::OFlags::DIRECT),
+        })
+    }
+
+    /// Writes `data` at `offset`, leaving `O_DIRECT` for good if the write cannot be
+    /// direct (an unaligned tail, or a filesystem that refuses it): rewriting the same
+    /// bytes at the same offset through the page cache is harmless.
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        if self.direct && data.len() % DIRECT_ALIGN != 0 {
+            self.leave_direct()?;
+        }
+        match self.file.write_all_at(data, offset) {
+            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                self.leave_direct()?;
+                self.file.write_all_at(data, offset)
+            }
+            written => written,
+        }
+    }
+
+    fn leave_direct(&mut self) -> io::Result<()> {
+        let flags = rustix::fs::fcntl_getfl(self.file)?;
+        rustix::fs::fcntl_setfl(self.file, flags - rustix::fs::OFlags::DIRECT)?;
+        self.direct = false;
+        Ok(())
+    }
 }
 
 /// Reads until `block` is full or the entry ends: how much was read.
@@ -680,6 +766,38 @@ mod tests {
             allocated < 1 << 20,
             "{allocated} bytes allocated for {} bytes of mostly zeros",
             content.len()
+        );
+    }
+
+    #[test]
+    fn a_large_file_is_restored_whole_in_direct_blocks_and_its_unaligned_tail() {
+        // Above DIRECT_MIN, with a hole in the middle and a length that is not a multiple
+        // of the direct-write alignment.
+        let mut content: Vec<u8> = (0..9u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+        content[3 << 20..(3 << 20) + (128 << 10)].fill(0);
+        content.extend_from_slice(&[5u8; 123]);
+        assert!(content.len() as u64 >= DIRECT_MIN);
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut h = header(tar::EntryType::Regular, content.len() as u64);
+        builder.append_data(&mut h, "big", &content[..]).unwrap();
+        let bytes = builder.into_inner().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let options = UnpackOptions {
+            max_content_bytes: 1 << 30,
+            ..options()
+        };
+        unpack(
+            &mut tar::Archive::new(&bytes[..]),
+            dest.path(),
+            &options,
+            &|_| true,
+            &mut no_delta,
+            &mut NoWatch,
+        )
+        .unwrap();
+        assert!(
+            fs::read(dest.path().join("big")).unwrap() == content,
+            "content differs"
         );
     }
 

@@ -110,6 +110,9 @@ async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Bytes read from a file at a time by [`Store::get`].
+const READ_BUFFER: usize = 1 << 20;
+
 #[async_trait]
 impl Store for LocalStore {
     async fn put(&self, key: &str, data: Bytes, _: Retention) -> Result<()> {
@@ -147,7 +150,12 @@ impl Store for LocalStore {
             }
         };
         file.seek(SeekFrom::Start(offset)).await?;
-        Ok(Box::new(file))
+        // Each read of a tokio file is a trip to a blocking thread: one per MiB, not one
+        // per 64 KiB age chunk (a 2 GiB restore from a directory took 11 s instead of 8).
+        Ok(Box::new(tokio::io::BufReader::with_capacity(
+            READ_BUFFER,
+            file,
+        )))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
