@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::cancel::Cancel;
 use crate::home::{self, Home, Opened, Sparse};
+use crate::manifest::HeaderPin;
 use crate::store::ChunkSender;
 
 /// The manifest's name for this encoding.
@@ -41,6 +42,8 @@ struct ChunkWriter {
     chunk_size: usize,
     hash: Sha256,
     size: u64,
+    /// The stream's first bytes, where the age header is ([`HeaderPin`]).
+    prefix: Vec<u8>,
 }
 
 impl Write for ChunkWriter {
@@ -48,6 +51,8 @@ impl Write for ChunkWriter {
         let n = data.len().min(self.chunk_size - self.buffer.len());
         self.buffer.extend_from_slice(&data[..n]);
         self.hash.update(&data[..n]);
+        let room = MAX_HEADER_PIN.saturating_sub(self.prefix.len()).min(n);
+        self.prefix.extend_from_slice(&data[..room]);
         self.size += n as u64;
         if self.buffer.len() == self.chunk_size {
             let chunk = self.buffer.split().freeze();
@@ -154,6 +159,29 @@ pub struct ArchiveSettings {
 pub struct Sealed {
     pub size: u64,
     pub sha256: String,
+    pub header: Option<HeaderPin>,
+}
+
+/// The most bytes an age header and payload nonce may take to be pinned: a header with a
+/// few dozen recipients.
+const MAX_HEADER_PIN: usize = 16 << 10;
+
+/// Length of the age header of `ciphertext` plus the 16-byte payload nonce after it, if
+/// both are in it. The header ends with its MAC line, the only line that starts with
+/// `---` (stanza lines start with `->`, and their bodies are base64, which has no `-`).
+pub fn age_header_len(ciphertext: &[u8]) -> Option<usize> {
+    const INTRO: &[u8] = b"age-encryption.org/v1\n";
+    const NONCE: usize = 16;
+    if !ciphertext.starts_with(INTRO) {
+        return None;
+    }
+    let mac_line = INTRO.len() - 1 + find(&ciphertext[INTRO.len() - 1..], b"\n--- ")? + 1;
+    let end = mac_line + find(&ciphertext[mac_line..], b"\n")? + 1 + NONCE;
+    (end <= ciphertext.len()).then_some(end)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 impl ArchiveWriter {
@@ -168,6 +196,7 @@ impl ArchiveWriter {
             chunk_size: settings.chunk_size,
             hash: Sha256::new(),
             size: 0,
+            prefix: Vec::new(),
         };
         let encryptor = age::Encryptor::with_recipients(
             recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient),
@@ -324,9 +353,14 @@ impl ArchiveWriter {
             sink.sender.send(last)?;
         }
         sink.sender.finish()?;
+        let header = age_header_len(&sink.prefix).map(|len| HeaderPin {
+            bytes: len as u64,
+            sha256: hex::encode(Sha256::digest(&sink.prefix[..len])),
+        });
         Ok(Sealed {
             size: sink.size,
             sha256: hex::encode(sink.hash.finalize()),
+            header,
         })
     }
 }
@@ -418,26 +452,54 @@ impl<R: Read> Read for ExactLength<R> {
 // ---------------------------------------------------------------------------------------
 // Reading
 
-/// Size and SHA-256 of a ciphertext, to compare with the manifest's record.
-#[derive(Clone, Default)]
+/// Size and SHA-256 of a ciphertext, to compare with the manifest's record: of the whole
+/// object, or of its age header only when the manifest pins that ([`HeaderPin`]).
+#[derive(Clone)]
 pub struct Digest {
     sha256: Sha256,
     bytes: u64,
+    /// Bytes from the start that are hashed: the pinned header's, or `None` for all.
+    header: Option<u64>,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Self {
+            sha256: Sha256::new(),
+            bytes: 0,
+            header: None,
+        }
+    }
 }
 
 impl Digest {
+    /// Hashes the first `header` bytes only, and counts them all.
+    pub fn of_first(header: u64) -> Self {
+        Self {
+            header: Some(header),
+            ..Self::default()
+        }
+    }
+
     pub fn update(&mut self, data: &[u8]) {
-        self.sha256.update(data);
+        let hashed = self.header.unwrap_or(u64::MAX);
+        let take = hashed.saturating_sub(self.bytes).min(data.len() as u64) as usize;
+        self.sha256.update(&data[..take]);
         self.bytes += data.len() as u64;
     }
 
-    /// Fails unless what was read is exactly the object the manifest describes.
+    /// Fails unless what was read is exactly the object the manifest describes: `sha256`
+    /// is of the whole object, or of the pinned header if this hashed only that.
     pub fn check(&self, size: u64, sha256: &str) -> Result<()> {
         let actual = hex::encode(self.sha256.clone().finalize());
+        let what = match self.header {
+            Some(_) => "its age header's sha256",
+            None => "sha256",
+        };
         if self.bytes != size || actual != sha256 {
             bail!(
                 "the archive does not match its manifest ({} bytes read, {size} expected; \
-                 sha256 {actual}, {sha256} expected): it was damaged or replaced in the repository",
+                 {what} {actual}, {sha256} expected): it was damaged or replaced in the repository",
                 self.bytes
             );
         }
@@ -453,8 +515,8 @@ pub struct HashingReader<R> {
 }
 
 impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> (Self, Arc<Mutex<Digest>>) {
-        let digest = Arc::new(Mutex::new(Digest::default()));
+    pub fn new(inner: R, digest: Digest) -> (Self, Arc<Mutex<Digest>>) {
+        let digest = Arc::new(Mutex::new(digest));
         (
             Self {
                 inner,
@@ -623,6 +685,59 @@ mod tests {
     use super::*;
     use crate::store::chunk_channel;
     use std::time::Duration;
+
+    /// An empty archive to `recipient`: its ciphertext and how it was sealed.
+    fn sealed_archive(recipient: &age::x25519::Recipient) -> (Vec<u8>, Sealed) {
+        let (sender, mut stream) = chunk_channel(64);
+        let recipients: Vec<Box<dyn age::Recipient + Send>> = vec![Box::new(recipient.clone())];
+        let settings = ArchiveSettings {
+            cancel: Cancel::new(),
+            zstd_level: 1,
+            zstd_threads: 1,
+            chunk_size: 1 << 16,
+        };
+        let sealed = ArchiveWriter::new(sender, &recipients, &settings)
+            .unwrap()
+            .finish()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut ciphertext = Vec::new();
+        runtime.block_on(async {
+            while let Some(chunk) = stream.next().await.unwrap() {
+                ciphertext.extend_from_slice(&chunk);
+            }
+        });
+        (ciphertext, sealed)
+    }
+
+    #[test]
+    fn the_pinned_header_is_the_age_header_and_nonce_and_checks_only_its_own_archive() {
+        let recipient = age::x25519::Identity::generate().to_public();
+        let (ciphertext, sealed) = sealed_archive(&recipient);
+        let pin = sealed.header.expect("an age header is pinned");
+        let text = String::from_utf8_lossy(&ciphertext[..pin.bytes as usize - 16]);
+        assert!(
+            text.starts_with("age-encryption.org/v1\n-> X25519 "),
+            "{text}"
+        );
+        assert!(
+            text.rsplit('\n').nth(1).unwrap().starts_with("--- "),
+            "{text}"
+        );
+        let mut digest = Digest::of_first(pin.bytes);
+        digest.update(&ciphertext);
+        digest.check(sealed.size, &pin.sha256).unwrap();
+        // The same (empty) content sealed again to the same recipient: another header.
+        let (again, resealed) = sealed_archive(&recipient);
+        let mut digest = Digest::of_first(pin.bytes);
+        digest.update(&again);
+        let err = digest.check(resealed.size, &pin.sha256).unwrap_err();
+        assert!(format!("{err}").contains("age header"), "{err}");
+        assert_eq!(age_header_len(b"not an age file"), None);
+        assert_eq!(age_header_len(&ciphertext[..pin.bytes as usize - 1]), None);
+    }
 
     #[test]
     fn a_file_replaced_by_a_fifo_is_skipped_instead_of_blocking_the_backup() {

@@ -548,6 +548,7 @@ fn describe(
             key: Object::Archive(id.to_string()).key(),
             size: sealed.size,
             sha256: sealed.sha256,
+            header: sealed.header,
             encoding: crate::archive::ENCODING.to_string(),
         },
         index: Some(index),

@@ -77,6 +77,22 @@ pub struct ArchiveInfo {
     pub sha256: String,
     /// Always "tar+zstd+age" in format 1: `age -d | zstd -d | tar -x` reads it.
     pub encoding: String,
+    /// The age header, pinned: a restore, which decrypts, checks this instead of hashing
+    /// every byte (absent from older snapshots; `sha256` is still written, for checks without the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderPin>,
+}
+
+/// The SHA-256 of an archive's first `bytes` bytes: its age header (recipient stanzas and
+/// MAC) and the payload nonce after it. Those bytes fix the payload key, which only a
+/// holder of an identity can derive, and every 64 KiB chunk of the payload is
+/// ChaCha20-Poly1305-authenticated under it, in order, the last one marked: an archive
+/// with this header that decrypts to its end and has the recorded size is the one the
+/// backup wrote, as surely as one whose every byte hashes to `sha256`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeaderPin {
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 /// A small object of the snapshot and how to check it.
@@ -323,6 +339,7 @@ mod tests {
                 size: 1,
                 sha256: "00".into(),
                 encoding: "tar+zstd+age".into(),
+                header: None,
             },
             index: None,
             parent: None,

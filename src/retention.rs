@@ -199,6 +199,7 @@ mod tests {
                 size: 0,
                 sha256: String::new(),
                 encoding: String::new(),
+                header: None,
             },
             index: None,
             parent: parent.map(str::to_string),

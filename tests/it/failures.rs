@@ -90,6 +90,32 @@ fn an_archive_swapped_in_from_another_backup_is_caught_by_the_manifest_hash() {
         .fails_with(&["does not match its manifest"]);
 }
 
+/// Where an age file's payload starts: after the header's MAC line and the 16-byte nonce.
+fn payload_start(age: &[u8]) -> usize {
+    let mac = age.windows(5).position(|w| w == b"\n--- ").unwrap() + 1;
+    mac + age[mac..].iter().position(|&b| b == b'\n').unwrap() + 1 + 16
+}
+
+#[test]
+fn an_archive_that_keeps_the_pinned_header_but_not_its_payload_is_refused() {
+    // A restore hashes only the age header the manifest pins; decryption must catch the
+    // rest. A bucket writer keeps the genuine header and splices in another snapshot's
+    // payload (same recipient, valid chunks of another key), cut to the recorded size.
+    let (fx, id) = backed_up();
+    let second = fx.backup().ok();
+    let genuine = std::fs::read(fx.archive(&id)).unwrap();
+    let other = std::fs::read(fx.archive(&second)).unwrap();
+    let mut spliced = genuine[..payload_start(&genuine)].to_vec();
+    spliced.extend_from_slice(&other[payload_start(&other)..]);
+    spliced.resize(genuine.len(), 0);
+    std::fs::write(fx.archive(&id), &spliced).unwrap();
+    let err = restore_fails(&fx, &fx.identity);
+    assert!(
+        err.contains("damaged") || err.contains("cannot decrypt"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_snapshot_without_its_archive_or_manifest_is_reported() {
     let (fx, id) = backed_up();
