@@ -452,55 +452,60 @@ impl<R: Read> Read for ExactLength<R> {
 // ---------------------------------------------------------------------------------------
 // Reading
 
-/// Size and SHA-256 of a ciphertext, to compare with the manifest's record: of the whole
-/// object, or of its age header only when the manifest pins that ([`HeaderPin`]).
-#[derive(Clone)]
+/// Size and SHA-256 of a ciphertext, to compare with the manifest's record. With a pinned
+/// age header ([`HeaderPin`]) only the header is hashed once it matches: decrypting the
+/// rest authenticates it. A header that does not match the pin (a manifest rewritten by
+/// someone who kept the old pin) falls back to hashing every byte, so the check is never
+/// weaker than the whole object's SHA-256.
+#[derive(Clone, Default)]
 pub struct Digest {
     sha256: Sha256,
     bytes: u64,
-    /// Bytes from the start that are hashed: the pinned header's, or `None` for all.
-    header: Option<u64>,
-}
-
-impl Default for Digest {
-    fn default() -> Self {
-        Self {
-            sha256: Sha256::new(),
-            bytes: 0,
-            header: None,
-        }
-    }
+    pin: Option<HeaderPin>,
+    header: Sha256,
+    /// Whether the first `pin.bytes` bytes matched the pin, once they are all read.
+    header_matched: Option<bool>,
 }
 
 impl Digest {
-    /// Hashes the first `header` bytes only, and counts them all.
-    pub fn of_first(header: u64) -> Self {
+    /// Hashes the whole object, or once its header matches `pin`, only that.
+    pub fn pinned(pin: Option<HeaderPin>) -> Self {
         Self {
-            header: Some(header),
+            pin,
             ..Self::default()
         }
     }
 
     pub fn update(&mut self, data: &[u8]) {
-        let hashed = self.header.unwrap_or(u64::MAX);
-        let take = hashed.saturating_sub(self.bytes).min(data.len() as u64) as usize;
-        self.sha256.update(&data[..take]);
+        if self.header_matched != Some(true) {
+            self.sha256.update(data);
+        }
+        if let (Some(pin), None) = (&self.pin, self.header_matched) {
+            let take = pin.bytes.saturating_sub(self.bytes).min(data.len() as u64) as usize;
+            self.header.update(&data[..take]);
+            if self.bytes + take as u64 == pin.bytes {
+                let header = hex::encode(self.header.clone().finalize());
+                self.header_matched = Some(header == pin.sha256);
+            }
+        }
         self.bytes += data.len() as u64;
     }
 
-    /// Fails unless what was read is exactly the object the manifest describes: `sha256`
-    /// is of the whole object, or of the pinned header if this hashed only that.
+    /// Fails unless what was read is exactly the object the manifest describes: its size,
+    /// and its pinned header or else `sha256`, the whole object's.
     pub fn check(&self, size: u64, sha256: &str) -> Result<()> {
-        let actual = hex::encode(self.sha256.clone().finalize());
-        let what = match self.header {
-            Some(_) => "its age header's sha256",
-            None => "sha256",
+        let hashed = match self.header_matched {
+            Some(true) => None,
+            _ => Some(hex::encode(self.sha256.clone().finalize())),
         };
-        if self.bytes != size || actual != sha256 {
+        if self.bytes != size || hashed.as_ref().is_some_and(|actual| actual != sha256) {
             bail!(
                 "the archive does not match its manifest ({} bytes read, {size} expected; \
-                 {what} {actual}, {sha256} expected): it was damaged or replaced in the repository",
-                self.bytes
+                 sha256 {}, {sha256} expected): it was damaged or replaced in the repository",
+                self.bytes,
+                hashed
+                    .as_deref()
+                    .unwrap_or("not needed: its pinned age header matched")
             );
         }
         Ok(())
@@ -713,10 +718,11 @@ mod tests {
     }
 
     #[test]
-    fn the_pinned_header_is_the_age_header_and_nonce_and_checks_only_its_own_archive() {
+    fn the_pinned_header_is_the_age_header_and_nonce_and_a_stale_pin_falls_back_to_the_whole_hash()
+    {
         let recipient = age::x25519::Identity::generate().to_public();
         let (ciphertext, sealed) = sealed_archive(&recipient);
-        let pin = sealed.header.expect("an age header is pinned");
+        let pin = sealed.header.clone().expect("an age header is pinned");
         let text = String::from_utf8_lossy(&ciphertext[..pin.bytes as usize - 16]);
         assert!(
             text.starts_with("age-encryption.org/v1\n-> X25519 "),
@@ -726,15 +732,30 @@ mod tests {
             text.rsplit('\n').nth(1).unwrap().starts_with("--- "),
             "{text}"
         );
-        let mut digest = Digest::of_first(pin.bytes);
-        digest.update(&ciphertext);
-        digest.check(sealed.size, &pin.sha256).unwrap();
-        // The same (empty) content sealed again to the same recipient: another header.
+        let digest_of = |bytes: &[u8], pin: &HeaderPin| {
+            let mut digest = Digest::pinned(Some(pin.clone()));
+            // In pieces that split the header, as reads do.
+            for piece in bytes.chunks(7) {
+                digest.update(piece);
+            }
+            digest
+        };
+        let digest = digest_of(&ciphertext, &pin);
+        assert_eq!(digest.header_matched, Some(true));
+        // The header alone decides: the whole hash is not even looked at.
+        digest.check(sealed.size, "not the whole hash").unwrap();
+        assert!(digest.check(sealed.size + 1, &sealed.sha256).is_err());
+        // The same (empty) content sealed again to the same recipient: another header, so
+        // the pin falls back to the whole object's hash, which must then match.
         let (again, resealed) = sealed_archive(&recipient);
-        let mut digest = Digest::of_first(pin.bytes);
-        digest.update(&again);
-        let err = digest.check(resealed.size, &pin.sha256).unwrap_err();
-        assert!(format!("{err}").contains("age header"), "{err}");
+        let digest = digest_of(&again, &pin);
+        assert_ne!(digest.header_matched, Some(true));
+        let err = digest.check(resealed.size, &sealed.sha256).unwrap_err();
+        assert!(
+            format!("{err}").contains("does not match its manifest"),
+            "{err}"
+        );
+        digest.check(resealed.size, &resealed.sha256).unwrap();
         assert_eq!(age_header_len(b"not an age file"), None);
         assert_eq!(age_header_len(&ciphertext[..pin.bytes as usize - 1]), None);
     }

@@ -230,10 +230,7 @@ pub fn read_archive<T>(
         )
     })?;
     // Decrypting authenticates every byte after a pinned header: only the header is hashed.
-    let digest = match &manifest.archive.header {
-        Some(pin) => Checksum::of_first(pin.bytes),
-        None => Checksum::default(),
-    };
+    let digest = Checksum::pinned(manifest.archive.header.clone());
     let (ciphertext, digest) =
         HashingReader::new(remote.cancel().progress().reader(object), digest);
     let mut tar = tar::Archive::new(archive::open_plain(ciphertext, identities)?);
@@ -246,11 +243,10 @@ pub fn read_archive<T>(
         (_, Err(err)) | (Err(err), _) => return Err(err),
     };
     let expected = &manifest.archive;
-    let sha256 = expected
-        .header
-        .as_ref()
-        .map_or(&expected.sha256, |pin| &pin.sha256);
-    digest.lock().unwrap().check(expected.size, sha256)?;
+    digest
+        .lock()
+        .unwrap()
+        .check(expected.size, &expected.sha256)?;
     Ok(result)
 }
 

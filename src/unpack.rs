@@ -244,25 +244,19 @@ impl Unpacker<'_> {
         attributes: Attributes,
     ) -> Result<()> {
         remove_non_directory(target, relative)?;
-        let direct = attributes.size >= DIRECT_MIN;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | if direct { libc::O_DIRECT } else { 0 })
-            .open(target);
-        if direct
-            && file
-                .as_ref()
-                .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
-        {
-            // A filesystem without O_DIRECT (older tmpfs) refuses it at open.
-            file = OpenOptions::new()
+        let create = |flags| {
+            OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(target);
+                .custom_flags(libc::O_NOFOLLOW | flags)
+                .open(target)
+        };
+        let direct = attributes.size >= DIRECT_MIN;
+        let mut file = create(if direct { libc::O_DIRECT } else { 0 });
+        if direct && file.as_ref().is_err_and(refuses_direct) {
+            // A filesystem without O_DIRECT (older tmpfs, some FUSE) refuses it at open.
+            file = create(0);
         }
         let mut file = file.with_context(|| format!("cannot create {}", target.display()))?;
         let max = self.options.max_content_bytes;
@@ -463,7 +457,7 @@ impl<'f> Positioned<'f> {
             self.leave_direct()?;
         }
         match self.file.write_all_at(data, offset) {
-            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if self.direct && refuses_direct(&e) => {
                 self.leave_direct()?;
                 self.file.write_all_at(data, offset)
             }
@@ -477,6 +471,12 @@ impl<'f> Positioned<'f> {
         self.direct = false;
         Ok(())
     }
+}
+
+/// The errors of a filesystem or device that cannot do `O_DIRECT` (or not with these
+/// alignments).
+fn refuses_direct(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
 }
 
 /// Reads until `block` is full or the entry ends: how much was read.
