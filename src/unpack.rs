@@ -453,7 +453,7 @@ impl<'f> Positioned<'f> {
     /// direct (an unaligned tail, or a filesystem that refuses it): rewriting the same
     /// bytes at the same offset through the page cache is harmless.
     fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
-        if self.direct && data.len() % DIRECT_ALIGN != 0 {
+        if self.direct && !data.len().is_multiple_of(DIRECT_ALIGN) {
             self.leave_direct()?;
         }
         match self.file.write_all_at(data, offset) {
