@@ -732,17 +732,11 @@ mod tests {
         assert_eq!(stats.symlinks, 1);
     }
 
-    #[test]
-    fn runs_of_zeros_are_restored_as_holes_with_the_same_content() {
-        use std::os::unix::fs::MetadataExt;
-        // Data, 8 MiB of zeros, data not on a block boundary, and trailing zeros.
-        let mut content = vec![7u8; 1000];
-        content.resize(1000 + (8 << 20), 0);
-        content.extend_from_slice(&[9u8; 70_000]);
-        content.resize(content.len() + (4 << 20), 0);
+    /// An archive of one regular file of up to 1 GiB, unpacked into a new directory.
+    fn unpack_file(name: &str, content: &[u8]) -> (tempfile::TempDir, UnpackStats) {
         let mut builder = tar::Builder::new(Vec::new());
         let mut h = header(tar::EntryType::Regular, content.len() as u64);
-        builder.append_data(&mut h, "f", &content[..]).unwrap();
+        builder.append_data(&mut h, name, content).unwrap();
         let bytes = builder.into_inner().unwrap();
         let dest = tempfile::tempdir().unwrap();
         let options = UnpackOptions {
@@ -758,6 +752,18 @@ mod tests {
             &mut NoWatch,
         )
         .unwrap();
+        (dest, stats)
+    }
+
+    #[test]
+    fn runs_of_zeros_are_restored_as_holes_with_the_same_content() {
+        use std::os::unix::fs::MetadataExt;
+        // Data, 8 MiB of zeros, data not on a block boundary, and trailing zeros.
+        let mut content = vec![7u8; 1000];
+        content.resize(1000 + (8 << 20), 0);
+        content.extend_from_slice(&[9u8; 70_000]);
+        content.resize(content.len() + (4 << 20), 0);
+        let (dest, stats) = unpack_file("f", &content);
         assert_eq!(stats.bytes, content.len() as u64);
         let restored = dest.path().join("f");
         assert!(fs::read(&restored).unwrap() == content, "content differs");
@@ -777,24 +783,8 @@ mod tests {
         content[3 << 20..(3 << 20) + (128 << 10)].fill(0);
         content.extend_from_slice(&[5u8; 123]);
         assert!(content.len() as u64 >= DIRECT_MIN);
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut h = header(tar::EntryType::Regular, content.len() as u64);
-        builder.append_data(&mut h, "big", &content[..]).unwrap();
-        let bytes = builder.into_inner().unwrap();
-        let dest = tempfile::tempdir().unwrap();
-        let options = UnpackOptions {
-            max_content_bytes: 1 << 30,
-            ..options()
-        };
-        unpack(
-            &mut tar::Archive::new(&bytes[..]),
-            dest.path(),
-            &options,
-            &|_| true,
-            &mut no_delta,
-            &mut NoWatch,
-        )
-        .unwrap();
+        let (dest, stats) = unpack_file("big", &content);
+        assert_eq!(stats.bytes, content.len() as u64);
         assert!(
             fs::read(dest.path().join("big")).unwrap() == content,
             "content differs"
