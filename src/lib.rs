@@ -54,6 +54,7 @@ pub mod reuse;
 pub mod schedule;
 pub mod scheduled;
 pub mod selection;
+pub mod sha512x8;
 pub mod signal_db;
 pub mod signing;
 pub mod sqlite;
