@@ -600,6 +600,9 @@ pub struct ReadAhead<R> {
     current: Vec<u8>,
     position: usize,
     ended: bool,
+    /// The error the stream failed with, given again to every later read: the thread
+    /// sent it once and is gone.
+    failed: Option<(io::ErrorKind, String)>,
     source: std::marker::PhantomData<fn() -> R>,
 }
 
@@ -627,6 +630,7 @@ impl<R: Read + Send + 'static> ReadAhead<R> {
             current: Vec::new(),
             position: 0,
             ended: false,
+            failed: None,
             source: std::marker::PhantomData,
         }
     }
@@ -652,13 +656,19 @@ impl<R> Read for ReadAhead<R> {
             if self.ended {
                 return Ok(0);
             }
+            if let Some((kind, message)) = &self.failed {
+                return Err(io::Error::new(*kind, message.clone()));
+            }
             match self.blocks.recv() {
                 Ok(Ok(block)) if block.is_empty() => self.ended = true,
                 Ok(Ok(block)) => {
                     self.current = block;
                     self.position = 0;
                 }
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => {
+                    self.failed = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
                 // The thread never stops without an end marker or an error, unless it died.
                 Err(_) => return Err(io::Error::other("the decrypting thread stopped")),
             }

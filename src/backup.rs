@@ -27,10 +27,11 @@ use crate::blocking::Remote;
 use crate::cancel::{Cancel, is_cancelled};
 use crate::catalog::{Catalog, Latest};
 use crate::chain::{self, Policy};
-use crate::index::{self, DbChain, IndexEntry};
+use crate::index::{self, IndexEntry};
 use crate::keys::Recipients;
 use crate::layout::Object;
-use crate::manifest::{self, ArchiveInfo, AttachmentCheck, Manifest, ObjectRecord};
+use crate::manifest::{self, ArchiveInfo, ArchiveParts, AttachmentCheck, Manifest, ObjectRecord};
+use crate::parts::Uploaded;
 use crate::raw_pages::RawPageList;
 use crate::repo::Selector;
 use crate::reuse::{ArchivePass, Archived};
@@ -169,7 +170,7 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     let settings = backup.archive_settings(listing.file_bytes);
     // Borrows the staging directory: it outlives the check reading the copy in it.
     let work = |writer: &mut ArchiveWriter| pass.archive(writer, &listing, &backup.staging);
-    let (sealed, archived, recipients) =
+    let (stored, archived, recipients) =
         archive_and_upload(remote, &backup.id, recipients, settings, work)?;
     if let (Some(pending), Some(signal)) = (pending_check, signal.as_mut()) {
         cancel.enter("database check")?;
@@ -182,7 +183,7 @@ fn take_locked(remote: &Remote, options: &BackupOptions) -> Result<Manifest> {
     let id = &backup.id;
     let index = upload_index(remote, id, &archived.entries, &recipients)?;
     let manifest = describe(
-        id, started_at, options, parent, sealed, index, &archived, signal,
+        id, started_at, options, parent, stored, index, &archived, signal,
     );
     cancel.enter("commit")?;
     remote.commit(&manifest)?;
@@ -463,16 +464,17 @@ fn trusted_index(
     None
 }
 
-/// Builds the archive on a thread of its own while this one uploads it; a bounded channel
-/// between them bounds memory. Returns the sealed archive, what `work` produced, and the
-/// recipients back (they cannot be shared between threads, only moved).
+/// Builds the archive on a thread of its own while this one uploads it, in parts; a
+/// bounded channel between them bounds memory. Returns how the archive is stored, what
+/// `work` produced, and the recipients back (they cannot be shared between threads, only
+/// moved).
 fn archive_and_upload<T: Send>(
     remote: &Remote,
     id: &str,
     recipients: Recipients,
     settings: ArchiveSettings,
     work: impl FnOnce(&mut ArchiveWriter) -> Result<T> + Send,
-) -> Result<(Sealed, T, Recipients)> {
+) -> Result<(ArchiveInfo, T, Recipients)> {
     let (sender, body) = chunk_channel(1);
     let (produced, uploaded) = std::thread::scope(|scope| {
         let producer = scope.spawn(move || -> Result<_> {
@@ -480,7 +482,7 @@ fn archive_and_upload<T: Send>(
             let done = work(&mut writer)?;
             Ok((writer.finish()?, done, recipients))
         });
-        let uploaded = remote.upload(&Object::Archive(id.to_string()), body);
+        let uploaded = remote.upload_archive(id, body);
         let produced = producer
             .join()
             .map_err(|_| anyhow!("the archive writer panicked"));
@@ -492,7 +494,9 @@ fn archive_and_upload<T: Send>(
     }
     // Report the root cause: an upload failure makes the writer fail too, and vice versa.
     match (produced, uploaded) {
-        (Ok(produced), Ok(_)) => Ok(produced),
+        (Ok((sealed, done, recipients)), Ok(uploaded)) => {
+            Ok((stored_archive(id, sealed, uploaded)?, done, recipients))
+        }
         // The writer gives up when the upload stops, with a bare "the upload stopped": the
         // upload's own error (no such bucket, access denied…) is the one to show.
         (Err(_), Err(err)) if !matches!(err, StoreError::Abandoned) => {
@@ -503,6 +507,27 @@ fn archive_and_upload<T: Send>(
         (Ok(_), Err(err)) => Err(anyhow::Error::from(err)
             .context("backup failed while uploading; no snapshot was written")),
     }
+}
+
+/// The manifest's record of an archive the writer sealed and the store took in parts.
+fn stored_archive(id: &str, sealed: Sealed, uploaded: Uploaded) -> Result<ArchiveInfo> {
+    if uploaded.size != sealed.size {
+        bail!(
+            "the store took {} bytes of an archive of {}: no snapshot was written",
+            uploaded.size,
+            sealed.size
+        );
+    }
+    Ok(ArchiveInfo {
+        key: Object::Archive(id.to_string()).key(),
+        size: sealed.size,
+        sha256: sealed.sha256,
+        header: sealed.header,
+        encoding: crate::archive::ENCODING.to_string(),
+        parts: Some(ArchiveParts {
+            size: uploaded.part_size,
+        }),
+    })
 }
 
 fn upload_index(
@@ -531,26 +556,20 @@ fn describe(
     started_at: chrono::DateTime<Utc>,
     options: &BackupOptions,
     parent: Option<Parent>,
-    sealed: Sealed,
+    archive: ArchiveInfo,
     index: ObjectRecord,
     archived: &Archived,
     signal: Option<SignalSnapshot>,
 ) -> Manifest {
     Manifest {
-        format: format_needed(archived),
+        format: manifest::FORMAT_VERSION,
         id: id.to_string(),
         started_at,
         finished_at: Utc::now(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         r#final: options.r#final,
         lease_owner: options.lease_owner.clone(),
-        archive: ArchiveInfo {
-            key: Object::Archive(id.to_string()).key(),
-            size: sealed.size,
-            sha256: sealed.sha256,
-            header: sealed.header,
-            encoding: crate::archive::ENCODING.to_string(),
-        },
+        archive,
         index: Some(index),
         parent: parent.as_ref().map(|p| p.chain.id.clone()),
         chain_length: parent.as_ref().map_or(0, |p| p.chain.chain_length + 1),
@@ -575,19 +594,6 @@ fn depends_on(id: &str, archived: &Archived) -> Vec<String> {
         .chain([id.to_string()])
         .collect();
     depends_on.into_iter().collect()
-}
-
-/// The oldest repository format that can describe the snapshot's database chains, so that
-/// older agents can still restore snapshots that need nothing newer.
-fn format_needed(archived: &Archived) -> u32 {
-    let chains = || archived.entries.iter().filter_map(|e| e.db_chain.as_ref());
-    if chains().any(DbChain::is_raw) {
-        manifest::FORMAT_VERSION
-    } else if chains().any(|chain| !chain.deltas.is_empty()) {
-        manifest::FORMAT_DECRYPTED_DELTAS // a reused parent's chain
-    } else {
-        manifest::FORMAT_WITHOUT_DELTAS
-    }
 }
 
 /// The attachments Signal's database snapshot references, and how many of them were

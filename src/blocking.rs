@@ -20,12 +20,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cancel::{Cancel, is_cancelled};
 use crate::layout::Object;
-use crate::manifest::Manifest;
+use crate::manifest::{ArchiveInfo, Manifest};
+use crate::parts::Uploaded;
 use crate::repo::{Repository, Selector};
 use crate::store::{ChunkStream, ObjectReader, StoreError};
 
-/// After a cut, how long a streamed upload may take to abort itself (so no multipart
-/// upload stays open) before it is dropped (and aborted in the background).
+/// After a cut, how long an archive's upload may take to delete the parts it stored
+/// before it is dropped (what is left is an orphan, which prune deletes).
 const ABORT_GRACE: Duration = Duration::from_millis(500);
 
 /// After a cut, how long the caller waits for the core thread to notice and clean up.
@@ -99,18 +100,30 @@ impl Remote {
     /// An object as a blocking reader that stops at a cut.
     pub fn reader(&self, key: &str) -> Result<RemoteReader> {
         let inner = self.wait(async { Ok(self.repo.store().get(key, 0).await?) })?;
-        Ok(RemoteReader {
-            inner,
-            remote: self.clone(),
-        })
+        Ok(self.blocking(inner))
     }
 
-    /// Uploads a stream of chunks produced on another thread. After a cut the producer
-    /// stops and drops its end, which makes the store abort the upload; it gets
-    /// [`ABORT_GRACE`] to do so before the call is dropped.
-    pub fn upload(&self, object: &Object, body: ChunkStream) -> Result<u64, StoreError> {
+    /// Snapshot `id`'s archive as a blocking reader that stops at a cut: one stream,
+    /// whether it is stored in one object or in parts.
+    pub fn archive_reader(&self, id: &str, archive: &ArchiveInfo) -> Result<RemoteReader> {
+        let inner = self.wait(async { Ok(self.repo.get_archive(id, archive).await?) })?;
+        Ok(self.blocking(inner))
+    }
+
+    fn blocking(&self, inner: ObjectReader) -> RemoteReader {
+        RemoteReader {
+            inner,
+            remote: self.clone(),
+        }
+    }
+
+    /// Uploads snapshot `id`'s archive, a stream of chunks produced on another thread, in
+    /// parts. After a cut the producer stops and drops its end, which makes the upload
+    /// delete the parts it stored; it gets [`ABORT_GRACE`] to do so before the call is
+    /// dropped.
+    pub fn upload_archive(&self, id: &str, body: ChunkStream) -> Result<Uploaded, StoreError> {
         self.handle.block_on(async {
-            let put = self.repo.put_stream(object, body);
+            let put = self.repo.put_archive(id, body);
             tokio::pin!(put);
             tokio::select! {
                 result = &mut put => result,

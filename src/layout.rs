@@ -3,7 +3,9 @@
 //! (docs/format.md describes the same table for readers without ghostwire-backup).
 //!
 //! ```text
-//! archives/<id>.tar.zst.age   the archive (tar → zstd → age), uploaded first
+//! archives/<id>.tar.zst.age   the archive (tar → zstd → age), uploaded first: one object
+//!                             in formats 1–3; from format 4 in numbered parts,
+//!                             archives/<id>.tar.zst.age.000001, .000002, … (like `split`)
 //! indexes/<id>.json.zst.age   the file index (JSON lines → zstd → age)
 //! snapshots/<id>.json.minisig the manifest's signature (minisign), uploaded before it
 //! snapshots/<id>.json         the manifest, uploaded last: the commit point
@@ -57,11 +59,24 @@ impl Object {
         }
     }
 
+    /// Part `number` (from 1) of an archive stored in parts: the archive's key and the
+    /// number in six digits or more, so that the parts sort in order, as `split -d` names them.
+    pub fn part_key(&self, number: u64) -> String {
+        format!("{}.{number:06}", self.key())
+    }
+
     /// The object a key names, or `None` for a key that is not part of the layout (a
-    /// stray file, a `*.partial-*` upload, a key of a future version).
+    /// stray file, a `*.partial-*` upload, a key of a future version). A part of an
+    /// archive ([`Object::part_key`]) names its archive.
     pub fn parse(key: &str) -> Option<Self> {
         if key == LEASE {
             return Some(Object::Lease);
+        }
+        if let Some((archive, number)) = key.rsplit_once('.')
+            && number.len() >= 6
+            && number.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Self::parse(archive).filter(|object| matches!(object, Object::Archive(_)));
         }
         let kinds: [(Naming, Constructor); 5] = [
             (ARCHIVES, Object::Archive),
@@ -171,6 +186,31 @@ mod tests {
         );
         assert_eq!(Object::Lock(id.clone()).key(), format!("locks/{id}.json"));
         assert_eq!(Object::Lease.key(), "lease.json");
+    }
+
+    #[test]
+    fn an_archive_part_names_its_archive() {
+        let archive = Object::Archive("20261126T233000.123Z-9f3a1c2b".into());
+        assert_eq!(
+            archive.part_key(7),
+            "archives/20261126T233000.123Z-9f3a1c2b.tar.zst.age.000007"
+        );
+        for number in [1, 999_999, 1_000_000] {
+            assert_eq!(
+                Object::parse(&archive.part_key(number)),
+                Some(archive.clone())
+            );
+        }
+        // Parts sort in order as text (what `ls` and a listing give `cat`).
+        assert!(archive.part_key(9) < archive.part_key(10));
+        for key in [
+            "archives/x.tar.zst.age.00001",
+            "archives/x.tar.zst.age.00000a",
+            "indexes/x.json.zst.age.000001",
+            "snapshots/x.json.000001",
+        ] {
+            assert_eq!(Object::parse(key), None, "{key}");
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod page_auth;
 pub mod page_journal;
 pub mod pages;
+pub mod parts;
 pub mod priority;
 pub mod profile;
 pub mod progress;

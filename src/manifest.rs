@@ -6,21 +6,19 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The newest format this version reads. Bump when a reader of the previous version could
-/// misread a new snapshot. Format 2: Signal's database may be a full copy plus page deltas
-/// (docs/format.md, "Database deltas"), which a format-1 reader would restore as the stale
-/// full copy; a snapshot without deltas is still written as format 1. Format 3: Signal's
+/// The newest format this version reads, and the one it writes. Bump when a reader of the
+/// previous version could misread a new snapshot. Format 2: Signal's database may be a
+/// full copy plus page deltas (docs/format.md, "Database deltas"), which a format-1 reader
+/// would restore as the stale full copy. Format 3: Signal's
 /// database is raw pages (a raw full copy, plus raw deltas), named by a raw page digest
-/// that a format-2 reader would take for a damaged archive; every snapshot with a copy of
-/// Signal's database made by this version is format 3.
-pub const FORMAT_VERSION: u32 = 3;
+/// that a format-2 reader would take for a damaged archive. Format 4: the archive is
+/// stored in parts ([`ArchiveInfo::parts`]), which a format-3 reader would not find; every
+/// snapshot this version writes is format 4.
+pub const FORMAT_VERSION: u32 = 4;
 
-/// The format of a snapshot whose Signal database is a decrypted-page chain with deltas,
-/// written by older versions only.
-pub const FORMAT_DECRYPTED_DELTAS: u32 = 2;
-
-/// The format of a snapshot whose Signal database needs no delta: every reader takes it.
-pub const FORMAT_WITHOUT_DELTAS: u32 = 1;
+/// The most parts an archive may be stored in: a bound on what a manifest can make a
+/// restore ask for. The backup sizes its parts to stay under 10,000.
+pub const MAX_ARCHIVE_PARTS: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -81,6 +79,32 @@ pub struct ArchiveInfo {
     /// every byte (absent from older snapshots; `sha256` is still written, for checks without the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<HeaderPin>,
+    /// How the archive is stored in parts (format 4); absent: one object under `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<ArchiveParts>,
+}
+
+/// An archive stored as numbered objects ([`crate::layout::Object::part_key`]), each
+/// `size` bytes but the last, which holds the rest: concatenated in order they are the
+/// archive. Several small objects rather than one multipart upload: each part is a plain
+/// PUT a server stores as it arrives, with no completion step that copies the whole
+/// archive again, and a restore reads them one after another, the next already asked for.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ArchiveParts {
+    pub size: u64,
+}
+
+impl ArchiveInfo {
+    /// The byte ranges the archive is stored in: `(part number, bytes)`, in order; one
+    /// range, part 0 (the object under `key`), for an archive in one object.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        match self.parts {
+            None => vec![(0, self.size)],
+            Some(ArchiveParts { size: part }) => (0..self.size.div_ceil(part.max(1)))
+                .map(|k| (k + 1, part.min(self.size - k * part)))
+                .collect(),
+        }
+    }
 }
 
 /// The SHA-256 of an archive's first `bytes` bytes: its age header (recipient stanzas and
@@ -228,6 +252,14 @@ impl Manifest {
         {
             return Err("it names objects of another snapshot".into());
         }
+        if let Some(parts) = self.archive.parts
+            && (parts.size == 0 || self.archive.size.div_ceil(parts.size) > MAX_ARCHIVE_PARTS)
+        {
+            return Err(format!(
+                "its archive of {} bytes is said to be in parts of {} bytes",
+                self.archive.size, parts.size
+            ));
+        }
         let earlier = self.parent.iter().chain(&self.chain_full);
         if earlier
             .chain(&self.depends_on)
@@ -340,6 +372,7 @@ mod tests {
                 sha256: "00".into(),
                 encoding: "tar+zstd+age".into(),
                 header: None,
+                parts: None,
             },
             index: None,
             parent: None,

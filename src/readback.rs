@@ -223,12 +223,14 @@ pub fn read_archive<T>(
     identities: &Identities,
     consume: impl FnOnce(&mut tar::Archive<PlainReader<Download>>) -> Result<T>,
 ) -> Result<T> {
-    let object = remote.reader(&manifest.archive.key).with_context(|| {
-        format!(
-            "snapshot {} has a manifest but its archive cannot be read",
-            manifest.id
-        )
-    })?;
+    let object = remote
+        .archive_reader(&manifest.id, &manifest.archive)
+        .with_context(|| {
+            format!(
+                "snapshot {} has a manifest but its archive cannot be read",
+                manifest.id
+            )
+        })?;
     // Decrypting authenticates every byte after a pinned header: only the header is hashed.
     let digest = Checksum::pinned(manifest.archive.header.clone());
     let (ciphertext, digest) =
@@ -530,19 +532,25 @@ pub fn check_objects(remote: &Remote, manifest: &Manifest) -> Result<()> {
     let progress = remote.cancel().progress();
     progress.set_totals(0, index_size + archives);
     if let Some(index) = &manifest.index {
-        check_object(remote, &index.key, index.size, &index.sha256)?;
+        check_object(
+            remote,
+            remote.reader(&index.key)?,
+            index.size,
+            &index.sha256,
+        )?;
     }
     for (k, needed) in chain.iter().enumerate() {
         progress.set_archive(k + 1, chain.len());
         let archive = &needed.archive;
-        check_object(remote, &archive.key, archive.size, &archive.sha256)
+        let object = remote.archive_reader(&needed.id, archive)?;
+        check_object(remote, object, archive.size, &archive.sha256)
             .with_context(|| format!("snapshot {}", needed.id))?;
     }
     Ok(())
 }
 
-fn check_object(remote: &Remote, key: &str, size: u64, sha256: &str) -> Result<()> {
-    let mut object = remote.cancel().progress().reader(remote.reader(key)?);
+fn check_object(remote: &Remote, object: RemoteReader, size: u64, sha256: &str) -> Result<()> {
+    let mut object = remote.cancel().progress().reader(object);
     let mut digest = Checksum::default();
     let mut buffer = vec![0u8; 1 << 20];
     loop {

@@ -16,7 +16,8 @@ use bytes::Bytes;
 
 use crate::exit::{self, Exit};
 use crate::layout::Object;
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::{ArchiveInfo, Manifest, ManifestError};
+use crate::parts::{self, Uploaded};
 use crate::repo_id::Known;
 use crate::signing::{Named, Rejected, Signer, Verifier};
 use crate::store::local::LocalStore;
@@ -240,11 +241,18 @@ impl Repository {
             .await
     }
 
-    /// Uploads a large object from a stream (see [`Store::put_stream`]).
-    pub async fn put_stream(&self, object: &Object, body: ChunkStream) -> store::Result<u64> {
-        self.store
-            .put_stream(&object.key(), body, object.retention())
-            .await
+    /// Uploads an archive from a stream, in parts ([`crate::parts`]).
+    pub async fn put_archive(&self, id: &str, body: ChunkStream) -> store::Result<Uploaded> {
+        parts::upload(&self.store, &Object::Archive(id.to_string()), body).await
+    }
+
+    /// Snapshot `id`'s archive as one stream, in one object or in parts.
+    pub async fn get_archive(
+        &self,
+        id: &str,
+        archive: &ArchiveInfo,
+    ) -> store::Result<ObjectReader> {
+        parts::open(&self.store, id, archive).await
     }
 
     pub async fn get(&self, object: &Object, offset: u64) -> store::Result<ObjectReader> {
@@ -266,8 +274,13 @@ impl Repository {
         self.store.get_bounded(&object.key(), limit).await
     }
 
+    /// Deletes an object; an archive with its parts, if it has any.
     pub async fn delete(&self, object: &Object) -> store::Result<()> {
-        self.store.delete(&object.key()).await
+        self.store.delete(&object.key()).await?;
+        if let Object::Archive(_) = object {
+            parts::delete(&self.store, object).await?;
+        }
+        Ok(())
     }
 
     /// Deletes one snapshot, manifest first (the commit point: without it the rest is an
@@ -292,18 +305,22 @@ impl Repository {
         Ok(None)
     }
 
-    /// Every object of one kind (`Object::Lock`, `Object::Archive`, …), sorted by key.
-    /// Keys that are not part of the layout are left out.
+    /// Every object of one kind (`Object::Lock`, `Object::Archive`, …), sorted by key,
+    /// each once (an archive in parts is one archive). Keys that are not part of the
+    /// layout are left out.
     pub async fn list(&self, kind: fn(String) -> Object) -> store::Result<Vec<Object>> {
         let wanted = std::mem::discriminant(&kind(String::new()));
-        Ok(self
+        let mut objects: Vec<Object> = self
             .store
             .list(Object::prefix_of(kind))
             .await?
             .into_iter()
             .filter_map(|info| Object::parse(&info.key))
             .filter(|object| std::mem::discriminant(object) == wanted)
-            .collect())
+            .collect();
+        objects.sort();
+        objects.dedup();
+        Ok(objects)
     }
 
     /// The id of every manifest object, trustworthy or not, sorted.

@@ -200,6 +200,7 @@ mod tests {
                 sha256: String::new(),
                 encoding: String::new(),
                 header: None,
+                parts: None,
             },
             index: None,
             parent: parent.map(str::to_string),

@@ -386,9 +386,9 @@ pub(crate) struct BackupArgs {
     /// zstd level (1–19).
     #[arg(long, env = "GWB_ZSTD_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub(crate) zstd_level: i32,
-    /// Upload part size in MiB, from 5 (S3's minimum) to 512; it grows automatically so
-    /// that an archive fits in 9,000 parts.
-    #[arg(long, env = "GWB_PART_SIZE_MIB", default_value_t = 5, value_parser = clap::value_parser!(u64).range(5..=512))]
+    /// Archive part size in MiB, from 1 to 512: the archive is stored as objects of this
+    /// size (docs/format.md); it grows automatically so that an archive fits in 9,000 parts.
+    #[arg(long, env = "GWB_PART_SIZE_MIB", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=512))]
     pub(crate) part_size_mib: u64,
     /// Parts uploaded at once; memory ≈ (2 + this) × part size.
     #[arg(long, env = "GWB_PARALLEL_UPLOADS", default_value_t = 2)]

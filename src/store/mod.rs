@@ -142,6 +142,12 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Retained`] for an object still under Object Lock retention.
     async fn delete(&self, key: &str) -> Result<()>;
 
+    /// How many writes (the parts of an archive, [`crate::parts`]) to have on their way
+    /// at once.
+    fn parallel_writes(&self) -> usize {
+        4
+    }
+
     /// Removes what writes that died (SIGKILL, a lost node) left behind, once older than
     /// `older_than` (so no live write loses its file), and says how many. Backends whose
     /// dead writes leave no objects have nothing to do: S3's open multipart uploads are

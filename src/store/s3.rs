@@ -588,6 +588,10 @@ impl Store for S3Store {
         Ok(())
     }
 
+    fn parallel_writes(&self) -> usize {
+        self.parallel_parts
+    }
+
     async fn put_stream(
         &self,
         key: &str,

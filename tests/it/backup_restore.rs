@@ -85,11 +85,15 @@ fn s3_round_trip_against_a_real_server() {
     let fx = fixture();
     let server = S3Server::with_bucket("ghostwire");
     let repo = "s3://ghostwire/blue/prod";
-    // Small parts so the archive really goes up as a multipart upload.
+    // Small parts so the archive really goes up in several.
     let id = fx
         .backup_with(server.agent(repo))
-        .args(["--part-size-mib", "5"])
+        .args(["--part-size-mib", "1"])
         .ok();
+    let (_, parts) = server.get(&format!(
+        "/ghostwire?list-type=2&prefix=blue/prod/archives/{id}"
+    ));
+    assert!(parts.matches("<Key>").count() > 1, "one part only: {parts}");
     assert!(server.agent(repo).arg("snapshots").ok().contains(&id));
     let target = fx.root.join("restored");
     assert_eq!(fx.restore_with(server.agent(repo), &target).ok(), id);
@@ -135,7 +139,7 @@ fn stock_tools_restore_the_archive_without_the_agent() {
     let target = fx.root.join("by-hand");
     std::fs::create_dir(&target).unwrap();
     stock_tools(
-        "age -d -i \"$1\" \"$2\" | zstd -d | tar -x -C \"$3\"",
+        "cat \"$2\"* | age -d -i \"$1\" | zstd -d | tar -x -C \"$3\"",
         &[&fx.identity, &fx.archive(&id), &target],
     );
     assert_eq!(

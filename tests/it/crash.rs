@@ -57,7 +57,7 @@ impl Lab {
 
     fn backup(&self, repo: Repo) -> TestCommand {
         let mut command = self.fx.backup_with(self.agent(repo));
-        command.args(["--part-size-mib", "5"]);
+        command.args(["--part-size-mib", "1"]);
         command
     }
 
@@ -75,15 +75,15 @@ impl Lab {
         self.fx.verify_with(self.agent(repo), id).ok();
     }
 
-    /// Archive objects in the repository (complete ones; a local `*.partial-*` file or an
-    /// open S3 upload is not an object).
-    fn archives(&self, repo: Repo) -> BTreeSet<String> {
-        match repo {
-            Repo::Local => std::fs::read_dir(self.fx.repo.join(Object::prefix_of(Object::Archive)))
+    /// Archives in the repository with at least one part stored (a local `*.partial-*`
+    /// file is not a part).
+    fn archives(&self, repo: Repo) -> BTreeSet<Object> {
+        let dir = Object::prefix_of(Object::Archive);
+        let keys: Vec<String> = match repo {
+            Repo::Local => std::fs::read_dir(self.fx.repo.join(dir))
                 .map(|entries| {
                     entries
-                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                        .filter(|name| !name.contains(".partial-"))
+                        .map(|e| format!("{dir}{}", e.unwrap().file_name().to_string_lossy()))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -95,13 +95,15 @@ impl Lab {
                 assert_eq!(status, 200, "{body}");
                 body.split("<Key>")
                     .skip(1)
-                    .map(|rest| rest.split('<').next().unwrap().to_string())
+                    .map(|rest| rest.split('<').next().unwrap().replacen("crash/", "", 1))
                     .collect()
             }
-        }
+        };
+        keys.iter().filter_map(|key| Object::parse(key)).collect()
     }
 
-    /// Writes in progress: local `*.partial-*` files, or open S3 multipart uploads.
+    /// Writes in progress: local `*.partial-*` files, or open S3 multipart uploads (this
+    /// version starts none: an archive goes up in parts, each a plain PUT).
     fn unfinished_writes(&self, repo: Repo) -> usize {
         match repo {
             Repo::Local => ["archives", "snapshots"]
@@ -246,7 +248,7 @@ fn killed_backups(lab: &Lab, trials: usize, rng: &mut StdRng) -> Tally {
         let phase = if listed.len() > listed_before {
             "committed (manifest written)"
         } else if lab.archives(repo).len() > archives_before {
-            "archive complete, no manifest"
+            "archive parts stored, no manifest"
         } else if lab.unfinished_writes(repo) > unfinished_before {
             "uploading the archive"
         } else {

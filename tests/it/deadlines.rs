@@ -115,7 +115,7 @@ fn deadlines_and_signals_cut_backup_restore_and_verify_within_about_a_second() {
         Duration::from_secs(60),
         || http_get(port, "/startupz").filter(|answer| answer.starts_with("HTTP/1.1 200")),
     );
-    stall(proxy, "PUT", "partNumber=", Fault::Stall);
+    stall(proxy, "PUT", ".tar.zst.age.0", Fault::Stall); // the archive's parts
     let (status, elapsed, log) = stop_with_sigterm(daemon, stderr);
     assert!(
         !status.success(),

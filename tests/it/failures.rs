@@ -41,12 +41,12 @@ fn wrong_identity_is_named_as_such() {
 #[test]
 fn a_flipped_byte_anywhere_fails_authentication() {
     let (fx, id) = backed_up();
-    let original = std::fs::read(fx.archive(&id)).unwrap();
+    let original = fx.archive_bytes(&id);
     // In the age header, early in the payload, in the middle, at the very end.
     for offset in [40, 400, original.len() / 2, original.len() - 1] {
         let mut damaged = original.clone();
         damaged[offset] ^= 0x01;
-        std::fs::write(fx.archive(&id), &damaged).unwrap();
+        fx.replace_archive(&id, &damaged);
         let err = restore_fails(&fx, &fx.identity);
         assert!(
             err.contains("damaged")
@@ -62,9 +62,9 @@ fn a_flipped_byte_anywhere_fails_authentication() {
 #[test]
 fn a_truncated_archive_is_refused() {
     let (fx, id) = backed_up();
-    let original = std::fs::read(fx.archive(&id)).unwrap();
+    let original = fx.archive_bytes(&id);
     for keep in [original.len() - 1, original.len() - 20, original.len() / 3] {
-        std::fs::write(fx.archive(&id), &original[..keep]).unwrap();
+        fx.replace_archive(&id, &original[..keep]);
         let err = restore_fails(&fx, &fx.identity);
         assert!(
             err.contains("truncated") || err.contains("damaged"),
@@ -79,7 +79,7 @@ fn an_archive_swapped_in_from_another_backup_is_caught_by_the_manifest_hash() {
     let (fx, id) = backed_up();
     // A second, valid snapshot encrypted to the same key; its archive replaces the first's.
     let second = fx.backup().ok();
-    std::fs::copy(fx.archive(&second), fx.archive(&id)).unwrap();
+    fx.replace_archive(&id, &fx.archive_bytes(&second));
     let target = fx.root.join("target");
     fx.restore(&target)
         .args(["--snapshot", &id])
@@ -103,12 +103,12 @@ fn an_archive_that_keeps_the_pinned_header_but_not_its_payload_is_refused() {
     // payload (same recipient, valid chunks of another key), cut to the recorded size.
     let (fx, id) = backed_up();
     let second = fx.backup().ok();
-    let genuine = std::fs::read(fx.archive(&id)).unwrap();
-    let other = std::fs::read(fx.archive(&second)).unwrap();
+    let genuine = fx.archive_bytes(&id);
+    let other = fx.archive_bytes(&second);
     let mut spliced = genuine[..payload_start(&genuine)].to_vec();
     spliced.extend_from_slice(&other[payload_start(&other)..]);
     spliced.resize(genuine.len(), 0);
-    std::fs::write(fx.archive(&id), &spliced).unwrap();
+    fx.replace_archive(&id, &spliced);
     let err = restore_fails(&fx, &fx.identity);
     assert!(
         err.contains("damaged") || err.contains("cannot decrypt"),
@@ -119,7 +119,7 @@ fn an_archive_that_keeps_the_pinned_header_but_not_its_payload_is_refused() {
 #[test]
 fn a_snapshot_without_its_archive_or_manifest_is_reported() {
     let (fx, id) = backed_up();
-    std::fs::remove_file(fx.archive(&id)).unwrap();
+    fx.remove_archive(&id);
     let err = restore_fails(&fx, &fx.identity);
     assert!(err.contains("archive cannot be read"), "{err}");
     std::fs::remove_file(fx.manifest_path(&id)).unwrap();

@@ -65,7 +65,7 @@ fn a_zstd_bomb_is_refused_before_it_fills_the_disk() {
             .unwrap();
     };
     fx.plant(&id, build, |_| {});
-    let archive = std::fs::metadata(fx.archive(&id)).unwrap().len();
+    let archive = fx.archive_bytes(&id).len();
     assert!(archive < 1 << 20, "the bomb is {archive} bytes");
     let target = fx.root.join("target");
     let err = restore_fails(&fx, &target);

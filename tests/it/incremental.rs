@@ -161,7 +161,7 @@ fn a_chain_restores_with_stock_tools_full_then_each_incremental_then_its_deletio
     for id in chain {
         stock_tools(
             &format!(
-                "{delete_listed}\nage -d -i \"$1\" \"$2\" | zstd -d | tar -x -C \"$3\"; \
+                "{delete_listed}\ncat \"$2\"* | age -d -i \"$1\" | zstd -d | tar -x -C \"$3\"; \
                  delete_listed \"$3\""
             ),
             &[&fx.identity, &fx.archive(&id), &target],

@@ -355,7 +355,7 @@ fn forget_removes_the_snapshots_named_and_their_objects() {
     let objects = |id: &str| {
         [
             Object::Manifest(id.to_string()).key(),
-            Object::Archive(id.to_string()).key(),
+            Object::Archive(id.to_string()).part_key(1),
             Object::Index(id.to_string()).key(),
         ]
         .map(|key| plain.repo.join(key))
@@ -744,9 +744,13 @@ fn json_logs_report_progress_periodically_and_only_for_long_operations() {
         .env("GWB_PROGRESS_EVERY", "5ms")
         .run();
     assert!(ran.status.success(), "{ran}");
-    let stored = std::fs::metadata(plain.repo.join(Object::Archive(id.to_string()).key()))
-        .unwrap()
-        .len();
+    // Its parts' sizes, as stored.
+    let archive = Object::Archive(id.to_string());
+    let stored: u64 = (1..)
+        .map(|n| plain.repo.join(archive.part_key(n)))
+        .map_while(|part| std::fs::metadata(part).ok())
+        .map(|meta| meta.len())
+        .sum();
     let unpacking = growing(&ran.stderr, "download and unpack");
     for event in &unpacking {
         assert_eq!(event["bytes_total"], stored, "{event}");

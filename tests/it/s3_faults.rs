@@ -38,7 +38,7 @@ impl World {
     fn backup(&self) -> Ran {
         self.fx
             .backup_with(self.agent())
-            .args(["--part-size-mib", "5"])
+            .args(["--part-size-mib", "1"])
             .run()
     }
 
@@ -67,19 +67,11 @@ fn backup_and_restore_come_out_right_with_a_tenth_of_requests_failing() {
     let w = world(10);
     w.bucket.proxy.set_faults(0.10, ALL_FAULTS);
     // Whatever the dice say, each kind of fault meets the request it matters most for.
-    // Targets: `?uploads` starts a multipart upload, `partNumber=` is a part,
-    // `uploadId=` without a part number completes it, `/snapshots/` is the manifest.
-    w.bucket
-        .proxy
-        .force("POST", "?uploads", Fault::LostResponse);
-    w.bucket.proxy.force("PUT", "partNumber=", Fault::SlowDown);
-    w.bucket.proxy.force("PUT", "partNumber=", Fault::Reset);
-    w.bucket
-        .proxy
-        .force("PUT", "partNumber=", Fault::LostResponse);
-    w.bucket
-        .proxy
-        .force("POST", "?uploadId=", Fault::LostResponse);
+    // Targets: `.tar.zst.age.0` is a part of the archive, `/snapshots/` is the manifest.
+    const PART: &str = ".tar.zst.age.0";
+    w.bucket.proxy.force("PUT", PART, Fault::SlowDown);
+    w.bucket.proxy.force("PUT", PART, Fault::Reset);
+    w.bucket.proxy.force("PUT", PART, Fault::LostResponse);
     w.bucket
         .proxy
         .force("PUT", "/snapshots/", Fault::ServerError);

@@ -77,11 +77,15 @@ fn an_update_fetches_only_the_difference_and_equals_a_fresh_restore() {
 
     // The first snapshot's archive holds every attachment and the database's full copy: the
     // update must not need it. Hide it for the update.
-    let archive = fx.archive(id(first));
-    let hidden = archive.with_extension("hidden");
-    std::fs::rename(&archive, &hidden).unwrap();
+    let stored = fx.archive_files(id(first));
+    let hidden = |file: &std::path::PathBuf| fx.root.join(file.file_name().unwrap());
+    for file in &stored {
+        std::fs::rename(file, hidden(file)).unwrap();
+    }
     let out = update(&fx, &green, id(last)).ok();
-    std::fs::rename(&hidden, &archive).unwrap();
+    for file in &stored {
+        std::fs::rename(hidden(file), file).unwrap();
+    }
     assert_eq!(out, id(last));
     assert_eq!(marker(&green).as_deref(), Some(id(last)));
 

@@ -120,9 +120,57 @@ impl Fixture {
         agent
     }
 
-    /// Where the local repository keeps a snapshot's archive (the layout README documents).
+    /// Where the local repository keeps a snapshot's archive (docs/format.md's layout):
+    /// the name its parts are numbered after (`<this>.000001`, …).
     pub fn archive(&self, id: &str) -> PathBuf {
         self.repo.join(Object::Archive(id.to_string()).key())
+    }
+
+    /// The stored files of snapshot `id`'s archive, in order: its parts, or the one file.
+    pub fn archive_files(&self, id: &str) -> Vec<PathBuf> {
+        let whole = self.archive(id);
+        let name = whole.file_name().unwrap().to_str().unwrap().to_string();
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(whole.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                let file = path.file_name().unwrap().to_str().unwrap();
+                file.strip_prefix(&name)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect();
+        parts.sort();
+        if whole.exists() {
+            parts.insert(0, whole);
+        }
+        parts
+    }
+
+    /// Snapshot `id`'s archive as stored, its parts put together.
+    pub fn archive_bytes(&self, id: &str) -> Vec<u8> {
+        let files = self.archive_files(id);
+        assert!(!files.is_empty(), "snapshot {id} has no archive");
+        files
+            .iter()
+            .flat_map(|f| std::fs::read(f).unwrap())
+            .collect()
+    }
+
+    /// Stores `bytes` as snapshot `id`'s archive in place of what is there, cut into parts
+    /// as its manifest says (the manifest is left alone): what someone with write access
+    /// to the repository, but not the signing key, can do.
+    pub fn replace_archive(&self, id: &str, bytes: &[u8]) {
+        self.remove_archive(id);
+        let part = self.manifest(id)["archive"]["parts"]["size"].as_u64();
+        write_parts(&self.archive(id), bytes, part);
+    }
+
+    /// Deletes every stored file of snapshot `id`'s archive.
+    pub fn remove_archive(&self, id: &str) {
+        for file in self.archive_files(id) {
+            std::fs::remove_file(file).unwrap();
+        }
     }
 
     /// Where the local repository keeps a snapshot's manifest.
@@ -165,8 +213,10 @@ impl Fixture {
         build(&mut tar);
         let plain = tar.into_inner().unwrap().finish().unwrap();
         let ciphertext = age_encrypt(&self.recipient, &plain);
-        std::fs::write(self.archive(id), &ciphertext).unwrap();
+        self.remove_archive(id);
+        write_parts(&self.archive(id), &ciphertext, Some(PLANTED_PART));
         let mut manifest = self.manifest(id);
+        manifest["archive"]["parts"] = serde_json::json!({ "size": PLANTED_PART });
         for field in ["index", "parent", "chain_full", "depends_on"] {
             manifest.as_object_mut().unwrap().remove(field);
         }
@@ -178,6 +228,20 @@ impl Fixture {
         // Signed, as only the backup side could: what stands in the way of a hostile
         // archive even then is the unpacker.
         super::sign_manifest(&self.manifest_path(id));
+    }
+}
+
+/// Parts of a planted archive: small, so that even a small one spans several.
+const PLANTED_PART: u64 = 64 << 10;
+
+/// Writes `bytes` at `whole` (`None`) or as its parts of `part` bytes.
+fn write_parts(whole: &Path, bytes: &[u8], part: Option<u64>) {
+    let Some(part) = part else {
+        return std::fs::write(whole, bytes).unwrap();
+    };
+    for (k, chunk) in bytes.chunks(part as usize).enumerate() {
+        let name = format!("{}.{:06}", whole.display(), k + 1);
+        std::fs::write(name, chunk).unwrap();
     }
 }
 
