@@ -47,60 +47,16 @@ pub struct Uploaded {
 pub async fn upload(
     store: &Arc<dyn Store>,
     archive: &Object,
-    mut body: ChunkStream,
+    body: ChunkStream,
 ) -> store::Result<Uploaded> {
-    let slots = Arc::new(Semaphore::new(store.parallel_writes().max(1)));
     let mut in_flight = JoinSet::new();
     let mut stored = 0u64;
-    let result = async {
-        let mut uploaded = Uploaded {
-            size: 0,
-            part_size: 0,
-        };
-        let mut last_was_short = false;
-        while let Some(chunk) = body.next().await? {
-            let len = chunk.len() as u64;
-            if uploaded.part_size == 0 {
-                uploaded.part_size = len;
-            }
-            if last_was_short || len > uploaded.part_size || len == 0 {
-                return Err(
-                    anyhow!("the archive writer cut a part of {len} bytes out of turn").into(),
-                );
-            }
-            last_was_short = len < uploaded.part_size;
-            uploaded.size += len;
-            // Surface a failed part early instead of uploading the rest for nothing.
-            while let Some(done) = in_flight.try_join_next() {
-                done.map_err(anyhow::Error::from)??;
-            }
-            let slot = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(anyhow::Error::from)?;
-            stored += 1;
-            let (store, key) = (store.clone(), archive.part_key(stored));
-            in_flight.spawn(async move {
-                let put = store.put(&key, chunk, Retention::Retain).await;
-                drop(slot);
-                put
-            });
-        }
-        while let Some(done) = in_flight.join_next().await {
-            done.map_err(anyhow::Error::from)??;
-        }
-        if uploaded.size == 0 {
-            return Err(anyhow!("the archive stream ended before its first byte").into());
-        }
-        Ok(uploaded)
-    }
-    .await;
+    let result = send_parts(store, archive, body, &mut in_flight, &mut stored).await;
     if result.is_err() {
         // Let the parts in flight end first, so that none is stored after its delete.
         while in_flight.join_next().await.is_some() {}
-        let numbers = (1..=stored).map(|n| archive.part_key(n)).collect();
-        if let Err(err) = delete_all(store, numbers).await {
+        let keys = (1..=stored).map(|n| archive.part_key(n)).collect();
+        if let Err(err) = delete_all(store, keys).await {
             tracing::warn!(
                 archive = %archive,
                 error = format!("{:#}", anyhow::Error::from(err)),
@@ -109,6 +65,62 @@ pub async fn upload(
         }
     }
     result
+}
+
+/// Puts each chunk of `body` as the next part, counting in `stored` the parts sent, and
+/// waits for them all.
+async fn send_parts(
+    store: &Arc<dyn Store>,
+    archive: &Object,
+    mut body: ChunkStream,
+    in_flight: &mut JoinSet<store::Result<()>>,
+    stored: &mut u64,
+) -> store::Result<Uploaded> {
+    let slots = Arc::new(Semaphore::new(store.parallel_writes().max(1)));
+    let mut uploaded = Uploaded {
+        size: 0,
+        part_size: 0,
+    };
+    let mut last_was_short = false;
+    loop {
+        // The part's slot before the part: while every slot is busy the producer waits
+        // holding its chunk, instead of this loop holding one more.
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(anyhow::Error::from)?;
+        let Some(chunk) = body.next().await? else {
+            break;
+        };
+        let len = chunk.len() as u64;
+        if uploaded.part_size == 0 {
+            uploaded.part_size = len;
+        }
+        if last_was_short || len > uploaded.part_size || len == 0 {
+            return Err(anyhow!("the archive writer cut a part of {len} bytes out of turn").into());
+        }
+        last_was_short = len < uploaded.part_size;
+        uploaded.size += len;
+        // Surface a failed part early instead of uploading the rest for nothing.
+        while let Some(done) = in_flight.try_join_next() {
+            done.map_err(anyhow::Error::from)??;
+        }
+        *stored += 1;
+        let (store, key) = (store.clone(), archive.part_key(*stored));
+        in_flight.spawn(async move {
+            let put = store.put(&key, chunk, Retention::Retain).await;
+            drop(slot);
+            put
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done.map_err(anyhow::Error::from)??;
+    }
+    if uploaded.size == 0 {
+        return Err(anyhow!("the archive stream ended before its first byte").into());
+    }
+    Ok(uploaded)
 }
 
 /// Deletes every part of `archive` a listing shows (the parts count of a manifest is not
