@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::{
-    ChunkStream, ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, check_key,
-    read_bounded, too_large,
+    ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, check_key, read_bounded,
+    too_large,
 };
 
 const PARTIAL_MARK: &str = ".partial-";
@@ -122,18 +122,6 @@ impl Store for LocalStore {
         })
         .await?;
         Ok(())
-    }
-
-    async fn put_stream(&self, key: &str, mut body: ChunkStream, _: Retention) -> Result<u64> {
-        self.write_via_temp(key, async |file| {
-            let mut size = 0;
-            while let Some(chunk) = body.next().await? {
-                file.write_all(&chunk).await?;
-                size += chunk.len() as u64;
-            }
-            Ok(size)
-        })
-        .await
     }
 
     async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader> {

@@ -108,12 +108,6 @@ pub trait Store: Send + Sync {
     /// Writes a small object whole, replacing any object under `key`.
     async fn put(&self, key: &str, data: Bytes, retention: Retention) -> Result<()>;
 
-    /// Writes an object from a stream of chunks and returns its size. The object becomes
-    /// visible only when the stream ends with [`ChunkSender::finish`]; if the producer gives
-    /// up ([`StoreError::Abandoned`]), or anything fails, nothing is left under `key` (and
-    /// no upload is left open).
-    async fn put_stream(&self, key: &str, body: ChunkStream, retention: Retention) -> Result<u64>;
-
     /// Reads an object from byte `offset` to its end. Fails with [`StoreError::NotFound`].
     async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader>;
 
@@ -156,10 +150,11 @@ pub trait Store: Send + Sync {
         Ok(0)
     }
 
-    /// Aborts every upload still open under the repository (S3 multipart uploads), and
-    /// says how many: the parts a backup killed mid-upload left, billed until aborted.
-    /// Only for a caller that holds the repository alone (prune's exclusive lock), when no
-    /// live writer can own one. Backends without such uploads have nothing to do.
+    /// Aborts every upload still open under the repository (S3 multipart uploads, which
+    /// versions before format 4 started for archives), and says how many: the parts a
+    /// backup killed mid-upload left, billed until aborted. Only for a caller that holds
+    /// the repository alone (prune's exclusive lock), when no live writer can own one.
+    /// Backends without such uploads have nothing to do.
     async fn abort_open_uploads(&self) -> Result<u64> {
         Ok(0)
     }

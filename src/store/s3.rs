@@ -2,17 +2,14 @@
 //! and path-style addressing). Credentials come from the AWS default chain: environment,
 //! web identity (IRSA on EKS), profile files, instance metadata.
 //!
-//! Large objects go up as a multipart upload with a bounded number of parts in flight, and
-//! a failed upload is aborted so no orphaned parts are left to bill. Every part carries its
-//! CRC32 (the upload is created with that algorithm, COMPOSITE), so S3 checks each part's
-//! bytes as it receives them: a part damaged on the way is refused and sent again, not
-//! found at the next restore. Throttling, 5xx and
+//! Every object goes up with one PUT (an archive as several, [`crate::parts`]) carrying
+//! its CRC32, so S3 checks its bytes as it receives them: an object damaged on the way is
+//! refused and sent again, not found at the next restore. Throttling, 5xx and
 //! timeouts are retried by the SDK's standard retry strategy with exponential backoff; a
 //! download whose connection drops mid-body resumes from where it stopped
 //! ([`super::resume`]). Errors S3 answers with (no such bucket, access denied, a wrong
 //! key) are turned into a sentence that says what to fix.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -24,20 +21,16 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
-};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectLockMode};
 use aws_smithy_http_client::tls;
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 
 use super::resume::ResumingReader;
 use super::{
-    ChunkStream, ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, Unavailability,
-    Unavailable, check_key, read_bounded, too_large,
+    ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, Unavailability, Unavailable,
+    check_key, read_bounded, too_large,
 };
 
 /// How to reach the bucket; everything else comes from the AWS default chain.
@@ -81,8 +74,9 @@ fn content_md5(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
 }
 
-/// A part's CRC32 as S3 expects it in `x-amz-checksum-crc32`: base64 of the big-endian value.
-fn part_crc32(data: &[u8]) -> String {
+/// An object's CRC32 as S3 expects it in `x-amz-checksum-crc32`: base64 of the big-endian
+/// value.
+fn crc32(data: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(data).to_be_bytes())
 }
@@ -249,134 +243,6 @@ impl S3Store {
     fn describe(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
-
-    /// Uploads the parts of `body` after `first`, at most `parallel_parts` at a time, and
-    /// completes the upload. The caller aborts it if this fails.
-    async fn upload_parts(
-        &self,
-        key: &str,
-        upload_id: &str,
-        first: Bytes,
-        body: &mut ChunkStream,
-    ) -> Result<u64> {
-        let slots = Arc::new(Semaphore::new(self.parallel_parts));
-        let mut in_flight = JoinSet::new();
-        let mut next = Some(first);
-        let mut parts = Vec::new();
-        let mut number = 0i32;
-        let mut size = 0u64;
-        let mut slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(anyhow::Error::from)?;
-        while let Some(chunk) = next {
-            number += 1;
-            if number > 10_000 {
-                return Err(
-                    anyhow!("the archive needs more than 10,000 parts: raise --part-size").into(),
-                );
-            }
-            size += chunk.len() as u64;
-            // Surface a failed part early instead of uploading the rest for nothing.
-            while let Some(done) = in_flight.try_join_next() {
-                parts.push(done.map_err(anyhow::Error::from)??);
-            }
-            in_flight.spawn(self.upload_part(key, upload_id, number, chunk, slot));
-            // Take the next part's slot before the part itself: while every slot is busy the
-            // producer waits holding its chunk, instead of this loop holding one more.
-            slot = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(anyhow::Error::from)?;
-            next = body.next().await?;
-        }
-        while let Some(done) = in_flight.join_next().await {
-            parts.push(done.map_err(anyhow::Error::from)??);
-        }
-        self.complete_upload(key, upload_id, parts).await?;
-        Ok(size)
-    }
-
-    /// Part `number` of an upload, sent on its own task; `slot` is released when it ends.
-    fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        chunk: Bytes,
-        slot: OwnedSemaphorePermit,
-    ) -> impl std::future::Future<Output = anyhow::Result<CompletedPart>> + Send + 'static {
-        let request = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .set_content_md5(self.object_lock.is_some().then(|| content_md5(&chunk)))
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .checksum_crc32(part_crc32(&chunk))
-            .body(ByteStream::from(chunk));
-        let bucket = self.bucket.clone();
-        async move {
-            let output = request.send().await;
-            drop(slot);
-            let output = output.map_err(|e| sdk_error(e, "upload part", &bucket))?;
-            // The checksum S3 computed for the part it stored (the one we sent, or it
-            // would have refused the part), listed again at completion.
-            Ok(CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(output.e_tag)
-                .set_checksum_crc32(output.checksum_crc32)
-                .build())
-        }
-    }
-
-    /// Completes an upload with its parts, in order.
-    async fn complete_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-        mut parts: Vec<CompletedPart>,
-    ) -> Result<()> {
-        parts.sort_by_key(|part| part.part_number);
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| sdk_error(e, "complete multipart upload", &self.bucket))?;
-        Ok(())
-    }
-}
-
-type AbortRequest =
-    aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder;
-
-/// Aborts a multipart upload when dropped while still holding the request.
-struct AbortOnDrop {
-    request: Option<AbortRequest>,
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let (Some(request), Ok(runtime)) =
-            (self.request.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(async move {
-                let _ = request.send().await;
-            });
-        }
-    }
 }
 
 /// An SDK error as one readable line: first what to fix, when we know (no such bucket,
@@ -473,8 +339,7 @@ fn advice(code: &str, status: Option<u16>, bucket: &str) -> Option<String> {
         ),
         "AccessDenied" | "AllAccessDisabled" => format!(
             "access to the bucket {bucket:?} was denied: the credentials need s3:ListBucket on \
-             the bucket and s3:GetObject, s3:PutObject and s3:AbortMultipartUpload on the \
-             repository prefix (docs/kubernetes.md has the policy; check it, the bucket policy, \
+             the bucket and s3:GetObject and s3:PutObject on the repository prefix (docs/kubernetes.md has the policy; check it, the bucket policy, \
              and for IRSA the service account's role)"
         ),
         "InvalidAccessKeyId" => "the S3 server does not know this access key: check \
@@ -580,6 +445,10 @@ impl Store for S3Store {
             .set_object_lock_mode(mode)
             .set_object_lock_retain_until_date(until)
             .set_content_md5(self.object_lock.is_some().then(|| content_md5(&data)))
+            // Checked by S3 on receipt: a part of an archive damaged on the way is refused
+            // (and sent again by the SDK's retry), not stored.
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .checksum_crc32(crc32(&data))
             .body(ByteStream::from(data))
             .send()
             .await
@@ -590,63 +459,6 @@ impl Store for S3Store {
 
     fn parallel_writes(&self) -> usize {
         self.parallel_parts
-    }
-
-    async fn put_stream(
-        &self,
-        key: &str,
-        mut body: ChunkStream,
-        retention: Retention,
-    ) -> Result<u64> {
-        let object = self.object_key(key)?;
-        let Some(first) = body.next().await? else {
-            self.put(key, Bytes::new(), retention).await?;
-            return Ok(0);
-        };
-        let (mode, until) = self.object_lock(retention).unzip();
-        let upload = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&object)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .checksum_type(ChecksumType::Composite)
-            .set_object_lock_mode(mode)
-            .set_object_lock_retain_until_date(until)
-            .send()
-            .await
-            .map_err(|e| sdk_error(e, "create multipart upload", &self.bucket))
-            .with_context(|| format!("cannot start uploading {}", self.describe(&object)))?;
-        let upload_id = upload.upload_id.context("S3 returned no upload id")?;
-        // If this future is dropped mid-upload (the daemon abandons a backup that ran past
-        // its timeout), the guard still aborts the upload in the background.
-        let mut guard = AbortOnDrop {
-            request: Some(
-                self.client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&object)
-                    .upload_id(&upload_id),
-            ),
-        };
-        let result = self
-            .upload_parts(&object, &upload_id, first, &mut body)
-            .await;
-        let abort = guard.request.take().expect("taken only here");
-        match result {
-            Ok(size) => Ok(size),
-            Err(err) => {
-                if let Err(abort_err) = abort.send().await {
-                    tracing::warn!(
-                        upload_id,
-                        error = %DisplayErrorContext(&abort_err),
-                        "could not abort the multipart upload; a bucket lifecycle rule \
-                         (AbortIncompleteMultipartUpload) removes it later"
-                    );
-                }
-                Err(err.context(format!("cannot upload {}", self.describe(&object))))
-            }
-        }
     }
 
     async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader> {

@@ -6,9 +6,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
+use ghostwire_backup::layout::Object;
+use ghostwire_backup::manifest::{ArchiveInfo, ArchiveParts};
+use ghostwire_backup::parts::{self, Uploaded};
 use ghostwire_backup::store::local::LocalStore;
 use ghostwire_backup::store::resume::ResumingReader;
 use ghostwire_backup::store::s3::{S3Options, S3Store};
@@ -32,13 +34,13 @@ struct Backend {
     cut_next_download: Option<Box<dyn Fn(&'static str) + Send + Sync>>,
 }
 
-/// A part large enough to be an S3 multipart part (5 MiB at least, but the last).
-const PART: usize = 5 << 20;
+/// A part of a test archive.
+const PART: usize = 1 << 20;
 
 async fn contract(backend: &Backend) {
     put_get_list_delete(backend).await;
-    streams_appear_only_when_finished(backend).await;
-    an_abandoned_stream_leaves_nothing(backend).await;
+    archives_go_up_in_parts_and_read_back_whole(backend).await;
+    an_abandoned_archive_leaves_no_part(backend).await;
     conditional_writes(backend).await;
     racing_writers_exactly_one_wins(backend).await;
     reads_resume_where_they_stopped(backend).await;
@@ -145,8 +147,8 @@ async fn put_get_list_delete(backend: &Backend) {
     }
 }
 
-/// The bytes of a streamed test object: `parts` full parts and a short tail, each part
-/// filled with its own byte so a reordering shows.
+/// The bytes of a test archive: `parts` full parts and a short tail, each part filled
+/// with its own byte so a reordering shows.
 fn stream_content(parts: u8) -> Vec<Bytes> {
     let mut chunks: Vec<Bytes> = (0..parts)
         .map(|i| Bytes::from(vec![b'a' + i; PART]))
@@ -155,106 +157,93 @@ fn stream_content(parts: u8) -> Vec<Bytes> {
     chunks
 }
 
-async fn streams_appear_only_when_finished(backend: &Backend) {
-    let (name, store) = (backend.name, &backend.store);
-    let key = "stream/finished";
-    let chunks = stream_content(2);
-    let expected: Vec<u8> = chunks.concat();
+/// The snapshot id of the test archive.
+const ARCHIVE: &str = "20261206T120000.000Z-0c0ffee0";
+
+/// Uploads `chunks` as the test archive's parts ([`parts::upload`]), produced on a
+/// thread as the archive writer does; without `finish`, the producer gives up.
+async fn upload_archive(
+    store: &Arc<dyn Store>,
+    chunks: Vec<Bytes>,
+    finish: bool,
+) -> Result<Uploaded, StoreError> {
     let (tx, rx) = chunk_channel(1);
-    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
-    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
     let producer = std::thread::spawn(move || {
         for chunk in chunks {
-            tx.send(chunk).unwrap();
+            if tx.send(chunk).is_err() {
+                return;
+            }
         }
-        sent_tx.send(()).unwrap();
-        finish_rx.recv().unwrap();
-        tx.finish().unwrap();
+        if finish {
+            tx.finish().unwrap();
+        }
     });
-    let upload = {
-        let store = store.clone();
-        tokio::spawn(async move { store.put_stream(key, rx, Retention::Retain).await })
-    };
-    sent_rx.await.unwrap();
-    // Every chunk has been handed over, but the stream is not finished: nothing shows.
-    assert!(
-        store.list("stream/").await.unwrap().is_empty(),
-        "{name}: an unfinished stream is visible"
-    );
-    assert!(
-        matches!(store.get(key, 0).await, Err(StoreError::NotFound(_))),
-        "{name}: an unfinished stream can be read"
-    );
-    finish_tx.send(()).unwrap();
-    let size = upload.await.unwrap().unwrap();
+    let uploaded = parts::upload(store, &Object::Archive(ARCHIVE.into()), rx).await;
     producer.join().unwrap();
-    assert_eq!(
-        size,
-        expected.len() as u64,
-        "{name}: put_stream returns the size"
-    );
-    assert_eq!(
-        store.list("stream/").await.unwrap(),
-        [ObjectInfo {
-            key: key.into(),
-            size
-        }],
-        "{name}"
-    );
-    assert!(
-        read_all(&**store, key, 0).await == expected,
-        "{name}: content"
-    );
-    let from = PART as u64 + 7;
-    assert!(
-        read_all(&**store, key, from).await == expected[from as usize..],
-        "{name}: content from an offset inside the second part"
-    );
-
-    // An empty stream makes an empty object.
-    let (tx, rx) = chunk_channel(1);
-    std::thread::spawn(move || tx.finish().unwrap())
-        .join()
-        .unwrap();
-    assert_eq!(
-        store
-            .put_stream("stream/empty", rx, Retention::Retain)
-            .await
-            .unwrap(),
-        0,
-        "{name}"
-    );
-    assert_eq!(read_all(&**store, "stream/empty", 0).await, b"", "{name}");
-    store.delete(key).await.unwrap();
-    store.delete("stream/empty").await.unwrap();
+    uploaded
 }
 
-async fn an_abandoned_stream_leaves_nothing(backend: &Backend) {
+/// What a manifest says of the test archive once uploaded.
+fn archive_info(uploaded: Uploaded) -> ArchiveInfo {
+    ArchiveInfo {
+        key: Object::Archive(ARCHIVE.into()).key(),
+        size: uploaded.size,
+        sha256: String::new(),
+        encoding: "tar+zstd+age".into(),
+        header: None,
+        parts: Some(ArchiveParts {
+            size: uploaded.part_size,
+        }),
+    }
+}
+
+async fn archives_go_up_in_parts_and_read_back_whole(backend: &Backend) {
     let (name, store) = (backend.name, &backend.store);
-    let (tx, rx) = chunk_channel(1);
-    let producer = std::thread::spawn(move || {
-        for chunk in stream_content(1) {
-            tx.send(chunk).unwrap();
-        }
-        drop(tx); // the archive writer failed: no finish()
-    });
-    let result = store.put_stream("abandoned/a", rx, Retention::Retain).await;
-    producer.join().unwrap();
+    let chunks = stream_content(2);
+    let expected: Vec<u8> = chunks.concat();
+    let uploaded = upload_archive(store, chunks, true).await.unwrap();
+    assert_eq!(
+        uploaded,
+        Uploaded {
+            size: expected.len() as u64,
+            part_size: PART as u64
+        },
+        "{name}"
+    );
+    let archive = Object::Archive(ARCHIVE.into());
+    let sizes = [PART as u64, PART as u64, 4];
+    let listed: Vec<ObjectInfo> = (1..=3)
+        .map(|n| ObjectInfo {
+            key: archive.part_key(n),
+            size: sizes[n as usize - 1],
+        })
+        .collect();
+    assert_eq!(store.list("archives/").await.unwrap(), listed, "{name}");
+    let mut read = Vec::new();
+    parts::open(store, ARCHIVE, &archive_info(uploaded))
+        .await
+        .unwrap()
+        .read_to_end(&mut read)
+        .await
+        .unwrap();
+    assert!(
+        read == expected,
+        "{name}: the parts, in order, are the archive"
+    );
+    parts::delete(store, &archive).await.unwrap();
+    assert!(store.list("archives/").await.unwrap().is_empty(), "{name}");
+}
+
+async fn an_abandoned_archive_leaves_no_part(backend: &Backend) {
+    let (name, store) = (backend.name, &backend.store);
+    let result = upload_archive(store, stream_content(2), false).await;
     assert!(
         matches!(result, Err(StoreError::Abandoned)),
         "{name}: an abandoned stream must fail as Abandoned, not {:?}",
         result.map_err(|e| format!("{e:#}"))
     );
-    assert!(store.list("abandoned/").await.unwrap().is_empty(), "{name}");
-    // S3 aborts the upload as the call returns.
-    let mut leftovers = (backend.leftovers)();
-    for _ in 0..50 {
-        if leftovers.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        leftovers = (backend.leftovers)();
-    }
+    assert!(store.list("archives/").await.unwrap().is_empty(), "{name}");
+    let leftovers = (backend.leftovers)();
     assert!(
         leftovers.is_empty(),
         "{name}: an abandoned stream left {leftovers:?}"
@@ -387,7 +376,8 @@ impl AsyncRead for CutAfter {
 async fn reads_resume_where_they_stopped(backend: &Backend) {
     let (name, store) = (backend.name, &backend.store);
     let key = "resume/object";
-    let content: Vec<u8> = (0..3 * PART / 2).map(|i| (i % 251) as u8).collect();
+    // 7.5 MiB: cut after 1 MB, then every 2 MB.
+    let content: Vec<u8> = (0..15usize << 19).map(|i| (i % 251) as u8).collect();
     store
         .put(key, Bytes::from(content.clone()), Retention::Retain)
         .await
@@ -515,60 +505,27 @@ fn crc32_base64(data: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn every_uploaded_part_carries_its_checksum_and_the_object_is_whole() {
+async fn every_uploaded_part_carries_its_checksum_and_the_parts_are_the_archive() {
     let server = Arc::new(S3Server::with_bucket("checksums"));
     let proxy = FaultProxy::start(&server, 11);
-    for (method, target) in [
-        ("POST", "?uploads"),
-        ("PUT", "partNumber="),
-        ("POST", "uploadId="),
-    ] {
-        proxy.record(method, target);
-    }
-    let store = s3_store_through(&proxy, "checksums").await;
+    proxy.record("PUT", ".tar.zst.age.0");
+    let store: Arc<dyn Store> = Arc::new(s3_store_through(&proxy, "checksums").await);
     let chunks = stream_content(3);
     let expected: Vec<u8> = chunks.concat();
-    let (tx, rx) = chunk_channel(1);
-    let producer = std::thread::spawn(move || {
-        for chunk in chunks {
-            tx.send(chunk).unwrap();
-        }
-        tx.finish().unwrap();
-    });
-    let size = store
-        .put_stream("snap/archive", rx, Retention::Retain)
-        .await
-        .unwrap();
-    producer.join().unwrap();
-    assert_eq!(size, expected.len() as u64);
-
-    let recorded = proxy.stats().recorded;
-    let create = recorded
-        .iter()
-        .find(|r| r.method == "POST" && r.target.contains("?uploads"));
-    let create = create.expect("the upload was created through the proxy");
-    assert_eq!(create.header("x-amz-checksum-algorithm"), Some("CRC32"));
-    assert_eq!(create.header("x-amz-checksum-type"), Some("COMPOSITE"));
+    let uploaded = upload_archive(&store, chunks, true).await.unwrap();
+    assert_eq!(uploaded.size, expected.len() as u64);
 
     // Every part carries the CRC32 of exactly the bytes it carries, as a plain header (the
     // proxy refuses aws-chunked bodies), so S3 can refuse a part damaged on the way.
-    let mut parts: Vec<_> = recorded
+    let mut parts: Vec<_> = proxy
+        .stats()
+        .recorded
         .iter()
-        .filter(|r| r.method == "PUT")
         .map(|r| {
-            let number: u32 = r
-                .target
-                .split("partNumber=")
-                .nth(1)
-                .unwrap()
-                .split('&')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            assert_eq!(r.method, "PUT", "{}", r.target);
             let crc = r.header("x-amz-checksum-crc32");
-            assert_eq!(crc, Some(crc32_base64(&r.body).as_str()), "part {number}");
-            (number, r.body.clone())
+            assert_eq!(crc, Some(crc32_base64(&r.body).as_str()), "{}", r.target);
+            (r.target.clone(), r.body.clone())
         })
         .collect();
     parts.sort();
@@ -578,48 +535,14 @@ async fn every_uploaded_part_carries_its_checksum_and_the_object_is_whole() {
             .iter()
             .flat_map(|(_, body)| body.iter().copied())
             .eq(expected.iter().copied()),
-        "the parts, in order, are the object"
+        "the parts, in order, are the archive"
     );
-
-    // The completion lists each part's checksum, and S3 keeps the COMPOSITE checksum of
-    // the parts' checksums.
-    let complete = recorded
-        .iter()
-        .find(|r| r.method == "POST" && r.target.contains("uploadId="));
-    let complete =
-        String::from_utf8_lossy(&complete.expect("the upload was completed").body).into_owned();
-    let listed: Vec<&str> = complete.split("<Part>").skip(1).collect();
-    assert_eq!(listed.len(), parts.len(), "{complete}");
-    for ((number, body), part) in parts.iter().zip(listed) {
-        assert!(
-            part.contains(&format!("<PartNumber>{number}</PartNumber>"))
-                && part.contains(&format!(
-                    "<ChecksumCRC32>{}</ChecksumCRC32>",
-                    crc32_base64(body)
-                )),
-            "part {number} is listed with its checksum: {complete}"
-        );
-    }
-    let part_crcs: Vec<u8> = parts
-        .iter()
-        .flat_map(|(_, body)| crc32fast::hash(body).to_be_bytes())
-        .collect();
-    let head = server.head(
-        "/checksums/repo/snap/archive",
-        &[("x-amz-checksum-mode", "ENABLED")],
-    );
-    assert!(head.contains("x-amz-checksum-type: COMPOSITE"), "{head}");
-    assert!(
-        // (S3 appends "-4", the part count; moto's HEAD leaves it out.)
-        head.contains(&format!(
-            "x-amz-checksum-crc32: {}",
-            crc32_base64(&part_crcs)
-        )),
-        "{head}"
-    );
-
-    assert!(
-        read_all(&store, "snap/archive", 0).await == expected,
-        "byte-identical"
-    );
+    let mut read = Vec::new();
+    parts::open(&store, ARCHIVE, &archive_info(uploaded))
+        .await
+        .unwrap()
+        .read_to_end(&mut read)
+        .await
+        .unwrap();
+    assert!(read == expected, "byte-identical");
 }

@@ -478,23 +478,6 @@ impl S3Server {
         self.request("GET", target, &[], "")
     }
 
-    /// A HEAD straight to the server, unsigned: the answer's head (status line and
-    /// headers, names as the server wrote them).
-    pub fn head(&self, target: &str, headers: &[(&str, &str)]) -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let mut head = format!(
-            "HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n",
-            self.port
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        write!(stream, "{head}\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    }
-
     /// One request straight to the server: the status code and body.
     pub fn request(
         &self,
