@@ -194,16 +194,7 @@ pub fn hash_and_authenticate(
     key: &DbKey,
     cancel: &Cancel,
 ) -> Result<Pass> {
-    let len = file.metadata()?.len();
-    if !raw_pages::PAGE_SIZES.contains(&page_size) || !len.is_multiple_of(u64::from(page_size)) {
-        bail!(
-            "Signal's database copy is {len} bytes, not a whole number of {page_size}-byte \
-             pages: damaged"
-        );
-    }
-    let pages = (len / u64::from(page_size)) as u32;
-    let salt = read_salt(file, len)?;
-    let auth = salt.and_then(|salt| PageAuth::new(key, &salt, page_size));
+    let (pages, salt, auth) = keyed_for(file, page_size, key)?;
     let mut list = RawPageList::new(page_size);
     list.hashes = vec![RawPageHash::default(); pages as usize];
     let failed = Mutex::new(Failures::default());
@@ -226,6 +217,68 @@ pub fn hash_and_authenticate(
     Ok(Pass { list, salt, failed })
 }
 
+/// Which pages of the database file `file` (`page_size` bytes a page) do not authenticate
+/// with `key`: [`hash_and_authenticate`] without the hashes, for a check of a whole copy
+/// that needs no page list. Holds a window of the file's pages at a time.
+pub fn authenticate_file(
+    file: &File,
+    page_size: u32,
+    key: &DbKey,
+    cancel: &Cancel,
+) -> Result<Failures> {
+    /// Pages per window: the threads share out a window's chunks; its (unfilled) page
+    /// list costs 16 bytes a page.
+    const WINDOW: u32 = 1 << 12;
+    /// Bytes of pages read at a time by all threads together: beside the archive and the
+    /// upload, as little as SQLCipher's own check held (its page cache).
+    const BUFFERS: usize = 1 << 20;
+    let (pages, _, auth) = keyed_for(file, page_size, key)?;
+    let mut unused = vec![RawPageHash::default(); WINDOW.min(pages) as usize];
+    let failed = Mutex::new(Failures::default());
+    for base in (0..pages).step_by(WINDOW as usize) {
+        let window = &mut unused[..WINDOW.min(pages - base) as usize];
+        raw_pages::for_each_chunk_within(
+            BUFFERS,
+            window,
+            page_size,
+            cancel,
+            |first, buffer, _| {
+                let first = base + first;
+                file.read_exact_at(buffer, u64::from(first) * u64::from(page_size))?;
+                let found = authenticate_pages(buffer, page_size as usize, first, auth.as_ref());
+                failed
+                    .lock()
+                    .expect("no thread panics holding it")
+                    .merge(found);
+                Ok(())
+            },
+        )?;
+    }
+    let mut failed = failed.into_inner().expect("no thread panicked holding it");
+    failed.first.sort_unstable();
+    Ok(failed)
+}
+
+/// The pages of a database file, its salt, and the check keyed for it (none if the page
+/// size cannot be SQLCipher's or the file has no salt). Fails for a file that is not a
+/// whole number of pages.
+fn keyed_for(
+    file: &File,
+    page_size: u32,
+    key: &DbKey,
+) -> Result<(u32, Option<[u8; SALT_LEN]>, Option<PageAuth>)> {
+    let len = file.metadata()?.len();
+    if !raw_pages::PAGE_SIZES.contains(&page_size) || !len.is_multiple_of(u64::from(page_size)) {
+        bail!(
+            "Signal's database copy is {len} bytes, not a whole number of {page_size}-byte \
+             pages: damaged"
+        );
+    }
+    let salt = read_salt(file, len)?;
+    let auth = salt.and_then(|salt| PageAuth::new(key, &salt, page_size));
+    Ok(((len / u64::from(page_size)) as u32, salt, auth))
+}
+
 /// The first 16 bytes of a file of `len` bytes, if it has them.
 fn read_salt(file: &File, len: u64) -> Result<Option<[u8; SALT_LEN]>> {
     if len < SALT_LEN as u64 {
@@ -245,16 +298,26 @@ fn check_pages(
     auth: Option<&PageAuth>,
     hashes: &mut [RawPageHash],
 ) -> Failures {
+    for (page, slot) in chunk.chunks_exact(page_size).zip(hashes.iter_mut()) {
+        *slot = raw_pages::raw_page_hash(page);
+    }
+    authenticate_pages(chunk, page_size, index, auth)
+}
+
+/// The whole pages of `chunk` (the first being page `index + 1`) that do not authenticate
+/// with `auth` (all of them without it), eight at a time where the CPU can.
+fn authenticate_pages(
+    chunk: &[u8],
+    page_size: usize,
+    index: u32,
+    auth: Option<&PageAuth>,
+) -> Failures {
     let mut failed = Failures::default();
-    let groups = chunk
-        .chunks(page_size * sha512x8::LANES)
-        .zip(hashes.chunks_mut(sha512x8::LANES));
-    for (g, (group, slots)) in groups.enumerate() {
+    for (g, group) in chunk.chunks(page_size * sha512x8::LANES).enumerate() {
         let first = index + (g * sha512x8::LANES) as u32 + 1;
         let verdicts = auth.and_then(|auth| auth.authenticates8(first, group));
-        for (n, (page, slot)) in group.chunks_exact(page_size).zip(slots).enumerate() {
+        for (n, page) in group.chunks_exact(page_size).enumerate() {
             let pgno = first + n as u32;
-            *slot = raw_pages::raw_page_hash(page);
             let passed = match verdicts {
                 Some(verdicts) => verdicts[n],
                 None => auth.is_some_and(|auth| auth.authenticates(pgno, page)),

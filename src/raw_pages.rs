@@ -80,11 +80,34 @@ pub fn for_each_chunk<F>(
 where
     F: Fn(u32, &mut [u8], &mut [RawPageHash]) -> Result<()> + Sync,
 {
-    for_each_chunk_on(page_threads(), hashes, page_size, cancel, work)
+    for_each_chunk_on(
+        page_threads(),
+        CHUNKS_BYTES,
+        hashes,
+        page_size,
+        cancel,
+        work,
+    )
+}
+
+/// [`for_each_chunk`] with buffers of `budget` bytes in all, for a pass that runs beside
+/// others and must hold less (a backup's check of its copy, beside the archive and upload).
+pub fn for_each_chunk_within<F>(
+    budget: usize,
+    hashes: &mut [RawPageHash],
+    page_size: u32,
+    cancel: &Cancel,
+    work: F,
+) -> Result<()>
+where
+    F: Fn(u32, &mut [u8], &mut [RawPageHash]) -> Result<()> + Sync,
+{
+    for_each_chunk_on(page_threads(), budget, hashes, page_size, cancel, work)
 }
 
 fn for_each_chunk_on<F>(
     threads: usize,
+    budget: usize,
     hashes: &mut [RawPageHash],
     page_size: u32,
     cancel: &Cancel,
@@ -94,7 +117,7 @@ where
     F: Fn(u32, &mut [u8], &mut [RawPageHash]) -> Result<()> + Sync,
 {
     let size = page_size as usize;
-    let per_chunk = (CHUNKS_BYTES / threads / size).max(1);
+    let per_chunk = (budget / threads / size).max(1);
     let chunks = hashes.len().div_ceil(per_chunk);
     let threads = threads.clamp(1, chunks.max(1));
     let buffer_pages = per_chunk.min(hashes.len());
@@ -563,6 +586,7 @@ mod tests {
                 let mut hashes = vec![RawPageHash::default(); count as usize];
                 for_each_chunk_on(
                     threads,
+                    CHUNKS_BYTES,
                     &mut hashes,
                     4096,
                     &cancel,
@@ -590,8 +614,15 @@ mod tests {
             }
         };
         // One thread: chunks of 1024 pages, and none taken after the one that failed.
-        let err = for_each_chunk_on(1, &mut hashes, 4096, &Cancel::new(), all_but_the_first_fail)
-            .unwrap_err();
+        let err = for_each_chunk_on(
+            1,
+            CHUNKS_BYTES,
+            &mut hashes,
+            4096,
+            &Cancel::new(),
+            all_but_the_first_fail,
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("chunk at page 1025"), "{err}");
         assert_eq!(
             taken.load(Ordering::Relaxed),
@@ -599,12 +630,27 @@ mod tests {
             "a chunk was taken after a failure"
         );
         // Two threads: whichever chunk failed first, its error is the answer.
-        let err = for_each_chunk_on(2, &mut hashes, 4096, &Cancel::new(), all_but_the_first_fail)
-            .unwrap_err();
+        let err = for_each_chunk_on(
+            2,
+            CHUNKS_BYTES,
+            &mut hashes,
+            4096,
+            &Cancel::new(),
+            all_but_the_first_fail,
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("chunk at page "), "{err}");
         let cancel = Cancel::new();
         cancel.cancel();
-        let err = for_each_chunk_on(2, &mut hashes, 4096, &cancel, |_, _, _| Ok(())).unwrap_err();
+        let err = for_each_chunk_on(
+            2,
+            CHUNKS_BYTES,
+            &mut hashes,
+            4096,
+            &cancel,
+            |_, _, _| Ok(()),
+        )
+        .unwrap_err();
         assert!(crate::cancel::is_cancelled(&err), "{err}");
     }
 
