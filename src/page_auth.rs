@@ -197,29 +197,19 @@ pub fn hash_and_authenticate(
     let (pages, salt, auth) = keyed_for(file, page_size, key)?;
     let mut list = RawPageList::new(page_size);
     list.hashes = vec![RawPageHash::default(); pages as usize];
-    let failed = Mutex::new(Failures::default());
-    raw_pages::for_each_chunk(
-        &mut list.hashes,
+    let run = Run {
+        file,
         page_size,
+        auth: auth.as_ref(),
         cancel,
-        |first, buffer, hashes| {
-            file.read_exact_at(buffer, u64::from(first) * u64::from(page_size))?;
-            let found = check_pages(buffer, page_size as usize, first, auth.as_ref(), hashes);
-            failed
-                .lock()
-                .expect("no thread panics holding it")
-                .merge(found);
-            Ok(())
-        },
-    )?;
-    let mut failed = failed.into_inner().expect("no thread panicked holding it");
-    failed.first.sort_unstable();
+    };
+    let failed = run.check(0, &mut list.hashes, raw_pages::CHUNKS_BYTES, true)?;
     Ok(Pass { list, salt, failed })
 }
 
 /// Which pages of the database file `file` (`page_size` bytes a page) do not authenticate
 /// with `key`: [`hash_and_authenticate`] without the hashes, for a check of a whole copy
-/// that needs no page list. Holds a window of the file's pages at a time.
+/// that needs no page list, a window of pages at a time.
 pub fn authenticate_file(
     file: &File,
     page_size: u32,
@@ -233,19 +223,55 @@ pub fn authenticate_file(
     /// upload, as little as SQLCipher's own check held (its page cache).
     const BUFFERS: usize = 1 << 20;
     let (pages, _, auth) = keyed_for(file, page_size, key)?;
+    let run = Run {
+        file,
+        page_size,
+        auth: auth.as_ref(),
+        cancel,
+    };
     let mut unused = vec![RawPageHash::default(); WINDOW.min(pages) as usize];
-    let failed = Mutex::new(Failures::default());
+    let mut failed = Failures::default();
     for base in (0..pages).step_by(WINDOW as usize) {
         let window = &mut unused[..WINDOW.min(pages - base) as usize];
+        failed.merge(run.check(base, window, BUFFERS, false)?);
+    }
+    failed.first.sort_unstable();
+    Ok(failed)
+}
+
+/// One read of a database file's pages, checked with `auth`.
+struct Run<'a> {
+    file: &'a File,
+    page_size: u32,
+    auth: Option<&'a PageAuth>,
+    cancel: &'a Cancel,
+}
+
+impl Run<'_> {
+    /// Reads and checks the pages `hashes` stands for, from page `base + 1`, on every core
+    /// within `budget` bytes of buffers; fills `hashes` with their raw hashes if `hash`.
+    fn check(
+        &self,
+        base: u32,
+        hashes: &mut [RawPageHash],
+        budget: usize,
+        hash: bool,
+    ) -> Result<Failures> {
+        let size = self.page_size as usize;
+        let failed = Mutex::new(Failures::default());
         raw_pages::for_each_chunk_within(
-            BUFFERS,
-            window,
-            page_size,
-            cancel,
-            |first, buffer, _| {
+            budget,
+            hashes,
+            self.page_size,
+            self.cancel,
+            |first, buffer, hashes| {
                 let first = base + first;
-                file.read_exact_at(buffer, u64::from(first) * u64::from(page_size))?;
-                let found = authenticate_pages(buffer, page_size as usize, first, auth.as_ref());
+                let at = u64::from(first) * u64::from(self.page_size);
+                self.file.read_exact_at(buffer, at)?;
+                let found = match hash {
+                    true => check_pages(buffer, size, first, self.auth, hashes),
+                    false => authenticate_pages(buffer, size, first, self.auth),
+                };
                 failed
                     .lock()
                     .expect("no thread panics holding it")
@@ -253,10 +279,10 @@ pub fn authenticate_file(
                 Ok(())
             },
         )?;
+        let mut failed = failed.into_inner().expect("no thread panicked holding it");
+        failed.first.sort_unstable();
+        Ok(failed)
     }
-    let mut failed = failed.into_inner().expect("no thread panicked holding it");
-    failed.first.sort_unstable();
-    Ok(failed)
 }
 
 /// The pages of a database file, its salt, and the check keyed for it (none if the page

@@ -54,7 +54,7 @@ const MAX_PAGE_THREADS: usize = 4;
 
 /// Bytes of pages read and hashed at a time by all threads together: each thread's buffer
 /// is its share, so memory stays the same whatever the number of cores.
-const CHUNKS_BYTES: usize = 4 << 20;
+pub const CHUNKS_BYTES: usize = 4 << 20;
 
 /// Threads that read and hash the pages of a whole database: the cores this process may
 /// use (a cgroup CPU limit shows here), at most [`MAX_PAGE_THREADS`].
