@@ -60,7 +60,8 @@ impl Object {
     }
 
     /// Part `number` (from 1) of an archive stored in parts: the archive's key and the
-    /// number in six digits or more, so that the parts sort in order, as `split -d` names them.
+    /// number in six digits (a manifest names at most
+    /// [`crate::manifest::MAX_ARCHIVE_PARTS`]), so that the parts sort in order, as `split -d` names them.
     pub fn part_key(&self, number: u64) -> String {
         format!("{}.{number:06}", self.key())
     }

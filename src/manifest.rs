@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 4;
 
 /// The most parts an archive may be stored in: a bound on what a manifest can make a
-/// restore ask for. The backup sizes its parts to stay under 10,000.
-pub const MAX_ARCHIVE_PARTS: u64 = 1_000_000;
+/// restore ask for, and the last number of six digits, so that `archives/<id>.tar.zst.age*`
+/// lists every part in order (docs/format.md). The backup sizes its parts to stay under
+/// 10,000.
+pub const MAX_ARCHIVE_PARTS: u64 = 999_999;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -437,6 +439,19 @@ mod tests {
         let mut later_parent = manifest;
         later_parent.parent = Some(newer);
         assert!(later_parent.check_names(&id, now).is_err());
+    }
+
+    #[test]
+    fn a_manifest_may_not_ask_for_more_parts_than_six_digits_number() {
+        let mut manifest = sample();
+        let id = manifest.id.clone();
+        manifest.archive.key = crate::layout::Object::Archive(id.clone()).key();
+        manifest.archive.size = MAX_ARCHIVE_PARTS * 1000;
+        for (size, ok) in [(1000, true), (999, false), (0, false)] {
+            manifest.archive.parts = Some(ArchiveParts { size });
+            let checked = manifest.check_names(&id, Utc::now());
+            assert_eq!(checked.is_ok(), ok, "parts of {size} bytes: {checked:?}");
+        }
     }
 
     #[test]
