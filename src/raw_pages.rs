@@ -604,7 +604,6 @@ mod tests {
 
     #[test]
     fn an_error_or_a_cancel_on_any_thread_stops_the_hashing() {
-        let mut hashes = vec![RawPageHash::default(); 4000];
         let taken = std::sync::atomic::AtomicUsize::new(0);
         let all_but_the_first_fail = |first: u32, _: &mut [u8], _: &mut [RawPageHash]| {
             taken.fetch_add(1, Ordering::Relaxed);
@@ -613,16 +612,13 @@ mod tests {
                 _ => bail!("chunk at page {} unreadable", first + 1),
             }
         };
+        type Work<'a> = dyn Fn(u32, &mut [u8], &mut [RawPageHash]) -> Result<()> + Sync + 'a;
+        let run = |threads, cancel: &Cancel, work: &Work| {
+            let mut hashes = vec![RawPageHash::default(); 4000];
+            for_each_chunk_on(threads, CHUNKS_BYTES, &mut hashes, 4096, cancel, work).unwrap_err()
+        };
         // One thread: chunks of 1024 pages, and none taken after the one that failed.
-        let err = for_each_chunk_on(
-            1,
-            CHUNKS_BYTES,
-            &mut hashes,
-            4096,
-            &Cancel::new(),
-            all_but_the_first_fail,
-        )
-        .unwrap_err();
+        let err = run(1, &Cancel::new(), &all_but_the_first_fail);
         assert!(err.to_string().starts_with("chunk at page 1025"), "{err}");
         assert_eq!(
             taken.load(Ordering::Relaxed),
@@ -630,27 +626,11 @@ mod tests {
             "a chunk was taken after a failure"
         );
         // Two threads: whichever chunk failed first, its error is the answer.
-        let err = for_each_chunk_on(
-            2,
-            CHUNKS_BYTES,
-            &mut hashes,
-            4096,
-            &Cancel::new(),
-            all_but_the_first_fail,
-        )
-        .unwrap_err();
+        let err = run(2, &Cancel::new(), &all_but_the_first_fail);
         assert!(err.to_string().starts_with("chunk at page "), "{err}");
         let cancel = Cancel::new();
         cancel.cancel();
-        let err = for_each_chunk_on(
-            2,
-            CHUNKS_BYTES,
-            &mut hashes,
-            4096,
-            &cancel,
-            |_, _, _| Ok(()),
-        )
-        .unwrap_err();
+        let err = run(2, &cancel, &|_, _, _| Ok(()));
         assert!(crate::cancel::is_cancelled(&err), "{err}");
     }
 
