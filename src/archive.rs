@@ -55,9 +55,11 @@ impl Write for ChunkWriter {
         self.prefix.extend_from_slice(&data[..room]);
         self.size += n as u64;
         if self.buffer.len() == self.chunk_size {
+            // The next buffer after the send, which waits while every part is on its way:
+            // not one more part's worth held meanwhile.
             let chunk = self.buffer.split().freeze();
-            self.buffer.reserve(self.chunk_size);
             self.sender.send(chunk)?;
+            self.buffer.reserve(self.chunk_size);
         }
         Ok(n)
     }

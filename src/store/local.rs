@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncSeekExt;
 
 use super::{
     ObjectInfo, ObjectReader, Result, Retention, Store, StoreError, check_key, read_bounded,
@@ -51,45 +51,6 @@ impl LocalStore {
         }
         Ok(Some(file))
     }
-
-    /// Writes `key` through a temporary file: `fill` writes the content, then the file is
-    /// fsynced and renamed into place. On any error the temporary file is removed. (A
-    /// directory has no retention: [`Retention`] is not asked.)
-    async fn write_via_temp<F>(&self, key: &str, fill: F) -> Result<u64>
-    where
-        F: AsyncFnOnce(&mut tokio::fs::File) -> Result<u64>,
-    {
-        let path = self.path(key)?;
-        let dir = path.parent().expect("a key always has a parent");
-        create_private_dirs(dir)
-            .await
-            .with_context(|| format!("cannot create repository directory {}", dir.display()))?;
-        let name = path.file_name().unwrap().to_string_lossy();
-        let temp = dir.join(format!(
-            "{name}{PARTIAL_MARK}{:016x}",
-            rand::random::<u64>()
-        ));
-        let result = async {
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(OBJECT_MODE)
-                .open(&temp)
-                .await
-                .with_context(|| format!("cannot create {}", temp.display()))?;
-            let size = fill(&mut file).await?;
-            file.flush().await?;
-            file.sync_all().await?;
-            tokio::fs::rename(&temp, &path).await?;
-            sync_dir(dir).await?;
-            Ok::<_, StoreError>(size)
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
-        result.map_err(|err| err.context(format!("cannot write {}", path.display())))
-    }
 }
 
 /// A local repository is its owner's alone, whatever the umask: anyone who can write to
@@ -97,17 +58,42 @@ impl LocalStore {
 const OBJECT_MODE: u32 = 0o600;
 const DIRECTORY_MODE: u32 = 0o700;
 
-/// Creates `dir` and the directories above it that are missing, each with
-/// [`DIRECTORY_MODE`].
-async fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
-    let mut builder = tokio::fs::DirBuilder::new();
-    builder.recursive(true).mode(DIRECTORY_MODE);
-    builder.create(dir).await
-}
-
-async fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    tokio::fs::File::open(dir).await?.sync_all().await?;
-    Ok(())
+/// Writes `path` through a temporary file: written, fsynced and renamed into place, then
+/// the directory fsynced; on any error the temporary file is removed. One blocking call on
+/// the caller's buffer: tokio's `File` copies what it writes, up to 2 MiB a write, and with
+/// an archive's parts in flight a 2 GiB backup to a directory peaked 15 MiB higher than to
+/// S3. (A directory has no retention: [`Retention`] is not asked.)
+fn write_via_temp(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path.parent().expect("a key always has a parent");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIRECTORY_MODE)
+        .create(dir)
+        .with_context(|| format!("cannot create repository directory {}", dir.display()))?;
+    let name = path.file_name().unwrap().to_string_lossy();
+    let temp = dir.join(format!(
+        "{name}{PARTIAL_MARK}{:016x}",
+        rand::random::<u64>()
+    ));
+    let result = (|| -> Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(OBJECT_MODE)
+            .open(&temp)
+            .with_context(|| format!("cannot create {}", temp.display()))?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(|err| err.context(format!("cannot write {}", path.display())))
 }
 
 /// Bytes read from a file at a time by [`Store::get`].
@@ -116,12 +102,10 @@ const READ_BUFFER: usize = 1 << 20;
 #[async_trait]
 impl Store for LocalStore {
     async fn put(&self, key: &str, data: Bytes, _: Retention) -> Result<()> {
-        self.write_via_temp(key, async |file| {
-            file.write_all(&data).await?;
-            Ok(data.len() as u64)
-        })
-        .await?;
-        Ok(())
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || write_via_temp(&path, &data))
+            .await
+            .map_err(anyhow::Error::from)?
     }
 
     async fn get(&self, key: &str, offset: u64) -> Result<ObjectReader> {
@@ -144,6 +128,12 @@ impl Store for LocalStore {
             READ_BUFFER,
             file,
         )))
+    }
+
+    /// Two: one part's fsync overlaps the next one's write, and a disk gains nothing from
+    /// more, while each part on its way holds its 5 MiB.
+    fn parallel_writes(&self) -> usize {
+        2
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
