@@ -23,7 +23,10 @@ def client():
         "s3",
         endpoint_url=os.environ["S3_ENDPOINT"],
         region_name="us-east-1",
+        # moto assembles a multipart upload in Python (a 2 GiB completion took 35 s and more
+        # here): past botocore's 60 s read timeout the retry finds the parts gone (HTTP 500).
         config=Config(
+            read_timeout=600,
             s3={"addressing_style": "path"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
