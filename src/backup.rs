@@ -37,7 +37,7 @@ use crate::repo::Selector;
 use crate::reuse::{ArchivePass, Archived};
 use crate::signal_db::{self, Origin, PendingCheck, SignalSnapshot, Stamp};
 use crate::staging::Staging;
-use crate::store::{StoreError, chunk_channel};
+use crate::store::{StoreError, handover_channel};
 use crate::{keys, lock, profile, walk};
 
 #[derive(Clone)]
@@ -475,7 +475,7 @@ fn archive_and_upload<T: Send>(
     settings: ArchiveSettings,
     work: impl FnOnce(&mut ArchiveWriter) -> Result<T> + Send,
 ) -> Result<(ArchiveInfo, T, Recipients)> {
-    let (sender, body) = chunk_channel(1);
+    let (sender, body) = handover_channel();
     let (produced, uploaded) = std::thread::scope(|scope| {
         let producer = scope.spawn(move || -> Result<_> {
             let mut writer = ArchiveWriter::new(sender, &recipients, &settings)?;

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 pub mod local;
 pub mod resume;
@@ -164,19 +164,48 @@ pub trait Store: Send + Sync {
 /// which (with the chunk size) bounds the memory an upload holds.
 pub fn chunk_channel(depth: usize) -> (ChunkSender, ChunkStream) {
     let (tx, rx) = mpsc::channel(depth);
-    (ChunkSender { tx }, ChunkStream { rx })
+    let handover = false;
+    (ChunkSender { tx, handover }, ChunkStream { rx })
+}
+
+/// [`chunk_channel`] with no chunk waiting in between: each send returns once the consumer
+/// has taken its chunk, so a producer that runs ahead of every upload slot holds one chunk
+/// (the one it waits to hand over), not that one plus the next it went on to fill. An
+/// archive's upload holds its parts on their way and one more: a 2 GiB backup, 5 MiB less.
+pub fn handover_channel() -> (ChunkSender, ChunkStream) {
+    let (tx, rx) = mpsc::channel(1);
+    let handover = true;
+    (ChunkSender { tx, handover }, ChunkStream { rx })
+}
+
+/// A chunk on its way; `_taken` is never sent on, only dropped when the consumer takes the
+/// chunk, which wakes a producer waiting on the other end ([`handover_channel`]).
+struct Handed {
+    chunk: Bytes,
+    _taken: Option<oneshot::Sender<()>>,
 }
 
 /// The producing end of a streamed upload, used from blocking code (the archive writer).
 pub struct ChunkSender {
-    tx: mpsc::Sender<Option<Bytes>>,
+    tx: mpsc::Sender<Option<Handed>>,
+    handover: bool,
 }
 
 impl ChunkSender {
     pub fn send(&self, chunk: Bytes) -> std::io::Result<()> {
+        let (taken, handed_over) = self.handover.then(oneshot::channel).unzip();
         self.tx
-            .blocking_send(Some(chunk))
-            .map_err(|_| upload_gone())
+            .blocking_send(Some(Handed {
+                chunk,
+                _taken: taken,
+            }))
+            .map_err(|_| upload_gone())?;
+        if let Some(handed_over) = handed_over {
+            // Err too once taken (the sender is dropped, never sent on), or once the
+            // consumer is gone: either way the chunk is no longer waiting.
+            let _ = handed_over.blocking_recv();
+        }
+        Ok(())
     }
 
     /// Marks the stream complete: only now may the store make the object visible.
@@ -191,7 +220,7 @@ fn upload_gone() -> std::io::Error {
 
 /// The consuming end of a streamed upload, read by a [`Store`].
 pub struct ChunkStream {
-    rx: mpsc::Receiver<Option<Bytes>>,
+    rx: mpsc::Receiver<Option<Handed>>,
 }
 
 impl ChunkStream {
@@ -199,7 +228,7 @@ impl ChunkStream {
     /// stream without finishing it (the archive could not be completed).
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
         match self.rx.recv().await {
-            Some(chunk) => Ok(chunk),
+            Some(handed) => Ok(handed.map(|handed| handed.chunk)),
             None => Err(StoreError::Abandoned),
         }
     }
@@ -242,4 +271,44 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
         return Err(anyhow::anyhow!("invalid object key {key:?}").into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_handover_returns_once_the_chunk_is_taken_and_a_gone_consumer_frees_the_producer() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (sender, mut stream) = handover_channel();
+        let returned = Arc::new(AtomicBool::new(false));
+        let producer = std::thread::spawn({
+            let returned = returned.clone();
+            move || {
+                sender.send(Bytes::from_static(b"first")).unwrap();
+                returned.store(true, Ordering::SeqCst);
+                sender.send(Bytes::from_static(b"second")).unwrap();
+                sender.send(Bytes::from_static(b"third"))
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !returned.load(Ordering::SeqCst),
+            "send returned with its chunk still waiting"
+        );
+        let first = runtime.block_on(stream.next()).unwrap();
+        assert_eq!(first.as_deref(), Some(&b"first"[..]));
+        // The consumer gives up with "second" waiting: the producer is not left hanging.
+        while stream.rx.is_empty() {
+            std::thread::yield_now();
+        }
+        assert!(returned.load(Ordering::SeqCst));
+        drop(stream);
+        let third = producer.join().unwrap();
+        assert_eq!(third.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
+    }
 }
