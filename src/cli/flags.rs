@@ -390,7 +390,8 @@ pub(crate) struct BackupArgs {
     /// size (docs/format.md); it grows automatically so that an archive fits in 9,000 parts.
     #[arg(long, env = "GWB_PART_SIZE_MIB", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=512))]
     pub(crate) part_size_mib: u64,
-    /// Parts uploaded at once; memory ≈ (2 + this) × part size.
+    /// Parts uploaded to S3 at once (a directory takes two); the upload holds about
+    /// (1 + this) × part size.
     #[arg(long, env = "GWB_PARALLEL_UPLOADS", default_value_t = 2)]
     pub(crate) parallel_uploads: usize,
     /// How long to wait for a locked database before failing.
