@@ -259,7 +259,7 @@ impl Run<'_> {
     ) -> Result<Failures> {
         let size = self.page_size as usize;
         let failed = Mutex::new(Failures::default());
-        raw_pages::for_each_chunk_within(
+        raw_pages::for_each_chunk(
             budget,
             hashes,
             self.page_size,

@@ -69,30 +69,11 @@ pub fn page_threads() -> usize {
 /// whole database is most of the time a raw image or a page list takes, and its pages hash
 /// independently. `work(first, buffer, hashes)` gets the index of the chunk's first page
 /// (page number − 1), a buffer of the chunk's size to read it into, and the chunk's slice
-/// of `hashes` to fill, in page order. Chunks are handed out in order; after an error or a
-/// cancel no thread takes another, and that error is returned.
+/// of `hashes` to fill, in page order. The buffers total `budget` bytes ([`CHUNKS_BYTES`],
+/// or less for a pass that runs beside others: a backup's check of its copy, beside the
+/// archive and upload). Chunks are handed out in order; after an error or a cancel no
+/// thread takes another, and that error is returned.
 pub fn for_each_chunk<F>(
-    hashes: &mut [RawPageHash],
-    page_size: u32,
-    cancel: &Cancel,
-    work: F,
-) -> Result<()>
-where
-    F: Fn(u32, &mut [u8], &mut [RawPageHash]) -> Result<()> + Sync,
-{
-    for_each_chunk_on(
-        page_threads(),
-        CHUNKS_BYTES,
-        hashes,
-        page_size,
-        cancel,
-        work,
-    )
-}
-
-/// [`for_each_chunk`] with buffers of `budget` bytes in all, for a pass that runs beside
-/// others and must hold less (a backup's check of its copy, beside the archive and upload).
-pub fn for_each_chunk_within<F>(
     budget: usize,
     hashes: &mut [RawPageHash],
     page_size: u32,
@@ -209,11 +190,17 @@ impl RawPageList {
         }
         let pages = usize::try_from(len / u64::from(page_size))?;
         let mut hashes = vec![RawPageHash::default(); pages];
-        for_each_chunk(&mut hashes, page_size, cancel, |first, chunk, hashes| {
-            file.read_exact_at(chunk, u64::from(first) * u64::from(page_size))?;
-            hash_pages(chunk, page_size as usize, hashes);
-            Ok(())
-        })?;
+        for_each_chunk(
+            CHUNKS_BYTES,
+            &mut hashes,
+            page_size,
+            cancel,
+            |first, chunk, hashes| {
+                file.read_exact_at(chunk, u64::from(first) * u64::from(page_size))?;
+                hash_pages(chunk, page_size as usize, hashes);
+                Ok(())
+            },
+        )?;
         Ok(Self { page_size, hashes })
     }
 

@@ -216,9 +216,13 @@ impl Image<'_> {
         cancel: &Cancel,
     ) -> Result<RawPageList> {
         let mut hashes = vec![RawPageHash::default(); page_count as usize];
-        raw_pages::for_each_chunk(&mut hashes, page_size, cancel, |first, chunk, hashes| {
-            self.write_chunk(page_size, first + 1, chunk, hashes, out)
-        })?;
+        raw_pages::for_each_chunk(
+            raw_pages::CHUNKS_BYTES,
+            &mut hashes,
+            page_size,
+            cancel,
+            |first, chunk, hashes| self.write_chunk(page_size, first + 1, chunk, hashes, out),
+        )?;
         out.set_len(u64::from(page_count) * u64::from(page_size))?;
         Ok(RawPageList { page_size, hashes })
     }
