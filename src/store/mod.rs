@@ -201,8 +201,8 @@ impl ChunkSender {
             }))
             .map_err(|_| upload_gone())?;
         if let Some(handed_over) = handed_over {
-            // Err too once taken (the sender is dropped, never sent on), or once the
-            // consumer is gone: either way the chunk is no longer waiting.
+            // Returns, always as an error (nothing is ever sent), once the consumer took
+            // the chunk or is gone: either way the chunk no longer waits.
             let _ = handed_over.blocking_recv();
         }
         Ok(())
