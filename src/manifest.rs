@@ -96,16 +96,14 @@ pub struct ArchiveParts {
     pub size: u64,
 }
 
-impl ArchiveInfo {
-    /// The byte ranges the archive is stored in: `(part number, bytes)`, in order; one
-    /// range, part 0 (the object under `key`), for an archive in one object.
-    pub fn ranges(&self) -> Vec<(u64, u64)> {
-        match self.parts {
-            None => vec![(0, self.size)],
-            Some(ArchiveParts { size: part }) => (0..self.size.div_ceil(part.max(1)))
-                .map(|k| (k + 1, part.min(self.size - k * part)))
-                .collect(),
-        }
+impl ArchiveParts {
+    /// The parts of an archive of `archive_size` bytes: `(part number, bytes)`, in order,
+    /// numbered from 1, the last holding the rest.
+    pub fn ranges(&self, archive_size: u64) -> Vec<(u64, u64)> {
+        let part = self.size.max(1);
+        (0..archive_size.div_ceil(part))
+            .map(|k| (k + 1, part.min(archive_size - k * part)))
+            .collect()
     }
 }
 

@@ -172,14 +172,14 @@ pub async fn open(
     id: &str,
     archive: &ArchiveInfo,
 ) -> store::Result<ObjectReader> {
-    let object = Object::Archive(id.to_string());
-    if archive.parts.is_none() {
+    let Some(parts) = archive.parts else {
         return store.get(&archive.key, 0).await;
-    }
+    };
+    let object = Object::Archive(id.to_string());
     let mut reader = PartsReader {
         store: store.clone(),
-        waiting: archive
-            .ranges()
+        waiting: parts
+            .ranges(archive.size)
             .into_iter()
             .map(|(number, size)| (object.part_key(number), size))
             .collect(),
@@ -391,8 +391,9 @@ mod tests {
             whole
         );
         // An archive whose size is a whole number of parts.
-        assert_eq!(info(12_000, 1000).ranges().len(), 12);
-        assert_eq!(info(12_001, 1000).ranges().last(), Some(&(13, 1)));
+        let parts = ArchiveParts { size: 1000 };
+        assert_eq!(parts.ranges(12_000).len(), 12);
+        assert_eq!(parts.ranges(12_001).last(), Some(&(13, 1)));
     }
 
     #[tokio::test(flavor = "multi_thread")]
