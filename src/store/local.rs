@@ -58,6 +58,16 @@ impl LocalStore {
 const OBJECT_MODE: u32 = 0o600;
 const DIRECTORY_MODE: u32 = 0o700;
 
+/// Creates `dir` and the directories above it that are missing, each with
+/// [`DIRECTORY_MODE`].
+fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIRECTORY_MODE)
+        .create(dir)
+}
+
 /// Writes `path` through a temporary file: written, fsynced and renamed into place, then
 /// the directory fsynced; on any error the temporary file is removed. One blocking call on
 /// the caller's buffer: tokio's `File` copies what it writes, up to 2 MiB a write, and with
@@ -65,12 +75,9 @@ const DIRECTORY_MODE: u32 = 0o700;
 /// S3. (A directory has no retention: [`Retention`] is not asked.)
 fn write_via_temp(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().expect("a key always has a parent");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIRECTORY_MODE)
-        .create(dir)
+    create_private_dirs(dir)
         .with_context(|| format!("cannot create repository directory {}", dir.display()))?;
     let name = path.file_name().unwrap().to_string_lossy();
     let temp = dir.join(format!(
@@ -169,11 +176,8 @@ impl Store for LocalStore {
         // writers on this host (or sharing this filesystem's locks) cannot interleave.
         let lock_path = self.path(&format!("{key}.lock"))?;
         let guard = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(DIRECTORY_MODE)
-                .create(lock_path.parent().unwrap())?;
+            use std::os::unix::fs::OpenOptionsExt;
+            create_private_dirs(lock_path.parent().unwrap())?;
             let file = std::fs::File::options()
                 .create(true)
                 .truncate(false)
